@@ -1,0 +1,469 @@
+//! The frame codec, sans-IO.
+//!
+//! Every message travels in a frame: an 8-byte header, then the protobuf body.
+//!
+//! ```text
+//!  0         1         2         3         4                                  8
+//! +---------+---------+---------+---------+----------------------------------+
+//! | version |  kind   |  flags  |   hop   |       body length (u32, BE)      |
+//! +---------+---------+---------+---------+----------------------------------+
+//! | body: the protobuf encoding of the kind's message ...                    |
+//! ```
+//!
+//! `flags` is reserved and must be 0 in version 1. `hop` is the hop limit of data kinds (a relay
+//! decrements it and refuses the frame at 0); control kinds must send 0. The body length is
+//! checked against the kind's cap as soon as the header is in, before anything is allocated
+//! for the body.
+//!
+//! [`FrameDecoder`] turns bytes read from a connection into [`Frame`]s whose bodies are slices
+//! of the read buffer. [`FrameEncoder`] appends frames to one reused buffer, so several frames
+//! leave in one write. [`WriteBatch`] queues forwarded frames as a fresh header plus the
+//! unchanged body slice, for vectored writes that never copy a payload.
+
+use std::{collections::VecDeque, io::IoSlice};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::{
+    kind::{DecodeError, EncodeError, Kind, Message, WireMessage},
+    pb::ErrorCode,
+    view::{DataView, ViewError},
+};
+
+/// The protocol version this crate speaks: byte 0 of every frame.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Length of the frame header.
+pub const HEADER_LEN: usize = 8;
+/// No frame body is ever larger than this, whatever the configuration.
+pub const HARD_MAX_BODY: u32 = 16 * 1024 * 1024;
+/// Hop limit an agent puts on a new data frame unless it chooses another.
+pub const DEFAULT_HOP_LIMIT: u8 = 16;
+
+/// Size limits a decoder and an encoder enforce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Largest body of a data kind (an agent's message). Default 1 MiB; at most
+    /// [`HARD_MAX_BODY`]. Control kinds have fixed caps of their own ([`Kind::max_body`]).
+    pub max_data_body: u32,
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        FrameLimits {
+            max_data_body: 1024 * 1024,
+        }
+    }
+}
+
+impl FrameLimits {
+    /// Checks the limits; returns them unchanged when valid.
+    pub fn validate(self) -> Result<Self, String> {
+        if self.max_data_body == 0 || self.max_data_body > HARD_MAX_BODY {
+            return Err(format!(
+                "max_data_body must be between 1 and {HARD_MAX_BODY}, got {}",
+                self.max_data_body
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Largest body of `kind` these limits accept.
+    pub fn max_body(&self, kind: Kind) -> u32 {
+        if kind.is_data() {
+            kind.max_body().min(self.max_data_body)
+        } else {
+            kind.max_body()
+        }
+    }
+}
+
+/// A frame header, parsed and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The message kind.
+    pub kind: Kind,
+    /// Hop limit; 0 for control kinds.
+    pub hop_limit: u8,
+    /// Body length in bytes.
+    pub body_len: u32,
+}
+
+impl FrameHeader {
+    /// The header's eight bytes.
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let len = self.body_len.to_be_bytes();
+        [
+            PROTOCOL_VERSION,
+            self.kind.code(),
+            0,
+            self.hop_limit,
+            len[0],
+            len[1],
+            len[2],
+            len[3],
+        ]
+    }
+
+    /// Parses and checks a header against `limits`.
+    pub fn parse(bytes: [u8; HEADER_LEN], limits: &FrameLimits) -> Result<Self, FrameError> {
+        let [version, code, flags, hop_limit, l0, l1, l2, l3] = bytes;
+        if version != PROTOCOL_VERSION {
+            return Err(FrameError::UnsupportedVersion(version));
+        }
+        let kind = Kind::from_code(code).ok_or(FrameError::UnknownKind(code))?;
+        if flags != 0 || (hop_limit != 0 && !kind.is_data()) {
+            return Err(FrameError::ReservedBits {
+                kind,
+                flags,
+                hop_limit,
+            });
+        }
+        let body_len = u32::from_be_bytes([l0, l1, l2, l3]);
+        let max = limits.max_body(kind);
+        if body_len > max {
+            return Err(FrameError::TooLarge {
+                kind,
+                len: body_len,
+                max,
+            });
+        }
+        Ok(FrameHeader {
+            kind,
+            hop_limit,
+            body_len,
+        })
+    }
+
+    /// The same header for a body of `len` bytes (saturating at `u32::MAX`).
+    pub fn with_body_len(self, len: usize) -> FrameHeader {
+        FrameHeader {
+            body_len: u32::try_from(len).unwrap_or(u32::MAX),
+            ..self
+        }
+    }
+
+    /// Frame length, header included.
+    pub fn frame_len(self) -> usize {
+        HEADER_LEN + self.body_len as usize
+    }
+}
+
+/// Bytes that cannot be framed. Framing is lost after any of these: the connection must close
+/// (after telling the peer the [`code`](FrameError::code) where the protocol allows).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// Byte 0 is not a version this decoder speaks.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// Byte 1 is not a known kind.
+    #[error("unknown message kind 0x{0:02x}")]
+    UnknownKind(u8),
+    /// Reserved header bits are set.
+    #[error("reserved header bits set on {kind}: flags 0x{flags:02x}, hop limit {hop_limit}")]
+    ReservedBits {
+        /// The frame's kind.
+        kind: Kind,
+        /// Byte 2.
+        flags: u8,
+        /// Byte 3.
+        hop_limit: u8,
+    },
+    /// The announced body exceeds the kind's cap.
+    #[error("{kind} body of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The frame's kind.
+        kind: Kind,
+        /// Announced body length.
+        len: u32,
+        /// The cap it exceeds.
+        max: u32,
+    },
+}
+
+impl FrameError {
+    /// The code to report to the peer.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+            FrameError::UnknownKind(_) => ErrorCode::UnknownKind,
+            FrameError::ReservedBits { .. } => ErrorCode::Malformed,
+            FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+        }
+    }
+}
+
+/// One frame off the wire. The body shares the decoder's read buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The checked header.
+    pub header: FrameHeader,
+    /// The protobuf body, a slice of the read buffer.
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// Decodes the body into its message; `bytes` fields slice the body, they do not copy it.
+    pub fn message(&self) -> Result<Message, DecodeError> {
+        Message::decode(self.header.kind, self.body.clone())
+    }
+
+    /// The routing fields of a data frame, without allocating.
+    pub fn data_view(&self) -> Result<DataView<'_>, ViewError> {
+        DataView::parse(self.header.kind, &self.body)
+    }
+}
+
+/// Incremental frame decoder: feed it bytes as they arrive, take frames as they complete.
+///
+/// Call order: put bytes in ([`read_buf`](Self::read_buf) then a read into its spare capacity,
+/// or [`extend_from_slice`](Self::extend_from_slice)), then call [`decode`](Self::decode) until
+/// it returns `Ok(None)`. After an error the decoder keeps returning it.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    limits: FrameLimits,
+    /// Header of the frame whose body is still arriving.
+    pending: Option<FrameHeader>,
+    failed: Option<FrameError>,
+}
+
+impl FrameDecoder {
+    /// A decoder enforcing `limits`. It allocates nothing until bytes arrive.
+    pub fn new(limits: FrameLimits) -> Self {
+        FrameDecoder {
+            buf: BytesMut::new(),
+            limits,
+            pending: None,
+            failed: None,
+        }
+    }
+
+    /// The read buffer, with at least `chunk` bytes of spare capacity for the next read. The
+    /// buffer grows by what the peer actually sends, never to a size a header merely announced.
+    pub fn read_buf(&mut self, chunk: usize) -> &mut BytesMut {
+        self.buf.reserve(chunk.max(1));
+        &mut self.buf
+    }
+
+    /// Appends received bytes.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received and not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+            + if self.pending.is_some() {
+                HEADER_LEN
+            } else {
+                0
+            }
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    pub fn decode(&mut self) -> Result<Option<Frame>, FrameError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let header = match self.pending.take() {
+            Some(h) => h,
+            None => {
+                let Some(bytes) = self.buf.get(..HEADER_LEN) else {
+                    return Ok(None);
+                };
+                let mut raw = [0u8; HEADER_LEN];
+                raw.copy_from_slice(bytes);
+                match FrameHeader::parse(raw, &self.limits) {
+                    Ok(h) => {
+                        self.buf.advance(HEADER_LEN);
+                        h
+                    }
+                    Err(e) => {
+                        self.failed = Some(e.clone());
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        let len = header.body_len as usize;
+        if self.buf.len() < len {
+            self.pending = Some(header);
+            return Ok(None);
+        }
+        let body = self.buf.split_to(len).freeze();
+        Ok(Some(Frame { header, body }))
+    }
+}
+
+/// Appends frames to one reused buffer; [`take`](Self::take) hands them out as one write.
+#[derive(Debug, Default)]
+pub struct FrameEncoder {
+    buf: BytesMut,
+    limits: FrameLimits,
+}
+
+impl FrameEncoder {
+    /// An encoder refusing bodies its peers' decoders would refuse under `limits`.
+    pub fn new(limits: FrameLimits) -> Self {
+        FrameEncoder {
+            buf: BytesMut::new(),
+            limits,
+        }
+    }
+
+    /// Appends `msg`. Data kinds get [`DEFAULT_HOP_LIMIT`].
+    pub fn push<M: WireMessage>(&mut self, msg: &M) -> Result<(), EncodeError> {
+        let hop = if M::KIND.is_data() {
+            DEFAULT_HOP_LIMIT
+        } else {
+            0
+        };
+        self.append(M::KIND, hop, msg.encoded_len(), |buf| msg.encode_raw(buf))
+    }
+
+    /// Appends a data-kind `msg` with an explicit hop limit.
+    pub fn push_data<M: WireMessage>(&mut self, msg: &M, hop_limit: u8) -> Result<(), EncodeError> {
+        if !M::KIND.is_data() {
+            return Err(EncodeError::HopLimitOnControl(M::KIND));
+        }
+        self.append(M::KIND, hop_limit, msg.encoded_len(), |buf| {
+            msg.encode_raw(buf)
+        })
+    }
+
+    /// Appends any message; `hop_limit` must be 0 for control kinds.
+    pub fn push_message(&mut self, msg: &Message, hop_limit: u8) -> Result<(), EncodeError> {
+        let kind = msg.kind();
+        if hop_limit != 0 && !kind.is_data() {
+            return Err(EncodeError::HopLimitOnControl(kind));
+        }
+        self.append(kind, hop_limit, msg.encoded_len(), |buf| {
+            msg.encode_body(buf)
+        })
+    }
+
+    fn append(
+        &mut self,
+        kind: Kind,
+        hop_limit: u8,
+        len: usize,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<(), EncodeError> {
+        let max = self.limits.max_body(kind);
+        let body_len = u32::try_from(len)
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or(EncodeError::TooLarge { kind, len, max })?;
+        let header = FrameHeader {
+            kind,
+            hop_limit,
+            body_len,
+        };
+        self.buf.reserve(header.frame_len());
+        self.buf.put_slice(&header.to_bytes());
+        encode(&mut self.buf);
+        Ok(())
+    }
+
+    /// Bytes encoded and not yet taken.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing is waiting to be taken.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// All frames appended since the last take, as one buffer. The encoder keeps its
+    /// allocation for the next frames once the returned bytes are dropped.
+    pub fn take(&mut self) -> Bytes {
+        self.buf.split().freeze()
+    }
+}
+
+/// Frames waiting to be written, as segments for one vectored write: forwarded frames are a
+/// fresh header followed by their unchanged body slice, so no payload is copied.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    headers: BytesMut,
+    segments: VecDeque<Bytes>,
+    len: usize,
+    frames: usize,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        WriteBatch::default()
+    }
+
+    /// Queues a frame: `header` (its body length must be `body.len()`) then `body`.
+    pub fn push_frame(&mut self, header: FrameHeader, body: Bytes) {
+        debug_assert_eq!(header.body_len as usize, body.len());
+        if self.headers.capacity() - self.headers.len() < HEADER_LEN {
+            self.headers.reserve(HEADER_LEN * 64);
+        }
+        self.headers.put_slice(&header.to_bytes());
+        let header = self.headers.split().freeze();
+        self.push_segment(header);
+        if !body.is_empty() {
+            self.push_segment(body);
+        }
+        self.frames += 1;
+    }
+
+    /// Queues bytes that already hold whole frames, e.g. [`FrameEncoder::take`].
+    pub fn push_encoded(&mut self, frames: Bytes) {
+        if !frames.is_empty() {
+            self.push_segment(frames);
+        }
+    }
+
+    fn push_segment(&mut self, b: Bytes) {
+        self.len += b.len();
+        self.segments.push_back(b);
+    }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Frames queued with [`push_frame`](Self::push_frame) since the batch was last emptied.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Fills `out` with up to `max` slices, in order, for one vectored write.
+    pub fn io_slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>, max: usize) {
+        out.clear();
+        out.extend(self.segments.iter().take(max).map(|s| IoSlice::new(s)));
+    }
+
+    /// Drops the first `n` bytes after a write of that many.
+    pub fn advance(&mut self, mut n: usize) {
+        n = n.min(self.len);
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                break;
+            };
+            if n < front.len() {
+                front.advance(n);
+                break;
+            }
+            n -= front.len();
+            self.segments.pop_front();
+        }
+        if self.segments.is_empty() {
+            self.frames = 0;
+        }
+    }
+}
