@@ -51,6 +51,13 @@ macro_rules! message_kinds {
                 }
             }
 
+            /// What a frame of this kind carries, in one line.
+            pub const fn doc(self) -> &'static str {
+                match self {
+                    $( Kind::$variant => $doc, )*
+                }
+            }
+
             /// Largest body of this kind a decoder accepts, before [`FrameLimits`] apply.
             ///
             /// [`FrameLimits`]: crate::FrameLimits

@@ -1,6 +1,8 @@
 //! Byte vectors: for every message kind, a frame written out by hand from the protobuf encoding
 //! rules, the message it must decode to, and the same bytes back when that message is encoded.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use agw_proto::{FrameDecoder, FrameEncoder, FrameLimits, Kind, Message, pb};
@@ -552,7 +554,7 @@ fn data_view_reads_routing_fields_in_place() {
 
 #[test]
 fn payload_is_a_slice_of_the_read_buffer() {
-    let wire = bytes(&vectors()[0].frame);
+    let wire = bytes(vectors()[0].frame);
     let mut decoder = FrameDecoder::new(FrameLimits::default());
     decoder.extend_from_slice(&wire);
     let frame = decoder.decode().expect("valid").expect("complete");
@@ -561,4 +563,49 @@ fn payload_is_a_slice_of_the_read_buffer() {
     };
     assert_eq!(m.payload.as_ref(), b"hi");
     assert!(frame.body.as_ptr_range().contains(&m.payload.as_ptr()));
+}
+
+/// The fuzz target's seed corpus (`fuzz/seeds/frame_decoder/`) holds every vector, behind a
+/// selector byte that varies the read size, plus the whole stream and a few broken headers.
+/// `AGW_WRITE_SEEDS=1 cargo test -p agw-proto --test vectors` rewrites them.
+#[test]
+fn fuzz_seed_corpus_holds_every_vector() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/frame_decoder");
+    let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut stream = vec![0x3f];
+    for (i, v) in vectors().iter().enumerate() {
+        let frame = bytes(v.frame);
+        let selector = (i % 64) as u8;
+        seeds.push((
+            format!("kind-{}", v.message.kind()),
+            [&[selector][..], &frame].concat(),
+        ));
+        stream.extend_from_slice(&frame);
+    }
+    seeds.push(("stream-all-kinds".into(), stream));
+    for (name, spec) in [
+        ("bad-version", "05  02 01 00 10 00000000"),
+        ("unknown-kind", "05  01 ee 00 00 00000000"),
+        ("reserved-flags", "05  01 22 01 00 00000000"),
+        ("too-large-small-limit", "80  01 01 00 10 00000041"),
+        ("truncated-body", "02  01 13 00 00 00000010 08 01"),
+    ] {
+        seeds.push((name.into(), bytes(spec)));
+    }
+
+    let write = std::env::var_os("AGW_WRITE_SEEDS").is_some();
+    if write {
+        std::fs::create_dir_all(&dir).expect("create seed dir");
+    }
+    for (name, content) in seeds {
+        let path = dir.join(&name);
+        if write {
+            std::fs::write(&path, &content).expect("write seed");
+        }
+        let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            stored, content,
+            "seed {name} is stale: rerun with AGW_WRITE_SEEDS=1"
+        );
+    }
 }

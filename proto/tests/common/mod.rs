@@ -1,5 +1,6 @@
 //! Helpers shared by the proto crate's tests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code, unreachable_pub)]
 
 /// Parses an annotated byte vector: hex digits (an even number per token), and 'quoted ASCII' for string contents.
@@ -12,7 +13,7 @@ pub fn bytes(spec: &str) -> Vec<u8> {
         while !rest.is_empty() {
             if let Some(quoted) = rest.strip_prefix('\'') {
                 let end = quoted.find('\'').expect("unterminated quote");
-                out.extend_from_slice(quoted[..end].as_bytes());
+                out.extend_from_slice(&quoted.as_bytes()[..end]);
                 rest = quoted[end + 1..].trim_start();
             } else {
                 let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
