@@ -4,7 +4,7 @@
 //! source and the message ID. Decoding the whole message would allocate a `String` per field;
 //! this view walks the body's protobuf fields once and borrows the strings from it.
 
-use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+use prost::encoding::{DecodeContext, WireType, decode_varint, skip_field};
 
 use crate::{Kind, pb::ErrorCode};
 
@@ -15,11 +15,10 @@ pub struct DataView<'a> {
     pub kind: Kind,
     /// Field 1 of every data kind: the agent the frame is routed to.
     pub destination: &'a str,
-    /// The agent that sent an `AgentMessage` or an `Ack` (field 2); `None` for a `Nack`, which
-    /// is never answered.
-    pub source: Option<&'a str>,
     /// Field 3 of every data kind.
     pub message_id: u64,
+    /// Field 2, unchecked: only the rare answer to a frame (a NACK) needs it.
+    field2: &'a [u8],
 }
 
 /// A data frame whose routing fields cannot be read.
@@ -54,6 +53,15 @@ impl ViewError {
 }
 
 impl<'a> DataView<'a> {
+    /// The agent that sent an `AgentMessage` or an `Ack` (field 2), to answer it with a NACK.
+    /// `None` for a `Nack`, which is never answered, and for a source that is not UTF-8.
+    pub fn source(&self) -> Option<&'a str> {
+        if self.kind == Kind::Nack {
+            return None;
+        }
+        std::str::from_utf8(self.field2).ok()
+    }
+
     /// Reads the routing fields of a `kind` body. As in protobuf, when a field repeats, the
     /// last occurrence wins; unknown fields are skipped.
     pub fn parse(kind: Kind, body: &'a [u8]) -> Result<DataView<'a>, ViewError> {
@@ -62,29 +70,39 @@ impl<'a> DataView<'a> {
         }
         let bad = |reason| ViewError::Malformed { kind, reason };
         let mut buf = body;
-        let (mut destination, mut field2, mut message_id) = ("", "", 0);
+        let (mut destination, mut field2, mut message_id): (&[u8], &[u8], u64) = (&[], &[], 0);
         while !buf.is_empty() {
-            let (tag, wire_type) = decode_key(&mut buf).map_err(|_| bad("bad field key"))?;
+            let (tag, wire_type) = key(&mut buf).ok_or_else(|| bad("bad field key"))?;
             match (tag, wire_type) {
                 (1 | 2, WireType::LengthDelimited) => {
-                    let len = decode_varint(&mut buf).map_err(|_| bad("bad length"))?;
-                    let len = usize::try_from(len)
-                        .ok()
-                        .filter(|l| *l <= buf.len())
-                        .ok_or_else(|| bad("length past the end"))?;
-                    let (field, rest) = buf.split_at(len);
-                    buf = rest;
-                    let s = std::str::from_utf8(field).map_err(|_| bad("invalid UTF-8"))?;
+                    let field = length_delimited(&mut buf).ok_or_else(|| bad("bad length"))?;
                     if tag == 1 {
-                        destination = s;
+                        destination = field;
                     } else {
-                        field2 = s;
+                        field2 = field;
                     }
                 }
                 (3, WireType::Varint) => {
-                    message_id = decode_varint(&mut buf).map_err(|_| bad("bad message_id"))?;
+                    message_id = varint(&mut buf).ok_or_else(|| bad("bad message_id"))?;
                 }
                 (1..=3, _) => return Err(bad("routing field with the wrong wire type")),
+                (_, WireType::Varint) => {
+                    varint(&mut buf).ok_or_else(|| bad("bad varint"))?;
+                }
+                (_, WireType::LengthDelimited) => {
+                    length_delimited(&mut buf).ok_or_else(|| bad("bad length"))?;
+                }
+                (_, WireType::SixtyFourBit | WireType::ThirtyTwoBit) => {
+                    let width = if wire_type == WireType::SixtyFourBit {
+                        8
+                    } else {
+                        4
+                    };
+                    buf = buf
+                        .get(width..)
+                        .ok_or_else(|| bad("bad fixed-width field"))?;
+                }
+                // Groups (deprecated, never in our schema) are rare enough for prost's own skip.
                 _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default())
                     .map_err(|_| bad("bad field"))?,
             }
@@ -92,11 +110,42 @@ impl<'a> DataView<'a> {
         if destination.is_empty() {
             return Err(ViewError::MissingDestination(kind));
         }
+        let destination = std::str::from_utf8(destination).map_err(|_| bad("invalid UTF-8"))?;
         Ok(DataView {
             kind,
             destination,
-            source: (kind != Kind::Nack).then_some(field2),
             message_id,
+            field2,
         })
     }
+}
+
+/// A varint, with the one-byte case (field keys, short lengths) inline.
+#[inline(always)]
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    match buf.split_first() {
+        Some((&b, rest)) if b < 0x80 => {
+            *buf = rest;
+            Some(u64::from(b))
+        }
+        _ => decode_varint(buf).ok(),
+    }
+}
+
+/// A field key: tag (at least 1, at most 2^29 - 1) and wire type, checked as prost checks them.
+#[inline(always)]
+fn key(buf: &mut &[u8]) -> Option<(u32, WireType)> {
+    let key = u32::try_from(varint(buf)?).ok()?;
+    let tag = key >> 3;
+    (tag != 0).then_some(())?;
+    Some((tag, WireType::try_from(u64::from(key & 7)).ok()?))
+}
+
+/// A length-delimited field's bytes.
+#[inline(always)]
+fn length_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(varint(buf)?).ok()?;
+    let (field, rest) = (buf.get(..len)?, buf.get(len..)?);
+    *buf = rest;
+    Some(field)
 }

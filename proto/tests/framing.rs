@@ -375,7 +375,7 @@ fn data_view_refuses_what_cannot_be_routed() {
             "0a 05 'ab'",
             ViewError::Malformed {
                 kind,
-                reason: "length past the end",
+                reason: "bad length",
             },
         ),
         (
@@ -432,5 +432,12 @@ fn data_view_skips_unknown_fields_and_takes_the_last_destination() {
     let view = DataView::parse(Kind::AgentMessage, &body).expect("valid");
     assert_eq!(view.destination, "q");
     assert_eq!(view.message_id, 42);
-    assert_eq!(view.source, Some(""));
+    assert_eq!(view.source(), Some(""));
+    let body = bytes("0a 01 'q' 12 02 c3 28 18 01");
+    let view = DataView::parse(Kind::AgentMessage, &body).expect("routable");
+    assert_eq!(
+        view.source(),
+        None,
+        "a source that is not UTF-8 cannot be answered"
+    );
 }

@@ -544,7 +544,7 @@ fn data_view_reads_routing_fields_in_place() {
             other => panic!("not a data kind: {other:?}"),
         };
         assert_eq!(view.destination, destination);
-        assert_eq!(view.source, source);
+        assert_eq!(view.source(), source);
         assert_eq!(view.message_id, id);
         // The view borrows from the frame body: no copy of the destination was made.
         let body = frame.body.as_ptr_range();
