@@ -384,13 +384,30 @@ impl FrameEncoder {
 }
 
 /// Frames waiting to be written, as segments for one vectored write: forwarded frames are a
-/// fresh header followed by their unchanged body slice, so no payload is copied.
+/// fresh header followed by their unchanged body slice, so no payload is copied. Headers are
+/// held inline, so queueing a frame costs no allocation and one reference count (the body's).
 #[derive(Debug, Default)]
 pub struct WriteBatch {
-    headers: BytesMut,
-    segments: VecDeque<Bytes>,
+    segments: VecDeque<Segment>,
     len: usize,
     frames: usize,
+}
+
+#[derive(Debug)]
+enum Segment {
+    /// A frame header; `start` bytes of it were already written.
+    Header { bytes: [u8; HEADER_LEN], start: u8 },
+    /// A body slice or pre-encoded frames.
+    Bytes(Bytes),
+}
+
+impl Segment {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Segment::Header { bytes, start } => &bytes[usize::from(*start)..],
+            Segment::Bytes(b) => b,
+        }
+    }
 }
 
 impl WriteBatch {
@@ -402,28 +419,25 @@ impl WriteBatch {
     /// Queues a frame: `header` (its body length must be `body.len()`) then `body`.
     pub fn push_frame(&mut self, header: FrameHeader, body: Bytes) {
         debug_assert_eq!(header.body_len as usize, body.len());
-        if self.headers.capacity() - self.headers.len() < HEADER_LEN {
-            self.headers.reserve(HEADER_LEN * 64);
-        }
-        self.headers.put_slice(&header.to_bytes());
-        let header = self.headers.split().freeze();
-        self.push_segment(header);
-        if !body.is_empty() {
-            self.push_segment(body);
-        }
+        self.len += HEADER_LEN;
+        self.segments.push_back(Segment::Header {
+            bytes: header.to_bytes(),
+            start: 0,
+        });
+        self.push_bytes(body);
         self.frames += 1;
     }
 
     /// Queues bytes that already hold whole frames, e.g. [`FrameEncoder::take`].
     pub fn push_encoded(&mut self, frames: Bytes) {
-        if !frames.is_empty() {
-            self.push_segment(frames);
-        }
+        self.push_bytes(frames);
     }
 
-    fn push_segment(&mut self, b: Bytes) {
-        self.len += b.len();
-        self.segments.push_back(b);
+    fn push_bytes(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.segments.push_back(Segment::Bytes(b));
+        }
     }
 
     /// Bytes waiting.
@@ -444,7 +458,12 @@ impl WriteBatch {
     /// Fills `out` with up to `max` slices, in order, for one vectored write.
     pub fn io_slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>, max: usize) {
         out.clear();
-        out.extend(self.segments.iter().take(max).map(|s| IoSlice::new(s)));
+        out.extend(
+            self.segments
+                .iter()
+                .take(max)
+                .map(|s| IoSlice::new(s.as_slice())),
+        );
     }
 
     /// Drops the first `n` bytes after a write of that many.
@@ -455,11 +474,16 @@ impl WriteBatch {
             let Some(front) = self.segments.front_mut() else {
                 break;
             };
-            if n < front.len() {
-                front.advance(n);
+            let left = front.as_slice().len();
+            if n < left {
+                match front {
+                    // n < left <= HEADER_LEN, so the new start fits in a u8.
+                    Segment::Header { start, .. } => *start += n as u8,
+                    Segment::Bytes(b) => b.advance(n),
+                }
                 break;
             }
-            n -= front.len();
+            n -= left;
             self.segments.pop_front();
         }
         if self.segments.is_empty() {
