@@ -1,0 +1,780 @@
+//! The certificate authority: bootstrap, issuance, renewal, revocation, status and CRLs.
+//!
+//! Every method takes the current time as an argument, so tests run on simulated time. State
+//! changes are committed to the [`CertStore`] before a method returns success.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use agw_proto::{
+    identity::{AgentId, Domain, GatewayId},
+    pb::{self, ErrorCode},
+    signing,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, RevocationReason, RevokedCertParams, SanType,
+    SerialNumber, SubjectPublicKeyInfo,
+};
+use ring::rand::{SecureRandom, SystemRandom};
+use time::OffsetDateTime;
+
+use crate::{
+    AcaError,
+    csr::{CsrError, VerifiedCsr, verify_csr},
+    keys::{self, KeyError, key_fingerprint},
+    policy::{Application, ApplicationPolicy},
+    store::{CertRecord, CertStore, Revocation},
+};
+
+/// Limits on identity materials, checked before anything is stored.
+const MAX_MATERIAL_FIELD: usize = 256;
+const MAX_MATERIAL_ITEMS: usize = 64;
+/// A proof of possession for a revocation must be this fresh.
+const PROOF_WINDOW: Duration = Duration::from_secs(300);
+
+/// Where the authority's own key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootMode {
+    /// A self-signed root for the domain.
+    SelfSigned,
+    /// An intermediate CA signed by an operator's root (PEM files); the root's key is read
+    /// once at bootstrap and not kept.
+    Intermediate {
+        /// The operator's root certificate, PEM.
+        root_cert: PathBuf,
+        /// The operator's root key, PKCS#8 PEM.
+        root_key: PathBuf,
+    },
+}
+
+/// How the authority is set up.
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    /// The domain whose identities it certifies.
+    pub domain: Domain,
+    /// Directory for the CA key (`ca.key.pem`, mode 0600), certificates and the database.
+    pub data_dir: PathBuf,
+    /// URL of the CRL, written into every certificate's CRL distribution point.
+    pub crl_url: String,
+    /// Lifetime of agent certificates. Default 30 days.
+    pub agent_validity: Duration,
+    /// Lifetime of gateway certificates. Default 90 days.
+    pub gateway_validity: Duration,
+    /// Time from a CRL's thisUpdate to its nextUpdate; a CRL is reissued after half of it.
+    /// Default 24 hours.
+    pub crl_validity: Duration,
+    /// Self-signed or intermediate.
+    pub root: RootMode,
+}
+
+impl AuthorityConfig {
+    /// Defaults for `domain` with state under `data_dir`.
+    pub fn new(domain: Domain, data_dir: impl Into<PathBuf>, crl_url: impl Into<String>) -> Self {
+        AuthorityConfig {
+            domain,
+            data_dir: data_dir.into(),
+            crl_url: crl_url.into(),
+            agent_validity: Duration::from_secs(30 * 86_400),
+            gateway_validity: Duration::from_secs(90 * 86_400),
+            crl_validity: Duration::from_secs(86_400),
+            root: RootMode::SelfSigned,
+        }
+    }
+}
+
+/// A certificate just issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// The new certificate first, then the authority's chain up to (not including) the root,
+    /// DER.
+    pub chain: Vec<Vec<u8>>,
+    /// Its serial number, big-endian bytes.
+    pub serial: Vec<u8>,
+}
+
+/// What a status query finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateStatus {
+    /// Within its validity and not revoked.
+    Valid {
+        /// Unix seconds.
+        not_after: i64,
+    },
+    /// Past its validity (or not yet valid).
+    Expired {
+        /// Unix seconds.
+        not_after: i64,
+    },
+    /// Revoked.
+    Revoked(Revocation),
+    /// Not issued by this authority.
+    Unknown,
+}
+
+/// The current CRL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crl {
+    /// DER.
+    pub der: Vec<u8>,
+    /// Its CRL number.
+    pub number: u64,
+    /// Unix seconds of its thisUpdate.
+    pub this_update: i64,
+}
+
+/// An Agent Certificate Authority for one domain.
+#[derive(Debug)]
+pub struct CertificateAuthority {
+    config: AuthorityConfig,
+    policy: Box<dyn ApplicationPolicy>,
+    issuer: Issuer<'static, KeyPair>,
+    /// The authority's certificate, then what signed it up to the root (excluded), DER.
+    ca_chain: Vec<Vec<u8>>,
+    /// The certificate that relying parties trust: our root, or the operator's.
+    trust_anchor: Vec<u8>,
+    store: CertStore,
+    /// Serialises issuance and revocation, so the checks and the write are one step; also
+    /// holds the current CRL.
+    crl: Mutex<Crl>,
+    rng: SystemRandom,
+}
+
+fn unix(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+fn datetime(t: SystemTime) -> OffsetDateTime {
+    OffsetDateTime::from(t)
+}
+
+fn internal(e: impl std::fmt::Display) -> AcaError {
+    AcaError::new(ErrorCode::Internal, e.to_string())
+}
+
+impl CertificateAuthority {
+    /// Loads the authority from `config.data_dir`, creating its key and certificate on first
+    /// start, and issues a fresh CRL.
+    pub fn bootstrap(
+        config: AuthorityConfig,
+        policy: Box<dyn ApplicationPolicy>,
+        now: SystemTime,
+    ) -> Result<CertificateAuthority, AcaError> {
+        fs::create_dir_all(&config.data_dir).map_err(internal)?;
+        let key_path = config.data_dir.join("ca.key.pem");
+        let chain_path = config.data_dir.join("ca.chain.pem");
+        let anchor_path = config.data_dir.join("trust-anchor.pem");
+
+        if !key_path.exists() {
+            create_ca(&config, now, &key_path, &chain_path, &anchor_path)?;
+        }
+        let key_pem = fs::read_to_string(&key_path).map_err(internal)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(internal)?;
+        let chain_pem = fs::read_to_string(&chain_path).map_err(internal)?;
+        let ca_chain = pem_blocks(&chain_pem, "CERTIFICATE")?;
+        let ca_cert = ca_chain.first().ok_or_else(|| internal("empty CA chain"))?;
+        let issuer = Issuer::from_ca_cert_der(&ca_cert.clone().into(), key).map_err(internal)?;
+        let trust_anchor = pem_blocks(
+            &fs::read_to_string(&anchor_path).map_err(internal)?,
+            "CERTIFICATE",
+        )?
+        .into_iter()
+        .next()
+        .ok_or_else(|| internal("no trust anchor certificate"))?;
+        let store = CertStore::open(&config.data_dir.join("aca.redb")).map_err(internal)?;
+
+        let authority = CertificateAuthority {
+            config,
+            policy,
+            issuer,
+            ca_chain,
+            trust_anchor,
+            store,
+            crl: Mutex::new(Crl {
+                der: Vec::new(),
+                number: 0,
+                this_update: 0,
+            }),
+            rng: SystemRandom::new(),
+        };
+        {
+            let mut crl = authority.lock_crl()?;
+            authority.reissue_crl(&mut crl, now)?;
+        }
+        Ok(authority)
+    }
+
+    /// The domain this authority certifies.
+    pub fn domain(&self) -> &Domain {
+        &self.config.domain
+    }
+
+    /// The certificate relying parties trust (DER): the root of the chain.
+    pub fn trust_anchor(&self) -> &[u8] {
+        &self.trust_anchor
+    }
+
+    /// The authority's certificate and its chain below the root, DER.
+    pub fn ca_chain(&self) -> &[Vec<u8>] {
+        &self.ca_chain
+    }
+
+    fn lock_crl(&self) -> Result<std::sync::MutexGuard<'_, Crl>, AcaError> {
+        self.crl
+            .lock()
+            .map_err(|_| internal("authority state poisoned"))
+    }
+
+    /// Certificate application (draft 3.1.1): verifies the CSR and the materials, then issues
+    /// an agent certificate.
+    pub fn apply(
+        &self,
+        csr_der: &[u8],
+        materials: &pb::IdentityMaterials,
+        now: SystemTime,
+    ) -> Result<Issued, AcaError> {
+        let csr = verify_csr(csr_der)?;
+        let identity = self.requested_agent(&csr)?;
+        check_materials(materials)?;
+        self.policy.check(&Application {
+            identity: &identity,
+            key: csr.algorithm,
+            materials,
+        })?;
+        let _guard = self.lock_crl()?;
+        self.check_key_and_identity(&csr, identity.as_str(), None, now)?;
+        self.issue(
+            identity.as_str(),
+            identity.name(),
+            &csr,
+            Some(materials.clone()),
+            self.config.agent_validity,
+            now,
+        )
+    }
+
+    /// Issues a gateway certificate for an operator (no materials, no policy: the operator
+    /// is the authority's administrator).
+    pub fn issue_gateway(
+        &self,
+        gateway: &GatewayId,
+        csr_der: &[u8],
+        now: SystemTime,
+    ) -> Result<Issued, AcaError> {
+        let csr = verify_csr(csr_der)?;
+        if gateway.domain() != self.config.domain.as_str() {
+            return Err(AcaError::new(
+                ErrorCode::IdentityOutsideDomain,
+                format!("{gateway} is outside {}", self.config.domain),
+            ));
+        }
+        let _guard = self.lock_crl()?;
+        self.check_key_and_identity(&csr, gateway.as_str(), None, now)?;
+        self.issue(
+            gateway.as_str(),
+            gateway.name(),
+            &csr,
+            None,
+            self.config.gateway_validity,
+            now,
+        )
+    }
+
+    /// Renewal (draft 3.1.2): the old certificate, a CSR for the new one, and a proof by the
+    /// old key over the CSR. Without materials, the old ones are kept.
+    pub fn renew(&self, req: &pb::RenewalRequest, now: SystemTime) -> Result<Issued, AcaError> {
+        let old = self.known_certificate(&req.certificate)?;
+        match self.status_of(&old, now)? {
+            CertificateStatus::Valid { .. } => {}
+            CertificateStatus::Revoked(_) => {
+                return Err(AcaError::new(
+                    ErrorCode::CertRevoked,
+                    "a revoked certificate is not renewed",
+                ));
+            }
+            CertificateStatus::Expired { .. } | CertificateStatus::Unknown => {
+                return Err(AcaError::new(
+                    ErrorCode::CertExpired,
+                    "an expired certificate is not renewed",
+                ));
+            }
+        }
+        if !keys::verify(&old.spki_der, &signing::renewal_input(&req.csr), &req.proof) {
+            return Err(AcaError::new(
+                ErrorCode::BadProof,
+                "the proof does not verify with the old key",
+            ));
+        }
+        let csr = verify_csr(&req.csr)?;
+        if !csr.uris.is_empty() && !csr.uris.contains(&old.identity) {
+            return Err(AcaError::new(
+                ErrorCode::IdentityMismatch,
+                format!("a renewal keeps the identity {}", old.identity),
+            ));
+        }
+        let (materials, validity, name) = if let Ok(agent) = AgentId::parse(&old.identity) {
+            let materials = match &req.materials {
+                Some(m) => {
+                    check_materials(m)?;
+                    self.policy.check(&Application {
+                        identity: &agent,
+                        key: csr.algorithm,
+                        materials: m,
+                    })?;
+                    m.clone()
+                }
+                None => old.materials.clone().unwrap_or_default(),
+            };
+            (
+                Some(materials),
+                self.config.agent_validity,
+                agent.name().to_owned(),
+            )
+        } else {
+            let gateway = GatewayId::parse(&old.identity).map_err(internal)?;
+            (
+                None,
+                self.config.gateway_validity,
+                gateway.name().to_owned(),
+            )
+        };
+        let _guard = self.lock_crl()?;
+        self.check_key_and_identity(&csr, &old.identity, Some(&old.serial), now)?;
+        self.issue(&old.identity, &name, &csr, materials, validity, now)
+    }
+
+    /// Revocation requested by the holder: `proof` signs the serial and `signed_at` with the
+    /// certificate's key.
+    pub fn revoke_by_holder(
+        &self,
+        req: &pb::RevocationRequest,
+        now: SystemTime,
+    ) -> Result<(), AcaError> {
+        let record = self.record(&req.serial)?;
+        let signed_at = UNIX_EPOCH + Duration::from_secs(req.signed_at_unix_s);
+        let age = now
+            .duration_since(signed_at)
+            .unwrap_or_else(|e| e.duration());
+        if age > PROOF_WINDOW {
+            return Err(AcaError::new(ErrorCode::BadProof, "the proof is not fresh"));
+        }
+        let input = signing::revocation_input(&req.serial, req.signed_at_unix_s);
+        if !keys::verify(&record.spki_der, &input, &req.proof) {
+            return Err(AcaError::new(
+                ErrorCode::BadProof,
+                "the proof does not verify",
+            ));
+        }
+        self.revoke(&record, req.reason, now)
+    }
+
+    /// Revocation by the operator.
+    pub fn revoke_by_operator(
+        &self,
+        serial: &[u8],
+        reason: i32,
+        now: SystemTime,
+    ) -> Result<(), AcaError> {
+        let record = self.record(serial)?;
+        self.revoke(&record, reason, now)
+    }
+
+    fn revoke(&self, record: &CertRecord, reason: i32, now: SystemTime) -> Result<(), AcaError> {
+        let reason_code = revocation_reason(reason).ok_or_else(|| {
+            AcaError::new(
+                ErrorCode::InvalidField,
+                format!("unknown revocation reason {reason}"),
+            )
+        })?;
+        if matches!(
+            reason_code,
+            RevocationReason::RemoveFromCrl | RevocationReason::CertificateHold
+        ) {
+            return Err(AcaError::new(
+                ErrorCode::RevocationNotAllowed,
+                "revocations are final: no hold, no removal from the CRL",
+            ));
+        }
+        let compromise = reason_code == RevocationReason::KeyCompromise;
+        let mut crl = self.lock_crl()?;
+        let at = match self.store.revocation(&record.serial).map_err(internal)? {
+            None => unix(now),
+            Some(existing)
+                if compromise && existing.reason != RevocationReason::KeyCompromise as i32 =>
+            {
+                existing.at
+            }
+            Some(_) => {
+                return Err(AcaError::new(
+                    ErrorCode::RevocationNotAllowed,
+                    "already revoked; only a change to keyCompromise is allowed",
+                ));
+            }
+        };
+        let fingerprint = compromise.then(|| key_fingerprint(&record.spki_der));
+        self.store
+            .revoke(&record.serial, Revocation { at, reason }, fingerprint)
+            .map_err(internal)?;
+        self.reissue_crl(&mut crl, now)
+    }
+
+    /// Status query (draft 3.1.2).
+    pub fn status(&self, serial: &[u8], now: SystemTime) -> Result<CertificateStatus, AcaError> {
+        match self.store.cert(serial).map_err(internal)? {
+            Some(record) => self.status_of(&record, now),
+            None => Ok(CertificateStatus::Unknown),
+        }
+    }
+
+    fn status_of(
+        &self,
+        record: &CertRecord,
+        now: SystemTime,
+    ) -> Result<CertificateStatus, AcaError> {
+        if let Some(r) = self.store.revocation(&record.serial).map_err(internal)? {
+            return Ok(CertificateStatus::Revoked(r));
+        }
+        let now = unix(now);
+        if now < record.not_before || now > record.not_after {
+            return Ok(CertificateStatus::Expired {
+                not_after: record.not_after,
+            });
+        }
+        Ok(CertificateStatus::Valid {
+            not_after: record.not_after,
+        })
+    }
+
+    /// The current CRL, reissued first when half its validity has passed.
+    pub fn crl(&self, now: SystemTime) -> Result<Crl, AcaError> {
+        let mut crl = self.lock_crl()?;
+        let half = i64::try_from(self.config.crl_validity.as_secs() / 2).unwrap_or(i64::MAX);
+        if unix(now) - crl.this_update >= half {
+            self.reissue_crl(&mut crl, now)?;
+        }
+        Ok(crl.clone())
+    }
+
+    fn reissue_crl(&self, crl: &mut Crl, now: SystemTime) -> Result<(), AcaError> {
+        let number = self.store.next_crl_number().map_err(internal)?;
+        let mut revoked_certs = Vec::new();
+        for (serial, r) in self.store.revocations().map_err(internal)? {
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: OffsetDateTime::from_unix_timestamp(r.at).map_err(internal)?,
+                reason_code: revocation_reason(r.reason),
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update: datetime(now),
+            next_update: datetime(now + self.config.crl_validity),
+            crl_number: SerialNumber::from_slice(&minimal_be(number)),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let signed = params.signed_by(&self.issuer).map_err(internal)?;
+        *crl = Crl {
+            der: signed.der().to_vec(),
+            number,
+            this_update: unix(now),
+        };
+        Ok(())
+    }
+
+    fn record(&self, serial: &[u8]) -> Result<CertRecord, AcaError> {
+        self.store
+            .cert(serial)
+            .map_err(internal)?
+            .ok_or_else(|| AcaError::new(ErrorCode::CertUnknown, "no certificate has this serial"))
+    }
+
+    /// The stored record of a certificate presented in full (DER), which must be ours.
+    fn known_certificate(&self, der: &[u8]) -> Result<CertRecord, AcaError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|_| AcaError::new(ErrorCode::Malformed, "not a DER certificate"))?;
+        let record = self.record(cert.raw_serial())?;
+        if record.der != der {
+            return Err(AcaError::new(
+                ErrorCode::CertUnknown,
+                "not a certificate this authority issued",
+            ));
+        }
+        Ok(record)
+    }
+
+    fn requested_agent(&self, csr: &VerifiedCsr) -> Result<AgentId, AcaError> {
+        let [uri] = csr.uris.as_slice() else {
+            return Err(AcaError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "the CSR must name exactly one identity URI, it names {}",
+                    csr.uris.len()
+                ),
+            ));
+        };
+        let agent = AgentId::parse(uri)
+            .map_err(|e| AcaError::new(ErrorCode::InvalidField, format!("{uri}: {e}")))?;
+        if agent.domain() != self.config.domain.as_str() {
+            return Err(AcaError::new(
+                ErrorCode::IdentityOutsideDomain,
+                format!("{agent} is outside {}", self.config.domain),
+            ));
+        }
+        Ok(agent)
+    }
+
+    /// The key was never revoked for compromise, and no other valid certificate holds the
+    /// identity (`renewing` names the certificate being renewed, which may).
+    fn check_key_and_identity(
+        &self,
+        csr: &VerifiedCsr,
+        identity: &str,
+        renewing: Option<&[u8]>,
+        now: SystemTime,
+    ) -> Result<(), AcaError> {
+        if self
+            .store
+            .is_compromised(&key_fingerprint(&csr.spki_der))
+            .map_err(internal)?
+        {
+            return Err(AcaError::new(
+                ErrorCode::KeyCompromised,
+                "this key was revoked for key compromise",
+            ));
+        }
+        if let Some(current) = self.store.current_for(identity).map_err(internal)? {
+            let live = matches!(
+                self.status_of(&current, now)?,
+                CertificateStatus::Valid { .. }
+            );
+            if live && renewing != Some(current.serial.as_slice()) {
+                return Err(AcaError::new(
+                    ErrorCode::IdentityTaken,
+                    format!("{identity} is certified to another key"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn issue(
+        &self,
+        identity: &str,
+        name: &str,
+        csr: &VerifiedCsr,
+        materials: Option<pb::IdentityMaterials>,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<Issued, AcaError> {
+        let serial = self.fresh_serial()?;
+        let not_before = now;
+        let not_after = now + validity;
+        let mut params = CertificateParams::default();
+        params.not_before = datetime(not_before);
+        params.not_after = datetime(not_after);
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.subject_alt_names = vec![SanType::URI(identity.try_into().map_err(internal)?)];
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        if let Some(org) = materials
+            .as_ref()
+            .map(|m| &m.organization)
+            .filter(|o| !o.is_empty())
+        {
+            dn.push(DnType::OrganizationName, org.as_str());
+        }
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.crl_distribution_points = vec![CrlDistributionPoint {
+            uris: vec![self.config.crl_url.clone()],
+        }];
+        params.use_authority_key_identifier_extension = true;
+        let spki = SubjectPublicKeyInfo::from_der(&csr.spki_der).map_err(internal)?;
+        let cert = params.signed_by(&spki, &self.issuer).map_err(internal)?;
+        let der = cert.der().to_vec();
+
+        self.store
+            .insert_issued(&CertRecord {
+                serial: serial.clone(),
+                identity: identity.to_owned(),
+                spki_der: csr.spki_der.clone(),
+                not_before: unix(not_before),
+                not_after: unix(not_after),
+                der: der.clone(),
+                materials,
+            })
+            .map_err(internal)?;
+        let mut chain = vec![der];
+        chain.extend(self.ca_chain.iter().cloned());
+        Ok(Issued { chain, serial })
+    }
+
+    /// 16 random bytes, positive (top bit clear), never zero-led, never used before.
+    fn fresh_serial(&self) -> Result<Vec<u8>, AcaError> {
+        loop {
+            let mut serial = vec![0u8; 16];
+            self.rng
+                .fill(&mut serial)
+                .map_err(|_| internal("no randomness"))?;
+            serial[0] = (serial[0] & 0x7f) | 0x01;
+            if !self.store.serial_exists(&serial).map_err(internal)? {
+                return Ok(serial);
+            }
+        }
+    }
+}
+
+fn create_ca(
+    config: &AuthorityConfig,
+    now: SystemTime,
+    key_path: &Path,
+    chain_path: &Path,
+    anchor_path: &Path,
+) -> Result<(), AcaError> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(internal)?;
+    let domain = config.domain.as_str();
+    let mut params = CertificateParams::default();
+    params.not_before = datetime(now);
+    params.not_after = datetime(now + Duration::from_secs(10 * 365 * 86_400));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("{domain} Agent CA"));
+    dn.push(DnType::OrganizationName, domain);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(
+        format!("spiffe://{domain}").try_into().map_err(internal)?,
+    )];
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let (ca_pem, anchor_pem) = match &config.root {
+        RootMode::SelfSigned => {
+            let cert = params.self_signed(&key).map_err(internal)?;
+            (cert.pem(), cert.pem())
+        }
+        RootMode::Intermediate {
+            root_cert,
+            root_key,
+        } => {
+            let root_pem = fs::read_to_string(root_cert).map_err(internal)?;
+            let root_key = KeyPair::from_pem(&fs::read_to_string(root_key).map_err(internal)?)
+                .map_err(internal)?;
+            let root = Issuer::from_ca_cert_pem(&root_pem, root_key).map_err(internal)?;
+            params.use_authority_key_identifier_extension = true;
+            let cert = params.signed_by(&key, &root).map_err(internal)?;
+            (cert.pem(), root_pem)
+        }
+    };
+    write_private(key_path, key.serialize_pem().as_bytes())?;
+    fs::write(chain_path, ca_pem).map_err(internal)?;
+    fs::write(anchor_path, anchor_pem).map_err(internal)?;
+    Ok(())
+}
+
+/// Writes a file readable by its owner only (mode 0600), created that way.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), AcaError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(internal)?;
+    file.write_all(contents).map_err(internal)?;
+    file.sync_all().map_err(internal)
+}
+
+/// The DER contents of every `label` block in `pem`.
+fn pem_blocks(pem: &str, label: &str) -> Result<Vec<Vec<u8>>, AcaError> {
+    let mut out = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        let block = block.map_err(internal)?;
+        if block.label == label {
+            out.push(block.contents);
+        }
+    }
+    Ok(out)
+}
+
+fn check_materials(m: &pb::IdentityMaterials) -> Result<(), AcaError> {
+    let fields = [
+        &m.organization,
+        &m.qualification_ref,
+        &m.developer,
+        &m.function_type,
+    ];
+    let lists = [&m.permission_scope, &m.skills];
+    if fields.iter().any(|f| f.len() > MAX_MATERIAL_FIELD)
+        || lists
+            .iter()
+            .any(|l| l.len() > MAX_MATERIAL_ITEMS || l.iter().any(|s| s.len() > MAX_MATERIAL_FIELD))
+    {
+        return Err(AcaError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "materials exceed {MAX_MATERIAL_ITEMS} items or {MAX_MATERIAL_FIELD} bytes a field"
+            ),
+        ));
+    }
+    if m.organization.is_empty() {
+        return Err(AcaError::new(
+            ErrorCode::MissingField,
+            "materials name no organisation",
+        ));
+    }
+    Ok(())
+}
+
+fn revocation_reason(code: i32) -> Option<RevocationReason> {
+    use RevocationReason as R;
+    Some(match code {
+        0 => R::Unspecified,
+        1 => R::KeyCompromise,
+        2 => R::CaCompromise,
+        3 => R::AffiliationChanged,
+        4 => R::Superseded,
+        5 => R::CessationOfOperation,
+        6 => R::CertificateHold,
+        8 => R::RemoveFromCrl,
+        9 => R::PrivilegeWithdrawn,
+        10 => R::AaCompromise,
+        _ => return None,
+    })
+}
+
+fn minimal_be(n: u64) -> Vec<u8> {
+    let bytes = n.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count().min(7);
+    bytes[skip..].to_vec()
+}
+
+impl From<CsrError> for AcaError {
+    fn from(e: CsrError) -> Self {
+        let code = match &e {
+            CsrError::TooLarge(_) => ErrorCode::TooLarge,
+            CsrError::Malformed | CsrError::BadSignature => ErrorCode::BadCsr,
+            CsrError::Key(KeyError::Malformed) => ErrorCode::BadCsr,
+            CsrError::Key(_) => ErrorCode::WeakKey,
+        };
+        AcaError::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,47 @@
+//! The Agent Certificate Authority (ACA, draft sections 2.2 and 3.1): X.509 certificates for
+//! agents and gateways, with SPIFFE URI SANs, issued from PKCS#10 requests under a pluggable
+//! policy, renewed, revoked, and published in RFC 5280 CRLs.
+//!
+//! What it is: [`CertificateAuthority`] (sans-IO: it takes requests and the current time and
+//! returns answers; state lives in an embedded crash-safe store), the protocol service that
+//! answers the ACA's wire messages ([`CertificateAuthority::handle`]), and the HTTP endpoint
+//! that serves the CRL ([`http`]). What it is not: it does not accept connections for the
+//! protocol; the gateway daemon (or a standalone server) carries frames to it.
+
+mod authority;
+pub mod csr;
+pub mod http;
+pub mod keys;
+pub mod policy;
+mod service;
+pub mod store;
+
+use agw_proto::pb::{self, ErrorCode};
+pub use authority::{
+    AuthorityConfig, CertificateAuthority, CertificateStatus, Crl, Issued, RootMode,
+};
+
+/// A refusal or failure, with the code the requester sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {detail}")]
+pub struct AcaError {
+    /// The wire code.
+    pub code: ErrorCode,
+    /// For humans: which check failed.
+    pub detail: String,
+}
+
+impl AcaError {
+    /// A refusal with `code`.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        AcaError {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// The wire form of the refusal.
+    pub fn to_wire(&self) -> pb::Error {
+        pb::Error::new(self.code, self.detail.clone())
+    }
+}

@@ -1,0 +1,204 @@
+//! The authority's durable state in an embedded, crash-safe redb database: issued
+//! certificates, the current certificate of each identity, revocations, compromised keys and
+//! the CRL number. Every change is one transaction, committed (fsync) before the caller
+//! acknowledges it, so a `kill -9` loses nothing that was acknowledged.
+
+use std::path::Path;
+
+use agw_proto::pb;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// serial -> CertRecord (protobuf).
+const CERTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("certs");
+/// identity URI -> serial of its newest certificate.
+const IDENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("identities");
+/// serial -> (revocation time, RFC 5280 reason) of every revoked certificate.
+const REVOKED: TableDefinition<&[u8], (i64, i32)> = TableDefinition::new("revoked");
+/// SHA-256 of a key revoked for key compromise -> time of that revocation.
+const COMPROMISED: TableDefinition<&[u8], i64> = TableDefinition::new("compromised_keys");
+/// "crl_number" -> last CRL number issued.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// One issued certificate as the store keeps it.
+#[derive(Clone, PartialEq, Message)]
+pub struct CertRecord {
+    /// Serial number, big-endian bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub serial: Vec<u8>,
+    /// The identity URI in its SAN.
+    #[prost(string, tag = "2")]
+    pub identity: String,
+    /// Its key, DER SubjectPublicKeyInfo.
+    #[prost(bytes = "vec", tag = "3")]
+    pub spki_der: Vec<u8>,
+    /// Validity, Unix seconds.
+    #[prost(int64, tag = "4")]
+    pub not_before: i64,
+    #[prost(int64, tag = "5")]
+    pub not_after: i64,
+    /// The certificate, DER.
+    #[prost(bytes = "vec", tag = "6")]
+    pub der: Vec<u8>,
+    /// The materials it was issued on; renewals without materials reuse them.
+    #[prost(message, optional, tag = "7")]
+    pub materials: Option<pb::IdentityMaterials>,
+}
+
+/// A revocation as the CRL lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revocation {
+    /// Unix seconds.
+    pub at: i64,
+    /// RFC 5280 reason code.
+    pub reason: i32,
+}
+
+/// The store failed; the operation was not applied.
+#[derive(Debug, thiserror::Error)]
+#[error("certificate store: {0}")]
+pub struct StoreError(String);
+
+macro_rules! store_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError(e.to_string())
+            }
+        }
+    )*};
+}
+store_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    prost::DecodeError
+);
+
+/// The authority's database.
+#[derive(Debug)]
+pub struct CertStore {
+    db: Database,
+}
+
+impl CertStore {
+    /// Opens the database at `path`, creating it and its tables if needed.
+    pub fn open(path: &Path) -> Result<CertStore, StoreError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        tx.open_table(CERTS)?;
+        tx.open_table(IDENTITIES)?;
+        tx.open_table(REVOKED)?;
+        tx.open_table(COMPROMISED)?;
+        tx.open_table(META)?;
+        tx.commit()?;
+        Ok(CertStore { db })
+    }
+
+    /// The certificate with this serial.
+    pub fn cert(&self, serial: &[u8]) -> Result<Option<CertRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CERTS)?;
+        let Some(bytes) = table.get(serial)? else {
+            return Ok(None);
+        };
+        Ok(Some(CertRecord::decode(bytes.value())?))
+    }
+
+    /// The newest certificate issued for `identity`.
+    pub fn current_for(&self, identity: &str) -> Result<Option<CertRecord>, StoreError> {
+        let serial = {
+            let tx = self.db.begin_read()?;
+            let table = tx.open_table(IDENTITIES)?;
+            match table.get(identity)? {
+                Some(s) => s.value().to_vec(),
+                None => return Ok(None),
+            }
+        };
+        self.cert(&serial)
+    }
+
+    /// Whether a serial is taken.
+    pub fn serial_exists(&self, serial: &[u8]) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(CERTS)?.get(serial)?.is_some())
+    }
+
+    /// The revocation of `serial`, if revoked.
+    pub fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REVOKED)?;
+        Ok(table.get(serial)?.map(|v| {
+            let (at, reason) = v.value();
+            Revocation { at, reason }
+        }))
+    }
+
+    /// Whether a key (by fingerprint) was revoked for key compromise.
+    pub fn is_compromised(&self, fingerprint: &[u8; 32]) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(COMPROMISED)?.get(&fingerprint[..])?.is_some())
+    }
+
+    /// Every revocation, for the CRL.
+    pub fn revocations(&self) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REVOKED)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (serial, value) = entry?;
+            let (at, reason) = value.value();
+            out.push((serial.value().to_vec(), Revocation { at, reason }));
+        }
+        Ok(out)
+    }
+
+    /// Records an issued certificate as its identity's current one; durable on return.
+    pub fn insert_issued(&self, record: &CertRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut certs = tx.open_table(CERTS)?;
+            certs.insert(record.serial.as_slice(), record.encode_to_vec().as_slice())?;
+            let mut ids = tx.open_table(IDENTITIES)?;
+            ids.insert(record.identity.as_str(), record.serial.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a revocation (a new one, or a change of reason) and, for key compromise, the
+    /// key's fingerprint; durable on return.
+    pub fn revoke(
+        &self,
+        serial: &[u8],
+        revocation: Revocation,
+        compromised_key: Option<[u8; 32]>,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut revoked = tx.open_table(REVOKED)?;
+            revoked.insert(serial, (revocation.at, revocation.reason))?;
+            if let Some(fp) = compromised_key {
+                let mut keys = tx.open_table(COMPROMISED)?;
+                keys.insert(&fp[..], revocation.at)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Takes the next CRL number; durable on return, so numbers never repeat.
+    pub fn next_crl_number(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write()?;
+        let next = {
+            let mut meta = tx.open_table(META)?;
+            let next = meta.get("crl_number")?.map_or(0, |v| v.value()) + 1;
+            meta.insert("crl_number", next)?;
+            next
+        };
+        tx.commit()?;
+        Ok(next)
+    }
+}

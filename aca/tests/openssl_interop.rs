@@ -1,0 +1,347 @@
+//! What the authority issues, checked by a client we did not write: openssl verifies the
+//! certificates, honours the CRL, and shows the reasons and CRL number; and CSRs that openssl
+//! makes are certified or refused as the policy says.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use agw_aca::{
+    AuthorityConfig, CertificateAuthority, RootMode,
+    http::{CrlHttpServer, url_path},
+};
+use agw_proto::{Message, pb};
+use common::*;
+
+fn verify(
+    dir: &std::path::Path,
+    ca: &CertificateAuthority,
+    leaf: &[u8],
+    crl: Option<&[u8]>,
+) -> (bool, String) {
+    let anchor = file(dir, "anchor.pem", pem("CERTIFICATE", ca.trust_anchor()));
+    let chain: String = ca
+        .ca_chain()
+        .iter()
+        .map(|c| pem("CERTIFICATE", c))
+        .collect();
+    let untrusted = file(dir, "chain.pem", chain);
+    let leaf = file(dir, "leaf.pem", pem("CERTIFICATE", leaf));
+    let mut args = vec![
+        "verify".to_owned(),
+        "-attime".to_owned(),
+        // openssl checks validity at this time: the simulated clock's, plus a day.
+        (t0() + days(1))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string(),
+        "-CAfile".to_owned(),
+        anchor.display().to_string(),
+        "-untrusted".to_owned(),
+        untrusted.display().to_string(),
+    ];
+    if let Some(crl) = crl {
+        let crl = file(dir, "crl.pem", pem("X509 CRL", crl));
+        args.extend([
+            "-crl_check".to_owned(),
+            "-CRLfile".to_owned(),
+            crl.display().to_string(),
+        ]);
+    }
+    args.push(leaf.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    openssl(&args)
+}
+
+#[test]
+fn openssl_verifies_issued_certificates_and_honours_the_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(authority(dir.path(), t0()));
+    let mut alice = Agent::new("alice");
+    let mut bob = Agent::new("bob");
+    let alice_cert = alice.certify(&ca, t0());
+    let bob_cert = bob.certify(&ca, t0());
+
+    let work = tempfile::tempdir().unwrap();
+    let (ok, out) = verify(work.path(), &ca, alice_cert.der(), None);
+    assert!(ok, "{out}");
+
+    // What the certificate holds, as openssl reads it.
+    let leaf = file(
+        work.path(),
+        "alice.pem",
+        pem("CERTIFICATE", alice_cert.der()),
+    );
+    let (ok, text) = openssl(&["x509", "-noout", "-text", "-in", leaf.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("URI:spiffe://travel.example/agent/alice"),
+        "{text}"
+    );
+    assert!(
+        text.contains("http://127.0.0.1:7810/crl/travel.example.crl"),
+        "{text}"
+    );
+    assert!(
+        text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
+        "{text}"
+    );
+    assert!(text.contains("O = Acme Travel"), "{text}");
+
+    // Alice revokes her certificate: her key leaked.
+    let request = alice
+        .requests
+        .revocation(
+            &alice_cert,
+            &alice.key,
+            pb::RevocationReason::KeyCompromise,
+            t0() + days(1),
+        )
+        .unwrap();
+    let Some(Message::RevocationReply(reply)) = ca.handle(&request.into(), t0() + days(1)) else {
+        panic!("no revocation reply");
+    };
+    assert_eq!(reply.error, None);
+
+    // The CRL, fetched over HTTP by curl at the distribution point's path.
+    let server = CrlHttpServer::start(
+        "127.0.0.1:0",
+        Arc::clone(&ca),
+        url_path("http://127.0.0.1:7810/crl/travel.example.crl"),
+    )
+    .unwrap();
+    let url = format!("http://{}/crl/travel.example.crl", server.local_addr());
+    let crl_path = work.path().join("fetched.crl");
+    let curl = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            crl_path.to_str().unwrap(),
+            "-w",
+            "%{content_type}",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(curl.status.success(), "curl {url}");
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout),
+        "application/pkix-crl"
+    );
+    let crl = std::fs::read(&crl_path).unwrap();
+
+    let (ok, out) = verify(work.path(), &ca, alice_cert.der(), Some(&crl));
+    assert!(!ok, "a revoked certificate passed: {out}");
+    assert!(out.contains("certificate revoked"), "{out}");
+    let (ok, out) = verify(work.path(), &ca, bob_cert.der(), Some(&crl));
+    assert!(ok, "{out}");
+
+    let (ok, text) = openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-noout",
+        "-text",
+        "-in",
+        crl_path.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("Key Compromise"), "{text}");
+    assert!(text.contains("X509v3 CRL Number"), "{text}");
+    let serial_hex: String = alice_cert
+        .serial
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    assert!(text.contains(&serial_hex), "{serial_hex} not in {text}");
+
+    // Other paths and methods are refused.
+    let code = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let base = format!("http://{}", server.local_addr());
+    assert_eq!(
+        code(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/other")
+        ]),
+        "404"
+    );
+    assert_eq!(
+        code(&[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            &url
+        ]),
+        "405"
+    );
+}
+
+#[test]
+fn crl_numbers_only_increase_across_revocations_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut numbers = Vec::new();
+    let mut serials = Vec::new();
+    {
+        let ca = authority(dir.path(), t0());
+        numbers.push(ca.crl(t0()).unwrap().number);
+        for name in ["a", "b"] {
+            let held = Agent::new(name).certify(&ca, t0());
+            ca.revoke_by_operator(&held.serial, pb::RevocationReason::Superseded as i32, t0())
+                .unwrap();
+            numbers.push(ca.crl(t0()).unwrap().number);
+            serials.push(held.serial);
+        }
+    }
+    let ca = authority(dir.path(), t0() + days(1));
+    numbers.push(ca.crl(t0() + days(1)).unwrap().number);
+    // Half the CRL's validity later, a fresh CRL with a new number.
+    numbers.push(ca.crl(t0() + days(2)).unwrap().number);
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+
+    let work = tempfile::tempdir().unwrap();
+    let crl = file(work.path(), "crl.der", ca.crl(t0() + days(2)).unwrap().der);
+    let (ok, text) = openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-noout",
+        "-text",
+        "-in",
+        crl.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches("Superseded").count(), 2, "{text}");
+}
+
+#[test]
+fn csrs_made_by_openssl_are_certified_or_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(dir.path(), t0());
+    let work = tempfile::tempdir().unwrap();
+    let csr = |name: &str, newkey: &[&str]| -> Vec<u8> {
+        let key = work.path().join(format!("{name}.key"));
+        let out = work.path().join(format!("{name}.csr"));
+        let san = format!("subjectAltName=URI:spiffe://{DOMAIN}/agent/{name}");
+        let mut args = vec!["req", "-new", "-nodes", "-subj", "/CN=x", "-addext", &san];
+        args.extend_from_slice(newkey);
+        let key_s = key.to_str().unwrap().to_owned();
+        let out_s = out.to_str().unwrap().to_owned();
+        args.extend_from_slice(&["-keyout", &key_s, "-outform", "DER", "-out", &out_s]);
+        let (ok, text) = openssl(&args);
+        assert!(ok, "{text}");
+        std::fs::read(out).unwrap()
+    };
+    let apply = |csr: Vec<u8>| {
+        ca.handle(
+            &pb::CertificateApplication {
+                request_id: 1,
+                csr: csr.into(),
+                materials: Some(materials()),
+            }
+            .into(),
+            t0(),
+        )
+    };
+    let cases: &[(&str, &[&str], Option<pb::ErrorCode>)] = &[
+        (
+            "p384",
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+            None,
+        ),
+        ("ed", &["-newkey", "ed25519"], None),
+        ("rsa2048", &["-newkey", "rsa:2048"], None),
+        (
+            "rsa1024",
+            &["-newkey", "rsa:1024"],
+            Some(pb::ErrorCode::WeakKey),
+        ),
+        (
+            "k256",
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp256k1"],
+            Some(pb::ErrorCode::WeakKey),
+        ),
+    ];
+    for (name, newkey, expected) in cases {
+        let Some(Message::CertificateReply(reply)) = apply(csr(name, newkey)) else {
+            panic!("no reply");
+        };
+        assert_eq!(
+            reply.error.as_ref().map(|e| e.error_code()),
+            *expected,
+            "{name}: {:?}",
+            reply.error
+        );
+        if expected.is_none() {
+            let (ok, out) = verify(work.path(), &ca, &reply.certificate_chain[0], None);
+            assert!(ok, "{name}: {out}");
+        }
+    }
+}
+
+#[test]
+fn an_intermediate_under_an_operators_root_issues_verifiable_chains() {
+    let work = tempfile::tempdir().unwrap();
+    let root_key = work.path().join("root.key");
+    let root_cert = work.path().join("root.pem");
+    let (ok, out) = openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-subj",
+        "/CN=Operator Root",
+        "-days",
+        "36500",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        root_key.to_str().unwrap(),
+        "-out",
+        root_cert.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = AuthorityConfig {
+        root: RootMode::Intermediate {
+            root_cert: root_cert.clone(),
+            root_key,
+        },
+        ..config(dir.path())
+    };
+    let ca = CertificateAuthority::bootstrap(config, Box::new(policy()), t0()).unwrap();
+    assert_eq!(
+        ca.trust_anchor(),
+        pem::parse(std::fs::read(&root_cert).unwrap())
+            .unwrap()
+            .contents()
+    );
+    let held = Agent::new("carol").certify(&ca, t0());
+    assert_eq!(held.chain.len(), 2, "leaf and intermediate");
+    let crl = ca.crl(t0() + days(1)).unwrap().der;
+    let (ok, out) = verify(work.path(), &ca, held.der(), Some(&crl));
+    assert!(ok, "{out}");
+}
