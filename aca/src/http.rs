@@ -4,7 +4,7 @@
 
 use std::{
     io,
-    net::{SocketAddr, ToSocketAddrs},
+    net::{SocketAddr, TcpListener, ToSocketAddrs},
     sync::Arc,
     thread::JoinHandle,
     time::SystemTime,
@@ -35,7 +35,17 @@ impl CrlHttpServer {
         authority: Arc<CertificateAuthority>,
         path: &str,
     ) -> io::Result<CrlHttpServer> {
-        let server = Arc::new(Server::http(addr).map_err(io::Error::other)?);
+        CrlHttpServer::from_listener(TcpListener::bind(addr)?, authority, path)
+    }
+
+    /// The same on a listener already bound (so its address is known before the
+    /// certificates that name it are issued).
+    pub fn from_listener(
+        listener: TcpListener,
+        authority: Arc<CertificateAuthority>,
+        path: &str,
+    ) -> io::Result<CrlHttpServer> {
+        let server = Arc::new(Server::from_listener(listener, None).map_err(io::Error::other)?);
         let addr = server
             .server_addr()
             .to_ip()

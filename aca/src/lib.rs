@@ -13,8 +13,10 @@ pub mod csr;
 pub mod http;
 pub mod keys;
 pub mod policy;
+pub mod server;
 mod service;
 pub mod store;
+pub mod tls;
 
 use agw_proto::pb::{self, ErrorCode};
 pub use authority::{

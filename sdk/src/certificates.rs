@@ -66,6 +66,11 @@ impl AgentKey {
         self.key.serialize_pem()
     }
 
+    /// The key as PKCS#8 DER, for TLS stacks.
+    pub fn to_pkcs8_der(&self) -> Vec<u8> {
+        self.key.serialize_der()
+    }
+
     /// The public key, DER SubjectPublicKeyInfo.
     pub fn public_key_der(&self) -> Vec<u8> {
         self.key.subject_public_key_info()

@@ -7,3 +7,4 @@
 //! discovery and sessions come with the dataplane and registry issues.
 
 pub mod certificates;
+pub mod connection;

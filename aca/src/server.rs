@@ -1,0 +1,116 @@
+//! The standalone authority's protocol endpoint: a blocking TCP server, one thread per
+//! connection (an authority answers a few requests per agent per month), each frame answered
+//! by [`CertificateAuthority::handle`]. A frame it cannot use is answered with a
+//! `Notification` carrying the code, and that connection alone is closed.
+
+use std::{
+    io::{self, Read, Write},
+    net::{TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use agw_proto::{FrameDecoder, FrameEncoder, FrameLimits, Message, pb, pb::ErrorCode};
+
+use crate::CertificateAuthority;
+
+/// Limits of the protocol endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Connections served at once; more are closed on accept. Default 256.
+    pub max_connections: usize,
+    /// A connection silent this long is closed. Default 30 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Accepts connections on `listener` and serves them until the listener fails.
+pub fn serve(
+    listener: TcpListener,
+    authority: Arc<CertificateAuthority>,
+    limits: ServerLimits,
+) -> io::Result<()> {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        if active.load(Ordering::Relaxed) >= limits.max_connections {
+            drop(stream);
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let (authority, active) = (Arc::clone(&authority), Arc::clone(&active));
+        std::thread::Builder::new()
+            .name("aca-conn".into())
+            .spawn(move || {
+                // Errors end this connection only; the peer has been told where possible.
+                let _ = serve_connection(stream, &authority, limits);
+                active.fetch_sub(1, Ordering::Relaxed);
+            })?;
+    }
+    Ok(())
+}
+
+fn serve_connection(
+    mut stream: TcpStream,
+    authority: &CertificateAuthority,
+    limits: ServerLimits,
+) -> io::Result<()> {
+    stream.set_read_timeout(Some(limits.idle_timeout))?;
+    stream.set_write_timeout(Some(limits.idle_timeout))?;
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    let mut encoder = FrameEncoder::new(FrameLimits::default());
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        decoder.read_buf(n).extend_from_slice(&chunk[..n]);
+        loop {
+            let (reply, close) = match decoder.decode() {
+                Ok(None) => break,
+                Ok(Some(frame)) => match frame.message() {
+                    Ok(request) => match authority.handle(&request, SystemTime::now()) {
+                        Some(reply) => (reply, false),
+                        None => (
+                            notification(ErrorCode::UnexpectedMessage, frame.header.kind.name()),
+                            true,
+                        ),
+                    },
+                    Err(e) => (notification(e.code(), &e.to_string()), true),
+                },
+                Err(e) => (notification(e.code(), &e.to_string()), true),
+            };
+            // Replies are small and fit their kind's cap; a failure here is a bug we report.
+            if let Err(e) = encoder.push_message(&reply, 0) {
+                encoder
+                    .push_message(&notification(e.code(), "reply too large"), 0)
+                    .ok();
+            }
+            stream.write_all(&encoder.take())?;
+            if close {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn notification(code: ErrorCode, text: &str) -> Message {
+    pb::Notification {
+        code: code as i32,
+        subcode: 0,
+        text: text.to_owned(),
+    }
+    .into()
+}

@@ -1,0 +1,177 @@
+//! TLS with the authority's certificates (rustls, ring provider): mutual authentication where
+//! identities are SPIFFE URIs, not DNS names.
+//!
+//! Servers require a client certificate chaining to the trust anchor and not on the CRLs given;
+//! [`peer_identity`] then reads the client's identity. Clients check the server's chain and
+//! CRLs with webpki, then require its URI SAN to be the identity they meant to reach: the DNS
+//! name check webpki would make is replaced by that identity check.
+
+use std::sync::Arc;
+
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, ServerConfig,
+    SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    crypto::{CryptoProvider, ring},
+    pki_types::{
+        CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer,
+        ServerName, UnixTime,
+    },
+    server::WebPkiClientVerifier,
+};
+use x509_parser::{extensions::GeneralName, prelude::FromDer, prelude::X509Certificate};
+
+/// What TLS needs to speak for one identity and trust one authority.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// Our certificate first, then its chain, DER.
+    pub chain: Vec<Vec<u8>>,
+    /// Our private key, PKCS#8 DER.
+    pub key_pkcs8: Vec<u8>,
+    /// The authority's trust anchor, DER.
+    pub trust_anchor: Vec<u8>,
+    /// Current CRLs, DER.
+    pub crls: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("chain", &self.chain.len())
+            .field("key_pkcs8", &"...")
+            .field("crls", &self.crls.len())
+            .finish()
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+impl TlsIdentity {
+    fn roots(&self) -> Result<Arc<RootCertStore>, Error> {
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(self.trust_anchor.clone()))?;
+        Ok(Arc::new(roots))
+    }
+
+    fn crl_ders(&self) -> Vec<CertificateRevocationListDer<'static>> {
+        self.crls.iter().cloned().map(Into::into).collect()
+    }
+
+    fn chain_and_key(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let chain = self
+            .chain
+            .iter()
+            .cloned()
+            .map(CertificateDer::from)
+            .collect();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()));
+        (chain, key)
+    }
+
+    /// A server that requires clients certified by the authority and not revoked.
+    pub fn server_config(&self) -> Result<ServerConfig, Error> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+            .with_crls(self.crl_ders())
+            .build()
+            .map_err(|e| Error::General(e.to_string()))?;
+        let (chain, key) = self.chain_and_key();
+        ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+    }
+
+    /// A client that presents this identity and accepts only a server whose certificate names
+    /// `expected_server` (a SPIFFE URI).
+    pub fn client_config(&self, expected_server: &str) -> Result<ClientConfig, Error> {
+        let webpki = WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
+            .with_crls(self.crl_ders())
+            .build()
+            .map_err(|e| Error::General(e.to_string()))?;
+        let verifier = Arc::new(SpiffeServerVerifier {
+            webpki,
+            expected: expected_server.to_owned(),
+        });
+        let (chain, key) = self.chain_and_key();
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(chain, key)
+    }
+}
+
+/// The URI SAN of a peer's certificate: its identity.
+pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(certs.first()?).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(uri) => Some((*uri).to_owned()),
+        _ => None,
+    })
+}
+
+/// webpki's chain, validity and CRL checks, then the SPIFFE identity instead of a DNS name.
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    expected: String,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        // webpki checks the name last, after the chain and the CRLs: a name error means the
+        // rest passed.
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(_)
+            | Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {}
+            Err(e) => return Err(e),
+        }
+        match peer_identity(std::slice::from_ref(end_entity)) {
+            Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            _ => Err(Error::InvalidCertificate(CertificateError::NotValidForName)),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}

@@ -1,0 +1,153 @@
+//! The standalone `agw-aca` server, driven by the SDK's connection over TCP: answers, refuses
+//! bad frames on one connection without harming others, and loses nothing it acknowledged when
+//! killed with SIGKILL and restarted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use agw_proto::{Message, pb, pb::ErrorCode};
+use agw_sdk::{
+    certificates::{AgentKey, CertificateRequests, HeldCertificate},
+    connection::Connection,
+};
+use common::{agent, materials};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+fn start(dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agw-aca"))
+        .args([
+            "--domain",
+            common::DOMAIN,
+            "--listen",
+            "127.0.0.1:0",
+            "--crl-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--allow", "Acme Travel=booking,payments", "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first.rsplit(' ').next().unwrap().to_owned();
+    assert!(first.contains("listening on"), "{first}");
+    std::thread::spawn(move || lines.for_each(drop));
+    Server { child, addr }
+}
+
+fn connect(server: &Server) -> Connection {
+    Connection::connect(&server.addr, Duration::from_secs(10)).unwrap()
+}
+
+#[test]
+fn sigkill_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let mut acknowledged = Vec::new();
+    {
+        let mut conn = connect(&server);
+        let mut requests = CertificateRequests::default();
+        for i in 0..20 {
+            let key = AgentKey::generate().unwrap();
+            let app = requests
+                .application(&key, &agent(&format!("a{i}")), materials())
+                .unwrap();
+            let Message::CertificateReply(reply) = conn.request(app).unwrap() else {
+                panic!()
+            };
+            acknowledged.push(HeldCertificate::from_reply(reply).unwrap());
+            if i == 9 {
+                let held = &acknowledged[0];
+                let rev = requests.revocation(
+                    held,
+                    &key,
+                    pb::RevocationReason::Superseded,
+                    std::time::SystemTime::now(),
+                );
+                // Signed by another key than a0's: refused, and nothing recorded.
+                let Message::RevocationReply(r) = conn.request(rev.unwrap()).unwrap() else {
+                    panic!()
+                };
+                assert_eq!(r.error.unwrap().error_code(), ErrorCode::BadProof);
+            }
+        }
+    }
+    // Kill it hard, right after the last acknowledgement.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let mut server = start(dir.path());
+    let mut conn = connect(&server);
+    let mut requests = CertificateRequests::default();
+    for held in &acknowledged {
+        let Message::StatusReply(s) = conn.request(requests.status(held.serial.clone())).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            s.state,
+            pb::CertificateState::Valid as i32,
+            "lost {:?}",
+            held.serial
+        );
+    }
+    // And the identities are still taken.
+    let app = requests
+        .application(&AgentKey::generate().unwrap(), &agent("a3"), materials())
+        .unwrap();
+    let Message::CertificateReply(r) = conn.request(app).unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.error.unwrap().error_code(), ErrorCode::IdentityTaken);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let mut good = connect(&server);
+    let mut requests = CertificateRequests::default();
+
+    // A peer sending a frame of an unknown kind gets a NOTIFICATION, then EOF.
+    let mut raw = TcpStream::connect(&server.addr).unwrap();
+    raw.write_all(&[1, 0x7e, 0, 0, 0, 0, 0, 0]).unwrap();
+    let mut conn_bytes = Vec::new();
+    std::io::Read::read_to_end(&mut raw, &mut conn_bytes).unwrap();
+    let mut decoder = agw_proto::FrameDecoder::new(agw_proto::FrameLimits::default());
+    decoder.extend_from_slice(&conn_bytes);
+    let Message::Notification(n) = decoder.decode().unwrap().unwrap().message().unwrap() else {
+        panic!()
+    };
+    assert_eq!(n.code, ErrorCode::UnknownKind as i32);
+
+    // A kind the authority does not serve.
+    let Message::Notification(n) = connect(&server).request(pb::Heartbeat::default()).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(n.code, ErrorCode::UnexpectedMessage as i32);
+
+    // The well-behaved connection carries on.
+    let Message::CrlReply(crl) = good.request(requests.crl()).unwrap() else {
+        panic!()
+    };
+    assert!(crl.error.is_none() && !crl.crl.is_empty());
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
