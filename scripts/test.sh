@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System tools the tests call, as Debian packages. Empty until a test needs one (openssl for
-# the certificate authority's interop tests, mosquitto clients for the MQTT adapter, ...).
-packages=()
+# System tools the tests call, as Debian packages: openssl verifies what the certificate
+# authority issues, curl fetches its CRL over HTTP.
+packages=(openssl curl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

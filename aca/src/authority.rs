@@ -684,10 +684,11 @@ fn create_ca(
             (cert.pem(), root_pem)
         }
     };
-    write_private(key_path, key.serialize_pem().as_bytes())?;
+    // The key goes last: its presence marks a complete set, so a crash in between leads to a
+    // fresh start rather than a key without its certificate.
     fs::write(chain_path, ca_pem).map_err(internal)?;
     fs::write(anchor_path, anchor_pem).map_err(internal)?;
-    Ok(())
+    write_private(key_path, key.serialize_pem().as_bytes())
 }
 
 /// Writes a file readable by its owner only (mode 0600), created that way.
