@@ -345,3 +345,87 @@ fn an_intermediate_under_an_operators_root_issues_verifiable_chains() {
     let (ok, out) = verify(work.path(), &ca, held.der(), Some(&crl));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn proofs_signed_by_openssl_verify_for_every_accepted_key() {
+    let work = tempfile::tempdir().unwrap();
+    let message = file(work.path(), "message", b"agw-renewal-v1\0proof bytes");
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "p256",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ],
+            &["dgst", "-sha256"],
+        ),
+        (
+            "p384",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+            ],
+            &["dgst", "-sha384"],
+        ),
+        (
+            "rsa",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+            &["dgst", "-sha256"],
+        ),
+        (
+            "ed25519",
+            &["genpkey", "-algorithm", "ED25519"],
+            &["pkeyutl", "-rawin"],
+        ),
+    ];
+    for (name, genkey, sign) in cases {
+        let key = work.path().join(format!("{name}.key"));
+        let spki = work.path().join(format!("{name}.spki"));
+        let sig = work.path().join(format!("{name}.sig"));
+        let (k, p, s, m) = (
+            key.to_str().unwrap(),
+            spki.to_str().unwrap(),
+            sig.to_str().unwrap(),
+            message.to_str().unwrap(),
+        );
+        let mut args = genkey.to_vec();
+        args.extend(["-out", k]);
+        assert!(openssl(&args).0);
+        assert!(openssl(&["pkey", "-in", k, "-pubout", "-outform", "DER", "-out", p]).0);
+        let mut args = sign.to_vec();
+        if sign[0] == "dgst" {
+            args.extend(["-sign", k, "-out", s, m]);
+        } else {
+            args.extend(["-sign", "-inkey", k, "-in", m, "-out", s]);
+        }
+        let (ok, out) = openssl(&args);
+        assert!(ok, "{name}: {out}");
+
+        let spki = std::fs::read(&spki).unwrap();
+        let mut signature = std::fs::read(&sig).unwrap();
+        let message = std::fs::read(&message).unwrap();
+        assert!(agw_aca::keys::verify(&spki, &message, &signature), "{name}");
+        assert!(
+            !agw_aca::keys::verify(&spki, b"another message", &signature),
+            "{name}"
+        );
+        let last = signature.len() - 1;
+        signature[last] ^= 1;
+        assert!(
+            !agw_aca::keys::verify(&spki, &message, &signature),
+            "{name}: tampered"
+        );
+    }
+}
