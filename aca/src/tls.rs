@@ -175,3 +175,107 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         self.webpki.supported_verify_schemes()
     }
 }
+
+/// Checks certificates presented outside a TLS handshake (a registration, an access request)
+/// exactly as the TLS server would: chain to the trust anchor, validity, and the CRLs.
+#[derive(Debug, Clone)]
+pub struct CertificateChecker {
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+/// Why a presented certificate is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// No certificate, or not DER.
+    #[error("no usable certificate")]
+    Malformed,
+    /// Does not chain to the trust anchor.
+    #[error("certificate does not chain to the trust anchor: {0}")]
+    Untrusted(String),
+    /// On the CRL.
+    #[error("certificate revoked")]
+    Revoked,
+    /// Outside its validity.
+    #[error("certificate expired or not yet valid")]
+    Expired,
+    /// Valid, but names no identity URI.
+    #[error("certificate names no identity URI")]
+    NoIdentity,
+}
+
+impl ChainError {
+    /// The wire code for this refusal.
+    pub fn code(&self) -> agw_proto::pb::ErrorCode {
+        use agw_proto::pb::ErrorCode as E;
+        match self {
+            ChainError::Malformed => E::Malformed,
+            ChainError::Untrusted(_) => E::CertUntrusted,
+            ChainError::Revoked => E::CertRevoked,
+            ChainError::Expired => E::CertExpired,
+            ChainError::NoIdentity => E::IdentityMismatch,
+        }
+    }
+}
+
+impl CertificateChecker {
+    /// A checker trusting `trust_anchor` (DER) and refusing what `crls` (DER) list.
+    pub fn new(trust_anchor: &[u8], crls: &[Vec<u8>]) -> Result<CertificateChecker, Error> {
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(trust_anchor.to_vec()))?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .with_crls(crls.iter().cloned().map(Into::into))
+            .build()
+            .map_err(|e| Error::General(e.to_string()))?;
+        Ok(CertificateChecker { verifier })
+    }
+
+    /// Checks `chain` (leaf first, DER) at `now` and returns the leaf's identity and serial.
+    pub fn check(
+        &self,
+        chain: &[impl AsRef<[u8]>],
+        now: std::time::SystemTime,
+    ) -> Result<CheckedCertificate, ChainError> {
+        let chain: Vec<CertificateDer<'_>> = chain
+            .iter()
+            .map(|c| CertificateDer::from(c.as_ref()))
+            .collect();
+        let (leaf, intermediates) = chain.split_first().ok_or(ChainError::Malformed)?;
+        let since_epoch = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| ChainError::Expired)?;
+        match self.verifier.verify_client_cert(
+            leaf,
+            intermediates,
+            UnixTime::since_unix_epoch(since_epoch),
+        ) {
+            Ok(_) => {}
+            Err(Error::InvalidCertificate(e)) => {
+                return Err(match e {
+                    CertificateError::Revoked => ChainError::Revoked,
+                    CertificateError::Expired
+                    | CertificateError::ExpiredContext { .. }
+                    | CertificateError::NotValidYet
+                    | CertificateError::NotValidYetContext { .. } => ChainError::Expired,
+                    CertificateError::BadEncoding => ChainError::Malformed,
+                    other => ChainError::Untrusted(format!("{other:?}")),
+                });
+            }
+            Err(other) => return Err(ChainError::Untrusted(other.to_string())),
+        }
+        let identity = peer_identity(&chain).ok_or(ChainError::NoIdentity)?;
+        let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| ChainError::Malformed)?;
+        Ok(CheckedCertificate {
+            identity,
+            serial: cert.raw_serial().to_vec(),
+        })
+    }
+}
+
+/// A certificate that passed [`CertificateChecker::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedCertificate {
+    /// Its identity URI.
+    pub identity: String,
+    /// Its serial number, big-endian bytes.
+    pub serial: Vec<u8>,
+}

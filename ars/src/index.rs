@@ -1,0 +1,248 @@
+//! The in-memory discovery index: profiles in a slab, inverted postings from capability terms
+//! and their words (hashbrown), and a sorted term set for prefix queries.
+//!
+//! Matching: a query capability ending in `*` matches every capability starting with the rest
+//! (quality 1); otherwise a profile capability equal to it matches with quality 3, and one
+//! containing it as a word ("booking" in "hotel booking") with quality 2. Capabilities are
+//! compared normalised: lowercase, words separated by single spaces. Every query capability
+//! must match; a profile's score is the sum of its best qualities.
+//!
+//! Ranking: score (higher first), then online before not, then local before remote, then
+//! fewer gateway hops, then agent ID (ascending), so equal queries give equal answers.
+
+use std::collections::BTreeSet;
+
+use agw_proto::pb;
+use hashbrown::HashMap;
+
+/// Prefix queries stop after this many distinct capability terms.
+pub const MAX_PREFIX_TERMS: usize = 10_000;
+
+/// Where a profile comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Registered here.
+    Local,
+    /// Synchronised from a peer gateway.
+    Remote {
+        /// The peer's gateway ID.
+        peer: String,
+        /// Gateways between us and the agent.
+        hops: u32,
+    },
+}
+
+/// A profile in the index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The profile as discovery returns it (address already the right one for outsiders).
+    pub profile: pb::AgentProfile,
+    /// Where it comes from.
+    pub origin: Origin,
+}
+
+/// The index. Slots are reused; postings hold slot numbers, sorted.
+#[derive(Debug, Default)]
+pub struct Index {
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    by_agent: HashMap<String, u32>,
+    exact: HashMap<String, Vec<u32>>,
+    words: HashMap<String, Vec<u32>>,
+    terms: BTreeSet<String>,
+}
+
+/// `Hotel  Booking` -> `hotel booking`.
+pub fn normalise(capability: &str) -> String {
+    capability
+        .split_whitespace()
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn insert_sorted(list: &mut Vec<u32>, slot: u32) {
+    if let Err(at) = list.binary_search(&slot) {
+        list.insert(at, slot);
+    }
+}
+
+fn remove_sorted(map: &mut HashMap<String, Vec<u32>>, key: &str, slot: u32) -> bool {
+    let Some(list) = map.get_mut(key) else {
+        return false;
+    };
+    if let Ok(at) = list.binary_search(&slot) {
+        list.remove(at);
+    }
+    if list.is_empty() {
+        map.remove(key);
+        return true;
+    }
+    false
+}
+
+/// What a discovery query asks, normalised.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Normalised capabilities; a trailing `*` asks for a prefix.
+    pub capabilities: Vec<String>,
+    /// Any of these protocols; empty for any.
+    pub protocols: Vec<i32>,
+    /// Any of these languages; empty for any.
+    pub languages: Vec<String>,
+    /// Only this domain; empty for any.
+    pub domain: String,
+    /// Only RUNNING agents.
+    pub online_only: bool,
+    /// At most this many results.
+    pub limit: usize,
+}
+
+impl Index {
+    /// Profiles in the index.
+    pub fn len(&self) -> usize {
+        self.by_agent.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_agent.is_empty()
+    }
+
+    /// The entry of `agent`.
+    pub fn get(&self, agent: &str) -> Option<&Entry> {
+        let slot = *self.by_agent.get(agent)?;
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// Adds or replaces the entry of its agent.
+    pub fn upsert(&mut self, entry: Entry) {
+        self.remove(&entry.profile.agent);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        for cap in &entry.profile.capabilities {
+            let term = normalise(cap);
+            for word in term.split(' ') {
+                insert_sorted(self.words.entry_ref(word).or_default(), slot);
+            }
+            insert_sorted(self.exact.entry_ref(term.as_str()).or_default(), slot);
+            self.terms.insert(term);
+        }
+        self.by_agent.insert(entry.profile.agent.clone(), slot);
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = Some(entry);
+        }
+    }
+
+    /// Removes the entry of `agent`, returning it.
+    pub fn remove(&mut self, agent: &str) -> Option<Entry> {
+        let slot = self.by_agent.remove(agent)?;
+        let entry = self.slots.get_mut(slot as usize)?.take()?;
+        for cap in &entry.profile.capabilities {
+            let term = normalise(cap);
+            for word in term.split(' ') {
+                remove_sorted(&mut self.words, word, slot);
+            }
+            if remove_sorted(&mut self.exact, &term, slot) {
+                self.terms.remove(&term);
+            }
+        }
+        self.free.push(slot);
+        Some(entry)
+    }
+
+    /// Every entry, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.slots.iter().flatten()
+    }
+
+    /// Slots matching one query capability, with their quality.
+    fn candidates(&self, capability: &str) -> HashMap<u32, u32> {
+        let mut out = HashMap::new();
+        if let Some(prefix) = capability.strip_suffix('*') {
+            let terms = self
+                .terms
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|t| t.starts_with(prefix))
+                .take(MAX_PREFIX_TERMS);
+            for term in terms {
+                for &slot in self.exact.get(term.as_str()).into_iter().flatten() {
+                    out.entry(slot).or_insert(1);
+                }
+            }
+            return out;
+        }
+        for &slot in self.words.get(capability).into_iter().flatten() {
+            out.insert(slot, 2);
+        }
+        for &slot in self.exact.get(capability).into_iter().flatten() {
+            out.insert(slot, 3);
+        }
+        out
+    }
+
+    /// The best matches for `query`, best first, with `applicable` deciding whether a remote
+    /// peer's agents may be returned.
+    pub fn discover(&self, query: &Query, applicable: impl Fn(&str) -> bool) -> Vec<&Entry> {
+        let mut per_capability: Vec<HashMap<u32, u32>> = query
+            .capabilities
+            .iter()
+            .map(|c| self.candidates(c))
+            .collect();
+        per_capability.sort_by_key(HashMap::len);
+        let Some((first, rest)) = per_capability.split_first() else {
+            return Vec::new();
+        };
+        let mut scored: Vec<(u32, &Entry)> = first
+            .iter()
+            .filter_map(|(&slot, &quality)| {
+                let mut score = quality;
+                for other in rest {
+                    score += other.get(&slot)?;
+                }
+                let entry = self.slots.get(slot as usize)?.as_ref()?;
+                self.admits(entry, query, &applicable)
+                    .then_some((score, entry))
+            })
+            .collect();
+        let key = |(score, e): &(u32, &Entry)| {
+            let online = e.profile.status == pb::Status::Running as i32;
+            let (remote, hops) = match &e.origin {
+                Origin::Local => (false, 0),
+                Origin::Remote { hops, .. } => (true, *hops),
+            };
+            (std::cmp::Reverse(*score), !online, remote, hops)
+        };
+        scored.sort_unstable_by(|a, b| {
+            key(a)
+                .cmp(&key(b))
+                .then_with(|| a.1.profile.agent.cmp(&b.1.profile.agent))
+        });
+        scored.truncate(query.limit);
+        scored.into_iter().map(|(_, e)| e).collect()
+    }
+
+    fn admits(&self, e: &Entry, q: &Query, applicable: &impl Fn(&str) -> bool) -> bool {
+        let p = &e.profile;
+        if let Origin::Remote { peer, .. } = &e.origin {
+            if !applicable(peer) {
+                return false;
+            }
+        }
+        (q.protocols.is_empty() || p.protocols.iter().any(|x| q.protocols.contains(x)))
+            && (q.languages.is_empty()
+                || p.languages
+                    .iter()
+                    .any(|l| q.languages.iter().any(|w| w.eq_ignore_ascii_case(l))))
+            && (q.domain.is_empty() || p.domain == q.domain)
+            && (!q.online_only || p.status == pb::Status::Running as i32)
+    }
+}

@@ -1,0 +1,597 @@
+//! The registry: registration, information management and discovery (draft 3.2), and the
+//! summaries of other domains' agents (draft 3.5). Sans-IO: every method takes the current
+//! time; the caller owns the registry on one thread (the control plane).
+
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use agw_aca::tls::CertificateChecker;
+use agw_proto::{
+    identity::{AgentId, Domain, GatewayId, ResourceId},
+    pb::{self, ErrorCode},
+};
+use hashbrown::{HashMap, HashSet};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::{
+    RegistryError,
+    index::{Entry, Index, Origin, Query, normalise},
+    limits::TokenBucket,
+    store::{ProfileStore, StoredProfile},
+};
+
+/// Bounds on what a profile may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileLimits {
+    /// Capabilities per profile. Default 32.
+    pub max_capabilities: usize,
+    /// Protocols, and languages, per profile. Default 16.
+    pub max_list: usize,
+    /// Bytes of any one text field. Default 256 (description: 4 KiB).
+    pub max_field: usize,
+    /// Encoded profile size. Default 8 KiB.
+    pub max_profile_bytes: usize,
+}
+
+impl Default for ProfileLimits {
+    fn default() -> Self {
+        ProfileLimits {
+            max_capabilities: 32,
+            max_list: 16,
+            max_field: 256,
+            max_profile_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// How the registry is set up.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Its domain.
+    pub domain: Domain,
+    /// Where its database lives.
+    pub data_dir: PathBuf,
+    /// Discovery requests each agent may make per minute. Default 60.
+    pub discovery_per_minute: u32,
+    /// Registrations one certificate may make, over its life. Default 16.
+    pub max_registrations_per_certificate: u32,
+    /// Results per discovery when the request sets no limit. Default 20; at most 100.
+    pub default_discovery_limit: usize,
+    /// Profile bounds.
+    pub limits: ProfileLimits,
+}
+
+impl RegistryConfig {
+    /// Defaults for `domain` with its database under `data_dir`.
+    pub fn new(domain: Domain, data_dir: impl Into<PathBuf>) -> Self {
+        RegistryConfig {
+            domain,
+            data_dir: data_dir.into(),
+            discovery_per_minute: 60,
+            max_registrations_per_certificate: 16,
+            default_discovery_limit: 20,
+            limits: ProfileLimits::default(),
+        }
+    }
+}
+
+/// Most results a discovery returns.
+pub const MAX_DISCOVERY_LIMIT: usize = 100;
+
+/// A change of this domain's agents, for the control plane to advertise to peers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// An agent registered or changed.
+    Advertise(pb::AgentSummary),
+    /// An agent left.
+    Withdraw(String),
+}
+
+/// An Agent Registration Server for one domain.
+#[derive(Debug)]
+pub struct Registry {
+    config: RegistryConfig,
+    store: ProfileStore,
+    index: Index,
+    checker: CertificateChecker,
+    /// resource ID -> (agent ID, serial of the certificate it registered with), local profiles.
+    resources: HashMap<String, (String, Vec<u8>)>,
+    buckets: HashMap<String, TokenBucket>,
+    inapplicable: HashSet<String>,
+    changes: Vec<Change>,
+    rng: SystemRandom,
+}
+
+fn internal(e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::new(ErrorCode::Internal, e.to_string())
+}
+
+impl Registry {
+    /// Opens the registry, rebuilding the index from the stored profiles. `checker` verifies
+    /// certificates against the authority's trust anchor and current CRL.
+    pub fn open(
+        config: RegistryConfig,
+        checker: CertificateChecker,
+    ) -> Result<Registry, RegistryError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(internal)?;
+        let store = ProfileStore::open(&config.data_dir.join("ars.redb")).map_err(internal)?;
+        let mut registry = Registry {
+            config,
+            store,
+            index: Index::default(),
+            checker,
+            resources: HashMap::new(),
+            buckets: HashMap::new(),
+            inapplicable: HashSet::new(),
+            changes: Vec::new(),
+            rng: SystemRandom::new(),
+        };
+        for stored in registry.store.all().map_err(internal)? {
+            if let Some(profile) = stored.profile {
+                registry.resources.insert(
+                    profile.resource_id.clone(),
+                    (profile.agent.clone(), stored.certificate_serial),
+                );
+                registry.index.upsert(Entry {
+                    profile,
+                    origin: Origin::Local,
+                });
+            }
+        }
+        Ok(registry)
+    }
+
+    /// Replaces the certificate checker (a new CRL was issued).
+    pub fn set_certificate_checker(&mut self, checker: CertificateChecker) {
+        self.checker = checker;
+    }
+
+    /// Profiles known, local and remote.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether no profile is known.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Registration (draft 3.2.1). `requester` is the identity the connection authenticated
+    /// (mTLS), if any; it must be the certificate's.
+    pub fn register(
+        &mut self,
+        req: &pb::RegisterRequest,
+        requester: Option<&str>,
+        now: SystemTime,
+    ) -> Result<pb::AgentProfile, RegistryError> {
+        let checked = self
+            .checker
+            .check(&req.certificate_chain, now)
+            .map_err(|e| RegistryError::new(e.code(), e.to_string()))?;
+        let mut profile = req
+            .profile
+            .clone()
+            .ok_or_else(|| RegistryError::new(ErrorCode::RegistrationIncomplete, "no profile"))?;
+        if profile.agent.is_empty() {
+            profile.agent = checked.identity.clone();
+        }
+        if profile.agent != checked.identity || requester.is_some_and(|r| r != checked.identity) {
+            return Err(RegistryError::new(
+                ErrorCode::IdentityMismatch,
+                format!(
+                    "the certificate is {}, not {}",
+                    checked.identity, profile.agent
+                ),
+            ));
+        }
+        let agent = AgentId::parse(&profile.agent)
+            .map_err(|e| RegistryError::new(ErrorCode::InvalidField, e.to_string()))?;
+        if agent.domain() != self.config.domain.as_str() {
+            return Err(RegistryError::new(
+                ErrorCode::IdentityOutsideDomain,
+                format!("{agent} is not of {}", self.config.domain),
+            ));
+        }
+        self.check_profile(&profile)?;
+        if self.index.get(agent.as_str()).is_some() {
+            return Err(RegistryError::new(
+                ErrorCode::DuplicateName,
+                format!("{agent} is already registered"),
+            ));
+        }
+        let made = self
+            .store
+            .registrations(&checked.serial)
+            .map_err(internal)?;
+        if made >= self.config.max_registrations_per_certificate {
+            return Err(RegistryError::new(
+                ErrorCode::RegistrationLimit,
+                format!("this certificate made {made} registrations"),
+            ));
+        }
+        profile.resource_id = self.fresh_resource_id()?;
+        profile.domain = self.config.domain.to_string();
+        profile.version = 1;
+        if profile.status == pb::Status::Unspecified as i32 {
+            profile.status = pb::Status::Running as i32;
+        }
+        let stored = StoredProfile {
+            profile: Some(profile.clone()),
+            certificate_serial: checked.serial.clone(),
+        };
+        self.store.put(&stored, true).map_err(internal)?;
+        self.resources.insert(
+            profile.resource_id.clone(),
+            (profile.agent.clone(), checked.serial),
+        );
+        self.publish_local(profile.clone());
+        Ok(profile)
+    }
+
+    /// Information update (draft 3.2.2) by the profile's owner: the fields sent replace the
+    /// stored ones; the identity, resource ID and domain stay.
+    pub fn update(
+        &mut self,
+        req: &pb::UpdateRequest,
+        requester: &str,
+    ) -> Result<pb::AgentProfile, RegistryError> {
+        let new = req
+            .profile
+            .as_ref()
+            .ok_or_else(|| RegistryError::new(ErrorCode::MissingField, "no profile"))?;
+        let current = self.owned(&new.resource_id, requester)?;
+        let mut profile = new.clone();
+        profile.agent = current.agent.clone();
+        profile.domain = current.domain.clone();
+        profile.version = current.version + 1;
+        if profile.status == pb::Status::Unspecified as i32 {
+            profile.status = current.status;
+        }
+        self.check_profile(&profile)?;
+        let serial = self
+            .resources
+            .get(&profile.resource_id)
+            .map(|(_, serial)| serial.clone())
+            .unwrap_or_default();
+        self.store
+            .put(
+                &StoredProfile {
+                    profile: Some(profile.clone()),
+                    certificate_serial: serial,
+                },
+                false,
+            )
+            .map_err(internal)?;
+        self.publish_local(profile.clone());
+        Ok(profile)
+    }
+
+    /// Deregistration (draft 3.2.2) by the owner: the profile leaves the discoverable pool.
+    pub fn deregister(&mut self, resource_id: &str, requester: &str) -> Result<(), RegistryError> {
+        let current = self.owned(resource_id, requester)?;
+        self.store.delete(resource_id).map_err(internal)?;
+        self.resources.remove(resource_id);
+        self.index.remove(&current.agent);
+        self.changes.push(Change::Withdraw(current.agent));
+        Ok(())
+    }
+
+    /// Sets a local agent's online status, as its gateway learns it (access, heartbeats,
+    /// hold time). Not stored: a restarted gateway learns it again.
+    pub fn set_status(&mut self, agent: &str, status: pb::Status) {
+        let Some(entry) = self.index.get(agent) else {
+            return;
+        };
+        if entry.origin != Origin::Local || entry.profile.status == status as i32 {
+            return;
+        }
+        let mut profile = entry.profile.clone();
+        profile.status = status as i32;
+        profile.version += 1;
+        self.publish_local(profile);
+    }
+
+    /// Discovery (draft 3.2.3), rate-limited per requester.
+    pub fn discover(
+        &mut self,
+        req: &pb::DiscoverRequest,
+        requester: &str,
+        now: SystemTime,
+    ) -> Result<Vec<pb::AgentProfile>, RegistryError> {
+        let per_minute = self.config.discovery_per_minute;
+        let bucket = self
+            .buckets
+            .entry_ref(requester)
+            .or_insert_with(|| TokenBucket::new(per_minute, Duration::from_secs(60), now));
+        if let Err(wait) = bucket.take(now) {
+            let mut e = RegistryError::new(
+                ErrorCode::RateLimited,
+                format!("{per_minute} discoveries a minute"),
+            );
+            e.retry_after_ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
+            return Err(e);
+        }
+        if req.capabilities.is_empty() {
+            return Err(RegistryError::new(
+                ErrorCode::MissingField,
+                "discovery needs a capability",
+            ));
+        }
+        let limits = &self.config.limits;
+        if req.capabilities.len() > limits.max_capabilities
+            || req.languages.len() > limits.max_list
+            || req.protocols.len() > limits.max_list
+            || req
+                .capabilities
+                .iter()
+                .chain(&req.languages)
+                .any(|s| s.len() > limits.max_field)
+        {
+            return Err(RegistryError::new(
+                ErrorCode::InvalidField,
+                "discovery request too large",
+            ));
+        }
+        let limit = match req.limit {
+            0 => self.config.default_discovery_limit,
+            n => usize::try_from(n).unwrap_or(MAX_DISCOVERY_LIMIT),
+        }
+        .min(MAX_DISCOVERY_LIMIT);
+        let query = Query {
+            capabilities: req.capabilities.iter().map(|c| normalise(c)).collect(),
+            protocols: req.protocols.clone(),
+            languages: req.languages.clone(),
+            domain: req.domain.clone(),
+            online_only: req.online_only,
+            limit,
+        };
+        let inapplicable = &self.inapplicable;
+        Ok(self
+            .index
+            .discover(&query, |peer| !inapplicable.contains(peer))
+            .into_iter()
+            .map(|e| e.profile.clone())
+            .collect())
+    }
+
+    /// Applies a RESOURCE_UPDATE from `peer`, whose domain's agents are reached at
+    /// `peer_address`. Summaries that are invalid, loop back to `local_gateway`, or claim this
+    /// domain are refused one by one (returned with their code); the others apply.
+    pub fn apply_remote(
+        &mut self,
+        peer: &GatewayId,
+        peer_address: &str,
+        local_gateway: &GatewayId,
+        update: &pb::ResourceUpdate,
+    ) -> Vec<(String, ErrorCode)> {
+        let mut refused = Vec::new();
+        for agent in &update.withdraw {
+            if matches!(self.index.get(agent).map(|e| &e.origin), Some(Origin::Remote { peer: p, .. }) if p == peer.as_str())
+            {
+                self.index.remove(agent);
+            }
+        }
+        for summary in &update.advertise {
+            match self.remote_entry(peer, peer_address, local_gateway, summary) {
+                Ok(entry) => self.index.upsert(entry),
+                Err(code) => {
+                    // A bad summary withdraws what we had of that agent from this peer.
+                    if matches!(self.index.get(&summary.agent).map(|e| &e.origin), Some(Origin::Remote { peer: p, .. }) if p == peer.as_str())
+                    {
+                        self.index.remove(&summary.agent);
+                    }
+                    refused.push((summary.agent.clone(), code));
+                }
+            }
+        }
+        refused
+    }
+
+    fn remote_entry(
+        &self,
+        peer: &GatewayId,
+        peer_address: &str,
+        local_gateway: &GatewayId,
+        s: &pb::AgentSummary,
+    ) -> Result<Entry, ErrorCode> {
+        let agent = AgentId::parse(&s.agent).map_err(|_| ErrorCode::BadSummary)?;
+        if agent.domain() == self.config.domain.as_str() {
+            return Err(ErrorCode::BadSummary);
+        }
+        if s.path.iter().any(|g| g == local_gateway.as_str()) {
+            return Err(ErrorCode::PathLoop);
+        }
+        let limits = &self.config.limits;
+        if s.capabilities.len() > limits.max_capabilities
+            || s.languages.len() > limits.max_list
+            || s.protocols.len() > limits.max_list
+            || s.capabilities
+                .iter()
+                .chain(&s.languages)
+                .any(|c| c.len() > limits.max_field)
+        {
+            return Err(ErrorCode::BadSummary);
+        }
+        if let Some(existing) = self.index.get(agent.as_str()) {
+            match &existing.origin {
+                Origin::Local => return Err(ErrorCode::BadSummary),
+                Origin::Remote { peer: p, .. }
+                    if p == peer.as_str() && existing.profile.version > s.version =>
+                {
+                    return Err(ErrorCode::BadSummary);
+                }
+                _ => {}
+            }
+        }
+        Ok(Entry {
+            profile: pb::AgentProfile {
+                resource_id: String::new(),
+                agent: s.agent.clone(),
+                description: String::new(),
+                capabilities: s.capabilities.clone(),
+                protocols: s.protocols.clone(),
+                languages: s.languages.clone(),
+                // Outsiders reach the agent through its domain's gateway, never directly.
+                address: peer_address.to_owned(),
+                status: s.status,
+                domain: agent.domain().to_owned(),
+                version: s.version,
+            },
+            origin: Origin::Remote {
+                peer: peer.to_string(),
+                hops: u32::try_from(s.path.len()).unwrap_or(u32::MAX),
+            },
+        })
+    }
+
+    /// Marks a peer's agents (in)applicable: a silent peer's agents are not discovered until it
+    /// returns.
+    pub fn set_peer_applicable(&mut self, peer: &GatewayId, applicable: bool) {
+        if applicable {
+            self.inapplicable.remove(peer.as_str());
+        } else {
+            self.inapplicable.insert(peer.to_string());
+        }
+    }
+
+    /// Forgets a peer and its agents (DISCONNECT).
+    pub fn remove_peer(&mut self, peer: &GatewayId) {
+        let agents: Vec<String> = self
+            .index
+            .entries()
+            .filter(|e| matches!(&e.origin, Origin::Remote { peer: p, .. } if p == peer.as_str()))
+            .map(|e| e.profile.agent.clone())
+            .collect();
+        for agent in agents {
+            self.index.remove(&agent);
+        }
+        self.inapplicable.remove(peer.as_str());
+    }
+
+    /// Summaries of every local agent, for a full sync to a new peer.
+    pub fn local_summaries(&self) -> Vec<pb::AgentSummary> {
+        self.index
+            .entries()
+            .filter(|e| e.origin == Origin::Local)
+            .map(|e| summary(&e.profile))
+            .collect()
+    }
+
+    /// Changes of local agents since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn publish_local(&mut self, profile: pb::AgentProfile) {
+        self.changes.push(Change::Advertise(summary(&profile)));
+        self.index.upsert(Entry {
+            profile,
+            origin: Origin::Local,
+        });
+    }
+
+    fn owned(&self, resource_id: &str, requester: &str) -> Result<pb::AgentProfile, RegistryError> {
+        let (agent, _) = self.resources.get(resource_id).ok_or_else(|| {
+            RegistryError::new(
+                ErrorCode::UnknownResource,
+                format!("no profile {resource_id}"),
+            )
+        })?;
+        if agent != requester {
+            return Err(RegistryError::new(
+                ErrorCode::NotOwner,
+                format!("{resource_id} belongs to {agent}"),
+            ));
+        }
+        self.index
+            .get(agent)
+            .map(|e| e.profile.clone())
+            .ok_or_else(|| internal("index lost a local profile"))
+    }
+
+    fn check_profile(&self, p: &pb::AgentProfile) -> Result<(), RegistryError> {
+        use prost::Message as _;
+        let l = &self.config.limits;
+        let too =
+            |what: &str| RegistryError::new(ErrorCode::InvalidField, format!("{what} too long"));
+        if p.encoded_len() > l.max_profile_bytes {
+            return Err(RegistryError::new(
+                ErrorCode::ProfileTooLarge,
+                format!(
+                    "profile of {} bytes; at most {}",
+                    p.encoded_len(),
+                    l.max_profile_bytes
+                ),
+            ));
+        }
+        if p.capabilities.is_empty() {
+            return Err(RegistryError::new(
+                ErrorCode::RegistrationIncomplete,
+                "no capability",
+            ));
+        }
+        if p.capabilities.len() > l.max_capabilities {
+            return Err(RegistryError::new(
+                ErrorCode::TooManyCapabilities,
+                format!(
+                    "{} capabilities; at most {}",
+                    p.capabilities.len(),
+                    l.max_capabilities
+                ),
+            ));
+        }
+        if p.protocols.len() > l.max_list || p.languages.len() > l.max_list {
+            return Err(too("protocol or language list"));
+        }
+        if p.capabilities.iter().any(|c| normalise(c).is_empty()) {
+            return Err(RegistryError::new(
+                ErrorCode::InvalidField,
+                "empty capability",
+            ));
+        }
+        if p.capabilities
+            .iter()
+            .chain(&p.languages)
+            .chain([&p.address])
+            .any(|s| s.len() > l.max_field)
+        {
+            return Err(too("a field"));
+        }
+        if p.address.is_empty() {
+            return Err(RegistryError::new(
+                ErrorCode::RegistrationIncomplete,
+                "no address",
+            ));
+        }
+        Ok(())
+    }
+
+    fn fresh_resource_id(&self) -> Result<String, RegistryError> {
+        loop {
+            let mut bytes = [0u8; 16];
+            self.rng
+                .fill(&mut bytes)
+                .map_err(|_| internal("no randomness"))?;
+            let id =
+                ResourceId::new(self.config.domain.clone(), u128::from_be_bytes(bytes)).to_string();
+            if !self.resources.contains_key(&id) {
+                return Ok(id);
+            }
+        }
+    }
+}
+
+fn summary(p: &pb::AgentProfile) -> pb::AgentSummary {
+    pb::AgentSummary {
+        agent: p.agent.clone(),
+        capabilities: p.capabilities.clone(),
+        protocols: p.protocols.clone(),
+        languages: p.languages.clone(),
+        status: p.status,
+        origin: String::new(),
+        path: Vec::new(),
+        version: p.version,
+    }
+}

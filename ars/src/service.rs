@@ -1,0 +1,69 @@
+//! The ARS's side of the wire protocol: each request in, its reply out.
+
+use std::time::SystemTime;
+
+use agw_proto::{Message, pb};
+
+use crate::{Registry, RegistryError};
+
+impl Registry {
+    /// Answers one registry request from `requester` (the identity its connection
+    /// authenticated). Any other kind returns `None`: the caller answers it as unexpected.
+    pub fn handle(
+        &mut self,
+        request: &Message,
+        requester: &str,
+        now: SystemTime,
+    ) -> Option<Message> {
+        let wire = |e: RegistryError| Some(e.to_wire());
+        Some(match request {
+            Message::RegisterRequest(req) => {
+                let (error, profile) = split(self.register(req, Some(requester), now));
+                pb::RegisterReply {
+                    request_id: req.request_id,
+                    error: error.and_then(wire),
+                    profile,
+                }
+                .into()
+            }
+            Message::UpdateRequest(req) => {
+                let (error, profile) = split(self.update(req, requester));
+                pb::UpdateReply {
+                    request_id: req.request_id,
+                    error: error.and_then(wire),
+                    profile,
+                }
+                .into()
+            }
+            Message::DeregisterAgentRequest(req) => pb::DeregisterAgentReply {
+                request_id: req.request_id,
+                error: self
+                    .deregister(&req.resource_id, requester)
+                    .err()
+                    .and_then(wire),
+            }
+            .into(),
+            Message::DiscoverRequest(req) => match self.discover(req, requester, now) {
+                Ok(agents) => pb::DiscoverReply {
+                    request_id: req.request_id,
+                    error: None,
+                    agents,
+                },
+                Err(e) => pb::DiscoverReply {
+                    request_id: req.request_id,
+                    error: wire(e),
+                    agents: Vec::new(),
+                },
+            }
+            .into(),
+            _ => return None,
+        })
+    }
+}
+
+fn split<T>(r: Result<T, RegistryError>) -> (Option<RegistryError>, Option<T>) {
+    match r {
+        Ok(v) => (None, Some(v)),
+        Err(e) => (Some(e), None),
+    }
+}
