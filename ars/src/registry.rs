@@ -375,7 +375,9 @@ impl Registry {
         }
         for summary in &update.advertise {
             match self.remote_entry(peer, peer_address, local_gateway, summary) {
-                Ok(entry) => self.index.upsert(entry),
+                Ok(Some(entry)) => self.index.upsert(entry),
+                // Older than what we have: nothing to do.
+                Ok(None) => {}
                 Err(code) => {
                     // A bad summary withdraws what we had of that agent from this peer.
                     if matches!(self.index.get(&summary.agent).map(|e| &e.origin), Some(Origin::Remote { peer: p, .. }) if p == peer.as_str())
@@ -395,7 +397,7 @@ impl Registry {
         peer_address: &str,
         local_gateway: &GatewayId,
         s: &pb::AgentSummary,
-    ) -> Result<Entry, ErrorCode> {
+    ) -> Result<Option<Entry>, ErrorCode> {
         let agent = AgentId::parse(&s.agent).map_err(|_| ErrorCode::BadSummary)?;
         if agent.domain() == self.config.domain.as_str() {
             return Err(ErrorCode::BadSummary);
@@ -420,12 +422,12 @@ impl Registry {
                 Origin::Remote { peer: p, .. }
                     if p == peer.as_str() && existing.profile.version > s.version =>
                 {
-                    return Err(ErrorCode::BadSummary);
+                    return Ok(None);
                 }
                 _ => {}
             }
         }
-        Ok(Entry {
+        Ok(Some(Entry {
             profile: pb::AgentProfile {
                 resource_id: String::new(),
                 agent: s.agent.clone(),
@@ -443,7 +445,7 @@ impl Registry {
                 peer: peer.to_string(),
                 hops: u32::try_from(s.path.len()).unwrap_or(u32::MAX),
             },
-        })
+        }))
     }
 
     /// Marks a peer's agents (in)applicable: a silent peer's agents are not discovered until it
