@@ -189,28 +189,60 @@ impl Index {
         out
     }
 
+    /// An upper bound on the profiles one query capability matches, without collecting them.
+    fn estimate(&self, capability: &str) -> usize {
+        if capability.ends_with('*') {
+            return usize::MAX;
+        }
+        self.exact.get(capability).map_or(0, Vec::len) + self.words.get(capability).map_or(0, Vec::len)
+    }
+
+    /// How `slot` matches one query capability: by binary search in the postings (sorted, so
+    /// cheap even for a broad term), or on the entry's own list for a prefix.
+    fn quality(&self, slot: u32, entry: &Entry, capability: &str) -> Option<u32> {
+        if capability.ends_with('*') {
+            return quality_of(&entry.profile.capabilities, capability);
+        }
+        let has = |map: &HashMap<String, Vec<u32>>| {
+            map.get(capability).is_some_and(|list| list.binary_search(&slot).is_ok())
+        };
+        if has(&self.exact) {
+            Some(3)
+        } else if has(&self.words) {
+            Some(2)
+        } else {
+            None
+        }
+    }
+
     /// The best matches for `query`, best first, with `applicable` deciding whether a remote
     /// peer's agents may be returned.
+    ///
+    /// The capability with the fewest postings drives: its candidates are collected, and each
+    /// is checked against the other capabilities on its own capability list, so a broad term
+    /// in the query costs nothing beyond the narrow one's candidates.
     pub fn discover(&self, query: &Query, applicable: impl Fn(&str) -> bool) -> Vec<&Entry> {
-        let mut per_capability: Vec<HashMap<u32, u32>> = query
+        let Some(driver) = query
             .capabilities
             .iter()
-            .map(|c| self.candidates(c))
-            .collect();
-        per_capability.sort_by_key(HashMap::len);
-        let Some((first, rest)) = per_capability.split_first() else {
+            .enumerate()
+            .min_by_key(|(_, c)| self.estimate(c))
+            .map(|(i, _)| i)
+        else {
             return Vec::new();
         };
-        let mut scored: Vec<(u32, &Entry)> = first
-            .iter()
-            .filter_map(|(&slot, &quality)| {
-                let mut score = quality;
-                for other in rest {
-                    score += other.get(&slot)?;
-                }
+        let mut scored: Vec<(u32, &Entry)> = self
+            .candidates(&query.capabilities[driver])
+            .into_iter()
+            .filter_map(|(slot, quality)| {
                 let entry = self.slots.get(slot as usize)?.as_ref()?;
-                self.admits(entry, query, &applicable)
-                    .then_some((score, entry))
+                let mut score = quality;
+                for (i, capability) in query.capabilities.iter().enumerate() {
+                    if i != driver {
+                        score += self.quality(slot, entry, capability)?;
+                    }
+                }
+                self.admits(entry, query, &applicable).then_some((score, entry))
             })
             .collect();
         let key = |(score, e): &(u32, &Entry)| {
@@ -245,4 +277,25 @@ impl Index {
             && (q.domain.is_empty() || p.domain == q.domain)
             && (!q.online_only || p.status == pb::Status::Running as i32)
     }
+}
+
+/// Whether a profile's capabilities match a prefix query capability (`prefix*`, normalised):
+/// quality 1, as in the postings, compared without allocating.
+fn quality_of(capabilities: &[String], query: &str) -> Option<u32> {
+    let prefix = query.strip_suffix('*')?;
+    capabilities
+        .iter()
+        .any(|c| {
+            let mut chars = normalised_chars(c);
+            prefix.chars().all(|p| chars.next() == Some(p))
+        })
+        .then_some(1)
+}
+
+/// The characters of [`normalise`]`(capability)`, without building the string.
+fn normalised_chars(capability: &str) -> impl Iterator<Item = char> + '_ {
+    capability
+        .split_whitespace()
+        .enumerate()
+        .flat_map(|(i, word)| (i > 0).then_some(' ').into_iter().chain(word.chars().flat_map(char::to_lowercase)))
 }
