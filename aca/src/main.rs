@@ -116,5 +116,10 @@ fn run(args: Args) -> Result<(), String> {
         args.data_dir.join("trust-anchor.pem").display()
     );
     let _ = out.flush();
-    serve(listener, authority, ServerLimits::default()).map_err(|e| e.to_string())
+    let handler = Arc::new(
+        move |request: &agw_proto::Message, _peer: Option<&str>, now| {
+            authority.handle(request, now)
+        },
+    );
+    serve(listener, None, handler, ServerLimits::default()).map_err(|e| e.to_string())
 }

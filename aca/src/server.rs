@@ -1,6 +1,7 @@
-//! The standalone authority's protocol endpoint: a blocking TCP server, one thread per
-//! connection (an authority answers a few requests per agent per month), each frame answered
-//! by [`CertificateAuthority::handle`]. A frame it cannot use is answered with a
+//! A blocking request/reply endpoint for the framed protocol, used by the standalone authority
+//! and registry servers: one thread per connection (these services answer a few requests per
+//! agent per hour), optional TLS (mutual when the config asks for client certificates), each
+//! frame answered by a handler. A frame the handler cannot use is answered with a
 //! `Notification` carrying the code, and that connection alone is closed.
 
 use std::{
@@ -14,8 +15,13 @@ use std::{
 };
 
 use agw_proto::{FrameDecoder, FrameEncoder, FrameLimits, Message, pb, pb::ErrorCode};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
-use crate::CertificateAuthority;
+use crate::tls::peer_identity;
+
+/// Answers one request from a peer (its identity when TLS authenticated it); `None` for a kind
+/// the service does not serve.
+pub type Handler = dyn Fn(&Message, Option<&str>, SystemTime) -> Option<Message> + Send + Sync;
 
 /// Limits of the protocol endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -35,10 +41,12 @@ impl Default for ServerLimits {
     }
 }
 
-/// Accepts connections on `listener` and serves them until the listener fails.
+/// Accepts connections on `listener` and serves them with `handler` until the listener fails;
+/// with `tls`, every connection is TLS first.
 pub fn serve(
     listener: TcpListener,
-    authority: Arc<CertificateAuthority>,
+    tls: Option<Arc<ServerConfig>>,
+    handler: Arc<Handler>,
     limits: ServerLimits,
 ) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
@@ -49,25 +57,43 @@ pub fn serve(
             continue;
         }
         active.fetch_add(1, Ordering::Relaxed);
-        let (authority, active) = (Arc::clone(&authority), Arc::clone(&active));
+        let (handler, active, tls) = (Arc::clone(&handler), Arc::clone(&active), tls.clone());
         std::thread::Builder::new()
-            .name("aca-conn".into())
+            .name("agw-conn".into())
             .spawn(move || {
                 // Errors end this connection only; the peer has been told where possible.
-                let _ = serve_connection(stream, &authority, limits);
+                let _ = serve_stream(stream, tls, handler.as_ref(), limits);
                 active.fetch_sub(1, Ordering::Relaxed);
             })?;
     }
     Ok(())
 }
 
-fn serve_connection(
-    mut stream: TcpStream,
-    authority: &CertificateAuthority,
+fn serve_stream(
+    stream: TcpStream,
+    tls: Option<Arc<ServerConfig>>,
+    handler: &Handler,
     limits: ServerLimits,
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(limits.idle_timeout))?;
     stream.set_write_timeout(Some(limits.idle_timeout))?;
+    let Some(config) = tls else {
+        return serve_connection(stream, None, handler);
+    };
+    let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+    let mut tls = StreamOwned::new(conn, stream);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    let peer = tls.conn.peer_certificates().and_then(peer_identity);
+    serve_connection(tls, peer.as_deref(), handler)
+}
+
+fn serve_connection(
+    mut stream: impl Read + Write,
+    peer: Option<&str>,
+    handler: &Handler,
+) -> io::Result<()> {
     let mut decoder = FrameDecoder::new(FrameLimits::default());
     let mut encoder = FrameEncoder::new(FrameLimits::default());
     let mut chunk = vec![0u8; 16 * 1024];
@@ -81,7 +107,7 @@ fn serve_connection(
             let (reply, close) = match decoder.decode() {
                 Ok(None) => break,
                 Ok(Some(frame)) => match frame.message() {
-                    Ok(request) => match authority.handle(&request, SystemTime::now()) {
+                    Ok(request) => match handler(&request, peer, SystemTime::now()) {
                         Some(reply) => (reply, false),
                         None => (
                             notification(ErrorCode::UnexpectedMessage, frame.header.kind.name()),

@@ -21,9 +21,17 @@ use agw_sdk::{
 };
 use common::{agent, materials};
 
+/// The server process; killed (SIGKILL) when dropped, also when a test fails.
 struct Server {
     child: Child,
     addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn start(dir: &Path) -> Server {
@@ -56,7 +64,7 @@ fn connect(server: &Server) -> Connection {
 #[test]
 fn sigkill_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start(dir.path());
+    let server = start(dir.path());
     let mut acknowledged = Vec::new();
     {
         let mut conn = connect(&server);
@@ -87,10 +95,9 @@ fn sigkill_loses_nothing_acknowledged() {
         }
     }
     // Kill it hard, right after the last acknowledgement.
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    drop(server);
 
-    let mut server = start(dir.path());
+    let server = start(dir.path());
     let mut conn = connect(&server);
     let mut requests = CertificateRequests::default();
     for held in &acknowledged {
@@ -113,14 +120,12 @@ fn sigkill_loses_nothing_acknowledged() {
         panic!()
     };
     assert_eq!(r.error.unwrap().error_code(), ErrorCode::IdentityTaken);
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
 }
 
 #[test]
 fn bad_frames_close_only_their_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start(dir.path());
+    let server = start(dir.path());
     let mut good = connect(&server);
     let mut requests = CertificateRequests::default();
 
@@ -148,6 +153,4 @@ fn bad_frames_close_only_their_connection() {
         panic!()
     };
     assert!(crl.error.is_none() && !crl.crl.is_empty());
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
 }

@@ -194,7 +194,8 @@ impl Index {
         if capability.ends_with('*') {
             return usize::MAX;
         }
-        self.exact.get(capability).map_or(0, Vec::len) + self.words.get(capability).map_or(0, Vec::len)
+        self.exact.get(capability).map_or(0, Vec::len)
+            + self.words.get(capability).map_or(0, Vec::len)
     }
 
     /// How `slot` matches one query capability: by binary search in the postings (sorted, so
@@ -204,7 +205,8 @@ impl Index {
             return quality_of(&entry.profile.capabilities, capability);
         }
         let has = |map: &HashMap<String, Vec<u32>>| {
-            map.get(capability).is_some_and(|list| list.binary_search(&slot).is_ok())
+            map.get(capability)
+                .is_some_and(|list| list.binary_search(&slot).is_ok())
         };
         if has(&self.exact) {
             Some(3)
@@ -242,7 +244,8 @@ impl Index {
                         score += self.quality(slot, entry, capability)?;
                     }
                 }
-                self.admits(entry, query, &applicable).then_some((score, entry))
+                self.admits(entry, query, &applicable)
+                    .then_some((score, entry))
             })
             .collect();
         let key = |(score, e): &(u32, &Entry)| {
@@ -297,5 +300,10 @@ fn normalised_chars(capability: &str) -> impl Iterator<Item = char> + '_ {
     capability
         .split_whitespace()
         .enumerate()
-        .flat_map(|(i, word)| (i > 0).then_some(' ').into_iter().chain(word.chars().flat_map(char::to_lowercase)))
+        .flat_map(|(i, word)| {
+            (i > 0)
+                .then_some(' ')
+                .into_iter()
+                .chain(word.chars().flat_map(char::to_lowercase))
+        })
 }

@@ -307,7 +307,13 @@ fn discovery_filters_and_ranks_deterministically() {
     );
 
     // All capabilities must match; a prefix applies to the start of a whole capability.
-    assert_eq!(names(reg.discover(&discover(&["booking", "book*"]), me, t0()).unwrap()), ["exact-b", "exact-a"]);
+    assert_eq!(
+        names(
+            reg.discover(&discover(&["booking", "book*"]), me, t0())
+                .unwrap()
+        ),
+        ["exact-b", "exact-a"]
+    );
     assert_eq!(
         names(
             reg.discover(&discover(&["hotel", "booking"]), me, t0())

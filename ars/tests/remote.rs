@@ -28,19 +28,44 @@ fn remote_agents_are_found_through_their_gateway() {
     let ca = authority(&dir.path().join("aca"));
     let mut reg = registry(&dir.path().join("ars"), &ca);
     let (alice, cert) = certified(&ca, "alice");
-    reg.register(&register_request(&cert, profile(&alice, &["hotel booking"])), None, t0()).unwrap();
+    reg.register(
+        &register_request(&cert, profile(&alice, &["hotel booking"])),
+        None,
+        t0(),
+    )
+    .unwrap();
 
     let me = GatewayId::parse("spiffe://travel.example/agw/gw1").unwrap();
     let peer = GatewayId::parse("spiffe://hotels.example/agw/gw2").unwrap();
     let far = "spiffe://far.example/agw/gw3";
     let update = pb::ResourceUpdate {
         advertise: vec![
-            summary("spiffe://hotels.example/agent/h1", &["hotel booking"], &[peer.as_str()], 1),
-            summary("spiffe://far.example/agent/f1", &["hotel booking"], &[peer.as_str(), far], 4),
+            summary(
+                "spiffe://hotels.example/agent/h1",
+                &["hotel booking"],
+                &[peer.as_str()],
+                1,
+            ),
+            summary(
+                "spiffe://far.example/agent/f1",
+                &["hotel booking"],
+                &[peer.as_str(), far],
+                4,
+            ),
             // Invalid: not an agent ID; claims our own domain; loops through us.
             summary("not-an-id", &["hotel booking"], &[peer.as_str()], 1),
-            summary("spiffe://travel.example/agent/fake", &["hotel booking"], &[peer.as_str()], 1),
-            summary("spiffe://loop.example/agent/l", &["hotel booking"], &[peer.as_str(), me.as_str()], 1),
+            summary(
+                "spiffe://travel.example/agent/fake",
+                &["hotel booking"],
+                &[peer.as_str()],
+                1,
+            ),
+            summary(
+                "spiffe://loop.example/agent/l",
+                &["hotel booking"],
+                &[peer.as_str(), me.as_str()],
+                1,
+            ),
         ],
         withdraw: vec![],
     };
@@ -49,20 +74,34 @@ fn remote_agents_are_found_through_their_gateway() {
         refused,
         vec![
             ("not-an-id".to_owned(), ErrorCode::BadSummary),
-            ("spiffe://travel.example/agent/fake".to_owned(), ErrorCode::BadSummary),
-            ("spiffe://loop.example/agent/l".to_owned(), ErrorCode::PathLoop),
+            (
+                "spiffe://travel.example/agent/fake".to_owned(),
+                ErrorCode::BadSummary
+            ),
+            (
+                "spiffe://loop.example/agent/l".to_owned(),
+                ErrorCode::PathLoop
+            ),
         ]
     );
 
     let asker = "spiffe://travel.example/agent/bob";
-    let found = reg.discover(&discover(&["hotel booking"]), asker, t0()).unwrap();
-    let found: Vec<(&str, &str)> = found.iter().map(|p| (p.agent.as_str(), p.address.as_str())).collect();
+    let found = reg
+        .discover(&discover(&["hotel booking"]), asker, t0())
+        .unwrap();
+    let found: Vec<(&str, &str)> = found
+        .iter()
+        .map(|p| (p.agent.as_str(), p.address.as_str()))
+        .collect();
     // Local first, then by hops; remote agents carry their gateway's address, never their own.
     assert_eq!(
         found,
         [
             ("spiffe://travel.example/agent/alice", "10.0.0.1:7000/alice"),
-            ("spiffe://hotels.example/agent/h1", "agw.hotels.example:7000"),
+            (
+                "spiffe://hotels.example/agent/h1",
+                "agw.hotels.example:7000"
+            ),
             ("spiffe://far.example/agent/f1", "agw.hotels.example:7000"),
         ]
     );
@@ -72,25 +111,53 @@ fn remote_agents_are_found_through_their_gateway() {
 
     // A silent peer: its agents are not discoverable until it returns.
     reg.set_peer_applicable(&peer, false);
-    assert_eq!(reg.discover(&discover(&["hotel booking"]), asker, t0()).unwrap().len(), 1);
+    assert_eq!(
+        reg.discover(&discover(&["hotel booking"]), asker, t0())
+            .unwrap()
+            .len(),
+        1
+    );
     reg.set_peer_applicable(&peer, true);
-    assert_eq!(reg.discover(&discover(&["hotel booking"]), asker, t0()).unwrap().len(), 3);
+    assert_eq!(
+        reg.discover(&discover(&["hotel booking"]), asker, t0())
+            .unwrap()
+            .len(),
+        3
+    );
 
     // An older version is ignored, not applied; a withdrawal removes.
     let stale = pb::ResourceUpdate {
-        advertise: vec![summary("spiffe://far.example/agent/f1", &["other"], &[peer.as_str(), far], 3)],
+        advertise: vec![summary(
+            "spiffe://far.example/agent/f1",
+            &["other"],
+            &[peer.as_str(), far],
+            3,
+        )],
         withdraw: vec!["spiffe://hotels.example/agent/h1".into()],
     };
     let refused = reg.apply_remote(&peer, "agw.hotels.example:7000", &me, &stale);
     assert!(refused.is_empty(), "{refused:?}");
-    let found = reg.discover(&discover(&["hotel booking"]), asker, t0()).unwrap();
+    let found = reg
+        .discover(&discover(&["hotel booking"]), asker, t0())
+        .unwrap();
     let agents: Vec<&str> = found.iter().map(|p| p.agent.as_str()).collect();
-    assert_eq!(agents, ["spiffe://travel.example/agent/alice", "spiffe://far.example/agent/f1"]);
+    assert_eq!(
+        agents,
+        [
+            "spiffe://travel.example/agent/alice",
+            "spiffe://far.example/agent/f1"
+        ]
+    );
 
     // Disconnect removes everything the peer brought.
     reg.apply_remote(&peer, "agw.hotels.example:7000", &me, &update);
     reg.remove_peer(&peer);
-    assert_eq!(reg.discover(&discover(&["hotel booking"]), asker, t0()).unwrap().len(), 1);
+    assert_eq!(
+        reg.discover(&discover(&["hotel booking"]), asker, t0())
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Our own agents, for a full sync to a new peer.
     let ours = reg.local_summaries();

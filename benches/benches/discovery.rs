@@ -29,7 +29,9 @@ fn build() -> Index {
         x
     };
     for i in 0..PROFILES {
-        let caps = (0..3).map(|_| capability((next() % u64::from(TERMS)) as u32)).collect();
+        let caps = (0..3)
+            .map(|_| capability((next() % u64::from(TERMS)) as u32))
+            .collect();
         index.upsert(Entry {
             profile: pb::AgentProfile {
                 resource_id: format!("ars:bench.example:{i:032x}"),
@@ -46,7 +48,11 @@ fn build() -> Index {
             origin: Origin::Local,
         });
     }
-    eprintln!("built {} profiles in {:.1?}", index.len(), started.elapsed());
+    eprintln!(
+        "built {} profiles in {:.1?}",
+        index.len(),
+        started.elapsed()
+    );
     index
 }
 
@@ -58,18 +64,28 @@ fn discovery(c: &mut Criterion) {
         ..Default::default()
     };
     let exact = query(&["skill-12345 task-26"]);
-    eprintln!("exact query matches {}", index.discover(&exact, |_| true).len());
+    eprintln!(
+        "exact query matches {}",
+        index.discover(&exact, |_| true).len()
+    );
     // The same term, and one of its words that ~31,000 profiles share.
     let two = query(&["skill-12345 task-26", "task-26"]);
     let prefix = query(&["skill-1234*"]);
-    eprintln!("prefix query returns {}", index.discover(&prefix, |_| true).len());
+    eprintln!(
+        "prefix query returns {}",
+        index.discover(&prefix, |_| true).len()
+    );
 
     let mut group = c.benchmark_group("discovery_1M");
-    group.bench_function("one_capability", |b| b.iter(|| black_box(index.discover(&exact, |_| true).len())));
+    group.bench_function("one_capability", |b| {
+        b.iter(|| black_box(index.discover(&exact, |_| true).len()))
+    });
     group.bench_function("capability_and_word", |b| {
         b.iter(|| black_box(index.discover(&two, |_| true).len()))
     });
-    group.bench_function("prefix", |b| b.iter(|| black_box(index.discover(&prefix, |_| true).len())));
+    group.bench_function("prefix", |b| {
+        b.iter(|| black_box(index.discover(&prefix, |_| true).len()))
+    });
     let mut filtered = exact.clone();
     filtered.languages = vec!["zh".into()];
     filtered.protocols = vec![2];

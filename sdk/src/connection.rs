@@ -5,8 +5,11 @@
 use std::{
     io::{self, Read, Write},
     net::{TcpStream, ToSocketAddrs},
+    sync::Arc,
     time::Duration,
 };
+
+use rustls::{ClientConfig, ClientConnection, StreamOwned, pki_types::ServerName};
 
 use agw_proto::{
     DecodeError, EncodeError, FrameDecoder, FrameEncoder, FrameError, FrameLimits, Message,
@@ -30,29 +33,63 @@ pub enum ConnectionError {
     Encode(#[from] EncodeError),
 }
 
-/// One TCP connection, one request at a time.
+/// One connection (TCP, or TLS over TCP), one request at a time.
 #[derive(Debug)]
-pub struct Connection {
-    stream: TcpStream,
+pub struct Connection<S = TcpStream> {
+    stream: S,
     decoder: FrameDecoder,
     encoder: FrameEncoder,
 }
 
+/// A connection over TLS.
+pub type TlsConnection = Connection<StreamOwned<ClientConnection, TcpStream>>;
+
+fn tcp(addr: impl ToSocketAddrs, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 impl Connection {
-    /// Connects; every later read and write times out after `timeout`.
+    /// Connects over plain TCP; every later read and write times out after `timeout`.
     pub fn connect(
         addr: impl ToSocketAddrs,
         timeout: Duration,
     ) -> Result<Connection, ConnectionError> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_nodelay(true)?;
-        Ok(Connection {
+        Ok(Connection::over(tcp(addr, timeout)?))
+    }
+}
+
+impl TlsConnection {
+    /// Connects over TLS with `config` (which decides whom to trust and which identity the
+    /// server must have; see `agw_aca::tls`), and completes the handshake.
+    pub fn connect_tls(
+        addr: impl ToSocketAddrs,
+        timeout: Duration,
+        config: Arc<ClientConfig>,
+    ) -> Result<TlsConnection, ConnectionError> {
+        // Servers are identified by their certificate's URI, not a DNS name; the verifier in
+        // `config` checks it, so the name here is a placeholder.
+        let name = ServerName::try_from("agw.invalid").map_err(io::Error::other)?;
+        let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        let mut stream = StreamOwned::new(conn, tcp(addr, timeout)?);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(Connection::over(stream))
+    }
+}
+
+impl<S: Read + Write> Connection<S> {
+    /// Speaks the protocol over an established stream.
+    pub fn over(stream: S) -> Connection<S> {
+        Connection {
             stream,
             decoder: FrameDecoder::new(FrameLimits::default()),
             encoder: FrameEncoder::new(FrameLimits::default()),
-        })
+        }
     }
 
     /// Sends `request` and returns the next message the peer sends.
