@@ -89,6 +89,10 @@ fn discovery(c: &mut Criterion) {
     let mut filtered = exact.clone();
     filtered.languages = vec!["zh".into()];
     filtered.protocols = vec![2];
+    eprintln!(
+        "filtered query matches {}",
+        index.discover(&filtered, |_| true).len()
+    );
     group.bench_function("one_capability_filtered", |b| {
         b.iter(|| black_box(index.discover(&filtered, |_| true).len()))
     });
