@@ -158,6 +158,41 @@ fn agent(
     (id, request, conn)
 }
 
+/// A TLS stream as agent "raw", for writing bytes no SDK would send.
+fn raw_tls(
+    ca: &CertificateAuthority,
+    addr: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let id = AgentId::parse(&format!("spiffe://{DOMAIN}/agent/raw")).unwrap();
+    let key = AgentKey::generate().unwrap();
+    let app = CertificateRequests::default()
+        .application(
+            &key,
+            &id,
+            pb::IdentityMaterials {
+                organization: "Acme".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let issued = ca
+        .apply(&app.csr, app.materials.as_ref().unwrap(), SystemTime::now())
+        .unwrap();
+    let identity = TlsIdentity {
+        chain: issued.chain,
+        key_pkcs8: key.to_pkcs8_der(),
+        trust_anchor: ca.trust_anchor().to_vec(),
+        crls: vec![ca.crl(SystemTime::now()).unwrap().der],
+    };
+    let config = Arc::new(identity.client_config(ARS).unwrap());
+    let name = rustls::pki_types::ServerName::try_from("agw.invalid").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
 fn discover(conn: &mut TlsConnection) -> Vec<pb::AgentProfile> {
     let req = pb::DiscoverRequest {
         request_id: 2,
@@ -216,6 +251,24 @@ fn agents_register_over_mtls_and_sigkill_loses_nothing_acknowledged() {
     found.sort();
     acknowledged.sort();
     assert_eq!(found, acknowledged);
+
+    // A registration whose agent ID is not UTF-8: refused by the decoder, that connection
+    // closed, the registry unchanged.
+    let mut raw = raw_tls(&s.ca, &addr);
+    let body = [0x08, 0x01, 0x12, 0x04, 0x12, 0x02, 0xc3, 0x28];
+    let mut frame = vec![1, 0x30, 0, 0, 0, 0, 0, body.len() as u8];
+    frame.extend_from_slice(&body);
+    std::io::Write::write_all(&mut raw, &frame).unwrap();
+    std::io::Write::flush(&mut raw).unwrap();
+    let mut reply = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut raw, &mut reply);
+    let mut decoder = agw_proto::FrameDecoder::new(agw_proto::FrameLimits::default());
+    decoder.extend_from_slice(&reply);
+    let Message::Notification(n) = decoder.decode().unwrap().unwrap().message().unwrap() else {
+        panic!()
+    };
+    assert_eq!(n.code, ErrorCode::Malformed as i32);
+    assert_eq!(discover(&mut conn).len(), 10);
 
     // Without a client certificate there is no session at all.
     let mut plain = Connection::connect(&addr, Duration::from_secs(5)).unwrap();
