@@ -132,7 +132,8 @@ fn serve_connection(
     }
 }
 
-fn notification(code: ErrorCode, text: &str) -> Message {
+/// A `Notification` with `code`: how these endpoints refuse what they cannot answer.
+pub fn notification(code: ErrorCode, text: &str) -> Message {
     pb::Notification {
         code: code as i32,
         subcode: 0,

@@ -10,11 +10,11 @@ use std::{
 };
 
 use agw_aca::{
-    server::{ServerLimits, serve},
+    server::{ServerLimits, notification, serve},
     tls::{CertificateChecker, TlsIdentity},
 };
 use agw_ars::{Registry, RegistryConfig};
-use agw_proto::{Message, identity::Domain, pb, pb::ErrorCode};
+use agw_proto::{Message, identity::Domain, pb::ErrorCode};
 use clap::Parser;
 
 /// Agent Registration Server: agents register their profiles with their ACA certificate and
@@ -148,13 +148,4 @@ fn run(args: Args) -> Result<(), String> {
         }
     });
     serve(listener, Some(tls), handler, ServerLimits::default()).map_err(|e| e.to_string())
-}
-
-fn notification(code: ErrorCode, text: &str) -> Message {
-    pb::Notification {
-        code: code as i32,
-        subcode: 0,
-        text: text.to_owned(),
-    }
-    .into()
 }

@@ -117,22 +117,20 @@ fn start(dir: &Path) -> (Server, String) {
 }
 
 /// An agent certified by the ACA, connected to the ARS as itself.
-fn agent(
+/// Certifies `name` with the ACA; returns its ID, chain and a TLS client config that expects
+/// the ARS.
+fn certified(
     ca: &CertificateAuthority,
     name: &str,
-    addr: &str,
-) -> (AgentId, pb::RegisterRequest, TlsConnection) {
+) -> (AgentId, Vec<Vec<u8>>, Arc<rustls::ClientConfig>) {
     let id = AgentId::parse(&format!("spiffe://{DOMAIN}/agent/{name}")).unwrap();
     let key = AgentKey::generate().unwrap();
+    let materials = pb::IdentityMaterials {
+        organization: "Acme".into(),
+        ..Default::default()
+    };
     let app = CertificateRequests::default()
-        .application(
-            &key,
-            &id,
-            pb::IdentityMaterials {
-                organization: "Acme".into(),
-                ..Default::default()
-            },
-        )
+        .application(&key, &id, materials)
         .unwrap();
     let issued = ca
         .apply(&app.csr, app.materials.as_ref().unwrap(), SystemTime::now())
@@ -143,7 +141,20 @@ fn agent(
         trust_anchor: ca.trust_anchor().to_vec(),
         crls: vec![ca.crl(SystemTime::now()).unwrap().der],
     };
-    let config = Arc::new(identity.client_config(ARS).unwrap());
+    (
+        id,
+        issued.chain,
+        Arc::new(identity.client_config(ARS).unwrap()),
+    )
+}
+
+/// An agent certified by the ACA, connected to the ARS as itself, with its registration.
+fn agent(
+    ca: &CertificateAuthority,
+    name: &str,
+    addr: &str,
+) -> (AgentId, pb::RegisterRequest, TlsConnection) {
+    let (id, chain, config) = certified(ca, name);
     let conn = Connection::connect_tls(addr, Duration::from_secs(10), config).unwrap();
     let request = pb::RegisterRequest {
         request_id: 1,
@@ -153,7 +164,7 @@ fn agent(
             address: format!("127.0.0.1:9000/{name}"),
             ..Default::default()
         }),
-        certificate_chain: issued.chain.into_iter().map(Into::into).collect(),
+        certificate_chain: chain.into_iter().map(Into::into).collect(),
     };
     (id, request, conn)
 }
@@ -163,28 +174,7 @@ fn raw_tls(
     ca: &CertificateAuthority,
     addr: &str,
 ) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
-    let id = AgentId::parse(&format!("spiffe://{DOMAIN}/agent/raw")).unwrap();
-    let key = AgentKey::generate().unwrap();
-    let app = CertificateRequests::default()
-        .application(
-            &key,
-            &id,
-            pb::IdentityMaterials {
-                organization: "Acme".into(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let issued = ca
-        .apply(&app.csr, app.materials.as_ref().unwrap(), SystemTime::now())
-        .unwrap();
-    let identity = TlsIdentity {
-        chain: issued.chain,
-        key_pkcs8: key.to_pkcs8_der(),
-        trust_anchor: ca.trust_anchor().to_vec(),
-        crls: vec![ca.crl(SystemTime::now()).unwrap().der],
-    };
-    let config = Arc::new(identity.client_config(ARS).unwrap());
+    let (_, _, config) = certified(ca, "raw");
     let name = rustls::pki_types::ServerName::try_from("agw.invalid").unwrap();
     let conn = rustls::ClientConnection::new(config, name).unwrap();
     let sock = std::net::TcpStream::connect(addr).unwrap();
