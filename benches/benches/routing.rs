@@ -1,0 +1,95 @@
+//! The routing snapshot at 1M routes: lookups of uniformly random destinations (target: at
+//! most 100 ns), and publishing a batch of route changes (10k changes/s published every
+//! millisecond is 10 changes per publish; target: visible to shards within 10 ms).
+//!
+//! `cargo bench -p agw-benches --bench routing`; figures in docs/benchmarks.md.
+
+use std::hint::black_box;
+
+use agw_dataplane::routing::{Route, RoutingTable};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+const ROUTES: u32 = 1_000_000;
+const LOOKUPS: usize = 100_000;
+
+fn agent(n: u32) -> String {
+    format!("spiffe://d{}.example/agent/agent-{n}", n % 100)
+}
+
+/// A xorshift stream, so the benchmark needs no random-number crate.
+fn randoms(seed: u64) -> impl Iterator<Item = u64> {
+    let mut x = seed;
+    std::iter::from_fn(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        Some(x)
+    })
+}
+
+fn routing(c: &mut Criterion) {
+    let mut table = RoutingTable::new();
+    for n in 0..ROUTES {
+        table.set(&agent(n), Route::Peer { peer: n % 16 });
+    }
+    table.publish();
+    let reader = table.reader();
+    // Destinations as frames carry them: back to back in one buffer, as in a read buffer,
+    // uniformly random over all routes.
+    let mut buffer = String::new();
+    let mut spans = Vec::with_capacity(LOOKUPS);
+    for r in randoms(7).take(LOOKUPS) {
+        let start = buffer.len();
+        buffer.push_str(&agent((r % u64::from(ROUTES)) as u32));
+        spans.push(start..buffer.len());
+    }
+    let queries: Vec<&str> = spans.iter().map(|s| &buffer[s.clone()]).collect();
+
+    let mut group = c.benchmark_group("routing_1M");
+    group.throughput(Throughput::Elements(LOOKUPS as u64));
+    group.bench_function("lookup_random", |b| {
+        let mut cache = reader.cache();
+        b.iter(|| {
+            let snapshot = cache.load();
+            let mut found = 0u32;
+            for q in &queries {
+                found += u32::from(snapshot.lookup(q).is_some());
+            }
+            assert_eq!(found as usize, LOOKUPS);
+        })
+    });
+    // The same lookups in one plain hashbrown map of the same routes: the floor this machine's
+    // memory sets for 1M uniformly random lookups, to compare against.
+    let plain: hashbrown::HashMap<String, u32> = (0..ROUTES).map(|n| (agent(n), n % 16)).collect();
+    group.bench_function("baseline_single_hashmap", |b| {
+        b.iter(|| {
+            let mut found = 0u32;
+            for q in &queries {
+                found += u32::from(plain.get(*q).is_some());
+            }
+            assert_eq!(found as usize, LOOKUPS);
+        })
+    });
+    group.throughput(Throughput::Elements(10));
+    let mut changes = randoms(11).map(|r| (r % u64::from(ROUTES)) as u32);
+    group.bench_function("publish_10_changes", |b| {
+        b.iter_batched(
+            || {
+                (0..10)
+                    .map(|_| agent(changes.next().unwrap_or(0)))
+                    .collect::<Vec<_>>()
+            },
+            |agents| {
+                for a in &agents {
+                    table.set(a, Route::Offline);
+                }
+                black_box(table.publish())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, routing);
+criterion_main!(benches);
