@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader},
     path::Path,
@@ -20,11 +22,11 @@ use agw_proto::{
     pb::ErrorCode,
 };
 use agw_sdk::{
-    certificates::{AgentKey, CertificateRequests},
+    certificates::AgentKey,
     connection::{Connection, TlsConnection},
 };
+use common::DOMAIN;
 
-const DOMAIN: &str = "travel.example";
 const ARS: &str = "spiffe://travel.example/agw/ars";
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -116,25 +118,13 @@ fn start(dir: &Path) -> (Server, String) {
     (Server(child), addr)
 }
 
-/// An agent certified by the ACA, connected to the ARS as itself.
-/// Certifies `name` with the ACA; returns its ID, chain and a TLS client config that expects
-/// the ARS.
+/// Certifies `name` with the ACA (real time: TLS checks validity against the real clock);
+/// returns its ID, chain and a TLS client config that expects the ARS.
 fn certified(
     ca: &CertificateAuthority,
     name: &str,
 ) -> (AgentId, Vec<Vec<u8>>, Arc<rustls::ClientConfig>) {
-    let id = AgentId::parse(&format!("spiffe://{DOMAIN}/agent/{name}")).unwrap();
-    let key = AgentKey::generate().unwrap();
-    let materials = pb::IdentityMaterials {
-        organization: "Acme".into(),
-        ..Default::default()
-    };
-    let app = CertificateRequests::default()
-        .application(&key, &id, materials)
-        .unwrap();
-    let issued = ca
-        .apply(&app.csr, app.materials.as_ref().unwrap(), SystemTime::now())
-        .unwrap();
+    let (id, key, issued) = common::certify_at(ca, name, SystemTime::now());
     let identity = TlsIdentity {
         chain: issued.chain.clone(),
         key_pkcs8: key.to_pkcs8_der(),

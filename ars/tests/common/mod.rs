@@ -8,7 +8,7 @@ use std::{
 };
 
 use agw_aca::{
-    AuthorityConfig, CertificateAuthority, policy::AllowListPolicy, tls::CertificateChecker,
+    AuthorityConfig, CertificateAuthority, Issued, policy::AllowListPolicy, tls::CertificateChecker,
 };
 use agw_ars::{Registry, RegistryConfig};
 use agw_proto::{
@@ -41,8 +41,12 @@ pub fn registry(dir: &Path, ca: &CertificateAuthority) -> Registry {
     .unwrap()
 }
 
-/// Certifies `name` and returns its certificate chain.
-pub fn certified(ca: &CertificateAuthority, name: &str) -> (AgentId, HeldCertificate) {
+/// Certifies `name` at `now`: its ID, key and what the authority issued.
+pub fn certify_at(
+    ca: &CertificateAuthority,
+    name: &str,
+    now: SystemTime,
+) -> (AgentId, AgentKey, Issued) {
     let id = AgentId::parse(&format!("spiffe://{DOMAIN}/agent/{name}")).unwrap();
     let key = AgentKey::generate().unwrap();
     let materials = pb::IdentityMaterials {
@@ -53,8 +57,14 @@ pub fn certified(ca: &CertificateAuthority, name: &str) -> (AgentId, HeldCertifi
         .application(&key, &id, materials)
         .unwrap();
     let issued = ca
-        .apply(&app.csr, app.materials.as_ref().unwrap(), t0())
+        .apply(&app.csr, app.materials.as_ref().unwrap(), now)
         .unwrap();
+    (id, key, issued)
+}
+
+/// Certifies `name` on the simulated clock and returns the certificate it holds.
+pub fn certified(ca: &CertificateAuthority, name: &str) -> (AgentId, HeldCertificate) {
+    let (id, _, issued) = certify_at(ca, name, t0());
     let reply = pb::CertificateReply {
         certificate_chain: issued.chain.into_iter().map(Into::into).collect(),
         serial: issued.serial.into(),
