@@ -182,6 +182,15 @@ impl CertificateAuthority {
         let chain_pem = fs::read_to_string(&chain_path).map_err(internal)?;
         let ca_chain = pem_blocks(&chain_pem, "CERTIFICATE")?;
         let ca_cert = ca_chain.first().ok_or_else(|| internal("empty CA chain"))?;
+        let expected = format!("spiffe://{}", config.domain);
+        let held = crate::tls::peer_identity(&[ca_cert.as_slice().into()]);
+        if held.as_deref() != Some(expected.as_str()) {
+            return Err(internal(format!(
+                "{} holds the authority of {}, not of {expected}",
+                config.data_dir.display(),
+                held.as_deref().unwrap_or("no domain"),
+            )));
+        }
         let issuer = Issuer::from_ca_cert_der(&ca_cert.clone().into(), key).map_err(internal)?;
         let trust_anchor = pem_blocks(
             &fs::read_to_string(&anchor_path).map_err(internal)?,

@@ -378,6 +378,17 @@ fn state_survives_a_restart_and_the_ca_key_is_private() {
         ErrorCode::IdentityTaken
     );
 
+    // The data directory belongs to one domain: starting it for another is refused.
+    let mut other = config(dir.path());
+    other.domain = agw_proto::identity::Domain::new("other.example").unwrap();
+    let err =
+        agw_aca::CertificateAuthority::bootstrap(other, Box::new(policy()), t0()).unwrap_err();
+    assert!(
+        err.detail
+            .contains("holds the authority of spiffe://travel.example"),
+        "{err}"
+    );
+
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(dir.path().join("ca.key.pem"))
         .unwrap()
