@@ -88,6 +88,17 @@ fn routing(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("publish_1_change", |b| {
+        b.iter_batched(
+            || agent(changes.next().unwrap_or(0)),
+            |a| {
+                table.set(&a, Route::Unreachable);
+                black_box(table.publish())
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 

@@ -6,9 +6,9 @@
 //! never changes under it. The control plane owns the [`RoutingTable`], collects route changes
 //! and [`publish`](RoutingTable::publish)es a new snapshot.
 //!
-//! The table is split into 4,096 buckets by the top bits of each agent ID's hash. A publish
-//! copies only the buckets its changes touch (plus the 4,096 bucket pointers); every other
-//! bucket is shared with the previous snapshot. So a change costs a copy of one bucket (about
+//! The table is split into 4,096 buckets (in 64 groups of 64) by the top bits of each agent
+//! ID's hash. A publish copies only the buckets its changes touch, plus the pointers of their
+//! groups and the 64 group pointers; every other bucket is shared with the previous snapshot. So a change costs a copy of one bucket (about
 //! 250 routes at 1M), never of the table, and batching the changes of a millisecond into one
 //! publish keeps 10k changes/s cheap.
 
@@ -19,7 +19,11 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 /// log2 of the number of buckets.
 pub const BUCKET_BITS: u32 = 12;
-const BUCKETS: usize = 1 << BUCKET_BITS;
+/// Buckets are held in groups of 64, so a publish copies 64 group pointers and the 64 bucket
+/// pointers of each group it touches, not all 4,096.
+const GROUP_BITS: u32 = 6;
+const GROUPS: usize = 1 << (BUCKET_BITS - GROUP_BITS);
+const GROUP_SIZE: usize = 1 << GROUP_BITS;
 
 /// Where frames for an agent go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,11 +94,13 @@ pub struct RoutingSnapshot {
     version: u64,
     len: usize,
     hasher: DefaultHashBuilder,
-    buckets: Arc<[Arc<Bucket>]>,
+    groups: Arc<[Arc<[Arc<Bucket>]>]>,
 }
 
-fn bucket_of(hash: u64) -> usize {
-    (hash >> (64 - BUCKET_BITS)) as usize
+/// (group, bucket within the group) of a hash, from its top bits.
+fn bucket_of(hash: u64) -> (usize, usize) {
+    let b = (hash >> (64 - BUCKET_BITS)) as usize;
+    (b >> GROUP_BITS, b & (GROUP_SIZE - 1))
 }
 
 impl RoutingSnapshot {
@@ -102,8 +108,10 @@ impl RoutingSnapshot {
     #[inline]
     pub fn lookup(&self, agent: &str) -> Option<Route> {
         let hash = self.hasher.hash_one(agent);
-        self.buckets
-            .get(bucket_of(hash))?
+        let (g, b) = bucket_of(hash);
+        self.groups
+            .get(g)?
+            .get(b)?
             .find(hash, |e| {
                 e.hash == hash && e.agent.as_bytes() == agent.as_bytes()
             })
@@ -128,9 +136,10 @@ impl RoutingSnapshot {
     /// Whether `self` and `other` share the bucket that holds `agent` (the same memory, not a
     /// copy): how a publish proves it copied only what changed.
     pub fn shares_bucket_with(&self, other: &RoutingSnapshot, agent: &str) -> bool {
-        let b = bucket_of(self.hasher.hash_one(agent));
-        match (self.buckets.get(b), other.buckets.get(b)) {
-            (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+        let (g, b) = bucket_of(self.hasher.hash_one(agent));
+        let bucket = |s: &RoutingSnapshot| s.groups.get(g).and_then(|group| group.get(b)).cloned();
+        match (bucket(self), bucket(other)) {
+            (Some(x), Some(y)) => Arc::ptr_eq(&x, &y),
             _ => false,
         }
     }
@@ -173,11 +182,12 @@ impl RoutingTable {
     /// An empty table, published as version 0.
     pub fn new() -> RoutingTable {
         let empty: Arc<Bucket> = Arc::new(HashTable::new());
+        let group: Arc<[Arc<Bucket>]> = (0..GROUP_SIZE).map(|_| Arc::clone(&empty)).collect();
         let current = RoutingSnapshot {
             version: 0,
             len: 0,
             hasher: DefaultHashBuilder::default(),
-            buckets: (0..BUCKETS).map(|_| Arc::clone(&empty)).collect(),
+            groups: (0..GROUPS).map(|_| Arc::clone(&group)).collect(),
         };
         RoutingTable {
             shared: Arc::new(ArcSwap::from_pointee(current.clone())),
@@ -220,14 +230,21 @@ impl RoutingTable {
             return self.current.version;
         }
         let hasher = self.current.hasher.clone();
-        let mut buckets: Vec<Arc<Bucket>> = self.current.buckets.to_vec();
+        let mut groups: Vec<Arc<[Arc<Bucket>]>> = self.current.groups.to_vec();
         let mut len = self.current.len;
-        for (agent, change) in self.pending.drain() {
+        // Taken, not drained: draining would keep the capacity of the largest batch ever (1M
+        // at start) and scan all of it on every later publish.
+        for (agent, change) in std::mem::take(&mut self.pending) {
             let hash = hasher.hash_one(&*agent);
-            let Some(slot) = buckets.get_mut(bucket_of(hash)) else {
+            let (g, b) = bucket_of(hash);
+            // Copy-on-write: the first change to a group or a bucket copies it, later ones
+            // reuse the copy.
+            let Some(group) = groups.get_mut(g) else {
                 continue;
             };
-            // Copy-on-write: the first change to a bucket copies it, later ones reuse the copy.
+            let Some(slot) = Arc::make_mut(group).get_mut(b) else {
+                continue;
+            };
             let bucket = Arc::make_mut(slot);
             let found = bucket.find_entry(hash, |e| {
                 e.hash == hash && e.agent.as_bytes() == agent.as_bytes()
@@ -250,7 +267,7 @@ impl RoutingTable {
             version: self.current.version + 1,
             len,
             hasher,
-            buckets: buckets.into(),
+            groups: groups.into(),
         };
         self.shared.store(Arc::new(self.current.clone()));
         self.current.version
