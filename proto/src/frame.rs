@@ -246,6 +246,22 @@ impl FrameDecoder {
         &mut self.buf
     }
 
+    /// Gives the read buffer back to the allocator when it holds nothing (no partial frame):
+    /// an idle connection then costs no buffer memory. Call it when a read finds the socket
+    /// drained. Returns whether it released anything.
+    pub fn release_if_idle(&mut self) -> bool {
+        if self.buf.is_empty() && self.pending.is_none() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+            return true;
+        }
+        false
+    }
+
+    /// Bytes of buffer memory this decoder holds (what an idle connection costs).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Appends received bytes.
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);

@@ -131,6 +131,34 @@ fn the_buffer_grows_with_bytes_received_not_bytes_announced() {
 }
 
 #[test]
+fn an_idle_decoder_gives_its_buffer_back_but_never_a_partial_frame() {
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    assert_eq!(decoder.capacity(), 0, "nothing before the first read");
+    decoder
+        .read_buf(64 * 1024)
+        .extend_from_slice(&bytes("01 22 00 00 00000002 08 01 01 13"));
+    assert!(decoder.capacity() >= 64 * 1024);
+    assert!(decoder.decode().unwrap().is_some());
+    // Two bytes of the next header are buffered: they must stay.
+    assert!(!decoder.release_if_idle());
+    decoder.extend_from_slice(&bytes("00 00 00000002 08 01"));
+    let frame = decoder.decode().unwrap().unwrap();
+    assert_eq!(
+        frame.message().unwrap(),
+        pb::Heartbeat {
+            status: 1,
+            sequence: 0
+        }
+        .into()
+    );
+    // Drained: the buffer goes, and frames already returned keep their bytes.
+    assert!(decoder.release_if_idle());
+    assert_eq!(decoder.capacity(), 0);
+    assert_eq!(frame.body.as_ref(), &[0x08, 0x01]);
+    assert!(!decoder.release_if_idle());
+}
+
+#[test]
 fn control_kinds_have_their_own_caps() {
     let mut decoder = FrameDecoder::new(FrameLimits {
         max_data_body: HARD_MAX_BODY,
