@@ -267,6 +267,7 @@ impl CertificateChecker {
         Ok(CheckedCertificate {
             identity,
             serial: cert.raw_serial().to_vec(),
+            spki_der: cert.public_key().raw.to_vec(),
         })
     }
 }
@@ -278,4 +279,6 @@ pub struct CheckedCertificate {
     pub identity: String,
     /// Its serial number, big-endian bytes.
     pub serial: Vec<u8>,
+    /// Its public key, DER SubjectPublicKeyInfo, to verify what it signs.
+    pub spki_der: Vec<u8>,
 }

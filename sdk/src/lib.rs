@@ -6,5 +6,6 @@
 //! (sans-IO: the caller carries them over its connection). Access to gateways, messaging,
 //! discovery and sessions come with the dataplane and registry issues.
 
+pub mod access;
 pub mod certificates;
 pub mod connection;
