@@ -29,7 +29,8 @@ pub struct ProfileLimits {
     pub max_capabilities: usize,
     /// Protocols, and languages, per profile. Default 16.
     pub max_list: usize,
-    /// Bytes of any one text field. Default 256 (description: 4 KiB).
+    /// Bytes of any one capability, language or address. Default 256. (The description is
+    /// bounded only by `max_profile_bytes`.)
     pub max_field: usize,
     /// Encoded profile size. Default 8 KiB.
     pub max_profile_bytes: usize,
