@@ -61,6 +61,9 @@ pub enum DownReason {
     HoldTimeExpired,
     /// It broke the protocol; its connection is closed.
     ProtocolError,
+    /// Its connection closed without a deregistration (set by the connection, not the
+    /// session).
+    Disconnected,
 }
 
 /// What the session asks its connection and the control plane to do.
@@ -174,14 +177,16 @@ impl AccessSession {
             (State::Challenged { nonce, .. }, Message::AccessRequest(req)) => {
                 match self.verify(&nonce, req, wall) {
                     Ok((agent, serial)) => {
+                        // The agent comes up before the reply is sent, so the connection
+                        // can make its route visible first: a reply means reachable.
+                        self.actions.push_back(Action::AgentUp {
+                            agent: agent.clone(),
+                            serial,
+                        });
                         self.send(pb::AccessReply {
                             error: None,
                             heartbeat_interval_ms: millis(self.config.heartbeat_interval),
                             hold_time_ms: millis(self.config.hold_time),
-                        });
-                        self.actions.push_back(Action::AgentUp {
-                            agent: agent.clone(),
-                            serial,
                         });
                         State::Accessed {
                             agent,
@@ -252,6 +257,11 @@ impl AccessSession {
                 hold_deadline,
                 ..
             } if now >= hold_deadline => {
+                self.send(pb::Notification {
+                    code: ErrorCode::HoldTimerExpired as i32,
+                    subcode: 0,
+                    text: "no heartbeat within the hold time".to_owned(),
+                });
                 self.actions.push_back(Action::AgentDown {
                     agent,
                     reason: DownReason::HoldTimeExpired,

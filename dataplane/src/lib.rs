@@ -1,9 +1,17 @@
 //! The Agent Gateway's relay dataplane: one glommio (io_uring) executor per core, each owning
 //! its agent connections, forwarding framed agent messages by an immutable routing snapshot.
 //!
-//! Status: the routing snapshot ([`routing`]) and the agent-access state machine ([`access`])
-//! exist; the shards, connections and the relay
-//! are built by the rest of the dataplane issue (`docs/architecture.md` describes the design).
+//! [`Dataplane::start`] runs the shards; [`events::spawn_local_routes`] keeps the routes of
+//! local agents from what the shards report. `docs/dataplane.md` tells the life of a frame.
 
 pub mod access;
+pub mod config;
+pub mod counters;
+pub mod events;
 pub mod routing;
+mod runtime;
+mod shard;
+
+pub use config::DataplaneConfig;
+pub use counters::{CounterSnapshot, NACK_REASONS, ShardCounters};
+pub use runtime::{Dataplane, DataplaneError};

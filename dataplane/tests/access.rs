@@ -125,8 +125,8 @@ fn an_agent_accesses_heartbeats_and_goes_offline_when_silent() {
     s.handle_message(&req.into(), start + Duration::from_secs(1), wall);
     let a = actions(&mut s);
     let [
-        Action::Send(Message::AccessReply(reply)),
         Action::AgentUp { agent, serial },
+        Action::Send(Message::AccessReply(reply)),
     ] = a.as_slice()
     else {
         panic!("{a:?}")
@@ -184,6 +184,14 @@ fn an_agent_accesses_heartbeats_and_goes_offline_when_silent() {
     assert_eq!(
         actions(&mut s),
         [
+            Action::Send(
+                pb::Notification {
+                    code: ErrorCode::HoldTimerExpired as i32,
+                    subcode: 0,
+                    text: "no heartbeat within the hold time".into(),
+                }
+                .into()
+            ),
             Action::AgentDown {
                 agent: id,
                 reason: DownReason::HoldTimeExpired

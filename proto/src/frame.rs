@@ -482,6 +482,11 @@ impl WriteBatch {
         );
     }
 
+    /// The first bytes waiting (one segment), for a plain write.
+    pub fn front(&self) -> Option<&[u8]> {
+        self.segments.front().map(Segment::as_slice)
+    }
+
     /// Drops the first `n` bytes after a write of that many.
     pub fn advance(&mut self, mut n: usize) {
         n = n.min(self.len);

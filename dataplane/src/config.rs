@@ -1,0 +1,93 @@
+//! The dataplane's settings, with the defaults a single gateway runs on.
+
+use std::{net::SocketAddr, time::Duration};
+
+use agw_proto::{FrameLimits, identity::GatewayId};
+
+use crate::access::AccessConfig;
+
+/// How the relay runs.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// This gateway's identity (challenges and NACKs carry it).
+    pub gateway: GatewayId,
+    /// Where agents connect; every shard listens on it (SO_REUSEPORT). Port 0 picks one.
+    pub listen: SocketAddr,
+    /// Shards (threads). Default: the number of CPUs.
+    pub shards: usize,
+    /// Pin shard `i` to CPU `i`. Default on.
+    pub pin_cores: bool,
+    /// Agent access timers.
+    pub access: AccessConfig,
+    /// Frame size limits.
+    pub limits: FrameLimits,
+    /// Bytes asked of each read. Default 64 KiB.
+    pub read_chunk: usize,
+    /// A connection's write queue above this stops same-shard senders to it from being read.
+    /// Default 256 KiB.
+    pub queue_soft_limit: usize,
+    /// A connection's write queue above this NACKs new frames for it `OVERLOADED`.
+    /// Default 4 MiB.
+    pub queue_hard_limit: usize,
+    /// A shard's write queues together above this NACK new frames `OVERLOADED`.
+    /// Default 256 MiB.
+    pub shard_memory_budget: usize,
+    /// Connections one shard holds at most; more are closed at accept. Default 10,000.
+    pub max_connections_per_shard: usize,
+    /// Batches in flight between two shards at most. Default 1,024.
+    pub cross_shard_capacity: usize,
+    /// Period of the shard's housekeeping (timers, idle buffers, commands). Default 50 ms.
+    pub tick: Duration,
+    /// A connection being closed gets this long to flush what was queued. Default 2 s.
+    pub close_linger: Duration,
+}
+
+impl DataplaneConfig {
+    /// Defaults for `gateway` listening on `listen`.
+    pub fn new(gateway: GatewayId, listen: SocketAddr) -> DataplaneConfig {
+        DataplaneConfig {
+            gateway,
+            listen,
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pin_cores: true,
+            access: AccessConfig::default(),
+            limits: FrameLimits::default(),
+            read_chunk: 64 * 1024,
+            queue_soft_limit: 256 * 1024,
+            queue_hard_limit: 4 * 1024 * 1024,
+            shard_memory_budget: 256 * 1024 * 1024,
+            max_connections_per_shard: 10_000,
+            cross_shard_capacity: 1024,
+            tick: Duration::from_millis(50),
+            close_linger: Duration::from_secs(2),
+        }
+    }
+
+    /// Checks the settings agree with each other; says which does not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shards == 0 || self.shards > usize::from(u16::MAX) {
+            return Err(format!("shards must be 1..=65535, not {}", self.shards));
+        }
+        if self.read_chunk < 4096 {
+            return Err(format!(
+                "read_chunk must be at least 4096, not {}",
+                self.read_chunk
+            ));
+        }
+        if self.queue_soft_limit == 0 || self.queue_soft_limit > self.queue_hard_limit {
+            return Err("queue_soft_limit must be above 0 and at most queue_hard_limit".into());
+        }
+        if self.queue_hard_limit > self.shard_memory_budget {
+            return Err("queue_hard_limit must be at most shard_memory_budget".into());
+        }
+        if self.max_connections_per_shard == 0 || self.cross_shard_capacity == 0 {
+            return Err(
+                "max_connections_per_shard and cross_shard_capacity must be above 0".into(),
+            );
+        }
+        if self.tick.is_zero() || self.tick > Duration::from_secs(1) {
+            return Err("tick must be above 0 and at most 1 s".into());
+        }
+        self.limits.validate().map(|_| ())
+    }
+}

@@ -1,0 +1,223 @@
+//! Starting and stopping the shards: [`Dataplane`] is what the daemon, tests and the load tool
+//! hold.
+
+use std::{io, net::SocketAddr, sync::Arc, sync::mpsc, time::Duration};
+
+use agw_aca::tls::CertificateChecker;
+use arc_swap::ArcSwap;
+use crossbeam_channel::Sender;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, channels::shared_channel};
+
+use crate::{
+    config::DataplaneConfig,
+    counters::{CounterSnapshot, ShardCounters},
+    events::ShardEvent,
+    routing::{Route, RoutingReader},
+    shard::{self, CrossBatch, ShardCommand, ShardSetup},
+};
+
+/// glommio's registered I/O memory per shard. The relay does no file I/O, and the default
+/// (10 MiB) exceeds a common `ulimit -l` of 8 MiB on its own.
+const IO_MEMORY: usize = 128 * 1024;
+
+/// Why the dataplane did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataplaneError {
+    /// The configuration is inconsistent.
+    #[error("dataplane configuration: {0}")]
+    Config(String),
+    /// A shard could not listen.
+    #[error("shard {shard} cannot listen on {addr}: {source}")]
+    Listen {
+        /// The shard.
+        shard: usize,
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: io::Error,
+    },
+    /// A shard thread could not start.
+    #[error("shard {shard} did not start: {detail}")]
+    Spawn {
+        /// The shard.
+        shard: usize,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// The running relay: its shards, their counters and the address agents connect to.
+pub struct Dataplane {
+    addr: SocketAddr,
+    counters: Arc<[ShardCounters]>,
+    commands: Vec<crossbeam_channel::Sender<ShardCommand>>,
+    threads: Vec<ExecutorJoinHandle<()>>,
+    routes: RoutingReader,
+    checker: Arc<ArcSwap<CertificateChecker>>,
+}
+
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("addr", &self.addr)
+            .field("shards", &self.threads.len())
+            .finish()
+    }
+}
+
+impl Dataplane {
+    /// Starts `config.shards` shards listening on `config.listen`. They route by `routes`,
+    /// check agents' certificates with `checker` (replace it with
+    /// [`set_checker`](Self::set_checker) when the CRL changes) and report agents on `events`.
+    /// Returns once every shard listens.
+    pub fn start(
+        config: DataplaneConfig,
+        routes: RoutingReader,
+        checker: CertificateChecker,
+        events: Sender<ShardEvent>,
+    ) -> Result<Dataplane, DataplaneError> {
+        config.validate().map_err(DataplaneError::Config)?;
+        let n = config.shards;
+        let config = Arc::new(config);
+        let counters: Arc<[ShardCounters]> = (0..n).map(|_| ShardCounters::default()).collect();
+        let checker = Arc::new(ArcSwap::from_pointee(checker));
+        // A full mesh of bounded channels: senders[from][to], receivers[to][..].
+        let mut senders: Vec<Vec<Option<shared_channel::SharedSender<CrossBatch>>>> =
+            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        let mut receivers: Vec<Vec<shared_channel::SharedReceiver<CrossBatch>>> =
+            (0..n).map(|_| Vec::new()).collect();
+        for (from, row) in senders.iter_mut().enumerate() {
+            for (to, slot) in row.iter_mut().enumerate() {
+                if from != to {
+                    let (tx, rx) = shared_channel::new_bounded(config.cross_shard_capacity);
+                    *slot = Some(tx);
+                    receivers[to].push(rx);
+                }
+            }
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let mut dataplane = Dataplane {
+            addr: config.listen,
+            counters: counters.clone(),
+            commands: Vec::new(),
+            threads: Vec::new(),
+            routes: routes.clone(),
+            checker: checker.clone(),
+        };
+        // Shard 0 binds first so that the others join its port when the configured one is 0.
+        let mut listen = config.listen;
+        for (id, (senders, receivers)) in senders.into_iter().zip(receivers).enumerate() {
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let (command_tx, command_rx) = crossbeam_channel::unbounded();
+            let setup = ShardSetup {
+                id: id as u16,
+                config: config.clone(),
+                listen,
+                counters: counters.clone(),
+                routes: routes.clone(),
+                checker: checker.clone(),
+                events: events.clone(),
+                commands: command_rx,
+                senders,
+                receivers,
+                ready: ready_tx,
+            };
+            let placement = if config.pin_cores {
+                Placement::Fixed(id % cpus)
+            } else {
+                Placement::Unbound
+            };
+            let thread = LocalExecutorBuilder::new(placement)
+                .name(&format!("agw-shard-{id}"))
+                .io_memory(IO_MEMORY)
+                .spawn(move || shard::run(setup))
+                .map_err(|e| DataplaneError::Spawn {
+                    shard: id,
+                    detail: e.to_string(),
+                })?;
+            dataplane.commands.push(command_tx);
+            dataplane.threads.push(thread);
+            // Each shard reports as soon as it listens (its channels connect afterwards).
+            match ready_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(addr)) if id == 0 => listen = addr,
+                Ok(Ok(_)) => {}
+                Ok(Err(source)) => {
+                    return Err(DataplaneError::Listen {
+                        shard: id,
+                        addr: listen,
+                        source,
+                    });
+                }
+                Err(e) => {
+                    return Err(DataplaneError::Spawn {
+                        shard: id,
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+        dataplane.addr = listen;
+        Ok(dataplane)
+    }
+
+    /// Where agents connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Each shard's counters.
+    pub fn counters(&self) -> Vec<CounterSnapshot> {
+        self.counters.iter().map(ShardCounters::snapshot).collect()
+    }
+
+    /// The counters summed over shards.
+    pub fn totals(&self) -> CounterSnapshot {
+        let mut sum = CounterSnapshot::default();
+        for c in self.counters.iter() {
+            sum.add(&c.snapshot());
+        }
+        sum
+    }
+
+    /// The route shards use for `agent` now.
+    pub fn route_of(&self, agent: &str) -> Option<Route> {
+        self.routes.load().lookup(agent)
+    }
+
+    /// Checks later accesses with `checker` (a new CRL), and closes the live sessions of
+    /// certificates with these serials.
+    pub fn set_checker(&self, checker: CertificateChecker, revoked_serials: Vec<Vec<u8>>) {
+        self.checker.store(Arc::new(checker));
+        if !revoked_serials.is_empty() {
+            for c in &self.commands {
+                let _ = c.send(ShardCommand::Revoked(revoked_serials.clone()));
+            }
+        }
+    }
+
+    /// Closes every connection and ends the shards.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        for c in &self.commands {
+            let _ = c.send(ShardCommand::Stop);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,979 @@
+//! One shard: a glommio executor pinned to a core, owning the connections its listener
+//! accepted. Everything here runs on that one thread: state is `Rc`/`RefCell`, and nothing
+//! takes a lock. Other shards are reached through bounded shared channels carrying batches of
+//! frames; the control plane hears of agents through an unbounded channel and is never waited
+//! on. `docs/dataplane.md` tells the life of a frame through this file.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, RawFd},
+    pin::Pin,
+    rc::Rc,
+    sync::{Arc, mpsc},
+    task::{Poll, Waker},
+    time::{Duration, Instant, SystemTime},
+};
+
+use agw_aca::tls::CertificateChecker;
+use agw_proto::{
+    DEFAULT_HOP_LIMIT, DataView, Frame, FrameDecoder, FrameEncoder, FrameHeader, HEADER_LEN, Kind,
+    Message, WriteBatch,
+    identity::AgentId,
+    pb::{self, ErrorCode},
+};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use futures_lite::{AsyncRead, AsyncWrite, future::poll_fn};
+use glommio::{
+    GlommioError, ResourceType,
+    channels::shared_channel::{ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender},
+    net::{TcpListener, TcpStream},
+    spawn_local,
+    timer::sleep,
+};
+use hashbrown::HashMap;
+use nix::{
+    errno::Errno,
+    sys::socket::{MsgFlags, Shutdown, SockaddrStorage, sendmsg, shutdown},
+};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::{
+    access::{AccessSession, Action, DownReason},
+    config::DataplaneConfig,
+    counters::ShardCounters,
+    events::ShardEvent,
+    routing::{Route, RoutingReader},
+};
+
+/// A frame crossing to the shard that owns its destination's connection.
+#[derive(Debug)]
+pub(crate) struct CrossFrame {
+    connection: u32,
+    header: FrameHeader,
+    body: Bytes,
+    /// Taken from an agent (counted, NACKed if undeliverable), not made by a gateway.
+    relayed: bool,
+}
+
+/// What crosses between two shards at once.
+pub(crate) type CrossBatch = Vec<CrossFrame>;
+
+/// Orders from outside the shard, read at each tick.
+#[derive(Debug)]
+pub(crate) enum ShardCommand {
+    /// Close every connection and end the shard.
+    Stop,
+    /// Close the sessions of agents whose certificate has one of these serials.
+    Revoked(Vec<Vec<u8>>),
+}
+
+/// What a shard thread starts with.
+pub(crate) struct ShardSetup {
+    pub id: u16,
+    pub config: Arc<DataplaneConfig>,
+    pub listen: SocketAddr,
+    pub counters: Arc<[ShardCounters]>,
+    pub routes: RoutingReader,
+    pub checker: Arc<ArcSwap<CertificateChecker>>,
+    pub events: Sender<ShardEvent>,
+    pub commands: Receiver<ShardCommand>,
+    /// Indexed by destination shard; `None` at this shard's own index.
+    pub senders: Vec<Option<SharedSender<CrossBatch>>>,
+    pub receivers: Vec<SharedReceiver<CrossBatch>>,
+    pub ready: mpsc::Sender<io::Result<SocketAddr>>,
+}
+
+/// A one-waiter wake-up flag.
+#[derive(Default)]
+struct Notify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.set.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut slot = self.waker.borrow_mut();
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    Open,
+    /// Write what is queued, then close.
+    Flushing(Instant),
+    Closed,
+}
+
+/// A relayed frame in a write queue: counted delivered once written, NACKed if its connection
+/// closes first.
+struct Mark {
+    end: u64,
+    kind: Kind,
+    body: Bytes,
+}
+
+#[derive(Default)]
+struct Outbound {
+    batch: WriteBatch,
+    marks: VecDeque<Mark>,
+    pushed: u64,
+    written: u64,
+}
+
+struct Conn {
+    id: u32,
+    stream: RefCell<TcpStream>,
+    fd: RawFd,
+    session: RefCell<AccessSession>,
+    agent: RefCell<Option<AgentId>>,
+    serial: RefCell<Vec<u8>>,
+    decoder: RefCell<FrameDecoder>,
+    out: RefCell<Outbound>,
+    state: Cell<ConnState>,
+    /// The access reply is queued but the agent's route is not visible yet: hold writes.
+    hold: Cell<bool>,
+    /// AgentDown was told to the control plane.
+    down_reported: Cell<bool>,
+    /// Read anything since the last tick.
+    active: Cell<bool>,
+    writer: Notify,
+    /// Readers waiting for this queue to fall below the soft limit.
+    space: RefCell<Vec<Waker>>,
+}
+
+impl Conn {
+    fn is_open(&self) -> bool {
+        self.state.get() == ConnState::Open
+    }
+
+    fn queued(&self) -> usize {
+        self.out.borrow().batch.len()
+    }
+
+    /// Ends the socket both ways: the reader sees end of file, the writer an error.
+    fn shut(&self) {
+        let _ = shutdown(self.fd, Shutdown::Both);
+    }
+}
+
+struct Shard {
+    id: u16,
+    config: Arc<DataplaneConfig>,
+    counters: Arc<[ShardCounters]>,
+    routes: RoutingReader,
+    checker: Arc<ArcSwap<CertificateChecker>>,
+    events: Sender<ShardEvent>,
+    conns: RefCell<HashMap<u32, Rc<Conn>>>,
+    next_conn: Cell<u32>,
+    /// Bytes in all this shard's write queues.
+    queued: Cell<usize>,
+    cross_out: RefCell<Vec<Option<Rc<ConnectedSender<CrossBatch>>>>>,
+    pending_cross: RefCell<Vec<CrossBatch>>,
+    encoder: RefCell<FrameEncoder>,
+    reporter: String,
+    rng: SystemRandom,
+}
+
+/// Runs a shard until it is told to stop.
+pub(crate) async fn run(setup: ShardSetup) {
+    let listener = match TcpListener::bind(setup.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = setup.ready.send(Err(io::Error::other(e.to_string())));
+            return;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = setup.ready.send(Err(io::Error::other(e.to_string())));
+            return;
+        }
+    };
+    // Listening now; connections wait in the backlog until the mesh is up below.
+    let _ = setup.ready.send(Ok(addr));
+    let shards = setup.senders.len();
+    let shard = Rc::new(Shard {
+        id: setup.id,
+        reporter: setup.config.gateway.to_string(),
+        encoder: RefCell::new(FrameEncoder::new(setup.config.limits)),
+        config: setup.config,
+        counters: setup.counters,
+        routes: setup.routes,
+        checker: setup.checker,
+        events: setup.events,
+        conns: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(0),
+        queued: Cell::new(0),
+        cross_out: RefCell::new((0..shards).map(|_| None).collect()),
+        pending_cross: RefCell::new((0..shards).map(|_| Vec::new()).collect()),
+        rng: SystemRandom::new(),
+    });
+    // Connecting a channel end waits for the other end: connect all of them concurrently.
+    for rx in setup.receivers {
+        spawn_local(cross_receive(shard.clone(), rx)).detach();
+    }
+    let mut connecting = Vec::new();
+    for (to, tx) in setup.senders.into_iter().enumerate() {
+        if let Some(tx) = tx {
+            connecting.push((to, spawn_local(tx.connect())));
+        }
+    }
+    for (to, task) in connecting {
+        let tx = task.await;
+        if let Some(slot) = shard.cross_out.borrow_mut().get_mut(to) {
+            *slot = Some(Rc::new(tx));
+        }
+    }
+    spawn_local(accept_loop(shard.clone(), listener)).detach();
+    shard.housekeeping(setup.commands).await;
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(_) => {
+                // Out of descriptors or the like: back off instead of spinning.
+                sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.conns.borrow().len() >= shard.config.max_connections_per_shard {
+            shard.counter().connection_refused();
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        if let Some(conn) = shard.new_conn(stream) {
+            spawn_local(serve(shard.clone(), conn)).detach();
+        }
+    }
+}
+
+/// Reads and relays one connection's frames; the connection ends when this returns.
+async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
+    shard.counter().connection_accepted();
+    spawn_local(write_loop(shard.clone(), conn.clone())).detach();
+    shard.apply_actions(&conn);
+    let soft = shard.config.queue_soft_limit;
+    let chunk = shard.config.read_chunk;
+    // A queue this connection's frames went to that is over its soft limit.
+    let mut blocked: Option<Rc<Conn>> = None;
+    while conn.is_open() {
+        // Back-pressure: read nothing more while a destination (or this connection's own
+        // queue, which holds its NACKs) is over the soft limit.
+        if let Some(dest) = blocked.take() {
+            wait_for_space(&dest, soft).await;
+        }
+        if conn.queued() > soft {
+            wait_for_space(&conn, soft).await;
+        }
+        match read(&conn, chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => conn.active.set(true),
+        }
+        loop {
+            if !conn.is_open() {
+                break;
+            }
+            let frame = conn.decoder.borrow_mut().decode();
+            match frame {
+                Ok(Some(frame)) => {
+                    if frame.header.kind.is_data() {
+                        shard.relay(&conn, frame, &mut blocked);
+                    } else if shard.control(&conn, &frame) {
+                        shard.await_route(&conn).await;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    shard.close_with(&conn, e.code(), &e.to_string());
+                    break;
+                }
+            }
+        }
+        shard.flush_cross().await;
+    }
+    shard.cleanup(&conn);
+    shard.flush_cross().await;
+}
+
+/// Reads once into the connection's decoder.
+async fn read(conn: &Conn, chunk: usize) -> io::Result<usize> {
+    poll_fn(|cx| {
+        let mut decoder = conn.decoder.borrow_mut();
+        let buf = decoder.read_buf(chunk);
+        let start = buf.len();
+        buf.resize(start + chunk, 0);
+        let mut stream = conn.stream.borrow_mut();
+        let poll = Pin::new(&mut *stream).poll_read(cx, &mut buf[start..]);
+        let got = match &poll {
+            Poll::Ready(Ok(n)) => *n,
+            _ => 0,
+        };
+        buf.truncate(start + got);
+        poll
+    })
+    .await
+}
+
+async fn wait_for_space(conn: &Conn, soft: usize) {
+    poll_fn(|cx| {
+        if !conn.is_open() || conn.queued() <= soft {
+            return Poll::Ready(());
+        }
+        conn.space.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+}
+
+/// Writes one connection's queue: vectored writes of as many frames as are queued.
+async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
+    loop {
+        loop {
+            let empty = conn.out.borrow().batch.is_empty();
+            match conn.state.get() {
+                ConnState::Closed => return,
+                ConnState::Flushing(_) if empty => {
+                    conn.shut();
+                    return;
+                }
+                _ => {}
+            }
+            if !empty && !conn.hold.get() {
+                break;
+            }
+            conn.writer.wait().await;
+        }
+        let sent = {
+            let out = conn.out.borrow();
+            let mut slices = Vec::with_capacity(64);
+            out.batch.io_slices(&mut slices, 64);
+            sendmsg::<SockaddrStorage>(
+                conn.fd,
+                &slices,
+                &[],
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+        };
+        let n = match sent {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            // The socket is full: let glommio wait for it to drain and write the first segment.
+            Err(Errno::EAGAIN) => {
+                let wrote = poll_fn(|cx| {
+                    let out = conn.out.borrow();
+                    let Some(front) = out.batch.front() else {
+                        return Poll::Ready(Ok(0));
+                    };
+                    let mut stream = conn.stream.borrow_mut();
+                    Pin::new(&mut *stream).poll_write(cx, front)
+                })
+                .await;
+                match wrote {
+                    Ok(n) => n,
+                    Err(_) => {
+                        conn.shut();
+                        return;
+                    }
+                }
+            }
+            Err(_) => {
+                conn.shut();
+                return;
+            }
+        };
+        shard.wrote(&conn, n);
+    }
+}
+
+async fn cross_receive(shard: Rc<Shard>, rx: SharedReceiver<CrossBatch>) {
+    let rx: ConnectedReceiver<CrossBatch> = rx.connect().await;
+    while let Some(batch) = rx.recv().await {
+        for frame in batch {
+            shard.deliver_cross(frame);
+        }
+    }
+}
+
+/// What a NACK refers to.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    kind: Kind,
+    destination: &'a str,
+    message_id: u64,
+}
+
+impl<'a> Target<'a> {
+    fn of(view: &DataView<'a>) -> Target<'a> {
+        Target {
+            kind: view.kind,
+            destination: view.destination,
+            message_id: view.message_id,
+        }
+    }
+}
+
+fn nack_message(reporter: &str, target: Target<'_>, source: &str, reason: ErrorCode) -> pb::Nack {
+    pb::Nack {
+        destination: source.to_owned(),
+        original_destination: target.destination.to_owned(),
+        message_id: target.message_id,
+        reason: reason as i32,
+        reporter: reporter.to_owned(),
+        detail: String::new(),
+        retry_after_ms: if reason == ErrorCode::Overloaded {
+            100
+        } else {
+            0
+        },
+    }
+}
+
+impl Shard {
+    fn counter(&self) -> &ShardCounters {
+        &self.counters[usize::from(self.id)]
+    }
+
+    fn new_conn(&self, stream: TcpStream) -> Option<Rc<Conn>> {
+        let mut nonce = [0u8; 32];
+        self.rng.fill(&mut nonce).ok()?;
+        let mut id = self.next_conn.get();
+        while self.conns.borrow().contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_conn.set(id.wrapping_add(1));
+        let session = AccessSession::new(
+            self.config.gateway.clone(),
+            nonce,
+            self.checker.load_full(),
+            self.config.access,
+            Instant::now(),
+        );
+        let conn = Rc::new(Conn {
+            id,
+            fd: stream.as_raw_fd(),
+            stream: RefCell::new(stream),
+            session: RefCell::new(session),
+            agent: RefCell::new(None),
+            serial: RefCell::new(Vec::new()),
+            decoder: RefCell::new(FrameDecoder::new(self.config.limits)),
+            out: RefCell::new(Outbound::default()),
+            state: Cell::new(ConnState::Open),
+            hold: Cell::new(false),
+            down_reported: Cell::new(false),
+            active: Cell::new(false),
+            writer: Notify::default(),
+            space: RefCell::new(Vec::new()),
+        });
+        self.conns.borrow_mut().insert(id, conn.clone());
+        Some(conn)
+    }
+
+    /// The hot path: one data frame from an accessed agent to its destination's queue.
+    fn relay(&self, conn: &Rc<Conn>, frame: Frame, blocked: &mut Option<Rc<Conn>>) {
+        let agent = conn.agent.borrow();
+        let Some(agent) = agent.as_ref() else {
+            drop(agent);
+            self.close_with(conn, ErrorCode::NotAccessed, "access first");
+            return;
+        };
+        self.counter().accepted(HEADER_LEN + frame.body.len());
+        let view = match frame.data_view() {
+            Ok(v) => v,
+            Err(e) => {
+                let target = Target {
+                    kind: frame.header.kind,
+                    destination: "",
+                    message_id: 0,
+                };
+                self.refuse(conn, agent.as_str(), target, e.code());
+                return;
+            }
+        };
+        let target = Target::of(&view);
+        // An agent sends messages and ACKs as itself; NACKs are the gateways' to send.
+        if view.kind == Kind::Nack || view.source() != Some(agent.as_str()) {
+            self.refuse(conn, agent.as_str(), target, ErrorCode::Unauthorized);
+            return;
+        }
+        if frame.header.hop_limit == 0 {
+            self.refuse(conn, agent.as_str(), target, ErrorCode::TtlExpired);
+            return;
+        }
+        let header = FrameHeader {
+            hop_limit: frame.header.hop_limit - 1,
+            ..frame.header
+        };
+        let route = self.routes.load().lookup(view.destination);
+        let refusal = match route {
+            None => ErrorCode::NoRoute,
+            Some(Route::Offline) => ErrorCode::DestinationOffline,
+            // Peer links come with peering; until then a route through a peer is unreachable.
+            Some(Route::Unreachable | Route::Peer { .. }) => ErrorCode::Unreachable,
+            Some(Route::Local { shard, connection }) if shard == self.id => {
+                let dest = self.conns.borrow().get(&connection).cloned();
+                let Some(dest) = dest else {
+                    self.refuse(conn, agent.as_str(), target, ErrorCode::DestinationOffline);
+                    return;
+                };
+                match self.push_relayed(&dest, header, frame.body.clone()) {
+                    Ok(()) => {
+                        if dest.queued() > self.config.queue_soft_limit {
+                            *blocked = Some(dest);
+                        }
+                        return;
+                    }
+                    Err(code) => code,
+                }
+            }
+            Some(Route::Local { shard, connection }) => {
+                if self.over_budget(frame.body.len()) {
+                    ErrorCode::Overloaded
+                } else {
+                    let mut pending = self.pending_cross.borrow_mut();
+                    match pending.get_mut(usize::from(shard)) {
+                        Some(batch) => {
+                            batch.push(CrossFrame {
+                                connection,
+                                header,
+                                body: frame.body.clone(),
+                                relayed: true,
+                            });
+                            return;
+                        }
+                        None => ErrorCode::NoRoute,
+                    }
+                }
+            }
+        };
+        self.refuse(conn, agent.as_str(), target, refusal);
+    }
+
+    fn over_budget(&self, len: usize) -> bool {
+        self.queued.get() + len > self.config.shard_memory_budget
+    }
+
+    /// NACKs a frame from `conn` back to it (an ACK is only counted: answering could loop).
+    fn refuse(&self, conn: &Conn, source: &str, target: Target<'_>, reason: ErrorCode) {
+        if target.kind != Kind::AgentMessage {
+            self.counter().discarded();
+            return;
+        }
+        self.counter().nacked(reason);
+        let nack = nack_message(&self.reporter, target, source, reason);
+        self.push_gateway(conn, &nack.into());
+    }
+
+    /// Queues a relayed frame for `dest`, or says why not.
+    fn push_relayed(&self, dest: &Conn, header: FrameHeader, body: Bytes) -> Result<(), ErrorCode> {
+        if !dest.is_open() {
+            return Err(ErrorCode::DestinationOffline);
+        }
+        let len = HEADER_LEN + body.len();
+        if dest.queued() + len > self.config.queue_hard_limit || self.over_budget(len) {
+            return Err(ErrorCode::Overloaded);
+        }
+        let mut out = dest.out.borrow_mut();
+        out.pushed += len as u64;
+        let end = out.pushed;
+        out.marks.push_back(Mark {
+            end,
+            kind: header.kind,
+            body: body.clone(),
+        });
+        out.batch.push_frame(header, body);
+        drop(out);
+        self.queued_add(len);
+        dest.writer.notify();
+        Ok(())
+    }
+
+    /// Queues a frame the gateway made (challenge, reply, NACK, notification).
+    fn push_gateway(&self, conn: &Conn, message: &Message) {
+        if conn.state.get() == ConnState::Closed {
+            return;
+        }
+        let mut encoder = self.encoder.borrow_mut();
+        let hop = if message.kind().is_data() {
+            DEFAULT_HOP_LIMIT
+        } else {
+            0
+        };
+        if encoder.push_message(message, hop).is_err() {
+            return;
+        }
+        let bytes = encoder.take();
+        drop(encoder);
+        let len = bytes.len();
+        let mut out = conn.out.borrow_mut();
+        out.pushed += len as u64;
+        out.batch.push_encoded(bytes);
+        drop(out);
+        self.queued_add(len);
+        conn.writer.notify();
+    }
+
+    fn queued_add(&self, len: usize) {
+        let q = self.queued.get() + len;
+        self.queued.set(q);
+        self.counter().set_queued_bytes(q);
+    }
+
+    fn queued_sub(&self, len: usize) {
+        let q = self.queued.get().saturating_sub(len);
+        self.queued.set(q);
+        self.counter().set_queued_bytes(q);
+    }
+
+    /// After a write of `n` bytes: count the frames it completed, wake paused senders.
+    fn wrote(&self, conn: &Conn, n: usize) {
+        let mut out = conn.out.borrow_mut();
+        out.batch.advance(n);
+        out.written += n as u64;
+        let mut delivered = 0;
+        while out.marks.front().is_some_and(|m| m.end <= out.written) {
+            out.marks.pop_front();
+            delivered += 1;
+        }
+        let below = out.batch.len() <= self.config.queue_soft_limit;
+        drop(out);
+        self.counter().delivered(delivered);
+        self.counter().written(n);
+        self.queued_sub(n);
+        if below {
+            for w in conn.space.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Sends the frames gathered for other shards, one batch per shard. A full channel makes
+    /// this connection wait (its sender is not read meanwhile), never the others.
+    async fn flush_cross(&self) {
+        let shards = self.pending_cross.borrow().len();
+        for to in 0..shards {
+            let batch = match self.pending_cross.borrow_mut().get_mut(to) {
+                Some(b) if !b.is_empty() => std::mem::take(b),
+                _ => continue,
+            };
+            let tx = self.cross_out.borrow().get(to).cloned().flatten();
+            let Some(tx) = tx else {
+                continue;
+            };
+            self.counter().cross_shard_batch();
+            let refused = match tx.try_send(batch) {
+                Ok(()) => continue,
+                Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
+                    match tx.send(batch).await {
+                        Ok(()) => continue,
+                        Err(GlommioError::Closed(ResourceType::Channel(batch))) => batch,
+                        Err(_) => continue,
+                    }
+                }
+                Err(GlommioError::Closed(ResourceType::Channel(batch))) => batch,
+                Err(_) => continue,
+            };
+            // The other shard is gone (stopping): these frames cannot be delivered.
+            for frame in refused {
+                self.undeliverable(frame, ErrorCode::Unreachable);
+            }
+        }
+    }
+
+    /// A frame from another shard for one of this shard's connections.
+    fn deliver_cross(&self, frame: CrossFrame) {
+        let dest = self.conns.borrow().get(&frame.connection).cloned();
+        if !frame.relayed {
+            if let Some(dest) = dest {
+                let len = HEADER_LEN + frame.body.len();
+                let mut out = dest.out.borrow_mut();
+                out.pushed += len as u64;
+                out.batch.push_frame(frame.header, frame.body);
+                drop(out);
+                self.queued_add(len);
+                dest.writer.notify();
+            }
+            return;
+        }
+        let result = match dest {
+            Some(dest) => self.push_relayed(&dest, frame.header, frame.body.clone()),
+            None => Err(ErrorCode::DestinationOffline),
+        };
+        if let Err(code) = result {
+            self.undeliverable(frame, code);
+        }
+    }
+
+    /// An accepted frame that cannot reach its destination: NACK it to its source, wherever
+    /// the source's connection is.
+    fn undeliverable(&self, frame: CrossFrame, reason: ErrorCode) {
+        if !frame.relayed {
+            return;
+        }
+        let Ok(view) = DataView::parse(frame.header.kind, &frame.body) else {
+            self.counter().discarded();
+            return;
+        };
+        if view.kind != Kind::AgentMessage {
+            self.counter().discarded();
+            return;
+        }
+        self.counter().nacked(reason);
+        let Some(source) = view.source() else {
+            return;
+        };
+        let nack: Message = nack_message(&self.reporter, Target::of(&view), source, reason).into();
+        match self.routes.load().lookup(source) {
+            Some(Route::Local { shard, connection }) if shard == self.id => {
+                if let Some(c) = self.conns.borrow().get(&connection) {
+                    self.push_gateway(c, &nack);
+                }
+            }
+            Some(Route::Local { shard, connection }) => {
+                let mut encoder = self.encoder.borrow_mut();
+                if encoder.push_message(&nack, DEFAULT_HOP_LIMIT).is_err() {
+                    return;
+                }
+                let mut bytes = encoder.take();
+                let mut raw = [0u8; HEADER_LEN];
+                raw.copy_from_slice(&bytes[..HEADER_LEN]);
+                let Ok(header) = FrameHeader::parse(raw, &self.config.limits) else {
+                    return;
+                };
+                let body = bytes.split_off(HEADER_LEN);
+                if let Some(batch) = self.pending_cross.borrow_mut().get_mut(usize::from(shard)) {
+                    batch.push(CrossFrame {
+                        connection,
+                        header,
+                        body,
+                        relayed: false,
+                    });
+                }
+            }
+            // The source left too: nobody to tell.
+            _ => {}
+        }
+    }
+
+    /// An access-kind frame: to the session. Returns whether the agent just came up (the
+    /// caller then waits for its route before the reply goes out).
+    fn control(&self, conn: &Rc<Conn>, frame: &Frame) -> bool {
+        match frame.message() {
+            Ok(message) => {
+                conn.session.borrow_mut().handle_message(
+                    &message,
+                    Instant::now(),
+                    SystemTime::now(),
+                );
+                self.apply_actions(conn)
+            }
+            Err(e) => {
+                self.close_with(conn, e.code(), &e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Carries out what the session asked; returns whether an agent came up.
+    fn apply_actions(&self, conn: &Rc<Conn>) -> bool {
+        let mut up = false;
+        loop {
+            let action = conn.session.borrow_mut().poll_action();
+            let Some(action) = action else {
+                return up;
+            };
+            match action {
+                Action::Send(message) => self.push_gateway(conn, &message),
+                Action::AgentUp { agent, serial } => {
+                    up = true;
+                    conn.hold.set(true);
+                    self.counter().agent_accessed();
+                    let _ = self.events.send(ShardEvent::AgentUp {
+                        agent: agent.clone(),
+                        shard: self.id,
+                        connection: conn.id,
+                        serial: serial.clone(),
+                    });
+                    *conn.agent.borrow_mut() = Some(agent);
+                    *conn.serial.borrow_mut() = serial;
+                }
+                Action::AgentStatus { agent, status } => {
+                    let _ = self.events.send(ShardEvent::AgentStatus { agent, status });
+                }
+                Action::AgentDown { agent, reason } => {
+                    conn.down_reported.set(true);
+                    let _ = self.events.send(ShardEvent::AgentDown {
+                        agent,
+                        shard: self.id,
+                        connection: conn.id,
+                        reason,
+                    });
+                }
+                Action::Close(None) => self.close_after_flush(conn),
+                // The session sent the reply or notification that says why.
+                Action::Close(Some(_)) => self.close_after_flush(conn),
+            }
+        }
+    }
+
+    /// Holds the access reply until the control plane made the agent's route visible, so a
+    /// reply means reachable. Bounded: after 2 s the reply goes out anyway.
+    async fn await_route(&self, conn: &Conn) {
+        let expected = Route::Local {
+            shard: self.id,
+            connection: conn.id,
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let visible = conn
+                .agent
+                .borrow()
+                .as_ref()
+                .is_some_and(|a| self.routes.load().lookup(a.as_str()) == Some(expected));
+            if visible || Instant::now() >= deadline || !conn.is_open() {
+                break;
+            }
+            sleep(Duration::from_micros(500)).await;
+        }
+        conn.hold.set(false);
+        conn.writer.notify();
+    }
+
+    /// Sends a notification with `code`, then closes once it is written.
+    fn close_with(&self, conn: &Conn, code: ErrorCode, text: &str) {
+        if !conn.is_open() {
+            return;
+        }
+        let note = pb::Notification {
+            code: code as i32,
+            subcode: 0,
+            text: text.to_owned(),
+        };
+        self.push_gateway(conn, &note.into());
+        self.close_after_flush(conn);
+    }
+
+    fn close_after_flush(&self, conn: &Conn) {
+        if conn.is_open() {
+            conn.state.set(ConnState::Flushing(Instant::now()));
+            conn.hold.set(false);
+            conn.writer.notify();
+        }
+    }
+
+    /// The connection is gone: forget it, tell the control plane, NACK what it still had
+    /// queued, release its memory.
+    fn cleanup(&self, conn: &Conn) {
+        conn.state.set(ConnState::Closed);
+        conn.shut();
+        self.conns.borrow_mut().remove(&conn.id);
+        self.counter().connection_closed();
+        if let Some(agent) = conn.agent.borrow_mut().take()
+            && !conn.down_reported.replace(true)
+        {
+            let _ = self.events.send(ShardEvent::AgentDown {
+                agent,
+                shard: self.id,
+                connection: conn.id,
+                reason: DownReason::Disconnected,
+            });
+        }
+        let mut out = std::mem::take(&mut *conn.out.borrow_mut());
+        self.queued_sub(out.batch.len());
+        for mark in out.marks.drain(..) {
+            self.undeliverable(
+                CrossFrame {
+                    connection: conn.id,
+                    header: FrameHeader {
+                        kind: mark.kind,
+                        hop_limit: 0,
+                        body_len: 0,
+                    },
+                    body: mark.body,
+                    relayed: true,
+                },
+                ErrorCode::DestinationOffline,
+            );
+        }
+        for w in conn.space.borrow_mut().drain(..) {
+            w.wake();
+        }
+        conn.writer.notify();
+    }
+
+    /// Timers, idle buffers, lingering closes and orders, every tick, until told to stop.
+    async fn housekeeping(self: &Rc<Self>, commands: Receiver<ShardCommand>) {
+        let tick = self.config.tick;
+        loop {
+            sleep(tick).await;
+            let mut revoked: Vec<Vec<u8>> = Vec::new();
+            while let Ok(command) = commands.try_recv() {
+                match command {
+                    ShardCommand::Stop => {
+                        self.stop();
+                        return;
+                    }
+                    ShardCommand::Revoked(serials) => revoked.extend(serials),
+                }
+            }
+            let now = Instant::now();
+            let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+            for conn in conns {
+                let due = conn
+                    .session
+                    .borrow()
+                    .next_timeout()
+                    .is_some_and(|t| t <= now);
+                if due {
+                    conn.session.borrow_mut().handle_timeout(now);
+                    self.apply_actions(&conn);
+                }
+                if !revoked.is_empty() && revoked.contains(&conn.serial.borrow()) {
+                    self.close_with(&conn, ErrorCode::CertRevoked, "certificate revoked");
+                }
+                if !conn.active.replace(false) {
+                    conn.decoder.borrow_mut().release_if_idle();
+                }
+                if let ConnState::Flushing(since) = conn.state.get()
+                    && now.duration_since(since) > self.config.close_linger
+                {
+                    conn.shut();
+                }
+            }
+            self.flush_cross().await;
+        }
+    }
+
+    fn stop(&self) {
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        for conn in conns {
+            conn.shut();
+            self.cleanup(&conn);
+        }
+    }
+}

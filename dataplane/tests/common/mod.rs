@@ -1,0 +1,152 @@
+//! A gateway on loopback for tests: a real certificate authority, the shards, and the keeper of
+//! local routes, as the daemon wires them.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use agw_aca::{
+    AuthorityConfig, CertificateAuthority, policy::AllowListPolicy, tls::CertificateChecker,
+};
+use agw_dataplane::{
+    CounterSnapshot, Dataplane, DataplaneConfig,
+    events::spawn_local_routes,
+    routing::{Route, RoutingTable},
+};
+use agw_proto::{
+    identity::{AgentId, Domain, GatewayId},
+    pb,
+};
+use agw_sdk::{
+    agent::{AgentConnection, Credentials},
+    certificates::{AgentKey, CertificateRequests, HeldCertificate},
+};
+
+pub const DOMAIN: &str = "travel.example";
+
+pub struct Authority {
+    _dir: tempfile::TempDir,
+    pub ca: CertificateAuthority,
+}
+
+pub fn authority(domain: &str) -> Authority {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AuthorityConfig::new(
+        Domain::new(domain).unwrap(),
+        dir.path(),
+        "http://127.0.0.1:1/crl",
+    );
+    let ca = CertificateAuthority::bootstrap(
+        config,
+        Box::new(AllowListPolicy::default().allow("Acme", [])),
+        SystemTime::now() - Duration::from_secs(60),
+    )
+    .unwrap();
+    Authority { _dir: dir, ca }
+}
+
+impl Authority {
+    pub fn certify(&self, name: &str) -> Arc<Credentials> {
+        let domain = self.ca.domain().as_str().to_owned();
+        let agent = AgentId::parse(&format!("spiffe://{domain}/agent/{name}")).unwrap();
+        let key = AgentKey::generate().unwrap();
+        let materials = pb::IdentityMaterials {
+            organization: "Acme".into(),
+            ..Default::default()
+        };
+        let app = CertificateRequests::default()
+            .application(&key, &agent, materials)
+            .unwrap();
+        let issued = self
+            .ca
+            .apply(&app.csr, app.materials.as_ref().unwrap(), SystemTime::now())
+            .unwrap();
+        let reply = pb::CertificateReply {
+            certificate_chain: issued.chain.into_iter().map(Into::into).collect(),
+            serial: issued.serial.into(),
+            ..Default::default()
+        };
+        Arc::new(Credentials {
+            agent,
+            certificate: HeldCertificate::from_reply(reply).unwrap(),
+            key,
+        })
+    }
+
+    pub fn checker(&self) -> CertificateChecker {
+        CertificateChecker::new(
+            self.ca.trust_anchor(),
+            &[self.ca.crl(SystemTime::now()).unwrap().der],
+        )
+        .unwrap()
+    }
+}
+
+pub struct Gateway {
+    pub dp: Dataplane,
+    pub authority: Authority,
+}
+
+pub fn gateway(shards: usize, tweak: impl FnOnce(&mut DataplaneConfig)) -> Gateway {
+    let authority = authority(DOMAIN);
+    let mut config = DataplaneConfig::new(
+        GatewayId::parse("spiffe://travel.example/agw/edge-1").unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.shards = shards;
+    config.pin_cores = false;
+    config.tick = Duration::from_millis(20);
+    tweak(&mut config);
+    let table = RoutingTable::new();
+    let reader = table.reader();
+    let (events_tx, events_rx) = crossbeam_channel::unbounded();
+    spawn_local_routes(table, events_rx).unwrap();
+    let dp = Dataplane::start(config, reader, authority.checker(), events_tx).unwrap();
+    Gateway { dp, authority }
+}
+
+impl Gateway {
+    pub fn addr(&self) -> SocketAddr {
+        self.dp.local_addr()
+    }
+
+    pub fn connect(&self, credentials: &Arc<Credentials>) -> AgentConnection {
+        AgentConnection::connect(self.addr(), credentials.clone(), Duration::from_secs(10)).unwrap()
+    }
+
+    /// The shard an accessed agent is on.
+    pub fn shard_of(&self, agent: &AgentId) -> u16 {
+        match self.dp.route_of(agent.as_str()) {
+            Some(Route::Local { shard, .. }) => shard,
+            other => panic!("{agent} is not local: {other:?}"),
+        }
+    }
+
+    /// Waits until `agent`'s route satisfies `pred`.
+    pub fn wait_route(&self, agent: &AgentId, pred: impl Fn(Option<Route>) -> bool) {
+        wait_until(|| pred(self.dp.route_of(agent.as_str())), "route");
+    }
+
+    /// The counters once nothing is in flight; asserts the delivery guarantee.
+    pub fn settled_totals(&self) -> CounterSnapshot {
+        wait_until(|| self.dp.totals().in_flight() == 0, "frames in flight");
+        let t = self.dp.totals();
+        assert_eq!(
+            t.accepted,
+            t.delivered + t.nacked_total() + t.discarded,
+            "{t:?}"
+        );
+        t
+    }
+}
+
+pub fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

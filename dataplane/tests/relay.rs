@@ -1,0 +1,324 @@
+//! The relay through real sockets on loopback, several shards: delivery within and across
+//! shards, every NACK reason a relay gives, back-pressure from a slow receiver, and the
+//! counters that prove accepted = delivered + NACKed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use agw_dataplane::routing::Route;
+use agw_proto::{
+    DEFAULT_HOP_LIMIT,
+    pb::{self, ErrorCode},
+};
+use agw_sdk::agent::{AgentConnection, AgentError, Credentials, Incoming};
+use bytes::Bytes;
+use common::{Gateway, gateway, wait_until};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Connects fresh agents until one shard has two and another has one more: returns
+/// (a, b) on one shard and c on another, connected.
+fn spread(gw: &Gateway) -> [(Arc<Credentials>, AgentConnection); 3] {
+    let mut by_shard: Vec<Vec<(Arc<Credentials>, AgentConnection)>> =
+        (0..gw.dp.shards()).map(|_| Vec::new()).collect();
+    for i in 0..64 {
+        let creds = gw.authority.certify(&format!("agent-{i}"));
+        let conn = gw.connect(&creds);
+        let shard = gw.shard_of(&creds.agent);
+        by_shard[usize::from(shard)].push((creds, conn));
+        let pair = by_shard.iter().position(|v| v.len() >= 2);
+        if let Some(p) = pair
+            && let Some(o) = (0..by_shard.len()).find(|&o| o != p && !by_shard[o].is_empty())
+        {
+            let c = by_shard[o].pop().unwrap();
+            let b = by_shard[p].pop().unwrap();
+            let a = by_shard[p].pop().unwrap();
+            return [a, b, c];
+        }
+    }
+    panic!("SO_REUSEPORT never spread 64 connections over two shards")
+}
+
+fn recv(conn: &mut AgentConnection) -> Incoming {
+    loop {
+        match conn.recv(WAIT).unwrap() {
+            Some(Incoming::HeartbeatAck(_)) => continue,
+            Some(other) => return other,
+            None => panic!("nothing arrived within {WAIT:?}"),
+        }
+    }
+}
+
+fn expect_nack(conn: &mut AgentConnection, message_id: u64, reason: ErrorCode) -> pb::Nack {
+    match recv(conn) {
+        Incoming::Nack(n) => {
+            assert_eq!((n.message_id, n.reason()), (message_id, reason), "{n:?}");
+            assert_eq!(n.reporter, "spiffe://travel.example/agw/edge-1");
+            n
+        }
+        other => panic!("expected a NACK {reason:?}, got {other:?}"),
+    }
+}
+
+/// `from` sends to `to`, which receives it intact and acknowledges it.
+fn exchange(
+    from: &Credentials,
+    conn_from: &mut AgentConnection,
+    to: &Credentials,
+    conn_to: &mut AgentConnection,
+) {
+    let payload = Bytes::from(format!("hello {} from {}", to.agent, from.agent));
+    let id = conn_from.send(to.agent.as_str(), payload.clone()).unwrap();
+    let Incoming::Message(m, hop) = recv(conn_to) else {
+        panic!("no message")
+    };
+    assert_eq!(
+        (m.source.as_str(), m.destination.as_str(), m.message_id),
+        (from.agent.as_str(), to.agent.as_str(), id)
+    );
+    assert_eq!(m.payload, payload);
+    // One gateway crossed: the hop limit is one less than sent.
+    assert_eq!(hop, DEFAULT_HOP_LIMIT - 1);
+    conn_to.ack(&m).unwrap();
+    match recv(conn_from) {
+        Incoming::Ack(ack) => assert_eq!((ack.message_id, ack.source), (id, to.agent.to_string())),
+        other => panic!("expected the ACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn messages_cross_within_and_between_shards_and_acks_return() {
+    let gw = gateway(2, |_| {});
+    let [(a, mut ca), (b, mut cb), (c, mut cc)] = spread(&gw);
+    assert_eq!(gw.shard_of(&a.agent), gw.shard_of(&b.agent));
+    assert_ne!(gw.shard_of(&a.agent), gw.shard_of(&c.agent));
+
+    exchange(&a, &mut ca, &b, &mut cb); // same shard
+    exchange(&a, &mut ca, &c, &mut cc); // across shards
+    let t = gw.settled_totals();
+    assert_eq!((t.accepted, t.delivered, t.nacked_total()), (4, 4, 0));
+    assert!(t.cross_shard_batches >= 2, "{t:?}");
+}
+
+#[test]
+fn every_undeliverable_message_gets_a_nack_with_its_reason() {
+    let gw = gateway(2, |_| {});
+    let [(a, mut ca), (b, cb), (_c, _cc)] = spread(&gw);
+
+    // Nobody by that name.
+    let id = ca
+        .send(
+            "spiffe://travel.example/agent/nobody",
+            Bytes::from_static(b"?"),
+        )
+        .unwrap();
+    let n = expect_nack(&mut ca, id, ErrorCode::NoRoute);
+    assert_eq!(
+        n.original_destination,
+        "spiffe://travel.example/agent/nobody"
+    );
+
+    // Known but gone: its connection closed, its route is offline.
+    drop(cb);
+    gw.wait_route(&b.agent, |r| r == Some(Route::Offline));
+    let id = ca.send(b.agent.as_str(), Bytes::from_static(b"?")).unwrap();
+    expect_nack(&mut ca, id, ErrorCode::DestinationOffline);
+
+    // Hop limit exhausted.
+    let (mut writer, mut reader) = ca.split();
+    let mut m = pb::AgentMessage {
+        destination: a.agent.to_string(),
+        source: a.agent.to_string(),
+        message_id: 900,
+        ..Default::default()
+    };
+    writer.queue_raw(&m, 0).unwrap();
+    // Claiming to be someone else.
+    m.message_id = 901;
+    m.source = b.agent.to_string();
+    writer.queue_raw(&m, 5).unwrap();
+    writer.flush().unwrap();
+    for (id, reason) in [(900, ErrorCode::TtlExpired), (901, ErrorCode::Unauthorized)] {
+        match reader.recv().unwrap() {
+            Incoming::Nack(n) => assert_eq!((n.message_id, n.reason()), (id, reason)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let t = gw.settled_totals();
+    for reason in [
+        ErrorCode::NoRoute,
+        ErrorCode::DestinationOffline,
+        ErrorCode::TtlExpired,
+        ErrorCode::Unauthorized,
+    ] {
+        assert_eq!(t.nacked_for(reason), 1, "{reason:?}: {t:?}");
+    }
+    assert_eq!((t.accepted, t.delivered), (4, 0));
+}
+
+/// Sends `count` messages of `size` bytes from a thread, returns the writer's result.
+fn pump(
+    conn: AgentConnection,
+    to: String,
+    count: usize,
+    size: usize,
+) -> std::thread::JoinHandle<(agw_sdk::agent::Reader, Result<(), AgentError>)> {
+    std::thread::spawn(move || {
+        let (mut writer, reader) = conn.split();
+        let payload = Bytes::from(vec![0x5a; size]);
+        let mut result = Ok(());
+        for _ in 0..count {
+            if let Err(e) = writer.queue(&to, payload.clone()) {
+                result = Err(e);
+                break;
+            }
+            if writer.queued() > 32 * 1024
+                && let Err(e) = writer.flush()
+            {
+                result = Err(e);
+                break;
+            }
+        }
+        (reader, result.and_then(|()| writer.flush()))
+    })
+}
+
+#[test]
+fn a_slow_receiver_on_the_same_shard_pauses_its_sender_with_memory_bounded() {
+    let soft = 64 * 1024;
+    let gw = gateway(1, |c| {
+        c.queue_soft_limit = soft;
+        c.queue_hard_limit = 1024 * 1024;
+    });
+    let sender = gw.authority.certify("fast");
+    let receiver = gw.authority.certify("slow");
+    let cs = gw.connect(&sender);
+    let mut cr = gw.connect(&receiver);
+
+    let count = 20_000;
+    let pumping = pump(cs, receiver.agent.to_string(), count, 1024);
+    // The receiver reads nothing for a while: the queue for it stops near the soft limit
+    // (plus at most one read's worth of frames), the sender is not read meanwhile.
+    let mut peak = 0;
+    for _ in 0..100 {
+        peak = peak.max(gw.dp.totals().queued_bytes);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let bound = (soft + 64 * 1024 + 2048) as u64;
+    assert!(peak > 0 && peak <= bound, "peak {peak} > {bound}");
+    assert!(!pumping.is_finished(), "the sender was not paused");
+
+    let mut received = 0;
+    while received < count {
+        match recv(&mut cr) {
+            Incoming::Message(m, _) => {
+                assert_eq!(m.payload.len(), 1024);
+                received += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (_reader, result) = pumping.join().unwrap();
+    result.unwrap();
+    let t = gw.settled_totals();
+    assert_eq!(
+        (t.accepted, t.delivered, t.nacked_total()),
+        (count as u64, count as u64, 0)
+    );
+}
+
+#[test]
+fn a_slow_receiver_on_another_shard_gets_overloaded_nacks_past_its_hard_limit() {
+    let hard = 256 * 1024;
+    let gw = gateway(2, |c| {
+        c.queue_soft_limit = 64 * 1024;
+        c.queue_hard_limit = hard;
+    });
+    let [(_a, ca), (_b, _cb), (c, mut cc)] = spread(&gw);
+    let count = 5_000;
+    let (mut writer, mut reader) = ca.split();
+    // The sender's NACKs are read as they come, on their own thread.
+    let nacks = Arc::new(AtomicU64::new(0));
+    let counting = nacks.clone();
+    std::thread::spawn(move || {
+        while let Ok(incoming) = reader.recv() {
+            match incoming {
+                Incoming::Nack(n) => {
+                    assert_eq!(n.reason(), ErrorCode::Overloaded);
+                    assert!(n.retry_after_ms > 0);
+                    counting.fetch_add(1, Ordering::Relaxed);
+                }
+                Incoming::HeartbeatAck(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    });
+    let payload = Bytes::from(vec![0x5a; 1024]);
+    for _ in 0..count {
+        writer.queue(c.agent.as_str(), payload.clone()).unwrap();
+        if writer.queued() > 32 * 1024 {
+            writer.flush().unwrap();
+        }
+    }
+    writer.flush().unwrap();
+    // The receiver has read nothing: its queue stayed under the hard limit.
+    wait_until(
+        || gw.dp.totals().accepted == count as u64,
+        "all frames accepted",
+    );
+    let queued = gw.dp.totals().queued_bytes;
+    assert!(queued <= (hard + 2048) as u64, "{queued}");
+
+    let mut received = 0u64;
+    while let Some(incoming) = cc.recv(Duration::from_millis(500)).unwrap() {
+        if let Incoming::Message(..) = incoming {
+            received += 1;
+        }
+    }
+    let t = gw.settled_totals();
+    let overloaded = t.nacked_for(ErrorCode::Overloaded);
+    assert!(overloaded > 0 && received > 0, "{t:?}");
+    assert_eq!(
+        (t.delivered, received + overloaded),
+        (received, count as u64)
+    );
+    wait_until(
+        || nacks.load(Ordering::Relaxed) == overloaded,
+        "every NACK at the sender",
+    );
+}
+
+#[test]
+fn a_thousand_agents_at_once() {
+    let gw = gateway(2, |_| {});
+    let n = 1000;
+    let creds: Vec<_> = (0..n)
+        .map(|i| gw.authority.certify(&format!("crowd-{i}")))
+        .collect();
+    let mut conns: Vec<_> = creds.iter().map(|c| gw.connect(c)).collect();
+    for i in 0..n {
+        let to = creds[(i + 1) % n].agent.to_string();
+        conns[i]
+            .send(&to, Bytes::from(format!("from {i}")))
+            .unwrap();
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let Incoming::Message(m, _) = recv(conn) else {
+            panic!("agent {i} got no message")
+        };
+        assert_eq!(m.payload, Bytes::from(format!("from {}", (i + n - 1) % n)));
+    }
+    let t = gw.settled_totals();
+    assert_eq!((t.accepted, t.delivered), (n as u64, n as u64));
+    assert_eq!(t.connections_open, n as u64);
+    assert!(gw.dp.counters().iter().all(|s| s.agents_accessed > 0));
+}

@@ -1,0 +1,421 @@
+//! An agent's connection to its gateway (draft 3.3.1): access with a signed challenge,
+//! heartbeats, sending and receiving messages, NACKs, reconnecting.
+//!
+//! Blocking and single-threaded: one [`AgentConnection`] per agent. Heartbeats go out from
+//! [`send`](AgentConnection::send), [`flush`](AgentConnection::flush) and
+//! [`recv`](AgentConnection::recv) when due, so an agent that calls `recv` regularly stays
+//! online. For pipelined load, [`split`](AgentConnection::split) gives a sending and a
+//! receiving half for two threads.
+
+use std::{
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpStream, ToSocketAddrs},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+
+use agw_proto::{
+    DEFAULT_HOP_LIMIT, DecodeError, EncodeError, FrameDecoder, FrameEncoder, FrameError,
+    FrameLimits, Message,
+    identity::{AgentId, GatewayId},
+    pb::{self, ErrorCode},
+};
+
+use crate::{
+    access::access_request,
+    certificates::{AgentKey, CertificateError, HeldCertificate},
+};
+
+/// What an agent proves itself with.
+#[derive(Debug)]
+pub struct Credentials {
+    /// Its identity.
+    pub agent: AgentId,
+    /// Its certificate (and chain) from the ACA.
+    pub certificate: HeldCertificate,
+    /// Its private key.
+    pub key: AgentKey,
+}
+
+/// Why a call on the connection failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The socket failed or timed out.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The gateway's bytes are not frames.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// A frame from the gateway does not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The message cannot be framed (too large, say).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// Signing the challenge failed.
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+    /// The gateway refused access.
+    #[error("access refused: {code:?}: {detail}")]
+    Refused {
+        /// Why.
+        code: ErrorCode,
+        /// The gateway's words.
+        detail: String,
+    },
+    /// The gateway closed the connection, with the notification it sent if any.
+    #[error("closed by the gateway{}", .0.as_ref().map(|n| format!(": {:?} {}", n.code(), n.text)).unwrap_or_default())]
+    Closed(Option<pb::Notification>),
+    /// The gateway sent something out of turn.
+    #[error("unexpected {0} from the gateway")]
+    Unexpected(&'static str),
+}
+
+/// What arrives from the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A message from another agent, with the hop limit it arrived with.
+    Message(pb::AgentMessage, u8),
+    /// The destination acknowledged a message.
+    Ack(pb::Ack),
+    /// A gateway refused a message; [`pb::Nack::reason`] says why.
+    Nack(pb::Nack),
+    /// The gateway acknowledged a heartbeat.
+    HeartbeatAck(u64),
+}
+
+/// Timers the gateway announced at access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessTerms {
+    /// Send a heartbeat this often.
+    pub heartbeat_interval: Duration,
+    /// Silence for this long takes the agent offline.
+    pub hold_time: Duration,
+}
+
+/// An accessed connection to a gateway.
+#[derive(Debug)]
+pub struct AgentConnection {
+    addr: SocketAddr,
+    credentials: Arc<Credentials>,
+    timeout: Duration,
+    stream: TcpStream,
+    reader: Reader,
+    writer: Writer,
+    gateway: GatewayId,
+}
+
+/// The receiving half of a split connection.
+#[derive(Debug)]
+pub struct Reader {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+}
+
+/// The sending half of a split connection.
+#[derive(Debug)]
+pub struct Writer {
+    stream: TcpStream,
+    encoder: FrameEncoder,
+    source: String,
+    next_message_id: u64,
+    sequence: u64,
+    terms: AccessTerms,
+    last_heartbeat: Instant,
+}
+
+impl AgentConnection {
+    /// Connects to the gateway at `addr` and completes access with `credentials`; every later
+    /// blocking read or write times out after `timeout`.
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        credentials: Arc<Credentials>,
+        timeout: Duration,
+    ) -> Result<AgentConnection, AgentError> {
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        let mut reader = Reader {
+            stream: stream.try_clone()?,
+            decoder: FrameDecoder::new(FrameLimits::default()),
+        };
+        let challenge = match reader.next_message()? {
+            Message::AccessChallenge(c) => c,
+            other => return Err(unexpected(other)),
+        };
+        let gateway = GatewayId::parse(&challenge.gateway)
+            .map_err(|_| AgentError::Unexpected("gateway ID in the challenge"))?;
+        let request = access_request(
+            &challenge,
+            &credentials.agent,
+            &credentials.certificate,
+            &credentials.key,
+        )?;
+        let mut encoder = FrameEncoder::new(FrameLimits::default());
+        encoder.push(&request)?;
+        (&stream).write_all(&encoder.take())?;
+        let reply = match reader.next_message()? {
+            Message::AccessReply(r) => r,
+            other => return Err(unexpected(other)),
+        };
+        if let Some(error) = reply.error {
+            return Err(AgentError::Refused {
+                code: error.error_code(),
+                detail: error.detail,
+            });
+        }
+        let terms = AccessTerms {
+            heartbeat_interval: Duration::from_millis(u64::from(reply.heartbeat_interval_ms)),
+            hold_time: Duration::from_millis(u64::from(reply.hold_time_ms)),
+        };
+        let writer = Writer {
+            stream: stream.try_clone()?,
+            encoder,
+            source: credentials.agent.to_string(),
+            next_message_id: 1,
+            sequence: 0,
+            terms,
+            last_heartbeat: Instant::now(),
+        };
+        Ok(AgentConnection {
+            addr,
+            credentials,
+            timeout,
+            stream,
+            reader,
+            writer,
+            gateway,
+        })
+    }
+
+    /// Connects again to the same gateway with the same credentials, after the connection
+    /// broke. Message IDs keep increasing across reconnections.
+    pub fn reconnect(&mut self) -> Result<(), AgentError> {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let mut fresh =
+            AgentConnection::connect(self.addr, self.credentials.clone(), self.timeout)?;
+        fresh.writer.next_message_id = self.writer.next_message_id;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// The gateway this connection reached.
+    pub fn gateway(&self) -> &GatewayId {
+        &self.gateway
+    }
+
+    /// This agent.
+    pub fn agent(&self) -> &AgentId {
+        &self.credentials.agent
+    }
+
+    /// The timers the gateway set.
+    pub fn terms(&self) -> AccessTerms {
+        self.writer.terms
+    }
+
+    /// Sends `payload` to `destination` now; returns the message ID NACKs and ACKs will carry.
+    pub fn send(&mut self, destination: &str, payload: Bytes) -> Result<u64, AgentError> {
+        let id = self.writer.queue(destination, payload)?;
+        self.writer.flush()?;
+        Ok(id)
+    }
+
+    /// Queues a message without writing it (see [`flush`](Self::flush)).
+    pub fn queue(&mut self, destination: &str, payload: Bytes) -> Result<u64, AgentError> {
+        self.writer.queue(destination, payload)
+    }
+
+    /// Writes what is queued, with a heartbeat first if one is due.
+    pub fn flush(&mut self) -> Result<(), AgentError> {
+        self.writer.flush()
+    }
+
+    /// Acknowledges a message to its source.
+    pub fn ack(&mut self, message: &pb::AgentMessage) -> Result<(), AgentError> {
+        self.writer.ack(message)?;
+        self.writer.flush()
+    }
+
+    /// Sends a heartbeat with this status now.
+    pub fn heartbeat(&mut self, status: pb::Status) -> Result<(), AgentError> {
+        self.writer.heartbeat(status)?;
+        self.writer.flush()
+    }
+
+    /// The next frame from the gateway, waiting up to `wait`; `None` if nothing came. Sends a
+    /// heartbeat first if one is due.
+    pub fn recv(&mut self, wait: Duration) -> Result<Option<Incoming>, AgentError> {
+        self.writer.flush()?;
+        self.stream
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+        let result = self.reader.recv();
+        self.stream.set_read_timeout(Some(self.timeout))?;
+        match result {
+            Err(AgentError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
+    }
+
+    /// Stops the agent's services: the gateway removes it and closes the connection.
+    pub fn deregister(mut self, reason: &str) -> Result<(), AgentError> {
+        self.writer.encoder.push(&pb::Deregister {
+            reason: reason.to_owned(),
+        })?;
+        self.writer.flush()?;
+        loop {
+            match self.reader.next_message()? {
+                Message::DeregisterReply(r) => {
+                    return match r.error {
+                        None => Ok(()),
+                        Some(e) => Err(AgentError::Refused {
+                            code: e.error_code(),
+                            detail: e.detail,
+                        }),
+                    };
+                }
+                // Messages still in flight to the agent are dropped with it.
+                _ => continue,
+            }
+        }
+    }
+
+    /// Splits into a sending and a receiving half, for one thread each. Heartbeats go out
+    /// with the writer's flushes.
+    pub fn split(self) -> (Writer, Reader) {
+        (self.writer, self.reader)
+    }
+}
+
+impl Writer {
+    /// Queues a message to `destination`; returns its message ID.
+    pub fn queue(&mut self, destination: &str, payload: Bytes) -> Result<u64, AgentError> {
+        let id = self.next_message_id;
+        let message = pb::AgentMessage {
+            destination: destination.to_owned(),
+            source: self.source.clone(),
+            message_id: id,
+            payload,
+            ..Default::default()
+        };
+        self.encoder.push_data(&message, DEFAULT_HOP_LIMIT)?;
+        self.next_message_id += 1;
+        Ok(id)
+    }
+
+    /// Queues a message as given (destination, message ID, hop limit and all): for tests and
+    /// tools that need frames an SDK user would not send.
+    pub fn queue_raw(
+        &mut self,
+        message: &pb::AgentMessage,
+        hop_limit: u8,
+    ) -> Result<(), AgentError> {
+        self.encoder.push_data(message, hop_limit)?;
+        Ok(())
+    }
+
+    /// Queues an acknowledgement of `message` to its source.
+    pub fn ack(&mut self, message: &pb::AgentMessage) -> Result<(), AgentError> {
+        self.encoder.push_data(
+            &pb::Ack {
+                destination: message.source.clone(),
+                source: self.source.clone(),
+                message_id: message.message_id,
+            },
+            DEFAULT_HOP_LIMIT,
+        )?;
+        Ok(())
+    }
+
+    fn heartbeat(&mut self, status: pb::Status) -> Result<(), AgentError> {
+        self.sequence += 1;
+        self.encoder.push(&pb::Heartbeat {
+            status: status as i32,
+            sequence: self.sequence,
+        })?;
+        self.last_heartbeat = Instant::now();
+        Ok(())
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.encoder.len()
+    }
+
+    /// Writes what is queued, with a heartbeat first if one is due.
+    pub fn flush(&mut self) -> Result<(), AgentError> {
+        if !self.terms.heartbeat_interval.is_zero()
+            && self.last_heartbeat.elapsed() >= self.terms.heartbeat_interval
+        {
+            self.heartbeat(pb::Status::Running)?;
+        }
+        if !self.encoder.is_empty() {
+            self.stream.write_all(&self.encoder.take())?;
+        }
+        Ok(())
+    }
+}
+
+impl Reader {
+    /// The next data frame or heartbeat acknowledgement; blocks up to the read timeout.
+    pub fn recv(&mut self) -> Result<Incoming, AgentError> {
+        loop {
+            if let Some(frame) = self.decoder.decode()? {
+                let hop = frame.header.hop_limit;
+                return match frame.message()? {
+                    Message::AgentMessage(m) => Ok(Incoming::Message(m, hop)),
+                    Message::Ack(a) => Ok(Incoming::Ack(a)),
+                    Message::Nack(n) => Ok(Incoming::Nack(n)),
+                    Message::HeartbeatAck(h) => Ok(Incoming::HeartbeatAck(h.sequence)),
+                    Message::Notification(n) => Err(AgentError::Closed(Some(n))),
+                    other => Err(unexpected(other)),
+                };
+            }
+            self.fill()?;
+        }
+    }
+
+    fn next_message(&mut self) -> Result<Message, AgentError> {
+        loop {
+            if let Some(frame) = self.decoder.decode()? {
+                return match frame.message()? {
+                    Message::Notification(n) => Err(AgentError::Closed(Some(n))),
+                    m => Ok(m),
+                };
+            }
+            self.fill()?;
+        }
+    }
+
+    fn fill(&mut self) -> Result<(), AgentError> {
+        let buf = self.decoder.read_buf(64 * 1024);
+        let start = buf.len();
+        buf.resize(start + 64 * 1024, 0);
+        let n = self.stream.read(&mut buf[start..]);
+        let got = *n.as_ref().unwrap_or(&0);
+        buf.truncate(start + got);
+        match n? {
+            0 => Err(AgentError::Closed(None)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn unexpected(message: Message) -> AgentError {
+    AgentError::Unexpected(message.kind().name())
+}
