@@ -159,6 +159,8 @@ struct Conn {
     /// Read anything since the last tick.
     active: Cell<bool>,
     writer: Notify,
+    /// The writer ended (after flushing, when the connection was closing).
+    flushed: Notify,
     /// Readers waiting for this queue to fall below the soft limit.
     space: RefCell<Vec<Waker>>,
 }
@@ -316,6 +318,11 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
         }
         shard.flush_cross().await;
     }
+    // Closing by our choice: what was queued (the reply, the notification) goes out first;
+    // housekeeping cuts the wait at the linger time.
+    if matches!(conn.state.get(), ConnState::Flushing(_)) {
+        conn.flushed.wait().await;
+    }
     shard.cleanup(&conn);
     shard.flush_cross().await;
 }
@@ -350,8 +357,14 @@ async fn wait_for_space(conn: &Conn, soft: usize) {
     .await;
 }
 
-/// Writes one connection's queue: vectored writes of as many frames as are queued.
+/// Writes one connection's queue until it closes, then says so.
 async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
+    write_queue(&shard, &conn).await;
+    conn.flushed.notify();
+}
+
+/// Vectored writes of as many frames as are queued.
+async fn write_queue(shard: &Shard, conn: &Conn) {
     loop {
         loop {
             let empty = conn.out.borrow().batch.is_empty();
@@ -407,7 +420,7 @@ async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
                 return;
             }
         };
-        shard.wrote(&conn, n);
+        shard.wrote(conn, n);
     }
 }
 
@@ -488,6 +501,7 @@ impl Shard {
             down_reported: Cell::new(false),
             active: Cell::new(false),
             writer: Notify::default(),
+            flushed: Notify::default(),
             space: RefCell::new(Vec::new()),
         });
         self.conns.borrow_mut().insert(id, conn.clone());
