@@ -58,6 +58,27 @@ fn routing(c: &mut Criterion) {
             assert_eq!(found as usize, LOOKUPS);
         })
     });
+    // As the relay does it: the destinations of a batch of 32 frames prepared (hashed,
+    // their memory prefetched), then looked up.
+    group.bench_function("lookup_random_batched_32", |b| {
+        let mut cache = reader.cache();
+        b.iter(|| {
+            let snapshot = cache.load();
+            let mut found = 0u32;
+            for batch in queries.chunks(32) {
+                let mut prepared = [None; 32];
+                for (p, q) in prepared.iter_mut().zip(batch) {
+                    *p = Some(snapshot.prepare(q));
+                }
+                for (p, q) in prepared.iter().zip(batch) {
+                    if let Some(p) = p {
+                        found += u32::from(snapshot.lookup_prepared(q, *p).is_some());
+                    }
+                }
+            }
+            assert_eq!(found as usize, LOOKUPS);
+        })
+    });
     // The same lookups in one plain hashbrown map of the same routes: the floor this machine's
     // memory sets for 1M uniformly random lookups, to compare against.
     let plain: hashbrown::HashMap<String, u32> = (0..ROUTES).map(|n| (agent(n), n % 16)).collect();
@@ -68,6 +89,22 @@ fn routing(c: &mut Criterion) {
                 found += u32::from(plain.get(*q).is_some());
             }
             assert_eq!(found as usize, LOOKUPS);
+        })
+    });
+    // One random 8-byte read per lookup in 64 MiB (the size of 1M routes): the cost of a
+    // single cache and TLB miss here, the floor of any table that does not fit in cache.
+    let words: Vec<u64> = (0..(64u64 << 20) / 8).collect();
+    let indexes: Vec<usize> = randoms(13)
+        .take(LOOKUPS)
+        .map(|r| (r % words.len() as u64) as usize)
+        .collect();
+    group.bench_function("floor_one_random_read_64MiB", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for &i in &indexes {
+                sum = sum.wrapping_add(words[i]);
+            }
+            black_box(sum)
         })
     });
     group.throughput(Throughput::Elements(10));

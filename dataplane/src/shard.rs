@@ -47,8 +47,12 @@ use crate::{
     config::DataplaneConfig,
     counters::ShardCounters,
     events::ShardEvent,
-    routing::{Route, RoutingReader},
+    routing::{Prepared, Route, RoutingReader, RoutingSnapshot, SnapshotCache},
 };
+
+/// Frames decoded and routed together: their destinations are looked up as one batch, so the
+/// routing table's cache misses overlap.
+const BATCH: usize = 32;
 
 /// A frame crossing to the shard that owns its destination's connection.
 #[derive(Debug)]
@@ -184,9 +188,12 @@ struct Shard {
     id: u16,
     config: Arc<DataplaneConfig>,
     counters: Arc<[ShardCounters]>,
-    routes: RoutingReader,
+    /// The routing snapshot, reloaded per batch without touching a shared counter.
+    routes: RefCell<SnapshotCache>,
     checker: Arc<ArcSwap<CertificateChecker>>,
     events: Sender<ShardEvent>,
+    /// A reusable vector for a batch of frames.
+    batch: RefCell<Vec<Frame>>,
     conns: RefCell<HashMap<u32, Rc<Conn>>>,
     next_conn: Cell<u32>,
     /// Bytes in all this shard's write queues.
@@ -223,7 +230,8 @@ pub(crate) async fn run(setup: ShardSetup) {
         encoder: RefCell::new(FrameEncoder::new(setup.config.limits)),
         config: setup.config,
         counters: setup.counters,
-        routes: setup.routes,
+        routes: RefCell::new(setup.routes.cache()),
+        batch: RefCell::new(Vec::with_capacity(BATCH)),
         checker: setup.checker,
         events: setup.events,
         conns: RefCell::new(HashMap::new()),
@@ -297,23 +305,12 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
             Ok(_) => conn.active.set(true),
         }
         loop {
-            if !conn.is_open() {
-                break;
+            let (more, up) = shard.process_batch(&conn, &mut blocked);
+            if up {
+                shard.await_route(&conn).await;
             }
-            let frame = conn.decoder.borrow_mut().decode();
-            match frame {
-                Ok(Some(frame)) => {
-                    if frame.header.kind.is_data() {
-                        shard.relay(&conn, frame, &mut blocked);
-                    } else if shard.control(&conn, &frame) {
-                        shard.await_route(&conn).await;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    shard.close_with(&conn, e.code(), &e.to_string());
-                    break;
-                }
+            if !more {
+                break;
             }
         }
         shard.flush_cross().await;
@@ -508,8 +505,76 @@ impl Shard {
         Some(conn)
     }
 
+    /// Decodes up to [`BATCH`] frames, prepares their destinations' lookups, then relays or
+    /// handles each. Returns whether more frames may be buffered, and whether an agent came up
+    /// (its reply then waits for its route).
+    fn process_batch(&self, conn: &Rc<Conn>, blocked: &mut Option<Rc<Conn>>) -> (bool, bool) {
+        let mut frames = std::mem::take(&mut *self.batch.borrow_mut());
+        let mut more = true;
+        {
+            let mut decoder = conn.decoder.borrow_mut();
+            while frames.len() < BATCH {
+                match decoder.decode() {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => {
+                        more = false;
+                        break;
+                    }
+                    Err(e) => {
+                        drop(decoder);
+                        // Frames before the bad bytes are still handled.
+                        self.finish_batch(conn, &mut frames, blocked);
+                        self.close_with(conn, e.code(), &e.to_string());
+                        *self.batch.borrow_mut() = frames;
+                        return (false, false);
+                    }
+                }
+            }
+        }
+        let up = self.finish_batch(conn, &mut frames, blocked);
+        *self.batch.borrow_mut() = frames;
+        (more && conn.is_open(), up)
+    }
+
+    fn finish_batch(
+        &self,
+        conn: &Rc<Conn>,
+        frames: &mut Vec<Frame>,
+        blocked: &mut Option<Rc<Conn>>,
+    ) -> bool {
+        let mut cache = self.routes.borrow_mut();
+        let snapshot: &RoutingSnapshot = cache.load();
+        let mut prepared = [None; BATCH];
+        for (p, frame) in prepared.iter_mut().zip(frames.iter()) {
+            if frame.header.kind.is_data()
+                && let Ok(view) = frame.data_view()
+            {
+                *p = Some(snapshot.prepare(view.destination));
+            }
+        }
+        let mut up = false;
+        for (frame, p) in frames.drain(..).zip(prepared) {
+            if !conn.is_open() {
+                continue;
+            }
+            if frame.header.kind.is_data() {
+                self.relay(conn, frame, snapshot, p, blocked);
+            } else {
+                up |= self.control(conn, &frame);
+            }
+        }
+        up
+    }
+
     /// The hot path: one data frame from an accessed agent to its destination's queue.
-    fn relay(&self, conn: &Rc<Conn>, frame: Frame, blocked: &mut Option<Rc<Conn>>) {
+    fn relay(
+        &self,
+        conn: &Rc<Conn>,
+        frame: Frame,
+        snapshot: &RoutingSnapshot,
+        prepared: Option<Prepared>,
+        blocked: &mut Option<Rc<Conn>>,
+    ) {
         let agent = conn.agent.borrow();
         let Some(agent) = agent.as_ref() else {
             drop(agent);
@@ -543,7 +608,10 @@ impl Shard {
             hop_limit: frame.header.hop_limit - 1,
             ..frame.header
         };
-        let route = self.routes.load().lookup(view.destination);
+        let route = match prepared {
+            Some(p) => snapshot.lookup_prepared(view.destination, p),
+            None => snapshot.lookup(view.destination),
+        };
         let refusal = match route {
             None => ErrorCode::NoRoute,
             Some(Route::Offline) => ErrorCode::DestinationOffline,
@@ -762,7 +830,8 @@ impl Shard {
             return;
         };
         let nack: Message = nack_message(&self.reporter, Target::of(&view), source, reason).into();
-        match self.routes.load().lookup(source) {
+        let route = self.routes.borrow_mut().load().lookup(source);
+        match route {
             Some(Route::Local { shard, connection }) if shard == self.id => {
                 if let Some(c) = self.conns.borrow().get(&connection) {
                     self.push_gateway(c, &nack);
@@ -864,11 +933,9 @@ impl Shard {
         };
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            let visible = conn
-                .agent
-                .borrow()
-                .as_ref()
-                .is_some_and(|a| self.routes.load().lookup(a.as_str()) == Some(expected));
+            let visible = conn.agent.borrow().as_ref().is_some_and(|a| {
+                self.routes.borrow_mut().load().lookup(a.as_str()) == Some(expected)
+            });
             if visible || Instant::now() >= deadline || !conn.is_open() {
                 break;
             }
