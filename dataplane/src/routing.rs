@@ -98,8 +98,8 @@ struct Slot {
     agent: Key,
 }
 
-/// A bucket: open addressing with linear probing over a power-of-two array of slots, at most
-/// 7/8 full. Removal shifts the following slots back, so there are no tombstones and a probe
+/// A bucket: open addressing with linear probing over an array of slots, at most 5/8 full,
+/// growing by half. Removal shifts the following slots back, so there are no tombstones and a probe
 /// ends at the first empty slot. Buckets sit by value in their group's array and share their
 /// slots: a lookup goes group -> bucket -> slot, and a publish copies the slots of the buckets
 /// it changes.
@@ -111,9 +111,23 @@ struct Bucket {
 
 const MIN_SLOTS: usize = 8;
 
+/// The tag: the hash's high half (the top bits also pick the bucket, the low half the slot).
 #[inline]
 fn tag_of(hash: u64) -> u32 {
-    (hash >> 16) as u32
+    (hash >> 32) as u32
+}
+
+/// The first slot to probe among `len`: the low half of the hash scaled to the length (a
+/// multiply, not a modulo), so a bucket can grow by half instead of doubling.
+#[inline]
+fn home_of(hash: u64, len: usize) -> usize {
+    ((hash & 0xffff_ffff) * len as u64 >> 32) as usize
+}
+
+/// The slot after `i` among `len`, wrapping.
+#[inline]
+fn next_of(i: usize, len: usize) -> usize {
+    if i + 1 == len { 0 } else { i + 1 }
 }
 
 impl Bucket {
@@ -124,23 +138,18 @@ impl Bucket {
         }
     }
 
-    #[inline]
-    fn mask(&self) -> usize {
-        self.slots.len().wrapping_sub(1)
-    }
-
     /// Index of `agent`'s slot, or of the empty slot that ends its probe sequence.
     #[inline]
     fn probe(&self, hash: u64, agent: &[u8]) -> Result<usize, usize> {
-        let mask = self.mask();
+        let n = self.slots.len();
         let tag = tag_of(hash);
-        let mut i = hash as usize & mask;
+        let mut i = home_of(hash, n);
         loop {
             match self.slots.get(i) {
                 Some(Some(slot)) if slot.tag == tag && slot.agent.as_bytes() == agent => {
                     return Ok(i);
                 }
-                Some(Some(_)) => i = (i + 1) & mask,
+                Some(Some(_)) => i = next_of(i, n),
                 _ => return Err(i),
             }
         }
@@ -157,7 +166,7 @@ impl Bucket {
 
     /// Sets a route; returns whether the agent is new.
     fn set(&mut self, hash: u64, agent: &str, route: Route, hasher: &DefaultHashBuilder) -> bool {
-        if (self.len + 1) * 8 > self.slots.len() * 7 {
+        if (self.len + 1) * 8 > self.slots.len() * 5 {
             self.grow(hasher);
         }
         match self.probe(hash, agent.as_bytes()) {
@@ -189,17 +198,17 @@ impl Bucket {
         let Ok(mut hole) = self.probe(hash, agent) else {
             return false;
         };
-        let mask = self.mask();
+        let n = self.slots.len();
         let slots = Arc::make_mut(&mut self.slots);
         if let Some(slot) = slots.get_mut(hole) {
             *slot = None;
         }
         self.len -= 1;
         // Backward shift: move up every later slot of the run that may live in the hole.
-        let mut i = (hole + 1) & mask;
+        let mut i = next_of(hole, n);
         loop {
             let home = match slots.get(i) {
-                Some(Some(slot)) => hasher.hash_one(slot.agent.as_str()) as usize & mask,
+                Some(Some(slot)) => home_of(hasher.hash_one(slot.agent.as_str()), n),
                 _ => return true,
             };
             // The slot may move to the hole if its home is not cyclically in (hole, i].
@@ -212,18 +221,17 @@ impl Bucket {
                 slots.swap(hole, i);
                 hole = i;
             }
-            i = (i + 1) & mask;
+            i = next_of(i, n);
         }
     }
 
     fn grow(&mut self, hasher: &DefaultHashBuilder) {
-        let size = (self.slots.len() * 2).max(MIN_SLOTS);
-        let mut slots: Vec<Option<Slot>> = (0..size).map(|_| None).collect();
-        let mask = size - 1;
+        let n = (self.slots.len() + self.slots.len() / 2).max(MIN_SLOTS);
+        let mut slots: Vec<Option<Slot>> = (0..n).map(|_| None).collect();
         for slot in self.slots.iter().flatten() {
-            let mut i = hasher.hash_one(slot.agent.as_str()) as usize & mask;
+            let mut i = home_of(hasher.hash_one(slot.agent.as_str()), n);
             while matches!(slots.get(i), Some(Some(_))) {
-                i = (i + 1) & mask;
+                i = next_of(i, n);
             }
             if let Some(free) = slots.get_mut(i) {
                 *free = Some(slot.clone());
@@ -266,7 +274,7 @@ impl RoutingSnapshot {
         let hash = self.hasher.hash_one(agent);
         let (g, b) = bucket_of(hash);
         if let Some(bucket) = self.groups.get(g).and_then(|group| group.get(b))
-            && let Some(slot) = bucket.slots.get(hash as usize & bucket.mask())
+            && let Some(slot) = bucket.slots.get(home_of(hash, bucket.slots.len()))
         {
             prefetch(slot);
         }
