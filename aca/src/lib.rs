@@ -47,3 +47,15 @@ impl AcaError {
         pb::Error::new(self.code, self.detail.clone())
     }
 }
+
+/// The serial numbers (big-endian bytes, as [`tls::CheckedCertificate::serial`]) a DER CRL
+/// revokes: what a gateway needs to close the live sessions of newly revoked certificates.
+pub fn revoked_serials(crl_der: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use x509_parser::prelude::FromDer;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl_der)
+        .map_err(|e| format!("CRL: {e}"))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect())
+}

@@ -1,7 +1,7 @@
-//! The Agent Gateway's control plane: peering sessions with other gateways, resource
-//! synchronisation, heartbeats and hold timers, route computation, and the calls to the
-//! embedded certificate authority and registration server. It publishes routing snapshots to
-//! the dataplane's shards and never sits on their hot path.
+//! The Agent Gateway's control plane and the `agw` daemon.
 //!
-//! Status: empty. The peering issue builds it, and the daemon issue adds the `agw` binary here
-//! (the workspace's default member, so `cargo run --release` starts the gateway).
+//! Today: [`daemon`] wires the embedded certificate authority, the relay's shards and the
+//! keeper of local routes into one process. Peering, resource synchronisation, the embedded
+//! registry, the admin API and `agwctl` come with the peering and daemon issues.
+
+pub mod daemon;

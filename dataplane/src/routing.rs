@@ -121,7 +121,7 @@ fn tag_of(hash: u64) -> u32 {
 /// multiply, not a modulo), so a bucket can grow by half instead of doubling.
 #[inline]
 fn home_of(hash: u64, len: usize) -> usize {
-    ((hash & 0xffff_ffff) * len as u64 >> 32) as usize
+    (((hash & 0xffff_ffff) * len as u64) >> 32) as usize
 }
 
 /// The slot after `i` among `len`, wrapping.

@@ -14,6 +14,7 @@ use agw_loadtest::{InProcessGateway, cpu::threads_cpu};
 use agw_sdk::agent::{AgentConnection, Incoming};
 use bytes::Bytes;
 use clap::Parser;
+use std::io::Write as _;
 
 /// Closed-loop maximum throughput: each pair's sender writes messages as fast as the gateway
 /// takes them, its receiver reads them; the gateway's own counters give the rate.
@@ -127,30 +128,38 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let received_during = received.load(Ordering::Relaxed) - received_before;
     stop.store(true, Ordering::Relaxed);
     let secs = end.0.duration_since(start.0).as_secs_f64();
+    let mut out = std::io::stdout().lock();
     let delivered = end.1.delivered - start.1.delivered;
     let rate = delivered as f64 / secs;
     let frame = args.size as f64 + 100.0;
-    println!(
+    writeln!(
+        out,
         "pairs {} size {} B shards {}",
         args.pairs, args.size, args.shards
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "delivered      {delivered} in {secs:.2} s = {rate:.0} msg/s (~{:.1} MB/s of frames)",
         rate * frame / 1e6
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "nacked         {}",
         end.1.nacked_total() - start.1.nacked_total()
-    );
+    )?;
     if let (Some(a), Some(b)) = (start.2, end.2) {
         let cpu = b.saturating_sub(a).as_secs_f64();
         if cpu > 0.0 {
-            println!(
+            writeln!(
+                out,
                 "relay cpu      {cpu:.2} s = {:.0} msg per relay CPU-second",
                 delivered as f64 / cpu
-            );
+            )?;
         }
     }
-    println!("received       {received_during} by the receivers meanwhile");
+    writeln!(
+        out,
+        "received       {received_during} by the receivers meanwhile"
+    )?;
     Ok(())
 }
