@@ -34,7 +34,8 @@ pub struct DataplaneConfig {
     pub shard_memory_budget: usize,
     /// Connections one shard holds at most; more are closed at accept. Default 10,000.
     pub max_connections_per_shard: usize,
-    /// Batches in flight between two shards at most. Default 1,024.
+    /// Batches in flight from one shard to another at most (a batch is what one read brought
+    /// for that shard, at most `read_chunk` bytes of frames). Default 8.
     pub cross_shard_capacity: usize,
     /// Period of the shard's housekeeping (timers, idle buffers, commands). Default 50 ms.
     pub tick: Duration,
@@ -57,7 +58,7 @@ impl DataplaneConfig {
             queue_hard_limit: 4 * 1024 * 1024,
             shard_memory_budget: 256 * 1024 * 1024,
             max_connections_per_shard: 10_000,
-            cross_shard_capacity: 1024,
+            cross_shard_capacity: 8,
             tick: Duration::from_millis(50),
             close_linger: Duration::from_secs(2),
         }

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod config;
+mod congestion;
 pub mod counters;
 pub mod events;
 pub mod routing;

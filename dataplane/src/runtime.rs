@@ -10,6 +10,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, channels::sha
 
 use crate::{
     config::DataplaneConfig,
+    congestion::Congestion,
     counters::{CounterSnapshot, ShardCounters},
     events::ShardEvent,
     routing::{Route, RoutingReader},
@@ -81,6 +82,7 @@ impl Dataplane {
         let n = config.shards;
         let config = Arc::new(config);
         let counters: Arc<[ShardCounters]> = (0..n).map(|_| ShardCounters::default()).collect();
+        let congestion: Arc<[Congestion]> = (0..n).map(|_| Congestion::default()).collect();
         let checker = Arc::new(ArcSwap::from_pointee(checker));
         // A full mesh of bounded channels: senders[from][to], receivers[to][..].
         let mut senders: Vec<Vec<Option<shared_channel::SharedSender<CrossBatch>>>> =
@@ -115,6 +117,7 @@ impl Dataplane {
                 config: config.clone(),
                 listen,
                 counters: counters.clone(),
+                congestion: congestion.clone(),
                 routes: routes.clone(),
                 checker: checker.clone(),
                 events: events.clone(),

@@ -45,6 +45,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::{
     access::{AccessSession, Action, DownReason},
     config::DataplaneConfig,
+    congestion::Congestion,
     counters::ShardCounters,
     events::ShardEvent,
     routing::{Prepared, Route, RoutingReader, RoutingSnapshot, SnapshotCache},
@@ -82,6 +83,7 @@ pub(crate) struct ShardSetup {
     pub config: Arc<DataplaneConfig>,
     pub listen: SocketAddr,
     pub counters: Arc<[ShardCounters]>,
+    pub congestion: Arc<[Congestion]>,
     pub routes: RoutingReader,
     pub checker: Arc<ArcSwap<CertificateChecker>>,
     pub events: Sender<ShardEvent>,
@@ -160,6 +162,8 @@ struct Conn {
     hold: Cell<bool>,
     /// AgentDown was told to the control plane.
     down_reported: Cell<bool>,
+    /// Marked congested for other shards.
+    congested: Cell<bool>,
     /// Read anything since the last tick.
     active: Cell<bool>,
     writer: Notify,
@@ -188,6 +192,8 @@ struct Shard {
     id: u16,
     config: Arc<DataplaneConfig>,
     counters: Arc<[ShardCounters]>,
+    /// Every shard's congested connections (this shard writes only its own).
+    congestion: Arc<[Congestion]>,
     /// The routing snapshot, reloaded per batch without touching a shared counter.
     routes: RefCell<SnapshotCache>,
     checker: Arc<ArcSwap<CertificateChecker>>,
@@ -230,6 +236,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         encoder: RefCell::new(FrameEncoder::new(setup.config.limits)),
         config: setup.config,
         counters: setup.counters,
+        congestion: setup.congestion,
         routes: RefCell::new(setup.routes.cache()),
         batch: RefCell::new(Vec::with_capacity(BATCH)),
         checker: setup.checker,
@@ -289,13 +296,23 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
     shard.apply_actions(&conn);
     let soft = shard.config.queue_soft_limit;
     let chunk = shard.config.read_chunk;
-    // A queue this connection's frames went to that is over its soft limit.
-    let mut blocked: Option<Rc<Conn>> = None;
+    // A destination this connection's frames went to that is over its soft limit.
+    let mut blocked = Blocked::None;
     while conn.is_open() {
         // Back-pressure: read nothing more while a destination (or this connection's own
         // queue, which holds its NACKs) is over the soft limit.
-        if let Some(dest) = blocked.take() {
-            wait_for_space(&dest, soft).await;
+        match std::mem::replace(&mut blocked, Blocked::None) {
+            Blocked::None => {}
+            Blocked::Local(dest) => wait_for_space(&dest, soft).await,
+            Blocked::Remote {
+                shard: to,
+                connection,
+            } => {
+                // Another shard's connection: poll its mark (no wake-up crosses shards).
+                while conn.is_open() && shard.remote_congested(to, connection) {
+                    sleep(Duration::from_micros(500)).await;
+                }
+            }
         }
         if conn.queued() > soft {
             wait_for_space(&conn, soft).await;
@@ -322,6 +339,18 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
     }
     shard.cleanup(&conn);
     shard.flush_cross().await;
+}
+
+/// Where a connection's reading waits.
+enum Blocked {
+    None,
+    /// A connection on this shard, over its soft limit.
+    Local(Rc<Conn>),
+    /// A connection on another shard, marked congested.
+    Remote {
+        shard: u16,
+        connection: u32,
+    },
 }
 
 /// Reads once into the connection's decoder.
@@ -496,6 +525,7 @@ impl Shard {
             state: Cell::new(ConnState::Open),
             hold: Cell::new(false),
             down_reported: Cell::new(false),
+            congested: Cell::new(false),
             active: Cell::new(false),
             writer: Notify::default(),
             flushed: Notify::default(),
@@ -508,7 +538,7 @@ impl Shard {
     /// Decodes up to [`BATCH`] frames, prepares their destinations' lookups, then relays or
     /// handles each. Returns whether more frames may be buffered, and whether an agent came up
     /// (its reply then waits for its route).
-    fn process_batch(&self, conn: &Rc<Conn>, blocked: &mut Option<Rc<Conn>>) -> (bool, bool) {
+    fn process_batch(&self, conn: &Rc<Conn>, blocked: &mut Blocked) -> (bool, bool) {
         let mut frames = std::mem::take(&mut *self.batch.borrow_mut());
         let mut more = true;
         {
@@ -540,7 +570,7 @@ impl Shard {
         &self,
         conn: &Rc<Conn>,
         frames: &mut Vec<Frame>,
-        blocked: &mut Option<Rc<Conn>>,
+        blocked: &mut Blocked,
     ) -> bool {
         let mut cache = self.routes.borrow_mut();
         let snapshot: &RoutingSnapshot = cache.load();
@@ -573,7 +603,7 @@ impl Shard {
         frame: Frame,
         snapshot: &RoutingSnapshot,
         prepared: Option<Prepared>,
-        blocked: &mut Option<Rc<Conn>>,
+        blocked: &mut Blocked,
     ) {
         let agent = conn.agent.borrow();
         let Some(agent) = agent.as_ref() else {
@@ -626,7 +656,7 @@ impl Shard {
                 match self.push_relayed(&dest, header, frame.body.clone()) {
                     Ok(()) => {
                         if dest.queued() > self.config.queue_soft_limit {
-                            *blocked = Some(dest);
+                            *blocked = Blocked::Local(dest);
                         }
                         return;
                     }
@@ -646,6 +676,9 @@ impl Shard {
                                 body: frame.body.clone(),
                                 relayed: true,
                             });
+                            if self.remote_congested(shard, connection) {
+                                *blocked = Blocked::Remote { shard, connection };
+                            }
                             return;
                         }
                         None => ErrorCode::NoRoute,
@@ -654,6 +687,25 @@ impl Shard {
             }
         };
         self.refuse(conn, agent.as_str(), target, refusal);
+    }
+
+    fn remote_congested(&self, shard: u16, connection: u32) -> bool {
+        self.congestion
+            .get(usize::from(shard))
+            .is_some_and(|c| c.is_congested(connection))
+    }
+
+    fn set_congested(&self, conn: &Conn, congested: bool) {
+        if conn.congested.replace(congested) == congested {
+            return;
+        }
+        if let Some(c) = self.congestion.get(usize::from(self.id)) {
+            if congested {
+                c.mark(conn.id);
+            } else {
+                c.clear(conn.id);
+            }
+        }
     }
 
     fn over_budget(&self, len: usize) -> bool {
@@ -689,8 +741,12 @@ impl Shard {
             body: body.clone(),
         });
         out.batch.push_frame(header, body);
+        let over = out.batch.len() > self.config.queue_soft_limit;
         drop(out);
         self.queued_add(len);
+        if over {
+            self.set_congested(dest, true);
+        }
         dest.writer.notify();
         Ok(())
     }
@@ -748,6 +804,7 @@ impl Shard {
         self.counter().written(n);
         self.queued_sub(n);
         if below {
+            self.set_congested(conn, false);
             for w in conn.space.borrow_mut().drain(..) {
                 w.wake();
             }
@@ -971,6 +1028,7 @@ impl Shard {
     /// queued, release its memory.
     fn cleanup(&self, conn: &Conn) {
         conn.state.set(ConnState::Closed);
+        self.set_congested(conn, false);
         conn.shut();
         self.conns.borrow_mut().remove(&conn.id);
         self.counter().connection_closed();

@@ -65,11 +65,16 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
+    // Every agent connects before any sends: access under full load is not what is measured.
+    let mut pairs = Vec::new();
     for p in 0..args.pairs {
         let from = gw.certify(&format!("sender-{p}"))?;
         let to = gw.certify(&format!("receiver-{p}"))?;
         let sender = AgentConnection::connect(addr, from, Duration::from_secs(10))?;
         let receiver = AgentConnection::connect(addr, to.clone(), Duration::from_secs(2))?;
+        pairs.push((sender, receiver, to));
+    }
+    for (sender, receiver, to) in pairs {
         let (mut writer, _sender_reader) = sender.split();
         let (_receiver_writer, mut reader) = receiver.split();
         let destination = to.agent.to_string();
