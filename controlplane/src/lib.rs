@@ -5,3 +5,4 @@
 //! registry, the admin API and `agwctl` come with the peering and daemon issues.
 
 pub mod daemon;
+pub mod peering;

@@ -1,0 +1,5 @@
+//! Gateway peering (draft 3.4): the session state machine ([`session`]) and route selection
+//! across peers ([`rib`]), both sans-IO. `docs/peering.md` describes them.
+
+pub mod rib;
+pub mod session;

@@ -1,0 +1,717 @@
+//! One peering session with one peer gateway (draft 3.4.1-3.4.3), sans-IO.
+//!
+//! The driver owns the transport (mTLS over TCP) and the clock. It feeds the session what
+//! happens ([`Input`]) with the current time, drains [`Output`]s (frames to send, connections
+//! to open or close, the peer coming up or down, summaries learned or withdrawn), and calls
+//! [`PeerSession::handle`] with [`Input::Tick`] when [`PeerSession::next_timeout`] passes.
+//!
+//! ```text
+//!          start / backoff passed                 transport up (we dialled)
+//!   Idle ------------------------> Connecting ----------------------------> OpenSent
+//!    ^  ^ transport failed: back off     |                                     | OpenReply ok
+//!    |  +--------------------------------+                                     v
+//!    |      transport up (peer dialled)            Open ok: OpenReply     +-------------+
+//!    |   (Idle or Connecting) ----------> OpenWait ---------------------> | Established |
+//!    |                                                                    +-------------+
+//!    |  hold timer, send hold timer, Notification, Disconnect, bad message, |
+//!    +--------------------- transport down: PeerDown, back off ------------+
+//! ```
+//!
+//! Timers: the hold time is the smaller of both sides' proposals (at least
+//! [`MIN_HOLD_TIME`]); a keepalive goes out every third of it; no message for the hold time
+//! ends the session (`HOLD_TIMER_EXPIRED`), and so does a transport that could not write for
+//! the send hold time (`SEND_HOLD_TIMER_EXPIRED`, a peer that stops reading). Reconnection
+//! backs off exponentially from `retry_min` to `retry_max`; a session that stayed up resets it.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    time::{Duration, Instant},
+};
+
+use agw_proto::{
+    Message,
+    identity::{AgentId, Domain, GatewayId},
+    pb::{self, ErrorCode},
+};
+
+/// The shortest hold time a session accepts (0 is refused too: keepalives are not optional).
+pub const MIN_HOLD_TIME: Duration = Duration::from_secs(3);
+
+/// What to do when a peer advertises more summaries than allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitAction {
+    /// Accept them and report a warning once.
+    Warn,
+    /// Refuse the excess, one by one; the session stays up.
+    Refuse,
+    /// End the session with `SUMMARY_LIMIT`.
+    Reset,
+}
+
+/// One peer's settings.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// This gateway.
+    pub local: GatewayId,
+    /// The peer, as its certificate names it.
+    pub peer: GatewayId,
+    /// Whether this side dials (both sides may; collisions are resolved).
+    pub dial: bool,
+    /// Hold time proposed. Default 90 s.
+    pub hold_time: Duration,
+    /// The send hold time: how long the transport may fail to write. Default 2x hold time.
+    pub send_hold_time: Duration,
+    /// Protocols this gateway carries.
+    pub protocols: Vec<pb::Protocol>,
+    /// Where other domains' agents reach this domain's agents.
+    pub agent_access_address: String,
+    /// First reconnection delay. Default 1 s.
+    pub retry_min: Duration,
+    /// Longest reconnection delay. Default 60 s.
+    pub retry_max: Duration,
+    /// Most summaries accepted from the peer, and what happens past it.
+    pub max_summaries: Option<(usize, LimitAction)>,
+    /// Domains whose agents this peer may see; `None` for all.
+    pub export_domains: Option<HashSet<String>>,
+}
+
+impl PeerConfig {
+    /// Defaults for a session from `local` to `peer`.
+    pub fn new(local: GatewayId, peer: GatewayId) -> PeerConfig {
+        PeerConfig {
+            local,
+            peer,
+            dial: true,
+            hold_time: Duration::from_secs(90),
+            send_hold_time: Duration::from_secs(180),
+            protocols: vec![pb::Protocol::Native],
+            agent_access_address: String::new(),
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            max_summaries: None,
+            export_domains: None,
+        }
+    }
+
+    /// Whether the peer may see agents of `domain`.
+    pub fn exports(&self, domain: &str) -> bool {
+        self.export_domains
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(domain))
+    }
+}
+
+/// What happens to a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Begin: dial (if configured) or wait to be dialled.
+    Start,
+    /// A transport to the peer is up; `dialled` when this side opened it. `identity` is the
+    /// gateway ID the TLS handshake proved.
+    TransportUp {
+        /// This side opened it.
+        dialled: bool,
+        /// The peer's certificate identity.
+        identity: String,
+    },
+    /// The transport failed or closed.
+    TransportDown,
+    /// A frame from the peer.
+    Received(Box<Message>),
+    /// The transport has had bytes waiting to be written since this time (`None`: drained).
+    Backlog(Option<Instant>),
+    /// Time passed; timers may fire.
+    Tick,
+    /// Leave for good (operator, shutdown): DISCONNECT, then close.
+    Stop(String),
+}
+
+/// What the session asks of its driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Open a transport to the peer.
+    Connect,
+    /// Send this frame.
+    Send(Message),
+    /// Close the transport (after sending what was queued).
+    Close,
+    /// The session is established: send the full table ([`PeerSession::full_sync`]).
+    PeerUp {
+        /// The negotiated hold time.
+        hold_time: Duration,
+        /// The peer's domain.
+        domain: Domain,
+        /// Where the peer's domain's agents are reached.
+        agent_access_address: String,
+    },
+    /// The session ended: every summary learned from the peer is withdrawn.
+    PeerDown {
+        /// The code it ended with (`CEASE` for a DISCONNECT either way).
+        code: ErrorCode,
+        /// The peer sent DISCONNECT: it left for good.
+        disconnected: bool,
+    },
+    /// Summaries learned (checked: well-formed, loop-free, within the limit).
+    Learned(Vec<pb::AgentSummary>),
+    /// Agents withdrawn by the peer, or refused (malformed, loop, over the limit).
+    Withdrawn(Vec<String>),
+    /// A summary was refused; the session stays up.
+    Refused {
+        /// The agent, as the summary named it.
+        agent: String,
+        /// Why.
+        code: ErrorCode,
+    },
+    /// The peer's full table is in.
+    SyncComplete,
+    /// Something an operator should hear of (e.g. the summary limit passed with `Warn`).
+    Warning(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Idle { next_attempt: Option<Instant> },
+    Connecting,
+    OpenSent { deadline: Instant },
+    OpenWait { deadline: Instant },
+    Established(Timers),
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Timers {
+    hold: Duration,
+    hold_deadline: Instant,
+    next_keepalive: Instant,
+    up_since: Instant,
+}
+
+/// A session's state, for operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Not connected; waiting to (re)connect or to be dialled.
+    Idle,
+    /// Dialling.
+    Connecting,
+    /// OPEN sent, waiting for the reply.
+    OpenSent,
+    /// Dialled by the peer, waiting for its OPEN.
+    OpenWait,
+    /// Up.
+    Established,
+    /// Stopped for good.
+    Stopped,
+}
+
+/// One peering session.
+#[derive(Debug)]
+pub struct PeerSession {
+    config: PeerConfig,
+    state: State,
+    backoff: Duration,
+    backlog_since: Option<Instant>,
+    /// Agents the peer currently has advertised to us.
+    learned: HashSet<String>,
+    warned: bool,
+    outputs: VecDeque<Output>,
+}
+
+impl PeerSession {
+    /// A session, idle until [`Input::Start`].
+    pub fn new(config: PeerConfig) -> PeerSession {
+        PeerSession {
+            backoff: config.retry_min,
+            config,
+            state: State::Idle { next_attempt: None },
+            backlog_since: None,
+            learned: HashSet::new(),
+            warned: false,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &PeerConfig {
+        &self.config
+    }
+
+    /// Where it is.
+    pub fn state(&self) -> SessionState {
+        match self.state {
+            State::Idle { .. } => SessionState::Idle,
+            State::Connecting => SessionState::Connecting,
+            State::OpenSent { .. } => SessionState::OpenSent,
+            State::OpenWait { .. } => SessionState::OpenWait,
+            State::Established(_) => SessionState::Established,
+            State::Stopped => SessionState::Stopped,
+        }
+    }
+
+    /// Agents learned from the peer now.
+    pub fn learned(&self) -> usize {
+        self.learned.len()
+    }
+
+    /// The earliest time a timer fires, if any.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let send_hold = self.backlog_since.map(|t| t + self.config.send_hold_time);
+        let state = match &self.state {
+            State::Idle { next_attempt } => *next_attempt,
+            State::OpenSent { deadline } | State::OpenWait { deadline } => Some(*deadline),
+            State::Established(t) => Some(t.hold_deadline.min(t.next_keepalive)),
+            State::Connecting | State::Stopped => None,
+        };
+        match (state, send_hold) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Advertises local or other peers' summaries to this peer, if established and the export
+    /// policy allows; `summaries` carry their path as received (this gateway is prepended).
+    pub fn advertise(&mut self, summaries: &[pb::AgentSummary], withdraw: &[String]) {
+        if !matches!(self.state, State::Established(_)) {
+            return;
+        }
+        let advertise: Vec<pb::AgentSummary> = summaries
+            .iter()
+            .filter(|s| self.exportable(s))
+            .map(|s| self.outgoing(s))
+            .collect();
+        let withdraw: Vec<String> = withdraw
+            .iter()
+            .filter(|a| AgentId::parse(a).is_ok_and(|id| self.config.exports(id.domain())))
+            .cloned()
+            .collect();
+        if !advertise.is_empty() || !withdraw.is_empty() {
+            self.send(pb::ResourceUpdate {
+                advertise,
+                withdraw,
+            });
+        }
+    }
+
+    /// Sends the whole table, then END-OF-SYNC; call it after [`Output::PeerUp`].
+    pub fn full_sync(&mut self, summaries: &[pb::AgentSummary]) {
+        if !matches!(self.state, State::Established(_)) {
+            return;
+        }
+        let table: Vec<pb::AgentSummary> = summaries
+            .iter()
+            .filter(|s| self.exportable(s))
+            .map(|s| self.outgoing(s))
+            .collect();
+        let count = table.len() as u64;
+        for chunk in table.chunks(512) {
+            self.send(pb::ResourceUpdate {
+                advertise: chunk.to_vec(),
+                withdraw: Vec::new(),
+            });
+        }
+        self.send(pb::EndOfSync { summaries: count });
+    }
+
+    /// A summary may go to this peer: its domain is exported, and it did not come through
+    /// the peer (split horizon; the peer would refuse it as a loop anyway).
+    fn exportable(&self, s: &pb::AgentSummary) -> bool {
+        AgentId::parse(&s.agent).is_ok_and(|id| self.config.exports(id.domain()))
+            && !s.path.iter().any(|g| g == self.config.peer.as_str())
+    }
+
+    fn outgoing(&self, s: &pb::AgentSummary) -> pb::AgentSummary {
+        let mut out = s.clone();
+        out.path.insert(0, self.config.local.to_string());
+        out
+    }
+
+    /// Feeds one input at time `now`.
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Start => {
+                if let State::Idle { .. } = self.state {
+                    self.state = State::Idle {
+                        next_attempt: self.config.dial.then_some(now),
+                    };
+                    self.tick(now);
+                }
+            }
+            Input::Stop(reason) => {
+                if matches!(self.state, State::Established(_)) {
+                    self.send(pb::Disconnect { reason });
+                    self.down(ErrorCode::Cease, true);
+                }
+                if !matches!(self.state, State::Idle { .. } | State::Stopped) {
+                    self.outputs.push_back(Output::Close);
+                }
+                self.state = State::Stopped;
+            }
+            Input::TransportUp { dialled, identity } => self.transport_up(dialled, &identity, now),
+            Input::TransportDown => self.transport_down(now),
+            Input::Received(message) => self.received(*message, now),
+            Input::Backlog(since) => {
+                self.backlog_since = since;
+                self.tick(now);
+            }
+            Input::Tick => self.tick(now),
+        }
+    }
+
+    fn transport_up(&mut self, dialled: bool, identity: &str, now: Instant) {
+        if identity != self.config.peer.as_str() {
+            // Not the peer this session is for: refuse, stay where we were.
+            self.send(notification(ErrorCode::BadPeerId, identity));
+            self.outputs.push_back(Output::Close);
+            return;
+        }
+        match (&self.state, dialled) {
+            (State::Connecting, true) => {
+                self.send(self.open());
+                self.state = State::OpenSent {
+                    deadline: now + self.config.hold_time,
+                };
+            }
+            (State::Idle { .. } | State::Connecting, false) => {
+                self.state = State::OpenWait {
+                    deadline: now + self.config.hold_time,
+                };
+            }
+            _ => {
+                // A second transport while this one is busy: the driver resolves collisions
+                // before it gets here (see `collision_winner`); refuse it.
+                self.send(notification(ErrorCode::ConnectionCollision, "session busy"));
+                self.outputs.push_back(Output::Close);
+            }
+        }
+    }
+
+    fn transport_down(&mut self, now: Instant) {
+        match self.state {
+            State::Stopped | State::Idle { .. } => {}
+            State::Established(_) => {
+                self.down(ErrorCode::Cease, false);
+                self.retry_later(now);
+            }
+            _ => self.retry_later(now),
+        }
+        self.backlog_since = None;
+    }
+
+    fn open(&self) -> pb::Open {
+        pb::Open {
+            gateway: self.config.local.to_string(),
+            domain: self.config.local.domain().to_owned(),
+            protocols: self.config.protocols.iter().map(|p| *p as i32).collect(),
+            certificate_chain: Vec::new(),
+            status: pb::Status::Running as i32,
+            hold_time_s: self.config.hold_time.as_secs() as u32,
+            agent_access_address: self.config.agent_access_address.clone(),
+        }
+    }
+
+    /// Checks an OPEN or OPEN_REPLY's fields: the peer's ID and domain, the hold time, a
+    /// protocol in common. Returns the negotiated hold time.
+    fn check_open(
+        &self,
+        gateway: &str,
+        domain: &str,
+        protocols: &[i32],
+        hold_time_s: u32,
+    ) -> Result<(Duration, Domain), (ErrorCode, String)> {
+        if gateway != self.config.peer.as_str() {
+            return Err((ErrorCode::BadPeerId, format!("OPEN from {gateway}")));
+        }
+        let Ok(domain) = Domain::new(domain) else {
+            return Err((ErrorCode::BadPeerId, format!("domain {domain}")));
+        };
+        if domain.as_str() != self.config.peer.domain() {
+            return Err((
+                ErrorCode::BadPeerId,
+                format!("{gateway} is not in {domain}"),
+            ));
+        }
+        let proposed = Duration::from_secs(u64::from(hold_time_s));
+        if proposed < MIN_HOLD_TIME {
+            return Err((ErrorCode::BadHoldTime, format!("hold time {hold_time_s} s")));
+        }
+        let ours: Vec<i32> = self.config.protocols.iter().map(|p| *p as i32).collect();
+        if !protocols.iter().any(|p| ours.contains(p)) {
+            return Err((
+                ErrorCode::ProtocolIncompatible,
+                "no protocol in common".into(),
+            ));
+        }
+        Ok((proposed.min(self.config.hold_time), domain))
+    }
+
+    fn received(&mut self, message: Message, now: Instant) {
+        if let State::Established(t) = &mut self.state {
+            t.hold_deadline = now + t.hold;
+        }
+        match (&self.state, message) {
+            (State::OpenWait { .. }, Message::Open(open)) => {
+                match self.check_open(
+                    &open.gateway,
+                    &open.domain,
+                    &open.protocols,
+                    open.hold_time_s,
+                ) {
+                    Ok((hold, domain)) => {
+                        self.send(pb::OpenReply {
+                            gateway: self.config.local.to_string(),
+                            domain: self.config.local.domain().to_owned(),
+                            protocols: self.config.protocols.iter().map(|p| *p as i32).collect(),
+                            certificate_chain: Vec::new(),
+                            status: pb::Status::Running as i32,
+                            hold_time_s: hold.as_secs() as u32,
+                            agent_access_address: self.config.agent_access_address.clone(),
+                        });
+                        self.established(hold, domain, open.agent_access_address, now);
+                    }
+                    Err((code, text)) => self.fail(code, &text, now),
+                }
+            }
+            (State::OpenSent { .. }, Message::OpenReply(reply)) => {
+                match self.check_open(
+                    &reply.gateway,
+                    &reply.domain,
+                    &reply.protocols,
+                    reply.hold_time_s,
+                ) {
+                    Ok((hold, domain)) => {
+                        self.established(hold, domain, reply.agent_access_address, now)
+                    }
+                    Err((code, text)) => self.fail(code, &text, now),
+                }
+            }
+            (_, Message::Notification(n)) => {
+                let established = matches!(self.state, State::Established(_));
+                self.outputs.push_back(Output::Close);
+                if established {
+                    self.down(n.code(), false);
+                }
+                self.retry_later(now);
+            }
+            (State::Established(_), Message::Disconnect(_)) => {
+                self.outputs.push_back(Output::Close);
+                self.down(ErrorCode::Cease, true);
+                self.retry_later(now);
+            }
+            (State::Established(_), Message::Keepalive(_)) => {}
+            (State::Established(_), Message::ResourceUpdate(update)) => self.update(update, now),
+            (State::Established(_), Message::EndOfSync(_)) => {
+                self.outputs.push_back(Output::SyncComplete);
+            }
+            (_, other) => self.fail(ErrorCode::FsmError, other.kind().name(), now),
+        }
+    }
+
+    /// Applies a RESOURCE_UPDATE: withdrawals, then each advertised summary checked alone.
+    fn update(&mut self, update: pb::ResourceUpdate, now: Instant) {
+        let mut withdrawn: Vec<String> = update
+            .withdraw
+            .into_iter()
+            .filter(|a| self.learned.remove(a))
+            .collect();
+        let mut learned = Vec::new();
+        for summary in update.advertise {
+            if let Err(code) = self.check_summary(&summary) {
+                if self.learned.remove(&summary.agent) {
+                    withdrawn.push(summary.agent.clone());
+                }
+                self.outputs.push_back(Output::Refused {
+                    agent: summary.agent,
+                    code,
+                });
+                continue;
+            }
+            let new = !self.learned.contains(&summary.agent);
+            if new
+                && let Some((max, action)) = self.config.max_summaries
+                && self.learned.len() >= max
+            {
+                match action {
+                    LimitAction::Warn => {
+                        if !self.warned {
+                            self.warned = true;
+                            self.outputs.push_back(Output::Warning(format!(
+                                "{} advertises more than {max} summaries",
+                                self.config.peer
+                            )));
+                        }
+                    }
+                    LimitAction::Refuse => {
+                        self.outputs.push_back(Output::Refused {
+                            agent: summary.agent,
+                            code: ErrorCode::SummaryLimit,
+                        });
+                        continue;
+                    }
+                    LimitAction::Reset => {
+                        if !withdrawn.is_empty() {
+                            self.outputs.push_back(Output::Withdrawn(withdrawn));
+                        }
+                        if !learned.is_empty() {
+                            self.outputs.push_back(Output::Learned(learned));
+                        }
+                        let text = format!("more than {max} summaries");
+                        self.fail(ErrorCode::SummaryLimit, &text, now);
+                        return;
+                    }
+                }
+            }
+            self.learned.insert(summary.agent.clone());
+            learned.push(summary);
+        }
+        if !withdrawn.is_empty() {
+            self.outputs.push_back(Output::Withdrawn(withdrawn));
+        }
+        if !learned.is_empty() {
+            self.outputs.push_back(Output::Learned(learned));
+        }
+    }
+
+    /// A summary from this peer must name a valid agent of the origin's domain, and carry a
+    /// path from the peer to the origin that does not pass this gateway.
+    fn check_summary(&self, s: &pb::AgentSummary) -> Result<(), ErrorCode> {
+        let agent = AgentId::parse(&s.agent).map_err(|_| ErrorCode::BadSummary)?;
+        let origin = GatewayId::parse(&s.origin).map_err(|_| ErrorCode::BadSummary)?;
+        if agent.domain() != origin.domain() {
+            return Err(ErrorCode::BadSummary);
+        }
+        if s.path.first().map(String::as_str) != Some(self.config.peer.as_str())
+            || s.path.last().map(String::as_str) != Some(origin.as_str())
+        {
+            return Err(ErrorCode::BadSummary);
+        }
+        if s.path.iter().any(|g| g == self.config.local.as_str()) {
+            return Err(ErrorCode::PathLoop);
+        }
+        let mut seen = HashSet::new();
+        if !s.path.iter().all(|g| seen.insert(g.as_str())) {
+            return Err(ErrorCode::PathLoop);
+        }
+        Ok(())
+    }
+
+    fn established(
+        &mut self,
+        hold: Duration,
+        domain: Domain,
+        agent_access_address: String,
+        now: Instant,
+    ) {
+        self.state = State::Established(Timers {
+            hold,
+            hold_deadline: now + hold,
+            next_keepalive: now + hold / 3,
+            up_since: now,
+        });
+        self.outputs.push_back(Output::PeerUp {
+            hold_time: hold,
+            domain,
+            agent_access_address,
+        });
+    }
+
+    /// Ends the session with a NOTIFICATION carrying `code`.
+    fn fail(&mut self, code: ErrorCode, text: &str, now: Instant) {
+        self.send(notification(code, text));
+        self.outputs.push_back(Output::Close);
+        if matches!(self.state, State::Established(_)) {
+            self.down(code, false);
+        }
+        self.retry_later(now);
+    }
+
+    fn down(&mut self, code: ErrorCode, disconnected: bool) {
+        if !self.learned.is_empty() {
+            let mut gone: Vec<String> = self.learned.drain().collect();
+            gone.sort();
+            self.outputs.push_back(Output::Withdrawn(gone));
+        }
+        self.warned = false;
+        self.outputs
+            .push_back(Output::PeerDown { code, disconnected });
+    }
+
+    /// Back to idle; dial again after the backoff (doubling, reset by a session that stayed
+    /// up for a hold time).
+    fn retry_later(&mut self, now: Instant) {
+        if let State::Established(t) = &self.state
+            && now.duration_since(t.up_since) >= t.hold
+        {
+            self.backoff = self.config.retry_min;
+        }
+        if self.state == State::Stopped {
+            return;
+        }
+        let next_attempt = self.config.dial.then(|| now + self.backoff);
+        self.backoff = (self.backoff * 2).min(self.config.retry_max);
+        self.state = State::Idle { next_attempt };
+        self.backlog_since = None;
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if let Some(since) = self.backlog_since
+            && now >= since + self.config.send_hold_time
+            && !matches!(self.state, State::Idle { .. } | State::Stopped)
+        {
+            // The peer does not read: a notification could not get through, just close.
+            self.outputs.push_back(Output::Close);
+            if matches!(self.state, State::Established(_)) {
+                self.down(ErrorCode::SendHoldTimerExpired, false);
+            }
+            self.retry_later(now);
+            return;
+        }
+        match &mut self.state {
+            State::Idle {
+                next_attempt: Some(at),
+            } if now >= *at => {
+                self.state = State::Connecting;
+                self.outputs.push_back(Output::Connect);
+            }
+            State::OpenSent { deadline } | State::OpenWait { deadline } if now >= *deadline => {
+                self.fail(ErrorCode::HoldTimerExpired, "no OPEN in time", now);
+            }
+            State::Established(t) if now >= t.hold_deadline => {
+                self.fail(
+                    ErrorCode::HoldTimerExpired,
+                    "no message within the hold time",
+                    now,
+                );
+            }
+            State::Established(t) if now >= t.next_keepalive => {
+                t.next_keepalive = now + t.hold / 3;
+                self.send(pb::Keepalive {
+                    status: pb::Status::Running as i32,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn send(&mut self, message: impl Into<Message>) {
+        self.outputs.push_back(Output::Send(message.into()));
+    }
+}
+
+fn notification(code: ErrorCode, text: &str) -> pb::Notification {
+    pb::Notification {
+        code: code as i32,
+        subcode: 0,
+        text: text.to_owned(),
+    }
+}
+
+/// Two transports between the same pair of gateways at once (both dialled): the one dialled by
+/// the gateway with the greater ID survives, on both sides alike. Returns whether the
+/// transport dialled by `dialler` is kept.
+pub fn collision_winner(dialler: &GatewayId, other: &GatewayId) -> bool {
+    dialler.as_str() > other.as_str()
+}
