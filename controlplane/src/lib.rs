@@ -4,5 +4,6 @@
 //! keeper of local routes into one process. Peering, resource synchronisation, the embedded
 //! registry, the admin API and `agwctl` come with the peering and daemon issues.
 
+pub mod control;
 pub mod daemon;
 pub mod peering;

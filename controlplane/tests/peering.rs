@@ -1,0 +1,219 @@
+//! Gateways peering over mutual TLS on loopback, each with its own domain and authority under
+//! one federation root: summaries travel along paths, the best path wins, a hung gateway is
+//! detected by its peers' hold timers and traffic moves to the other path, and a DISCONNECT
+//! removes the peer's agents at once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use agw_aca::{
+    AuthorityConfig, CertificateAuthority, RootMode, policy::AllowListPolicy, tls::TlsIdentity,
+};
+use agw_controlplane::{
+    control::ControlPlane,
+    peering::{
+        driver::{PeerSpec, PeeringConfig},
+        session::PeerConfig,
+    },
+};
+use agw_dataplane::{
+    events::ShardEvent,
+    routing::{Route, RoutingReader, RoutingTable},
+};
+use agw_proto::identity::{AgentId, Domain, GatewayId};
+use agw_sdk::certificates::AgentKey;
+use crossbeam_channel::Sender;
+
+struct Authority {
+    ca: CertificateAuthority,
+    gateway: GatewayId,
+}
+
+/// A root for the federation, written as PEM files the authorities are bootstrapped under.
+fn federation_root(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
+        PKCS_ECDSA_P256_SHA256,
+    };
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Federation Root");
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join("root.pem"), dir.join("root.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+fn authority(dir: &Path, root: &(std::path::PathBuf, std::path::PathBuf), name: &str) -> Authority {
+    let domain = Domain::new(&format!("{name}.example")).unwrap();
+    let config = AuthorityConfig {
+        root: RootMode::Intermediate {
+            root_cert: root.0.clone(),
+            root_key: root.1.clone(),
+        },
+        ..AuthorityConfig::new(domain.clone(), dir.join(name), "http://127.0.0.1:1/crl")
+    };
+    let ca = CertificateAuthority::bootstrap(
+        config,
+        Box::new(AllowListPolicy::default()),
+        SystemTime::now() - Duration::from_secs(60),
+    )
+    .unwrap();
+    let gateway = GatewayId::new(&domain, &format!("{name}1")).unwrap();
+    Authority { ca, gateway }
+}
+
+fn identity(a: &Authority, all: &[&Authority]) -> TlsIdentity {
+    let key = AgentKey::generate().unwrap();
+    let csr = key.csr(a.gateway.as_str()).unwrap();
+    let issued =
+        a.ca.issue_gateway(&a.gateway, &csr, SystemTime::now())
+            .unwrap();
+    TlsIdentity {
+        chain: issued.chain,
+        key_pkcs8: key.to_pkcs8_der(),
+        trust_anchor: a.ca.trust_anchor().to_vec(),
+        crls: all
+            .iter()
+            .map(|o| o.ca.crl(SystemTime::now()).unwrap().der)
+            .collect(),
+    }
+}
+
+struct Gateway {
+    control: Option<ControlPlane>,
+    routes: RoutingReader,
+    shards: Sender<ShardEvent>,
+    addr: std::net::SocketAddr,
+}
+
+impl Gateway {
+    fn route(&self, agent: &str) -> Option<Route> {
+        self.routes.load().lookup(agent)
+    }
+}
+
+/// Starts `me`'s control plane peering with `peers`: (the peer, its address if this side dials).
+fn start(
+    me: &Authority,
+    tls: TlsIdentity,
+    peers: &[(&Authority, Option<std::net::SocketAddr>)],
+) -> Gateway {
+    let table = RoutingTable::new();
+    let routes = table.reader();
+    let (shards, events) = crossbeam_channel::unbounded();
+    let peers = peers
+        .iter()
+        .map(|(p, address)| {
+            let mut config = PeerConfig::new(me.gateway.clone(), p.gateway.clone());
+            config.dial = address.is_some();
+            config.hold_time = Duration::from_secs(3);
+            config.send_hold_time = Duration::from_secs(6);
+            config.retry_min = Duration::from_millis(100);
+            config.retry_max = Duration::from_secs(1);
+            PeerSpec {
+                config,
+                address: *address,
+            }
+        })
+        .collect();
+    let peering = PeeringConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls,
+        peers,
+    };
+    let control = ControlPlane::start(me.gateway.clone(), table, events, Some(peering)).unwrap();
+    let addr = control.peering().unwrap().local_addr();
+    Gateway {
+        control: Some(control),
+        routes,
+        shards,
+        addr,
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn routes_follow_the_best_path_and_move_when_a_gateway_hangs_or_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = federation_root(dir.path());
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| authority(dir.path(), &root, n));
+    let all = [&a, &b, &c, &d];
+    // A square: a - b - c and a - d - c. The later gateway dials the earlier.
+    let ga = start(&a, identity(&a, &all), &[(&b, None), (&d, None)]);
+    let gb = start(&b, identity(&b, &all), &[(&a, Some(ga.addr)), (&c, None)]);
+    let gd = start(&d, identity(&d, &all), &[(&a, Some(ga.addr)), (&c, None)]);
+    let gc = start(
+        &c,
+        identity(&c, &all),
+        &[(&b, Some(gb.addr)), (&d, Some(gd.addr))],
+    );
+
+    // An agent comes up on a's relay.
+    let x = AgentId::parse("spiffe://a.example/agent/x").unwrap();
+    ga.shards
+        .send(ShardEvent::AgentUp {
+            agent: x.clone(),
+            shard: 0,
+            connection: 7,
+            serial: vec![1],
+        })
+        .unwrap();
+    wait_until("a's local route", Duration::from_secs(2), || {
+        ga.route(x.as_str())
+            == Some(Route::Local {
+                shard: 0,
+                connection: 7,
+            })
+    });
+    // b hears it from a; c through b and through d: two paths of two hops, the smaller next
+    // hop (b, its peer 0) wins.
+    wait_until("b's route", Duration::from_secs(10), || {
+        gb.route(x.as_str()) == Some(Route::Peer { peer: 0 })
+    });
+    wait_until("c's route via b", Duration::from_secs(10), || {
+        gc.route(x.as_str()) == Some(Route::Peer { peer: 0 })
+    });
+    assert_eq!(gd.route(x.as_str()), Some(Route::Peer { peer: 0 }));
+
+    // b hangs (no reads, no writes, connections left open): c's hold timer (3 s) notices and
+    // c's route moves to d (its peer 1).
+    gb.control.as_ref().unwrap().peering().unwrap().pause(true);
+    let moved = wait_until("c's route via d", Duration::from_secs(10), || {
+        gc.route(x.as_str()) == Some(Route::Peer { peer: 1 })
+    });
+    assert!(
+        moved >= Duration::from_secs(2),
+        "moved after {moved:?}, before the hold time"
+    );
+
+    // d leaves for good: DISCONNECT; with b still hung, c has no path and forgets x at once.
+    let mut gd = gd;
+    gd.control.take().unwrap().stop();
+    wait_until("c forgets x", Duration::from_secs(2), || {
+        gc.route(x.as_str()).is_none()
+    });
+
+    // b comes back: the sessions re-establish and c routes through b again.
+    gb.control.as_ref().unwrap().peering().unwrap().pause(false);
+    wait_until("c's route via b again", Duration::from_secs(15), || {
+        gc.route(x.as_str()) == Some(Route::Peer { peer: 0 })
+    });
+}
