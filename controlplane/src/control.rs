@@ -19,6 +19,7 @@ use std::{
 };
 
 use agw_dataplane::{
+    PeerLinks,
     access::DownReason,
     events::{LocalRoutes, ShardEvent},
     routing::{Route, RoutingTable},
@@ -50,16 +51,20 @@ struct State {
     /// Gateway ID of each configured peer, by index.
     peer_ids: Vec<String>,
     peer_up: Vec<bool>,
+    /// The relay's links to peers, opened when a session comes up.
+    links: Option<PeerLinks>,
 }
 
 impl ControlPlane {
     /// Starts the loop on its own thread, and the peering sessions if configured. `table` is
-    /// the routing table the shards read; `shard_events` what they report.
+    /// the routing table the shards read; `shard_events` what they report; `links` opens the
+    /// relay's links to peers as their sessions come up.
     pub fn start(
         local: GatewayId,
         table: RoutingTable,
         shard_events: Receiver<ShardEvent>,
         peering: Option<PeeringConfig>,
+        links: Option<PeerLinks>,
     ) -> io::Result<ControlPlane> {
         let (peer_tx, peer_rx) = crossbeam_channel::unbounded();
         let peer_ids: Vec<String> = peering
@@ -78,6 +83,7 @@ impl ControlPlane {
             rib: Rib::new(),
             peer_ids,
             peer_up: vec![false; peer_count],
+            links,
         };
         let commander = peering.as_ref().map(Peering::commander);
         let thread = std::thread::Builder::new()
@@ -206,9 +212,19 @@ impl State {
             return;
         };
         match event {
-            PeerEvent::Up { .. } => {
+            PeerEvent::Up {
+                agent_access_address,
+                ..
+            } => {
                 if let Some(up) = self.peer_up.get_mut(index) {
                     *up = true;
+                }
+                if let (Some(links), Ok(address), Ok(gateway)) = (
+                    &self.links,
+                    agent_access_address.parse(),
+                    GatewayId::parse(&peer),
+                ) {
+                    links.set_peer(index as u32, gateway, address);
                 }
                 let mut table: Vec<pb::AgentSummary> = self.summaries.values().cloned().collect();
                 table.extend(
@@ -222,6 +238,9 @@ impl State {
             PeerEvent::Down { disconnected, .. } => {
                 if let Some(up) = self.peer_up.get_mut(index) {
                     *up = false;
+                }
+                if let Some(links) = &self.links {
+                    links.remove_peer(index as u32);
                 }
                 for change in self.rib.remove_peer(&peer) {
                     self.apply(change, !disconnected, send);

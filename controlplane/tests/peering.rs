@@ -5,14 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    path::Path,
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant};
 
-use agw_aca::{
-    AuthorityConfig, CertificateAuthority, RootMode, policy::AllowListPolicy, tls::TlsIdentity,
-};
+use agw_aca::tls::TlsIdentity;
 use agw_controlplane::{
     control::ControlPlane,
     peering::{
@@ -24,70 +19,11 @@ use agw_dataplane::{
     events::ShardEvent,
     routing::{Route, RoutingReader, RoutingTable},
 };
-use agw_proto::identity::{AgentId, Domain, GatewayId};
-use agw_sdk::certificates::AgentKey;
+use agw_proto::identity::AgentId;
+use common::{Authority, authority, federation_root, identity};
 use crossbeam_channel::Sender;
 
-struct Authority {
-    ca: CertificateAuthority,
-    gateway: GatewayId,
-}
-
-/// A root for the federation, written as PEM files the authorities are bootstrapped under.
-fn federation_root(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
-        PKCS_ECDSA_P256_SHA256,
-    };
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Federation Root");
-    let cert = params.self_signed(&key).unwrap();
-    let (cert_path, key_path) = (dir.join("root.pem"), dir.join("root.key"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path)
-}
-
-fn authority(dir: &Path, root: &(std::path::PathBuf, std::path::PathBuf), name: &str) -> Authority {
-    let domain = Domain::new(&format!("{name}.example")).unwrap();
-    let config = AuthorityConfig {
-        root: RootMode::Intermediate {
-            root_cert: root.0.clone(),
-            root_key: root.1.clone(),
-        },
-        ..AuthorityConfig::new(domain.clone(), dir.join(name), "http://127.0.0.1:1/crl")
-    };
-    let ca = CertificateAuthority::bootstrap(
-        config,
-        Box::new(AllowListPolicy::default()),
-        SystemTime::now() - Duration::from_secs(60),
-    )
-    .unwrap();
-    let gateway = GatewayId::new(&domain, &format!("{name}1")).unwrap();
-    Authority { ca, gateway }
-}
-
-fn identity(a: &Authority, all: &[&Authority]) -> TlsIdentity {
-    let key = AgentKey::generate().unwrap();
-    let csr = key.csr(a.gateway.as_str()).unwrap();
-    let issued =
-        a.ca.issue_gateway(&a.gateway, &csr, SystemTime::now())
-            .unwrap();
-    TlsIdentity {
-        chain: issued.chain,
-        key_pkcs8: key.to_pkcs8_der(),
-        trust_anchor: a.ca.trust_anchor().to_vec(),
-        crls: all
-            .iter()
-            .map(|o| o.ca.crl(SystemTime::now()).unwrap().der)
-            .collect(),
-    }
-}
+mod common;
 
 struct Gateway {
     control: Option<ControlPlane>,
@@ -131,7 +67,8 @@ fn start(
         tls,
         peers,
     };
-    let control = ControlPlane::start(me.gateway.clone(), table, events, Some(peering)).unwrap();
+    let control =
+        ControlPlane::start(me.gateway.clone(), table, events, Some(peering), None).unwrap();
     let addr = control.peering().unwrap().local_addr();
     Gateway {
         control: Some(control),

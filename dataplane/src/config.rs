@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use agw_aca::tls::TlsIdentity;
 use agw_proto::{FrameLimits, identity::GatewayId};
 
 use crate::access::AccessConfig;
@@ -13,6 +14,11 @@ pub struct DataplaneConfig {
     pub gateway: GatewayId,
     /// Where agents connect; every shard listens on it (SO_REUSEPORT). Port 0 picks one.
     pub listen: SocketAddr,
+    /// Where peer gateways' relay links connect (mutual TLS, every shard listening); `None`
+    /// for a gateway without peers.
+    pub peer_listen: Option<SocketAddr>,
+    /// This gateway's certificate for peer links (required with `peer_listen`, and to dial).
+    pub peer_tls: Option<TlsIdentity>,
     /// Shards (threads). Default: the number of CPUs.
     pub shards: usize,
     /// Pin shard `i` to CPU `i`. Default on.
@@ -49,6 +55,8 @@ impl DataplaneConfig {
         DataplaneConfig {
             gateway,
             listen,
+            peer_listen: None,
+            peer_tls: None,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_cores: true,
             access: AccessConfig::default(),
@@ -85,6 +93,9 @@ impl DataplaneConfig {
             return Err(
                 "max_connections_per_shard and cross_shard_capacity must be above 0".into(),
             );
+        }
+        if self.peer_listen.is_some() && self.peer_tls.is_none() {
+            return Err("peer_listen needs peer_tls (the gateway's certificate)".into());
         }
         if self.tick.is_zero() || self.tick > Duration::from_secs(1) {
             return Err("tick must be above 0 and at most 1 s".into());

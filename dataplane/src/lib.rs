@@ -15,4 +15,4 @@ mod shard;
 
 pub use config::DataplaneConfig;
 pub use counters::{CounterSnapshot, NACK_REASONS, ShardCounters};
-pub use runtime::{Dataplane, DataplaneError};
+pub use runtime::{Dataplane, DataplaneError, PeerLinks};

@@ -4,6 +4,7 @@
 use std::{io, net::SocketAddr, sync::Arc, sync::mpsc, time::Duration};
 
 use agw_aca::tls::CertificateChecker;
+use agw_proto::identity::GatewayId;
 use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, channels::shared_channel};
@@ -14,7 +15,7 @@ use crate::{
     counters::{CounterSnapshot, ShardCounters},
     events::ShardEvent,
     routing::{Route, RoutingReader},
-    shard::{self, CrossBatch, ShardCommand, ShardSetup},
+    shard::{self, CrossBatch, PeerTls, ShardCommand, ShardSetup},
 };
 
 /// glommio's registered I/O memory per shard. The relay does no file I/O, and the default
@@ -48,9 +49,37 @@ pub enum DataplaneError {
     },
 }
 
+/// Opens and drops the shards' links to peer gateways; cheap to clone, usable from any thread.
+#[derive(Debug, Clone)]
+pub struct PeerLinks {
+    commands: Vec<crossbeam_channel::Sender<ShardCommand>>,
+}
+
+impl PeerLinks {
+    /// Every shard keeps a mutual-TLS link to peer `index` (gateway `gateway`, whose relay
+    /// takes links at `address`); `Route::Peer { peer: index }` forwards over it.
+    pub fn set_peer(&self, index: u32, gateway: GatewayId, address: SocketAddr) {
+        for c in &self.commands {
+            let _ = c.send(ShardCommand::Peer {
+                index,
+                gateway: gateway.clone(),
+                address,
+            });
+        }
+    }
+
+    /// Drops the links to peer `index`.
+    pub fn remove_peer(&self, index: u32) {
+        for c in &self.commands {
+            let _ = c.send(ShardCommand::PeerGone { index });
+        }
+    }
+}
+
 /// The running relay: its shards, their counters and the address agents connect to.
 pub struct Dataplane {
     addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
     counters: Arc<[ShardCounters]>,
     commands: Vec<crossbeam_channel::Sender<ShardCommand>>,
     threads: Vec<ExecutorJoinHandle<()>>,
@@ -99,8 +128,20 @@ impl Dataplane {
             }
         }
         let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let peer_tls = match &config.peer_tls {
+            Some(identity) => Some(Arc::new(PeerTls {
+                server: Arc::new(
+                    identity
+                        .server_config()
+                        .map_err(|e| DataplaneError::Config(format!("peer TLS: {e}")))?,
+                ),
+                identity: identity.clone(),
+            })),
+            None => None,
+        };
         let mut dataplane = Dataplane {
             addr: config.listen,
+            peer_addr: None,
             counters: counters.clone(),
             commands: Vec::new(),
             threads: Vec::new(),
@@ -109,6 +150,7 @@ impl Dataplane {
         };
         // Shard 0 binds first so that the others join its port when the configured one is 0.
         let mut listen = config.listen;
+        let mut peer_listen = config.peer_listen;
         for (id, (senders, receivers)) in senders.into_iter().zip(receivers).enumerate() {
             let (ready_tx, ready_rx) = mpsc::channel();
             let (command_tx, command_rx) = crossbeam_channel::unbounded();
@@ -116,6 +158,8 @@ impl Dataplane {
                 id: id as u16,
                 config: config.clone(),
                 listen,
+                peer_listen,
+                peer_tls: peer_tls.clone(),
                 counters: counters.clone(),
                 congestion: congestion.clone(),
                 routes: routes.clone(),
@@ -143,7 +187,10 @@ impl Dataplane {
             dataplane.threads.push(thread);
             // Each shard reports as soon as it listens (its channels connect afterwards).
             match ready_rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(addr)) if id == 0 => listen = addr,
+                Ok(Ok((addr, peer))) if id == 0 => {
+                    listen = addr;
+                    peer_listen = peer;
+                }
                 Ok(Ok(_)) => {}
                 Ok(Err(source)) => {
                     return Err(DataplaneError::Listen {
@@ -161,12 +208,25 @@ impl Dataplane {
             }
         }
         dataplane.addr = listen;
+        dataplane.peer_addr = peer_listen;
         Ok(dataplane)
     }
 
     /// Where agents connect.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where peer gateways' relay links connect, if peering.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    /// A handle the control plane uses to open and drop links to peers.
+    pub fn peer_links(&self) -> PeerLinks {
+        PeerLinks {
+            commands: self.commands.clone(),
+        }
     }
 
     /// Number of shards.

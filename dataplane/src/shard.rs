@@ -13,21 +13,22 @@ use std::{
     pin::Pin,
     rc::Rc,
     sync::{Arc, mpsc},
-    task::{Poll, Waker},
+    task::{Context, Poll, Waker},
     time::{Duration, Instant, SystemTime},
 };
 
-use agw_aca::tls::CertificateChecker;
+use agw_aca::tls::{CertificateChecker, TlsIdentity, peer_identity};
 use agw_proto::{
     DEFAULT_HOP_LIMIT, DataView, Frame, FrameDecoder, FrameEncoder, FrameHeader, HEADER_LEN, Kind,
     Message, WriteBatch,
-    identity::AgentId,
+    identity::{AgentId, GatewayId},
     pb::{self, ErrorCode},
 };
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use futures_lite::{AsyncRead, AsyncWrite, future::poll_fn};
+use futures_rustls::{TlsAcceptor, TlsConnector, client, server};
 use glommio::{
     GlommioError, ResourceType,
     channels::shared_channel::{ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender},
@@ -41,6 +42,7 @@ use nix::{
     sys::socket::{MsgFlags, Shutdown, SockaddrStorage, sendmsg, shutdown},
 };
 use ring::rand::{SecureRandom, SystemRandom};
+use rustls::pki_types::ServerName;
 
 use crate::{
     access::{AccessSession, Action, DownReason},
@@ -75,6 +77,20 @@ pub(crate) enum ShardCommand {
     Stop,
     /// Close the sessions of agents whose certificate has one of these serials.
     Revoked(Vec<Vec<u8>>),
+    /// Keep a link to peer `index` (the gateway `gateway`, its relay's peer port `address`).
+    Peer {
+        index: u32,
+        gateway: GatewayId,
+        address: SocketAddr,
+    },
+    /// Drop the link to peer `index`.
+    PeerGone { index: u32 },
+}
+
+/// How peer links authenticate: this gateway's TLS identity and the server side built from it.
+pub(crate) struct PeerTls {
+    pub identity: TlsIdentity,
+    pub server: Arc<rustls::ServerConfig>,
 }
 
 /// What a shard thread starts with.
@@ -82,6 +98,9 @@ pub(crate) struct ShardSetup {
     pub id: u16,
     pub config: Arc<DataplaneConfig>,
     pub listen: SocketAddr,
+    /// Where peer gateways' links connect (mutual TLS), if peering.
+    pub peer_listen: Option<SocketAddr>,
+    pub peer_tls: Option<Arc<PeerTls>>,
     pub counters: Arc<[ShardCounters]>,
     pub congestion: Arc<[Congestion]>,
     pub routes: RoutingReader,
@@ -91,7 +110,7 @@ pub(crate) struct ShardSetup {
     /// Indexed by destination shard; `None` at this shard's own index.
     pub senders: Vec<Option<SharedSender<CrossBatch>>>,
     pub receivers: Vec<SharedReceiver<CrossBatch>>,
-    pub ready: mpsc::Sender<io::Result<SocketAddr>>,
+    pub ready: mpsc::Sender<io::Result<(SocketAddr, Option<SocketAddr>)>>,
 }
 
 /// A one-waiter wake-up flag.
@@ -148,11 +167,56 @@ struct Outbound {
     written: u64,
 }
 
+/// A connection's byte stream: plain TCP for agents, mutual TLS for peer links.
+enum Stream {
+    Plain(TcpStream),
+    Server(Box<server::TlsStream<TcpStream>>),
+    Client(Box<client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Server(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::Client(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Server(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Stream::Client(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Server(s) => Pin::new(&mut **s).poll_flush(cx),
+            Stream::Client(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+}
+
+/// Who is on the other end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind2 {
+    /// An agent: access first, then its own frames.
+    Agent,
+    /// A peer gateway (its ID): frames of other domains' agents, relayed. `link`: the peer
+    /// index when this shard dialled it as that peer's link.
+    Peer { gateway: String, link: Option<u32> },
+}
+
 struct Conn {
     id: u32,
-    stream: RefCell<TcpStream>,
+    stream: RefCell<Stream>,
     fd: RawFd,
-    session: RefCell<AccessSession>,
+    plain: bool,
+    kind: Kind2,
+    session: RefCell<Option<AccessSession>>,
     agent: RefCell<Option<AgentId>>,
     serial: RefCell<Vec<u8>>,
     decoder: RefCell<FrameDecoder>,
@@ -209,6 +273,13 @@ struct Shard {
     encoder: RefCell<FrameEncoder>,
     reporter: String,
     rng: SystemRandom,
+    /// This shard's link to each peer, by peer index.
+    links: RefCell<HashMap<u32, Rc<Conn>>>,
+    /// Peers this shard should keep a link to (index -> gateway, address).
+    wanted: RefCell<HashMap<u32, (GatewayId, SocketAddr)>>,
+    peer_tls: Option<Arc<PeerTls>>,
+    /// A reusable buffer for TLS writes (TLS copies into records anyway).
+    tls_out: RefCell<Vec<u8>>,
 }
 
 /// Runs a shard until it is told to stop.
@@ -227,8 +298,17 @@ pub(crate) async fn run(setup: ShardSetup) {
             return;
         }
     };
+    let peer_listener = match setup.peer_listen.map(TcpListener::bind) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            let _ = setup.ready.send(Err(io::Error::other(e.to_string())));
+            return;
+        }
+    };
+    let peer_addr = peer_listener.as_ref().and_then(|l| l.local_addr().ok());
     // Listening now; connections wait in the backlog until the mesh is up below.
-    let _ = setup.ready.send(Ok(addr));
+    let _ = setup.ready.send(Ok((addr, peer_addr)));
     let shards = setup.senders.len();
     let shard = Rc::new(Shard {
         id: setup.id,
@@ -247,6 +327,10 @@ pub(crate) async fn run(setup: ShardSetup) {
         cross_out: RefCell::new((0..shards).map(|_| None).collect()),
         pending_cross: RefCell::new((0..shards).map(|_| Vec::new()).collect()),
         rng: SystemRandom::new(),
+        links: RefCell::new(HashMap::new()),
+        wanted: RefCell::new(HashMap::new()),
+        peer_tls: setup.peer_tls,
+        tls_out: RefCell::new(Vec::new()),
     });
     // Connecting a channel end waits for the other end: connect all of them concurrently.
     for rx in setup.receivers {
@@ -265,6 +349,9 @@ pub(crate) async fn run(setup: ShardSetup) {
         }
     }
     spawn_local(accept_loop(shard.clone(), listener)).detach();
+    if let Some(l) = peer_listener {
+        spawn_local(accept_peers(shard.clone(), l)).detach();
+    }
     shard.housekeeping(setup.commands).await;
 }
 
@@ -283,9 +370,67 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             continue;
         }
         let _ = stream.set_nodelay(true);
-        if let Some(conn) = shard.new_conn(stream) {
+        if let Some(conn) = shard.new_conn(Stream::Plain(stream), Kind2::Agent) {
             spawn_local(serve(shard.clone(), conn)).detach();
         }
+    }
+}
+
+/// Peer gateways' links: mutual TLS; the client certificate must name a gateway.
+async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
+    let Some(tls) = shard.peer_tls.clone() else {
+        return;
+    };
+    let acceptor = TlsAcceptor::from(tls.server.clone());
+    loop {
+        let Ok(stream) = listener.accept().await else {
+            sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (shard, acceptor) = (shard.clone(), acceptor.clone());
+        spawn_local(async move {
+            let fd = stream.as_raw_fd();
+            let handshake = acceptor.accept(stream);
+            let timeout = sleep(Duration::from_secs(5));
+            let Some(Ok(tls)) = futures_lite::future::or(async { Some(handshake.await) }, async {
+                timeout.await;
+                None
+            })
+            .await
+            else {
+                return;
+            };
+            let identity = tls.get_ref().1.peer_certificates().and_then(peer_identity);
+            let Some(gateway) = identity.filter(|i| GatewayId::parse(i).is_ok()) else {
+                return;
+            };
+            let kind = Kind2::Peer {
+                gateway,
+                link: None,
+            };
+            if let Some(conn) = shard.new_conn_fd(Stream::Server(Box::new(tls)), fd, kind) {
+                serve(shard.clone(), conn).await;
+            }
+        })
+        .detach();
+    }
+}
+
+/// Keeps this shard's link to peer `index` up while it is wanted: dial, serve, back off.
+async fn keep_link(shard: Rc<Shard>, index: u32) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some((gateway, address)) = shard.wanted.borrow().get(&index).cloned() else {
+            return;
+        };
+        if let Some(conn) = shard.dial(index, &gateway, address).await {
+            backoff = Duration::from_millis(100);
+            shard.links.borrow_mut().insert(index, conn.clone());
+            serve(shard.clone(), conn).await;
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -360,8 +505,7 @@ async fn read(conn: &Conn, chunk: usize) -> io::Result<usize> {
         let buf = decoder.read_buf(chunk);
         let start = buf.len();
         buf.resize(start + chunk, 0);
-        let mut stream = conn.stream.borrow_mut();
-        let poll = Pin::new(&mut *stream).poll_read(cx, &mut buf[start..]);
+        let poll = conn.stream.borrow_mut().poll_read(cx, &mut buf[start..]);
         let got = match &poll {
             Poll::Ready(Ok(n)) => *n,
             _ => 0,
@@ -407,6 +551,18 @@ async fn write_queue(shard: &Shard, conn: &Conn) {
             }
             conn.writer.wait().await;
         }
+        if !conn.plain {
+            match write_tls(shard, conn).await {
+                Ok(n) => {
+                    shard.wrote(conn, n);
+                    continue;
+                }
+                Err(_) => {
+                    conn.shut();
+                    return;
+                }
+            }
+        }
         let sent = {
             let out = conn.out.borrow();
             let mut slices = Vec::with_capacity(64);
@@ -429,8 +585,7 @@ async fn write_queue(shard: &Shard, conn: &Conn) {
                     let Some(front) = out.batch.front() else {
                         return Poll::Ready(Ok(0));
                     };
-                    let mut stream = conn.stream.borrow_mut();
-                    Pin::new(&mut *stream).poll_write(cx, front)
+                    conn.stream.borrow_mut().poll_write(cx, front)
                 })
                 .await;
                 match wrote {
@@ -448,6 +603,36 @@ async fn write_queue(shard: &Shard, conn: &Conn) {
         };
         shard.wrote(conn, n);
     }
+}
+
+/// A TLS write: the queued frames (up to 64 KiB) gathered into one buffer, encrypted and
+/// flushed. Returns the queued bytes written.
+async fn write_tls(shard: &Shard, conn: &Conn) -> io::Result<usize> {
+    let mut buf = std::mem::take(&mut *shard.tls_out.borrow_mut());
+    buf.clear();
+    {
+        let out = conn.out.borrow();
+        let mut slices = Vec::with_capacity(64);
+        out.batch.io_slices(&mut slices, 64);
+        for s in slices {
+            if buf.len() + s.len() > 64 * 1024 && !buf.is_empty() {
+                break;
+            }
+            buf.extend_from_slice(&s);
+        }
+    }
+    let mut done = 0;
+    while done < buf.len() {
+        let n = poll_fn(|cx| conn.stream.borrow_mut().poll_write(cx, &buf[done..])).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
+    poll_fn(|cx| conn.stream.borrow_mut().poll_flush(cx)).await?;
+    let n = buf.len();
+    *shard.tls_out.borrow_mut() = buf;
+    Ok(n)
 }
 
 async fn cross_receive(shard: Rc<Shard>, rx: SharedReceiver<CrossBatch>) {
@@ -498,7 +683,16 @@ impl Shard {
         &self.counters[usize::from(self.id)]
     }
 
-    fn new_conn(&self, stream: TcpStream) -> Option<Rc<Conn>> {
+    fn new_conn(&self, stream: Stream, kind: Kind2) -> Option<Rc<Conn>> {
+        let fd = match &stream {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Server(s) => s.get_ref().0.as_raw_fd(),
+            Stream::Client(s) => s.get_ref().0.as_raw_fd(),
+        };
+        self.new_conn_fd(stream, fd, kind)
+    }
+
+    fn new_conn_fd(&self, stream: Stream, fd: RawFd, kind: Kind2) -> Option<Rc<Conn>> {
         let mut nonce = [0u8; 32];
         self.rng.fill(&mut nonce).ok()?;
         let mut id = self.next_conn.get();
@@ -506,16 +700,20 @@ impl Shard {
             id = id.wrapping_add(1);
         }
         self.next_conn.set(id.wrapping_add(1));
-        let session = AccessSession::new(
-            self.config.gateway.clone(),
-            nonce,
-            self.checker.load_full(),
-            self.config.access,
-            Instant::now(),
-        );
+        let session = (kind == Kind2::Agent).then(|| {
+            AccessSession::new(
+                self.config.gateway.clone(),
+                nonce,
+                self.checker.load_full(),
+                self.config.access,
+                Instant::now(),
+            )
+        });
         let conn = Rc::new(Conn {
             id,
-            fd: stream.as_raw_fd(),
+            fd,
+            plain: matches!(stream, Stream::Plain(_)),
+            kind,
             stream: RefCell::new(stream),
             session: RefCell::new(session),
             agent: RefCell::new(None),
@@ -533,6 +731,30 @@ impl Shard {
         });
         self.conns.borrow_mut().insert(id, conn.clone());
         Some(conn)
+    }
+
+    /// Dials peer `index`'s relay with mutual TLS; the server must prove `gateway`.
+    async fn dial(&self, index: u32, gateway: &GatewayId, address: SocketAddr) -> Option<Rc<Conn>> {
+        let tls = self.peer_tls.clone()?;
+        let config = Arc::new(tls.identity.client_config(gateway.as_str()).ok()?);
+        let stream = TcpStream::connect_timeout(address, Duration::from_secs(2))
+            .await
+            .ok()?;
+        let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
+        // Servers are named by their certificate's URI; the verifier checks it, not this name.
+        let name = ServerName::try_from("peer.invalid").ok()?;
+        let handshake = TlsConnector::from(config).connect(name, stream);
+        let tls = futures_lite::future::or(async { handshake.await.ok() }, async {
+            sleep(Duration::from_secs(5)).await;
+            None
+        })
+        .await?;
+        let kind = Kind2::Peer {
+            gateway: gateway.to_string(),
+            link: Some(index),
+        };
+        self.new_conn_fd(Stream::Client(Box::new(tls)), fd, kind)
     }
 
     /// Decodes up to [`BATCH`] frames, prepares their destinations' lookups, then relays or
@@ -605,12 +827,13 @@ impl Shard {
         prepared: Option<Prepared>,
         blocked: &mut Blocked,
     ) {
-        let agent = conn.agent.borrow();
-        let Some(agent) = agent.as_ref() else {
-            drop(agent);
+        let agent_ref = conn.agent.borrow();
+        let accessed = agent_ref.as_ref().map(AgentId::as_str);
+        if conn.kind == Kind2::Agent && accessed.is_none() {
+            drop(agent_ref);
             self.close_with(conn, ErrorCode::NotAccessed, "access first");
             return;
-        };
+        }
         self.counter().accepted(HEADER_LEN + frame.body.len());
         let view = match frame.data_view() {
             Ok(v) => v,
@@ -620,18 +843,30 @@ impl Shard {
                     destination: "",
                     message_id: 0,
                 };
-                self.refuse(conn, agent.as_str(), target, e.code());
+                self.refuse(conn, accessed.unwrap_or_default(), target, e.code());
                 return;
             }
         };
         let target = Target::of(&view);
-        // An agent sends messages and ACKs as itself; NACKs are the gateways' to send.
-        if view.kind == Kind::Nack || view.source() != Some(agent.as_str()) {
-            self.refuse(conn, agent.as_str(), target, ErrorCode::Unauthorized);
+        // Who NACKs go back to: the agent itself, or (on a peer link) the frame's source.
+        let source = accessed.or(view.source()).unwrap_or_default();
+        let allowed = match &conn.kind {
+            // An agent sends messages and ACKs as itself; NACKs are the gateways' to send.
+            Kind2::Agent => view.kind != Kind::Nack && view.source() == accessed,
+            // A peer relays other domains' agents' frames, and NACKs; never ours.
+            Kind2::Peer { .. } => match view.source() {
+                None => view.kind == Kind::Nack,
+                Some(s) => {
+                    AgentId::parse(s).is_ok_and(|a| a.domain() != self.config.gateway.domain())
+                }
+            },
+        };
+        if !allowed {
+            self.refuse(conn, source, target, ErrorCode::Unauthorized);
             return;
         }
         if frame.header.hop_limit == 0 {
-            self.refuse(conn, agent.as_str(), target, ErrorCode::TtlExpired);
+            self.refuse(conn, source, target, ErrorCode::TtlExpired);
             return;
         }
         let header = FrameHeader {
@@ -645,12 +880,27 @@ impl Shard {
         let refusal = match route {
             None => ErrorCode::NoRoute,
             Some(Route::Offline) => ErrorCode::DestinationOffline,
-            // Peer links come with peering; until then a route through a peer is unreachable.
-            Some(Route::Unreachable | Route::Peer { .. }) => ErrorCode::Unreachable,
+            Some(Route::Unreachable) => ErrorCode::Unreachable,
+            Some(Route::Peer { peer }) => {
+                let link = self.links.borrow().get(&peer).cloned();
+                match link {
+                    Some(link) => match self.push_relayed(&link, header, frame.body.clone()) {
+                        Ok(()) => {
+                            if link.queued() > self.config.queue_soft_limit {
+                                *blocked = Blocked::Local(link);
+                            }
+                            return;
+                        }
+                        Err(code) => code,
+                    },
+                    // No link from this shard yet (it is being dialled): unreachable for now.
+                    None => ErrorCode::Unreachable,
+                }
+            }
             Some(Route::Local { shard, connection }) if shard == self.id => {
                 let dest = self.conns.borrow().get(&connection).cloned();
                 let Some(dest) = dest else {
-                    self.refuse(conn, agent.as_str(), target, ErrorCode::DestinationOffline);
+                    self.refuse(conn, source, target, ErrorCode::DestinationOffline);
                     return;
                 };
                 match self.push_relayed(&dest, header, frame.body.clone()) {
@@ -686,7 +936,7 @@ impl Shard {
                 }
             }
         };
-        self.refuse(conn, agent.as_str(), target, refusal);
+        self.refuse(conn, source, target, refusal);
     }
 
     fn remote_congested(&self, shard: u16, connection: u32) -> bool {
@@ -915,6 +1165,12 @@ impl Shard {
                     });
                 }
             }
+            Some(Route::Peer { peer }) => {
+                let link = self.links.borrow().get(&peer).cloned();
+                if let Some(link) = link {
+                    self.push_gateway(&link, &nack);
+                }
+            }
             // The source left too: nobody to tell.
             _ => {}
         }
@@ -925,11 +1181,17 @@ impl Shard {
     fn control(&self, conn: &Rc<Conn>, frame: &Frame) -> bool {
         match frame.message() {
             Ok(message) => {
-                conn.session.borrow_mut().handle_message(
-                    &message,
-                    Instant::now(),
-                    SystemTime::now(),
-                );
+                let mut session = conn.session.borrow_mut();
+                match session.as_mut() {
+                    Some(s) => s.handle_message(&message, Instant::now(), SystemTime::now()),
+                    None => {
+                        // A peer link carries only data frames (peering has its own session).
+                        drop(session);
+                        self.close_with(conn, ErrorCode::UnexpectedMessage, message.kind().name());
+                        return false;
+                    }
+                }
+                drop(session);
                 self.apply_actions(conn)
             }
             Err(e) => {
@@ -943,7 +1205,11 @@ impl Shard {
     fn apply_actions(&self, conn: &Rc<Conn>) -> bool {
         let mut up = false;
         loop {
-            let action = conn.session.borrow_mut().poll_action();
+            let action = conn
+                .session
+                .borrow_mut()
+                .as_mut()
+                .and_then(AccessSession::poll_action);
             let Some(action) = action else {
                 return up;
             };
@@ -1031,6 +1297,15 @@ impl Shard {
         self.set_congested(conn, false);
         conn.shut();
         self.conns.borrow_mut().remove(&conn.id);
+        if let Kind2::Peer {
+            link: Some(index), ..
+        } = conn.kind
+        {
+            let mut links = self.links.borrow_mut();
+            if links.get(&index).is_some_and(|l| l.id == conn.id) {
+                links.remove(&index);
+            }
+        }
         self.counter().connection_closed();
         if let Some(agent) = conn.agent.borrow_mut().take()
             && !conn.down_reported.replace(true)
@@ -1078,6 +1353,27 @@ impl Shard {
                         return;
                     }
                     ShardCommand::Revoked(serials) => revoked.extend(serials),
+                    ShardCommand::Peer {
+                        index,
+                        gateway,
+                        address,
+                    } => {
+                        let new = self
+                            .wanted
+                            .borrow_mut()
+                            .insert(index, (gateway, address))
+                            .is_none();
+                        if new {
+                            spawn_local(keep_link(self.clone(), index)).detach();
+                        }
+                    }
+                    ShardCommand::PeerGone { index } => {
+                        self.wanted.borrow_mut().remove(&index);
+                        let link = self.links.borrow_mut().remove(&index);
+                        if let Some(link) = link {
+                            self.close_after_flush(&link);
+                        }
+                    }
                 }
             }
             let now = Instant::now();
@@ -1086,10 +1382,13 @@ impl Shard {
                 let due = conn
                     .session
                     .borrow()
-                    .next_timeout()
+                    .as_ref()
+                    .and_then(AccessSession::next_timeout)
                     .is_some_and(|t| t <= now);
                 if due {
-                    conn.session.borrow_mut().handle_timeout(now);
+                    if let Some(s) = conn.session.borrow_mut().as_mut() {
+                        s.handle_timeout(now);
+                    }
                     self.apply_actions(&conn);
                 }
                 if !revoked.is_empty() && revoked.contains(&conn.serial.borrow()) {

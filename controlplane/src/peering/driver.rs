@@ -58,6 +58,8 @@ pub enum PeerEvent {
         domain: Domain,
         /// The negotiated hold time.
         hold_time: Duration,
+        /// Where the peer's relay takes links from this gateway's shards.
+        agent_access_address: String,
     },
     /// The session ended; `disconnected` when the peer left for good.
     Down {
@@ -402,8 +404,14 @@ impl PeerThread {
                     }
                 }
                 Output::PeerUp {
-                    hold_time, domain, ..
-                } => self.emit(PeerEvent::Up { domain, hold_time }),
+                    hold_time,
+                    domain,
+                    agent_access_address,
+                } => self.emit(PeerEvent::Up {
+                    domain,
+                    hold_time,
+                    agent_access_address,
+                }),
                 Output::PeerDown { code, disconnected } => {
                     self.emit(PeerEvent::Down { disconnected, code })
                 }

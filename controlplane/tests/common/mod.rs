@@ -1,0 +1,111 @@
+//! Gateways of several domains under one federation root, for peering tests: each domain has
+//! its own authority (an intermediate under the root) and its gateway a certificate from it.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use agw_aca::{
+    AuthorityConfig, CertificateAuthority, RootMode, policy::AllowListPolicy, tls::TlsIdentity,
+};
+use agw_proto::{
+    identity::{AgentId, Domain, GatewayId},
+    pb,
+};
+use agw_sdk::{
+    agent::Credentials,
+    certificates::{AgentKey, CertificateRequests, HeldCertificate},
+};
+
+pub struct Authority {
+    pub ca: CertificateAuthority,
+    pub gateway: GatewayId,
+}
+
+/// A root for the federation, written as PEM files the authorities are bootstrapped under.
+pub fn federation_root(dir: &Path) -> (PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
+        PKCS_ECDSA_P256_SHA256,
+    };
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Federation Root");
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.join("root.pem"), dir.join("root.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+pub fn authority(dir: &Path, root: &(PathBuf, PathBuf), name: &str) -> Authority {
+    let domain = Domain::new(&format!("{name}.example")).unwrap();
+    let config = AuthorityConfig {
+        root: RootMode::Intermediate {
+            root_cert: root.0.clone(),
+            root_key: root.1.clone(),
+        },
+        ..AuthorityConfig::new(domain.clone(), dir.join(name), "http://127.0.0.1:1/crl")
+    };
+    let ca = CertificateAuthority::bootstrap(
+        config,
+        Box::new(AllowListPolicy::default().allow("Acme", [])),
+        SystemTime::now() - Duration::from_secs(60),
+    )
+    .unwrap();
+    let gateway = GatewayId::new(&domain, &format!("{name}1")).unwrap();
+    Authority { ca, gateway }
+}
+
+pub fn identity(a: &Authority, all: &[&Authority]) -> TlsIdentity {
+    let key = AgentKey::generate().unwrap();
+    let csr = key.csr(a.gateway.as_str()).unwrap();
+    let issued =
+        a.ca.issue_gateway(&a.gateway, &csr, SystemTime::now())
+            .unwrap();
+    TlsIdentity {
+        chain: issued.chain,
+        key_pkcs8: key.to_pkcs8_der(),
+        trust_anchor: a.ca.trust_anchor().to_vec(),
+        crls: all
+            .iter()
+            .map(|o| o.ca.crl(SystemTime::now()).unwrap().der)
+            .collect(),
+    }
+}
+
+impl Authority {
+    /// Certifies an agent of this domain, as the agent would through the ACA protocol.
+    pub fn certify(&self, name: &str) -> Arc<Credentials> {
+        let agent = AgentId::new(self.ca.domain(), name).unwrap();
+        let key = AgentKey::generate().unwrap();
+        let materials = pb::IdentityMaterials {
+            organization: "Acme".into(),
+            ..Default::default()
+        };
+        let app = CertificateRequests::default()
+            .application(&key, &agent, materials)
+            .unwrap();
+        let issued = self
+            .ca
+            .apply(&app.csr, app.materials.as_ref().unwrap(), SystemTime::now())
+            .unwrap();
+        let reply = pb::CertificateReply {
+            certificate_chain: issued.chain.into_iter().map(Into::into).collect(),
+            serial: issued.serial.into(),
+            ..Default::default()
+        };
+        Arc::new(Credentials {
+            agent,
+            certificate: HeldCertificate::from_reply(reply).unwrap(),
+            key,
+        })
+    }
+}
