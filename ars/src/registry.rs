@@ -482,6 +482,13 @@ impl Registry {
             .collect()
     }
 
+    /// Whether `agent` is registered here (a local profile).
+    pub fn is_local(&self, agent: &str) -> bool {
+        self.index
+            .get(agent)
+            .is_some_and(|e| e.origin == Origin::Local)
+    }
+
     /// Changes of local agents since the last call, oldest first.
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes)

@@ -14,9 +14,12 @@
 use std::{
     collections::HashMap,
     io,
+    sync::{Arc, Mutex},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
+
+use agw_ars::{Change, Registry};
 
 use agw_dataplane::{
     PeerLinks,
@@ -53,6 +56,21 @@ struct State {
     peer_up: Vec<bool>,
     /// The relay's links to peers, opened when a session comes up.
     links: Option<PeerLinks>,
+    /// The embedded registry: local profiles go to peers, peers' summaries come to it.
+    registry: Option<Arc<Mutex<Registry>>>,
+    /// Each peer's agent access address, from its OPEN.
+    peer_addresses: Vec<String>,
+}
+
+/// What the control plane is wired to besides the routing table.
+#[derive(Debug, Default)]
+pub struct Wiring {
+    /// Peering sessions, if this gateway peers.
+    pub peering: Option<PeeringConfig>,
+    /// The relay's links to peers.
+    pub links: Option<PeerLinks>,
+    /// The embedded registry (ARS).
+    pub registry: Option<Arc<Mutex<Registry>>>,
 }
 
 impl ControlPlane {
@@ -63,9 +81,13 @@ impl ControlPlane {
         local: GatewayId,
         table: RoutingTable,
         shard_events: Receiver<ShardEvent>,
-        peering: Option<PeeringConfig>,
-        links: Option<PeerLinks>,
+        wiring: Wiring,
     ) -> io::Result<ControlPlane> {
+        let Wiring {
+            peering,
+            links,
+            registry,
+        } = wiring;
         let (peer_tx, peer_rx) = crossbeam_channel::unbounded();
         let peer_ids: Vec<String> = peering
             .as_ref()
@@ -84,6 +106,8 @@ impl ControlPlane {
             peer_ids,
             peer_up: vec![false; peer_count],
             links,
+            registry,
+            peer_addresses: vec![String::new(); peer_count],
         };
         let commander = peering.as_ref().map(Peering::commander);
         let thread = std::thread::Builder::new()
@@ -106,7 +130,10 @@ impl ControlPlane {
                             }
                         },
                         recv(stop_rx) -> _ => return state.table,
+                        // Registrations happen on the registry's own threads: look every 50 ms.
+                        default(Duration::from_millis(50)) => {}
                     }
+                    state.registry_changes(&send);
                     // Take the rest of the burst (at most a millisecond of it), then publish.
                     let deadline = Instant::now() + Duration::from_millis(1);
                     while Instant::now() < deadline {
@@ -168,6 +195,15 @@ impl State {
         }
     }
 
+    fn is_local(&self, agent: &str) -> bool {
+        self.summaries.contains_key(agent)
+            || self
+                .registry
+                .as_ref()
+                .and_then(|r| r.lock().ok())
+                .is_some_and(|r| r.is_local(agent))
+    }
+
     fn established(&self) -> impl Iterator<Item = usize> + '_ {
         self.peer_up
             .iter()
@@ -186,6 +222,15 @@ impl State {
                 _ => (agent, Some(pb::Status::Offline)),
             },
         };
+        if let Some(registry) = &self.registry
+            && let Ok(mut r) = registry.lock()
+            && r.is_local(agent.as_str())
+        {
+            // Registered: its profile (with capabilities) carries the status to the peers.
+            r.set_status(agent.as_str(), change.unwrap_or(pb::Status::Offline));
+            self.summaries.remove(agent.as_str());
+            return;
+        }
         let peers: Vec<usize> = self.established().collect();
         match change {
             Some(status) => {
@@ -226,7 +271,17 @@ impl State {
                 ) {
                     links.set_peer(index as u32, gateway, address);
                 }
+                if let Some(address) = self.peer_addresses.get_mut(index) {
+                    address.clone_from(&agent_access_address);
+                }
+                if let Some(registry) = &self.registry
+                    && let Ok(mut r) = registry.lock()
+                    && let Ok(id) = GatewayId::parse(&peer)
+                {
+                    r.set_peer_applicable(&id, true);
+                }
                 let mut table: Vec<pb::AgentSummary> = self.summaries.values().cloned().collect();
+                table.extend(self.registry_summaries());
                 table.extend(
                     self.rib
                         .best_routes()
@@ -242,11 +297,23 @@ impl State {
                 if let Some(links) = &self.links {
                     links.remove_peer(index as u32);
                 }
+                if let Some(registry) = &self.registry
+                    && let Ok(mut r) = registry.lock()
+                    && let Ok(id) = GatewayId::parse(&peer)
+                {
+                    // Gone for good: forget its agents; failed: keep them, not discoverable.
+                    if disconnected {
+                        r.remove_peer(&id);
+                    } else {
+                        r.set_peer_applicable(&id, false);
+                    }
+                }
                 for change in self.rib.remove_peer(&peer) {
                     self.apply(change, !disconnected, send);
                 }
             }
             PeerEvent::Learned(summaries) => {
+                self.to_registry(index, &peer, summaries.clone(), Vec::new());
                 for s in summaries {
                     if let Some(change) = self.rib.learn(&peer, s) {
                         self.apply(change, false, send);
@@ -254,6 +321,7 @@ impl State {
                 }
             }
             PeerEvent::Withdrawn(agents) => {
+                self.to_registry(index, &peer, Vec::new(), agents.clone());
                 for a in agents {
                     if let Some(change) = self.rib.withdraw(&peer, &a) {
                         self.apply(change, false, send);
@@ -264,6 +332,77 @@ impl State {
         }
     }
 
+    /// Peers' summaries into the registry, for discovery (it refuses loops and bad ones too).
+    fn to_registry(
+        &self,
+        index: usize,
+        peer: &str,
+        advertise: Vec<pb::AgentSummary>,
+        withdraw: Vec<String>,
+    ) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let (Ok(mut r), Ok(id)) = (registry.lock(), GatewayId::parse(peer)) else {
+            return;
+        };
+        let address = self.peer_addresses.get(index).cloned().unwrap_or_default();
+        let update = pb::ResourceUpdate {
+            advertise,
+            withdraw,
+        };
+        r.apply_remote(&id, &address, &self.local, &update);
+    }
+
+    /// The registry's local profiles as summaries from this gateway.
+    fn registry_summaries(&self) -> Vec<pb::AgentSummary> {
+        let Some(registry) = &self.registry else {
+            return Vec::new();
+        };
+        let Ok(r) = registry.lock() else {
+            return Vec::new();
+        };
+        let origin = self.local.to_string();
+        r.local_summaries()
+            .into_iter()
+            .map(|mut s| {
+                s.origin.clone_from(&origin);
+                s
+            })
+            .collect()
+    }
+
+    /// Local registrations, updates and status changes since the last look, to every peer.
+    fn registry_changes(&mut self, send: &impl Fn(usize, PeerCommand)) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let changes = match registry.lock() {
+            Ok(mut r) => r.take_changes(),
+            Err(_) => return,
+        };
+        if changes.is_empty() {
+            return;
+        }
+        let origin = self.local.to_string();
+        let (mut advertise, mut withdraw) = (Vec::new(), Vec::new());
+        for change in changes {
+            match change {
+                Change::Advertise(mut s) => {
+                    s.origin.clone_from(&origin);
+                    advertise.push(s);
+                }
+                Change::Withdraw(agent) => withdraw.push(agent),
+            }
+        }
+        for i in self.established().collect::<Vec<_>>() {
+            send(
+                i,
+                PeerCommand::Advertise(advertise.clone(), withdraw.clone()),
+            );
+        }
+    }
+
     /// A best route changed: route the shards by it and tell the other peers. `failed`: the
     /// route was lost because a peer failed (not left), so an agent left without any path is
     /// kept as unreachable rather than unknown.
@@ -271,8 +410,8 @@ impl State {
         let peers: Vec<usize> = self.established().collect();
         match change {
             BestChange::Via { peer, summary } => {
-                if self.summaries.contains_key(&summary.agent) {
-                    return; // connected here: the local route wins
+                if self.is_local(&summary.agent) {
+                    return; // ours: the local route wins
                 }
                 if let Some(index) = self.peer_ids.iter().position(|p| *p == peer) {
                     self.table
@@ -283,7 +422,7 @@ impl State {
                 }
             }
             BestChange::Gone { agent } => {
-                if self.summaries.contains_key(&agent) {
+                if self.is_local(&agent) {
                     return;
                 }
                 if failed {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use agw_aca::tls::TlsIdentity;
 use agw_controlplane::{
-    control::ControlPlane,
+    control::{ControlPlane, Wiring},
     peering::{
         driver::{PeerSpec, PeeringConfig},
         session::PeerConfig,
@@ -67,8 +67,16 @@ fn start(
         tls,
         peers,
     };
-    let control =
-        ControlPlane::start(me.gateway.clone(), table, events, Some(peering), None).unwrap();
+    let control = ControlPlane::start(
+        me.gateway.clone(),
+        table,
+        events,
+        Wiring {
+            peering: Some(peering),
+            ..Wiring::default()
+        },
+    )
+    .unwrap();
     let addr = control.peering().unwrap().local_addr();
     Gateway {
         control: Some(control),

@@ -1,7 +1,7 @@
 //! Messages across domains through real gateways on loopback: a chain a - b - c of relays
 //! whose control planes peer over mutual TLS and whose shards keep mutual-TLS links to their
-//! peers. An agent of domain c reaches an agent of domain a through b, the answer comes back,
-//! and a refusal at a comes back to c as a NACK with its reason.
+//! peers. An agent registered in domain a is discovered from domain c; an agent of c reaches
+//! it through b, the answer comes back, and a refusal at a comes back to c as a NACK.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,12 +9,14 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
 };
 
 use agw_aca::tls::CertificateChecker;
+use agw_ars::{Registry, RegistryConfig};
 use agw_controlplane::{
-    control::ControlPlane,
+    control::{ControlPlane, Wiring},
     peering::{
         driver::{PeerSpec, PeeringConfig},
         session::PeerConfig,
@@ -24,7 +26,10 @@ use agw_dataplane::{
     Dataplane, DataplaneConfig,
     routing::{Route, RoutingTable},
 };
-use agw_proto::{DEFAULT_HOP_LIMIT, pb::ErrorCode};
+use agw_proto::{
+    DEFAULT_HOP_LIMIT,
+    pb::{self, ErrorCode},
+};
 use agw_sdk::agent::{AgentConnection, Incoming};
 use bytes::Bytes;
 use common::{Authority, authority, federation_root, identity};
@@ -32,9 +37,11 @@ use common::{Authority, authority, federation_root, identity};
 struct Gateway {
     dp: Dataplane,
     control: ControlPlane,
+    registry: Arc<Mutex<Registry>>,
 }
 
 fn start(
+    dir: &std::path::Path,
     me: &Authority,
     all: &[&Authority],
     peers: &[(&Authority, Option<SocketAddr>)],
@@ -50,6 +57,15 @@ fn start(
     config.peer_tls = Some(tls.clone());
     let crls: Vec<Vec<u8>> = vec![me.ca.crl(std::time::SystemTime::now()).unwrap().der];
     let checker = CertificateChecker::new(me.ca.trust_anchor(), &crls).unwrap();
+    let registry = Registry::open(
+        RegistryConfig::new(
+            me.ca.domain().clone(),
+            dir.join(format!("ars-{}", me.ca.domain())),
+        ),
+        CertificateChecker::new(me.ca.trust_anchor(), &crls).unwrap(),
+    )
+    .unwrap();
+    let registry = Arc::new(Mutex::new(registry));
     let dp = Dataplane::start(config, reader, checker, events_tx).unwrap();
     let relay = dp.peer_addr().unwrap().to_string();
     let peers = peers
@@ -74,11 +90,18 @@ fn start(
         me.gateway.clone(),
         table,
         events_rx,
-        Some(peering),
-        Some(dp.peer_links()),
+        Wiring {
+            peering: Some(peering),
+            links: Some(dp.peer_links()),
+            registry: Some(registry.clone()),
+        },
     )
     .unwrap();
-    Gateway { dp, control }
+    Gateway {
+        dp,
+        control,
+        registry,
+    }
 }
 
 fn peering_addr(g: &Gateway) -> Option<SocketAddr> {
@@ -112,12 +135,49 @@ fn an_agent_in_c_reaches_an_agent_in_a_through_b_and_hears_back() {
     let root = federation_root(dir.path());
     let [a, b, c] = ["a", "b", "c"].map(|n| authority(dir.path(), &root, n));
     let all = [&a, &b, &c];
-    let ga = start(&a, &all, &[(&b, None)]);
-    let gb = start(&b, &all, &[(&a, peering_addr(&ga)), (&c, None)]);
-    let gc = start(&c, &all, &[(&b, peering_addr(&gb))]);
+    let ga = start(dir.path(), &a, &all, &[(&b, None)]);
+    let gb = start(dir.path(), &b, &all, &[(&a, peering_addr(&ga)), (&c, None)]);
+    let gc = start(dir.path(), &c, &all, &[(&b, peering_addr(&gb))]);
 
     let x = a.certify("x");
     let z = c.certify("z");
+    // x registers in a's registry; c's registry learns it through b and finds it by
+    // capability, with the gateway to reach it through.
+    let profile = pb::AgentProfile {
+        agent: x.agent.to_string(),
+        capabilities: vec!["book-hotel".into()],
+        protocols: vec![pb::Protocol::Native as i32],
+        languages: vec!["en".into()],
+        address: "unused".into(),
+        ..Default::default()
+    };
+    let request = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(profile),
+        certificate_chain: x.certificate.chain.clone(),
+    };
+    ga.registry
+        .lock()
+        .unwrap()
+        .register(&request, Some(x.agent.as_str()), SystemTime::now())
+        .unwrap();
+    let query = pb::DiscoverRequest {
+        request_id: 2,
+        capabilities: vec!["book-hotel".into()],
+        ..Default::default()
+    };
+    let mut found = Vec::new();
+    wait_until("c discovers x", || {
+        found = gc
+            .registry
+            .lock()
+            .unwrap()
+            .discover(&query, z.agent.as_str(), SystemTime::now())
+            .unwrap_or_default();
+        !found.is_empty()
+    });
+    assert_eq!(found[0].agent, x.agent.to_string());
+    assert_eq!(found[0].capabilities, ["book-hotel"]);
     let mut cx =
         AgentConnection::connect(ga.dp.local_addr(), x.clone(), Duration::from_secs(5)).unwrap();
     let mut cz =
