@@ -162,3 +162,61 @@ fn routes_follow_the_best_path_and_move_when_a_gateway_hangs_or_leaves() {
         gc.route(x.as_str()) == Some(Route::Peer { peer: 0 })
     });
 }
+
+#[test]
+fn a_triangle_prefers_the_direct_path_lists_its_neighbours_and_forgets_a_deregistered_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = federation_root(dir.path());
+    let [a, b, c] = ["a", "b", "c"].map(|n| authority(dir.path(), &root, n));
+    let all = [&a, &b, &c];
+    let ga = start(&a, identity(&a, &all), &[(&b, None), (&c, None)]);
+    let gb = start(&b, identity(&b, &all), &[(&a, Some(ga.addr)), (&c, None)]);
+    let gc = start(
+        &c,
+        identity(&c, &all),
+        &[(&a, Some(ga.addr)), (&b, Some(gb.addr))],
+    );
+    let x = AgentId::parse("spiffe://a.example/agent/x").unwrap();
+    ga.shards
+        .send(ShardEvent::AgentUp {
+            agent: x.clone(),
+            shard: 0,
+            connection: 1,
+            serial: vec![1],
+        })
+        .unwrap();
+    // c hears x from a directly (one hop) and through b (two): the direct path wins.
+    wait_until("c's route to x", Duration::from_secs(10), || {
+        gc.route(x.as_str()) == Some(Route::Peer { peer: 0 })
+    });
+    let peering = gc.control.as_ref().unwrap().peering().unwrap();
+    wait_until("c's neighbours", Duration::from_secs(10), || {
+        let n = peering.neighbours();
+        n.len() == 2
+            && n.iter().all(|p| {
+                p.state == agw_controlplane::peering::session::SessionState::Established
+                    && p.uptime.is_some()
+                    && p.summaries_in == 1
+            })
+    });
+    let neighbours = peering.neighbours();
+    assert_eq!(neighbours[0].gateway, a.gateway.to_string());
+    // c passes x on to b (path c > a), never back to a.
+    assert_eq!(
+        (neighbours[0].summaries_out, neighbours[1].summaries_out),
+        (0, 1)
+    );
+
+    // x deregisters at a: the withdrawal reaches everyone.
+    ga.shards
+        .send(ShardEvent::AgentDown {
+            agent: x.clone(),
+            shard: 0,
+            connection: 1,
+            reason: agw_dataplane::access::DownReason::Deregistered,
+        })
+        .unwrap();
+    wait_until("x forgotten everywhere", Duration::from_secs(10), || {
+        gb.route(x.as_str()).is_none() && gc.route(x.as_str()).is_none()
+    });
+}

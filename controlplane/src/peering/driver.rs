@@ -10,7 +10,7 @@ use std::{
     io::{self, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -87,6 +87,21 @@ pub enum PeerCommand {
     Stop(String),
 }
 
+/// One peer as operators see it (the neighbour list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The peer's gateway ID.
+    pub gateway: String,
+    /// Where its session is.
+    pub state: SessionState,
+    /// How long the current session has been up.
+    pub uptime: Option<Duration>,
+    /// Agents learned from it now.
+    pub summaries_in: usize,
+    /// Summaries sent to it in the current session.
+    pub summaries_out: usize,
+}
+
 /// Sends commands to the peer threads.
 #[derive(Debug, Clone)]
 pub struct PeerCommander {
@@ -107,6 +122,7 @@ impl PeerCommander {
 pub struct Peering {
     listen: SocketAddr,
     commands: Vec<Sender<PeerCommand>>,
+    neighbours: Arc<Mutex<Vec<PeerStatus>>>,
     paused: Arc<AtomicBool>,
     stopped: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -146,7 +162,22 @@ impl Peering {
         let mut commands = Vec::new();
         let mut handovers = Vec::new();
         let mut threads = Vec::new();
+        let neighbours = Arc::new(Mutex::new(
+            config
+                .peers
+                .iter()
+                .map(|p| PeerStatus {
+                    gateway: p.config.peer.to_string(),
+                    state: SessionState::Idle,
+                    uptime: None,
+                    summaries_in: 0,
+                    summaries_out: 0,
+                })
+                .collect(),
+        ));
         for (index, spec) in config.peers.iter().enumerate() {
+            let mut session_config = spec.config.clone();
+            session_config.certificate_chain = config.tls.chain.clone();
             let (command_tx, command_rx) = crossbeam_channel::unbounded();
             let (handover_tx, handover_rx) = crossbeam_channel::bounded(4);
             commands.push(command_tx);
@@ -159,7 +190,8 @@ impl Peering {
             );
             let worker = PeerThread {
                 index,
-                session: PeerSession::new(spec.config.clone()),
+                session: PeerSession::new(session_config),
+                neighbours: neighbours.clone(),
                 address: spec.address,
                 client,
                 transport: None,
@@ -187,6 +219,7 @@ impl Peering {
         Ok(Peering {
             listen,
             commands,
+            neighbours,
             paused,
             stopped,
             threads,
@@ -203,6 +236,14 @@ impl Peering {
         if let Some(c) = self.commands.get(index) {
             let _ = c.send(command);
         }
+    }
+
+    /// The neighbour list: every configured peer and its session.
+    pub fn neighbours(&self) -> Vec<PeerStatus> {
+        self.neighbours
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default()
     }
 
     /// A handle that sends commands to the peers, for the control plane's thread.
@@ -312,6 +353,7 @@ fn accept(
 struct PeerThread {
     index: usize,
     session: PeerSession,
+    neighbours: Arc<Mutex<Vec<PeerStatus>>>,
     address: Option<SocketAddr>,
     client: Arc<rustls::ClientConfig>,
     transport: Option<Box<dyn Transport>>,
@@ -352,10 +394,22 @@ impl PeerThread {
                 self.session.handle(Input::Tick, now);
             }
             self.act(now);
+            self.report(now);
             if self.stopped.load(Ordering::Relaxed) {
                 return;
             }
             self.read(now);
+        }
+    }
+
+    fn report(&self, now: Instant) {
+        if let Ok(mut n) = self.neighbours.lock()
+            && let Some(status) = n.get_mut(self.index)
+        {
+            status.state = self.session.state();
+            status.uptime = self.session.established_since().map(|t| now - t);
+            status.summaries_in = self.session.learned();
+            status.summaries_out = self.session.advertised();
         }
     }
 
@@ -380,6 +434,10 @@ impl PeerThread {
             .transport
             .socket()
             .set_read_timeout(Some(Duration::from_millis(20)));
+        let _ = handover
+            .transport
+            .socket()
+            .set_write_timeout(Some(self.send_hold()));
         self.transport = Some(handover.transport);
         self.decoder = FrameDecoder::new(FrameLimits::default());
         self.session.handle(
@@ -454,6 +512,7 @@ impl PeerThread {
         match result {
             Ok((tls, identity)) => {
                 let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(20)));
+                let _ = tls.sock.set_write_timeout(Some(self.send_hold()));
                 self.transport = Some(Box::new(tls));
                 self.decoder = FrameDecoder::new(FrameLimits::default());
                 self.session.handle(
@@ -479,8 +538,8 @@ impl PeerThread {
         let bytes = encoder.take();
         let started = Instant::now();
         if t.write_all(&bytes).and_then(|()| t.flush()).is_err() {
-            // The write timed out or failed: a peer that stops reading meets its send hold
-            // timer; a broken one is simply down.
+            // The write timed out (the socket's write timeout is the send hold time) or failed:
+            // a peer that stops reading meets its send hold timer; a broken one is down.
             self.session
                 .handle(Input::Backlog(Some(started - self.send_hold())), now);
             if self.session.state() != SessionState::Idle {

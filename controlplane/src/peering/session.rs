@@ -73,6 +73,8 @@ pub struct PeerConfig {
     pub max_summaries: Option<(usize, LimitAction)>,
     /// Domains whose agents this peer may see; `None` for all.
     pub export_domains: Option<HashSet<String>>,
+    /// This gateway's certificate chain (DER), sent in OPEN and OPEN_REPLY.
+    pub certificate_chain: Vec<Vec<u8>>,
 }
 
 impl PeerConfig {
@@ -90,6 +92,7 @@ impl PeerConfig {
             retry_max: Duration::from_secs(60),
             max_summaries: None,
             export_domains: None,
+            certificate_chain: Vec::new(),
         }
     }
 
@@ -212,6 +215,8 @@ pub struct PeerSession {
     backlog_since: Option<Instant>,
     /// Agents the peer currently has advertised to us.
     learned: HashSet<String>,
+    /// Summaries sent to the peer in the current session.
+    advertised: usize,
     warned: bool,
     outputs: VecDeque<Output>,
 }
@@ -225,6 +230,7 @@ impl PeerSession {
             state: State::Idle { next_attempt: None },
             backlog_since: None,
             learned: HashSet::new(),
+            advertised: 0,
             warned: false,
             outputs: VecDeque::new(),
         }
@@ -252,6 +258,19 @@ impl PeerSession {
         self.learned.len()
     }
 
+    /// Summaries sent to the peer in the current session.
+    pub fn advertised(&self) -> usize {
+        self.advertised
+    }
+
+    /// When the current session came up.
+    pub fn established_since(&self) -> Option<Instant> {
+        match &self.state {
+            State::Established(t) => Some(t.up_since),
+            _ => None,
+        }
+    }
+
     /// The earliest time a timer fires, if any.
     pub fn next_timeout(&self) -> Option<Instant> {
         let send_hold = self.backlog_since.map(|t| t + self.config.send_hold_time);
@@ -273,22 +292,31 @@ impl PeerSession {
     }
 
     /// Advertises local or other peers' summaries to this peer, if established and the export
-    /// policy allows; `summaries` carry their path as received (this gateway is prepended).
+    /// policy allows; `summaries` carry their path as received (this gateway is prepended). A
+    /// route that came through this peer cannot go back to it (split horizon): the peer is told
+    /// to withdraw what it may have had from us for that agent instead.
     pub fn advertise(&mut self, summaries: &[pb::AgentSummary], withdraw: &[String]) {
         if !matches!(self.state, State::Established(_)) {
             return;
         }
-        let advertise: Vec<pb::AgentSummary> = summaries
-            .iter()
-            .filter(|s| self.exportable(s))
-            .map(|s| self.outgoing(s))
-            .collect();
-        let withdraw: Vec<String> = withdraw
+        let mut advertise = Vec::new();
+        let mut withdraw: Vec<String> = withdraw
             .iter()
             .filter(|a| AgentId::parse(a).is_ok_and(|id| self.config.exports(id.domain())))
             .cloned()
             .collect();
+        for s in summaries {
+            if !AgentId::parse(&s.agent).is_ok_and(|id| self.config.exports(id.domain())) {
+                continue;
+            }
+            if s.path.iter().any(|g| g == self.config.peer.as_str()) {
+                withdraw.push(s.agent.clone());
+            } else {
+                advertise.push(self.outgoing(s));
+            }
+        }
         if !advertise.is_empty() || !withdraw.is_empty() {
+            self.advertised += advertise.len();
             self.send(pb::ResourceUpdate {
                 advertise,
                 withdraw,
@@ -307,6 +335,7 @@ impl PeerSession {
             .map(|s| self.outgoing(s))
             .collect();
         let count = table.len() as u64;
+        self.advertised = table.len();
         for chunk in table.chunks(512) {
             self.send(pb::ResourceUpdate {
                 advertise: chunk.to_vec(),
@@ -406,11 +435,19 @@ impl PeerSession {
             gateway: self.config.local.to_string(),
             domain: self.config.local.domain().to_owned(),
             protocols: self.config.protocols.iter().map(|p| *p as i32).collect(),
-            certificate_chain: Vec::new(),
+            certificate_chain: self.chain(),
             status: pb::Status::Running as i32,
             hold_time_s: self.config.hold_time.as_secs() as u32,
             agent_access_address: self.config.agent_access_address.clone(),
         }
+    }
+
+    fn chain(&self) -> Vec<bytes::Bytes> {
+        self.config
+            .certificate_chain
+            .iter()
+            .map(|c| bytes::Bytes::from(c.clone()))
+            .collect()
     }
 
     /// Checks an OPEN or OPEN_REPLY's fields: the peer's ID and domain, the hold time, a
@@ -421,9 +458,22 @@ impl PeerSession {
         domain: &str,
         protocols: &[i32],
         hold_time_s: u32,
+        chain: &[bytes::Bytes],
     ) -> Result<(Duration, Domain), (ErrorCode, String)> {
         if gateway != self.config.peer.as_str() {
             return Err((ErrorCode::BadPeerId, format!("OPEN from {gateway}")));
+        }
+        // The TLS handshake proved the key; a chain in the OPEN must name the same gateway.
+        if let Some(leaf) = chain.first() {
+            let named = agw_aca::tls::peer_identity(&[rustls::pki_types::CertificateDer::from(
+                leaf.to_vec(),
+            )]);
+            if named.as_deref() != Some(gateway) {
+                return Err((
+                    ErrorCode::BadPeerId,
+                    "certificate in OPEN names another".into(),
+                ));
+            }
         }
         let Ok(domain) = Domain::new(domain) else {
             return Err((ErrorCode::BadPeerId, format!("domain {domain}")));
@@ -459,13 +509,14 @@ impl PeerSession {
                     &open.domain,
                     &open.protocols,
                     open.hold_time_s,
+                    &open.certificate_chain,
                 ) {
                     Ok((hold, domain)) => {
                         self.send(pb::OpenReply {
                             gateway: self.config.local.to_string(),
                             domain: self.config.local.domain().to_owned(),
                             protocols: self.config.protocols.iter().map(|p| *p as i32).collect(),
-                            certificate_chain: Vec::new(),
+                            certificate_chain: self.chain(),
                             status: pb::Status::Running as i32,
                             hold_time_s: hold.as_secs() as u32,
                             agent_access_address: self.config.agent_access_address.clone(),
@@ -481,6 +532,7 @@ impl PeerSession {
                     &reply.domain,
                     &reply.protocols,
                     reply.hold_time_s,
+                    &reply.certificate_chain,
                 ) {
                     Ok((hold, domain)) => {
                         self.established(hold, domain, reply.agent_access_address, now)
@@ -714,4 +766,63 @@ fn notification(code: ErrorCode, text: &str) -> pb::Notification {
 /// transport dialled by `dialler` is kept.
 pub fn collision_winner(dialler: &GatewayId, other: &GatewayId) -> bool {
     dialler.as_str() > other.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn cert_naming(uri: &str) -> bytes::Bytes {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        params.self_signed(&key).unwrap().der().to_vec().into()
+    }
+
+    fn opened_with(chain: Vec<bytes::Bytes>) -> Vec<Output> {
+        let local = GatewayId::parse("spiffe://a.example/agw/a1").unwrap();
+        let peer = GatewayId::parse("spiffe://b.example/agw/b1").unwrap();
+        let mut config = PeerConfig::new(local, peer.clone());
+        config.dial = false;
+        let mut s = PeerSession::new(config);
+        let t = Instant::now();
+        s.handle(Input::Start, t);
+        s.handle(
+            Input::TransportUp {
+                dialled: false,
+                identity: peer.to_string(),
+            },
+            t,
+        );
+        let open = pb::Open {
+            gateway: peer.to_string(),
+            domain: "b.example".into(),
+            protocols: vec![pb::Protocol::Native as i32],
+            certificate_chain: chain,
+            hold_time_s: 90,
+            ..Default::default()
+        };
+        s.handle(Input::Received(Box::new(open.into())), t);
+        std::iter::from_fn(|| s.poll_output()).collect()
+    }
+
+    #[test]
+    fn a_certificate_in_open_must_name_the_gateway_that_sends_it() {
+        let refused = opened_with(vec![cert_naming("spiffe://c.example/agw/c1")]);
+        assert!(
+            matches!(&refused[..], [Output::Send(Message::Notification(n)), Output::Close]
+                if n.code() == ErrorCode::BadPeerId),
+            "{refused:?}"
+        );
+        let accepted = opened_with(vec![cert_naming("spiffe://b.example/agw/b1")]);
+        assert!(
+            matches!(
+                &accepted[..],
+                [Output::Send(Message::OpenReply(_)), Output::PeerUp { .. }]
+            ),
+            "{accepted:?}"
+        );
+    }
 }
