@@ -44,6 +44,15 @@ fn start(
     tls: TlsIdentity,
     peers: &[(&Authority, Option<std::net::SocketAddr>)],
 ) -> Gateway {
+    start_on(me, tls, peers, "127.0.0.1:0".parse().unwrap())
+}
+
+fn start_on(
+    me: &Authority,
+    tls: TlsIdentity,
+    peers: &[(&Authority, Option<std::net::SocketAddr>)],
+    listen: std::net::SocketAddr,
+) -> Gateway {
     let table = RoutingTable::new();
     let routes = table.reader();
     let (shards, events) = crossbeam_channel::unbounded();
@@ -62,11 +71,7 @@ fn start(
             }
         })
         .collect();
-    let peering = PeeringConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls,
-        peers,
-    };
+    let peering = PeeringConfig { listen, tls, peers };
     let control = ControlPlane::start(
         me.gateway.clone(),
         table,
@@ -219,4 +224,45 @@ fn a_triangle_prefers_the_direct_path_lists_its_neighbours_and_forgets_a_deregis
     wait_until("x forgotten everywhere", Duration::from_secs(10), || {
         gb.route(x.as_str()).is_none() && gc.route(x.as_str()).is_none()
     });
+}
+
+#[test]
+fn two_gateways_dialling_each_other_end_up_with_one_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = federation_root(dir.path());
+    let [a, b] = ["a", "b"].map(|n| authority(dir.path(), &root, n));
+    let all = [&a, &b];
+    // Both dial: each needs the other's address before it starts, so take two free ports.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (addr_a, addr_b) = (free(), free());
+    let ga = start_on(&a, identity(&a, &all), &[(&b, Some(addr_b))], addr_a);
+    let gb = start_on(&b, identity(&b, &all), &[(&a, Some(addr_a))], addr_b);
+    let x = AgentId::parse("spiffe://a.example/agent/x").unwrap();
+    ga.shards
+        .send(ShardEvent::AgentUp {
+            agent: x.clone(),
+            shard: 0,
+            connection: 1,
+            serial: vec![1],
+        })
+        .unwrap();
+    wait_until("b's route to x", Duration::from_secs(10), || {
+        gb.route(x.as_str()) == Some(Route::Peer { peer: 0 })
+    });
+    // One session survived the collision on both sides, and it stays up.
+    std::thread::sleep(Duration::from_millis(500));
+    for g in [&ga, &gb] {
+        let n = g.control.as_ref().unwrap().peering().unwrap().neighbours();
+        assert_eq!(
+            n[0].state,
+            agw_controlplane::peering::session::SessionState::Established,
+            "{n:?}"
+        );
+        assert!(n[0].uptime.unwrap() >= Duration::from_millis(400), "{n:?}");
+    }
 }
