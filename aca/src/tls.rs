@@ -35,6 +35,9 @@ pub struct TlsIdentity {
     pub trust_anchor: Vec<u8>,
     /// Current CRLs, DER.
     pub crls: Vec<Vec<u8>>,
+    /// Accept a peer certificate whose issuer has no CRL among `crls` (a peer domain whose CRL
+    /// was not configured). `false`: such a certificate is refused (unknown revocation status).
+    pub allow_unknown_revocation: bool,
 }
 
 impl std::fmt::Debug for TlsIdentity {
@@ -75,13 +78,15 @@ impl TlsIdentity {
 
     /// A server that requires clients certified by the authority and not revoked.
     pub fn server_config(&self) -> Result<ServerConfig, Error> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+        let mut builder = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
             .with_crls(self.crl_ders())
             // The issuing authority's CRL covers the leaf; an intermediate under an operator's
             // root has no CRL of its own to check against.
-            .only_check_end_entity_revocation()
-            .build()
-            .map_err(|e| Error::General(e.to_string()))?;
+            .only_check_end_entity_revocation();
+        if self.allow_unknown_revocation {
+            builder = builder.allow_unknown_revocation_status();
+        }
+        let verifier = builder.build().map_err(|e| Error::General(e.to_string()))?;
         let (chain, key) = self.chain_and_key();
         ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
@@ -92,11 +97,13 @@ impl TlsIdentity {
     /// A client that presents this identity and accepts only a server whose certificate names
     /// `expected_server` (a SPIFFE URI).
     pub fn client_config(&self, expected_server: &str) -> Result<ClientConfig, Error> {
-        let webpki = WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
+        let mut builder = WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
             .with_crls(self.crl_ders())
-            .only_check_end_entity_revocation()
-            .build()
-            .map_err(|e| Error::General(e.to_string()))?;
+            .only_check_end_entity_revocation();
+        if self.allow_unknown_revocation {
+            builder = builder.allow_unknown_revocation_status();
+        }
+        let webpki = builder.build().map_err(|e| Error::General(e.to_string()))?;
         let verifier = Arc::new(SpiffeServerVerifier {
             webpki,
             expected: expected_server.to_owned(),

@@ -69,6 +69,7 @@ fn identity(ca: &CertificateAuthority, held: &HeldCertificate, key: &AgentKey) -
         key_pkcs8: key.to_pkcs8_der(),
         trust_anchor: ca.trust_anchor().to_vec(),
         crls: vec![ca.crl(SystemTime::now()).unwrap().der],
+        allow_unknown_revocation: false,
     }
 }
 

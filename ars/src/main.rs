@@ -109,6 +109,7 @@ fn run(args: Args) -> Result<(), String> {
         key_pkcs8: first_block(&args.key)?,
         trust_anchor: anchor,
         crls: vec![std::fs::read(&args.crl).map_err(|e| e.to_string())?],
+        allow_unknown_revocation: false,
     };
     let tls = Arc::new(identity.server_config().map_err(|e| format!("TLS: {e}"))?);
 

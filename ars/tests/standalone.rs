@@ -130,6 +130,7 @@ fn certified(
         key_pkcs8: key.to_pkcs8_der(),
         trust_anchor: ca.trust_anchor().to_vec(),
         crls: vec![ca.crl(SystemTime::now()).unwrap().der],
+        allow_unknown_revocation: false,
     };
     (
         id,

@@ -1,10 +1,12 @@
-//! One gateway process: the embedded certificate authority (its protocol port and its CRL over
-//! HTTP), the relay's shards, and the keeper of local routes, until SIGINT or SIGTERM.
+//! The `agw` daemon: a [`Node`] from a TOML file and flags, run until SIGINT or SIGTERM.
+//!
+//! Precedence: a flag, then the file, then the default. Unknown keys in the file are refused,
+//! with the line; every problem found after parsing is reported at once.
 
 use std::{
     io::Write as _,
-    net::{SocketAddr, TcpListener},
-    path::PathBuf,
+    net::SocketAddr,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,156 +14,305 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agw_aca::{
-    AuthorityConfig, CertificateAuthority,
-    http::{CrlHttpServer, url_path},
-    policy::AllowListPolicy,
-    server::{ServerLimits, serve},
-    tls::CertificateChecker,
-};
-use agw_dataplane::{
-    Dataplane, DataplaneConfig, events::spawn_local_routes, routing::RoutingTable,
-};
+use agw_aca::tls::CertificateChecker;
 use agw_proto::identity::{Domain, GatewayId};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::{
+    node::{Node, NodeConfig, PeerEntry},
+    peering::session::{LimitAction, MIN_HOLD_TIME},
+};
 
 /// The Agent Gateway daemon: agents connect to it, prove their certificate and exchange
-/// messages through it. With no options it runs a single-node gateway for the domain
-/// `local.agw`, keeping its certificate authority under `./agw-data`.
+/// messages through it; it peers with other domains' gateways. With no options it runs a
+/// single-node gateway for the domain `local.agw`, keeping its state under `./agw-data`.
 #[derive(Debug, Parser)]
 #[command(name = "agw", version)]
 pub struct DaemonArgs {
-    /// The domain this gateway serves (agents are spiffe://DOMAIN/agent/NAME).
-    #[arg(long, default_value = "local.agw")]
-    pub domain: String,
-    /// This gateway's name within the domain (its ID is spiffe://DOMAIN/agw/NAME).
-    #[arg(long, default_value = "agw-1")]
-    pub name: String,
-    /// Where state lives (the certificate authority's keys and store).
-    #[arg(long, default_value = "agw-data")]
-    pub data_dir: PathBuf,
-    /// Where agents connect (the relay).
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    pub listen: SocketAddr,
-    /// Where agents apply for certificates (the ACA protocol).
-    #[arg(long, default_value = "127.0.0.1:7401")]
-    pub aca_listen: SocketAddr,
-    /// Where the certificate revocation list is served over HTTP.
-    #[arg(long, default_value = "127.0.0.1:7402")]
-    pub crl_listen: SocketAddr,
-    /// Organisations allowed certificates, with their permitted scopes: ORG=SCOPE,SCOPE.
-    #[arg(
-        long = "allow",
-        value_name = "ORG=SCOPE,...",
-        default_value = "Example"
-    )]
+    /// What to run instead of the gateway.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// A TOML configuration file (see docs/operations.md); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The domain this gateway serves [default: local.agw].
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// This gateway's name within the domain [default: agw-1].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where state lives [default: agw-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Where agents connect [default: 127.0.0.1:7400].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Where agents apply for certificates [default: 127.0.0.1:7401].
+    #[arg(long)]
+    pub aca_listen: Option<SocketAddr>,
+    /// Where the CRL is served over HTTP [default: 127.0.0.1:7402].
+    #[arg(long)]
+    pub crl_listen: Option<SocketAddr>,
+    /// Where agents register and discover, mutual TLS [default: 127.0.0.1:7403].
+    #[arg(long)]
+    pub registry_listen: Option<SocketAddr>,
+    /// Organisations allowed certificates: ORG=SCOPE,SCOPE [default: Example].
+    #[arg(long = "allow", value_name = "ORG=SCOPE,...")]
     pub allow: Vec<String>,
-    /// Relay shards (threads, one per core); default: one per CPU.
+    /// Relay shards (threads, one per core) [default: one per CPU].
     #[arg(long)]
     pub shards: Option<usize>,
 }
 
-/// Runs the gateway until SIGINT or SIGTERM.
+/// Other things `agw` runs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Three domains on this machine, peered in a chain, and a conversation across them:
+    /// what a new user runs to see the system work.
+    Demo,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    domain: Option<String>,
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    allow: Option<Vec<String>>,
+    shards: Option<usize>,
+    listen: Option<ListenFile>,
+    federation: Option<FederationFile>,
+    #[serde(default, rename = "peer")]
+    peers: Vec<PeerFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenFile {
+    agents: Option<SocketAddr>,
+    aca: Option<SocketAddr>,
+    crl: Option<SocketAddr>,
+    registry: Option<SocketAddr>,
+    peering: Option<SocketAddr>,
+    relay_links: Option<SocketAddr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FederationFile {
+    root_cert: PathBuf,
+    root_key: PathBuf,
+    #[serde(default)]
+    peer_crls: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerFile {
+    gateway: String,
+    address: Option<SocketAddr>,
+    export: Option<Vec<String>>,
+    max_summaries: Option<usize>,
+    on_limit: Option<String>,
+    hold_time_s: Option<u64>,
+}
+
+fn parse_file(path: &Path) -> Result<FileConfig, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+}
+
+/// Flags over the file over the defaults; every problem at once.
+fn node_config(args: &DaemonArgs) -> Result<NodeConfig, String> {
+    let file = match &args.config {
+        Some(path) => parse_file(path)?,
+        None => FileConfig::default(),
+    };
+    let mut problems = Vec::new();
+    let domain_text = args
+        .domain
+        .clone()
+        .or(file.domain)
+        .unwrap_or_else(|| "local.agw".into());
+    let domain = Domain::new(&domain_text)
+        .map_err(|e| problems.push(format!("domain {domain_text}: {e}")))
+        .ok();
+    let name = args
+        .name
+        .clone()
+        .or(file.name)
+        .unwrap_or_else(|| "agw-1".into());
+    if let Some(d) = &domain
+        && let Err(e) = GatewayId::new(d, &name)
+    {
+        problems.push(format!("name {name}: {e}"));
+    }
+    let listen = file.listen.unwrap_or_default();
+    let addr = |flag: Option<SocketAddr>, file: Option<SocketAddr>, default: &str| {
+        flag.or(file).unwrap_or_else(|| {
+            default
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+        })
+    };
+    let mut peer_crls = Vec::new();
+    let root = file.federation.map(|f| {
+        for path in &f.peer_crls {
+            match std::fs::read(path) {
+                Ok(der) => peer_crls.push(der),
+                Err(e) => problems.push(format!("federation.peer_crls {}: {e}", path.display())),
+            }
+        }
+        (f.root_cert, f.root_key)
+    });
+    let mut peers = Vec::new();
+    for (i, p) in file.peers.iter().enumerate() {
+        let gateway = match GatewayId::parse(&p.gateway) {
+            Ok(g) => g,
+            Err(e) => {
+                problems.push(format!("peer[{i}].gateway {}: {e}", p.gateway));
+                continue;
+            }
+        };
+        let action = match p.on_limit.as_deref() {
+            None | Some("refuse") => LimitAction::Refuse,
+            Some("warn") => LimitAction::Warn,
+            Some("reset") => LimitAction::Reset,
+            Some(other) => {
+                problems.push(format!(
+                    "peer[{i}].on_limit {other}: one of warn, refuse, reset"
+                ));
+                LimitAction::Refuse
+            }
+        };
+        let hold_time = Duration::from_secs(p.hold_time_s.unwrap_or(90));
+        if hold_time < MIN_HOLD_TIME {
+            problems.push(format!(
+                "peer[{i}].hold_time_s {}: at least {}",
+                hold_time.as_secs(),
+                MIN_HOLD_TIME.as_secs()
+            ));
+        }
+        peers.push(PeerEntry {
+            gateway,
+            address: p.address,
+            export: p.export.clone(),
+            max_summaries: p.max_summaries.map(|m| (m, action)),
+            hold_time,
+        });
+    }
+    if args.shards == Some(0) || file.shards == Some(0) {
+        problems.push("shards: at least 1".into());
+    }
+    let allow = if !args.allow.is_empty() {
+        args.allow.clone()
+    } else {
+        file.allow.unwrap_or_else(|| vec!["Example".into()])
+    };
+    match (domain, problems.is_empty()) {
+        (Some(domain), true) => Ok(NodeConfig {
+            domain,
+            name,
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| "agw-data".into()),
+            allow,
+            shards: args.shards.or(file.shards),
+            agents: addr(args.listen, listen.agents, "127.0.0.1:7400"),
+            aca: addr(args.aca_listen, listen.aca, "127.0.0.1:7401"),
+            crl: addr(args.crl_listen, listen.crl, "127.0.0.1:7402"),
+            registry: addr(args.registry_listen, listen.registry, "127.0.0.1:7403"),
+            peering: addr(None, listen.peering, "127.0.0.1:7404"),
+            relay_links: addr(None, listen.relay_links, "127.0.0.1:7405"),
+            root,
+            peer_crls,
+            peers,
+        }),
+        _ => Err(format!("configuration:\n  {}", problems.join("\n  "))),
+    }
+}
+
+/// Runs the gateway (or the demo) until SIGINT or SIGTERM.
 pub fn run(args: DaemonArgs) -> Result<(), String> {
-    let domain = Domain::new(&args.domain).map_err(|e| format!("--domain {}: {e}", args.domain))?;
-    let gateway =
-        GatewayId::new(&domain, &args.name).map_err(|e| format!("--name {}: {e}", args.name))?;
-    let mut policy = AllowListPolicy::default();
-    for entry in &args.allow {
-        let (org, scopes) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
-        policy = policy.allow(org, scopes.split(',').filter(|s| !s.is_empty()));
+    if let Some(Command::Demo) = args.command {
+        return crate::demo::run();
     }
-
-    // The certificate authority, its CRL and its protocol port.
-    let crl_listener = TcpListener::bind(args.crl_listen)
-        .map_err(|e| format!("--crl-listen {}: {e}", args.crl_listen))?;
-    let crl_addr = crl_listener.local_addr().map_err(|e| e.to_string())?;
-    let crl_url = format!("http://{crl_addr}/crl/{domain}.crl");
-    let aca_dir = args.data_dir.join("aca");
-    let config = AuthorityConfig::new(domain.clone(), &aca_dir, crl_url.clone());
-    let authority = Arc::new(
-        CertificateAuthority::bootstrap(config, Box::new(policy), SystemTime::now())
-            .map_err(|e| format!("certificate authority in {}: {e}", aca_dir.display()))?,
-    );
-    let crl_server =
-        CrlHttpServer::from_listener(crl_listener, Arc::clone(&authority), url_path(&crl_url))
-            .map_err(|e| format!("CRL server on {crl_addr}: {e}"))?;
-    let aca_listener = TcpListener::bind(args.aca_listen)
-        .map_err(|e| format!("--aca-listen {}: {e}", args.aca_listen))?;
-    let aca_addr = aca_listener.local_addr().map_err(|e| e.to_string())?;
-    let served = Arc::clone(&authority);
-    let handler = Arc::new(
-        move |request: &agw_proto::Message, _peer: Option<&str>, now| served.handle(request, now),
-    );
-    std::thread::Builder::new()
-        .name("agw-aca".into())
-        .spawn(move || serve(aca_listener, None, handler, ServerLimits::default()))
-        .map_err(|e| e.to_string())?;
-
-    // The relay.
-    let now = SystemTime::now();
-    let crl = authority.crl(now).map_err(|e| e.to_string())?;
-    let checker =
-        CertificateChecker::new(authority.trust_anchor(), &[crl.der]).map_err(|e| e.to_string())?;
-    let mut config = DataplaneConfig::new(gateway.clone(), args.listen);
-    if let Some(shards) = args.shards {
-        config.shards = shards;
-    }
-    let shards = config.shards;
-    let table = RoutingTable::new();
-    let reader = table.reader();
-    let (events_tx, events_rx) = crossbeam_channel::unbounded();
-    spawn_local_routes(table, events_rx).map_err(|e| e.to_string())?;
-    let dataplane =
-        Dataplane::start(config, reader, checker, events_tx).map_err(|e| e.to_string())?;
-
+    let config = node_config(&args)?;
+    let allow = config.allow.join(", ");
+    let peers = config.peers.len();
+    let node = Node::start(config)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| e.to_string())?;
     }
 
+    let a = node.addresses().clone();
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "agw: gateway {gateway}, {shards} shard(s)");
-    let _ = writeln!(out, "agw: agents connect to {}", dataplane.local_addr());
     let _ = writeln!(
         out,
-        "agw: certificates from the ACA at {aca_addr} (organisations: {}); trust anchor in {}",
-        args.allow.join(", "),
-        aca_dir.join("trust-anchor.pem").display()
+        "agw: gateway {}, {} shard(s)",
+        node.gateway,
+        node.dataplane.shards()
     );
+    let _ = writeln!(out, "agw: agents connect to {}", a.agents);
     let _ = writeln!(
         out,
-        "agw: CRL at {crl_url} (served on {})",
-        crl_server.local_addr()
+        "agw: certificates from the ACA at {} (organisations: {allow}); trust anchor in {}",
+        a.aca,
+        node.trust_anchor_path().display()
     );
+    let _ = writeln!(out, "agw: registry (mutual TLS) at {}", a.registry);
+    let _ = writeln!(out, "agw: CRL at {}", a.crl_url);
+    if let (Some(p), Some(l)) = (a.peering, a.relay_links) {
+        let _ = writeln!(
+            out,
+            "agw: peering on {p} ({peers} peer(s)), relay links on {l}"
+        );
+    }
     let _ = writeln!(out, "agw: Ctrl-C or SIGTERM stops it");
     let _ = out.flush();
 
-    // Revocations reach the relay: a new CRL replaces the checker and closes the sessions of
-    // the certificates it revokes.
-    let mut crl_number = crl.number;
+    // Revocations reach the relay and the registry: a new CRL replaces the checkers and closes
+    // the sessions of the certificates it revokes.
+    let authority = Arc::clone(&node.authority);
+    let mut crl_number = authority
+        .crl(SystemTime::now())
+        .map(|c| c.number)
+        .unwrap_or(0);
     let mut revoked: Vec<Vec<u8>> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
         let Ok(crl) = authority.crl(SystemTime::now()) else {
             continue;
         };
-        if crl.number != crl_number {
-            crl_number = crl.number;
-            let serials = agw_aca::revoked_serials(&crl.der).unwrap_or_default();
-            let new: Vec<Vec<u8>> = serials
-                .iter()
-                .filter(|s| !revoked.contains(s))
-                .cloned()
-                .collect();
-            revoked = serials;
-            if let Ok(checker) = CertificateChecker::new(authority.trust_anchor(), &[crl.der]) {
-                dataplane.set_checker(checker, new);
-            }
+        if crl.number == crl_number {
+            continue;
+        }
+        crl_number = crl.number;
+        let serials = agw_aca::revoked_serials(&crl.der).unwrap_or_default();
+        let new: Vec<Vec<u8>> = serials
+            .iter()
+            .filter(|s| !revoked.contains(s))
+            .cloned()
+            .collect();
+        revoked = serials;
+        let anchor = authority.trust_anchor();
+        if let Ok(checker) = CertificateChecker::new(anchor, std::slice::from_ref(&crl.der)) {
+            node.dataplane.set_checker(checker, new);
+        }
+        if let (Ok(checker), Ok(mut registry)) = (
+            CertificateChecker::new(anchor, std::slice::from_ref(&crl.der)),
+            node.registry.lock(),
+        ) {
+            registry.set_certificate_checker(checker);
         }
     }
-    let totals = dataplane.totals();
-    dataplane.stop();
+    let totals = node.dataplane.totals();
+    node.stop();
     let _ = writeln!(
         out,
         "agw: stopped; {} frames accepted, {} delivered, {} NACKed",
@@ -170,4 +321,56 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         totals.nacked_total()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn args_with(file: &str) -> (tempfile::NamedTempFile, DaemonArgs) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(file.as_bytes()).unwrap();
+        let args = DaemonArgs::parse_from(["agw", "--config", f.path().to_str().unwrap()]);
+        (f, args)
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_line() {
+        let (_f, args) =
+            args_with("domain = \"a.example\"\n\n[listen]\nagentz = \"127.0.0.1:1\"\n");
+        let e = node_config(&args).unwrap_err();
+        assert!(e.contains("agentz") && e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let (_f, args) = args_with(
+            "domain = \"a.example\"\n[[peer]]\ngateway = \"not-a-gateway\"\n\
+             [[peer]]\ngateway = \"spiffe://b.example/agw/b1\"\non_limit = \"explode\"\nhold_time_s = 1\n",
+        );
+        let e = node_config(&args).unwrap_err();
+        for needle in ["peer[0].gateway", "peer[1].on_limit", "peer[1].hold_time_s"] {
+            assert!(e.contains(needle), "{needle} missing from: {e}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let (_f, mut args) = args_with(
+            "domain = \"a.example\"\nname = \"edge\"\nshards = 3\n\
+             [[peer]]\ngateway = \"spiffe://b.example/agw/b1\"\naddress = \"127.0.0.1:9\"\n",
+        );
+        args.shards = Some(2);
+        let c = node_config(&args).unwrap();
+        assert_eq!(
+            (c.domain.as_str(), c.name.as_str(), c.shards),
+            ("a.example", "edge", Some(2))
+        );
+        assert_eq!(c.agents, "127.0.0.1:7400".parse().unwrap());
+        assert_eq!(c.peers.len(), 1);
+        assert_eq!(c.peers[0].hold_time, Duration::from_secs(90));
+        assert_eq!(c.allow, ["Example"]);
+    }
 }

@@ -1,9 +1,15 @@
 //! The Agent Gateway's control plane and the `agw` daemon.
 //!
-//! Today: [`daemon`] wires the embedded certificate authority, the relay's shards and the
-//! keeper of local routes into one process. Peering, resource synchronisation, the embedded
-//! registry, the admin API and `agwctl` come with the peering and daemon issues.
+//! - [`control`]: the loop that owns the routing table: local agents from the shards, remote
+//!   agents from the peers (through the path-vector RIB), the embedded registry.
+//! - [`peering`]: sessions with peer gateways (sans-IO state machine, mutual-TLS driver).
+//! - [`node`]: one gateway wired whole (authority, registry, relay, control plane).
+//! - [`daemon`] and [`demo`]: what the `agw` binary runs.
+//!
+//! The admin API and `agwctl` come with the daemon issue.
 
 pub mod control;
 pub mod daemon;
+pub mod demo;
+pub mod node;
 pub mod peering;

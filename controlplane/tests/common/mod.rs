@@ -74,6 +74,7 @@ pub fn identity(a: &Authority, all: &[&Authority]) -> TlsIdentity {
         chain: issued.chain,
         key_pkcs8: key.to_pkcs8_der(),
         trust_anchor: a.ca.trust_anchor().to_vec(),
+        allow_unknown_revocation: false,
         crls: all
             .iter()
             .map(|o| o.ca.crl(SystemTime::now()).unwrap().der)

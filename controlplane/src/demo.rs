@@ -1,0 +1,314 @@
+//! `agw demo`: three domains on this machine, peered in a chain (a - b - c) under one
+//! federation root, and a conversation across them, step by step: a hotel agent of domain a
+//! gets a certificate and registers; a traveller agent of domain c gets one, discovers the
+//! hotel through c's registry, and books a room through the relays of c, b and a.
+
+use std::{io::Write as _, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use agw_aca::tls::TlsIdentity;
+use agw_proto::{
+    DEFAULT_HOP_LIMIT, Message,
+    identity::{AgentId, Domain, GatewayId},
+    pb,
+};
+use agw_sdk::{
+    agent::{AgentConnection, Credentials, Incoming},
+    certificates::{AgentKey, CertificateRequests, HeldCertificate},
+    connection::Connection,
+};
+use bytes::Bytes;
+
+use crate::{
+    node::{Node, NodeConfig, PeerEntry},
+    peering::session::LimitAction,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A federation root for the demo's three authorities.
+fn root(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
+        PKCS_ECDSA_P256_SHA256,
+    };
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Demo Federation Root");
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let (c, k) = (dir.join("root.pem"), dir.join("root.key"));
+    std::fs::write(&c, cert.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(&k, key.serialize_pem()).map_err(|e| e.to_string())?;
+    Ok((c, k))
+}
+
+fn node(
+    dir: &Path,
+    root: &(std::path::PathBuf, std::path::PathBuf),
+    name: &str,
+    peers: Vec<PeerEntry>,
+) -> Result<Node, String> {
+    Node::start(NodeConfig {
+        domain: Domain::new(&format!("{name}.example")).map_err(|e| e.to_string())?,
+        name: format!("{name}1"),
+        data_dir: dir.join(name),
+        allow: vec!["Example".into()],
+        shards: Some(1),
+        agents: any(),
+        aca: any(),
+        crl: any(),
+        registry: any(),
+        peering: any(),
+        relay_links: any(),
+        root: Some(root.clone()),
+        // Peer CRLs are not known before the peers start: the demo's gateways check the leaf
+        // certificates of their own domain only (see docs/peering.md).
+        peer_crls: Vec::new(),
+        peers,
+    })
+}
+
+fn peer(node: &Node, dial: bool) -> PeerEntry {
+    PeerEntry {
+        gateway: node.gateway.clone(),
+        address: if dial { node.addresses().peering } else { None },
+        export: None,
+        max_summaries: Some((10_000, LimitAction::Refuse)),
+        hold_time: Duration::from_secs(9),
+    }
+}
+
+/// An agent applies to its domain's authority over the ACA protocol.
+fn certify(node: &Node, name: &str) -> Result<Arc<Credentials>, String> {
+    let agent = AgentId::new(node.authority.domain(), name).map_err(|e| e.to_string())?;
+    let key = AgentKey::generate().map_err(|e| e.to_string())?;
+    let materials = pb::IdentityMaterials {
+        organization: "Example".into(),
+        ..Default::default()
+    };
+    let app = CertificateRequests::default()
+        .application(&key, &agent, materials)
+        .map_err(|e| e.to_string())?;
+    let mut conn = Connection::connect(node.addresses().aca, WAIT).map_err(|e| e.to_string())?;
+    let Message::CertificateReply(reply) = conn.request(app).map_err(|e| e.to_string())? else {
+        return Err("the authority refused".into());
+    };
+    let certificate = HeldCertificate::from_reply(reply).map_err(|e| e.to_string())?;
+    Ok(Arc::new(Credentials {
+        agent,
+        certificate,
+        key,
+    }))
+}
+
+/// An agent's mutual-TLS connection to its domain's registry.
+fn registry(node: &Node, who: &Credentials) -> Result<agw_sdk::connection::TlsConnection, String> {
+    let identity = TlsIdentity {
+        chain: who.certificate.chain.iter().map(|c| c.to_vec()).collect(),
+        key_pkcs8: who.key.to_pkcs8_der(),
+        trust_anchor: node.authority.trust_anchor().to_vec(),
+        crls: Vec::new(),
+        allow_unknown_revocation: true,
+    };
+    let config = identity
+        .client_config(node.gateway.as_str())
+        .map_err(|e| e.to_string())?;
+    Connection::connect_tls(node.addresses().registry, WAIT, Arc::new(config))
+        .map_err(|e| e.to_string())
+}
+
+fn say(text: impl AsRef<str>) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{}", text.as_ref());
+    let _ = out.flush();
+}
+
+/// Runs the demo; prints each step.
+pub fn run() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let root = root(dir.path())?;
+    say("== three domains, peered a - b - c, under one federation root");
+    // a and b wait to be dialled, b dials a, c dials b: each peer's ID is known in advance,
+    // an address only once that gateway listens.
+    let accept = |name: &str| -> Result<PeerEntry, String> {
+        Ok(PeerEntry {
+            gateway: GatewayId::parse(&format!("spiffe://{name}.example/agw/{name}1"))
+                .map_err(|e| e.to_string())?,
+            address: None,
+            export: None,
+            max_summaries: Some((10_000, LimitAction::Refuse)),
+            hold_time: Duration::from_secs(9),
+        })
+    };
+    let a = node(dir.path(), &root, "a", vec![accept("b")?])?;
+    let b = node(dir.path(), &root, "b", vec![peer(&a, true), accept("c")?])?;
+    let c = node(dir.path(), &root, "c", vec![peer(&b, true)])?;
+    for n in [&a, &b, &c] {
+        say(format!(
+            "   {}: agents {}, ACA {}, registry {}, peering {}",
+            n.gateway,
+            n.addresses().agents,
+            n.addresses().aca,
+            n.addresses().registry,
+            n.addresses()
+                .peering
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+        ));
+    }
+
+    say("== the hotel agent of a.example gets a certificate and registers");
+    let hotel = certify(&a, "hotel")?;
+    say(format!(
+        "   certificate for {} from a's authority",
+        hotel.agent
+    ));
+    let mut conn = registry(&a, &hotel)?;
+    let profile = pb::AgentProfile {
+        agent: hotel.agent.to_string(),
+        description: "Books hotel rooms in Lisbon".into(),
+        capabilities: vec!["book-hotel".into(), "cancel-booking".into()],
+        protocols: vec![pb::Protocol::Native as i32],
+        languages: vec!["en".into(), "pt".into()],
+        address: a.addresses().agents.to_string(),
+        ..Default::default()
+    };
+    let request = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(profile),
+        certificate_chain: hotel.certificate.chain.clone(),
+    };
+    match conn.request(request).map_err(|e| e.to_string())? {
+        Message::RegisterReply(r) if r.error.is_none() => say(format!(
+            "   registered as {}",
+            r.profile.map(|p| p.resource_id).unwrap_or_default()
+        )),
+        other => return Err(format!("registration refused: {other:?}")),
+    }
+    let mut hotel_conn = AgentConnection::connect(a.addresses().agents, hotel.clone(), WAIT)
+        .map_err(|e| e.to_string())?;
+    say("   connected to a's relay (signed challenge accepted)");
+
+    say("== the traveller agent of c.example discovers a hotel agent");
+    let traveller = certify(&c, "traveller")?;
+    let mut conn = registry(&c, &traveller)?;
+    let query = pb::DiscoverRequest {
+        request_id: 2,
+        capabilities: vec!["book-hotel".into()],
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    let found = loop {
+        match conn.request(query.clone()).map_err(|e| e.to_string())? {
+            Message::DiscoverReply(r) if !r.agents.is_empty() => break r.agents,
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return Err(format!("nothing found: {other:?}")),
+        }
+    };
+    for p in &found {
+        say(format!(
+            "   found {}, capabilities {:?}, languages {:?}",
+            p.agent, p.capabilities, p.languages
+        ));
+    }
+    let hotel_id = found[0].agent.clone();
+
+    say("== a conversation through the relays of c, b and a");
+    let mut traveller_conn =
+        AgentConnection::connect(c.addresses().agents, traveller.clone(), WAIT)
+            .map_err(|e| e.to_string())?;
+    let ask = Bytes::from_static(b"{\"book\": \"room for two\", \"nights\": 3}");
+    let (message, hops) = loop {
+        let id = traveller_conn
+            .send(&hotel_id, ask.clone())
+            .map_err(|e| e.to_string())?;
+        match hotel_conn
+            .recv(Duration::from_millis(500))
+            .map_err(|e| e.to_string())?
+        {
+            Some(Incoming::Message(m, hop)) if m.message_id == id => break (m, hop),
+            _ => {
+                // The relays' links are still coming up: the first try is NACKed UNREACHABLE.
+                if let Some(Incoming::Nack(n)) = traveller_conn
+                    .recv(Duration::from_millis(100))
+                    .map_err(|e| e.to_string())?
+                {
+                    say(format!("   (NACK {:?}, retrying)", n.reason()));
+                }
+            }
+        }
+    };
+    say(format!(
+        "   hotel received {:?} from {}, {} gateways crossed",
+        String::from_utf8_lossy(&message.payload),
+        message.source,
+        DEFAULT_HOP_LIMIT - hops
+    ));
+    hotel_conn.ack(&message).map_err(|e| e.to_string())?;
+    // The traveller's own route may still be on its way to a (it connected a moment ago):
+    // a reply refused NO_ROUTE is sent again, as an agent would on a retryable NACK.
+    let reply = Bytes::from_static(b"{\"confirmed\": true, \"room\": 42}");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let id = hotel_conn
+            .send(traveller.agent.as_str(), reply.clone())
+            .map_err(|e| e.to_string())?;
+        match hotel_conn
+            .recv(Duration::from_millis(300))
+            .map_err(|e| e.to_string())?
+        {
+            Some(Incoming::Nack(n)) if n.message_id == id => {
+                say(format!(
+                    "   (hotel's reply NACKed {:?}, retrying)",
+                    n.reason()
+                ));
+                if std::time::Instant::now() > deadline {
+                    return Err("the reply was never delivered".into());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            _ => break,
+        }
+    }
+    loop {
+        match traveller_conn.recv(WAIT).map_err(|e| e.to_string())? {
+            Some(Incoming::Ack(_)) => say("   traveller got the hotel's ACK"),
+            Some(Incoming::Message(m, _)) => {
+                say(format!(
+                    "   traveller received {:?}",
+                    String::from_utf8_lossy(&m.payload)
+                ));
+                break;
+            }
+            Some(_) => {}
+            None => return Err("the reply did not arrive".into()),
+        }
+    }
+
+    say("== what each relay counted");
+    for n in [&a, &b, &c] {
+        let t = n.dataplane.totals();
+        say(format!(
+            "   {}: accepted {}, delivered {}, NACKed {}",
+            n.gateway,
+            t.accepted,
+            t.delivered,
+            t.nacked_total()
+        ));
+    }
+    drop((hotel_conn, traveller_conn));
+    for n in [c, b, a] {
+        n.stop();
+    }
+    say("== done");
+    Ok(())
+}

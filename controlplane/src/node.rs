@@ -1,0 +1,348 @@
+//! One gateway node, wired: the embedded certificate authority (protocol port, CRL over HTTP),
+//! the embedded registry (mutual TLS), the relay's shards, and the control plane with its peers.
+//! The `agw` daemon runs one; `agw demo` runs three.
+
+use std::{
+    io::Write as _,
+    net::{SocketAddr, TcpListener},
+    os::unix::fs::OpenOptionsExt,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use agw_aca::{
+    AuthorityConfig, CertificateAuthority, RootMode,
+    http::{CrlHttpServer, url_path},
+    policy::AllowListPolicy,
+    server::{ServerLimits, notification, serve},
+    tls::{CertificateChecker, TlsIdentity},
+};
+use agw_ars::{Registry, RegistryConfig};
+use agw_dataplane::{Dataplane, DataplaneConfig, routing::RoutingTable};
+use agw_proto::{
+    Message,
+    identity::{Domain, GatewayId},
+    pb::ErrorCode,
+};
+use agw_sdk::certificates::AgentKey;
+
+use crate::{
+    control::{ControlPlane, Wiring},
+    peering::{
+        driver::{PeerSpec, PeeringConfig},
+        session::{LimitAction, PeerConfig},
+    },
+};
+
+/// A peer as configured.
+#[derive(Debug, Clone)]
+pub struct PeerEntry {
+    /// Its gateway ID.
+    pub gateway: GatewayId,
+    /// Its peering address, to dial it; `None` to wait for it to dial.
+    pub address: Option<SocketAddr>,
+    /// Domains it may see; `None` for all.
+    pub export: Option<Vec<String>>,
+    /// Most summaries accepted from it, and what happens past that.
+    pub max_summaries: Option<(usize, LimitAction)>,
+    /// Hold time proposed.
+    pub hold_time: Duration,
+}
+
+/// Everything a node needs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The domain it serves.
+    pub domain: Domain,
+    /// Its name in the domain (gateway ID `spiffe://<domain>/agw/<name>`).
+    pub name: String,
+    /// Where state lives.
+    pub data_dir: PathBuf,
+    /// Organisations allowed certificates: `ORG=SCOPE,SCOPE`.
+    pub allow: Vec<String>,
+    /// Relay shards; `None`: one per CPU.
+    pub shards: Option<usize>,
+    /// Where agents connect.
+    pub agents: SocketAddr,
+    /// Where agents apply for certificates.
+    pub aca: SocketAddr,
+    /// Where the CRL is served.
+    pub crl: SocketAddr,
+    /// Where agents register and discover (mutual TLS).
+    pub registry: SocketAddr,
+    /// Where peers' sessions dial in (with peers only).
+    pub peering: SocketAddr,
+    /// Where peers' relays link in (with peers only).
+    pub relay_links: SocketAddr,
+    /// A federation root (certificate, key) to bootstrap the authority under.
+    pub root: Option<(PathBuf, PathBuf)>,
+    /// CRLs (DER) of the peers' domains.
+    pub peer_crls: Vec<Vec<u8>>,
+    /// The peers.
+    pub peers: Vec<PeerEntry>,
+}
+
+/// Where a running node listens.
+#[derive(Debug, Clone)]
+pub struct NodeAddresses {
+    /// Agents' relay.
+    pub agents: SocketAddr,
+    /// Certificate applications.
+    pub aca: SocketAddr,
+    /// The CRL's URL.
+    pub crl_url: String,
+    /// Registration and discovery.
+    pub registry: SocketAddr,
+    /// Peering sessions, when peering.
+    pub peering: Option<SocketAddr>,
+    /// Peers' relay links, when peering.
+    pub relay_links: Option<SocketAddr>,
+}
+
+/// A running gateway node.
+pub struct Node {
+    /// This gateway.
+    pub gateway: GatewayId,
+    /// The embedded authority.
+    pub authority: Arc<CertificateAuthority>,
+    /// The embedded registry.
+    pub registry: Arc<Mutex<Registry>>,
+    /// The relay.
+    pub dataplane: Dataplane,
+    control: Option<ControlPlane>,
+    _crl_server: CrlHttpServer,
+    addresses: NodeAddresses,
+    trust_anchor_path: PathBuf,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("gateway", &self.gateway)
+            .field("addresses", &self.addresses)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).map_err(|e| format!("{what} {addr}: {e}"))
+}
+
+/// This gateway's key, kept in the data directory (0600) so that the authority, which will
+/// not certify one identity to two keys, re-issues its certificate at every start.
+fn gateway_key(path: &std::path::Path) -> Result<AgentKey, String> {
+    if let Ok(pem) = std::fs::read_to_string(path) {
+        return AgentKey::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()));
+    }
+    let key = AgentKey::generate().map_err(|e| e.to_string())?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(key.to_pem().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(key)
+}
+
+impl Node {
+    /// Starts every part; returns once all listen.
+    pub fn start(config: NodeConfig) -> Result<Node, String> {
+        let gateway = GatewayId::new(&config.domain, &config.name)
+            .map_err(|e| format!("name {}: {e}", config.name))?;
+        let mut policy = AllowListPolicy::default();
+        for entry in &config.allow {
+            let (org, scopes) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
+            policy = policy.allow(org, scopes.split(',').filter(|s| !s.is_empty()));
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
+
+        // The authority and its CRL.
+        let crl_listener = bind("CRL listener", config.crl)?;
+        let crl_addr = crl_listener.local_addr().map_err(|e| e.to_string())?;
+        let crl_url = format!("http://{crl_addr}/crl/{}.crl", config.domain);
+        let aca_dir = config.data_dir.join("aca");
+        let mut aca_config = AuthorityConfig::new(config.domain.clone(), &aca_dir, crl_url.clone());
+        if let Some((root_cert, root_key)) = &config.root {
+            aca_config.root = RootMode::Intermediate {
+                root_cert: root_cert.clone(),
+                root_key: root_key.clone(),
+            };
+        }
+        let now = SystemTime::now();
+        let authority = Arc::new(
+            CertificateAuthority::bootstrap(aca_config, Box::new(policy), now)
+                .map_err(|e| format!("certificate authority in {}: {e}", aca_dir.display()))?,
+        );
+        let crl_server =
+            CrlHttpServer::from_listener(crl_listener, Arc::clone(&authority), url_path(&crl_url))
+                .map_err(|e| format!("CRL server on {crl_addr}: {e}"))?;
+        let aca_listener = bind("ACA listener", config.aca)?;
+        let aca_addr = aca_listener.local_addr().map_err(|e| e.to_string())?;
+        let served = Arc::clone(&authority);
+        let handler = Arc::new(move |request: &Message, _peer: Option<&str>, now| {
+            served.handle(request, now)
+        });
+        std::thread::Builder::new()
+            .name("agw-aca".into())
+            .spawn(move || serve(aca_listener, None, handler, ServerLimits::default()))
+            .map_err(|e| e.to_string())?;
+
+        // This gateway's certificate, for the registry's TLS and for peering.
+        let key = gateway_key(&config.data_dir.join("gateway.key.pem"))?;
+        let csr = key.csr(gateway.as_str()).map_err(|e| e.to_string())?;
+        let issued = authority
+            .issue_gateway(&gateway, &csr, now)
+            .map_err(|e| format!("gateway certificate: {e}"))?;
+        let own_crl = authority.crl(now).map_err(|e| e.to_string())?.der;
+        let mut crls = vec![own_crl.clone()];
+        crls.extend(config.peer_crls.iter().cloned());
+        let tls = TlsIdentity {
+            chain: issued.chain,
+            key_pkcs8: key.to_pkcs8_der(),
+            trust_anchor: authority.trust_anchor().to_vec(),
+            crls,
+            // Without peer domains' CRLs, their gateways' revocations cannot be checked; with
+            // them, a peer certificate of an unknown issuer is refused.
+            allow_unknown_revocation: config.peer_crls.is_empty(),
+        };
+
+        // The registry, over mutual TLS.
+        let checker = || {
+            CertificateChecker::new(authority.trust_anchor(), std::slice::from_ref(&own_crl))
+                .map_err(|e| e.to_string())
+        };
+        let registry = Registry::open(
+            RegistryConfig::new(config.domain.clone(), config.data_dir.join("ars")),
+            checker()?,
+        )
+        .map_err(|e| format!("registry: {e}"))?;
+        let registry = Arc::new(Mutex::new(registry));
+        let ars_listener = bind("registry listener", config.registry)?;
+        let ars_addr = ars_listener.local_addr().map_err(|e| e.to_string())?;
+        let ars_tls = Arc::new(
+            tls.server_config()
+                .map_err(|e| format!("registry TLS: {e}"))?,
+        );
+        let served = Arc::clone(&registry);
+        let handler = Arc::new(move |request: &Message, peer: Option<&str>, now| {
+            let Ok(mut registry) = served.lock() else {
+                return Some(notification(ErrorCode::Internal, "registry unavailable"));
+            };
+            match peer {
+                Some(peer) => registry.handle(request, peer, now),
+                None => Some(notification(
+                    ErrorCode::NotAccessed,
+                    "no client certificate",
+                )),
+            }
+        });
+        std::thread::Builder::new()
+            .name("agw-ars".into())
+            .spawn(move || {
+                serve(
+                    ars_listener,
+                    Some(ars_tls),
+                    handler,
+                    ServerLimits::default(),
+                )
+            })
+            .map_err(|e| e.to_string())?;
+
+        // The relay.
+        let peering = !config.peers.is_empty();
+        let mut dp_config = DataplaneConfig::new(gateway.clone(), config.agents);
+        if let Some(shards) = config.shards {
+            dp_config.shards = shards;
+        }
+        if peering {
+            dp_config.peer_listen = Some(config.relay_links);
+            dp_config.peer_tls = Some(tls.clone());
+        }
+        let table = RoutingTable::new();
+        let reader = table.reader();
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let dataplane = Dataplane::start(dp_config, reader, checker()?, events_tx)
+            .map_err(|e| e.to_string())?;
+
+        // The control plane and its peers.
+        let relay_links = dataplane.peer_addr();
+        let peering_config = peering.then(|| PeeringConfig {
+            listen: config.peering,
+            tls: tls.clone(),
+            peers: config
+                .peers
+                .iter()
+                .map(|p| {
+                    let mut c = PeerConfig::new(gateway.clone(), p.gateway.clone());
+                    c.dial = p.address.is_some();
+                    c.hold_time = p.hold_time;
+                    c.send_hold_time = p.hold_time * 2;
+                    c.max_summaries = p.max_summaries;
+                    c.export_domains = p.export.as_ref().map(|d| d.iter().cloned().collect());
+                    c.agent_access_address = relay_links.map(|a| a.to_string()).unwrap_or_default();
+                    PeerSpec {
+                        config: c,
+                        address: p.address,
+                    }
+                })
+                .collect(),
+        });
+        let control = ControlPlane::start(
+            gateway.clone(),
+            table,
+            events_rx,
+            Wiring {
+                peering: peering_config,
+                links: Some(dataplane.peer_links()),
+                registry: Some(Arc::clone(&registry)),
+            },
+        )
+        .map_err(|e| format!("control plane: {e}"))?;
+        let addresses = NodeAddresses {
+            agents: dataplane.local_addr(),
+            aca: aca_addr,
+            crl_url,
+            registry: ars_addr,
+            peering: control.peering().map(|p| p.local_addr()),
+            relay_links,
+        };
+        Ok(Node {
+            gateway,
+            authority,
+            registry,
+            dataplane,
+            control: Some(control),
+            _crl_server: crl_server,
+            addresses,
+            trust_anchor_path: aca_dir.join("trust-anchor.pem"),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addresses(&self) -> &NodeAddresses {
+        &self.addresses
+    }
+
+    /// The trust anchor agents and peers need, as a file.
+    pub fn trust_anchor_path(&self) -> &std::path::Path {
+        &self.trust_anchor_path
+    }
+
+    /// The control plane (peers, neighbours).
+    pub fn control(&self) -> Option<&ControlPlane> {
+        self.control.as_ref()
+    }
+
+    /// Leaves the peers (DISCONNECT) and stops the relay.
+    pub fn stop(mut self) {
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
+        self.dataplane.stop();
+    }
+}
