@@ -244,6 +244,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     let config = node_config(&args)?;
     let allow = config.allow.join(", ");
     let peers = config.peers.len();
+    let unchecked_peers = peers > 0 && config.peer_crls.is_empty();
     let node = Node::start(config)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -271,6 +272,13 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         let _ = writeln!(
             out,
             "agw: peering on {p} ({peers} peer(s)), relay links on {l}"
+        );
+    }
+    if unchecked_peers {
+        let _ = writeln!(
+            out,
+            "agw: warning: no CRLs of peer domains configured (federation.peer_crls): \
+             peer gateways' revocations are not checked"
         );
     }
     let _ = writeln!(out, "agw: Ctrl-C or SIGTERM stops it");
