@@ -1,31 +1,36 @@
-//! `agw-loadtest`: pipelined sender/receiver pairs through a gateway started in this process;
-//! prints throughput, NACKs and the relay's CPU time.
+//! `agw-loadtest`: sender/receiver pairs of agents through a gateway started in this process;
+//! prints throughput, latency percentiles, NACKs and the relay's CPU time, and can write JSON.
 
 use std::{
+    io::Write as _,
+    path::PathBuf,
     process::ExitCode,
     sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use agw_loadtest::{InProcessGateway, cpu::threads_cpu};
 use agw_sdk::agent::{AgentConnection, Incoming};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use clap::Parser;
-use std::io::Write as _;
+use hdrhistogram::Histogram;
+use serde::Serialize;
 
-/// Closed-loop maximum throughput: each pair's sender writes messages as fast as the gateway
-/// takes them, its receiver reads them; the gateway's own counters give the rate.
+/// Pairs of agents through one gateway: each sender writes to its receiver. Closed loop (the
+/// default) writes as fast as the gateway takes; open loop (`--rate`) sends on a schedule and
+/// measures each message's latency from its intended send time, so a stalled gateway shows as
+/// latency instead of hiding as fewer sends (no coordinated omission).
 #[derive(Debug, Parser)]
 #[command(name = "agw-loadtest", version)]
 struct Args {
     /// Sender/receiver pairs (two agents each).
     #[arg(long, default_value_t = 4)]
     pairs: usize,
-    /// Payload bytes per message.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    /// Payload bytes per message (at least 8: the send time travels in them).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=1_048_576))]
     size: u32,
     /// Gateway shards.
     #[arg(long, default_value_t = 1)]
@@ -36,9 +41,40 @@ struct Args {
     /// Seconds of measurement (after one second of warm-up).
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Messages a sender writes at once.
+    /// Messages per second per sender (open loop); 0: as fast as possible (closed loop).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Messages a closed-loop sender writes at once.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Write the results here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    pairs: usize,
+    size: u32,
+    shards: usize,
+    rate_per_sender: u64,
+    seconds: f64,
+    delivered: u64,
+    delivered_per_second: f64,
+    nacked: u64,
+    relay_cpu_seconds: Option<f64>,
+    delivered_per_relay_cpu_second: Option<f64>,
+    latency_us: Latency,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    samples: u64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
 }
 
 fn main() -> ExitCode {
@@ -52,19 +88,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn run(args: &Args) -> Result<(), Error> {
     if args.pairs == 0 || args.batch == 0 || args.seconds == 0 {
         return Err("--pairs, --batch and --seconds must be above 0".into());
     }
     let gw = InProcessGateway::start("load.example", args.shards, args.pin)?;
     let addr = gw.dataplane.local_addr();
     eprintln!(
-        "gateway on {addr}, {} shard(s); {} pairs, {} B payloads",
-        args.shards, args.pairs, args.size
+        "gateway on {addr}, {} shard(s); {} pairs, {} B payloads, {}",
+        args.shards,
+        args.pairs,
+        args.size,
+        match args.rate {
+            0 => "closed loop".to_owned(),
+            r => format!("open loop at {r}/s per sender"),
+        }
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let received = Arc::new(AtomicU64::new(0));
-    let mut threads = Vec::new();
     // Every agent connects before any sends: access under full load is not what is measured.
     let mut pairs = Vec::new();
     for p in 0..args.pairs {
@@ -74,47 +115,87 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let receiver = AgentConnection::connect(addr, to.clone(), Duration::from_secs(2))?;
         pairs.push((sender, receiver, to));
     }
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1,
+        60_000_000_000,
+        3,
+    )?));
     for (sender, receiver, to) in pairs {
-        let (mut writer, _sender_reader) = sender.split();
-        let (_receiver_writer, mut reader) = receiver.split();
+        let (mut writer, sender_reader) = sender.split();
+        let (receiver_writer, mut reader) = receiver.split();
         let destination = to.agent.to_string();
-        let payload = Bytes::from(vec![0x42; args.size as usize]);
-        let (stop_s, batch) = (stop.clone(), args.batch);
-        threads.push(std::thread::spawn(move || {
-            // Keep the sender's reading half alive: NACKs would land there.
-            let _keep = _sender_reader;
+        let (size, batch, rate) = (args.size as usize, args.batch, args.rate);
+        let stop_s = stop.clone();
+        std::thread::spawn(move || {
+            // Keep the sender's reading half alive: NACKs land there.
+            let _keep = sender_reader;
+            let start = epoch.elapsed();
+            let mut sent: u64 = 0;
             while !stop_s.load(Ordering::Relaxed) {
-                for _ in 0..batch {
-                    if writer.queue(&destination, payload.clone()).is_err() {
+                // Open loop: every message whose time has come; closed loop: a batch.
+                let due = match rate {
+                    0 => sent + batch as u64,
+                    r => {
+                        let elapsed = epoch.elapsed().saturating_sub(start);
+                        (elapsed.as_secs_f64() * r as f64) as u64
+                    }
+                };
+                if due <= sent {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                for k in sent..due {
+                    let intended = match rate {
+                        0 => epoch.elapsed(),
+                        r => start + Duration::from_secs_f64(k as f64 / r as f64),
+                    };
+                    let mut payload = BytesMut::with_capacity(size);
+                    payload.put_u64(intended.as_nanos() as u64);
+                    payload.resize(size, 0x42);
+                    if writer.queue(&destination, payload.freeze()).is_err() {
                         return;
                     }
                 }
+                sent = due;
                 if writer.flush().is_err() {
                     return;
                 }
             }
-        }));
-        let (stop_r, count) = (stop.clone(), received.clone());
-        threads.push(std::thread::spawn(move || {
-            let _keep = _receiver_writer;
+        });
+        let (stop_r, measuring_r, histogram_r) =
+            (stop.clone(), measuring.clone(), histogram.clone());
+        std::thread::spawn(move || {
+            let _keep = receiver_writer;
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).ok();
             while !stop_r.load(Ordering::Relaxed) {
                 match reader.recv() {
-                    Ok(Incoming::Message(..)) => {
-                        count.fetch_add(1, Ordering::Relaxed);
+                    Ok(Incoming::Message(m, _)) => {
+                        if measuring_r.load(Ordering::Relaxed)
+                            && let (Some(h), Some(sent)) = (local.as_mut(), sent_at(&m.payload))
+                        {
+                            let latency = epoch.elapsed().as_nanos() as u64;
+                            let _ = h.record(latency.saturating_sub(sent).max(1));
+                        }
                     }
                     Ok(_) => {}
-                    Err(_) => return,
+                    Err(_) => break,
                 }
             }
-        }));
+            if let (Some(h), Ok(mut all)) = (local, histogram_r.lock()) {
+                let _ = all.add(h);
+            }
+        });
     }
     std::thread::sleep(Duration::from_secs(1));
+    measuring.store(true, Ordering::Relaxed);
     let start = (
         Instant::now(),
         gw.dataplane.totals(),
         threads_cpu("agw-shard"),
     );
-    let received_before = received.load(Ordering::Relaxed);
     for s in 1..=args.seconds {
         std::thread::sleep(Duration::from_secs(1));
         let t = gw.dataplane.totals();
@@ -130,41 +211,81 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         gw.dataplane.totals(),
         threads_cpu("agw-shard"),
     );
-    let received_during = received.load(Ordering::Relaxed) - received_before;
+    measuring.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
+    // Receivers leave when their read times out (2 s) and merge their histograms.
+    std::thread::sleep(Duration::from_millis(2500));
+
     let secs = end.0.duration_since(start.0).as_secs_f64();
-    let mut out = std::io::stdout().lock();
     let delivered = end.1.delivered - start.1.delivered;
-    let rate = delivered as f64 / secs;
-    let frame = args.size as f64 + 100.0;
+    let cpu = match (start.2, end.2) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
+        _ => None,
+    };
+    let h = histogram.lock().map_err(|_| "histogram poisoned")?;
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let report = Report {
+        pairs: args.pairs,
+        size: args.size,
+        shards: args.shards,
+        rate_per_sender: args.rate,
+        seconds: secs,
+        delivered,
+        delivered_per_second: delivered as f64 / secs,
+        nacked: end.1.nacked_total() - start.1.nacked_total(),
+        relay_cpu_seconds: cpu,
+        delivered_per_relay_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| delivered as f64 / c),
+        latency_us: Latency {
+            samples: h.len(),
+            p50: us(0.5),
+            p90: us(0.9),
+            p99: us(0.99),
+            p999: us(0.999),
+            max: h.max() as f64 / 1000.0,
+        },
+    };
+    let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "pairs {} size {} B shards {}",
-        args.pairs, args.size, args.shards
-    )?;
-    writeln!(
-        out,
-        "delivered      {delivered} in {secs:.2} s = {rate:.0} msg/s (~{:.1} MB/s of frames)",
-        rate * frame / 1e6
-    )?;
-    writeln!(
-        out,
-        "nacked         {}",
-        end.1.nacked_total() - start.1.nacked_total()
-    )?;
-    if let (Some(a), Some(b)) = (start.2, end.2) {
-        let cpu = b.saturating_sub(a).as_secs_f64();
-        if cpu > 0.0 {
-            writeln!(
-                out,
-                "relay cpu      {cpu:.2} s = {:.0} msg per relay CPU-second",
-                delivered as f64 / cpu
-            )?;
+        "pairs {} size {} B shards {} rate {}",
+        report.pairs,
+        report.size,
+        report.shards,
+        match report.rate_per_sender {
+            0 => "closed loop".to_owned(),
+            r => format!("{r}/s per sender"),
         }
-    }
+    )?;
     writeln!(
         out,
-        "received       {received_during} by the receivers meanwhile"
+        "delivered      {delivered} in {secs:.2} s = {:.0} msg/s",
+        report.delivered_per_second
     )?;
+    writeln!(out, "nacked         {}", report.nacked)?;
+    if let (Some(cpu), Some(per)) = (
+        report.relay_cpu_seconds,
+        report.delivered_per_relay_cpu_second,
+    ) {
+        writeln!(
+            out,
+            "relay cpu      {cpu:.2} s = {per:.0} msg per relay CPU-second"
+        )?;
+    }
+    let l = &report.latency_us;
+    writeln!(
+        out,
+        "latency (us)   p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} samples)",
+        l.p50, l.p90, l.p99, l.p999, l.max, l.samples
+    )?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        writeln!(out, "written        {}", path.display())?;
+    }
     Ok(())
+}
+
+/// The send time a payload carries (its first 8 bytes, nanoseconds since the run's epoch).
+fn sent_at(payload: &Bytes) -> Option<u64> {
+    let bytes: [u8; 8] = payload.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
 }
