@@ -27,3 +27,28 @@ pub fn threads_cpu(prefix: &str) -> Option<Duration> {
     }
     Some(Duration::from_secs_f64(ticks as f64 / ticks_per_second))
 }
+
+/// CPU time (user + system) used so far by the process with this name (its `comm`), found in
+/// `/proc`: the relay peer (nats-server, nginx) measured the same way as the gateway.
+pub fn process_cpu(name: &str) -> Option<Duration> {
+    let mut ticks: u64 = 0;
+    let mut found = false;
+    for entry in fs::read_dir("/proc").ok()? {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path();
+        let Ok(comm) = fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let Ok(stat) = fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        found = true;
+    }
+    found.then(|| Duration::from_secs_f64(ticks as f64 / 100.0))
+}

@@ -8,5 +8,6 @@
 
 pub mod cpu;
 pub mod gateway;
+pub mod nats;
 
 pub use gateway::InProcessGateway;

@@ -50,10 +50,25 @@ struct Args {
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// What relays the messages: this project's gateway (started here), or a nats-server
+    /// already running at `--nats-url` (one subject per receiving agent).
+    #[arg(long, value_enum, default_value = "agw")]
+    target: Target,
+    /// The nats-server to use with `--target nats`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Target {
+    Agw,
+    Nats,
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
+    target: Target,
     pairs: usize,
     size: u32,
     shards: usize,
@@ -93,6 +108,9 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 fn run(args: &Args) -> Result<(), Error> {
     if args.pairs == 0 || args.batch == 0 || args.seconds == 0 {
         return Err("--pairs, --batch and --seconds must be above 0".into());
+    }
+    if args.target == Target::Nats {
+        return run_nats(args);
     }
     let gw = InProcessGateway::start("load.example", args.shards, args.pin)?;
     let addr = gw.dataplane.local_addr();
@@ -223,8 +241,8 @@ fn run(args: &Args) -> Result<(), Error> {
         _ => None,
     };
     let h = histogram.lock().map_err(|_| "histogram poisoned")?;
-    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let report = Report {
+        target: Target::Agw,
         pairs: args.pairs,
         size: args.size,
         shards: args.shards,
@@ -235,15 +253,12 @@ fn run(args: &Args) -> Result<(), Error> {
         nacked: end.1.nacked_total() - start.1.nacked_total(),
         relay_cpu_seconds: cpu,
         delivered_per_relay_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| delivered as f64 / c),
-        latency_us: Latency {
-            samples: h.len(),
-            p50: us(0.5),
-            p90: us(0.9),
-            p99: us(0.99),
-            p999: us(0.999),
-            max: h.max() as f64 / 1000.0,
-        },
+        latency_us: latency(&h),
     };
+    print_report(args, &report)
+}
+
+fn print_report(args: &Args, report: &Report) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -258,8 +273,8 @@ fn run(args: &Args) -> Result<(), Error> {
     )?;
     writeln!(
         out,
-        "delivered      {delivered} in {secs:.2} s = {:.0} msg/s",
-        report.delivered_per_second
+        "delivered      {} in {:.2} s = {:.0} msg/s",
+        report.delivered, report.seconds, report.delivered_per_second
     )?;
     writeln!(out, "nacked         {}", report.nacked)?;
     if let (Some(cpu), Some(per)) = (
@@ -278,10 +293,69 @@ fn run(args: &Args) -> Result<(), Error> {
         l.p50, l.p90, l.p99, l.p999, l.max, l.samples
     )?;
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
         writeln!(out, "written        {}", path.display())?;
     }
     Ok(())
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Latency {
+        samples: h.len(),
+        p50: us(0.5),
+        p90: us(0.9),
+        p99: us(0.99),
+        p999: us(0.999),
+        max: h.max() as f64 / 1000.0,
+    }
+}
+
+/// The same pairs through a nats-server; its CPU read from /proc by process name.
+fn run_nats(args: &Args) -> Result<(), Error> {
+    eprintln!(
+        "nats-server at {}; {} pairs, {} B payloads",
+        args.nats_url, args.pairs, args.size
+    );
+    let cpu = Mutex::new((None, None));
+    let run = agw_loadtest::nats::run(
+        &args.nats_url,
+        args.pairs,
+        args.size as usize,
+        args.rate,
+        args.seconds,
+        |start| {
+            if let Ok(mut c) = cpu.lock() {
+                let now = agw_loadtest::cpu::process_cpu("nats-server");
+                if start {
+                    c.0 = now;
+                } else {
+                    c.1 = now;
+                }
+            }
+        },
+        |s, received| eprintln!("[{s}/{}] received {received}", args.seconds),
+    )?;
+    let (a, b) = *cpu.lock().map_err(|_| "cpu poisoned")?;
+    let cpu = match (a, b) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
+        _ => None,
+    };
+    let report = Report {
+        target: Target::Nats,
+        pairs: args.pairs,
+        size: args.size,
+        shards: 0,
+        rate_per_sender: args.rate,
+        seconds: run.seconds,
+        delivered: run.delivered,
+        delivered_per_second: run.delivered as f64 / run.seconds,
+        nacked: 0,
+        relay_cpu_seconds: cpu,
+        delivered_per_relay_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| run.delivered as f64 / c),
+        latency_us: latency(&run.histogram),
+    };
+    print_report(args, &report)
 }
 
 /// The send time a payload carries (its first 8 bytes, nanoseconds since the run's epoch).
