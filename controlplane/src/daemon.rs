@@ -57,6 +57,10 @@ pub struct DaemonArgs {
     /// Where agents register and discover, mutual TLS [default: 127.0.0.1:7403].
     #[arg(long)]
     pub registry_listen: Option<SocketAddr>,
+    /// Where Prometheus metrics (/metrics) and health (/health) are served
+    /// [default: 127.0.0.1:7406].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Organisations allowed certificates: ORG=SCOPE,SCOPE [default: Example].
     #[arg(long = "allow", value_name = "ORG=SCOPE,...")]
     pub allow: Vec<String>,
@@ -96,6 +100,7 @@ struct ListenFile {
     registry: Option<SocketAddr>,
     peering: Option<SocketAddr>,
     relay_links: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +233,7 @@ fn node_config(args: &DaemonArgs) -> Result<NodeConfig, String> {
             registry: addr(args.registry_listen, listen.registry, "127.0.0.1:7403"),
             peering: addr(None, listen.peering, "127.0.0.1:7404"),
             relay_links: addr(None, listen.relay_links, "127.0.0.1:7405"),
+            metrics: Some(addr(args.metrics_listen, listen.metrics, "127.0.0.1:7406")),
             root,
             peer_crls,
             peers,
@@ -268,6 +274,12 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     );
     let _ = writeln!(out, "agw: registry (mutual TLS) at {}", a.registry);
     let _ = writeln!(out, "agw: CRL at {}", a.crl_url);
+    if let Some(m) = a.metrics {
+        let _ = writeln!(
+            out,
+            "agw: metrics at http://{m}/metrics, health at http://{m}/health"
+        );
+    }
     if let (Some(p), Some(l)) = (a.peering, a.relay_links) {
         let _ = writeln!(
             out,

@@ -67,6 +67,7 @@ fn node(
         registry: any(),
         peering: any(),
         relay_links: any(),
+        metrics: None,
         root: Some(root.clone()),
         // Peer CRLs are not known before the peers start: the demo's gateways check the leaf
         // certificates of their own domain only (see docs/peering.md).

@@ -6,10 +6,13 @@
 //! - [`node`]: one gateway wired whole (authority, registry, relay, control plane).
 //! - [`daemon`] and [`demo`]: what the `agw` binary runs.
 //!
+//! - [`metrics`]: Prometheus metrics and health over HTTP.
+//!
 //! The admin API and `agwctl` come with the daemon issue.
 
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod metrics;
 pub mod node;
 pub mod peering;

@@ -75,6 +75,8 @@ pub struct NodeConfig {
     pub peering: SocketAddr,
     /// Where peers' relays link in (with peers only).
     pub relay_links: SocketAddr,
+    /// Where Prometheus metrics and health are served; `None`: not served.
+    pub metrics: Option<SocketAddr>,
     /// A federation root (certificate, key) to bootstrap the authority under.
     pub root: Option<(PathBuf, PathBuf)>,
     /// CRLs (DER) of the peers' domains.
@@ -98,6 +100,8 @@ pub struct NodeAddresses {
     pub peering: Option<SocketAddr>,
     /// Peers' relay links, when peering.
     pub relay_links: Option<SocketAddr>,
+    /// Metrics and health, when served.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A running gateway node.
@@ -303,6 +307,19 @@ impl Node {
             },
         )
         .map_err(|e| format!("control plane: {e}"))?;
+        let metrics = match config.metrics {
+            Some(addr) => Some(
+                crate::metrics::serve(
+                    bind("metrics listener", addr)?,
+                    crate::metrics::MetricsSources {
+                        counters: dataplane.counters_handle(),
+                        neighbours: control.peering().map(|p| p.neighbours_handle()),
+                    },
+                )
+                .map_err(|e| format!("metrics: {e}"))?,
+            ),
+            None => None,
+        };
         let addresses = NodeAddresses {
             agents: dataplane.local_addr(),
             aca: aca_addr,
@@ -310,6 +327,7 @@ impl Node {
             registry: ars_addr,
             peering: control.peering().map(|p| p.local_addr()),
             relay_links,
+            metrics,
         };
         Ok(Node {
             gateway,

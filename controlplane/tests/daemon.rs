@@ -28,6 +28,7 @@ struct Daemon {
     lines: std::sync::mpsc::Receiver<String>,
     agents: String,
     aca: String,
+    metrics: String,
 }
 
 impl Drop for Daemon {
@@ -48,7 +49,13 @@ fn start(data_dir: &std::path::Path) -> Daemon {
             "2",
         ])
         .args(["--listen", "127.0.0.1:0", "--aca-listen", "127.0.0.1:0"])
-        .args(["--crl-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--crl-listen",
+            "127.0.0.1:0",
+            "--registry-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .stdout(Stdio::piped())
         .spawn()
@@ -62,8 +69,8 @@ fn start(data_dir: &std::path::Path) -> Daemon {
             }
         }
     });
-    let (mut agents, mut aca) = (String::new(), String::new());
-    while agents.is_empty() || aca.is_empty() {
+    let (mut agents, mut aca, mut metrics) = (String::new(), String::new(), String::new());
+    while agents.is_empty() || aca.is_empty() || metrics.is_empty() {
         let line = lines.recv_timeout(Duration::from_secs(20)).unwrap();
         if let Some(rest) = line.strip_prefix("agw: agents connect to ") {
             agents = rest.to_owned();
@@ -71,12 +78,16 @@ fn start(data_dir: &std::path::Path) -> Daemon {
         if let Some(rest) = line.strip_prefix("agw: certificates from the ACA at ") {
             aca = rest.split_whitespace().next().unwrap().to_owned();
         }
+        if let Some(rest) = line.strip_prefix("agw: metrics at ") {
+            metrics = rest.split([' ', ',']).next().unwrap().to_owned();
+        }
     }
     Daemon {
         child,
         lines,
         agents,
         aca,
+        metrics,
     }
 }
 
@@ -121,6 +132,28 @@ fn the_daemon_certifies_relays_revokes_and_stops_on_sigterm() {
         }
         other => panic!("{other:?}"),
     }
+
+    // Prometheus sees the relayed frame, per shard, and health answers.
+    let scrape = |url: &str| {
+        let out = Command::new("curl").args(["-sf", url]).output().unwrap();
+        assert!(out.status.success(), "curl {url}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = scrape(&daemon.metrics);
+    let delivered: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("agw_frames_delivered_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(delivered, 1, "{text}");
+    assert!(
+        text.contains("agw_frames_nacked_total{shard=\"0\",reason=\"NO_ROUTE\"} 0"),
+        "{text}"
+    );
+    assert_eq!(
+        scrape(&daemon.metrics.replace("/metrics", "/health")),
+        "ok\n"
+    );
 
     // Bob revokes his own certificate at the authority: the gateway closes his session.
     let request = CertificateRequests::default()

@@ -234,6 +234,11 @@ impl Dataplane {
         self.threads.len()
     }
 
+    /// The shards' live counters, for a metrics endpoint on another thread.
+    pub fn counters_handle(&self) -> Arc<[ShardCounters]> {
+        self.counters.clone()
+    }
+
     /// Each shard's counters.
     pub fn counters(&self) -> Vec<CounterSnapshot> {
         self.counters.iter().map(ShardCounters::snapshot).collect()

@@ -238,6 +238,11 @@ impl Peering {
         }
     }
 
+    /// The live neighbour list, for a metrics endpoint on another thread.
+    pub fn neighbours_handle(&self) -> Arc<Mutex<Vec<PeerStatus>>> {
+        self.neighbours.clone()
+    }
+
     /// The neighbour list: every configured peer and its session.
     pub fn neighbours(&self) -> Vec<PeerStatus> {
         self.neighbours
