@@ -259,8 +259,10 @@ impl State {
         match event {
             PeerEvent::Up {
                 agent_access_address,
-                ..
+                domain,
+                hold_time,
             } => {
+                tracing::info!(%peer, %domain, hold_s = hold_time.as_secs(), links = %agent_access_address, "peer up");
                 if let Some(up) = self.peer_up.get_mut(index) {
                     *up = true;
                 }
@@ -290,7 +292,8 @@ impl State {
                 );
                 send(index, PeerCommand::FullSync(table));
             }
-            PeerEvent::Down { disconnected, .. } => {
+            PeerEvent::Down { disconnected, code } => {
+                tracing::warn!(%peer, code = code.as_str_name(), disconnected, "peer down");
                 if let Some(up) = self.peer_up.get_mut(index) {
                     *up = false;
                 }
@@ -313,6 +316,7 @@ impl State {
                 }
             }
             PeerEvent::Learned(summaries) => {
+                tracing::debug!(%peer, count = summaries.len(), "summaries learned");
                 self.to_registry(index, &peer, summaries.clone(), Vec::new());
                 for s in summaries {
                     if let Some(change) = self.rib.learn(&peer, s) {
@@ -321,6 +325,7 @@ impl State {
                 }
             }
             PeerEvent::Withdrawn(agents) => {
+                tracing::debug!(%peer, count = agents.len(), "agents withdrawn");
                 self.to_registry(index, &peer, Vec::new(), agents.clone());
                 for a in agents {
                     if let Some(change) = self.rib.withdraw(&peer, &a) {
@@ -328,7 +333,7 @@ impl State {
                     }
                 }
             }
-            PeerEvent::Synced => {}
+            PeerEvent::Synced => tracing::info!(%peer, "peer's full table received"),
         }
     }
 

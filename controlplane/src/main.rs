@@ -8,6 +8,20 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = DaemonArgs::parse();
+    // Structured logs on stderr; RUST_LOG picks the levels (default: info; warn for the demo,
+    // whose own output tells the story).
+    let default = if args.command.is_some() {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -320,6 +320,7 @@ impl Node {
             ),
             None => None,
         };
+        tracing::info!(%gateway, agents = %dataplane.local_addr(), aca = %aca_addr, registry = %ars_addr, peers = config.peers.len(), "node started");
         let addresses = NodeAddresses {
             agents: dataplane.local_addr(),
             aca: aca_addr,

@@ -425,6 +425,7 @@ async fn keep_link(shard: Rc<Shard>, index: u32) {
             return;
         };
         if let Some(conn) = shard.dial(index, &gateway, address).await {
+            tracing::info!(shard = shard.id, peer = %gateway, %address, "relay link up");
             backoff = Duration::from_millis(100);
             shard.links.borrow_mut().insert(index, conn.clone());
             serve(shard.clone(), conn).await;
@@ -1216,6 +1217,7 @@ impl Shard {
             match action {
                 Action::Send(message) => self.push_gateway(conn, &message),
                 Action::AgentUp { agent, serial } => {
+                    tracing::debug!(shard = self.id, connection = conn.id, %agent, "agent up");
                     up = true;
                     conn.hold.set(true);
                     self.counter().agent_accessed();
@@ -1242,7 +1244,16 @@ impl Shard {
                 }
                 Action::Close(None) => self.close_after_flush(conn),
                 // The session sent the reply or notification that says why.
-                Action::Close(Some(_)) => self.close_after_flush(conn),
+                Action::Close(Some(code)) => {
+                    tracing::info!(
+                        shard = self.id,
+                        connection = conn.id,
+                        agent = ?conn.agent.borrow().as_ref().map(AgentId::as_str),
+                        code = code.as_str_name(),
+                        "agent connection closed"
+                    );
+                    self.close_after_flush(conn);
+                }
             }
         }
     }
@@ -1273,6 +1284,13 @@ impl Shard {
         if !conn.is_open() {
             return;
         }
+        tracing::info!(
+            shard = self.id,
+            connection = conn.id,
+            code = code.as_str_name(),
+            text,
+            "closing a connection"
+        );
         let note = pb::Notification {
             code: code as i32,
             subcode: 0,

@@ -320,7 +320,8 @@ fn accept(
                 };
                 let mut tls = StreamOwned::new(conn, stream);
                 while tls.conn.is_handshaking() {
-                    if tls.conn.complete_io(&mut tls.sock).is_err() {
+                    if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                        tracing::warn!(error = %e, "peering TLS handshake refused");
                         return;
                     }
                 }
@@ -338,6 +339,7 @@ fn accept(
                         });
                     }
                     None => {
+                        tracing::warn!(%identity, "a gateway that is not a configured peer dialled in");
                         // Not a configured peer: say why, then close.
                         let mut encoder = FrameEncoder::new(FrameLimits::default());
                         let note = pb::Notification {
@@ -481,7 +483,12 @@ impl PeerThread {
                 Output::Learned(s) => self.emit(PeerEvent::Learned(s)),
                 Output::Withdrawn(a) => self.emit(PeerEvent::Withdrawn(a)),
                 Output::SyncComplete => self.emit(PeerEvent::Synced),
-                Output::Refused { .. } | Output::Warning(_) => {}
+                Output::Refused { agent, code } => {
+                    tracing::info!(peer = %self.session.config().peer, %agent, code = code.as_str_name(), "summary refused");
+                }
+                Output::Warning(w) => {
+                    tracing::warn!(peer = %self.session.config().peer, "{w}");
+                }
             }
         }
     }
@@ -528,7 +535,10 @@ impl PeerThread {
                     now,
                 );
             }
-            Err(()) => self.session.handle(Input::TransportDown, now),
+            Err(()) => {
+                tracing::debug!(peer = %self.session.config().peer, address = ?self.address, "dial failed");
+                self.session.handle(Input::TransportDown, now);
+            }
         }
     }
 
