@@ -1,4 +1,4 @@
-//! One shard: a glommio executor pinned to a core, owning the connections its listener
+//! One shard: a glommio executor pinned to a core, owning the connections its listeners
 //! accepted. Everything here runs on that one thread: state is `Rc`/`RefCell`, and nothing
 //! takes a lock. Other shards are reached through bounded shared channels carrying batches of
 //! frames; the control plane hears of agents through an unbounded channel and is never waited
@@ -43,6 +43,14 @@ use nix::{
 };
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::ServerName;
+
+mod conn;
+mod links;
+
+use conn::{
+    Conn, ConnKind, ConnState, Mark, Notify, Outbound, Stream, read, wait_for_space, write_loop,
+};
+use links::{accept_peers, keep_link};
 
 use crate::{
     access::{AccessSession, Action, DownReason},
@@ -111,145 +119,6 @@ pub(crate) struct ShardSetup {
     pub senders: Vec<Option<SharedSender<CrossBatch>>>,
     pub receivers: Vec<SharedReceiver<CrossBatch>>,
     pub ready: mpsc::Sender<io::Result<(SocketAddr, Option<SocketAddr>)>>,
-}
-
-/// A one-waiter wake-up flag.
-#[derive(Default)]
-struct Notify {
-    set: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Notify {
-    fn notify(&self) {
-        self.set.set(true);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.set.replace(false) {
-                return Poll::Ready(());
-            }
-            let mut slot = self.waker.borrow_mut();
-            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *slot = Some(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await;
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConnState {
-    Open,
-    /// Write what is queued, then close.
-    Flushing(Instant),
-    Closed,
-}
-
-/// A relayed frame in a write queue: counted delivered once written, NACKed if its connection
-/// closes first.
-struct Mark {
-    end: u64,
-    kind: Kind,
-    body: Bytes,
-}
-
-#[derive(Default)]
-struct Outbound {
-    batch: WriteBatch,
-    marks: VecDeque<Mark>,
-    pushed: u64,
-    written: u64,
-}
-
-/// A connection's byte stream: plain TCP for agents, mutual TLS for peer links.
-enum Stream {
-    Plain(TcpStream),
-    Server(Box<server::TlsStream<TcpStream>>),
-    Client(Box<client::TlsStream<TcpStream>>),
-}
-
-impl Stream {
-    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
-        match self {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Server(s) => Pin::new(&mut **s).poll_read(cx, buf),
-            Stream::Client(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-
-    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Server(s) => Pin::new(&mut **s).poll_write(cx, buf),
-            Stream::Client(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Server(s) => Pin::new(&mut **s).poll_flush(cx),
-            Stream::Client(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-}
-
-/// Who is on the other end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Kind2 {
-    /// An agent: access first, then its own frames.
-    Agent,
-    /// A peer gateway (its ID): frames of other domains' agents, relayed. `link`: the peer
-    /// index when this shard dialled it as that peer's link.
-    Peer { gateway: String, link: Option<u32> },
-}
-
-struct Conn {
-    id: u32,
-    stream: RefCell<Stream>,
-    fd: RawFd,
-    plain: bool,
-    kind: Kind2,
-    session: RefCell<Option<AccessSession>>,
-    agent: RefCell<Option<AgentId>>,
-    serial: RefCell<Vec<u8>>,
-    decoder: RefCell<FrameDecoder>,
-    out: RefCell<Outbound>,
-    state: Cell<ConnState>,
-    /// The access reply is queued but the agent's route is not visible yet: hold writes.
-    hold: Cell<bool>,
-    /// AgentDown was told to the control plane.
-    down_reported: Cell<bool>,
-    /// Marked congested for other shards.
-    congested: Cell<bool>,
-    /// Read anything since the last tick.
-    active: Cell<bool>,
-    writer: Notify,
-    /// The writer ended (after flushing, when the connection was closing).
-    flushed: Notify,
-    /// Readers waiting for this queue to fall below the soft limit.
-    space: RefCell<Vec<Waker>>,
-}
-
-impl Conn {
-    fn is_open(&self) -> bool {
-        self.state.get() == ConnState::Open
-    }
-
-    fn queued(&self) -> usize {
-        self.out.borrow().batch.len()
-    }
-
-    /// Ends the socket both ways: the reader sees end of file, the writer an error.
-    fn shut(&self) {
-        let _ = shutdown(self.fd, Shutdown::Both);
-    }
 }
 
 struct Shard {
@@ -370,68 +239,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             continue;
         }
         let _ = stream.set_nodelay(true);
-        if let Some(conn) = shard.new_conn(Stream::Plain(stream), Kind2::Agent) {
+        if let Some(conn) = shard.new_conn(Stream::Plain(stream), ConnKind::Agent) {
             spawn_local(serve(shard.clone(), conn)).detach();
         }
-    }
-}
-
-/// Peer gateways' links: mutual TLS; the client certificate must name a gateway.
-async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
-    let Some(tls) = shard.peer_tls.clone() else {
-        return;
-    };
-    let acceptor = TlsAcceptor::from(tls.server.clone());
-    loop {
-        let Ok(stream) = listener.accept().await else {
-            sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (shard, acceptor) = (shard.clone(), acceptor.clone());
-        spawn_local(async move {
-            let fd = stream.as_raw_fd();
-            let handshake = acceptor.accept(stream);
-            let timeout = sleep(Duration::from_secs(5));
-            let Some(Ok(tls)) = futures_lite::future::or(async { Some(handshake.await) }, async {
-                timeout.await;
-                None
-            })
-            .await
-            else {
-                return;
-            };
-            let identity = tls.get_ref().1.peer_certificates().and_then(peer_identity);
-            let Some(gateway) = identity.filter(|i| GatewayId::parse(i).is_ok()) else {
-                return;
-            };
-            let kind = Kind2::Peer {
-                gateway,
-                link: None,
-            };
-            if let Some(conn) = shard.new_conn_fd(Stream::Server(Box::new(tls)), fd, kind) {
-                serve(shard.clone(), conn).await;
-            }
-        })
-        .detach();
-    }
-}
-
-/// Keeps this shard's link to peer `index` up while it is wanted: dial, serve, back off.
-async fn keep_link(shard: Rc<Shard>, index: u32) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let Some((gateway, address)) = shard.wanted.borrow().get(&index).cloned() else {
-            return;
-        };
-        if let Some(conn) = shard.dial(index, &gateway, address).await {
-            tracing::info!(shard = shard.id, peer = %gateway, %address, "relay link up");
-            backoff = Duration::from_millis(100);
-            shard.links.borrow_mut().insert(index, conn.clone());
-            serve(shard.clone(), conn).await;
-        }
-        sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -499,143 +309,6 @@ enum Blocked {
     },
 }
 
-/// Reads once into the connection's decoder.
-async fn read(conn: &Conn, chunk: usize) -> io::Result<usize> {
-    poll_fn(|cx| {
-        let mut decoder = conn.decoder.borrow_mut();
-        let buf = decoder.read_buf(chunk);
-        let start = buf.len();
-        buf.resize(start + chunk, 0);
-        let poll = conn.stream.borrow_mut().poll_read(cx, &mut buf[start..]);
-        let got = match &poll {
-            Poll::Ready(Ok(n)) => *n,
-            _ => 0,
-        };
-        buf.truncate(start + got);
-        poll
-    })
-    .await
-}
-
-async fn wait_for_space(conn: &Conn, soft: usize) {
-    poll_fn(|cx| {
-        if !conn.is_open() || conn.queued() <= soft {
-            return Poll::Ready(());
-        }
-        conn.space.borrow_mut().push(cx.waker().clone());
-        Poll::Pending
-    })
-    .await;
-}
-
-/// Writes one connection's queue until it closes, then says so.
-async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
-    write_queue(&shard, &conn).await;
-    conn.flushed.notify();
-}
-
-/// Vectored writes of as many frames as are queued.
-async fn write_queue(shard: &Shard, conn: &Conn) {
-    loop {
-        loop {
-            let empty = conn.out.borrow().batch.is_empty();
-            match conn.state.get() {
-                ConnState::Closed => return,
-                ConnState::Flushing(_) if empty => {
-                    conn.shut();
-                    return;
-                }
-                _ => {}
-            }
-            if !empty && !conn.hold.get() {
-                break;
-            }
-            conn.writer.wait().await;
-        }
-        if !conn.plain {
-            match write_tls(shard, conn).await {
-                Ok(n) => {
-                    shard.wrote(conn, n);
-                    continue;
-                }
-                Err(_) => {
-                    conn.shut();
-                    return;
-                }
-            }
-        }
-        let sent = {
-            let out = conn.out.borrow();
-            let mut slices = Vec::with_capacity(64);
-            out.batch.io_slices(&mut slices, 64);
-            sendmsg::<SockaddrStorage>(
-                conn.fd,
-                &slices,
-                &[],
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-                None,
-            )
-        };
-        let n = match sent {
-            Ok(n) => n,
-            Err(Errno::EINTR) => continue,
-            // The socket is full: let glommio wait for it to drain and write the first segment.
-            Err(Errno::EAGAIN) => {
-                let wrote = poll_fn(|cx| {
-                    let out = conn.out.borrow();
-                    let Some(front) = out.batch.front() else {
-                        return Poll::Ready(Ok(0));
-                    };
-                    conn.stream.borrow_mut().poll_write(cx, front)
-                })
-                .await;
-                match wrote {
-                    Ok(n) => n,
-                    Err(_) => {
-                        conn.shut();
-                        return;
-                    }
-                }
-            }
-            Err(_) => {
-                conn.shut();
-                return;
-            }
-        };
-        shard.wrote(conn, n);
-    }
-}
-
-/// A TLS write: the queued frames (up to 64 KiB) gathered into one buffer, encrypted and
-/// flushed. Returns the queued bytes written.
-async fn write_tls(shard: &Shard, conn: &Conn) -> io::Result<usize> {
-    let mut buf = std::mem::take(&mut *shard.tls_out.borrow_mut());
-    buf.clear();
-    {
-        let out = conn.out.borrow();
-        let mut slices = Vec::with_capacity(64);
-        out.batch.io_slices(&mut slices, 64);
-        for s in slices {
-            if buf.len() + s.len() > 64 * 1024 && !buf.is_empty() {
-                break;
-            }
-            buf.extend_from_slice(&s);
-        }
-    }
-    let mut done = 0;
-    while done < buf.len() {
-        let n = poll_fn(|cx| conn.stream.borrow_mut().poll_write(cx, &buf[done..])).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        done += n;
-    }
-    poll_fn(|cx| conn.stream.borrow_mut().poll_flush(cx)).await?;
-    let n = buf.len();
-    *shard.tls_out.borrow_mut() = buf;
-    Ok(n)
-}
-
 async fn cross_receive(shard: Rc<Shard>, rx: SharedReceiver<CrossBatch>) {
     let rx: ConnectedReceiver<CrossBatch> = rx.connect().await;
     while let Some(batch) = rx.recv().await {
@@ -684,7 +357,7 @@ impl Shard {
         &self.counters[usize::from(self.id)]
     }
 
-    fn new_conn(&self, stream: Stream, kind: Kind2) -> Option<Rc<Conn>> {
+    fn new_conn(&self, stream: Stream, kind: ConnKind) -> Option<Rc<Conn>> {
         let fd = match &stream {
             Stream::Plain(s) => s.as_raw_fd(),
             Stream::Server(s) => s.get_ref().0.as_raw_fd(),
@@ -693,7 +366,7 @@ impl Shard {
         self.new_conn_fd(stream, fd, kind)
     }
 
-    fn new_conn_fd(&self, stream: Stream, fd: RawFd, kind: Kind2) -> Option<Rc<Conn>> {
+    fn new_conn_fd(&self, stream: Stream, fd: RawFd, kind: ConnKind) -> Option<Rc<Conn>> {
         let mut nonce = [0u8; 32];
         self.rng.fill(&mut nonce).ok()?;
         let mut id = self.next_conn.get();
@@ -701,7 +374,7 @@ impl Shard {
             id = id.wrapping_add(1);
         }
         self.next_conn.set(id.wrapping_add(1));
-        let session = (kind == Kind2::Agent).then(|| {
+        let session = (kind == ConnKind::Agent).then(|| {
             AccessSession::new(
                 self.config.gateway.clone(),
                 nonce,
@@ -732,30 +405,6 @@ impl Shard {
         });
         self.conns.borrow_mut().insert(id, conn.clone());
         Some(conn)
-    }
-
-    /// Dials peer `index`'s relay with mutual TLS; the server must prove `gateway`.
-    async fn dial(&self, index: u32, gateway: &GatewayId, address: SocketAddr) -> Option<Rc<Conn>> {
-        let tls = self.peer_tls.clone()?;
-        let config = Arc::new(tls.identity.client_config(gateway.as_str()).ok()?);
-        let stream = TcpStream::connect_timeout(address, Duration::from_secs(2))
-            .await
-            .ok()?;
-        let _ = stream.set_nodelay(true);
-        let fd = stream.as_raw_fd();
-        // Servers are named by their certificate's URI; the verifier checks it, not this name.
-        let name = ServerName::try_from("peer.invalid").ok()?;
-        let handshake = TlsConnector::from(config).connect(name, stream);
-        let tls = futures_lite::future::or(async { handshake.await.ok() }, async {
-            sleep(Duration::from_secs(5)).await;
-            None
-        })
-        .await?;
-        let kind = Kind2::Peer {
-            gateway: gateway.to_string(),
-            link: Some(index),
-        };
-        self.new_conn_fd(Stream::Client(Box::new(tls)), fd, kind)
     }
 
     /// Decodes up to [`BATCH`] frames, prepares their destinations' lookups, then relays or
@@ -830,7 +479,7 @@ impl Shard {
     ) {
         let agent_ref = conn.agent.borrow();
         let accessed = agent_ref.as_ref().map(AgentId::as_str);
-        if conn.kind == Kind2::Agent && accessed.is_none() {
+        if conn.kind == ConnKind::Agent && accessed.is_none() {
             drop(agent_ref);
             self.close_with(conn, ErrorCode::NotAccessed, "access first");
             return;
@@ -853,9 +502,9 @@ impl Shard {
         let source = accessed.or(view.source()).unwrap_or_default();
         let allowed = match &conn.kind {
             // An agent sends messages and ACKs as itself; NACKs are the gateways' to send.
-            Kind2::Agent => view.kind != Kind::Nack && view.source() == accessed,
+            ConnKind::Agent => view.kind != Kind::Nack && view.source() == accessed,
             // A peer relays other domains' agents' frames, and NACKs; never ours.
-            Kind2::Peer { .. } => match view.source() {
+            ConnKind::Peer { .. } => match view.source() {
                 None => view.kind == Kind::Nack,
                 Some(s) => {
                     AgentId::parse(s).is_ok_and(|a| a.domain() != self.config.gateway.domain())
@@ -1315,7 +964,7 @@ impl Shard {
         self.set_congested(conn, false);
         conn.shut();
         self.conns.borrow_mut().remove(&conn.id);
-        if let Kind2::Peer {
+        if let ConnKind::Peer {
             link: Some(index), ..
         } = conn.kind
         {

@@ -1,0 +1,288 @@
+//! A shard's connections: their byte streams (plain TCP for agents, mutual TLS for peer links),
+//! write queues, and the tasks that read into and write out of them.
+
+use super::*;
+
+/// A one-waiter wake-up flag.
+#[derive(Default)]
+pub(super) struct Notify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    pub(super) fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    pub(super) async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.set.replace(false) {
+                return Poll::Ready(());
+            }
+            let mut slot = self.waker.borrow_mut();
+            if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *slot = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConnState {
+    Open,
+    /// Write what is queued, then close.
+    Flushing(Instant),
+    Closed,
+}
+
+/// A relayed frame in a write queue: counted delivered once written, NACKed if its connection
+/// closes first.
+pub(super) struct Mark {
+    pub(super) end: u64,
+    pub(super) kind: Kind,
+    pub(super) body: Bytes,
+}
+
+#[derive(Default)]
+pub(super) struct Outbound {
+    pub(super) batch: WriteBatch,
+    pub(super) marks: VecDeque<Mark>,
+    pub(super) pushed: u64,
+    pub(super) written: u64,
+}
+
+/// A connection's byte stream: plain TCP for agents, mutual TLS for peer links.
+pub(super) enum Stream {
+    Plain(TcpStream),
+    Server(Box<server::TlsStream<TcpStream>>),
+    Client(Box<client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    pub(super) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Server(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::Client(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+
+    pub(super) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Server(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Stream::Client(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    pub(super) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Server(s) => Pin::new(&mut **s).poll_flush(cx),
+            Stream::Client(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+}
+
+/// Who is on the other end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ConnKind {
+    /// An agent: access first, then its own frames.
+    Agent,
+    /// A peer gateway (its ID): frames of other domains' agents, relayed. `link`: the peer
+    /// index when this shard dialled it as that peer's link.
+    Peer { gateway: String, link: Option<u32> },
+}
+
+pub(super) struct Conn {
+    pub(super) id: u32,
+    pub(super) stream: RefCell<Stream>,
+    pub(super) fd: RawFd,
+    pub(super) plain: bool,
+    pub(super) kind: ConnKind,
+    pub(super) session: RefCell<Option<AccessSession>>,
+    pub(super) agent: RefCell<Option<AgentId>>,
+    pub(super) serial: RefCell<Vec<u8>>,
+    pub(super) decoder: RefCell<FrameDecoder>,
+    pub(super) out: RefCell<Outbound>,
+    pub(super) state: Cell<ConnState>,
+    /// The access reply is queued but the agent's route is not visible yet: hold writes.
+    pub(super) hold: Cell<bool>,
+    /// AgentDown was told to the control plane.
+    pub(super) down_reported: Cell<bool>,
+    /// Marked congested for other shards.
+    pub(super) congested: Cell<bool>,
+    /// Read anything since the last tick.
+    pub(super) active: Cell<bool>,
+    pub(super) writer: Notify,
+    /// The writer ended (after flushing, when the connection was closing).
+    pub(super) flushed: Notify,
+    /// Readers waiting for this queue to fall below the soft limit.
+    pub(super) space: RefCell<Vec<Waker>>,
+}
+
+impl Conn {
+    pub(super) fn is_open(&self) -> bool {
+        self.state.get() == ConnState::Open
+    }
+
+    pub(super) fn queued(&self) -> usize {
+        self.out.borrow().batch.len()
+    }
+
+    /// Ends the socket both ways: the reader sees end of file, the writer an error.
+    pub(super) fn shut(&self) {
+        let _ = shutdown(self.fd, Shutdown::Both);
+    }
+}
+
+/// Reads once into the connection's decoder.
+pub(super) async fn read(conn: &Conn, chunk: usize) -> io::Result<usize> {
+    poll_fn(|cx| {
+        let mut decoder = conn.decoder.borrow_mut();
+        let buf = decoder.read_buf(chunk);
+        let start = buf.len();
+        buf.resize(start + chunk, 0);
+        let poll = conn.stream.borrow_mut().poll_read(cx, &mut buf[start..]);
+        let got = match &poll {
+            Poll::Ready(Ok(n)) => *n,
+            _ => 0,
+        };
+        buf.truncate(start + got);
+        poll
+    })
+    .await
+}
+
+pub(super) async fn wait_for_space(conn: &Conn, soft: usize) {
+    poll_fn(|cx| {
+        if !conn.is_open() || conn.queued() <= soft {
+            return Poll::Ready(());
+        }
+        conn.space.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    })
+    .await;
+}
+
+/// Writes one connection's queue until it closes, then says so.
+pub(super) async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
+    write_queue(&shard, &conn).await;
+    conn.flushed.notify();
+}
+
+/// Vectored writes of as many frames as are queued.
+pub(super) async fn write_queue(shard: &Shard, conn: &Conn) {
+    loop {
+        loop {
+            let empty = conn.out.borrow().batch.is_empty();
+            match conn.state.get() {
+                ConnState::Closed => return,
+                ConnState::Flushing(_) if empty => {
+                    conn.shut();
+                    return;
+                }
+                _ => {}
+            }
+            if !empty && !conn.hold.get() {
+                break;
+            }
+            conn.writer.wait().await;
+        }
+        if !conn.plain {
+            match write_tls(shard, conn).await {
+                Ok(n) => {
+                    shard.wrote(conn, n);
+                    continue;
+                }
+                Err(_) => {
+                    conn.shut();
+                    return;
+                }
+            }
+        }
+        let sent = {
+            let out = conn.out.borrow();
+            let mut slices = Vec::with_capacity(64);
+            out.batch.io_slices(&mut slices, 64);
+            sendmsg::<SockaddrStorage>(
+                conn.fd,
+                &slices,
+                &[],
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+        };
+        let n = match sent {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            // The socket is full: let glommio wait for it to drain and write the first segment.
+            Err(Errno::EAGAIN) => {
+                let wrote = poll_fn(|cx| {
+                    let out = conn.out.borrow();
+                    let Some(front) = out.batch.front() else {
+                        return Poll::Ready(Ok(0));
+                    };
+                    conn.stream.borrow_mut().poll_write(cx, front)
+                })
+                .await;
+                match wrote {
+                    Ok(n) => n,
+                    Err(_) => {
+                        conn.shut();
+                        return;
+                    }
+                }
+            }
+            Err(_) => {
+                conn.shut();
+                return;
+            }
+        };
+        shard.wrote(conn, n);
+    }
+}
+
+/// A TLS write: the queued frames (up to 64 KiB) gathered into one buffer, encrypted and
+/// flushed. Returns the queued bytes written.
+pub(super) async fn write_tls(shard: &Shard, conn: &Conn) -> io::Result<usize> {
+    let mut buf = std::mem::take(&mut *shard.tls_out.borrow_mut());
+    buf.clear();
+    {
+        let out = conn.out.borrow();
+        let mut slices = Vec::with_capacity(64);
+        out.batch.io_slices(&mut slices, 64);
+        for s in slices {
+            if buf.len() + s.len() > 64 * 1024 && !buf.is_empty() {
+                break;
+            }
+            buf.extend_from_slice(&s);
+        }
+    }
+    let mut done = 0;
+    while done < buf.len() {
+        let n = poll_fn(|cx| conn.stream.borrow_mut().poll_write(cx, &buf[done..])).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
+    poll_fn(|cx| conn.stream.borrow_mut().poll_flush(cx)).await?;
+    let n = buf.len();
+    *shard.tls_out.borrow_mut() = buf;
+    Ok(n)
+}
