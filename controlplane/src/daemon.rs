@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::{
     node::{Node, NodeConfig, PeerEntry},
-    peering::session::{LimitAction, MIN_HOLD_TIME},
+    peering::session::{DEFAULT_MAX_SUMMARIES, LimitAction, MIN_HOLD_TIME},
 };
 
 /// The Agent Gateway daemon: agents connect to it, prove their certificate and exchange
@@ -204,7 +204,7 @@ fn node_config(args: &DaemonArgs) -> Result<NodeConfig, String> {
             gateway,
             address: p.address,
             export: p.export.clone(),
-            max_summaries: p.max_summaries.map(|m| (m, action)),
+            max_summaries: Some((p.max_summaries.unwrap_or(DEFAULT_MAX_SUMMARIES), action)),
             hold_time,
         });
     }

@@ -13,7 +13,6 @@ use agw_proto::{
 };
 use agw_sdk::{
     agent::{AgentConnection, Credentials, Incoming},
-    certificates::{AgentKey, CertificateRequests, HeldCertificate},
     connection::Connection,
 };
 use bytes::Bytes;
@@ -89,24 +88,10 @@ fn peer(node: &Node, dial: bool) -> PeerEntry {
 /// An agent applies to its domain's authority over the ACA protocol.
 fn certify(node: &Node, name: &str) -> Result<Arc<Credentials>, String> {
     let agent = AgentId::new(node.authority.domain(), name).map_err(|e| e.to_string())?;
-    let key = AgentKey::generate().map_err(|e| e.to_string())?;
-    let materials = pb::IdentityMaterials {
-        organization: "Example".into(),
-        ..Default::default()
-    };
-    let app = CertificateRequests::default()
-        .application(&key, &agent, materials)
-        .map_err(|e| e.to_string())?;
     let mut conn = Connection::connect(node.addresses().aca, WAIT).map_err(|e| e.to_string())?;
-    let Message::CertificateReply(reply) = conn.request(app).map_err(|e| e.to_string())? else {
-        return Err("the authority refused".into());
-    };
-    let certificate = HeldCertificate::from_reply(reply).map_err(|e| e.to_string())?;
-    Ok(Arc::new(Credentials {
-        agent,
-        certificate,
-        key,
-    }))
+    let credentials = Credentials::enroll(agent, "Example", |app| conn.request(app))
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(credentials))
 }
 
 /// An agent's mutual-TLS connection to its domain's registry.

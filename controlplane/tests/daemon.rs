@@ -18,7 +18,7 @@ use agw_proto::{
 };
 use agw_sdk::{
     agent::{AgentConnection, AgentError, Credentials, Incoming},
-    certificates::{AgentKey, CertificateRequests, HeldCertificate},
+    certificates::CertificateRequests,
     connection::Connection,
 };
 use bytes::Bytes;
@@ -94,23 +94,8 @@ fn start(data_dir: &std::path::Path) -> Daemon {
 /// Applies for a certificate over the ACA protocol, as an agent would.
 fn certify(aca: &str, name: &str) -> Arc<Credentials> {
     let agent = AgentId::parse(&format!("spiffe://travel.example/agent/{name}")).unwrap();
-    let key = AgentKey::generate().unwrap();
-    let materials = pb::IdentityMaterials {
-        organization: "Acme".into(),
-        ..Default::default()
-    };
-    let app = CertificateRequests::default()
-        .application(&key, &agent, materials)
-        .unwrap();
     let mut conn = Connection::connect(aca, Duration::from_secs(5)).unwrap();
-    let Message::CertificateReply(reply) = conn.request(app).unwrap() else {
-        panic!("no certificate")
-    };
-    Arc::new(Credentials {
-        agent,
-        certificate: HeldCertificate::from_reply(reply).unwrap(),
-        key,
-    })
+    Arc::new(Credentials::enroll(agent, "Acme", |app| conn.request(app)).unwrap())
 }
 
 #[test]

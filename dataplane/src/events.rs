@@ -104,11 +104,6 @@ impl LocalRoutes {
             }
         }
     }
-
-    /// Agents connected now.
-    pub fn connected(&self) -> usize {
-        self.owners.len()
-    }
 }
 
 /// Runs [`LocalRoutes`] on its own thread until every sender of `events` is gone: each burst

@@ -16,10 +16,7 @@ use agw_proto::{
     identity::{AgentId, Domain, GatewayId},
     pb,
 };
-use agw_sdk::{
-    agent::Credentials,
-    certificates::{AgentKey, CertificateRequests, HeldCertificate},
-};
+use agw_sdk::agent::Credentials;
 
 /// Why the gateway or an agent could not be set up.
 pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
@@ -72,23 +69,10 @@ impl InProcessGateway {
     /// Certifies an agent called `name`.
     pub fn certify(&self, name: &str) -> Result<Arc<Credentials>, SetupError> {
         let agent = AgentId::new(self.ca.domain(), name)?;
-        let key = AgentKey::generate()?;
-        let materials = pb::IdentityMaterials {
-            organization: "Load".into(),
-            ..Default::default()
+        let ca = &self.ca;
+        let ask = |app: pb::CertificateApplication| {
+            ca.handle(&app.into(), SystemTime::now()).ok_or("no answer")
         };
-        let app = CertificateRequests::default().application(&key, &agent, materials)?;
-        let materials = app.materials.as_ref().ok_or("no materials")?;
-        let issued = self.ca.apply(&app.csr, materials, SystemTime::now())?;
-        let reply = pb::CertificateReply {
-            certificate_chain: issued.chain.into_iter().map(Into::into).collect(),
-            serial: issued.serial.into(),
-            ..Default::default()
-        };
-        Ok(Arc::new(Credentials {
-            agent,
-            certificate: HeldCertificate::from_reply(reply)?,
-            key,
-        }))
+        Ok(Arc::new(Credentials::enroll(agent, "Load", ask)?))
     }
 }

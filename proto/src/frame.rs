@@ -471,15 +471,15 @@ impl WriteBatch {
         self.frames
     }
 
+    /// The bytes waiting, segment by segment, in order.
+    pub fn segments(&self) -> impl Iterator<Item = &[u8]> {
+        self.segments.iter().map(Segment::as_slice)
+    }
+
     /// Fills `out` with up to `max` slices, in order, for one vectored write.
     pub fn io_slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>, max: usize) {
         out.clear();
-        out.extend(
-            self.segments
-                .iter()
-                .take(max)
-                .map(|s| IoSlice::new(s.as_slice())),
-        );
+        out.extend(self.segments().take(max).map(IoSlice::new));
     }
 
     /// The first bytes waiting (one segment), for a plain write.

@@ -25,7 +25,7 @@ use agw_proto::{
 
 use crate::{
     access::access_request,
-    certificates::{AgentKey, CertificateError, HeldCertificate},
+    certificates::{AgentKey, CertificateError, CertificateRequests, HeldCertificate},
 };
 
 /// What an agent proves itself with.
@@ -37,6 +37,39 @@ pub struct Credentials {
     pub certificate: HeldCertificate,
     /// Its private key.
     pub key: AgentKey,
+}
+
+impl Credentials {
+    /// Generates a key and applies for `agent`'s certificate as a member of `organization`:
+    /// `ask` carries the application to the authority (over its protocol port, or to one
+    /// embedded in the caller) and returns the authority's answer.
+    pub fn enroll<E: std::fmt::Display>(
+        agent: AgentId,
+        organization: &str,
+        ask: impl FnOnce(pb::CertificateApplication) -> Result<Message, E>,
+    ) -> Result<Credentials, CertificateError> {
+        let key = AgentKey::generate()?;
+        let materials = pb::IdentityMaterials {
+            organization: organization.to_owned(),
+            ..Default::default()
+        };
+        let application = CertificateRequests::default().application(&key, &agent, materials)?;
+        let certificate = match ask(application) {
+            Ok(Message::CertificateReply(reply)) => HeldCertificate::from_reply(reply)?,
+            Ok(other) => {
+                return Err(CertificateError::BadReply(format!(
+                    "{} instead of a certificate",
+                    other.kind().name()
+                )));
+            }
+            Err(e) => return Err(CertificateError::BadReply(format!("no answer: {e}"))),
+        };
+        Ok(Credentials {
+            agent,
+            certificate,
+            key,
+        })
+    }
 }
 
 /// Why a call on the connection failed.

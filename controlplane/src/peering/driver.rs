@@ -231,13 +231,6 @@ impl Peering {
         self.listen
     }
 
-    /// Sends a command to peer `index`.
-    pub fn command(&self, index: usize, command: PeerCommand) {
-        if let Some(c) = self.commands.get(index) {
-            let _ = c.send(command);
-        }
-    }
-
     /// The live neighbour list, for a metrics endpoint on another thread.
     pub fn neighbours_handle(&self) -> Arc<Mutex<Vec<PeerStatus>>> {
         self.neighbours.clone()
@@ -435,7 +428,7 @@ impl PeerThread {
                 refuse(old, ErrorCode::ConnectionCollision);
             }
             self.session.handle(Input::TransportDown, now);
-            self.drain_events();
+            self.act(now);
         }
         let _ = handover
             .transport
@@ -491,10 +484,6 @@ impl PeerThread {
                 }
             }
         }
-    }
-
-    fn drain_events(&mut self) {
-        self.act(Instant::now());
     }
 
     fn emit(&self, event: PeerEvent) {

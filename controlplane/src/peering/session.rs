@@ -37,6 +37,9 @@ use agw_proto::{
 /// The shortest hold time a session accepts (0 is refused too: keepalives are not optional).
 pub const MIN_HOLD_TIME: Duration = Duration::from_secs(3);
 
+/// Summaries accepted from one peer unless configured otherwise.
+pub const DEFAULT_MAX_SUMMARIES: usize = 1_000_000;
+
 /// What to do when a peer advertises more summaries than allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitAction {
@@ -69,7 +72,9 @@ pub struct PeerConfig {
     pub retry_min: Duration,
     /// Longest reconnection delay. Default 60 s.
     pub retry_max: Duration,
-    /// Most summaries accepted from the peer, and what happens past it.
+    /// Most summaries accepted from the peer, and what happens past it; `None` for no limit.
+    /// Default [`DEFAULT_MAX_SUMMARIES`], refusing the excess: a peer's table is bounded
+    /// unless an operator says otherwise.
     pub max_summaries: Option<(usize, LimitAction)>,
     /// Domains whose agents this peer may see; `None` for all.
     pub export_domains: Option<HashSet<String>>,
@@ -90,7 +95,7 @@ impl PeerConfig {
             agent_access_address: String::new(),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
-            max_summaries: None,
+            max_summaries: Some((DEFAULT_MAX_SUMMARIES, LimitAction::Refuse)),
             export_domains: None,
             certificate_chain: Vec::new(),
         }

@@ -15,10 +15,7 @@ use agw_proto::{
     identity::{AgentId, Domain, GatewayId},
     pb,
 };
-use agw_sdk::{
-    agent::Credentials,
-    certificates::{AgentKey, CertificateRequests, HeldCertificate},
-};
+use agw_sdk::{agent::Credentials, certificates::AgentKey};
 
 pub struct Authority {
     pub ca: CertificateAuthority,
@@ -86,27 +83,10 @@ impl Authority {
     /// Certifies an agent of this domain, as the agent would through the ACA protocol.
     pub fn certify(&self, name: &str) -> Arc<Credentials> {
         let agent = AgentId::new(self.ca.domain(), name).unwrap();
-        let key = AgentKey::generate().unwrap();
-        let materials = pb::IdentityMaterials {
-            organization: "Acme".into(),
-            ..Default::default()
+        let ca = &self.ca;
+        let ask = |app: pb::CertificateApplication| {
+            ca.handle(&app.into(), SystemTime::now()).ok_or("no answer")
         };
-        let app = CertificateRequests::default()
-            .application(&key, &agent, materials)
-            .unwrap();
-        let issued = self
-            .ca
-            .apply(&app.csr, app.materials.as_ref().unwrap(), SystemTime::now())
-            .unwrap();
-        let reply = pb::CertificateReply {
-            certificate_chain: issued.chain.into_iter().map(Into::into).collect(),
-            serial: issued.serial.into(),
-            ..Default::default()
-        };
-        Arc::new(Credentials {
-            agent,
-            certificate: HeldCertificate::from_reply(reply).unwrap(),
-            key,
-        })
+        Arc::new(Credentials::enroll(agent, "Acme", ask).unwrap())
     }
 }

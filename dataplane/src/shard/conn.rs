@@ -217,11 +217,16 @@ pub(super) async fn write_queue(shard: &Shard, conn: &Conn) {
         }
         let sent = {
             let out = conn.out.borrow();
-            let mut slices = Vec::with_capacity(64);
-            out.batch.io_slices(&mut slices, 64);
+            // Up to 64 segments (32 frames) per call, gathered on the stack.
+            let mut slices = [IoSlice::new(&[]); 64];
+            let n = slices
+                .iter_mut()
+                .zip(out.batch.segments())
+                .map(|(slot, segment)| *slot = IoSlice::new(segment))
+                .count();
             sendmsg::<SockaddrStorage>(
                 conn.fd,
-                &slices,
+                &slices[..n],
                 &[],
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
                 None,
@@ -264,13 +269,11 @@ pub(super) async fn write_tls(shard: &Shard, conn: &Conn) -> io::Result<usize> {
     buf.clear();
     {
         let out = conn.out.borrow();
-        let mut slices = Vec::with_capacity(64);
-        out.batch.io_slices(&mut slices, 64);
-        for s in slices {
+        for s in out.batch.segments() {
             if buf.len() + s.len() > 64 * 1024 && !buf.is_empty() {
                 break;
             }
-            buf.extend_from_slice(&s);
+            buf.extend_from_slice(s);
         }
     }
     let mut done = 0;

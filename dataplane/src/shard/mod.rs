@@ -7,7 +7,7 @@
 use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
-    io,
+    io::{self, IoSlice},
     net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
     pin::Pin,
@@ -67,12 +67,15 @@ const BATCH: usize = 32;
 
 /// A frame crossing to the shard that owns its destination's connection.
 #[derive(Debug)]
-pub(crate) struct CrossFrame {
-    connection: u32,
-    header: FrameHeader,
-    body: Bytes,
-    /// Taken from an agent (counted, NACKed if undeliverable), not made by a gateway.
-    relayed: bool,
+pub(crate) enum CrossFrame {
+    /// Taken from an agent or a peer: counted, NACKed if it cannot be delivered.
+    Relayed {
+        connection: u32,
+        header: FrameHeader,
+        body: Bytes,
+    },
+    /// Made by this gateway (a NACK), encoded whole: delivered if possible, else dropped.
+    Made { connection: u32, frame: Bytes },
 }
 
 /// What crosses between two shards at once.
@@ -570,11 +573,10 @@ impl Shard {
                     let mut pending = self.pending_cross.borrow_mut();
                     match pending.get_mut(usize::from(shard)) {
                         Some(batch) => {
-                            batch.push(CrossFrame {
+                            batch.push(CrossFrame::Relayed {
                                 connection,
                                 header,
                                 body: frame.body.clone(),
-                                relayed: true,
                             });
                             if self.remote_congested(shard, connection) {
                                 *blocked = Blocked::Remote { shard, connection };
@@ -653,20 +655,28 @@ impl Shard {
 
     /// Queues a frame the gateway made (challenge, reply, NACK, notification).
     fn push_gateway(&self, conn: &Conn, message: &Message) {
-        if conn.state.get() == ConnState::Closed {
-            return;
+        if let Some(frame) = self.encode(message) {
+            self.push_encoded(conn, frame);
         }
+    }
+
+    /// A message this gateway makes, framed (data kinds with the default hop limit).
+    fn encode(&self, message: &Message) -> Option<Bytes> {
         let mut encoder = self.encoder.borrow_mut();
         let hop = if message.kind().is_data() {
             DEFAULT_HOP_LIMIT
         } else {
             0
         };
-        if encoder.push_message(message, hop).is_err() {
+        encoder.push_message(message, hop).ok()?;
+        Some(encoder.take())
+    }
+
+    /// Queues whole encoded frames for `conn`.
+    fn push_encoded(&self, conn: &Conn, bytes: Bytes) {
+        if conn.state.get() == ConnState::Closed {
             return;
         }
-        let bytes = encoder.take();
-        drop(encoder);
         let len = bytes.len();
         let mut out = conn.out.borrow_mut();
         out.pushed += len as u64;
@@ -739,42 +749,43 @@ impl Shard {
             };
             // The other shard is gone (stopping): these frames cannot be delivered.
             for frame in refused {
-                self.undeliverable(frame, ErrorCode::Unreachable);
+                if let CrossFrame::Relayed { header, body, .. } = frame {
+                    self.undeliverable(header.kind, &body, ErrorCode::Unreachable);
+                }
             }
         }
     }
 
     /// A frame from another shard for one of this shard's connections.
     fn deliver_cross(&self, frame: CrossFrame) {
-        let dest = self.conns.borrow().get(&frame.connection).cloned();
-        if !frame.relayed {
-            if let Some(dest) = dest {
-                let len = HEADER_LEN + frame.body.len();
-                let mut out = dest.out.borrow_mut();
-                out.pushed += len as u64;
-                out.batch.push_frame(frame.header, frame.body);
-                drop(out);
-                self.queued_add(len);
-                dest.writer.notify();
+        match frame {
+            CrossFrame::Made { connection, frame } => {
+                let dest = self.conns.borrow().get(&connection).cloned();
+                if let Some(dest) = dest {
+                    self.push_encoded(&dest, frame);
+                }
             }
-            return;
-        }
-        let result = match dest {
-            Some(dest) => self.push_relayed(&dest, frame.header, frame.body.clone()),
-            None => Err(ErrorCode::DestinationOffline),
-        };
-        if let Err(code) = result {
-            self.undeliverable(frame, code);
+            CrossFrame::Relayed {
+                connection,
+                header,
+                body,
+            } => {
+                let dest = self.conns.borrow().get(&connection).cloned();
+                let result = match dest {
+                    Some(dest) => self.push_relayed(&dest, header, body.clone()),
+                    None => Err(ErrorCode::DestinationOffline),
+                };
+                if let Err(code) = result {
+                    self.undeliverable(header.kind, &body, code);
+                }
+            }
         }
     }
 
     /// An accepted frame that cannot reach its destination: NACK it to its source, wherever
     /// the source's connection is.
-    fn undeliverable(&self, frame: CrossFrame, reason: ErrorCode) {
-        if !frame.relayed {
-            return;
-        }
-        let Ok(view) = DataView::parse(frame.header.kind, &frame.body) else {
+    fn undeliverable(&self, kind: Kind, body: &[u8], reason: ErrorCode) {
+        let Ok(view) = DataView::parse(kind, body) else {
             self.counter().discarded();
             return;
         };
@@ -795,24 +806,11 @@ impl Shard {
                 }
             }
             Some(Route::Local { shard, connection }) => {
-                let mut encoder = self.encoder.borrow_mut();
-                if encoder.push_message(&nack, DEFAULT_HOP_LIMIT).is_err() {
-                    return;
-                }
-                let mut bytes = encoder.take();
-                let mut raw = [0u8; HEADER_LEN];
-                raw.copy_from_slice(&bytes[..HEADER_LEN]);
-                let Ok(header) = FrameHeader::parse(raw, &self.config.limits) else {
+                let Some(frame) = self.encode(&nack) else {
                     return;
                 };
-                let body = bytes.split_off(HEADER_LEN);
                 if let Some(batch) = self.pending_cross.borrow_mut().get_mut(usize::from(shard)) {
-                    batch.push(CrossFrame {
-                        connection,
-                        header,
-                        body,
-                        relayed: false,
-                    });
+                    batch.push(CrossFrame::Made { connection, frame });
                 }
             }
             Some(Route::Peer { peer }) => {
@@ -987,19 +985,7 @@ impl Shard {
         let mut out = std::mem::take(&mut *conn.out.borrow_mut());
         self.queued_sub(out.batch.len());
         for mark in out.marks.drain(..) {
-            self.undeliverable(
-                CrossFrame {
-                    connection: conn.id,
-                    header: FrameHeader {
-                        kind: mark.kind,
-                        hop_limit: 0,
-                        body_len: 0,
-                    },
-                    body: mark.body,
-                    relayed: true,
-                },
-                ErrorCode::DestinationOffline,
-            );
+            self.undeliverable(mark.kind, &mark.body, ErrorCode::DestinationOffline);
         }
         for w in conn.space.borrow_mut().drain(..) {
             w.wake();

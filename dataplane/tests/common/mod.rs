@@ -20,10 +20,7 @@ use agw_proto::{
     identity::{AgentId, Domain, GatewayId},
     pb,
 };
-use agw_sdk::{
-    agent::{AgentConnection, Credentials},
-    certificates::{AgentKey, CertificateRequests, HeldCertificate},
-};
+use agw_sdk::agent::{AgentConnection, Credentials};
 
 pub const DOMAIN: &str = "travel.example";
 
@@ -50,30 +47,12 @@ pub fn authority(domain: &str) -> Authority {
 
 impl Authority {
     pub fn certify(&self, name: &str) -> Arc<Credentials> {
-        let domain = self.ca.domain().as_str().to_owned();
-        let agent = AgentId::parse(&format!("spiffe://{domain}/agent/{name}")).unwrap();
-        let key = AgentKey::generate().unwrap();
-        let materials = pb::IdentityMaterials {
-            organization: "Acme".into(),
-            ..Default::default()
+        let agent = AgentId::new(self.ca.domain(), name).unwrap();
+        let ca = &self.ca;
+        let ask = |app: pb::CertificateApplication| {
+            ca.handle(&app.into(), SystemTime::now()).ok_or("no answer")
         };
-        let app = CertificateRequests::default()
-            .application(&key, &agent, materials)
-            .unwrap();
-        let issued = self
-            .ca
-            .apply(&app.csr, app.materials.as_ref().unwrap(), SystemTime::now())
-            .unwrap();
-        let reply = pb::CertificateReply {
-            certificate_chain: issued.chain.into_iter().map(Into::into).collect(),
-            serial: issued.serial.into(),
-            ..Default::default()
-        };
-        Arc::new(Credentials {
-            agent,
-            certificate: HeldCertificate::from_reply(reply).unwrap(),
-            key,
-        })
+        Arc::new(Credentials::enroll(agent, "Acme", ask).unwrap())
     }
 
     pub fn checker(&self) -> CertificateChecker {
