@@ -49,7 +49,54 @@ pub struct DataplaneConfig {
     pub close_linger: Duration,
 }
 
+/// The limits an operator may change while the relay runs (`agw` reloads them on SIGHUP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveLimits {
+    /// See [`DataplaneConfig::queue_soft_limit`].
+    pub queue_soft_limit: usize,
+    /// See [`DataplaneConfig::queue_hard_limit`].
+    pub queue_hard_limit: usize,
+    /// See [`DataplaneConfig::shard_memory_budget`].
+    pub shard_memory_budget: usize,
+    /// See [`DataplaneConfig::max_connections_per_shard`].
+    pub max_connections_per_shard: usize,
+}
+
+impl LiveLimits {
+    /// Checks the limits agree with each other; says which does not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.queue_soft_limit == 0 || self.queue_soft_limit > self.queue_hard_limit {
+            return Err("queue_soft_limit must be above 0 and at most queue_hard_limit".into());
+        }
+        if self.queue_hard_limit > self.shard_memory_budget {
+            return Err("queue_hard_limit must be at most shard_memory_budget".into());
+        }
+        if self.max_connections_per_shard == 0 {
+            return Err("max_connections_per_shard must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
 impl DataplaneConfig {
+    /// The limits that can change live.
+    pub fn live_limits(&self) -> LiveLimits {
+        LiveLimits {
+            queue_soft_limit: self.queue_soft_limit,
+            queue_hard_limit: self.queue_hard_limit,
+            shard_memory_budget: self.shard_memory_budget,
+            max_connections_per_shard: self.max_connections_per_shard,
+        }
+    }
+
+    /// Takes these limits.
+    pub fn set_live_limits(&mut self, limits: LiveLimits) {
+        self.queue_soft_limit = limits.queue_soft_limit;
+        self.queue_hard_limit = limits.queue_hard_limit;
+        self.shard_memory_budget = limits.shard_memory_budget;
+        self.max_connections_per_shard = limits.max_connections_per_shard;
+    }
+
     /// Defaults for `gateway` listening on `listen`.
     pub fn new(gateway: GatewayId, listen: SocketAddr) -> DataplaneConfig {
         DataplaneConfig {
@@ -83,16 +130,9 @@ impl DataplaneConfig {
                 self.read_chunk
             ));
         }
-        if self.queue_soft_limit == 0 || self.queue_soft_limit > self.queue_hard_limit {
-            return Err("queue_soft_limit must be above 0 and at most queue_hard_limit".into());
-        }
-        if self.queue_hard_limit > self.shard_memory_budget {
-            return Err("queue_hard_limit must be at most shard_memory_budget".into());
-        }
-        if self.max_connections_per_shard == 0 || self.cross_shard_capacity == 0 {
-            return Err(
-                "max_connections_per_shard and cross_shard_capacity must be above 0".into(),
-            );
+        self.live_limits().validate()?;
+        if self.cross_shard_capacity == 0 {
+            return Err("cross_shard_capacity must be above 0".into());
         }
         if self.peer_listen.is_some() && self.peer_tls.is_none() {
             return Err("peer_listen needs peer_tls (the gateway's certificate)".into());

@@ -5,7 +5,10 @@
 //! `accepted = delivered + nacked + discarded`, where `discarded` counts only ACK frames that
 //! could not be delivered (answering them with a NACK could loop) and never an agent message.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::{
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
 
 use agw_proto::pb::ErrorCode;
 use crossbeam_utils::CachePadded;
@@ -21,6 +24,21 @@ pub const NACK_REASONS: [ErrorCode; 8] = [
     ErrorCode::Malformed,
     ErrorCode::Draining,
 ];
+
+/// Buckets of the residence histogram: bucket `k` counts frames that stayed under
+/// `2^k` microseconds (1 us to 524 ms); one more bucket holds the longer stays.
+pub const RESIDENCE_BUCKETS: usize = 20;
+
+/// The upper bound of residence bucket `k`, in seconds.
+pub fn residence_bound(k: usize) -> f64 {
+    (1u64 << k) as f64 * 1e-6
+}
+
+#[inline]
+fn residence_index(d: Duration) -> usize {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    ((u64::BITS - micros.leading_zeros()) as usize).min(RESIDENCE_BUCKETS)
+}
 
 fn reason_index(code: ErrorCode) -> usize {
     NACK_REASONS
@@ -43,6 +61,8 @@ struct Inner {
     bytes_out: AtomicU64,
     queued_bytes: AtomicU64,
     cross_shard_batches: AtomicU64,
+    residence: [AtomicU64; RESIDENCE_BUCKETS + 1],
+    residence_ns: AtomicU64,
 }
 
 /// One shard's counters.
@@ -99,6 +119,15 @@ impl ShardCounters {
     pub(crate) fn cross_shard_batch(&self) {
         add(&self.0.cross_shard_batches, 1);
     }
+    /// A delivered frame spent `d` in the gateway (read to written).
+    #[inline]
+    pub(crate) fn resided(&self, d: Duration) {
+        add(&self.0.residence[residence_index(d)], 1);
+        add(
+            &self.0.residence_ns,
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        );
+    }
 
     /// The counters now.
     pub fn snapshot(&self) -> CounterSnapshot {
@@ -116,6 +145,8 @@ impl ShardCounters {
             bytes_out: c.bytes_out.load(Relaxed),
             queued_bytes: c.queued_bytes.load(Relaxed),
             cross_shard_batches: c.cross_shard_batches.load(Relaxed),
+            residence: std::array::from_fn(|i| c.residence[i].load(Relaxed)),
+            residence_ns: c.residence_ns.load(Relaxed),
         }
     }
 }
@@ -147,6 +178,12 @@ pub struct CounterSnapshot {
     pub queued_bytes: u64,
     /// Batches sent to other shards.
     pub cross_shard_batches: u64,
+    /// Delivered frames by time spent in the gateway, from the read that brought them to the
+    /// write that finished them: bucket `k` under [`residence_bound(k)`](residence_bound),
+    /// the last one longer.
+    pub residence: [u64; RESIDENCE_BUCKETS + 1],
+    /// Time delivered frames spent in the gateway, summed, in nanoseconds.
+    pub residence_ns: u64,
 }
 
 impl CounterSnapshot {
@@ -184,5 +221,31 @@ impl CounterSnapshot {
         self.bytes_out += o.bytes_out;
         self.queued_bytes += o.queued_bytes;
         self.cross_shard_batches += o.cross_shard_batches;
+        for (a, b) in self.residence.iter_mut().zip(o.residence) {
+            *a += b;
+        }
+        self.residence_ns += o.residence_ns;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn residence_buckets_double_from_one_microsecond() {
+        let at = |us: u64| residence_index(Duration::from_micros(us));
+        assert_eq!((at(0), at(1), at(2), at(3), at(4)), (0, 1, 2, 2, 3));
+        assert_eq!(residence_index(Duration::from_nanos(999)), 0);
+        // Bucket k holds stays under 2^k us.
+        for k in 1..RESIDENCE_BUCKETS {
+            let below = Duration::from_secs_f64(residence_bound(k)) - Duration::from_nanos(1);
+            assert_eq!(residence_index(below), k, "just under bucket {k}'s bound");
+        }
+        assert_eq!(at(1 << 19), RESIDENCE_BUCKETS);
+        assert_eq!(
+            residence_index(Duration::from_secs(3600)),
+            RESIDENCE_BUCKETS
+        );
     }
 }

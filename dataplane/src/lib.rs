@@ -13,6 +13,6 @@ pub mod routing;
 mod runtime;
 mod shard;
 
-pub use config::DataplaneConfig;
+pub use config::{DataplaneConfig, LiveLimits};
 pub use counters::{CounterSnapshot, NACK_REASONS, ShardCounters};
-pub use runtime::{Dataplane, DataplaneError, PeerLinks};
+pub use runtime::{Dataplane, DataplaneError, DrainReport, PeerLinks};

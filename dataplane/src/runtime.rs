@@ -1,7 +1,12 @@
 //! Starting and stopping the shards: [`Dataplane`] is what the daemon, tests and the load tool
 //! hold.
 
-use std::{io, net::SocketAddr, sync::Arc, sync::mpsc, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
 
 use agw_aca::tls::CertificateChecker;
 use agw_proto::identity::GatewayId;
@@ -10,7 +15,7 @@ use crossbeam_channel::Sender;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, channels::shared_channel};
 
 use crate::{
-    config::DataplaneConfig,
+    config::{DataplaneConfig, LiveLimits},
     congestion::Congestion,
     counters::{CounterSnapshot, ShardCounters},
     events::ShardEvent,
@@ -76,6 +81,18 @@ impl PeerLinks {
     }
 }
 
+/// What a drain did.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainReport {
+    /// How long it took.
+    pub elapsed: Duration,
+    /// The deadline passed with frames still queued: those were NACKed `DRAINING`.
+    pub abandoned: bool,
+    /// The counters summed over shards at the end (nothing in flight:
+    /// accepted = delivered + nacked + discarded).
+    pub totals: CounterSnapshot,
+}
+
 /// The running relay: its shards, their counters and the address agents connect to.
 pub struct Dataplane {
     addr: SocketAddr,
@@ -85,6 +102,8 @@ pub struct Dataplane {
     threads: Vec<ExecutorJoinHandle<()>>,
     routes: RoutingReader,
     checker: Arc<ArcSwap<CertificateChecker>>,
+    /// How long a closing connection may take to flush.
+    linger: Duration,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -147,6 +166,7 @@ impl Dataplane {
             threads: Vec::new(),
             routes: routes.clone(),
             checker: checker.clone(),
+            linger: config.close_linger,
         };
         // Shard 0 binds first so that the others join its port when the configured one is 0.
         let mut listen = config.listen;
@@ -266,6 +286,80 @@ impl Dataplane {
             for c in &self.commands {
                 let _ = c.send(ShardCommand::Revoked(revoked_serials.clone()));
             }
+        }
+    }
+
+    /// Takes these limits from now on (shards apply them at their next tick).
+    pub fn set_limits(&self, limits: LiveLimits) -> Result<(), String> {
+        limits.validate()?;
+        for c in &self.commands {
+            let _ = c.send(ShardCommand::Limits(limits));
+        }
+        Ok(())
+    }
+
+    /// Drains the relay: no new connection is taken and agents are read no more; what was
+    /// accepted is delivered. Returns once nothing is queued or in flight, or at `deadline`,
+    /// when the frames still queued are NACKed `DRAINING` and their connections closed.
+    /// Every connection is then closed (agents told `DRAINING`); [`stop`](Self::stop) ends
+    /// the shards. `progress` hears the frames and bytes still in flight every 100 ms.
+    pub fn drain(&self, deadline: Duration, mut progress: impl FnMut(i128, u64)) -> DrainReport {
+        let start = Instant::now();
+        let end = start + deadline;
+        let (applied_tx, applied_rx) = crossbeam_channel::unbounded();
+        for c in &self.commands {
+            let _ = c.send(ShardCommand::Drain(applied_tx.clone()));
+        }
+        // Once every shard applied it, no agent frame is read any more.
+        for _ in &self.commands {
+            if applied_rx
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                break;
+            }
+        }
+        let quiet = |t: &CounterSnapshot| t.in_flight() <= 0 && t.queued_bytes == 0;
+        let mut last_progress = Instant::now();
+        let mut abandoned = false;
+        loop {
+            let totals = self.totals();
+            if quiet(&totals) {
+                break;
+            }
+            if Instant::now() >= end {
+                abandoned = true;
+                for c in &self.commands {
+                    let _ = c.send(ShardCommand::Abandon);
+                }
+                // The NACKs go out, bounded by the linger time.
+                let linger = Instant::now() + self.linger;
+                while self.totals().in_flight() > 0 || self.totals().queued_bytes > 0 {
+                    if Instant::now() >= linger {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                break;
+            }
+            if last_progress.elapsed() >= Duration::from_millis(100) {
+                last_progress = Instant::now();
+                progress(totals.in_flight(), totals.queued_bytes);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for c in &self.commands {
+            let _ = c.send(ShardCommand::Close);
+        }
+        // The notifications go out (bounded by the linger time).
+        let linger = Instant::now() + self.linger;
+        while self.totals().connections_open > 0 && Instant::now() < linger {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        DrainReport {
+            elapsed: start.elapsed(),
+            abandoned,
+            totals: self.totals(),
         }
     }
 

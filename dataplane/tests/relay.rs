@@ -107,6 +107,9 @@ fn messages_cross_within_and_between_shards_and_acks_return() {
     let t = gw.settled_totals();
     assert_eq!((t.accepted, t.delivered, t.nacked_total()), (4, 4, 0));
     assert!(t.cross_shard_batches >= 2, "{t:?}");
+    // Each delivered frame's time in the gateway is in the histogram.
+    assert_eq!(t.residence.iter().sum::<u64>(), t.delivered);
+    assert!(t.residence_ns > 0);
 }
 
 #[test]
@@ -345,4 +348,133 @@ fn a_thousand_agents_at_once() {
     assert_eq!((t.accepted, t.delivered), (n as u64, n as u64));
     assert_eq!(t.connections_open, n as u64);
     assert!(gw.dp.counters().iter().all(|s| s.agents_accessed > 0));
+}
+
+/// Reads messages until the gateway closes the connection; returns how many arrived and the
+/// notification it closed with.
+fn read_until_closed(conn: &mut AgentConnection) -> (u64, Option<pb::Notification>) {
+    let mut received = 0;
+    loop {
+        match conn.recv(WAIT) {
+            Ok(Some(Incoming::Message(..))) => received += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the gateway neither sent nor closed within {WAIT:?}"),
+            Err(AgentError::Closed(note)) => return (received, note),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_drain_delivers_every_accepted_frame_then_closes_with_draining() {
+    let gw = gateway(2, |_| {});
+    let [(_a, ca), (_b, _cb), (c, mut cc)] = spread(&gw);
+    // The receiver, on another shard, reads nothing yet: frames queue for it and its sender is
+    // paused with more frames unread in its socket.
+    let pumping = pump(ca, c.agent.to_string(), 20_000, 1024);
+    wait_until(
+        || gw.dp.totals().queued_bytes > 64 * 1024,
+        "frames queued for the receiver",
+    );
+    std::thread::scope(|scope| {
+        let draining = scope.spawn(|| gw.dp.drain(Duration::from_secs(20), |_, _| {}));
+        // A newcomer is refused with the reason.
+        std::thread::sleep(Duration::from_millis(300));
+        let late = gw.authority.certify("late");
+        match AgentConnection::connect(gw.addr(), late, WAIT) {
+            Err(AgentError::Closed(Some(n))) => assert_eq!(n.code(), ErrorCode::Draining),
+            other => panic!("a newcomer during a drain: {other:?}"),
+        }
+        // Everything accepted reaches the receiver, then the gateway closes, saying why.
+        let (received, note) = read_until_closed(&mut cc);
+        assert_eq!(note.map(|n| n.code()), Some(ErrorCode::Draining));
+        let report = draining.join().unwrap();
+        let t = report.totals;
+        assert!(!report.abandoned, "{report:?}");
+        assert_eq!(
+            (t.accepted, t.delivered, t.nacked_total()),
+            (received, received, 0)
+        );
+        // The sender's frames not read before the drain were never accepted.
+        assert!(received < 20_000, "{t:?}");
+    });
+    assert!(pumping.join().unwrap().1.is_err(), "the sender was cut off");
+}
+
+#[test]
+fn frames_still_queued_at_the_drain_deadline_are_nacked_draining() {
+    let gw = gateway(1, |_| {});
+    let sender = gw.authority.certify("eager");
+    let receiver = gw.authority.certify("asleep");
+    let (mut writer, mut reader) = gw.connect(&sender).split();
+    let _cr = gw.connect(&receiver);
+    // The receiver never reads: its socket fills, then its queue.
+    let to = receiver.agent.to_string();
+    std::thread::spawn(move || {
+        let payload = Bytes::from(vec![1u8; 1024]);
+        for _ in 0..50_000 {
+            if writer.queue(&to, payload.clone()).is_err() {
+                return;
+            }
+            if writer.queued() > 32 * 1024 && writer.flush().is_err() {
+                return;
+            }
+        }
+    });
+    wait_until(
+        || gw.dp.totals().queued_bytes > 128 * 1024,
+        "frames queued for the receiver",
+    );
+    let nacks = std::thread::spawn(move || {
+        let mut draining = 0u64;
+        while let Ok(incoming) = reader.recv() {
+            if let Incoming::Nack(n) = incoming {
+                assert_eq!(n.reason(), ErrorCode::Draining, "{n:?}");
+                draining += 1;
+            }
+        }
+        draining
+    });
+    let report = gw.dp.drain(Duration::from_millis(300), |_, _| {});
+    let t = report.totals;
+    assert!(report.abandoned, "{report:?}");
+    // Nothing lost: every accepted frame was written or NACKed, and every NACK reached the
+    // sender before its connection closed.
+    assert_eq!(t.in_flight(), 0, "{t:?}");
+    assert!(t.nacked_for(ErrorCode::Draining) > 0, "{t:?}");
+    assert_eq!(t.nacked_total(), t.nacked_for(ErrorCode::Draining));
+    assert_eq!(nacks.join().unwrap(), t.nacked_for(ErrorCode::Draining));
+}
+
+#[test]
+fn limits_change_while_the_relay_runs() {
+    let gw = gateway(1, |_| {});
+    let first = gw.authority.certify("first");
+    let _c1 = gw.connect(&first);
+    let mut limits = agw_dataplane::DataplaneConfig::new(
+        agw_proto::identity::GatewayId::parse("spiffe://travel.example/agw/edge-1").unwrap(),
+        gw.addr(),
+    )
+    .live_limits();
+    limits.queue_soft_limit = limits.queue_hard_limit + 1;
+    assert!(
+        gw.dp.set_limits(limits).is_err(),
+        "inconsistent limits taken"
+    );
+    limits.queue_soft_limit = 1024;
+    limits.max_connections_per_shard = 1;
+    gw.dp.set_limits(limits).unwrap();
+    // Applied at the shard's next tick: a second connection is refused at accept.
+    let second = gw.authority.certify("second");
+    wait_until(
+        || AgentConnection::connect(gw.addr(), second.clone(), Duration::from_millis(500)).is_err(),
+        "the connection cap applied",
+    );
+    assert!(gw.dp.totals().connections_refused >= 1);
+    limits.max_connections_per_shard = 10;
+    gw.dp.set_limits(limits).unwrap();
+    wait_until(
+        || AgentConnection::connect(gw.addr(), second.clone(), WAIT).is_ok(),
+        "the cap raised again",
+    );
 }

@@ -47,6 +47,8 @@ pub(super) struct Mark {
     pub(super) end: u64,
     pub(super) kind: Kind,
     pub(super) body: Bytes,
+    /// When the read that brought it finished.
+    pub(super) since: Instant,
 }
 
 #[derive(Default)]

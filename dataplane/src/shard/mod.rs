@@ -54,7 +54,7 @@ use links::{accept_peers, keep_link};
 
 use crate::{
     access::{AccessSession, Action, DownReason},
-    config::DataplaneConfig,
+    config::{DataplaneConfig, LiveLimits},
     congestion::Congestion,
     counters::ShardCounters,
     events::ShardEvent,
@@ -73,6 +73,8 @@ pub(crate) enum CrossFrame {
         connection: u32,
         header: FrameHeader,
         body: Bytes,
+        /// When it was read.
+        since: Instant,
     },
     /// Made by this gateway (a NACK), encoded whole: delivered if possible, else dropped.
     Made { connection: u32, frame: Bytes },
@@ -86,6 +88,17 @@ pub(crate) type CrossBatch = Vec<CrossFrame>;
 pub(crate) enum ShardCommand {
     /// Close every connection and end the shard.
     Stop,
+    /// Take no new connection and read no more from agents; deliver what is queued (peer
+    /// links are still read: what peers sent before they heard of the drain is relayed).
+    /// Answered with the shard's number once applied.
+    Drain(Sender<u16>),
+    /// After a drain: close every connection, agents told `DRAINING`.
+    Close,
+    /// Draining took too long: NACK (`DRAINING`) the frames still queued and close their
+    /// connections.
+    Abandon,
+    /// New limits from the operator.
+    Limits(LiveLimits),
     /// Close the sessions of agents whose certificate has one of these serials.
     Revoked(Vec<Vec<u8>>),
     /// Keep a link to peer `index` (the gateway `gateway`, its relay's peer port `address`).
@@ -127,6 +140,10 @@ pub(crate) struct ShardSetup {
 struct Shard {
     id: u16,
     config: Arc<DataplaneConfig>,
+    /// The limits now (the operator may change them).
+    limits: Cell<LiveLimits>,
+    /// Draining: new connections and frames are refused.
+    draining: Cell<bool>,
     counters: Arc<[ShardCounters]>,
     /// Every shard's congested connections (this shard writes only its own).
     congestion: Arc<[Congestion]>,
@@ -186,6 +203,8 @@ pub(crate) async fn run(setup: ShardSetup) {
         id: setup.id,
         reporter: setup.config.gateway.to_string(),
         encoder: RefCell::new(FrameEncoder::new(setup.config.limits)),
+        limits: Cell::new(setup.config.live_limits()),
+        draining: Cell::new(false),
         config: setup.config,
         counters: setup.counters,
         congestion: setup.congestion,
@@ -237,12 +256,15 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
-        if shard.conns.borrow().len() >= shard.config.max_connections_per_shard {
+        if shard.conns.borrow().len() >= shard.limits.get().max_connections_per_shard {
             shard.counter().connection_refused();
             continue;
         }
         let _ = stream.set_nodelay(true);
         if let Some(conn) = shard.new_conn(Stream::Plain(stream), ConnKind::Agent) {
+            if shard.draining.get() {
+                shard.close_with(&conn, ErrorCode::Draining, "gateway draining");
+            }
             spawn_local(serve(shard.clone(), conn)).detach();
         }
     }
@@ -253,11 +275,11 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
     shard.counter().connection_accepted();
     spawn_local(write_loop(shard.clone(), conn.clone())).detach();
     shard.apply_actions(&conn);
-    let soft = shard.config.queue_soft_limit;
     let chunk = shard.config.read_chunk;
     // A destination this connection's frames went to that is over its soft limit.
     let mut blocked = Blocked::None;
     while conn.is_open() {
+        let soft = shard.limits.get().queue_soft_limit;
         // Back-pressure: read nothing more while a destination (or this connection's own
         // queue, which holds its NACKs) is over the soft limit.
         match std::mem::replace(&mut blocked, Blocked::None) {
@@ -276,12 +298,20 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
         if conn.queued() > soft {
             wait_for_space(&conn, soft).await;
         }
+        // Draining: an agent's frames not read yet were never accepted; they stay unread.
+        while shard.draining.get() && conn.kind == ConnKind::Agent && conn.is_open() {
+            sleep(Duration::from_millis(10)).await;
+        }
+        if !conn.is_open() {
+            break;
+        }
         match read(&conn, chunk).await {
             Ok(0) | Err(_) => break,
             Ok(_) => conn.active.set(true),
         }
+        let since = Instant::now();
         loop {
-            let (more, up) = shard.process_batch(&conn, &mut blocked);
+            let (more, up) = shard.process_batch(&conn, &mut blocked, since);
             if up {
                 shard.await_route(&conn).await;
             }
@@ -296,7 +326,7 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
     if matches!(conn.state.get(), ConnState::Flushing(_)) {
         conn.flushed.wait().await;
     }
-    shard.cleanup(&conn);
+    shard.cleanup(&conn, ErrorCode::DestinationOffline);
     shard.flush_cross().await;
 }
 
@@ -413,7 +443,12 @@ impl Shard {
     /// Decodes up to [`BATCH`] frames, prepares their destinations' lookups, then relays or
     /// handles each. Returns whether more frames may be buffered, and whether an agent came up
     /// (its reply then waits for its route).
-    fn process_batch(&self, conn: &Rc<Conn>, blocked: &mut Blocked) -> (bool, bool) {
+    fn process_batch(
+        &self,
+        conn: &Rc<Conn>,
+        blocked: &mut Blocked,
+        since: Instant,
+    ) -> (bool, bool) {
         let mut frames = std::mem::take(&mut *self.batch.borrow_mut());
         let mut more = true;
         {
@@ -428,7 +463,7 @@ impl Shard {
                     Err(e) => {
                         drop(decoder);
                         // Frames before the bad bytes are still handled.
-                        self.finish_batch(conn, &mut frames, blocked);
+                        self.finish_batch(conn, &mut frames, blocked, since);
                         self.close_with(conn, e.code(), &e.to_string());
                         *self.batch.borrow_mut() = frames;
                         return (false, false);
@@ -436,7 +471,7 @@ impl Shard {
                 }
             }
         }
-        let up = self.finish_batch(conn, &mut frames, blocked);
+        let up = self.finish_batch(conn, &mut frames, blocked, since);
         *self.batch.borrow_mut() = frames;
         (more && conn.is_open(), up)
     }
@@ -446,6 +481,7 @@ impl Shard {
         conn: &Rc<Conn>,
         frames: &mut Vec<Frame>,
         blocked: &mut Blocked,
+        since: Instant,
     ) -> bool {
         let mut cache = self.routes.borrow_mut();
         let snapshot: &RoutingSnapshot = cache.load();
@@ -463,7 +499,7 @@ impl Shard {
                 continue;
             }
             if frame.header.kind.is_data() {
-                self.relay(conn, frame, snapshot, p, blocked);
+                self.relay(conn, frame, snapshot, p, blocked, since);
             } else {
                 up |= self.control(conn, &frame);
             }
@@ -472,6 +508,7 @@ impl Shard {
     }
 
     /// The hot path: one data frame from an accessed agent to its destination's queue.
+    /// `since`: when the read that brought it finished.
     fn relay(
         &self,
         conn: &Rc<Conn>,
@@ -479,6 +516,7 @@ impl Shard {
         snapshot: &RoutingSnapshot,
         prepared: Option<Prepared>,
         blocked: &mut Blocked,
+        since: Instant,
     ) {
         let agent_ref = conn.agent.borrow();
         let accessed = agent_ref.as_ref().map(AgentId::as_str);
@@ -522,6 +560,7 @@ impl Shard {
             self.refuse(conn, source, target, ErrorCode::TtlExpired);
             return;
         }
+        let soft = self.limits.get().queue_soft_limit;
         let header = FrameHeader {
             hop_limit: frame.header.hop_limit - 1,
             ..frame.header
@@ -537,9 +576,10 @@ impl Shard {
             Some(Route::Peer { peer }) => {
                 let link = self.links.borrow().get(&peer).cloned();
                 match link {
-                    Some(link) => match self.push_relayed(&link, header, frame.body.clone()) {
+                    Some(link) => match self.push_relayed(&link, header, frame.body.clone(), since)
+                    {
                         Ok(()) => {
-                            if link.queued() > self.config.queue_soft_limit {
+                            if link.queued() > soft {
                                 *blocked = Blocked::Local(link);
                             }
                             return;
@@ -556,9 +596,9 @@ impl Shard {
                     self.refuse(conn, source, target, ErrorCode::DestinationOffline);
                     return;
                 };
-                match self.push_relayed(&dest, header, frame.body.clone()) {
+                match self.push_relayed(&dest, header, frame.body.clone(), since) {
                     Ok(()) => {
-                        if dest.queued() > self.config.queue_soft_limit {
+                        if dest.queued() > soft {
                             *blocked = Blocked::Local(dest);
                         }
                         return;
@@ -577,6 +617,7 @@ impl Shard {
                                 connection,
                                 header,
                                 body: frame.body.clone(),
+                                since,
                             });
                             if self.remote_congested(shard, connection) {
                                 *blocked = Blocked::Remote { shard, connection };
@@ -611,7 +652,7 @@ impl Shard {
     }
 
     fn over_budget(&self, len: usize) -> bool {
-        self.queued.get() + len > self.config.shard_memory_budget
+        self.queued.get() + len > self.limits.get().shard_memory_budget
     }
 
     /// NACKs a frame from `conn` back to it (an ACK is only counted: answering could loop).
@@ -625,13 +666,20 @@ impl Shard {
         self.push_gateway(conn, &nack.into());
     }
 
-    /// Queues a relayed frame for `dest`, or says why not.
-    fn push_relayed(&self, dest: &Conn, header: FrameHeader, body: Bytes) -> Result<(), ErrorCode> {
+    /// Queues a relayed frame for `dest` (read at `since`), or says why not.
+    fn push_relayed(
+        &self,
+        dest: &Conn,
+        header: FrameHeader,
+        body: Bytes,
+        since: Instant,
+    ) -> Result<(), ErrorCode> {
         if !dest.is_open() {
             return Err(ErrorCode::DestinationOffline);
         }
         let len = HEADER_LEN + body.len();
-        if dest.queued() + len > self.config.queue_hard_limit || self.over_budget(len) {
+        let limits = self.limits.get();
+        if dest.queued() + len > limits.queue_hard_limit || self.over_budget(len) {
             return Err(ErrorCode::Overloaded);
         }
         let mut out = dest.out.borrow_mut();
@@ -641,9 +689,10 @@ impl Shard {
             end,
             kind: header.kind,
             body: body.clone(),
+            since,
         });
         out.batch.push_frame(header, body);
-        let over = out.batch.len() > self.config.queue_soft_limit;
+        let over = out.batch.len() > limits.queue_soft_limit;
         drop(out);
         self.queued_add(len);
         if over {
@@ -704,11 +753,18 @@ impl Shard {
         out.batch.advance(n);
         out.written += n as u64;
         let mut delivered = 0;
-        while out.marks.front().is_some_and(|m| m.end <= out.written) {
-            out.marks.pop_front();
+        let mut now = None;
+        while let Some(mark) = out.marks.pop_front() {
+            if mark.end > out.written {
+                out.marks.push_front(mark);
+                break;
+            }
+            let now = *now.get_or_insert_with(Instant::now);
+            self.counter()
+                .resided(now.saturating_duration_since(mark.since));
             delivered += 1;
         }
-        let below = out.batch.len() <= self.config.queue_soft_limit;
+        let below = out.batch.len() <= self.limits.get().queue_soft_limit;
         drop(out);
         self.counter().delivered(delivered);
         self.counter().written(n);
@@ -769,10 +825,11 @@ impl Shard {
                 connection,
                 header,
                 body,
+                since,
             } => {
                 let dest = self.conns.borrow().get(&connection).cloned();
                 let result = match dest {
-                    Some(dest) => self.push_relayed(&dest, header, body.clone()),
+                    Some(dest) => self.push_relayed(&dest, header, body.clone(), since),
                     None => Err(ErrorCode::DestinationOffline),
                 };
                 if let Err(code) = result {
@@ -956,9 +1013,11 @@ impl Shard {
     }
 
     /// The connection is gone: forget it, tell the control plane, NACK what it still had
-    /// queued, release its memory.
-    fn cleanup(&self, conn: &Conn) {
-        conn.state.set(ConnState::Closed);
+    /// queued (with `reason`), release its memory.
+    fn cleanup(&self, conn: &Conn, reason: ErrorCode) {
+        if conn.state.replace(ConnState::Closed) == ConnState::Closed {
+            return; // cleaned up already (the drain's deadline closed it)
+        }
         self.set_congested(conn, false);
         conn.shut();
         self.conns.borrow_mut().remove(&conn.id);
@@ -985,7 +1044,7 @@ impl Shard {
         let mut out = std::mem::take(&mut *conn.out.borrow_mut());
         self.queued_sub(out.batch.len());
         for mark in out.marks.drain(..) {
-            self.undeliverable(mark.kind, &mark.body, ErrorCode::DestinationOffline);
+            self.undeliverable(mark.kind, &mark.body, reason);
         }
         for w in conn.space.borrow_mut().drain(..) {
             w.wake();
@@ -1005,6 +1064,19 @@ impl Shard {
                         self.stop();
                         return;
                     }
+                    ShardCommand::Drain(applied) => {
+                        self.draining.set(true);
+                        let _ = applied.send(self.id);
+                    }
+                    ShardCommand::Close => {
+                        self.wanted.borrow_mut().clear();
+                        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+                        for conn in conns {
+                            self.close_with(&conn, ErrorCode::Draining, "gateway stopping");
+                        }
+                    }
+                    ShardCommand::Abandon => self.abandon(),
+                    ShardCommand::Limits(limits) => self.limits.set(limits),
                     ShardCommand::Revoked(serials) => revoked.extend(serials),
                     ShardCommand::Peer {
                         index,
@@ -1064,7 +1136,30 @@ impl Shard {
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for conn in conns {
             conn.shut();
-            self.cleanup(&conn);
+            self.cleanup(&conn, ErrorCode::DestinationOffline);
+        }
+    }
+
+    /// The drain's deadline passed: every connection still holding relayed frames is closed,
+    /// its frames NACKed `DRAINING` to their senders (a frame half written cannot be taken
+    /// back, so its connection cannot stay).
+    fn abandon(&self) {
+        let stuck: Vec<Rc<Conn>> = self
+            .conns
+            .borrow()
+            .values()
+            .filter(|c| !c.out.borrow().marks.is_empty())
+            .cloned()
+            .collect();
+        for conn in stuck {
+            tracing::warn!(
+                shard = self.id,
+                connection = conn.id,
+                frames = conn.out.borrow().marks.len(),
+                "drain deadline: queued frames NACKed, connection closed"
+            );
+            conn.shut();
+            self.cleanup(&conn, ErrorCode::Draining);
         }
     }
 }
