@@ -7,6 +7,7 @@
 use std::{
     io::{self, Read, Write},
     net::{TcpListener, TcpStream},
+    os::unix::net::UnixListener,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -49,20 +50,45 @@ pub fn serve(
     handler: Arc<Handler>,
     limits: ServerLimits,
 ) -> io::Result<()> {
+    accept_loop(listener.incoming(), limits, move |stream| {
+        serve_stream(stream, tls.clone(), handler.as_ref(), limits)
+    })
+}
+
+/// Serves a Unix socket (a local administrative endpoint) with `handler` until the listener
+/// fails; peers have no certificate identity (the handler authenticates them itself).
+pub fn serve_unix(
+    listener: UnixListener,
+    handler: Arc<Handler>,
+    limits: ServerLimits,
+) -> io::Result<()> {
+    accept_loop(listener.incoming(), limits, move |stream| {
+        stream.set_read_timeout(Some(limits.idle_timeout))?;
+        stream.set_write_timeout(Some(limits.idle_timeout))?;
+        serve_connection(stream, None, handler.as_ref())
+    })
+}
+
+/// One thread per accepted connection, at most `limits.max_connections` at once.
+fn accept_loop<S: Send + 'static>(
+    incoming: impl Iterator<Item = io::Result<S>>,
+    limits: ServerLimits,
+    serve_one: impl Fn(S) -> io::Result<()> + Clone + Send + 'static,
+) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
-    for stream in listener.incoming() {
+    for stream in incoming {
         let Ok(stream) = stream else { continue };
         if active.load(Ordering::Relaxed) >= limits.max_connections {
             drop(stream);
             continue;
         }
         active.fetch_add(1, Ordering::Relaxed);
-        let (handler, active, tls) = (Arc::clone(&handler), Arc::clone(&active), tls.clone());
+        let (serve_one, active) = (serve_one.clone(), Arc::clone(&active));
         std::thread::Builder::new()
             .name("agw-conn".into())
             .spawn(move || {
                 // Errors end this connection only; the peer has been told where possible.
-                let _ = serve_stream(stream, tls, handler.as_ref(), limits);
+                let _ = serve_one(stream);
                 active.fetch_sub(1, Ordering::Relaxed);
             })?;
     }

@@ -294,6 +294,11 @@ impl Registry {
         self.publish_local(profile);
     }
 
+    /// The status in `agent`'s profile, if it has one here.
+    pub fn status_of(&self, agent: &str) -> Option<pb::Status> {
+        self.index.get(agent).map(|e| e.profile.status())
+    }
+
     /// Discovery (draft 3.2.3), rate-limited per requester.
     pub fn discover(
         &mut self,

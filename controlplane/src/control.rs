@@ -12,7 +12,7 @@
 //! the shards within about a millisecond.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io,
     sync::{Arc, Mutex},
     thread::JoinHandle,
@@ -31,16 +31,73 @@ use agw_proto::{identity::GatewayId, pb};
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::peering::{
-    driver::{PeerCommand, PeerEvent, Peering, PeeringConfig},
+    driver::{PeerCommand, PeerEvent, PeerSpec, Peering, PeeringConfig},
     rib::{BestChange, Rib},
 };
+
+/// How long an operator's question may wait for the control plane's loop.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The running control plane.
 #[derive(Debug)]
 pub struct ControlPlane {
     peering: Option<Peering>,
     stop: Sender<()>,
+    requests: Sender<Request>,
+    /// Peers are added and removed one operator at a time.
+    changing: Mutex<()>,
     thread: Option<JoinHandle<RoutingTable>>,
+}
+
+/// A route as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteView {
+    /// The destination agent.
+    pub agent: String,
+    /// What the relay does with frames for it.
+    pub route: Route,
+    /// The peer gateway frames go to; `None` for a local agent.
+    pub next_hop: Option<String>,
+    /// Gateways to the agent, nearest first (its gateway last); empty for a local agent.
+    pub path: Vec<String>,
+    /// The agent's status as last heard.
+    pub status: pb::Status,
+}
+
+/// An agent as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentView {
+    /// Its ID.
+    pub agent: String,
+    /// Accessed or registered at this gateway.
+    pub local: bool,
+    /// Its status as last heard.
+    pub status: pb::Status,
+    /// The gateway it accessed.
+    pub gateway: String,
+}
+
+/// Questions and changes from operators, answered by the loop that owns the state.
+enum Request {
+    Routes {
+        agent: Option<String>,
+        limit: usize,
+        reply: Sender<(Vec<RouteView>, usize)>,
+    },
+    Agents {
+        local_only: bool,
+        limit: usize,
+        reply: Sender<(Vec<AgentView>, usize)>,
+    },
+    PeerAdded {
+        index: usize,
+        gateway: String,
+        reply: Sender<()>,
+    },
+    PeerRemoved {
+        index: usize,
+        reply: Sender<()>,
+    },
 }
 
 struct State {
@@ -95,6 +152,7 @@ impl ControlPlane {
             .unwrap_or_default();
         let peering = peering.map(|p| Peering::start(p, peer_tx)).transpose()?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
+        let (requests_tx, requests_rx) = crossbeam_channel::unbounded::<Request>();
         let peer_count = peer_ids.len();
         let mut state = State {
             local,
@@ -130,6 +188,11 @@ impl ControlPlane {
                             }
                         },
                         recv(stop_rx) -> _ => return state.table,
+                        recv(requests_rx) -> request => {
+                            if let Ok(request) = request {
+                                state.request(request, &send);
+                            }
+                        },
                         // Registrations happen on the registry's own threads: look every 50 ms.
                         default(Duration::from_millis(50)) => {}
                     }
@@ -151,8 +214,77 @@ impl ControlPlane {
         Ok(ControlPlane {
             peering,
             stop: stop_tx,
+            requests: requests_tx,
+            changing: Mutex::new(()),
             thread: Some(thread),
         })
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Request) -> Result<T, String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.requests
+            .send(make(tx))
+            .map_err(|_| "the control plane has stopped".to_string())?;
+        rx.recv_timeout(ASK_TIMEOUT)
+            .map_err(|_| "the control plane did not answer".to_string())
+    }
+
+    /// Routes by agent ID, at most `limit` of them, and how many there are in all; with
+    /// `agent`, only the route to it.
+    pub fn routes(
+        &self,
+        agent: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<RouteView>, usize), String> {
+        let agent = agent.map(str::to_owned);
+        self.ask(|reply| Request::Routes {
+            agent,
+            limit,
+            reply,
+        })
+    }
+
+    /// Agents by ID (local and remote, or local only), at most `limit`, and how many in all.
+    pub fn agents(
+        &self,
+        local_only: bool,
+        limit: usize,
+    ) -> Result<(Vec<AgentView>, usize), String> {
+        self.ask(|reply| Request::Agents {
+            local_only,
+            limit,
+            reply,
+        })
+    }
+
+    /// Starts peering with one more gateway; returns its index.
+    pub fn add_peer(&self, spec: PeerSpec) -> Result<usize, String> {
+        let peering = self.peering.as_ref().ok_or("peering is not running")?;
+        let _one_at_a_time = self.changing.lock().map_err(|_| "poisoned")?;
+        let gateway = spec.config.peer.to_string();
+        if peering.neighbours().iter().any(|n| n.gateway == gateway) {
+            return Err(format!("{gateway} is a peer already"));
+        }
+        // The loop learns of the index before the peer's thread can report on it.
+        let index = peering.next_index();
+        self.ask(|reply| Request::PeerAdded {
+            index,
+            gateway,
+            reply,
+        })?;
+        let added = peering.add_peer(spec).map_err(|e| e.to_string())?;
+        debug_assert_eq!(added, index);
+        Ok(added)
+    }
+
+    /// Leaves peer `gateway` (DISCONNECT): its routes and agents are withdrawn everywhere.
+    pub fn remove_peer(&self, gateway: &str) -> Result<(), String> {
+        let peering = self.peering.as_ref().ok_or("peering is not running")?;
+        let _one_at_a_time = self.changing.lock().map_err(|_| "poisoned")?;
+        let index = peering
+            .remove_peer(gateway)
+            .ok_or_else(|| format!("{gateway} is not a peer"))?;
+        self.ask(|reply| Request::PeerRemoved { index, reply })
     }
 
     /// The peering, if configured (its listening address, fault injection).
@@ -183,6 +315,165 @@ impl Drop for ControlPlane {
 }
 
 impl State {
+    fn request(&mut self, request: Request, send: &impl Fn(usize, PeerCommand)) {
+        match request {
+            Request::Routes {
+                agent,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.route_views(agent.as_deref(), limit));
+            }
+            Request::Agents {
+                local_only,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.agent_views(local_only, limit));
+            }
+            Request::PeerAdded {
+                index,
+                gateway,
+                reply,
+            } => {
+                let grow = |v: &mut Vec<_>, fill| {
+                    if v.len() <= index {
+                        v.resize(index + 1, fill);
+                    }
+                };
+                grow(&mut self.peer_ids, String::new());
+                grow(&mut self.peer_addresses, String::new());
+                if self.peer_up.len() <= index {
+                    self.peer_up.resize(index + 1, false);
+                }
+                self.peer_ids[index] = gateway;
+                let _ = reply.send(());
+            }
+            Request::PeerRemoved { index, reply } => {
+                self.peer_removed(index, send);
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// An operator removed peer `index`: what was learned from it goes, everywhere.
+    fn peer_removed(&mut self, index: usize, send: &impl Fn(usize, PeerCommand)) {
+        let Some(peer) = self.peer_ids.get(index).cloned().filter(|p| !p.is_empty()) else {
+            return;
+        };
+        tracing::info!(%peer, "peer removed");
+        if let Some(links) = &self.links {
+            links.remove_peer(index as u32);
+        }
+        if let Some(registry) = &self.registry
+            && let Ok(mut r) = registry.lock()
+            && let Ok(id) = GatewayId::parse(&peer)
+        {
+            r.remove_peer(&id);
+        }
+        if let Some(up) = self.peer_up.get_mut(index) {
+            *up = false;
+        }
+        for change in self.rib.remove_peer(&peer) {
+            self.apply(change, false, send);
+        }
+        if let Some(id) = self.peer_ids.get_mut(index) {
+            id.clear();
+        }
+    }
+
+    /// The status of a local agent: its registry profile's, else its last report.
+    fn local_status(&self, agent: &str, default: pb::Status) -> pb::Status {
+        let registered = self.registry.as_ref().and_then(|r| {
+            let r = r.lock().ok()?;
+            r.is_local(agent).then(|| r.status_of(agent)).flatten()
+        });
+        registered
+            .or_else(|| self.summaries.get(agent).map(pb::AgentSummary::status))
+            .unwrap_or(default)
+    }
+
+    fn route_view(&self, agent: &str, route: Route) -> RouteView {
+        let best = self.rib.best(agent);
+        let (next_hop, path, status) = match route {
+            Route::Local { .. } => (
+                None,
+                Vec::new(),
+                self.local_status(agent, pb::Status::Running),
+            ),
+            Route::Offline => (None, Vec::new(), pb::Status::Offline),
+            Route::Peer { peer } => (
+                self.peer_ids.get(peer as usize).cloned(),
+                best.map(|(_, s)| s.path.clone()).unwrap_or_default(),
+                best.map_or(pb::Status::Unspecified, |(_, s)| s.status()),
+            ),
+            Route::Unreachable => (None, Vec::new(), pb::Status::Offline),
+        };
+        RouteView {
+            agent: agent.to_owned(),
+            route,
+            next_hop,
+            path,
+            status,
+        }
+    }
+
+    fn route_views(&self, agent: Option<&str>, limit: usize) -> (Vec<RouteView>, usize) {
+        let snapshot = self.table.current();
+        let mut routes: Vec<(&str, Route)> = match agent {
+            Some(a) => snapshot.lookup(a).map(|r| vec![(a, r)]).unwrap_or_default(),
+            None => snapshot.entries().collect(),
+        };
+        let total = routes.len();
+        routes.sort_unstable_by_key(|(a, _)| *a);
+        let views = routes
+            .into_iter()
+            .take(limit)
+            .map(|(a, r)| self.route_view(a, r))
+            .collect();
+        (views, total)
+    }
+
+    fn agent_views(&self, local_only: bool, limit: usize) -> (Vec<AgentView>, usize) {
+        let local = self.local.to_string();
+        let mut agents: BTreeMap<&str, (bool, pb::Status, &str)> = BTreeMap::new();
+        for (agent, route) in self.table.current().entries() {
+            let status = match route {
+                Route::Local { .. } => self.local_status(agent, pb::Status::Running),
+                Route::Offline => pb::Status::Offline,
+                _ => continue,
+            };
+            agents.insert(agent, (true, status, &local));
+        }
+        let registered = self
+            .registry
+            .as_ref()
+            .and_then(|r| r.lock().ok().map(|r| r.local_summaries()))
+            .unwrap_or_default();
+        for s in &registered {
+            agents.entry(&s.agent).or_insert((true, s.status(), &local));
+        }
+        if !local_only {
+            for (_, s) in self.rib.best_routes() {
+                agents
+                    .entry(&s.agent)
+                    .or_insert((false, s.status(), &s.origin));
+            }
+        }
+        let total = agents.len();
+        let views = agents
+            .into_iter()
+            .take(limit)
+            .map(|(agent, (local, status, gateway))| AgentView {
+                agent: agent.to_owned(),
+                local,
+                status,
+                gateway: gateway.to_owned(),
+            })
+            .collect();
+        (views, total)
+    }
+
     fn local_summary(&mut self, agent: &str, status: pb::Status) -> pb::AgentSummary {
         self.version += 1;
         pb::AgentSummary {
@@ -253,7 +544,8 @@ impl State {
     }
 
     fn peer_event(&mut self, index: usize, event: PeerEvent, send: &impl Fn(usize, PeerCommand)) {
-        let Some(peer) = self.peer_ids.get(index).cloned() else {
+        // A removed peer's thread may still report on its way out: nobody listens.
+        let Some(peer) = self.peer_ids.get(index).cloned().filter(|p| !p.is_empty()) else {
             return;
         };
         match event {

@@ -1,4 +1,7 @@
-//! The `agw` daemon: a [`Node`] from a TOML file and flags, run until SIGINT or SIGTERM.
+//! The `agw` daemon: a [`Node`] from a TOML file and flags, run until SIGINT or SIGTERM (or
+//! `agwctl drain`), which drain it: peers are left, no new connection is taken, what was
+//! accepted is delivered or, past the drain deadline, NACKed. SIGHUP (or `agwctl reload`)
+//! reads the file again and applies what can change live: peers and limits.
 //!
 //! Precedence: a flag, then the file, then the default. Unknown keys in the file are refused,
 //! with the line; every problem found after parsing is reported at once.
@@ -11,15 +14,20 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use agw_aca::tls::CertificateChecker;
-use agw_proto::identity::{Domain, GatewayId};
+use agw_dataplane::LiveLimits;
+use agw_proto::{
+    identity::{Domain, GatewayId},
+    pb::{self, ErrorCode, admin_reply::Result as Reply, admin_request::Command as AdminCommand},
+};
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::{
+    admin,
     node::{Node, NodeConfig, PeerEntry},
     peering::session::{DEFAULT_MAX_SUMMARIES, LimitAction, MIN_HOLD_TIME},
 };
@@ -57,10 +65,20 @@ pub struct DaemonArgs {
     /// Where agents register and discover, mutual TLS [default: 127.0.0.1:7403].
     #[arg(long)]
     pub registry_listen: Option<SocketAddr>,
+    /// Where peer gateways' peering sessions dial in, mutual TLS [default: 127.0.0.1:7404].
+    #[arg(long)]
+    pub peering_listen: Option<SocketAddr>,
+    /// Where peer gateways' relays link in, mutual TLS [default: 127.0.0.1:7405].
+    #[arg(long)]
+    pub relay_links_listen: Option<SocketAddr>,
     /// Where Prometheus metrics (/metrics) and health (/health) are served
     /// [default: 127.0.0.1:7406].
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Seconds a drain (SIGTERM, SIGINT) may take to deliver what was accepted before the
+    /// rest is NACKed DRAINING [default: 30].
+    #[arg(long)]
+    pub drain_deadline_s: Option<u64>,
     /// Organisations allowed certificates: ORG=SCOPE,SCOPE [default: Example].
     #[arg(long = "allow", value_name = "ORG=SCOPE,...")]
     pub allow: Vec<String>,
@@ -85,7 +103,9 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     allow: Option<Vec<String>>,
     shards: Option<usize>,
+    drain_deadline_s: Option<u64>,
     listen: Option<ListenFile>,
+    limits: Option<LimitsFile>,
     federation: Option<FederationFile>,
     #[serde(default, rename = "peer")]
     peers: Vec<PeerFile>,
@@ -101,6 +121,15 @@ struct ListenFile {
     peering: Option<SocketAddr>,
     relay_links: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    queue_soft_limit_bytes: Option<usize>,
+    queue_hard_limit_bytes: Option<usize>,
+    shard_memory_budget_bytes: Option<usize>,
+    max_connections_per_shard: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,8 +158,15 @@ fn parse_file(path: &Path) -> Result<FileConfig, String> {
     toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
 }
 
+/// What the daemon runs with: the node's configuration and its own.
+#[derive(Debug, Clone)]
+struct DaemonConfig {
+    node: NodeConfig,
+    drain_deadline: Duration,
+}
+
 /// Flags over the file over the defaults; every problem at once.
-fn node_config(args: &DaemonArgs) -> Result<NodeConfig, String> {
+fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, String> {
     let file = match &args.config {
         Some(path) => parse_file(path)?,
         None => FileConfig::default(),
@@ -211,51 +247,93 @@ fn node_config(args: &DaemonArgs) -> Result<NodeConfig, String> {
     if args.shards == Some(0) || file.shards == Some(0) {
         problems.push("shards: at least 1".into());
     }
+    let limits_file = file.limits.unwrap_or_default();
+    let defaults = LiveLimits::default();
+    let limits = LiveLimits {
+        queue_soft_limit: limits_file
+            .queue_soft_limit_bytes
+            .unwrap_or(defaults.queue_soft_limit),
+        queue_hard_limit: limits_file
+            .queue_hard_limit_bytes
+            .unwrap_or(defaults.queue_hard_limit),
+        shard_memory_budget: limits_file
+            .shard_memory_budget_bytes
+            .unwrap_or(defaults.shard_memory_budget),
+        max_connections_per_shard: limits_file
+            .max_connections_per_shard
+            .unwrap_or(defaults.max_connections_per_shard),
+    };
+    if let Err(e) = limits.validate() {
+        problems.push(format!("limits: {e}"));
+    }
+    let drain_deadline = Duration::from_secs(
+        args.drain_deadline_s
+            .or(file.drain_deadline_s)
+            .unwrap_or(30),
+    );
     let allow = if !args.allow.is_empty() {
         args.allow.clone()
     } else {
         file.allow.unwrap_or_else(|| vec!["Example".into()])
     };
     match (domain, problems.is_empty()) {
-        (Some(domain), true) => Ok(NodeConfig {
-            domain,
-            name,
-            data_dir: args
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| "agw-data".into()),
-            allow,
-            shards: args.shards.or(file.shards),
-            agents: addr(args.listen, listen.agents, "127.0.0.1:7400"),
-            aca: addr(args.aca_listen, listen.aca, "127.0.0.1:7401"),
-            crl: addr(args.crl_listen, listen.crl, "127.0.0.1:7402"),
-            registry: addr(args.registry_listen, listen.registry, "127.0.0.1:7403"),
-            peering: addr(None, listen.peering, "127.0.0.1:7404"),
-            relay_links: addr(None, listen.relay_links, "127.0.0.1:7405"),
-            metrics: Some(addr(args.metrics_listen, listen.metrics, "127.0.0.1:7406")),
-            root,
-            peer_crls,
-            peers,
+        (Some(domain), true) => Ok(DaemonConfig {
+            drain_deadline,
+            node: NodeConfig {
+                domain,
+                name,
+                data_dir: args
+                    .data_dir
+                    .clone()
+                    .or(file.data_dir)
+                    .unwrap_or_else(|| "agw-data".into()),
+                allow,
+                shards: args.shards.or(file.shards),
+                agents: addr(args.listen, listen.agents, "127.0.0.1:7400"),
+                aca: addr(args.aca_listen, listen.aca, "127.0.0.1:7401"),
+                crl: addr(args.crl_listen, listen.crl, "127.0.0.1:7402"),
+                registry: addr(args.registry_listen, listen.registry, "127.0.0.1:7403"),
+                peering: addr(args.peering_listen, listen.peering, "127.0.0.1:7404"),
+                relay_links: addr(
+                    args.relay_links_listen,
+                    listen.relay_links,
+                    "127.0.0.1:7405",
+                ),
+                metrics: Some(addr(args.metrics_listen, listen.metrics, "127.0.0.1:7406")),
+                root,
+                peer_crls,
+                peers,
+                limits,
+            },
         }),
         _ => Err(format!("configuration:\n  {}", problems.join("\n  "))),
     }
 }
 
-/// Runs the gateway (or the demo) until SIGINT or SIGTERM.
+/// Runs the gateway (or the demo) until SIGINT, SIGTERM or `agwctl drain`, then drains it.
 pub fn run(args: DaemonArgs) -> Result<(), String> {
     if let Some(Command::Demo) = args.command {
         return crate::demo::run();
     }
-    let config = node_config(&args)?;
+    let mut running = daemon_config(&args)?;
+    let config = running.node.clone();
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| format!("data dir {}: {e}", data_dir.display()))?;
+    // First, so that a second daemon on the same data directory stops here.
+    let (admin_socket, asked) = admin::listen(&data_dir)?;
     let allow = config.allow.join(", ");
     let peers = config.peers.len();
     let unchecked_peers = peers > 0 && config.peer_crls.is_empty();
-    let node = Node::start(config)?;
+    let mut node = Node::start(config)?;
+    let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| e.to_string())?;
     }
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
+        .map_err(|e| e.to_string())?;
 
     let a = node.addresses().clone();
     let mut out = std::io::stdout();
@@ -280,12 +358,11 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
             "agw: metrics at http://{m}/metrics, health at http://{m}/health"
         );
     }
-    if let (Some(p), Some(l)) = (a.peering, a.relay_links) {
-        let _ = writeln!(
-            out,
-            "agw: peering on {p} ({peers} peer(s)), relay links on {l}"
-        );
-    }
+    let _ = writeln!(
+        out,
+        "agw: peering on {} ({peers} peer(s)), relay links on {}",
+        a.peering, a.relay_links
+    );
     if unchecked_peers {
         let _ = writeln!(
             out,
@@ -293,33 +370,225 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
              peer gateways' revocations are not checked"
         );
     }
-    let _ = writeln!(out, "agw: Ctrl-C or SIGTERM stops it");
+    let _ = writeln!(
+        out,
+        "agw: admin socket {}: `agwctl --data-dir {}` shows and changes it",
+        admin_socket.path().display(),
+        data_dir.display()
+    );
+    let _ = writeln!(
+        out,
+        "agw: Ctrl-C or SIGTERM drains and stops it, SIGHUP reloads the configuration"
+    );
     let _ = out.flush();
 
-    // Revocations reach the relay and the registry: a new CRL replaces the checkers and closes
-    // the sessions of the certificates it revokes.
-    let authority = Arc::clone(&node.authority);
-    let mut crl_number = authority
-        .crl(SystemTime::now())
-        .map(|c| c.number)
-        .unwrap_or(0);
-    let mut revoked: Vec<Vec<u8>> = Vec::new();
+    let mut revocations = Revocations::new(&node);
+    let mut deadline = running.drain_deadline;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-        let Ok(crl) = authority.crl(SystemTime::now()) else {
-            continue;
-        };
-        if crl.number == crl_number {
-            continue;
+        if hangup.swap(false, Ordering::Relaxed) {
+            match reload(&args, &mut running, &mut node) {
+                Ok(r) => {
+                    for line in &r.applied {
+                        let _ = writeln!(out, "agw: reload: applied: {line}");
+                    }
+                    for line in &r.needs_restart {
+                        let _ = writeln!(out, "agw: reload: needs a restart: {line}");
+                    }
+                    if r.applied.is_empty() && r.needs_restart.is_empty() {
+                        let _ = writeln!(out, "agw: reload: nothing changed");
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "agw: reload refused, nothing changed: {e}");
+                }
+            }
+            let _ = out.flush();
         }
-        crl_number = crl.number;
+        if let Ok(asked) = asked.recv_timeout(Duration::from_millis(200)) {
+            let id = asked.request.request_id;
+            let reply = match &asked.request.command {
+                Some(AdminCommand::Drain(d)) => {
+                    if d.deadline_ms > 0 {
+                        deadline = Duration::from_millis(u64::from(d.deadline_ms));
+                    }
+                    let _ = asked.reply.send(pb::AdminReply {
+                        request_id: id,
+                        error: None,
+                        result: Some(Reply::DrainStarted(pb::DrainStarted {
+                            deadline_ms: deadline.as_millis() as u32,
+                        })),
+                    });
+                    let _ = writeln!(out, "agw: drain asked by an operator");
+                    break;
+                }
+                Some(AdminCommand::Reload(_)) => match reload(&args, &mut running, &mut node) {
+                    Ok(r) => pb::AdminReply {
+                        request_id: id,
+                        error: None,
+                        result: Some(Reply::Reloaded(r)),
+                    },
+                    Err(e) => admin::refusal(id, ErrorCode::BadConfig, &e),
+                },
+                _ => admin::answer(&node, &asked.request, started),
+            };
+            let _ = asked.reply.send(reply);
+        }
+        revocations.check(&node);
+    }
+
+    let _ = writeln!(
+        out,
+        "agw: draining (deadline {} s): peers left, no new connections, delivering what was accepted",
+        deadline.as_secs()
+    );
+    let _ = out.flush();
+    let mut last_line = Instant::now();
+    let report = node.drain(deadline, |frames, bytes| {
+        if last_line.elapsed() >= Duration::from_secs(1) {
+            last_line = Instant::now();
+            let _ = writeln!(
+                std::io::stdout(),
+                "agw: draining: {frames} frame(s), {bytes} byte(s) still queued"
+            );
+        }
+    });
+    let t = report.totals;
+    node.stop();
+    drop(admin_socket);
+    let _ = writeln!(
+        out,
+        "agw: stopped after a {:.1} s drain; {} frames accepted, {} delivered, {} NACKed \
+         ({} at the drain deadline), {} in flight",
+        report.elapsed.as_secs_f64(),
+        t.accepted,
+        t.delivered,
+        t.nacked_total(),
+        t.nacked_for(ErrorCode::Draining),
+        t.in_flight()
+    );
+    Ok(())
+}
+
+/// Reads the configuration again; applies peers and limits, lists what needs a restart.
+fn reload(
+    args: &DaemonArgs,
+    running: &mut DaemonConfig,
+    node: &mut Node,
+) -> Result<pb::ReloadReply, String> {
+    let new = daemon_config(args)?;
+    let (old, next) = (&running.node, &new.node);
+    let mut needs_restart = Vec::new();
+    let mut differs = |key: &str, was: String, now: String| {
+        if was != now {
+            needs_restart.push(format!("{key} (running {was}, file {now})"));
+        }
+    };
+    differs("domain", old.domain.to_string(), next.domain.to_string());
+    differs("name", old.name.clone(), next.name.clone());
+    differs(
+        "data_dir",
+        old.data_dir.display().to_string(),
+        next.data_dir.display().to_string(),
+    );
+    differs("allow", old.allow.join(","), next.allow.join(","));
+    differs(
+        "shards",
+        format!("{:?}", old.shards),
+        format!("{:?}", next.shards),
+    );
+    for (key, was, now) in [
+        ("listen.agents", old.agents, next.agents),
+        ("listen.aca", old.aca, next.aca),
+        ("listen.crl", old.crl, next.crl),
+        ("listen.registry", old.registry, next.registry),
+        ("listen.peering", old.peering, next.peering),
+        ("listen.relay_links", old.relay_links, next.relay_links),
+    ] {
+        differs(key, was.to_string(), now.to_string());
+    }
+    differs(
+        "listen.metrics",
+        format!("{:?}", old.metrics),
+        format!("{:?}", next.metrics),
+    );
+    differs(
+        "federation",
+        format!("{:?} {}", old.root, old.peer_crls.len()),
+        format!("{:?} {}", next.root, next.peer_crls.len()),
+    );
+    let mut applied = Vec::new();
+    let (old, next) = (running.node.clone(), new.node.clone());
+    if next.limits != old.limits {
+        node.set_limits(next.limits)?;
+        let l = next.limits;
+        applied.push(format!(
+            "limits: queue soft {} B, hard {} B, shard budget {} B, {} connections per shard",
+            l.queue_soft_limit,
+            l.queue_hard_limit,
+            l.shard_memory_budget,
+            l.max_connections_per_shard
+        ));
+        running.node.limits = l;
+    }
+    if next.peers != old.peers {
+        applied.extend(node.set_peers(next.peers.clone())?);
+        running.node.peers = next.peers.clone();
+    }
+    if new.drain_deadline != running.drain_deadline {
+        applied.push(format!(
+            "drain_deadline_s: {}",
+            new.drain_deadline.as_secs()
+        ));
+        running.drain_deadline = new.drain_deadline;
+    }
+    Ok(pb::ReloadReply {
+        applied,
+        needs_restart,
+    })
+}
+
+/// Revocations reach the relay and the registry: a new CRL replaces the checkers and closes
+/// the sessions of the certificates it revokes.
+struct Revocations {
+    number: u64,
+    revoked: Vec<Vec<u8>>,
+    last: Instant,
+}
+
+impl Revocations {
+    fn new(node: &Node) -> Revocations {
+        Revocations {
+            number: node
+                .authority
+                .crl(SystemTime::now())
+                .map(|c| c.number)
+                .unwrap_or(0),
+            revoked: Vec::new(),
+            last: Instant::now(),
+        }
+    }
+
+    /// Looks at the authority's CRL (at most every 200 ms).
+    fn check(&mut self, node: &Node) {
+        if self.last.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        self.last = Instant::now();
+        let authority = &node.authority;
+        let Ok(crl) = authority.crl(SystemTime::now()) else {
+            return;
+        };
+        if crl.number == self.number {
+            return;
+        }
+        self.number = crl.number;
         let serials = agw_aca::revoked_serials(&crl.der).unwrap_or_default();
         let new: Vec<Vec<u8>> = serials
             .iter()
-            .filter(|s| !revoked.contains(s))
+            .filter(|s| !self.revoked.contains(s))
             .cloned()
             .collect();
-        revoked = serials;
+        self.revoked = serials;
         let anchor = authority.trust_anchor();
         if let Ok(checker) = CertificateChecker::new(anchor, std::slice::from_ref(&crl.der)) {
             node.dataplane.set_checker(checker, new);
@@ -331,16 +600,6 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
             registry.set_certificate_checker(checker);
         }
     }
-    let totals = node.dataplane.totals();
-    node.stop();
-    let _ = writeln!(
-        out,
-        "agw: stopped; {} frames accepted, {} delivered, {} NACKed",
-        totals.accepted,
-        totals.delivered,
-        totals.nacked_total()
-    );
-    Ok(())
 }
 
 #[cfg(test)]
@@ -360,7 +619,7 @@ mod tests {
     fn an_unknown_key_is_refused_with_its_line() {
         let (_f, args) =
             args_with("domain = \"a.example\"\n\n[listen]\nagentz = \"127.0.0.1:1\"\n");
-        let e = node_config(&args).unwrap_err();
+        let e = daemon_config(&args).unwrap_err();
         assert!(e.contains("agentz") && e.contains("line 4"), "{e}");
     }
 
@@ -370,7 +629,7 @@ mod tests {
             "domain = \"a.example\"\n[[peer]]\ngateway = \"not-a-gateway\"\n\
              [[peer]]\ngateway = \"spiffe://b.example/agw/b1\"\non_limit = \"explode\"\nhold_time_s = 1\n",
         );
-        let e = node_config(&args).unwrap_err();
+        let e = daemon_config(&args).unwrap_err();
         for needle in ["peer[0].gateway", "peer[1].on_limit", "peer[1].hold_time_s"] {
             assert!(e.contains(needle), "{needle} missing from: {e}");
         }
@@ -383,7 +642,7 @@ mod tests {
              [[peer]]\ngateway = \"spiffe://b.example/agw/b1\"\naddress = \"127.0.0.1:9\"\n",
         );
         args.shards = Some(2);
-        let c = node_config(&args).unwrap();
+        let c = daemon_config(&args).unwrap().node;
         assert_eq!(
             (c.domain.as_str(), c.name.as_str(), c.shards),
             ("a.example", "edge", Some(2))

@@ -6,6 +6,7 @@
 use std::{io::Write as _, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use agw_aca::tls::TlsIdentity;
+use agw_dataplane::LiveLimits;
 use agw_proto::{
     DEFAULT_HOP_LIMIT, Message,
     identity::{AgentId, Domain, GatewayId},
@@ -72,13 +73,14 @@ fn node(
         // certificates of their own domain only (see docs/peering.md).
         peer_crls: Vec::new(),
         peers,
+        limits: LiveLimits::default(),
     })
 }
 
 fn peer(node: &Node, dial: bool) -> PeerEntry {
     PeerEntry {
         gateway: node.gateway.clone(),
-        address: if dial { node.addresses().peering } else { None },
+        address: dial.then(|| node.addresses().peering),
         export: None,
         max_summaries: Some((10_000, LimitAction::Refuse)),
         hold_time: Duration::from_secs(9),
@@ -143,10 +145,7 @@ pub fn run() -> Result<(), String> {
             n.addresses().agents,
             n.addresses().aca,
             n.addresses().registry,
-            n.addresses()
-                .peering
-                .map(|p| p.to_string())
-                .unwrap_or_default()
+            n.addresses().peering
         ));
     }
 

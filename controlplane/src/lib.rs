@@ -5,11 +5,11 @@
 //! - [`peering`]: sessions with peer gateways (sans-IO state machine, mutual-TLS driver).
 //! - [`node`]: one gateway wired whole (authority, registry, relay, control plane).
 //! - [`daemon`] and [`demo`]: what the `agw` binary runs.
-//!
+//! - [`admin`]: the operators' API over a Unix socket, which `agwctl` (`src/bin/agwctl.rs`)
+//!   speaks.
 //! - [`metrics`]: Prometheus metrics and health over HTTP.
-//!
-//! The admin API and `agwctl` come with the daemon issue.
 
+pub mod admin;
 pub mod control;
 pub mod daemon;
 pub mod demo;

@@ -7,14 +7,20 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use agw_dataplane::{NACK_REASONS, ShardCounters};
+use agw_dataplane::{
+    NACK_REASONS, ShardCounters,
+    counters::{RESIDENCE_BUCKETS, residence_bound},
+};
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    encoding::{EncodeMetric, MetricEncoder, NoLabelSet, text::encode},
+    metrics::{MetricType, TypedMetric, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::peering::{driver::PeerStatus, session::SessionState};
+use crate::peering::{
+    driver::{Neighbours, PeerStatus},
+    session::SessionState,
+};
 
 /// What a scrape reads.
 #[derive(Debug, Clone)]
@@ -22,10 +28,34 @@ pub struct MetricsSources {
     /// The relay's counters, one per shard.
     pub counters: Arc<[ShardCounters]>,
     /// The neighbour list, when peering.
-    pub neighbours: Option<Arc<Mutex<Vec<PeerStatus>>>>,
+    pub neighbours: Option<Neighbours>,
 }
 
 type Labels = Vec<(String, String)>;
+
+/// A histogram read from the relay's counters at scrape time: (upper bound in seconds, count)
+/// per bucket, the sum in seconds. Set once after the family creates it.
+#[derive(Debug, Default)]
+struct Residence(Mutex<(Vec<(f64, u64)>, f64)>);
+
+impl TypedMetric for Residence {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Residence {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(inner) = self.0.lock() else {
+            return Ok(());
+        };
+        let (buckets, sum) = &*inner;
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        encoder.encode_histogram::<NoLabelSet>(*sum, count, buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 fn shard(i: usize) -> Labels {
     vec![("shard".into(), i.to_string())]
@@ -141,9 +171,33 @@ pub fn render(sources: &MetricsSources) -> String {
         "Bytes waiting in write queues",
         &gauges(&|s| s.queued_bytes),
     );
-    if let Some(neighbours) = &sources.neighbours
-        && let Ok(list) = neighbours.lock()
-    {
+    let residence = Family::<Labels, Residence>::default();
+    for (i, s) in snaps.iter().enumerate() {
+        let buckets = s
+            .residence
+            .iter()
+            .enumerate()
+            .map(|(k, n)| {
+                let bound = if k < RESIDENCE_BUCKETS {
+                    residence_bound(k)
+                } else {
+                    f64::INFINITY
+                };
+                (bound, *n)
+            })
+            .collect();
+        if let Ok(mut h) = residence.get_or_create(&shard(i)).0.lock() {
+            *h = (buckets, s.residence_ns as f64 * 1e-9);
+        }
+    }
+    registry.register(
+        "relay_residence_seconds",
+        "Time delivered frames spent in the gateway, from the read that brought them to the \
+         write that finished them",
+        residence,
+    );
+    if let Some(neighbours) = &sources.neighbours {
+        let list = neighbours.list();
         let peer = |p: &PeerStatus| vec![("peer".to_string(), p.gateway.clone())];
         let up: Vec<_> = list
             .iter()

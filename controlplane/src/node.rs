@@ -19,7 +19,7 @@ use agw_aca::{
     tls::{CertificateChecker, TlsIdentity},
 };
 use agw_ars::{Registry, RegistryConfig};
-use agw_dataplane::{Dataplane, DataplaneConfig, routing::RoutingTable};
+use agw_dataplane::{Dataplane, DataplaneConfig, DrainReport, LiveLimits, routing::RoutingTable};
 use agw_proto::{
     Message,
     identity::{Domain, GatewayId},
@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// A peer as configured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PeerEntry {
     /// Its gateway ID.
     pub gateway: GatewayId,
@@ -83,6 +83,8 @@ pub struct NodeConfig {
     pub peer_crls: Vec<Vec<u8>>,
     /// The peers.
     pub peers: Vec<PeerEntry>,
+    /// The relay's limits (they can change live).
+    pub limits: LiveLimits,
 }
 
 /// Where a running node listens.
@@ -96,10 +98,10 @@ pub struct NodeAddresses {
     pub crl_url: String,
     /// Registration and discovery.
     pub registry: SocketAddr,
-    /// Peering sessions, when peering.
-    pub peering: Option<SocketAddr>,
-    /// Peers' relay links, when peering.
-    pub relay_links: Option<SocketAddr>,
+    /// Peering sessions.
+    pub peering: SocketAddr,
+    /// Peers' relay links.
+    pub relay_links: SocketAddr,
     /// Metrics and health, when served.
     pub metrics: Option<SocketAddr>,
 }
@@ -115,6 +117,9 @@ pub struct Node {
     /// The relay.
     pub dataplane: Dataplane,
     control: Option<ControlPlane>,
+    peers: Vec<PeerEntry>,
+    /// This gateway's relay-link address, which its OPEN announces to peers.
+    relay_links: SocketAddr,
     _crl_server: CrlHttpServer,
     addresses: NodeAddresses,
     trust_anchor_path: PathBuf,
@@ -257,16 +262,14 @@ impl Node {
             })
             .map_err(|e| e.to_string())?;
 
-        // The relay.
-        let peering = !config.peers.is_empty();
+        // The relay, always ready for peers (they may be added while it runs).
         let mut dp_config = DataplaneConfig::new(gateway.clone(), config.agents);
         if let Some(shards) = config.shards {
             dp_config.shards = shards;
         }
-        if peering {
-            dp_config.peer_listen = Some(config.relay_links);
-            dp_config.peer_tls = Some(tls.clone());
-        }
+        dp_config.set_live_limits(config.limits);
+        dp_config.peer_listen = Some(config.relay_links);
+        dp_config.peer_tls = Some(tls.clone());
         let table = RoutingTable::new();
         let reader = table.reader();
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
@@ -274,34 +277,24 @@ impl Node {
             .map_err(|e| e.to_string())?;
 
         // The control plane and its peers.
-        let relay_links = dataplane.peer_addr();
-        let peering_config = peering.then(|| PeeringConfig {
+        let relay_links = dataplane
+            .peer_addr()
+            .ok_or("the relay did not open its peer listener")?;
+        let peering_config = PeeringConfig {
             listen: config.peering,
             tls: tls.clone(),
             peers: config
                 .peers
                 .iter()
-                .map(|p| {
-                    let mut c = PeerConfig::new(gateway.clone(), p.gateway.clone());
-                    c.dial = p.address.is_some();
-                    c.hold_time = p.hold_time;
-                    c.send_hold_time = p.hold_time * 2;
-                    c.max_summaries = p.max_summaries;
-                    c.export_domains = p.export.as_ref().map(|d| d.iter().cloned().collect());
-                    c.agent_access_address = relay_links.map(|a| a.to_string()).unwrap_or_default();
-                    PeerSpec {
-                        config: c,
-                        address: p.address,
-                    }
-                })
+                .map(|p| peer_spec(&gateway, relay_links, p))
                 .collect(),
-        });
+        };
         let control = ControlPlane::start(
             gateway.clone(),
             table,
             events_rx,
             Wiring {
-                peering: peering_config,
+                peering: Some(peering_config),
                 links: Some(dataplane.peer_links()),
                 registry: Some(Arc::clone(&registry)),
             },
@@ -326,7 +319,10 @@ impl Node {
             aca: aca_addr,
             crl_url,
             registry: ars_addr,
-            peering: control.peering().map(|p| p.local_addr()),
+            peering: control
+                .peering()
+                .map(|p| p.local_addr())
+                .ok_or("peering did not start")?,
             relay_links,
             metrics,
         };
@@ -336,6 +332,8 @@ impl Node {
             registry,
             dataplane,
             control: Some(control),
+            peers: config.peers,
+            relay_links,
             _crl_server: crl_server,
             addresses,
             trust_anchor_path: aca_dir.join("trust-anchor.pem"),
@@ -357,11 +355,81 @@ impl Node {
         self.control.as_ref()
     }
 
+    /// The peers as configured now.
+    pub fn peers(&self) -> &[PeerEntry] {
+        &self.peers
+    }
+
+    /// Makes the peers these: sessions with removed peers end (DISCONNECT), new peers are
+    /// dialled or awaited, a changed peer's session restarts. Returns what changed, a line
+    /// each.
+    pub fn set_peers(&mut self, peers: Vec<PeerEntry>) -> Result<Vec<String>, String> {
+        let control = self
+            .control
+            .as_ref()
+            .ok_or("the control plane has stopped")?;
+        let mut changes = Vec::new();
+        for old in &self.peers {
+            match peers.iter().find(|p| p.gateway == old.gateway) {
+                Some(new) if new == old => {}
+                Some(_) => {
+                    control.remove_peer(old.gateway.as_str())?;
+                    changes.push(format!("peer {} changed: session restarted", old.gateway));
+                }
+                None => {
+                    control.remove_peer(old.gateway.as_str())?;
+                    changes.push(format!("peer {} removed", old.gateway));
+                }
+            }
+        }
+        for new in &peers {
+            let old = self.peers.iter().find(|p| p.gateway == new.gateway);
+            if old == Some(new) {
+                continue;
+            }
+            control.add_peer(peer_spec(&self.gateway, self.relay_links, new))?;
+            if old.is_none() {
+                changes.push(format!("peer {} added", new.gateway));
+            }
+        }
+        self.peers = peers;
+        Ok(changes)
+    }
+
+    /// Takes these relay limits (see [`Dataplane::set_limits`]).
+    pub fn set_limits(&self, limits: LiveLimits) -> Result<(), String> {
+        self.dataplane.set_limits(limits)
+    }
+
+    /// Drains: peers are left (DISCONNECT, so they route around this gateway), then the relay
+    /// delivers what it accepted, bounded by `deadline` (see [`Dataplane::drain`]).
+    pub fn drain(&mut self, deadline: Duration, progress: impl FnMut(i128, u64)) -> DrainReport {
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
+        self.dataplane.drain(deadline, progress)
+    }
+
     /// Leaves the peers (DISCONNECT) and stops the relay.
     pub fn stop(mut self) {
         if let Some(c) = self.control.take() {
             c.stop();
         }
         self.dataplane.stop();
+    }
+}
+
+/// A configured peer as the peering driver takes it.
+fn peer_spec(local: &GatewayId, relay_links: SocketAddr, p: &PeerEntry) -> PeerSpec {
+    let mut c = PeerConfig::new(local.clone(), p.gateway.clone());
+    c.dial = p.address.is_some();
+    c.hold_time = p.hold_time;
+    c.send_hold_time = p.hold_time * 2;
+    c.max_summaries = p.max_summaries;
+    c.export_domains = p.export.as_ref().map(|d| d.iter().cloned().collect());
+    c.agent_access_address = relay_links.to_string();
+    PeerSpec {
+        config: c,
+        address: p.address,
     }
 }

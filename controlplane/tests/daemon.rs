@@ -1,27 +1,26 @@
-//! The `agw` binary end to end: it starts on its defaults with nothing prepared, agents get
-//! certificates from its embedded authority and talk through it, a revocation closes a live
-//! session, and SIGTERM stops it cleanly.
+//! The `agw` and `agwctl` binaries end to end: the daemon starts on its defaults with nothing
+//! prepared, agents get certificates from its embedded authority and talk through it, the
+//! operator's CLI shows and changes it (peers, routes, agents, stats, certificates, reload,
+//! drain), a revocation closes a live session, and SIGTERM drains it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     io::{BufRead, BufReader},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
-use agw_proto::{
-    Message,
-    identity::AgentId,
-    pb::{self, ErrorCode},
-};
+use agw_proto::{identity::AgentId, pb::ErrorCode};
 use agw_sdk::{
     agent::{AgentConnection, AgentError, Credentials, Incoming},
-    certificates::CertificateRequests,
+    certificates::AgentKey,
     connection::Connection,
 };
 use bytes::Bytes;
+use serde_json::Value;
 
 struct Daemon {
     child: Child,
@@ -38,8 +37,35 @@ impl Drop for Daemon {
     }
 }
 
-fn start(data_dir: &std::path::Path) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agw"))
+impl Daemon {
+    /// Waits for a line of the daemon's output containing `needle`.
+    fn wait_line(&self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+fn agw(data_dir: &Path, config: Option<&Path>) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agw"));
+    command
         .args([
             "--domain",
             "travel.example",
@@ -55,8 +81,22 @@ fn start(data_dir: &std::path::Path) -> Daemon {
             "--registry-listen",
             "127.0.0.1:0",
         ])
+        .args([
+            "--peering-listen",
+            "127.0.0.1:0",
+            "--relay-links-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
+        .arg(data_dir);
+    if let Some(c) = config {
+        command.arg("--config").arg(c);
+    }
+    command
+}
+
+fn start(data_dir: &Path, config: Option<&Path>) -> Daemon {
+    let mut child = agw(data_dir, config)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -70,7 +110,7 @@ fn start(data_dir: &std::path::Path) -> Daemon {
         }
     });
     let (mut agents, mut aca, mut metrics) = (String::new(), String::new(), String::new());
-    while agents.is_empty() || aca.is_empty() || metrics.is_empty() {
+    loop {
         let line = lines.recv_timeout(Duration::from_secs(20)).unwrap();
         if let Some(rest) = line.strip_prefix("agw: agents connect to ") {
             agents = rest.to_owned();
@@ -81,7 +121,12 @@ fn start(data_dir: &std::path::Path) -> Daemon {
         if let Some(rest) = line.strip_prefix("agw: metrics at ") {
             metrics = rest.split([' ', ',']).next().unwrap().to_owned();
         }
+        // The last line of the banner.
+        if line.starts_with("agw: Ctrl-C") {
+            break;
+        }
     }
+    assert!(!agents.is_empty() && !aca.is_empty() && !metrics.is_empty());
     Daemon {
         child,
         lines,
@@ -98,10 +143,51 @@ fn certify(aca: &str, name: &str) -> Arc<Credentials> {
     Arc::new(Credentials::enroll(agent, "Acme", |app| conn.request(app)).unwrap())
 }
 
+/// Runs agwctl; returns whether it succeeded, its stdout and its stderr.
+fn agwctl(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_agwctl"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs agwctl with `--output json`, which must succeed.
+fn agwctl_json(data_dir: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = agwctl(data_dir, &all);
+    assert!(ok, "agwctl {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("agwctl {args:?}: {e}: {out}"))
+}
+
+fn openssl(args: &[&str]) -> String {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 #[test]
-fn the_daemon_certifies_relays_revokes_and_stops_on_sigterm() {
+fn the_daemon_relays_and_its_operator_sees_and_changes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = start(dir.path());
+    let data = dir.path().join("data");
+    let config = dir.path().join("agw.toml");
+    std::fs::write(&config, "name = \"edge-1\"\n").unwrap();
+    let daemon = start(&data, Some(&config));
     let alice = certify(&daemon.aca, "alice");
     let bob = certify(&daemon.aca, "bob");
     let mut ca =
@@ -118,19 +204,27 @@ fn the_daemon_certifies_relays_revokes_and_stops_on_sigterm() {
         other => panic!("{other:?}"),
     }
 
-    // Prometheus sees the relayed frame, per shard, and health answers.
+    // Prometheus sees the relayed frame and its time in the gateway, per shard; health
+    // answers.
     let scrape = |url: &str| {
         let out = Command::new("curl").args(["-sf", url]).output().unwrap();
         assert!(out.status.success(), "curl {url}");
         String::from_utf8(out.stdout).unwrap()
     };
     let text = scrape(&daemon.metrics);
-    let delivered: u64 = text
-        .lines()
-        .filter(|l| l.starts_with("agw_frames_delivered_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(delivered, 1, "{text}");
+    let sum = |prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("agw_frames_delivered_total{"), 1, "{text}");
+    assert_eq!(sum("agw_relay_residence_seconds_count{"), 1, "{text}");
+    assert!(
+        text.contains("agw_relay_residence_seconds_bucket{le=\"+Inf\",shard=\"0\"}")
+            || text.contains("agw_relay_residence_seconds_bucket{shard=\"0\",le=\"+Inf\"}"),
+        "{text}"
+    );
     assert!(
         text.contains("agw_frames_nacked_total{shard=\"0\",reason=\"NO_ROUTE\"} 0"),
         "{text}"
@@ -140,21 +234,98 @@ fn the_daemon_certifies_relays_revokes_and_stops_on_sigterm() {
         "ok\n"
     );
 
-    // Bob revokes his own certificate at the authority: the gateway closes his session.
-    let request = CertificateRequests::default()
-        .revocation(
-            &bob.certificate,
-            &bob.key,
-            pb::RevocationReason::KeyCompromise,
-            SystemTime::now(),
-        )
-        .unwrap();
-    let mut conn = Connection::connect(&daemon.aca, Duration::from_secs(5)).unwrap();
-    let reply = conn.request(request).unwrap();
+    // agwctl: stats, agents, routes.
+    let stats = agwctl_json(&data, &["stats", "--interval", "0.2"]);
+    assert_eq!(stats["gateway"], "spiffe://travel.example/agw/edge-1");
+    let shards = stats["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 2);
+    let total = |key: &str| -> u64 { shards.iter().map(|s| s[key].as_u64().unwrap()).sum() };
+    assert_eq!((total("accepted"), total("delivered")), (1, 1), "{stats}");
+    let resided: u64 = shards
+        .iter()
+        .flat_map(|s| s["residence"].as_array().unwrap().clone())
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(resided, 1);
+    let (ok, table, _) = agwctl(&data, &["stats", "--interval", "0"]);
     assert!(
-        matches!(reply, Message::RevocationReply(ref r) if r.error.is_none()),
-        "{reply:?}"
+        ok && table.contains("DELIVERED") && table.contains("edge-1"),
+        "{table}"
     );
+
+    let agents = agwctl_json(&data, &["agents"]);
+    assert_eq!(agents["total"], 2, "{agents}");
+    for a in agents["agents"].as_array().unwrap() {
+        assert_eq!(
+            (&a["local"], &a["status"]),
+            (&Value::Bool(true), &Value::from("running"))
+        );
+    }
+    let routes = agwctl_json(&data, &["routes"]);
+    assert_eq!(routes["total"], 2, "{routes}");
+    let route = agwctl_json(&data, &["routes", "--agent", bob.agent.as_str()]);
+    assert_eq!(route["routes"][0]["route"], "local", "{route}");
+    let (ok, _, err) = agwctl(
+        &data,
+        &["routes", "--agent", "spiffe://travel.example/agent/nobody"],
+    );
+    assert!(!ok && err.contains("no route"), "{err}");
+
+    // A wrong token is refused, with the reason.
+    let wrong = dir.path().join("wrong.token");
+    std::fs::write(&wrong, "not-the-token").unwrap();
+    let (ok, _, err) = agwctl(&data, &["--token-file", path(&wrong), "peers"]);
+    assert!(!ok && err.contains("ADMIN_UNAUTHENTICATED"), "{err}");
+
+    // Certificates: one for a new gateway of the domain, which openssl verifies.
+    let key = AgentKey::generate().unwrap();
+    let csr = key.csr("spiffe://travel.example/agw/edge-2").unwrap();
+    let csr_path = dir.path().join("edge-2.csr");
+    std::fs::write(
+        &csr_path,
+        pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr)),
+    )
+    .unwrap();
+    let chain = dir.path().join("edge-2.pem");
+    let issued = agwctl_json(
+        &data,
+        &[
+            "cert",
+            "issue",
+            "--gateway",
+            "spiffe://travel.example/agw/edge-2",
+            "--csr",
+            path(&csr_path),
+            "--out",
+            path(&chain),
+        ],
+    );
+    assert!(!issued["serial"].as_str().unwrap().is_empty(), "{issued}");
+    let anchor = data.join("aca").join("trust-anchor.pem");
+    let verified = openssl(&[
+        "verify",
+        "-CAfile",
+        path(&anchor),
+        "-untrusted",
+        path(&chain),
+        path(&chain),
+    ]);
+    assert!(verified.contains(": OK"), "{verified}");
+
+    // The operator revokes bob's certificate: his live session closes, the CRL lists him.
+    let serial = hex::encode(&bob.certificate.serial);
+    let (ok, _, err) = agwctl(
+        &data,
+        &[
+            "cert",
+            "revoke",
+            "--serial",
+            &serial,
+            "--reason",
+            "key-compromise",
+        ],
+    );
+    assert!(ok, "{err}");
     match cb.recv(Duration::from_secs(5)) {
         Err(AgentError::Closed(Some(n))) => assert_eq!(n.code(), ErrorCode::CertRevoked),
         other => panic!("{other:?}"),
@@ -163,24 +334,107 @@ fn the_daemon_certifies_relays_revokes_and_stops_on_sigterm() {
         Err(AgentError::Refused { code, .. }) => assert_eq!(code, ErrorCode::CertRevoked),
         other => panic!("{other:?}"),
     }
+    let crl_path = dir.path().join("crl.pem");
+    let crl = agwctl_json(&data, &["cert", "crl", "--out", path(&crl_path)]);
+    assert_eq!(crl["revoked"], serde_json::json!([serial]), "{crl}");
+    let crl_text = openssl(&["crl", "-in", path(&crl_path), "-noout", "-text"]);
+    assert!(crl_text.to_lowercase().contains(&serial), "{crl_text}");
 
-    // SIGTERM: a clean exit that reports what it relayed.
-    let pid = daemon.child.id().to_string();
+    // Reload: limits and a new peer apply live; a new name needs a restart.
+    std::fs::write(
+        &config,
+        "name = \"edge-9\"\n[limits]\nmax_connections_per_shard = 5000\n\
+         [[peer]]\ngateway = \"spiffe://hotels.example/agw/h1\"\naddress = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let reloaded = agwctl_json(&data, &["reload"]);
+    let applied = reloaded["applied"].to_string();
+    assert!(applied.contains("5000 connections per shard"), "{reloaded}");
     assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
+        applied.contains("peer spiffe://hotels.example/agw/h1 added"),
+        "{reloaded}"
     );
-    let status = daemon.child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
-    let rest: Vec<String> = daemon.lines.try_iter().collect();
     assert!(
-        rest.iter()
-            .any(|l| l.contains("stopped; 1 frames accepted, 1 delivered")),
-        "{rest:?}"
+        reloaded["needs_restart"]
+            .to_string()
+            .contains("name (running edge-1, file edge-9)"),
+        "{reloaded}"
     );
+    let peers = agwctl_json(&data, &["peers"]);
+    assert_eq!(
+        peers["peers"][0]["gateway"], "spiffe://hotels.example/agw/h1",
+        "{peers}"
+    );
+    assert_eq!(peers["peers"][0]["domain"], "hotels.example");
+    assert_eq!(peers["peers"][0]["address"], "127.0.0.1:9");
+    assert_ne!(peers["peers"][0]["state"], "Established");
+    // SIGHUP does the same: the peer goes.
+    std::fs::write(
+        &config,
+        "name = \"edge-9\"\n[limits]\nmax_connections_per_shard = 5000\n",
+    )
+    .unwrap();
+    daemon.signal("-HUP");
+    daemon.wait_line("agw: reload: applied: peer spiffe://hotels.example/agw/h1 removed");
+    assert_eq!(
+        agwctl_json(&data, &["peers"])["peers"],
+        serde_json::json!([])
+    );
+    // A broken file is refused whole, saying why.
+    std::fs::write(
+        &config,
+        "name = \"edge-9\"\n[limits]\nqueue_soft_limit_bytes = 0\n",
+    )
+    .unwrap();
+    let (ok, _, err) = agwctl(&data, &["reload"]);
+    assert!(
+        !ok && err.contains("BAD_CONFIG") && err.contains("queue_soft_limit"),
+        "{err}"
+    );
+
+    // A second daemon on the same data directory is refused.
+    let second = agw(&data, None).output().unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another agw is running"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    // Drain: the gateway delivers what it accepted, then exits; agwctl waits for it.
+    let mut daemon = daemon;
+    let (ok, out, err) = agwctl(&data, &["drain", "--deadline", "5"]);
+    assert!(
+        ok && out.contains("drained; the gateway exited"),
+        "{out}{err}"
+    );
+    assert!(daemon.child.wait().unwrap().success());
+    let line = daemon.wait_line("agw: stopped after a");
+    assert!(
+        line.contains("1 frames accepted, 1 delivered, 0 NACKed"),
+        "{line}"
+    );
+    assert!(line.contains(", 0 in flight"), "{line}");
+    drop(ca);
+}
+
+#[test]
+fn sigterm_drains_and_agwctl_explains_a_missing_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, _, err) = agwctl(&data, &["stats"]);
+    assert!(!ok && err.contains("cannot read the admin token"), "{err}");
+
+    let mut daemon = start(&data, None);
+    let (ok, out, err) = agwctl(&data, &["peers"]);
+    assert!(ok && out.contains("no peers configured"), "{out}{err}");
+    daemon.signal("-TERM");
+    assert!(daemon.child.wait().unwrap().success());
+    daemon.wait_line("agw: draining (deadline 30 s)");
+    let line = daemon.wait_line("agw: stopped after a");
+    assert!(line.contains("0 frames accepted"), "{line}");
+    let (ok, _, err) = agwctl(&data, &["stats"]);
+    assert!(!ok && err.contains("cannot reach the gateway"), "{err}");
 }
 
 #[test]

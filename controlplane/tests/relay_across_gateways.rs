@@ -199,6 +199,30 @@ fn an_agent_in_c_reaches_an_agent_in_a_through_b_and_hears_back() {
     wait_until("a's route to z", || {
         ga.dp.route_of(z.agent.as_str()) == Some(Route::Peer { peer: 0 })
     });
+    // What an operator of c sees: x behind b, two gateways away, and z at home.
+    let (routes, total) = gc.control.routes(Some(x.agent.as_str()), 10).unwrap();
+    assert_eq!(total, 1);
+    assert_eq!(routes[0].next_hop.as_deref(), Some(b.gateway.as_str()));
+    assert_eq!(
+        routes[0].path,
+        [b.gateway.to_string(), a.gateway.to_string()]
+    );
+    assert_eq!(routes[0].status, pb::Status::Running);
+    let (agents, _) = gc.control.agents(false, 100).unwrap();
+    let seen: Vec<(&str, bool, &str)> = agents
+        .iter()
+        .map(|v| (v.agent.as_str(), v.local, v.gateway.as_str()))
+        .collect();
+    assert!(
+        seen.contains(&(x.agent.as_str(), false, a.gateway.as_str())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(z.agent.as_str(), true, c.gateway.as_str())),
+        "{seen:?}"
+    );
+    let (local, _) = gc.control.agents(true, 100).unwrap();
+    assert!(local.iter().all(|v| v.local), "{local:?}");
 
     // Shards dial their links when the sessions come up; until one is up, a frame through it
     // is NACKed UNREACHABLE, which the sender may retry.

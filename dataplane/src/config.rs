@@ -62,6 +62,17 @@ pub struct LiveLimits {
     pub max_connections_per_shard: usize,
 }
 
+impl Default for LiveLimits {
+    fn default() -> Self {
+        LiveLimits {
+            queue_soft_limit: 256 * 1024,
+            queue_hard_limit: 4 * 1024 * 1024,
+            shard_memory_budget: 256 * 1024 * 1024,
+            max_connections_per_shard: 10_000,
+        }
+    }
+}
+
 impl LiveLimits {
     /// Checks the limits agree with each other; says which does not.
     pub fn validate(&self) -> Result<(), String> {
@@ -99,6 +110,7 @@ impl DataplaneConfig {
 
     /// Defaults for `gateway` listening on `listen`.
     pub fn new(gateway: GatewayId, listen: SocketAddr) -> DataplaneConfig {
+        let limits = LiveLimits::default();
         DataplaneConfig {
             gateway,
             listen,
@@ -109,10 +121,10 @@ impl DataplaneConfig {
             access: AccessConfig::default(),
             limits: FrameLimits::default(),
             read_chunk: 64 * 1024,
-            queue_soft_limit: 256 * 1024,
-            queue_hard_limit: 4 * 1024 * 1024,
-            shard_memory_budget: 256 * 1024 * 1024,
-            max_connections_per_shard: 10_000,
+            queue_soft_limit: limits.queue_soft_limit,
+            queue_hard_limit: limits.queue_hard_limit,
+            shard_memory_budget: limits.shard_memory_budget,
+            max_connections_per_shard: limits.max_connections_per_shard,
             cross_shard_capacity: 8,
             tick: Duration::from_millis(50),
             close_linger: Duration::from_secs(2),

@@ -304,6 +304,15 @@ impl RoutingSnapshot {
         self.len == 0
     }
 
+    /// Every route, in no particular order (for operators' listings, not the relay).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Route)> + '_ {
+        self.groups
+            .iter()
+            .flat_map(|group| group.iter())
+            .flat_map(|bucket| bucket.slots.iter().flatten())
+            .map(|slot| (slot.agent.as_str(), slot.route))
+    }
+
     /// Whether `self` and `other` share the bucket that holds `agent` (the same memory, not a
     /// copy): how a publish proves it copied only what changed.
     pub fn shares_bucket_with(&self, other: &RoutingSnapshot, agent: &str) -> bool {
@@ -521,6 +530,32 @@ mod tests {
         assert_eq!(v3.len(), 1);
         assert_eq!(v3.version(), 3);
         assert_eq!(table.publish(), 3, "nothing pending, nothing published");
+        let listed: Vec<_> = v3.entries().collect();
+        assert_eq!(listed, [(agent(2).as_str(), Route::Offline)]);
+    }
+
+    #[test]
+    fn entries_list_every_route_once() {
+        let mut table = RoutingTable::new();
+        for n in 0..5_000 {
+            table.set(&agent(n), Route::Peer { peer: n });
+        }
+        for n in (0..5_000).step_by(3) {
+            table.remove(&agent(n));
+        }
+        table.publish();
+        let mut listed: Vec<(String, Route)> = table
+            .current()
+            .entries()
+            .map(|(a, r)| (a.to_owned(), r))
+            .collect();
+        let mut expected: Vec<(String, Route)> = (0..5_000)
+            .filter(|n| n % 3 != 0)
+            .map(|n| (agent(n), Route::Peer { peer: n }))
+            .collect();
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(listed, expected);
     }
 
     #[test]

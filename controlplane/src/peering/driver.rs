@@ -102,18 +102,59 @@ pub struct PeerStatus {
     pub summaries_out: usize,
 }
 
+/// One peer's thread as the others reach it.
+#[derive(Debug)]
+struct Slot {
+    gateway: String,
+    commands: Sender<PeerCommand>,
+    handover: Sender<Handover>,
+    status: PeerStatus,
+}
+
+/// The peers by index; a removed peer leaves `None` (indices are never reused, so a late
+/// event from a removed peer's thread names no one).
+#[derive(Debug, Default)]
+struct Peers {
+    slots: Vec<Option<Slot>>,
+}
+
+impl Peers {
+    fn by_gateway(&self, gateway: &str) -> Option<(usize, &Slot)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.as_ref().filter(|s| s.gateway == gateway).map(|s| (i, s)))
+    }
+}
+
 /// Sends commands to the peer threads.
 #[derive(Debug, Clone)]
 pub struct PeerCommander {
-    commands: Vec<Sender<PeerCommand>>,
+    peers: Arc<Mutex<Peers>>,
 }
 
 impl PeerCommander {
     /// Sends a command to peer `index`.
     pub fn command(&self, index: usize, command: PeerCommand) {
-        if let Some(c) = self.commands.get(index) {
-            let _ = c.send(command);
+        if let Ok(peers) = self.peers.lock()
+            && let Some(Some(slot)) = peers.slots.get(index)
+        {
+            let _ = slot.commands.send(command);
         }
+    }
+}
+
+/// The neighbour list, readable from any thread (the metrics endpoint's).
+#[derive(Debug, Clone)]
+pub struct Neighbours(Arc<Mutex<Peers>>);
+
+impl Neighbours {
+    /// Every peer configured now and its session.
+    pub fn list(&self) -> Vec<PeerStatus> {
+        self.0
+            .lock()
+            .map(|p| p.slots.iter().flatten().map(|s| s.status.clone()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -121,11 +162,12 @@ impl PeerCommander {
 #[derive(Debug)]
 pub struct Peering {
     listen: SocketAddr,
-    commands: Vec<Sender<PeerCommand>>,
-    neighbours: Arc<Mutex<Vec<PeerStatus>>>,
+    tls: TlsIdentity,
+    events: Sender<(usize, PeerEvent)>,
+    peers: Arc<Mutex<Peers>>,
     paused: Arc<AtomicBool>,
     stopped: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 trait Transport: Read + Write + Send {
@@ -157,73 +199,111 @@ impl Peering {
         let listener = TcpListener::bind(config.listen)?;
         let listen = listener.local_addr()?;
         let server = Arc::new(config.tls.server_config().map_err(io::Error::other)?);
-        let paused = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::new(AtomicBool::new(false));
-        let mut commands = Vec::new();
-        let mut handovers = Vec::new();
-        let mut threads = Vec::new();
-        let neighbours = Arc::new(Mutex::new(
-            config
+        let peering = Peering {
+            listen,
+            tls: config.tls,
+            events,
+            peers: Arc::new(Mutex::new(Peers::default())),
+            paused: Arc::new(AtomicBool::new(false)),
+            stopped: Arc::new(AtomicBool::new(false)),
+            threads: Mutex::new(Vec::new()),
+        };
+        for spec in config.peers {
+            peering.add_peer(spec)?;
+        }
+        let (peers, paused, stopped) = (
+            peering.peers.clone(),
+            peering.paused.clone(),
+            peering.stopped.clone(),
+        );
+        let accept_thread = std::thread::Builder::new()
+            .name("agw-peering".into())
+            .spawn(move || accept(listener, server, peers, paused, stopped))?;
+        peering.keep(accept_thread);
+        Ok(peering)
+    }
+
+    fn keep(&self, thread: JoinHandle<()>) {
+        if let Ok(mut threads) = self.threads.lock() {
+            threads.push(thread);
+        }
+    }
+
+    /// The index the next added peer gets.
+    pub fn next_index(&self) -> usize {
+        self.peers.lock().map_or(0, |p| p.slots.len())
+    }
+
+    /// Starts a session with one more peer; returns its index. Refused if it is a peer
+    /// already.
+    pub fn add_peer(&self, spec: PeerSpec) -> io::Result<usize> {
+        let gateway = spec.config.peer.to_string();
+        let mut session_config = spec.config.clone();
+        session_config.certificate_chain = self.tls.chain.clone();
+        let client = Arc::new(
+            self.tls
+                .client_config(spec.config.peer.as_str())
+                .map_err(io::Error::other)?,
+        );
+        let (command_tx, command_rx) = crossbeam_channel::unbounded();
+        let (handover_tx, handover_rx) = crossbeam_channel::bounded(4);
+        let index = {
+            let mut peers = self
                 .peers
-                .iter()
-                .map(|p| PeerStatus {
-                    gateway: p.config.peer.to_string(),
+                .lock()
+                .map_err(|_| io::Error::other("peer table poisoned"))?;
+            if peers.by_gateway(&gateway).is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{gateway} is a peer already"),
+                ));
+            }
+            peers.slots.push(Some(Slot {
+                gateway: gateway.clone(),
+                commands: command_tx,
+                handover: handover_tx,
+                status: PeerStatus {
+                    gateway,
                     state: SessionState::Idle,
                     uptime: None,
                     summaries_in: 0,
                     summaries_out: 0,
-                })
-                .collect(),
-        ));
-        for (index, spec) in config.peers.iter().enumerate() {
-            let mut session_config = spec.config.clone();
-            session_config.certificate_chain = config.tls.chain.clone();
-            let (command_tx, command_rx) = crossbeam_channel::unbounded();
-            let (handover_tx, handover_rx) = crossbeam_channel::bounded(4);
-            commands.push(command_tx);
-            handovers.push((spec.config.peer.to_string(), handover_tx));
-            let client = Arc::new(
-                config
-                    .tls
-                    .client_config(spec.config.peer.as_str())
-                    .map_err(io::Error::other)?,
-            );
-            let worker = PeerThread {
-                index,
-                session: PeerSession::new(session_config),
-                neighbours: neighbours.clone(),
-                address: spec.address,
-                client,
-                transport: None,
-                decoder: FrameDecoder::new(FrameLimits::default()),
-                events: events.clone(),
-                commands: command_rx,
-                handovers: handover_rx,
-                paused: paused.clone(),
-                stopped: stopped.clone(),
-            };
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("agw-peer-{index}"))
-                    .spawn(move || worker.run())?,
-            );
+                },
+            }));
+            peers.slots.len() - 1
+        };
+        let worker = PeerThread {
+            index,
+            session: PeerSession::new(session_config),
+            peers: self.peers.clone(),
+            address: spec.address,
+            client,
+            transport: None,
+            decoder: FrameDecoder::new(FrameLimits::default()),
+            events: self.events.clone(),
+            commands: command_rx,
+            handovers: handover_rx,
+            paused: self.paused.clone(),
+            stopped: self.stopped.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("agw-peer-{index}"))
+            .spawn(move || worker.run())?;
+        self.keep(thread);
+        Ok(index)
+    }
+
+    /// Leaves peer `gateway` (DISCONNECT) and forgets it; returns its index.
+    pub fn remove_peer(&self, gateway: &str) -> Option<usize> {
+        let mut peers = self.peers.lock().ok()?;
+        let (index, slot) = peers.by_gateway(gateway)?;
+        let _ = slot
+            .commands
+            .send(PeerCommand::Stop("removed by the operator".into()));
+        if let Some(s) = peers.slots.get_mut(index) {
+            *s = None;
         }
-        let (accept_paused, accept_stopped) = (paused.clone(), stopped.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name("agw-peering".into())
-                .spawn(move || {
-                    accept(listener, server, handovers, accept_paused, accept_stopped)
-                })?,
-        );
-        Ok(Peering {
-            listen,
-            commands,
-            neighbours,
-            paused,
-            stopped,
-            threads,
-        })
+        Some(index)
     }
 
     /// Where peers dial in.
@@ -232,22 +312,19 @@ impl Peering {
     }
 
     /// The live neighbour list, for a metrics endpoint on another thread.
-    pub fn neighbours_handle(&self) -> Arc<Mutex<Vec<PeerStatus>>> {
-        self.neighbours.clone()
+    pub fn neighbours_handle(&self) -> Neighbours {
+        Neighbours(self.peers.clone())
     }
 
     /// The neighbour list: every configured peer and its session.
     pub fn neighbours(&self) -> Vec<PeerStatus> {
-        self.neighbours
-            .lock()
-            .map(|n| n.clone())
-            .unwrap_or_default()
+        self.neighbours_handle().list()
     }
 
     /// A handle that sends commands to the peers, for the control plane's thread.
     pub fn commander(&self) -> PeerCommander {
         PeerCommander {
-            commands: self.commands.clone(),
+            peers: self.peers.clone(),
         }
     }
 
@@ -263,14 +340,21 @@ impl Peering {
     }
 
     fn shutdown(&mut self) {
-        for c in &self.commands {
-            let _ = c.send(PeerCommand::Stop("shutdown".into()));
+        if let Ok(peers) = self.peers.lock() {
+            for slot in peers.slots.iter().flatten() {
+                let _ = slot.commands.send(PeerCommand::Stop("shutdown".into()));
+            }
         }
         self.paused.store(false, Ordering::Relaxed);
         self.stopped.store(true, Ordering::Relaxed);
         // Unblock the accept loop.
         let _ = TcpStream::connect_timeout(&self.listen, Duration::from_millis(200));
-        for t in self.threads.drain(..) {
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for t in threads {
             let _ = t.join();
         }
     }
@@ -285,11 +369,10 @@ impl Drop for Peering {
 fn accept(
     listener: TcpListener,
     server: Arc<rustls::ServerConfig>,
-    peers: Vec<(String, Sender<Handover>)>,
+    peers: Arc<Mutex<Peers>>,
     paused: Arc<AtomicBool>,
     stopped: Arc<AtomicBool>,
 ) {
-    let peers = Arc::new(peers);
     for stream in listener.incoming() {
         if stopped.load(Ordering::Relaxed) {
             return;
@@ -323,8 +406,12 @@ fn accept(
                     .peer_certificates()
                     .and_then(peer_identity)
                     .unwrap_or_default();
-                match peers.iter().find(|(id, _)| *id == identity) {
-                    Some((_, handover)) => {
+                let handover = peers
+                    .lock()
+                    .ok()
+                    .and_then(|p| p.by_gateway(&identity).map(|(_, s)| s.handover.clone()));
+                match handover {
+                    Some(handover) => {
                         let _ = handover.send(Handover {
                             transport: Box::new(tls),
                             dialled: false,
@@ -353,7 +440,7 @@ fn accept(
 struct PeerThread {
     index: usize,
     session: PeerSession,
-    neighbours: Arc<Mutex<Vec<PeerStatus>>>,
+    peers: Arc<Mutex<Peers>>,
     address: Option<SocketAddr>,
     client: Arc<rustls::ClientConfig>,
     transport: Option<Box<dyn Transport>>,
@@ -403,9 +490,10 @@ impl PeerThread {
     }
 
     fn report(&self, now: Instant) {
-        if let Ok(mut n) = self.neighbours.lock()
-            && let Some(status) = n.get_mut(self.index)
+        if let Ok(mut peers) = self.peers.lock()
+            && let Some(Some(slot)) = peers.slots.get_mut(self.index)
         {
+            let status = &mut slot.status;
             status.state = self.session.state();
             status.uptime = self.session.established_since().map(|t| now - t);
             status.summaries_in = self.session.learned();
