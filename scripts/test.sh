@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System tools the tests call, as Debian packages: openssl verifies what the certificate
-# authority issues, curl fetches its CRL over HTTP.
-packages=(openssl curl)
+# authority issues, curl fetches its CRL over HTTP, and the load tool's own tests drive the
+# benchmark peers nats-server and nginx's stream proxy (started by the tool on free ports).
+packages=(openssl curl nats-server nginx libnginx-mod-stream)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -54,13 +54,14 @@ fn node(
     root: &(std::path::PathBuf, std::path::PathBuf),
     name: &str,
     peers: Vec<PeerEntry>,
+    shards: usize,
 ) -> Result<Node, String> {
     Node::start(NodeConfig {
         domain: Domain::new(&format!("{name}.example")).map_err(|e| e.to_string())?,
         name: format!("{name}1"),
         data_dir: dir.join(name),
         allow: vec!["Example".into()],
-        shards: Some(1),
+        shards: Some(shards),
         agents: any(),
         aca: any(),
         crl: any(),
@@ -87,8 +88,56 @@ fn peer(node: &Node, dial: bool) -> PeerEntry {
     }
 }
 
+/// Gateways of the domains `<name>.example` (gateway `<name>1`), started in this process under
+/// one federation root kept in `dir`, peered in a chain in the order given (each dials the one
+/// before it), `shards` relay shards each; returns once every session is up. The demo runs
+/// three; the load tool runs two or three to measure hops between gateways.
+pub fn chain(dir: &Path, names: &[&str], shards: usize) -> Result<Vec<Node>, String> {
+    let root = root(dir)?;
+    // Each waits for the next to dial it: a peer's ID is known in advance, an address only
+    // once that gateway listens.
+    let accept = |name: &str| -> Result<PeerEntry, String> {
+        Ok(PeerEntry {
+            gateway: GatewayId::parse(&format!("spiffe://{name}.example/agw/{name}1"))
+                .map_err(|e| e.to_string())?,
+            address: None,
+            export: None,
+            max_summaries: Some((10_000, LimitAction::Refuse)),
+            hold_time: Duration::from_secs(9),
+        })
+    };
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut peers = Vec::new();
+        if let Some(before) = nodes.last() {
+            peers.push(peer(before, true));
+        }
+        if let Some(next) = names.get(i + 1) {
+            peers.push(accept(next)?);
+        }
+        nodes.push(node(dir, &root, name, peers, shards)?);
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    for n in &nodes {
+        let up = || {
+            n.control().and_then(|c| c.peering()).is_some_and(|p| {
+                p.neighbours()
+                    .iter()
+                    .all(|s| s.state == crate::peering::session::SessionState::Established)
+            })
+        };
+        while !up() {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("{}: peering did not come up", n.gateway));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(nodes)
+}
+
 /// An agent applies to its domain's authority over the ACA protocol.
-fn certify(node: &Node, name: &str) -> Result<Arc<Credentials>, String> {
+pub fn certify(node: &Node, name: &str) -> Result<Arc<Credentials>, String> {
     let agent = AgentId::new(node.authority.domain(), name).map_err(|e| e.to_string())?;
     let mut conn = Connection::connect(node.addresses().aca, WAIT).map_err(|e| e.to_string())?;
     let credentials = Credentials::enroll(agent, "Example", |app| conn.request(app))
@@ -121,23 +170,11 @@ fn say(text: impl AsRef<str>) {
 /// Runs the demo; prints each step.
 pub fn run() -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let root = root(dir.path())?;
     say("== three domains, peered a - b - c, under one federation root");
-    // a and b wait to be dialled, b dials a, c dials b: each peer's ID is known in advance,
-    // an address only once that gateway listens.
-    let accept = |name: &str| -> Result<PeerEntry, String> {
-        Ok(PeerEntry {
-            gateway: GatewayId::parse(&format!("spiffe://{name}.example/agw/{name}1"))
-                .map_err(|e| e.to_string())?,
-            address: None,
-            export: None,
-            max_summaries: Some((10_000, LimitAction::Refuse)),
-            hold_time: Duration::from_secs(9),
-        })
+    let mut nodes = chain(dir.path(), &["a", "b", "c"], 1)?.into_iter();
+    let (Some(a), Some(b), Some(c)) = (nodes.next(), nodes.next(), nodes.next()) else {
+        return Err("three gateways did not start".into());
     };
-    let a = node(dir.path(), &root, "a", vec![accept("b")?])?;
-    let b = node(dir.path(), &root, "b", vec![peer(&a, true), accept("c")?])?;
-    let c = node(dir.path(), &root, "c", vec![peer(&b, true)])?;
     for n in [&a, &b, &c] {
         say(format!(
             "   {}: agents {}, ACA {}, registry {}, peering {}",

@@ -1,13 +1,17 @@
-//! The Agent Gateway's load generator: agents over connections sending framed messages to each
-//! other through a gateway, throughput counted by the gateway and CPU time read from `/proc`.
+//! The Agent Gateway's load generator: agents sending framed messages to each other through a
+//! relay, in a pattern (stream, ping-pong, fan-in, fan-out), closed loop (maximum throughput)
+//! or open loop at a rate with latency from the intended send time (hdrhistogram); the relay's
+//! CPU time read from `/proc`.
 //!
-//! Today it runs sender/receiver pairs against a gateway it starts in the same process
-//! ([`InProcessGateway`]), closed loop (maximum throughput) or open loop at a rate with latency
-//! from the intended send time (hdrhistogram), and writes JSON; the benchmark-harness issue adds
-//! other patterns, scenarios across gateways and peers side by side.
+//! Relays ([`transport::Relay`]): this project's gateway in scenarios within one gateway and
+//! across two or three ([`agw`]), nats-server ([`nats`]) and nginx's stream proxy ([`nginx`]),
+//! the same patterns over each ([`patterns`]).
 
+pub mod agw;
 pub mod cpu;
-pub mod gateway;
 pub mod nats;
+pub mod nginx;
+pub mod patterns;
+pub mod transport;
 
-pub use gateway::InProcessGateway;
+pub use agw::InProcessGateway;

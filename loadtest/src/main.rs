@@ -1,62 +1,73 @@
-//! `agw-loadtest`: sender/receiver pairs of agents through a gateway started in this process;
-//! prints throughput, latency percentiles, NACKs and the relay's CPU time, and can write JSON.
+//! `agw-loadtest`: agents in a pattern through a relay (this project's gateway, nats-server or
+//! nginx's stream proxy); prints throughput, latency percentiles, NACKs by reason and the
+//! relay's CPU time, and can write JSON. `scripts/bench.sh` runs the matrix.
 
-use std::{
-    io::Write as _,
-    path::PathBuf,
-    process::ExitCode,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
+use std::{collections::BTreeMap, io::Write as _, path::PathBuf, process::ExitCode};
+
+use agw_loadtest::{
+    agw::{AgwRelay, Scenario},
+    cpu::Affinity,
+    nats::NatsRelay,
+    nginx::NginxRelay,
+    patterns::{self, HEADER, Pattern, Plan},
+    transport::{Error, Relay},
 };
-
-use agw_loadtest::{InProcessGateway, cpu::threads_cpu};
-use agw_sdk::agent::{AgentConnection, Incoming};
-use bytes::{BufMut, Bytes, BytesMut};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// Pairs of agents through one gateway: each sender writes to its receiver. Closed loop (the
-/// default) writes as fast as the gateway takes; open loop (`--rate`) sends on a schedule and
-/// measures each message's latency from its intended send time, so a stalled gateway shows as
-/// latency instead of hiding as fewer sends (no coordinated omission).
+/// Agents in a pattern through a relay. Closed loop (the default) sends as fast as the relay
+/// takes; open loop (`--rate`) sends on a schedule and measures each message's latency from
+/// its intended send time, so a stalled relay shows as latency instead of hiding as fewer
+/// sends (no coordinated omission). One agent is one connection (the protocol's access binds
+/// a connection to an agent), so N agents are N connections.
 #[derive(Debug, Parser)]
 #[command(name = "agw-loadtest", version)]
 struct Args {
-    /// Sender/receiver pairs (two agents each).
+    /// What relays the messages: this project's gateway (started here), nats-server (one
+    /// subject per agent) or nginx's stream proxy (a port per agent, L4 pass-through), both
+    /// started here.
+    #[arg(long, value_enum, default_value = "agw")]
+    target: Target,
+    /// Who sends to whom.
+    #[arg(long, value_enum, default_value = "stream")]
+    pattern: Pattern,
+    /// Pairs (stream, ping-pong), senders (fan-in) or receivers (fan-out).
     #[arg(long, default_value_t = 4)]
     pairs: usize,
-    /// Payload bytes per message (at least 8: the send time travels in them).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=1_048_576))]
+    /// Payload bytes per message (the first 16 carry the send time and the sender).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(HEADER as i64..=1_048_576))]
     size: u32,
-    /// Gateway shards.
+    /// Where agents are placed (agw only).
+    #[arg(long, value_enum, default_value = "one-gateway")]
+    scenario: Scenario,
+    /// Shards of each gateway (agw only).
     #[arg(long, default_value_t = 1)]
     shards: usize,
-    /// Pin shards to cores.
+    /// Pin the relay to CPU 0 (the gateway's shard i to CPU i) and the load to the other CPUs.
     #[arg(long)]
     pin: bool,
-    /// Seconds of measurement (after one second of warm-up).
+    /// Seconds of measurement (after `--warmup` seconds).
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Seconds of warm-up before the measurement.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
     /// Messages per second per sender (open loop); 0: as fast as possible (closed loop).
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// Messages a closed-loop sender writes at once.
+    /// Messages a closed-loop sender queues before each write.
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Write the results here as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// What relays the messages: this project's gateway (started here), or a nats-server
-    /// already running at `--nats-url` (one subject per receiving agent).
-    #[arg(long, value_enum, default_value = "agw")]
-    target: Target,
-    /// The nats-server to use with `--target nats`.
-    #[arg(long, default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    /// The nats-server binary.
+    #[arg(long, default_value = "nats-server")]
+    nats_server: String,
+    /// The nginx binary.
+    #[arg(long, default_value = "nginx")]
+    nginx: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -64,21 +75,29 @@ struct Args {
 enum Target {
     Agw,
     Nats,
+    Nginx,
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
     target: Target,
+    pattern: Pattern,
+    scenario: Option<Scenario>,
+    relay: String,
     pairs: usize,
+    agents: usize,
     size: u32,
     shards: usize,
+    pinned: bool,
     rate_per_sender: u64,
     seconds: f64,
     delivered: u64,
     delivered_per_second: f64,
-    nacked: u64,
+    nacked: BTreeMap<String, u64>,
     relay_cpu_seconds: Option<f64>,
     delivered_per_relay_cpu_second: Option<f64>,
+    /// "one-way", or "round-trip" for ping-pong.
+    latency: &'static str,
     latency_us: Latency,
 }
 
@@ -103,169 +122,121 @@ fn main() -> ExitCode {
     }
 }
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
 fn run(args: &Args) -> Result<(), Error> {
-    if args.pairs == 0 || args.batch == 0 || args.seconds == 0 {
-        return Err("--pairs, --batch and --seconds must be above 0".into());
+    if args.target != Target::Agw && args.scenario != Scenario::OneGateway {
+        return Err("--scenario applies to --target agw only".into());
     }
-    if args.target == Target::Nats {
-        return run_nats(args);
+    if args.target == Target::Nginx && args.pattern == Pattern::FanOut {
+        return Err("an L4 proxy cannot fan out: one connection goes to one backend".into());
     }
-    let gw = InProcessGateway::start("load.example", args.shards, args.pin)?;
-    let addr = gw.dataplane.local_addr();
+    let affinity = Affinity::new(args.pin);
+    let mut relay: Box<dyn Relay> = match args.target {
+        Target::Agw => Box::new(AgwRelay::start(
+            args.scenario,
+            args.shards,
+            affinity.pinned(),
+        )?),
+        Target::Nats => Box::new(NatsRelay::start(&args.nats_server, &affinity)?),
+        Target::Nginx => Box::new(NginxRelay::new(&args.nginx, &affinity)?),
+    };
+    let described = match args.target {
+        Target::Agw => format!("agw: {}", describe_agw(args)),
+        Target::Nats => "nats-server".to_owned(),
+        Target::Nginx => "nginx stream proxy, 1 worker".to_owned(),
+    };
+    let plan = Plan {
+        pattern: args.pattern,
+        n: args.pairs,
+        size: args.size as usize,
+        rate: args.rate,
+        batch: args.batch,
+        warmup: std::time::Duration::from_secs_f64(args.warmup),
+        seconds: args.seconds,
+    };
     eprintln!(
-        "gateway on {addr}, {} shard(s); {} pairs, {} B payloads, {}",
-        args.shards,
+        "{described}; {:?} x{} , {} B payloads, {}{}",
+        args.pattern,
         args.pairs,
         args.size,
         match args.rate {
             0 => "closed loop".to_owned(),
             r => format!("open loop at {r}/s per sender"),
+        },
+        if affinity.pinned() {
+            ", relay pinned to CPU 0, load on the others"
+        } else {
+            ""
         }
     );
-    // Every agent connects before any sends: access under full load is not what is measured.
-    let mut pairs = Vec::new();
-    for p in 0..args.pairs {
-        let from = gw.certify(&format!("sender-{p}"))?;
-        let to = gw.certify(&format!("receiver-{p}"))?;
-        let sender = AgentConnection::connect(addr, from, Duration::from_secs(10))?;
-        let receiver = AgentConnection::connect(addr, to.clone(), Duration::from_secs(2))?;
-        pairs.push((sender, receiver, to));
-    }
-    let epoch = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1,
-        60_000_000_000,
-        3,
-    )?));
-    for (sender, receiver, to) in pairs {
-        let (mut writer, sender_reader) = sender.split();
-        let (receiver_writer, mut reader) = receiver.split();
-        let destination = to.agent.to_string();
-        let (size, batch, rate) = (args.size as usize, args.batch, args.rate);
-        let stop_s = stop.clone();
-        std::thread::spawn(move || {
-            // Keep the sender's reading half alive: NACKs land there.
-            let _keep = sender_reader;
-            let start = epoch.elapsed();
-            let mut sent: u64 = 0;
-            while !stop_s.load(Ordering::Relaxed) {
-                // Open loop: every message whose time has come; closed loop: a batch.
-                let due = match rate {
-                    0 => sent + batch as u64,
-                    r => {
-                        let elapsed = epoch.elapsed().saturating_sub(start);
-                        (elapsed.as_secs_f64() * r as f64) as u64
-                    }
-                };
-                if due <= sent {
-                    std::thread::sleep(Duration::from_micros(200));
-                    continue;
-                }
-                for k in sent..due {
-                    let intended = match rate {
-                        0 => epoch.elapsed(),
-                        r => start + Duration::from_secs_f64(k as f64 / r as f64),
-                    };
-                    let mut payload = BytesMut::with_capacity(size);
-                    payload.put_u64(intended.as_nanos() as u64);
-                    payload.resize(size, 0x42);
-                    if writer.queue(&destination, payload.freeze()).is_err() {
-                        return;
-                    }
-                }
-                sent = due;
-                if writer.flush().is_err() {
-                    return;
-                }
-            }
-        });
-        let (stop_r, measuring_r, histogram_r) =
-            (stop.clone(), measuring.clone(), histogram.clone());
-        std::thread::spawn(move || {
-            let _keep = receiver_writer;
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).ok();
-            while !stop_r.load(Ordering::Relaxed) {
-                match reader.recv() {
-                    Ok(Incoming::Message(m, _)) => {
-                        if measuring_r.load(Ordering::Relaxed)
-                            && let (Some(h), Some(sent)) = (local.as_mut(), sent_at(&m.payload))
-                        {
-                            let latency = epoch.elapsed().as_nanos() as u64;
-                            let _ = h.record(latency.saturating_sub(sent).max(1));
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-            if let (Some(h), Ok(mut all)) = (local, histogram_r.lock()) {
-                let _ = all.add(h);
-            }
-        });
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    measuring.store(true, Ordering::Relaxed);
-    let start = (
-        Instant::now(),
-        gw.dataplane.totals(),
-        threads_cpu("agw-shard"),
-    );
-    for s in 1..=args.seconds {
-        std::thread::sleep(Duration::from_secs(1));
-        let t = gw.dataplane.totals();
+    let started = std::time::Instant::now();
+    let measured = patterns::run(relay.as_mut(), &plan, &affinity, |s, delivered| {
         eprintln!(
-            "[{s}/{}] delivered {} ({:.0}/s so far)",
+            "[{s}/{}] delivered {delivered} ({:.0}/s)",
             args.seconds,
-            t.delivered - start.1.delivered,
-            (t.delivered - start.1.delivered) as f64 / start.0.elapsed().as_secs_f64()
+            delivered as f64 / (started.elapsed().as_secs_f64() - args.warmup).max(0.001)
         );
-    }
-    let end = (
-        Instant::now(),
-        gw.dataplane.totals(),
-        threads_cpu("agw-shard"),
-    );
-    measuring.store(false, Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    // Receivers leave when their read times out (2 s) and merge their histograms.
-    std::thread::sleep(Duration::from_millis(2500));
-
-    let secs = end.0.duration_since(start.0).as_secs_f64();
-    let delivered = end.1.delivered - start.1.delivered;
-    let cpu = match (start.2, end.2) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
-        _ => None,
-    };
-    let h = histogram.lock().map_err(|_| "histogram poisoned")?;
+    })?;
+    let agents = args.pattern.sides(args.pairs).len();
     let report = Report {
-        target: Target::Agw,
+        target: args.target,
+        pattern: args.pattern,
+        scenario: (args.target == Target::Agw).then_some(args.scenario),
+        relay: described,
         pairs: args.pairs,
+        agents,
         size: args.size,
-        shards: args.shards,
+        shards: if args.target == Target::Agw {
+            args.shards
+        } else {
+            1
+        },
+        pinned: affinity.pinned(),
         rate_per_sender: args.rate,
-        seconds: secs,
-        delivered,
-        delivered_per_second: delivered as f64 / secs,
-        nacked: end.1.nacked_total() - start.1.nacked_total(),
-        relay_cpu_seconds: cpu,
-        delivered_per_relay_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| delivered as f64 / c),
-        latency_us: latency(&h),
+        seconds: measured.seconds,
+        delivered: measured.delivered,
+        delivered_per_second: measured.delivered as f64 / measured.seconds,
+        nacked: measured.nacked,
+        relay_cpu_seconds: measured.relay_cpu,
+        delivered_per_relay_cpu_second: measured
+            .relay_cpu
+            .filter(|c| *c > 0.0)
+            .map(|c| measured.delivered as f64 / c),
+        latency: if args.pattern == Pattern::PingPong {
+            "round-trip"
+        } else {
+            "one-way"
+        },
+        latency_us: latency(&measured.histogram),
     };
     print_report(args, &report)
+}
+
+fn describe_agw(args: &Args) -> String {
+    match args.scenario {
+        Scenario::OneGateway => format!("one gateway, {} shard(s)", args.shards),
+        Scenario::SameShard => format!("one gateway, {} shard(s), agents on shard 0", args.shards),
+        Scenario::CrossShard => format!(
+            "one gateway, {} shard(s), senders on shard 0, receivers on shard 1",
+            args.shards
+        ),
+        Scenario::TwoGateways => format!(
+            "two gateways over a mutual-TLS peer link, {} shard(s) each",
+            args.shards
+        ),
+        Scenario::Chain => format!("a chain of three gateways, {} shard(s) each", args.shards),
+    }
 }
 
 fn print_report(args: &Args, report: &Report) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "pairs {} size {} B shards {} rate {}",
+        "{} | {:?} x{} ({} agents) | {} B | {}",
+        report.relay,
+        report.pattern,
         report.pairs,
+        report.agents,
         report.size,
-        report.shards,
         match report.rate_per_sender {
             0 => "closed loop".to_owned(),
             r => format!("{r}/s per sender"),
@@ -276,7 +247,20 @@ fn print_report(args: &Args, report: &Report) -> Result<(), Error> {
         "delivered      {} in {:.2} s = {:.0} msg/s",
         report.delivered, report.seconds, report.delivered_per_second
     )?;
-    writeln!(out, "nacked         {}", report.nacked)?;
+    let nacks: Vec<String> = report
+        .nacked
+        .iter()
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    writeln!(
+        out,
+        "nacked         {}",
+        if nacks.is_empty() {
+            "0".to_owned()
+        } else {
+            nacks.join(", ")
+        }
+    )?;
     if let (Some(cpu), Some(per)) = (
         report.relay_cpu_seconds,
         report.delivered_per_relay_cpu_second,
@@ -289,8 +273,8 @@ fn print_report(args: &Args, report: &Report) -> Result<(), Error> {
     let l = &report.latency_us;
     writeln!(
         out,
-        "latency (us)   p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} samples)",
-        l.p50, l.p90, l.p99, l.p999, l.max, l.samples
+        "latency (us, {}) p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} samples)",
+        report.latency, l.p50, l.p90, l.p99, l.p999, l.max, l.samples
     )?;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
@@ -309,57 +293,4 @@ fn latency(h: &Histogram<u64>) -> Latency {
         p999: us(0.999),
         max: h.max() as f64 / 1000.0,
     }
-}
-
-/// The same pairs through a nats-server; its CPU read from /proc by process name.
-fn run_nats(args: &Args) -> Result<(), Error> {
-    eprintln!(
-        "nats-server at {}; {} pairs, {} B payloads",
-        args.nats_url, args.pairs, args.size
-    );
-    let cpu = Mutex::new((None, None));
-    let run = agw_loadtest::nats::run(
-        &args.nats_url,
-        args.pairs,
-        args.size as usize,
-        args.rate,
-        args.seconds,
-        |start| {
-            if let Ok(mut c) = cpu.lock() {
-                let now = agw_loadtest::cpu::process_cpu("nats-server");
-                if start {
-                    c.0 = now;
-                } else {
-                    c.1 = now;
-                }
-            }
-        },
-        |s, received| eprintln!("[{s}/{}] received {received}", args.seconds),
-    )?;
-    let (a, b) = *cpu.lock().map_err(|_| "cpu poisoned")?;
-    let cpu = match (a, b) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
-        _ => None,
-    };
-    let report = Report {
-        target: Target::Nats,
-        pairs: args.pairs,
-        size: args.size,
-        shards: 0,
-        rate_per_sender: args.rate,
-        seconds: run.seconds,
-        delivered: run.delivered,
-        delivered_per_second: run.delivered as f64 / run.seconds,
-        nacked: 0,
-        relay_cpu_seconds: cpu,
-        delivered_per_relay_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| run.delivered as f64 / c),
-        latency_us: latency(&run.histogram),
-    };
-    print_report(args, &report)
-}
-
-/// The send time a payload carries (its first 8 bytes, nanoseconds since the run's epoch).
-fn sent_at(payload: &Bytes) -> Option<u64> {
-    let bytes: [u8; 8] = payload.get(..8)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
 }

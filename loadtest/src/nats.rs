@@ -1,151 +1,188 @@
-//! The same pairs over NATS (one subject per receiving agent), with the official client: the
-//! peer the relay is compared with, measured the same way (receivers count, latency from the
-//! intended send time carried in the payload).
+//! nats-server as the relay under load, the peer the gateway is compared with: the same agents,
+//! one subject per agent (`agent.<index>`), through the official client (async-nats). The
+//! server is started here (pinned like the gateway's shard when asked) and its CPU time read
+//! from `/proc`.
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    net::TcpStream,
+    process::{Child, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use bytes::{BufMut, BytesMut};
-use futures_util::StreamExt;
-use hdrhistogram::Histogram;
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use tokio::runtime::{Handle, Runtime};
 
-/// What one NATS run measured.
-#[derive(Debug)]
-pub struct NatsRun {
-    /// Messages received during the measurement.
-    pub delivered: u64,
-    /// Its length.
-    pub seconds: f64,
-    /// Latencies in nanoseconds.
-    pub histogram: Histogram<u64>,
+use crate::{
+    cpu::{Affinity, process_tree_cpu},
+    transport::{Agent, Error, Event, Inbox, Outbox, Relay, Side},
+};
+
+/// A nats-server child process and the client runtime.
+pub struct NatsRelay {
+    server: Child,
+    url: String,
+    runtime: Runtime,
 }
 
-/// Runs `pairs` publisher/subscriber pairs against the server at `url` for `seconds` after one
-/// second of warm-up; `rate` per publisher (0: as fast as the client takes), `size`-byte
-/// payloads. `window` is called when the measurement starts (`true`) and ends (`false`);
-/// `progress` every second with the messages received so far.
-pub fn run(
-    url: &str,
-    pairs: usize,
-    size: usize,
-    rate: u64,
-    seconds: u64,
-    window: impl Fn(bool),
-    progress: impl Fn(u64, u64),
-) -> Result<NatsRun, Box<dyn std::error::Error + Send + Sync>> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let epoch = Instant::now();
-        let stop = Arc::new(AtomicBool::new(false));
-        let measuring = Arc::new(AtomicBool::new(false));
-        let received = Arc::new(AtomicU64::new(0));
-        let mut histograms = Vec::new();
-        let mut tasks = Vec::new();
-        for p in 0..pairs {
-            let subject = format!("agent.receiver-{p}");
-            let publisher = async_nats::connect(url).await?;
-            let subscriber = async_nats::connect(url).await?;
-            let mut subscription = subscriber.subscribe(subject.clone()).await?;
-            subscriber.flush().await?;
-            // Each subscriber records into its own histogram (its lock is never contended).
-            let mine = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-                1,
-                60_000_000_000,
-                3,
-            )?));
-            histograms.push(mine.clone());
-            let (m, r) = (measuring.clone(), received.clone());
-            tasks.push(tokio::spawn(async move {
-                let _keep = subscriber;
-                while let Some(message) = subscription.next().await {
-                    if !m.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    r.fetch_add(1, Ordering::Relaxed);
-                    if let (Ok(mut h), Some(sent)) = (mine.lock(), sent_at(&message.payload)) {
-                        let now = epoch.elapsed().as_nanos() as u64;
-                        let _ = h.record(now.saturating_sub(sent).max(1));
-                    }
-                }
-            }));
-            let s = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let start = epoch.elapsed();
-                let mut sent: u64 = 0;
-                while !s.load(Ordering::Relaxed) {
-                    let due = match rate {
-                        0 => sent + 64,
-                        r => {
-                            (epoch.elapsed().saturating_sub(start).as_secs_f64() * r as f64) as u64
-                        }
-                    };
-                    if due <= sent {
-                        tokio::time::sleep(Duration::from_micros(200)).await;
-                        continue;
-                    }
-                    for k in sent..due {
-                        let intended = match rate {
-                            0 => epoch.elapsed(),
-                            r => start + Duration::from_secs_f64(k as f64 / r as f64),
-                        };
-                        let mut payload = BytesMut::with_capacity(size);
-                        payload.put_u64(intended.as_nanos() as u64);
-                        payload.resize(size, 0x42);
-                        if publisher
-                            .publish(subject.clone(), payload.freeze())
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    sent = due;
-                    if rate != 0 && publisher.flush().await.is_err() {
-                        return;
-                    }
-                }
-            }));
+impl std::fmt::Debug for NatsRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsRelay").field("url", &self.url).finish()
+    }
+}
+
+impl Drop for NatsRelay {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// A free loopback port (bound, then released for the child to take).
+pub(crate) fn free_port() -> Result<u16, Error> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something accepts on `port`.
+pub(crate) fn await_listening(port: u16, what: &str) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not listen on port {port}").into());
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        measuring.store(true, Ordering::Relaxed);
-        window(true);
-        let started = Instant::now();
-        for s in 1..=seconds {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            progress(s, received.load(Ordering::Relaxed));
-        }
-        measuring.store(false, Ordering::Relaxed);
-        let delivered = received.load(Ordering::Relaxed);
-        let elapsed = started.elapsed().as_secs_f64();
-        window(false);
-        stop.store(true, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        for t in tasks {
-            t.abort();
-        }
-        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-        for h in histograms {
-            if let Ok(h) = h.lock() {
-                histogram.add(&*h)?;
-            }
-        }
-        Ok(NatsRun {
-            delivered,
-            seconds: elapsed,
-            histogram,
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+impl NatsRelay {
+    /// Starts `binary` on a free port; `affinity` places it and the client threads.
+    pub fn start(binary: &str, affinity: &Affinity) -> Result<NatsRelay, Error> {
+        let port = free_port()?;
+        let mut command = affinity.relay_command(binary);
+        command
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let server = command
+            .spawn()
+            .map_err(|e| format!("{binary}: {e} (install nats-server)"))?;
+        await_listening(port, "nats-server")?;
+        let clients = affinity.clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(move || clients.pin_client())
+            .build()?;
+        Ok(NatsRelay {
+            server,
+            url: format!("nats://127.0.0.1:{port}"),
+            runtime,
         })
-    })
+    }
+
+    /// Where it listens.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
 }
 
-fn sent_at(payload: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = payload.get(..8)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
+impl Relay for NatsRelay {
+    fn connect(&mut self, sides: &[Side]) -> Result<Vec<Agent>, Error> {
+        let subjects: Arc<Vec<String>> =
+            Arc::new((0..sides.len()).map(|i| format!("agent.{i}")).collect());
+        let handle = self.runtime.handle().clone();
+        let mut agents = Vec::new();
+        for subject in subjects.iter() {
+            let (client, subscription) = handle.block_on(async {
+                let client = async_nats::connect(&self.url).await?;
+                let subscription = client.subscribe(subject.clone()).await?;
+                client.flush().await?;
+                Ok::<_, Error>((client, subscription))
+            })?;
+            agents.push(Agent {
+                outbox: Box::new(NatsOutbox {
+                    client,
+                    handle: handle.clone(),
+                    subjects: subjects.clone(),
+                    queued: Vec::new(),
+                }),
+                inbox: Box::new(NatsInbox {
+                    subscription,
+                    handle: handle.clone(),
+                    ready: std::collections::VecDeque::new(),
+                }),
+            });
+        }
+        Ok(agents)
+    }
+
+    fn cpu(&self) -> Option<Duration> {
+        process_tree_cpu(self.server.id())
+    }
+}
+
+struct NatsOutbox {
+    client: async_nats::Client,
+    handle: Handle,
+    subjects: Arc<Vec<String>>,
+    /// Messages queued since the last flush: published together, so the client's runtime is
+    /// entered once per batch, not per message.
+    queued: Vec<(usize, Bytes)>,
+}
+
+impl Outbox for NatsOutbox {
+    fn queue(&mut self, to: usize, payload: Bytes) -> Result<(), Error> {
+        self.queued.push((to, payload));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        let batch = std::mem::take(&mut self.queued);
+        let (client, subjects) = (&self.client, &self.subjects);
+        self.handle.block_on(async {
+            for (to, payload) in batch {
+                let subject = subjects.get(to).ok_or("no such agent")?;
+                client.publish(subject.clone(), payload).await?;
+            }
+            client.flush().await?;
+            Ok::<_, Error>(())
+        })
+    }
+}
+
+struct NatsInbox {
+    subscription: async_nats::Subscriber,
+    handle: Handle,
+    /// Messages taken with the last wait: the client's runtime is entered once per burst.
+    ready: std::collections::VecDeque<Bytes>,
+}
+
+impl Inbox for NatsInbox {
+    fn recv(&mut self) -> Result<Event, Error> {
+        if let Some(payload) = self.ready.pop_front() {
+            return Ok(Event::Message(payload));
+        }
+        let (subscription, ready) = (&mut self.subscription, &mut self.ready);
+        let next = self.handle.block_on(async {
+            let first = tokio::time::timeout(Duration::from_secs(1), subscription.next()).await;
+            if let Ok(Some(_)) = &first {
+                while ready.len() < 256 {
+                    match subscription.next().now_or_never() {
+                        Some(Some(m)) => ready.push_back(m.payload),
+                        _ => break,
+                    }
+                }
+            }
+            first
+        });
+        match next {
+            Ok(Some(message)) => Ok(Event::Message(message.payload)),
+            Ok(None) => Err("the subscription ended".into()),
+            Err(_) => Ok(Event::Idle),
+        }
+    }
 }

@@ -1,0 +1,306 @@
+//! This project's gateway as the relay under load: one gateway started in this process (its
+//! authority in a temporary directory, the shards and the keeper of local routes, wired as the
+//! daemon wires them), or two or three whole gateways peered in a chain over mutual TLS.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use agw_aca::{
+    AuthorityConfig, CertificateAuthority, policy::AllowListPolicy, tls::CertificateChecker,
+};
+use agw_controlplane::{demo, node::Node};
+use agw_dataplane::{
+    Dataplane, DataplaneConfig, events::spawn_local_routes, routing::Route, routing::RoutingTable,
+};
+use agw_proto::{
+    identity::{AgentId, Domain, GatewayId},
+    pb,
+};
+use agw_sdk::agent::{AgentConnection, Credentials, Incoming, Reader, Writer};
+use bytes::Bytes;
+
+use crate::{
+    cpu::threads_cpu,
+    transport::{Agent, Error, Event, Inbox, Outbox, Relay, Side},
+};
+
+/// Where the agents are placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// One gateway; agents on whichever shard the kernel gives them.
+    OneGateway,
+    /// One gateway; senders and receivers on the same shard.
+    SameShard,
+    /// One gateway; senders on shard 0, receivers on shard 1 (needs 2 shards).
+    CrossShard,
+    /// Senders at one gateway, receivers at another, a mutual-TLS peer link between them.
+    TwoGateways,
+    /// Senders at the first of three gateways in a chain, receivers at the last.
+    Chain,
+}
+
+/// A gateway in this process, for load.
+pub struct InProcessGateway {
+    _dir: tempfile::TempDir,
+    ca: CertificateAuthority,
+    /// The running shards.
+    pub dataplane: Dataplane,
+}
+
+impl std::fmt::Debug for InProcessGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessGateway")
+            .field("dataplane", &self.dataplane)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InProcessGateway {
+    /// Starts a gateway for `domain` with `shards` shards on a free loopback port; `pin` pins
+    /// shard `i` to CPU `i`.
+    pub fn start(domain: &str, shards: usize, pin: bool) -> Result<InProcessGateway, Error> {
+        let dir = tempfile::tempdir()?;
+        let domain = Domain::new(domain)?;
+        let config = AuthorityConfig::new(domain.clone(), dir.path(), "http://127.0.0.1:1/crl");
+        let now = SystemTime::now();
+        let ca = CertificateAuthority::bootstrap(
+            config,
+            Box::new(AllowListPolicy::default().allow("Load", [])),
+            now - Duration::from_secs(60),
+        )?;
+        let checker = CertificateChecker::new(ca.trust_anchor(), &[ca.crl(now)?.der])?;
+        let gateway = GatewayId::new(&domain, "load-1")?;
+        let mut config = DataplaneConfig::new(gateway, "127.0.0.1:0".parse()?);
+        config.shards = shards;
+        config.pin_cores = pin;
+        let table = RoutingTable::new();
+        let reader = table.reader();
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        spawn_local_routes(table, events_rx)?;
+        let dataplane = Dataplane::start(config, reader, checker, events_tx)?;
+        Ok(InProcessGateway {
+            _dir: dir,
+            ca,
+            dataplane,
+        })
+    }
+
+    /// Certifies an agent called `name`.
+    pub fn certify(&self, name: &str) -> Result<Arc<Credentials>, Error> {
+        let agent = AgentId::new(self.ca.domain(), name)?;
+        let ca = &self.ca;
+        let ask = |app: pb::CertificateApplication| {
+            ca.handle(&app.into(), SystemTime::now()).ok_or("no answer")
+        };
+        Ok(Arc::new(Credentials::enroll(agent, "Load", ask)?))
+    }
+}
+
+enum Gateways {
+    One(Box<InProcessGateway>),
+    Chain {
+        _dir: tempfile::TempDir,
+        nodes: Vec<Node>,
+    },
+}
+
+/// The gateway(s) under load.
+pub struct AgwRelay {
+    scenario: Scenario,
+    gateways: Gateways,
+}
+
+impl std::fmt::Debug for AgwRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgwRelay")
+            .field("scenario", &self.scenario)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgwRelay {
+    /// Starts the gateways the scenario needs, `shards` shards each.
+    pub fn start(scenario: Scenario, shards: usize, pin: bool) -> Result<AgwRelay, Error> {
+        if scenario == Scenario::CrossShard && shards < 2 {
+            return Err("--scenario cross-shard needs --shards 2 or more".into());
+        }
+        let gateways = match scenario {
+            Scenario::OneGateway | Scenario::SameShard | Scenario::CrossShard => Gateways::One(
+                Box::new(InProcessGateway::start("load.example", shards, pin)?),
+            ),
+            Scenario::TwoGateways | Scenario::Chain => {
+                let dir = tempfile::tempdir()?;
+                let names: &[&str] = if scenario == Scenario::Chain {
+                    &["a", "b", "c"]
+                } else {
+                    &["a", "b"]
+                };
+                let nodes = demo::chain(dir.path(), names, shards)?;
+                Gateways::Chain { _dir: dir, nodes }
+            }
+        };
+        Ok(AgwRelay { scenario, gateways })
+    }
+
+    /// Shards of each gateway.
+    pub fn describe(&self) -> String {
+        match &self.gateways {
+            Gateways::One(g) => format!("one gateway, {} shard(s)", g.dataplane.shards()),
+            Gateways::Chain { nodes, .. } => format!(
+                "{} gateways peered in a chain over mutual TLS, {} shard(s) each",
+                nodes.len(),
+                nodes.first().map_or(0, |n| n.dataplane.shards())
+            ),
+        }
+    }
+
+    /// Connects `credentials` where side `side` belongs, on the shard the scenario wants.
+    fn connect_one(&self, creds: &Arc<Credentials>, side: Side) -> Result<AgentConnection, Error> {
+        let timeout = Duration::from_secs(1);
+        match &self.gateways {
+            Gateways::One(g) => {
+                let addr = g.dataplane.local_addr();
+                let want = match (self.scenario, side) {
+                    (Scenario::SameShard, _) | (Scenario::CrossShard, Side::A) => Some(0),
+                    (Scenario::CrossShard, Side::B) => Some(1),
+                    _ => None,
+                };
+                // The kernel spreads connections over the shards' listeners: reconnect until
+                // this one lands where the scenario wants it.
+                for _ in 0..200 {
+                    let conn = AgentConnection::connect(addr, creds.clone(), timeout)?;
+                    let shard = match g.dataplane.route_of(creds.agent.as_str()) {
+                        Some(Route::Local { shard, .. }) => Some(shard),
+                        _ => None,
+                    };
+                    if want.is_none() || shard == want {
+                        return Ok(conn);
+                    }
+                }
+                Err(format!("{} never landed on shard {want:?}", creds.agent).into())
+            }
+            Gateways::Chain { nodes, .. } => {
+                let node = match side {
+                    Side::A => nodes.first(),
+                    Side::B => nodes.last(),
+                }
+                .ok_or("no gateway")?;
+                Ok(AgentConnection::connect(
+                    node.addresses().agents,
+                    creds.clone(),
+                    timeout,
+                )?)
+            }
+        }
+    }
+
+    fn certify(&self, name: &str, side: Side) -> Result<Arc<Credentials>, Error> {
+        match &self.gateways {
+            Gateways::One(g) => g.certify(name),
+            Gateways::Chain { nodes, .. } => {
+                let node = match side {
+                    Side::A => nodes.first(),
+                    Side::B => nodes.last(),
+                }
+                .ok_or("no gateway")?;
+                Ok(demo::certify(node, name)?)
+            }
+        }
+    }
+
+    /// Across gateways: waits until each end routes to the other's agents.
+    fn await_routes(&self, agents: &[(Arc<Credentials>, Side)]) -> Result<(), Error> {
+        let Gateways::Chain { nodes, .. } = &self.gateways else {
+            return Ok(());
+        };
+        let (Some(first), Some(last)) = (nodes.first(), nodes.last()) else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (creds, side) in agents {
+            let at = if *side == Side::A { last } else { first };
+            while !matches!(
+                at.dataplane.route_of(creds.agent.as_str()),
+                Some(Route::Peer { .. })
+            ) {
+                if Instant::now() > deadline {
+                    return Err(format!("no route to {} across the gateways", creds.agent).into());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Relay for AgwRelay {
+    fn connect(&mut self, sides: &[Side]) -> Result<Vec<Agent>, Error> {
+        let mut certified = Vec::new();
+        for (i, side) in sides.iter().enumerate() {
+            certified.push((self.certify(&format!("agent-{i}"), *side)?, *side));
+        }
+        let ids: Arc<Vec<String>> =
+            Arc::new(certified.iter().map(|(c, _)| c.agent.to_string()).collect());
+        let mut agents = Vec::new();
+        for (creds, side) in &certified {
+            let (writer, reader) = self.connect_one(creds, *side)?.split();
+            agents.push(Agent {
+                outbox: Box::new(AgwOutbox {
+                    writer,
+                    ids: ids.clone(),
+                }),
+                inbox: Box::new(AgwInbox { reader }),
+            });
+        }
+        self.await_routes(&certified)?;
+        Ok(agents)
+    }
+
+    fn cpu(&self) -> Option<Duration> {
+        // Every shard of every gateway in this process (the relay's threads).
+        threads_cpu("agw-shard")
+    }
+}
+
+struct AgwOutbox {
+    writer: Writer,
+    ids: Arc<Vec<String>>,
+}
+
+impl Outbox for AgwOutbox {
+    fn queue(&mut self, to: usize, payload: Bytes) -> Result<(), Error> {
+        let id = self.ids.get(to).ok_or("no such agent")?;
+        self.writer.queue(id, payload)?;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        Ok(self.writer.flush()?)
+    }
+}
+
+struct AgwInbox {
+    reader: Reader,
+}
+
+impl Inbox for AgwInbox {
+    fn recv(&mut self) -> Result<Event, Error> {
+        match self.reader.recv() {
+            Ok(Incoming::Message(m, _)) => Ok(Event::Message(m.payload)),
+            Ok(Incoming::Nack(n)) => Ok(Event::Nack(n.reason().as_str_name())),
+            Ok(_) => Ok(Event::Other),
+            Err(agw_sdk::agent::AgentError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(Event::Idle)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The load tool end to end, briefly: every relay it drives (this project's gateway in and
+//! across gateways, nats-server, nginx's stream proxy) carries every pattern it can, and the
+//! JSON report says what arrived. Throughput is never asserted here (benchmarks measure it);
+//! that messages arrive, are counted, and have latencies is.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn load(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
+        .args([
+            "--seconds",
+            "1",
+            "--warmup",
+            "0.3",
+            "--pairs",
+            "2",
+            "--json",
+        ])
+        .arg(&json)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "agw-loadtest {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[1/1] delivered"),
+        "no progress line: {stderr}"
+    );
+    serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
+}
+
+fn assert_delivered(report: &Value, what: &str) {
+    let delivered = report["delivered"].as_u64().unwrap();
+    assert!(delivered > 0, "{what}: nothing delivered: {report}");
+    assert!(
+        report["latency_us"]["samples"].as_u64().unwrap() > 0,
+        "{what}: no latency: {report}"
+    );
+    assert!(
+        report["relay_cpu_seconds"].as_f64().is_some(),
+        "{what}: {report}"
+    );
+}
+
+#[test]
+fn every_pattern_through_one_gateway() {
+    for pattern in ["stream", "ping-pong", "fan-in", "fan-out"] {
+        let r = load(&["--pattern", pattern]);
+        assert_delivered(&r, pattern);
+        assert_eq!(r["nacked"], serde_json::json!({}), "{pattern}: {r}");
+        let expected = if pattern == "ping-pong" {
+            "round-trip"
+        } else {
+            "one-way"
+        };
+        assert_eq!(r["latency"], expected);
+    }
+}
+
+#[test]
+fn open_loop_at_a_rate_sends_on_schedule() {
+    let r = load(&["--rate", "2000"]);
+    assert_delivered(&r, "open loop");
+    // Two senders at 2,000/s for about a second: near 4,000, never far above.
+    let delivered = r["delivered"].as_u64().unwrap();
+    assert!((2_000..=4_800).contains(&delivered), "{r}");
+}
+
+#[test]
+fn shards_and_gateways_in_every_scenario() {
+    for (scenario, shards) in [
+        ("same-shard", "2"),
+        ("cross-shard", "2"),
+        ("two-gateways", "1"),
+        ("chain", "1"),
+    ] {
+        let r = load(&["--scenario", scenario, "--shards", shards, "--size", "1024"]);
+        assert_delivered(&r, scenario);
+        assert_eq!(r["scenario"], scenario);
+    }
+}
+
+#[test]
+fn the_peers_carry_the_same_patterns() {
+    for (target, pattern) in [
+        ("nats", "stream"),
+        ("nats", "fan-out"),
+        ("nginx", "stream"),
+        ("nginx", "ping-pong"),
+    ] {
+        let r = load(&["--target", target, "--pattern", pattern]);
+        assert_delivered(&r, &format!("{target} {pattern}"));
+    }
+}
+
+#[test]
+fn what_a_relay_cannot_do_is_refused_plainly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
+        .args(["--target", "nginx", "--pattern", "fan-out"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot fan out"));
+    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
+        .args(["--scenario", "cross-shard", "--shards", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --shards 2"));
+}
