@@ -68,6 +68,22 @@ struct Args {
     /// The nginx binary.
     #[arg(long, default_value = "nginx")]
     nginx: String,
+    /// Instead of a load: memory per idle connection of an `agw` daemon (started from
+    /// `--agw`) holding this many accessed agent connections.
+    #[arg(long)]
+    idle: Option<usize>,
+    /// The agw binary for `--idle` [default: the one beside this program].
+    #[arg(long)]
+    agw: Option<PathBuf>,
+    /// Internal: hold this many connections for `--idle` (a child process).
+    #[arg(long, hide = true)]
+    idle_client: Option<usize>,
+    #[arg(long, hide = true, default_value = "")]
+    idle_agents: String,
+    #[arg(long, hide = true, default_value = "")]
+    idle_aca: String,
+    #[arg(long, hide = true, default_value = "")]
+    idle_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -123,6 +139,17 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Error> {
+    if let Some(count) = args.idle_client {
+        return agw_loadtest::idle::client(
+            count,
+            &args.idle_agents,
+            &args.idle_aca,
+            &args.idle_name,
+        );
+    }
+    if let Some(connections) = args.idle {
+        return idle(args, connections);
+    }
     if args.target != Target::Agw && args.scenario != Scenario::OneGateway {
         return Err("--scenario applies to --target agw only".into());
     }
@@ -209,6 +236,34 @@ fn run(args: &Args) -> Result<(), Error> {
         latency_us: latency(&measured.histogram),
     };
     print_report(args, &report)
+}
+
+fn idle(args: &Args, connections: usize) -> Result<(), Error> {
+    let agw = match &args.agw {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or("no directory")?
+            .join("agw"),
+    };
+    eprintln!(
+        "agw daemon {}; {connections} idle agent connections",
+        agw.display()
+    );
+    let report = agw_loadtest::idle::measure(&agw, connections, |line| eprintln!("{line}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "idle connections {}: rss {:.1} MiB -> {:.1} MiB = {:.0} B per connection",
+        report.connections,
+        report.rss_before as f64 / 1048576.0,
+        report.rss_after as f64 / 1048576.0,
+        report.bytes_per_connection
+    )?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
 }
 
 fn describe_agw(args: &Args) -> String {

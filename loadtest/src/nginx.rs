@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::{
     cpu::{Affinity, process_tree_cpu},
-    nats::{await_listening, free_port},
+    nats::await_listening,
     transport::{Agent, Error, Event, Inbox, Outbox, Relay, Side},
 };
 
@@ -98,7 +98,10 @@ impl NginxRelay {
             .map_err(|e| format!("{}: {e} (install nginx)", self.binary))?;
         self.master = Some(child);
         for (proxy, _) in routes {
-            await_listening(*proxy, "nginx")?;
+            if let Err(e) = await_listening(*proxy, "nginx") {
+                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                return Err(format!("{e}: {}", log.trim()).into());
+            }
         }
         Ok(())
     }
@@ -122,11 +125,16 @@ impl Relay for NginxRelay {
         );
         let mut listeners = Vec::new();
         let mut routes = Vec::new();
+        // The proxy ports are held until all are chosen, so no two are the same.
+        let mut held = Vec::new();
         for _ in 0..n {
             let listener = TcpListener::bind("127.0.0.1:0")?;
-            routes.push((free_port()?, listener.local_addr()?.port()));
+            let proxy = TcpListener::bind("127.0.0.1:0")?;
+            routes.push((proxy.local_addr()?.port(), listener.local_addr()?.port()));
             listeners.push(listener);
+            held.push(proxy);
         }
+        drop(held);
         self.start(&routes)?;
         let proxies: Arc<Vec<u16>> = Arc::new(routes.iter().map(|(p, _)| *p).collect());
         let mut agents = Vec::new();
