@@ -147,6 +147,13 @@ def open_loop(r, lines, plots):
             f"- p99 {meds['agw']['p99']:.0f} us against nats-server's {meds['nats']['p99']:.0f} us "
             f"at the same rate (target: at most nats-server's): {verdict(ok)}."
         )
+        nats_max = med(v["delivered_per_second"] for k, v in r.items() if k.startswith("headline-nats-"))
+        if nats_max and nats_max < rate:
+            lines.append(
+                f"- The rate is above nats-server's own closed-loop maximum ({fmt(nats_max)}/s): its "
+                f"queues grow for the whole run, which is what its tail shows. The target fixes the "
+                f"rate by the gateway's maximum, not the peer's."
+            )
         lines.append("")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels = ["p50", "p90", "p99", "p99.9", "max"]
