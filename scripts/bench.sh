@@ -13,12 +13,24 @@ cd "$(dirname "$0")/.."
 packages=(nats-server nginx libnginx-mod-stream python3-matplotlib)
 missing=()
 for p in "${packages[@]}"; do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    # Installed, not merely known (a removed package keeps a status with its config files).
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+        missing+=("$p")
 done
 if ((${#missing[@]})); then
     echo "installing ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    # Services are not started on install (Debian's nginx would take port 80, and fails its
+    # install where it cannot): the tools start their own, on free ports.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+    fi
+    installed=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" || installed=$?
+    if [[ -n $made_policy ]]; then rm -f "$policy"; fi
+    if ((installed != 0)); then exit "$installed"; fi
 fi
 # Debian starts nginx as a service on install; the harness starts its own.
 systemctl stop nginx 2>/dev/null || true

@@ -46,7 +46,15 @@ impl std::fmt::Debug for NginxRelay {
 
 impl Drop for NginxRelay {
     fn drop(&mut self) {
+        // SIGTERM: the master stops its worker and exits (SIGKILL would orphan the worker,
+        // still listening); SIGKILL only if it has not exited within two seconds.
         if let Some(mut m) = self.master.take() {
+            let pid = nix::unistd::Pid::from_raw(m.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while matches!(m.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = m.kill();
             let _ = m.wait();
         }
