@@ -7,10 +7,18 @@
 use std::hint::black_box;
 
 use agw_dataplane::routing::{Route, RoutingTable};
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 
-const ROUTES: u32 = 1_000_000;
 const LOOKUPS: usize = 100_000;
+
+/// Routes in the table: 1M, or `AGW_BENCH_ROUTES` (a small table shows the lookup's compute
+/// alone, without memory misses).
+fn routes() -> u32 {
+    std::env::var("AGW_BENCH_ROUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
 
 fn agent(n: u32) -> String {
     format!("spiffe://d{}.example/agent/agent-{n}", n % 100)
@@ -28,6 +36,8 @@ fn randoms(seed: u64) -> impl Iterator<Item = u64> {
 }
 
 fn routing(c: &mut Criterion) {
+    #[allow(non_snake_case)]
+    let ROUTES = routes();
     let mut table = RoutingTable::new();
     for n in 0..ROUTES {
         table.set(&agent(n), Route::Peer { peer: n % 16 });
@@ -140,4 +150,10 @@ fn routing(c: &mut Criterion) {
 }
 
 criterion_group!(benches, routing);
-criterion_main!(benches);
+
+fn main() {
+    // As the daemon runs: the table on huge pages (AGW_HUGEPAGES=0 for small pages).
+    agw_dataplane::hugepages::ensure();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -7,6 +7,9 @@ use agw_controlplane::daemon::{DaemonArgs, run};
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // The routing table on huge pages (re-executes once with glibc's tunable; AGW_HUGEPAGES=0
+    // turns it off).
+    agw_dataplane::hugepages::ensure();
     let args = DaemonArgs::parse();
     // Structured logs on stderr; RUST_LOG picks the levels (default: info; warn for the demo,
     // whose own output tells the story).

@@ -426,6 +426,15 @@ fn sigterm_drains_and_agwctl_explains_a_missing_gateway() {
     assert!(!ok && err.contains("cannot read the admin token"), "{err}");
 
     let mut daemon = start(&data, None);
+    // It re-executed itself with its heap (the routing table) on huge pages.
+    let environ = std::fs::read(format!("/proc/{}/environ", daemon.child.id())).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1"),
+        "{}",
+        String::from_utf8_lossy(&environ)
+    );
     let (ok, out, err) = agwctl(&data, &["peers"]);
     assert!(ok && out.contains("no peers configured"), "{out}{err}");
     daemon.signal("-TERM");

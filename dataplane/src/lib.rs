@@ -9,6 +9,7 @@ pub mod config;
 mod congestion;
 pub mod counters;
 pub mod events;
+pub mod hugepages;
 pub mod routing;
 mod runtime;
 mod shard;

@@ -273,10 +273,16 @@ impl RoutingSnapshot {
     pub fn prepare(&self, agent: &str) -> Prepared {
         let hash = self.hasher.hash_one(agent);
         let (g, b) = bucket_of(hash);
-        if let Some(bucket) = self.groups.get(g).and_then(|group| group.get(b))
-            && let Some(slot) = bucket.slots.get(home_of(hash, bucket.slots.len()))
-        {
-            prefetch(slot);
+        if let Some(bucket) = self.groups.get(g).and_then(|group| group.get(b)) {
+            let home = home_of(hash, bucket.slots.len());
+            // The home slot, and the next: at the table's load (5/12 to 5/8) a lookup probes
+            // 1.4 to 1.8 slots on average, so the second line is often read too.
+            if let Some(slot) = bucket.slots.get(home) {
+                prefetch(slot);
+            }
+            if let Some(slot) = bucket.slots.get(home + 1) {
+                prefetch(slot);
+            }
         }
         Prepared(hash)
     }
@@ -532,6 +538,12 @@ mod tests {
         assert_eq!(table.publish(), 3, "nothing pending, nothing published");
         let listed: Vec<_> = v3.entries().collect();
         assert_eq!(listed, [(agent(2).as_str(), Route::Offline)]);
+    }
+
+    #[test]
+    fn a_slot_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 64);
+        assert_eq!(std::mem::align_of::<Option<Slot>>(), 64);
     }
 
     #[test]

@@ -128,6 +128,8 @@ struct Latency {
 }
 
 fn main() -> ExitCode {
+    // As the daemon runs: the gateway's routing table on huge pages.
+    agw_dataplane::hugepages::ensure();
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
