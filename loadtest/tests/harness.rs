@@ -71,9 +71,10 @@ fn every_pattern_through_one_gateway() {
 fn open_loop_at_a_rate_sends_on_schedule() {
     let r = load(&["--rate", "2000"]);
     assert_delivered(&r, "open loop");
-    // Two senders at 2,000/s for about a second: near 4,000, never far above.
+    // Two senders at 2,000/s: about 4,000 in the one-second window, at most what 1.3 s of
+    // schedule holds if the warm-up's sends land late (a closed loop would be ~1M).
     let delivered = r["delivered"].as_u64().unwrap();
-    assert!((2_000..=4_800).contains(&delivered), "{r}");
+    assert!((2_000..=6_000).contains(&delivered), "{r}");
 }
 
 #[test]
