@@ -3,51 +3,28 @@
 # library, builds, runs every figure of docs/benchmarks.md's harness section side by side
 # (runs of different relays interleaved, the relay pinned to CPU 0 and the load to the other
 # CPUs), then writes the tables and the plots (docs/bench/*.svg) into docs/benchmarks.md.
-# About 8 minutes on 2 cores. Raw results: target/bench/runs/*.json.
+# About 4 minutes on 2 cores. Raw results: target/bench/runs/*.json.
 #
 #   scripts/bench.sh            # the whole matrix
 #   QUICK=1 scripts/bench.sh    # one repetition, shorter runs (a smoke test of the script)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(nats-server nginx libnginx-mod-stream python3-matplotlib)
-missing=()
-for p in "${packages[@]}"; do
-    # Installed, not merely known (a removed package keeps a status with its config files).
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
-        missing+=("$p")
-done
-if ((${#missing[@]})); then
-    echo "installing ${missing[*]}"
-    apt-get update -qq
-    # Services are not started on install (Debian's nginx would take port 80, and fails its
-    # install where it cannot): the tools start their own, on free ports.
-    policy=/usr/sbin/policy-rc.d
-    made_policy=
-    if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
-    fi
-    installed=0
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" || installed=$?
-    if [[ -n $made_policy ]]; then rm -f "$policy"; fi
-    if ((installed != 0)); then exit "$installed"; fi
-fi
-# Debian starts nginx as a service on install; the harness starts its own.
-systemctl stop nginx 2>/dev/null || true
+scripts/install-packages.sh nats-server nginx libnginx-mod-stream python3-matplotlib
 
 cargo build --release -p agw-loadtest -p agw-controlplane
 load=target/release/agw-loadtest
 out=target/bench/runs
 rm -rf "$out"
 mkdir -p "$out"
+# What was measured (the report names it, whenever it is written).
+git rev-parse --short HEAD >"$out/commit" 2>/dev/null || true
 
 if [[ "${QUICK:-}" == 1 ]]; then reps=1; long=2; short=1; else reps=3; long=5; short=3; fi
 started=$(date +%s)
-step=0
 run() { # run NAME ARGS...: one measurement, its JSON under $out/NAME.json
     local name=$1
     shift
-    step=$((step + 1))
     printf '[%3ds] %-40s ' "$(($(date +%s) - started))" "$name"
     if "$load" --pin --json "$out/$name.json" "$@" 2>"$out/$name.log" | grep -E '^delivered' | tr -s ' ' | tr -d '\n'; then
         echo

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -52,7 +51,7 @@ def verdict(ok):
     return "**met**" if ok else "**not met**"
 
 
-def machine():
+def machine(runs):
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -62,13 +61,34 @@ def machine():
                     break
     except OSError:
         pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    try:
+        with open(os.path.join(runs, "commit")) as f:
+            commit = f.read().strip()
+    except OSError:
+        commit = ""
     return (
         f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}, "
         f"commit {commit or '?'}, {time.strftime('%Y-%m-%d')}"
     )
+
+
+def bars(plots, name, title, groups, values, ylabel):
+    """A grouped bar chart, one bar per relay in each group, log scale; saved and listed."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.27
+    for i, t in enumerate(RELAYS):
+        xs = [j + (i - 1) * width for j in range(len(groups))]
+        ax.bar(xs, values[t], width, label=NAMES[t], color=COLOURS[t])
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups)
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(plots, name))
+    plots_made.append((name, title))
 
 
 def headline(r, lines, plots):
@@ -196,22 +216,14 @@ def sizes(r, head, lines, plots):
             cells.append(f"{fmt(v[0])} ({fmt(v[1])}/CPU-s)" if v else "-")
         lines.append(f"| {s} B | " + " | ".join(cells) + " |")
     lines.append("")
-    fig, ax = plt.subplots(figsize=(7, 3.8))
-    width = 0.27
-    for i, t in enumerate(RELAYS):
-        xs = [j + (i - 1) * width for j in range(len(sizes))]
-        ys = [table.get((s, t), (0, 0))[1] or 0 for s in sizes]
-        ax.bar(xs, ys, width, label=NAMES[t], color=COLOURS[t])
-    ax.set_xticks(range(len(sizes)))
-    ax.set_xticklabels([f"{s} B" for s in sizes])
-    ax.set_yscale("log")
-    ax.set_ylabel("messages per relay CPU-second (log)")
-    ax.set_title("Throughput per CPU-second by payload size")
-    ax.legend(fontsize=8)
-    ax.grid(True, axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(plots, "throughput-per-cpu.svg"))
-    plots_made.append(("throughput-per-cpu.svg", "Messages per relay CPU-second by payload size"))
+    bars(
+        plots,
+        "throughput-per-cpu.svg",
+        "Throughput per CPU-second by payload size",
+        [f"{s} B" for s in sizes],
+        {t: [table.get((s, t), (0, 0))[1] or 0 for s in sizes] for t in RELAYS},
+        "messages per relay CPU-second (log)",
+    )
 
 
 def patterns(r, lines, plots):
@@ -239,22 +251,14 @@ def patterns(r, lines, plots):
             cells.append(cell)
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     lines.append("")
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.27
-    for i, t in enumerate(RELAYS):
-        xs = [j + (i - 1) * width for j in range(len(pats))]
-        ys = [(r.get(f"pattern-{p}-{t}") or {}).get("delivered_per_second", 0) for p in pats]
-        ax.bar(xs, ys, width, label=NAMES[t], color=COLOURS[t])
-    ax.set_xticks(range(len(pats)))
-    ax.set_xticklabels(pats)
-    ax.set_yscale("log")
-    ax.set_ylabel("messages/s (log)")
-    ax.set_title("Patterns, 256 B")
-    ax.legend(fontsize=8)
-    ax.grid(True, axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(plots, "patterns.svg"))
-    plots_made.append(("patterns.svg", "Throughput by pattern"))
+    bars(
+        plots,
+        "patterns.svg",
+        "Throughput by pattern, 256 B",
+        pats,
+        {t: [(r.get(f"pattern-{p}-{t}") or {}).get("delivered_per_second", 0) for p in pats] for t in RELAYS},
+        "messages/s (log)",
+    )
 
 
 def scenarios(r, lines):
@@ -328,7 +332,7 @@ def main():
     lines = [
         "<!-- harness:begin (written by scripts/bench.sh; edit the script, not this part) -->",
         "",
-        f"Machine: {machine()}. Every relay pinned to CPU 0 (the gateway's shard, nats-server and "
+        f"Machine: {machine(runs)}. Every relay pinned to CPU 0 (the gateway's shard, nats-server and "
         "nginx under `taskset -c 0`, nginx with one worker), the load generator's threads on the "
         "other CPU(s); runs of different relays interleaved; medians where runs repeat. Regenerate "
         "with `scripts/bench.sh` (raw JSON in `target/bench/runs/`).",

@@ -487,6 +487,16 @@ impl Registry {
             .collect()
     }
 
+    /// Every local agent and the status in its profile (what an operator's listing needs,
+    /// without the summaries' capabilities).
+    pub fn local_statuses(&self) -> Vec<(String, pb::Status)> {
+        self.index
+            .entries()
+            .filter(|e| e.origin == Origin::Local)
+            .map(|e| (e.profile.agent.clone(), e.profile.status()))
+            .collect()
+    }
+
     /// Whether `agent` is registered here (a local profile).
     pub fn is_local(&self, agent: &str) -> bool {
         self.index

@@ -12,7 +12,7 @@
 //! the shards within about a millisecond.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     io,
     sync::{Arc, Mutex},
     thread::JoinHandle,
@@ -425,10 +425,9 @@ impl State {
             None => snapshot.entries().collect(),
         };
         let total = routes.len();
-        routes.sort_unstable_by_key(|(a, _)| *a);
+        first_by_agent(&mut routes, limit, |(a, _)| a);
         let views = routes
             .into_iter()
-            .take(limit)
             .map(|(a, r)| self.route_view(a, r))
             .collect();
         (views, total)
@@ -436,22 +435,29 @@ impl State {
 
     fn agent_views(&self, local_only: bool, limit: usize) -> (Vec<AgentView>, usize) {
         let local = self.local.to_string();
-        let mut agents: BTreeMap<&str, (bool, pb::Status, &str)> = BTreeMap::new();
+        // One look at the registry, not one per agent.
+        let registered: HashMap<String, pb::Status> = self
+            .registry
+            .as_ref()
+            .and_then(|r| r.lock().ok().map(|r| r.local_statuses()))
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let mut agents: HashMap<&str, (bool, pb::Status, &str)> = HashMap::new();
         for (agent, route) in self.table.current().entries() {
             let status = match route {
-                Route::Local { .. } => self.local_status(agent, pb::Status::Running),
+                Route::Local { .. } => registered
+                    .get(agent)
+                    .copied()
+                    .or_else(|| self.summaries.get(agent).map(pb::AgentSummary::status))
+                    .unwrap_or(pb::Status::Running),
                 Route::Offline => pb::Status::Offline,
                 _ => continue,
             };
             agents.insert(agent, (true, status, &local));
         }
-        let registered = self
-            .registry
-            .as_ref()
-            .and_then(|r| r.lock().ok().map(|r| r.local_summaries()))
-            .unwrap_or_default();
-        for s in &registered {
-            agents.entry(&s.agent).or_insert((true, s.status(), &local));
+        for (agent, status) in &registered {
+            agents.entry(agent).or_insert((true, *status, &local));
         }
         if !local_only {
             for (_, s) in self.rib.best_routes() {
@@ -461,9 +467,10 @@ impl State {
             }
         }
         let total = agents.len();
+        let mut agents: Vec<_> = agents.into_iter().collect();
+        first_by_agent(&mut agents, limit, |(a, _)| a);
         let views = agents
             .into_iter()
-            .take(limit)
             .map(|(agent, (local, status, gateway))| AgentView {
                 agent: agent.to_owned(),
                 local,
@@ -732,5 +739,36 @@ impl State {
                 }
             }
         }
+    }
+}
+
+/// Keeps the first `limit` of `items` by agent ID, sorted: found in linear time, so a listing
+/// of 1,000 out of 1M routes does not sort the million while the loop waits.
+fn first_by_agent<T>(items: &mut Vec<T>, limit: usize, agent: impl Fn(&T) -> &&str) {
+    if items.len() > limit {
+        if limit == 0 {
+            items.clear();
+            return;
+        }
+        items.select_nth_unstable_by(limit - 1, |x, y| agent(x).cmp(agent(y)));
+        items.truncate(limit);
+    }
+    items.sort_unstable_by(|x, y| agent(x).cmp(agent(y)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_keeps_the_first_agents_in_order() {
+        let mut items = vec![("d", 4), ("a", 1), ("c", 3), ("e", 5), ("b", 2)];
+        first_by_agent(&mut items, 3, |(a, _)| a);
+        assert_eq!(items, [("a", 1), ("b", 2), ("c", 3)]);
+        let mut few = vec![("b", 2), ("a", 1)];
+        first_by_agent(&mut few, 10, |(a, _)| a);
+        assert_eq!(few, [("a", 1), ("b", 2)]);
+        first_by_agent(&mut few, 0, |(a, _)| a);
+        assert!(few.is_empty());
     }
 }

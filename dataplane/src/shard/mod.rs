@@ -754,11 +754,11 @@ impl Shard {
         out.written += n as u64;
         let mut delivered = 0;
         let mut now = None;
-        while let Some(mark) = out.marks.pop_front() {
-            if mark.end > out.written {
-                out.marks.push_front(mark);
+        let written = out.written;
+        while out.marks.front().is_some_and(|m| m.end <= written) {
+            let Some(mark) = out.marks.pop_front() else {
                 break;
-            }
+            };
             let now = *now.get_or_insert_with(Instant::now);
             self.counter()
                 .resided(now.saturating_duration_since(mark.since));
