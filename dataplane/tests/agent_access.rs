@@ -276,10 +276,23 @@ fn bad_bytes_close_only_their_own_connection() {
     }
     assert_eq!(early.next(), None);
 
-    // A header with an unknown version, and one announcing a body over the hard maximum.
+    // A header with an unknown version, one announcing a body over the hard maximum, and
+    // before access: a kind an agent never sends (a CRL reply announcing 4 MiB) and an access
+    // request announcing more than a certificate chain needs (20 KiB). Each is refused at its
+    // header, at once: no body is awaited or buffered.
+    let crl_reply = agw_proto::Kind::CrlReply.code();
+    let access_request = agw_proto::Kind::AccessRequest.code();
     for (bytes, code) in [
         ([9u8, 1, 0, 8, 0, 0, 0, 0], ErrorCode::UnsupportedVersion),
         ([1u8, 1, 0, 8, 0xff, 0, 0, 0], ErrorCode::TooLarge),
+        (
+            [1u8, crl_reply, 0, 0, 0, 0x40, 0, 0],
+            ErrorCode::NotAccessed,
+        ),
+        (
+            [1u8, access_request, 0, 0, 0, 0, 0x50, 0],
+            ErrorCode::TooLarge,
+        ),
     ] {
         let mut raw = Raw::connect(gw.addr());
         let _challenge = raw.next();
@@ -310,6 +323,27 @@ fn bad_bytes_close_only_their_own_connection() {
     }
     raw.send(&pb::Heartbeat::default().into(), 0);
     assert!(matches!(raw.next(), Some(Message::HeartbeatAck(_))));
+
+    // Accessed, an agent still sends only its own kinds: an admin reply is refused at its
+    // header.
+    let lou = gw.authority.certify("lou");
+    let mut odd = Raw::connect(gw.addr());
+    odd.access(&lou);
+    let admin_reply = agw_proto::Kind::AdminReply.code();
+    odd.stream
+        .write_all(&[1, admin_reply, 0, 0, 0, 0x40, 0, 0])
+        .unwrap();
+    loop {
+        match odd.next() {
+            Some(Message::Notification(n)) => {
+                assert_eq!(n.code(), ErrorCode::UnexpectedMessage);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed without a notification"),
+        }
+    }
+    assert_eq!(odd.next(), None);
 
     // The others never noticed.
     let id = ci

@@ -169,6 +169,9 @@ pub enum FrameError {
         /// Byte 3.
         hop_limit: u8,
     },
+    /// A kind this connection does not take in its current state (see [`Admission`]).
+    #[error("{0} is not expected here")]
+    NotAdmitted(Kind),
     /// The announced body exceeds the kind's cap.
     #[error("{kind} body of {len} bytes exceeds the limit of {max}")]
     TooLarge {
@@ -188,6 +191,7 @@ impl FrameError {
             FrameError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
             FrameError::UnknownKind(_) => ErrorCode::UnknownKind,
             FrameError::ReservedBits { .. } => ErrorCode::Malformed,
+            FrameError::NotAdmitted(_) => ErrorCode::UnexpectedMessage,
             FrameError::TooLarge { .. } => ErrorCode::TooLarge,
         }
     }
@@ -214,6 +218,55 @@ impl Frame {
     }
 }
 
+/// Which kinds a decoder takes, and a tighter cap for its control kinds: what a connection
+/// in a given state may send, refused at the header, before its body is buffered. (An agent
+/// that has not accessed yet sends an access request and nothing else; a peer link carries
+/// data frames only.) Data kinds keep the caps of [`FrameLimits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Bit `code` set: the kind with that code is taken.
+    kinds: u128,
+    /// Largest body of a control kind.
+    control_cap: u32,
+}
+
+impl Admission {
+    /// Every kind, each up to its own cap.
+    pub const ALL: Admission = Admission {
+        kinds: u128::MAX,
+        control_cap: u32::MAX,
+    };
+
+    /// Only `kinds`; their control kinds' bodies at most `control_cap` (and their own cap).
+    pub const fn only(kinds: &[Kind], control_cap: u32) -> Admission {
+        let mut bits = 0u128;
+        let mut i = 0;
+        while i < kinds.len() {
+            bits |= 1 << kinds[i].code();
+            i += 1;
+        }
+        Admission {
+            kinds: bits,
+            control_cap,
+        }
+    }
+
+    /// Whether a header of `kind` announcing `body_len` bytes is taken.
+    fn check(&self, kind: Kind, body_len: u32) -> Result<(), FrameError> {
+        if (self.kinds >> kind.code()) & 1 == 0 {
+            return Err(FrameError::NotAdmitted(kind));
+        }
+        if !kind.is_data() && body_len > self.control_cap {
+            return Err(FrameError::TooLarge {
+                kind,
+                len: body_len,
+                max: self.control_cap,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Incremental frame decoder: feed it bytes as they arrive, take frames as they complete.
 ///
 /// Call order: put bytes in ([`read_buf`](Self::read_buf) then a read into its spare capacity,
@@ -223,6 +276,7 @@ impl Frame {
 pub struct FrameDecoder {
     buf: BytesMut,
     limits: FrameLimits,
+    admission: Admission,
     /// Header of the frame whose body is still arriving.
     pending: Option<FrameHeader>,
     failed: Option<FrameError>,
@@ -234,9 +288,16 @@ impl FrameDecoder {
         FrameDecoder {
             buf: BytesMut::new(),
             limits,
+            admission: Admission::ALL,
             pending: None,
             failed: None,
         }
+    }
+
+    /// From the next header on, takes only what `admission` allows; anything else is a
+    /// header error ([`FrameError::NotAdmitted`], or [`FrameError::TooLarge`]).
+    pub fn set_admission(&mut self, admission: Admission) {
+        self.admission = admission;
     }
 
     /// The read buffer, with at least `chunk` bytes of spare capacity for the next read. The
@@ -290,7 +351,9 @@ impl FrameDecoder {
                 };
                 let mut raw = [0u8; HEADER_LEN];
                 raw.copy_from_slice(bytes);
-                match FrameHeader::parse(raw, &self.limits) {
+                match FrameHeader::parse(raw, &self.limits)
+                    .and_then(|h| self.admission.check(h.kind, h.body_len).map(|()| h))
+                {
                     Ok(h) => {
                         self.buf.advance(HEADER_LEN);
                         h

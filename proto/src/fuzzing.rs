@@ -6,10 +6,26 @@
 //! relay's [`DataView`] disagreeing with the full decode. Hostile input must produce errors,
 //! never panics, so any panic here is a bug.
 
-use crate::{DataView, FrameDecoder, FrameEncoder, FrameError, FrameLimits, Message, frame::Frame};
+use crate::{
+    Admission, DataView, FrameDecoder, FrameEncoder, FrameError, FrameLimits, Kind, Message,
+    frame::Frame,
+};
+
+/// The admission the fuzzer tries beside [`Admission::ALL`]: what an accessed agent may send.
+const NARROW: Admission = Admission::only(
+    &[
+        Kind::AgentMessage,
+        Kind::Ack,
+        Kind::Nack,
+        Kind::Heartbeat,
+        Kind::Deregister,
+    ],
+    64,
+);
 
 /// Decodes `data` as a stream of frames, reading it whole and in chunks whose size the first
-/// byte picks, and checks that every frame decodes the same way both times and round-trips.
+/// byte picks (and whether the decoder admits every kind or an accessed agent's only), and
+/// checks that every frame decodes the same way both times, is admitted, and round-trips.
 pub fn check_frame_stream(data: &[u8]) {
     let Some((&selector, stream)) = data.split_first() else {
         return;
@@ -18,13 +34,29 @@ pub fn check_frame_stream(data: &[u8]) {
         // Small limits let the fuzzer reach the size checks.
         max_data_body: if selector & 0x80 != 0 { 64 } else { 1 << 20 },
     };
-    let chunk = usize::from(selector & 0x3f) + 1;
+    let admission = if selector & 0x40 != 0 {
+        NARROW
+    } else {
+        Admission::ALL
+    };
+    let chunk = usize::from(selector & 0x1f) + 1;
 
-    let whole = decode_all(stream, stream.len().max(1), limits);
-    let chunked = decode_all(stream, chunk, limits);
+    let whole = decode_all(stream, stream.len().max(1), limits, admission);
+    let chunked = decode_all(stream, chunk, limits, admission);
     assert_eq!(whole, chunked, "framing depends on how the bytes arrive");
 
     for frame in whole.0 {
+        if admission == NARROW {
+            let kind = frame.header.kind;
+            assert!(
+                kind.is_data() || matches!(kind, Kind::Heartbeat | Kind::Deregister),
+                "{kind} passed a narrow admission"
+            );
+            assert!(
+                kind.is_data() || frame.body.len() <= 64,
+                "control body over the cap"
+            );
+        }
         check_frame(&frame, limits);
     }
 }
@@ -33,8 +65,10 @@ fn decode_all(
     stream: &[u8],
     chunk: usize,
     limits: FrameLimits,
+    admission: Admission,
 ) -> (Vec<Frame>, Option<FrameError>) {
     let mut decoder = FrameDecoder::new(limits);
+    decoder.set_admission(admission);
     let mut frames = Vec::new();
     for piece in stream.chunks(chunk) {
         decoder.read_buf(chunk).extend_from_slice(piece);

@@ -20,8 +20,8 @@ pub mod signing;
 mod view;
 
 pub use frame::{
-    DEFAULT_HOP_LIMIT, Frame, FrameDecoder, FrameEncoder, FrameError, FrameHeader, FrameLimits,
-    HARD_MAX_BODY, HEADER_LEN, PROTOCOL_VERSION, WriteBatch,
+    Admission, DEFAULT_HOP_LIMIT, Frame, FrameDecoder, FrameEncoder, FrameError, FrameHeader,
+    FrameLimits, HARD_MAX_BODY, HEADER_LEN, PROTOCOL_VERSION, WriteBatch,
 };
 pub use kind::{DecodeError, EncodeError, Kind, Message, WireMessage};
 pub use view::{DataView, ViewError};

@@ -6,8 +6,8 @@
 mod common;
 
 use agw_proto::{
-    DataView, FrameDecoder, FrameEncoder, FrameError, FrameHeader, FrameLimits, HARD_MAX_BODY,
-    Kind, Message, ViewError, WriteBatch, pb, pb::ErrorCode,
+    Admission, DataView, FrameDecoder, FrameEncoder, FrameError, FrameHeader, FrameLimits,
+    HARD_MAX_BODY, Kind, Message, ViewError, WriteBatch, pb, pb::ErrorCode,
 };
 use bytes::Bytes;
 use common::bytes;
@@ -109,6 +109,39 @@ fn an_oversized_data_frame_is_refused_from_its_header_alone() {
     let mut decoder = FrameDecoder::new(limits);
     decoder.extend_from_slice(&bytes("01 01 00 10 00000040"));
     assert_eq!(decoder.decode(), Ok(None), "64 bytes is within the limit");
+}
+
+#[test]
+fn an_admission_refuses_other_kinds_and_larger_control_bodies_at_the_header() {
+    let access_only = Admission::only(&[Kind::AccessRequest, Kind::AgentMessage], 100);
+    let refused = |hex: &str| {
+        let mut decoder = FrameDecoder::new(FrameLimits::default());
+        decoder.set_admission(access_only);
+        decoder.extend_from_slice(&bytes(hex));
+        decoder.decode()
+    };
+    // A CRL reply (0x48) announcing 4 MiB: not admitted, nothing buffered.
+    let err = refused("01 48 00 00 00400000").expect_err("not admitted");
+    assert_eq!(err, FrameError::NotAdmitted(Kind::CrlReply));
+    assert_eq!(err.code(), ErrorCode::UnexpectedMessage);
+    // An access request (0x11) over the admission's control cap, and at it.
+    assert_eq!(
+        refused("01 11 00 00 00000065"),
+        Err(FrameError::TooLarge {
+            kind: Kind::AccessRequest,
+            len: 101,
+            max: 100
+        })
+    );
+    assert_eq!(refused("01 11 00 00 00000064"), Ok(None));
+    // Data kinds keep the limits' cap, not the control cap.
+    assert_eq!(refused("01 01 00 10 00001000"), Ok(None));
+    // Admission::ALL (the default) takes every kind again.
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    decoder.set_admission(access_only);
+    decoder.set_admission(Admission::ALL);
+    decoder.extend_from_slice(&bytes("01 48 00 00 00000000"));
+    assert!(matches!(decoder.decode(), Ok(Some(f)) if f.header.kind == Kind::CrlReply));
 }
 
 #[test]

@@ -100,6 +100,24 @@ impl Stream {
     }
 }
 
+/// What an agent may send before its access completes: the access request alone, its
+/// certificate chain within 16 KiB. Anything else is refused at its header, unbuffered.
+pub(super) const BEFORE_ACCESS: Admission = Admission::only(&[Kind::AccessRequest], 16 * 1024);
+/// What an accessed agent sends: data frames, heartbeats, its deregistration.
+pub(super) const ACCESSED: Admission = Admission::only(
+    &[
+        Kind::AgentMessage,
+        Kind::Ack,
+        Kind::Nack,
+        Kind::Heartbeat,
+        Kind::Deregister,
+    ],
+    4 * 1024,
+);
+/// What a peer's relay link carries: data frames only.
+pub(super) const PEER_LINK: Admission =
+    Admission::only(&[Kind::AgentMessage, Kind::Ack, Kind::Nack], 0);
+
 /// Who is on the other end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum ConnKind {

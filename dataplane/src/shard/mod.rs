@@ -19,8 +19,8 @@ use std::{
 
 use agw_aca::tls::{CertificateChecker, TlsIdentity, peer_identity};
 use agw_proto::{
-    DEFAULT_HOP_LIMIT, DataView, Frame, FrameDecoder, FrameEncoder, FrameHeader, HEADER_LEN, Kind,
-    Message, WriteBatch,
+    Admission, DEFAULT_HOP_LIMIT, DataView, Frame, FrameDecoder, FrameEncoder, FrameError,
+    FrameHeader, HEADER_LEN, Kind, Message, WriteBatch,
     identity::{AgentId, GatewayId},
     pb::{self, ErrorCode},
 };
@@ -416,6 +416,11 @@ impl Shard {
                 Instant::now(),
             )
         });
+        let mut decoder = FrameDecoder::new(self.config.limits);
+        decoder.set_admission(match kind {
+            ConnKind::Agent => conn::BEFORE_ACCESS,
+            ConnKind::Peer { .. } => conn::PEER_LINK,
+        });
         let conn = Rc::new(Conn {
             id,
             fd,
@@ -425,7 +430,7 @@ impl Shard {
             session: RefCell::new(session),
             agent: RefCell::new(None),
             serial: RefCell::new(Vec::new()),
-            decoder: RefCell::new(FrameDecoder::new(self.config.limits)),
+            decoder: RefCell::new(decoder),
             out: RefCell::new(Outbound::default()),
             state: Cell::new(ConnState::Open),
             hold: Cell::new(false),
@@ -464,7 +469,17 @@ impl Shard {
                         drop(decoder);
                         // Frames before the bad bytes are still handled.
                         self.finish_batch(conn, &mut frames, blocked, since);
-                        self.close_with(conn, e.code(), &e.to_string());
+                        let code = match e {
+                            // An agent that has not accessed yet sent something else.
+                            FrameError::NotAdmitted(_)
+                                if conn.kind == ConnKind::Agent
+                                    && conn.agent.borrow().is_none() =>
+                            {
+                                ErrorCode::NotAccessed
+                            }
+                            _ => e.code(),
+                        };
+                        self.close_with(conn, code, &e.to_string());
                         *self.batch.borrow_mut() = frames;
                         return (false, false);
                     }
@@ -924,6 +939,7 @@ impl Shard {
                     tracing::debug!(shard = self.id, connection = conn.id, %agent, "agent up");
                     up = true;
                     conn.hold.set(true);
+                    conn.decoder.borrow_mut().set_admission(conn::ACCESSED);
                     self.counter().agent_accessed();
                     let _ = self.events.send(ShardEvent::AgentUp {
                         agent: agent.clone(),
