@@ -105,13 +105,13 @@ impl Relay for NatsRelay {
             })?;
             agents.push(Agent {
                 outbox: Box::new(NatsOutbox {
-                    client,
+                    client: Some(client),
                     handle: handle.clone(),
                     subjects: subjects.clone(),
                     queued: Vec::new(),
                 }),
                 inbox: Box::new(NatsInbox {
-                    subscription,
+                    subscription: Some(subscription),
                     handle: handle.clone(),
                     ready: std::collections::VecDeque::new(),
                 }),
@@ -125,8 +125,10 @@ impl Relay for NatsRelay {
     }
 }
 
+/// The client's handles unsubscribe and disconnect by spawning onto its runtime when dropped:
+/// they are dropped inside it (an agent may be dropped from any thread, after the run).
 struct NatsOutbox {
-    client: async_nats::Client,
+    client: Option<async_nats::Client>,
     handle: Handle,
     subjects: Arc<Vec<String>>,
     /// Messages queued since the last flush: published together, so the client's runtime is
@@ -142,7 +144,8 @@ impl Outbox for NatsOutbox {
 
     fn flush(&mut self) -> Result<(), Error> {
         let batch = std::mem::take(&mut self.queued);
-        let (client, subjects) = (&self.client, &self.subjects);
+        let client = self.client.as_ref().ok_or("the client is gone")?;
+        let subjects = &self.subjects;
         self.handle.block_on(async {
             for (to, payload) in batch {
                 let subject = subjects.get(to).ok_or("no such agent")?;
@@ -154,8 +157,15 @@ impl Outbox for NatsOutbox {
     }
 }
 
+impl Drop for NatsOutbox {
+    fn drop(&mut self) {
+        let _inside = self.handle.enter();
+        drop(self.client.take());
+    }
+}
+
 struct NatsInbox {
-    subscription: async_nats::Subscriber,
+    subscription: Option<async_nats::Subscriber>,
     handle: Handle,
     /// Messages taken with the last wait: the client's runtime is entered once per burst.
     ready: std::collections::VecDeque<Bytes>,
@@ -166,7 +176,11 @@ impl Inbox for NatsInbox {
         if let Some(payload) = self.ready.pop_front() {
             return Ok(Event::Message(payload));
         }
-        let (subscription, ready) = (&mut self.subscription, &mut self.ready);
+        let subscription = self
+            .subscription
+            .as_mut()
+            .ok_or("the subscription is gone")?;
+        let ready = &mut self.ready;
         let next = self.handle.block_on(async {
             let first = tokio::time::timeout(Duration::from_secs(1), subscription.next()).await;
             if let Ok(Some(_)) = &first {
@@ -184,5 +198,12 @@ impl Inbox for NatsInbox {
             Ok(None) => Err("the subscription ended".into()),
             Err(_) => Ok(Event::Idle),
         }
+    }
+}
+
+impl Drop for NatsInbox {
+    fn drop(&mut self) {
+        let _inside = self.handle.enter();
+        drop(self.subscription.take());
     }
 }

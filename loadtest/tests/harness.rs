@@ -36,6 +36,12 @@ fn load(args: &[&str]) -> Value {
         stderr.contains("[1/1] delivered"),
         "no progress line: {stderr}"
     );
+    // Teardown included: a clean run prints no panic (async-nats' handles once panicked
+    // when dropped outside their runtime, a backtrace per agent).
+    assert!(
+        !stderr.contains("panicked"),
+        "agw-loadtest {args:?}: {stderr}"
+    );
     serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
 }
 
