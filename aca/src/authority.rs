@@ -33,6 +33,9 @@ use crate::{
     store::{CertRecord, CertStore, Revocation},
 };
 
+/// Certificates start this long before they are issued, so that a relying party whose clock
+/// is a little behind the authority's accepts them at once.
+const BACKDATE: Duration = Duration::from_secs(5 * 60);
 /// Limits on identity materials, checked before anything is stored.
 const MAX_MATERIAL_FIELD: usize = 256;
 const MAX_MATERIAL_ITEMS: usize = 64;
@@ -153,6 +156,16 @@ fn unix(t: SystemTime) -> i64 {
     }
 }
 
+/// Whether 70% of a certificate's lifetime has passed: from then on an application with its
+/// key gets a new certificate rather than this one again (the SDK renews at the same point).
+fn past_renewal_point(record: &CertRecord, now: SystemTime) -> bool {
+    let lifetime = record.not_after.saturating_sub(record.not_before);
+    unix(now)
+        >= record
+            .not_before
+            .saturating_add(lifetime.saturating_mul(7) / 10)
+}
+
 fn datetime(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(t)
 }
@@ -169,7 +182,6 @@ impl CertificateAuthority {
         policy: Box<dyn ApplicationPolicy>,
         now: SystemTime,
     ) -> Result<CertificateAuthority, AcaError> {
-        fs::create_dir_all(&config.data_dir).map_err(internal)?;
         let key_path = config.data_dir.join("ca.key.pem");
         let chain_path = config.data_dir.join("ca.chain.pem");
         let anchor_path = config.data_dir.join("trust-anchor.pem");
@@ -177,6 +189,7 @@ impl CertificateAuthority {
         if !key_path.exists() {
             create_ca(&config, now, &key_path, &chain_path, &anchor_path)?;
         }
+        crate::private::private_dir(&config.data_dir).map_err(internal)?;
         let key_pem = fs::read_to_string(&key_path).map_err(internal)?;
         let key = KeyPair::from_pem(&key_pem).map_err(internal)?;
         let chain_pem = fs::read_to_string(&chain_path).map_err(internal)?;
@@ -260,7 +273,12 @@ impl CertificateAuthority {
             materials,
         })?;
         let _guard = self.lock_crl()?;
-        self.check_key_and_identity(&csr, identity.as_str(), None, now)?;
+        if let Some(current) = self.check_key_and_identity(&csr, identity.as_str(), None, now)?
+            && current.materials.as_ref() == Some(materials)
+            && !past_renewal_point(&current, now)
+        {
+            return Ok(self.reissued(current));
+        }
         self.issue(
             identity.as_str(),
             identity.name(),
@@ -272,7 +290,10 @@ impl CertificateAuthority {
     }
 
     /// Issues a gateway certificate for an operator (no materials, no policy: the operator
-    /// is the authority's administrator).
+    /// is the authority's administrator). The CSR must name `gateway` and nothing else. Like
+    /// [`CertificateAuthority::apply`], a request for an identity whose live certificate
+    /// holds the same key is answered with that certificate (a restarting gateway), or with
+    /// a new one once 70% of its lifetime has passed.
     pub fn issue_gateway(
         &self,
         gateway: &GatewayId,
@@ -286,8 +307,24 @@ impl CertificateAuthority {
                 format!("{gateway} is outside {}", self.config.domain),
             ));
         }
+        match csr.uris.as_slice() {
+            [uri] if uri == gateway.as_str() => {}
+            uris => {
+                return Err(AcaError::new(
+                    ErrorCode::IdentityMismatch,
+                    format!(
+                        "the CSR must name exactly {gateway}; it names [{}]",
+                        uris.join(", ")
+                    ),
+                ));
+            }
+        }
         let _guard = self.lock_crl()?;
-        self.check_key_and_identity(&csr, gateway.as_str(), None, now)?;
+        if let Some(current) = self.check_key_and_identity(&csr, gateway.as_str(), None, now)?
+            && !past_renewal_point(&current, now)
+        {
+            return Ok(self.reissued(current));
+        }
         self.issue(
             gateway.as_str(),
             gateway.name(),
@@ -357,17 +394,28 @@ impl CertificateAuthority {
             )
         };
         let _guard = self.lock_crl()?;
-        self.check_key_and_identity(&csr, &old.identity, Some(&old.serial), now)?;
+        if let Some(current) =
+            self.check_key_and_identity(&csr, &old.identity, Some(&old.serial), now)?
+            && current.serial != old.serial
+        {
+            // The old certificate was renewed already: one renewal per certificate, so that
+            // it cannot fork the identity (a lost reply is answered by a new application).
+            return Err(AcaError::new(
+                ErrorCode::IdentityTaken,
+                format!("{} was renewed already", old.identity),
+            ));
+        }
         self.issue(&old.identity, &name, &csr, materials, validity, now)
     }
 
     /// Revocation requested by the holder: `proof` signs the serial and `signed_at` with the
-    /// certificate's key.
+    /// certificate's key. Returns the serials of the key's other live certificates, revoked
+    /// with it when the reason is key compromise.
     pub fn revoke_by_holder(
         &self,
         req: &pb::RevocationRequest,
         now: SystemTime,
-    ) -> Result<(), AcaError> {
+    ) -> Result<Vec<Vec<u8>>, AcaError> {
         let record = self.record(&req.serial)?;
         let signed_at = UNIX_EPOCH + Duration::from_secs(req.signed_at_unix_s);
         let age = now
@@ -386,18 +434,24 @@ impl CertificateAuthority {
         self.revoke(&record, req.reason, now)
     }
 
-    /// Revocation by the operator.
+    /// Revocation by the operator. Returns the serials of the key's other live certificates,
+    /// revoked with it when the reason is key compromise.
     pub fn revoke_by_operator(
         &self,
         serial: &[u8],
         reason: i32,
         now: SystemTime,
-    ) -> Result<(), AcaError> {
+    ) -> Result<Vec<Vec<u8>>, AcaError> {
         let record = self.record(serial)?;
         self.revoke(&record, reason, now)
     }
 
-    fn revoke(&self, record: &CertRecord, reason: i32, now: SystemTime) -> Result<(), AcaError> {
+    fn revoke(
+        &self,
+        record: &CertRecord,
+        reason: i32,
+        now: SystemTime,
+    ) -> Result<Vec<Vec<u8>>, AcaError> {
         let reason_code = revocation_reason(reason).ok_or_else(|| {
             AcaError::new(
                 ErrorCode::InvalidField,
@@ -429,11 +483,38 @@ impl CertificateAuthority {
                 ));
             }
         };
+        let mut revocations = vec![(record.serial.clone(), Revocation { at, reason })];
         let fingerprint = compromise.then(|| key_fingerprint(&record.spki_der));
+        // A compromised key compromises every certificate of it: the other live ones go too.
+        let mut also = Vec::new();
+        if let Some(fp) = &fingerprint {
+            for serial in self.store.serials_of_key(fp).map_err(internal)? {
+                if serial == record.serial {
+                    continue;
+                }
+                let Some(other) = self.store.cert(&serial).map_err(internal)? else {
+                    continue;
+                };
+                if matches!(
+                    self.status_of(&other, now)?,
+                    CertificateStatus::Valid { .. }
+                ) {
+                    revocations.push((
+                        serial.clone(),
+                        Revocation {
+                            at: unix(now),
+                            reason,
+                        },
+                    ));
+                    also.push(serial);
+                }
+            }
+        }
         self.store
-            .revoke(&record.serial, Revocation { at, reason }, fingerprint)
+            .revoke(&revocations, fingerprint)
             .map_err(internal)?;
-        self.reissue_crl(&mut crl, now)
+        self.reissue_crl(&mut crl, now)?;
+        Ok(also)
     }
 
     /// Status query (draft 3.1.2).
@@ -544,15 +625,16 @@ impl CertificateAuthority {
         Ok(agent)
     }
 
-    /// The key was never revoked for compromise, and no other valid certificate holds the
-    /// identity (`renewing` names the certificate being renewed, which may).
+    /// The key was never revoked for compromise, and no certificate of another key holds the
+    /// identity; returns the identity's live certificate when it holds this very key (or is
+    /// the one being renewed, `renewing`).
     fn check_key_and_identity(
         &self,
         csr: &VerifiedCsr,
         identity: &str,
         renewing: Option<&[u8]>,
         now: SystemTime,
-    ) -> Result<(), AcaError> {
+    ) -> Result<Option<CertRecord>, AcaError> {
         if self
             .store
             .is_compromised(&key_fingerprint(&csr.spki_der))
@@ -563,19 +645,32 @@ impl CertificateAuthority {
                 "this key was revoked for key compromise",
             ));
         }
-        if let Some(current) = self.store.current_for(identity).map_err(internal)? {
-            let live = matches!(
-                self.status_of(&current, now)?,
-                CertificateStatus::Valid { .. }
-            );
-            if live && renewing != Some(current.serial.as_slice()) {
-                return Err(AcaError::new(
-                    ErrorCode::IdentityTaken,
-                    format!("{identity} is certified to another key"),
-                ));
-            }
+        let Some(current) = self.store.current_for(identity).map_err(internal)? else {
+            return Ok(None);
+        };
+        if !matches!(
+            self.status_of(&current, now)?,
+            CertificateStatus::Valid { .. }
+        ) {
+            return Ok(None);
         }
-        Ok(())
+        if current.spki_der == csr.spki_der || renewing == Some(current.serial.as_slice()) {
+            return Ok(Some(current));
+        }
+        Err(AcaError::new(
+            ErrorCode::IdentityTaken,
+            format!("{identity} is certified to another key until it expires or is revoked"),
+        ))
+    }
+
+    /// A live certificate answered again, with the authority's chain.
+    fn reissued(&self, current: CertRecord) -> Issued {
+        let mut chain = vec![current.der];
+        chain.extend(self.ca_chain.iter().cloned());
+        Issued {
+            chain,
+            serial: current.serial,
+        }
     }
 
     fn issue(
@@ -588,7 +683,7 @@ impl CertificateAuthority {
         now: SystemTime,
     ) -> Result<Issued, AcaError> {
         let serial = self.fresh_serial()?;
-        let not_before = now;
+        let not_before = now - BACKDATE;
         let not_after = now + validity;
         let mut params = CertificateParams::default();
         params.not_before = datetime(not_before);
@@ -657,11 +752,25 @@ fn create_ca(
     chain_path: &Path,
     anchor_path: &Path,
 ) -> Result<(), AcaError> {
+    // An operator's root is read and checked before anything is written: a mismatched pair
+    // leaves no half-made authority behind.
+    let root = match &config.root {
+        RootMode::SelfSigned => None,
+        RootMode::Intermediate {
+            root_cert,
+            root_key,
+        } => Some(OperatorRoot::load(root_cert, root_key)?),
+    };
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(internal)?;
     let domain = config.domain.as_str();
     let mut params = CertificateParams::default();
-    params.not_before = datetime(now);
-    params.not_after = datetime(now + Duration::from_secs(10 * 365 * 86_400));
+    params.not_before = datetime(now - BACKDATE);
+    let ten_years = now + Duration::from_secs(10 * 365 * 86_400);
+    // An intermediate never outlives the root that vouches for it.
+    params.not_after = datetime(match &root {
+        Some(r) => ten_years.min(r.not_after),
+        None => ten_years,
+    });
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("{domain} Agent CA"));
     dn.push(DnType::OrganizationName, domain);
@@ -675,29 +784,70 @@ fn create_ca(
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let (ca_pem, anchor_pem) = match &config.root {
-        RootMode::SelfSigned => {
+    let (ca_pem, anchor_pem) = match root {
+        None => {
             let cert = params.self_signed(&key).map_err(internal)?;
             (cert.pem(), cert.pem())
         }
-        RootMode::Intermediate {
-            root_cert,
-            root_key,
-        } => {
-            let root_pem = fs::read_to_string(root_cert).map_err(internal)?;
-            let root_key = KeyPair::from_pem(&fs::read_to_string(root_key).map_err(internal)?)
-                .map_err(internal)?;
-            let root = Issuer::from_ca_cert_pem(&root_pem, root_key).map_err(internal)?;
+        Some(root) => {
             params.use_authority_key_identifier_extension = true;
-            let cert = params.signed_by(&key, &root).map_err(internal)?;
-            (cert.pem(), root_pem)
+            let cert = params.signed_by(&key, &root.issuer).map_err(internal)?;
+            (cert.pem(), root.pem)
         }
     };
+    crate::private::private_dir(&config.data_dir).map_err(internal)?;
     // The key goes last: its presence marks a complete set, so a crash in between leads to a
     // fresh start rather than a key without its certificate.
     fs::write(chain_path, ca_pem).map_err(internal)?;
     fs::write(anchor_path, anchor_pem).map_err(internal)?;
     write_private(key_path, key.serialize_pem().as_bytes())
+}
+
+/// An operator's root certificate and its key, checked to belong together and to be a CA
+/// valid now.
+struct OperatorRoot {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    not_after: SystemTime,
+}
+
+impl OperatorRoot {
+    fn load(cert_path: &Path, key_path: &Path) -> Result<OperatorRoot, AcaError> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let bad = |what: &Path, e: &dyn std::fmt::Display| {
+            AcaError::new(ErrorCode::InvalidField, format!("{}: {e}", what.display()))
+        };
+        let pem = fs::read_to_string(cert_path).map_err(|e| bad(cert_path, &e))?;
+        let key_pem = fs::read_to_string(key_path).map_err(|e| bad(key_path, &e))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(key_path, &e))?;
+        let der = pem_blocks(&pem, "CERTIFICATE")?
+            .into_iter()
+            .next()
+            .ok_or_else(|| bad(cert_path, &"no CERTIFICATE block"))?;
+        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| bad(cert_path, &e))?;
+        if cert.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+            return Err(AcaError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "{} is not the key of the root certificate {}",
+                    key_path.display(),
+                    cert_path.display()
+                ),
+            ));
+        }
+        if !cert.is_ca() {
+            return Err(bad(cert_path, &"not a CA certificate"));
+        }
+        let not_after = u64::try_from(cert.validity().not_after.timestamp())
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+            .map_err(|_| bad(cert_path, &"expired"))?;
+        let issuer = Issuer::from_ca_cert_pem(&pem, key).map_err(|e| bad(cert_path, &e))?;
+        Ok(OperatorRoot {
+            pem,
+            issuer,
+            not_after,
+        })
+    }
 }
 
 /// Writes a file readable by its owner only (mode 0600), created that way.

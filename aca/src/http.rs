@@ -20,6 +20,35 @@ pub fn url_path(url: &str) -> &str {
     after_scheme.find('/').map_or("/", |i| &after_scheme[i..])
 }
 
+/// The URL written into certificates as their CRL distribution point: the operator's
+/// `configured` one (an `http://` URL: relying parties such as openssl fetch CRLs over plain
+/// HTTP), or, when none is set, one made from the address the CRL is served on. A wildcard
+/// address (0.0.0.0, ::) names no host a relying party can reach, so it needs a configured URL.
+pub fn crl_url(
+    configured: Option<&str>,
+    served_on: SocketAddr,
+    domain: &str,
+) -> Result<String, String> {
+    match configured {
+        Some(url) => {
+            let host = url.strip_prefix("http://").unwrap_or_default();
+            if host.is_empty() || host.starts_with('/') || url.chars().any(char::is_whitespace) {
+                return Err(format!(
+                    "CRL URL {url:?}: an http:// URL with a host is needed \
+                     (e.g. http://crl.example.net/crl/{domain}.crl)"
+                ));
+            }
+            Ok(url.to_owned())
+        }
+        None if served_on.ip().is_unspecified() => Err(format!(
+            "the CRL is served on the wildcard address {served_on}, which no relying party can \
+             fetch from: set the public CRL URL that certificates will carry (--crl-url, or \
+             crl_url in the configuration file)"
+        )),
+        None => Ok(format!("http://{served_on}/crl/{domain}.crl")),
+    }
+}
+
 /// A running CRL endpoint; stops when dropped.
 pub struct CrlHttpServer {
     server: Arc<Server>,
@@ -113,6 +142,45 @@ impl Drop for CrlHttpServer {
         self.server.unblock();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    #[test]
+    fn the_crl_url_is_the_operators_or_a_reachable_address() {
+        assert_eq!(
+            crl_url(None, addr("127.0.0.1:7402"), "a.example").as_deref(),
+            Ok("http://127.0.0.1:7402/crl/a.example.crl")
+        );
+        for wildcard in ["0.0.0.0:7402", "[::]:7402"] {
+            let refused = crl_url(None, addr(wildcard), "a.example").unwrap_err();
+            assert!(refused.contains("--crl-url"), "{refused}");
+        }
+        assert_eq!(
+            crl_url(
+                Some("http://crl.a.example/a.crl"),
+                addr("0.0.0.0:7402"),
+                "a.example"
+            )
+            .as_deref(),
+            Ok("http://crl.a.example/a.crl")
+        );
+        for bad in [
+            "crl.a.example/a.crl",
+            "http:///a.crl",
+            "https://x/a.crl",
+            "http://x/a b",
+        ] {
+            assert!(crl_url(Some(bad), addr("0.0.0.0:1"), "a").is_err(), "{bad}");
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod csr;
 pub mod http;
 pub mod keys;
 pub mod policy;
+pub mod private;
 pub mod server;
 mod service;
 pub mod store;

@@ -11,7 +11,7 @@ use std::{
 
 use agw_aca::{
     AuthorityConfig, CertificateAuthority, RootMode,
-    http::{CrlHttpServer, url_path},
+    http::{CrlHttpServer, crl_url, url_path},
     policy::AllowListPolicy,
     server::{ServerLimits, serve},
 };
@@ -35,8 +35,9 @@ struct Args {
     /// Address of the HTTP server that publishes the CRL.
     #[arg(long, default_value = "127.0.0.1:7810")]
     crl_listen: String,
-    /// URL written into certificates as their CRL distribution point
-    /// [default: http://<crl-listen>/crl/<domain>.crl].
+    /// URL written into certificates as their CRL distribution point: where relying parties
+    /// fetch the CRL [default: http://<crl-listen>/crl/<domain>.crl; needed when --crl-listen
+    /// is a wildcard address].
     #[arg(long)]
     crl_url: Option<String>,
     /// An organisation allowed to apply, with the permission scopes it may grant:
@@ -76,9 +77,7 @@ fn run(args: Args) -> Result<(), String> {
     let crl_listener = TcpListener::bind(&args.crl_listen)
         .map_err(|e| format!("--crl-listen {}: {e}", args.crl_listen))?;
     let crl_addr = crl_listener.local_addr().map_err(|e| e.to_string())?;
-    let crl_url = args
-        .crl_url
-        .unwrap_or_else(|| format!("http://{crl_addr}/crl/{domain}.crl"));
+    let crl_url = crl_url(args.crl_url.as_deref(), crl_addr, domain.as_str())?;
     let mut config = AuthorityConfig::new(domain, &args.data_dir, crl_url.clone());
     config.agent_validity = Duration::from_secs(args.agent_validity_days * 86_400);
     config.gateway_validity = Duration::from_secs(args.gateway_validity_days * 86_400);

@@ -20,11 +20,17 @@ impl CertificateAuthority {
             Message::RenewalRequest(req) => {
                 certificate_reply(req.request_id, self.renew(req, now), wire)
             }
-            Message::RevocationRequest(req) => pb::RevocationReply {
-                request_id: req.request_id,
-                error: self.revoke_by_holder(req, now).err().and_then(wire),
+            Message::RevocationRequest(req) => {
+                let mut reply = pb::RevocationReply {
+                    request_id: req.request_id,
+                    ..Default::default()
+                };
+                match self.revoke_by_holder(req, now) {
+                    Ok(also) => reply.also_revoked = also.into_iter().map(Into::into).collect(),
+                    Err(e) => reply.error = wire(e),
+                }
+                reply.into()
             }
-            .into(),
             Message::StatusQuery(req) => {
                 let mut reply = pb::StatusReply {
                     request_id: req.request_id,

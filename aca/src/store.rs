@@ -7,7 +7,12 @@ use std::path::Path;
 
 use agw_proto::pb;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+
+use crate::keys::key_fingerprint;
 
 /// serial -> CertRecord (protobuf).
 const CERTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("certs");
@@ -17,6 +22,8 @@ const IDENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("identitie
 const REVOKED: TableDefinition<&[u8], (i64, i32)> = TableDefinition::new("revoked");
 /// SHA-256 of a key revoked for key compromise -> time of that revocation.
 const COMPROMISED: TableDefinition<&[u8], i64> = TableDefinition::new("compromised_keys");
+/// SHA-256 of a certified key -> serials of every certificate issued for it.
+const BY_KEY: MultimapTableDefinition<&[u8], &[u8]> = MultimapTableDefinition::new("certs_by_key");
 /// "crl_number" -> last CRL number issued.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -84,17 +91,40 @@ pub struct CertStore {
 }
 
 impl CertStore {
-    /// Opens the database at `path`, creating it and its tables if needed.
+    /// Opens the database at `path` (readable by its owner only), creating it and its tables
+    /// if needed. A database from before the key index gets the index built once.
     pub fn open(path: &Path) -> Result<CertStore, StoreError> {
         let db = Database::create(path)?;
+        crate::private::restrict_file(path).map_err(|e| StoreError(e.to_string()))?;
         let tx = db.begin_write()?;
-        tx.open_table(CERTS)?;
-        tx.open_table(IDENTITIES)?;
-        tx.open_table(REVOKED)?;
-        tx.open_table(COMPROMISED)?;
-        tx.open_table(META)?;
+        {
+            let certs = tx.open_table(CERTS)?;
+            tx.open_table(IDENTITIES)?;
+            tx.open_table(REVOKED)?;
+            tx.open_table(COMPROMISED)?;
+            tx.open_table(META)?;
+            let mut by_key = tx.open_multimap_table(BY_KEY)?;
+            if by_key.is_empty()? {
+                for entry in certs.iter()? {
+                    let (serial, bytes) = entry?;
+                    let record = CertRecord::decode(bytes.value())?;
+                    by_key.insert(&key_fingerprint(&record.spki_der)[..], serial.value())?;
+                }
+            }
+        }
         tx.commit()?;
         Ok(CertStore { db })
+    }
+
+    /// Serials of every certificate issued for the key with this fingerprint.
+    pub fn serials_of_key(&self, fingerprint: &[u8; 32]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_multimap_table(BY_KEY)?;
+        let mut out = Vec::new();
+        for serial in table.get(&fingerprint[..])? {
+            out.push(serial?.value().to_vec());
+        }
+        Ok(out)
     }
 
     /// The certificate with this serial.
@@ -163,26 +193,32 @@ impl CertStore {
             certs.insert(record.serial.as_slice(), record.encode_to_vec().as_slice())?;
             let mut ids = tx.open_table(IDENTITIES)?;
             ids.insert(record.identity.as_str(), record.serial.as_slice())?;
+            let mut by_key = tx.open_multimap_table(BY_KEY)?;
+            by_key.insert(
+                &key_fingerprint(&record.spki_der)[..],
+                record.serial.as_slice(),
+            )?;
         }
         tx.commit()?;
         Ok(())
     }
 
-    /// Records a revocation (a new one, or a change of reason) and, for key compromise, the
-    /// key's fingerprint; durable on return.
+    /// Records revocations (new ones, or a change of reason) and, for key compromise, the
+    /// key's fingerprint, in one transaction; durable on return.
     pub fn revoke(
         &self,
-        serial: &[u8],
-        revocation: Revocation,
+        revocations: &[(Vec<u8>, Revocation)],
         compromised_key: Option<[u8; 32]>,
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
             let mut revoked = tx.open_table(REVOKED)?;
-            revoked.insert(serial, (revocation.at, revocation.reason))?;
-            if let Some(fp) = compromised_key {
+            for (serial, revocation) in revocations {
+                revoked.insert(serial.as_slice(), (revocation.at, revocation.reason))?;
+            }
+            if let (Some(fp), Some((_, first))) = (compromised_key, revocations.first()) {
                 let mut keys = tx.open_table(COMPROMISED)?;
-                keys.insert(&fp[..], revocation.at)?;
+                keys.insert(&fp[..], first.at)?;
             }
         }
         tx.commit()?;

@@ -150,13 +150,165 @@ fn an_identity_is_held_by_one_key_until_its_certificate_ends() {
 }
 
 #[test]
+fn the_same_key_applying_again_gets_its_certificate_and_a_new_one_near_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(dir.path(), t0());
+    let mut alice = Agent::new("alice");
+    let first = alice.certify(&ca, t0());
+
+    // The reply was lost, or the agent restarted: the same key gets the same certificate.
+    let again = alice.certify(&ca, t0() + days(1));
+    assert_eq!(again.serial, first.serial);
+    assert_eq!(again.chain, first.chain);
+
+    // Other materials with the same key: a new certificate that carries them.
+    let mut m = materials();
+    m.skills.push("car hire".into());
+    let changed = HeldCertificate::from_reply(alice.apply(&ca, m, t0() + days(2))).unwrap();
+    assert_ne!(changed.serial, first.serial);
+
+    // Past 70% of its lifetime the same key gets a new certificate: a renewal.
+    let late = t0() + days(2) + days(22);
+    let renewed = alice.certify(&ca, late);
+    assert_ne!(renewed.serial, changed.serial);
+    assert!(renewed.not_after > changed.not_after);
+
+    // Another key is told the truth: the identity is someone else's.
+    let reply = Agent::new("alice").apply(&ca, materials(), late);
+    assert_eq!(refusal(&reply), ErrorCode::IdentityTaken);
+    assert!(
+        reply.error.unwrap().detail.contains("another key"),
+        "the detail names the cause"
+    );
+}
+
+#[test]
+fn a_gateway_certificate_names_what_its_csr_names() {
+    use agw_proto::identity::GatewayId;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(dir.path(), t0());
+    let edge1 = GatewayId::parse("spiffe://travel.example/agw/edge-1").unwrap();
+    let key = AgentKey::generate().unwrap();
+
+    // A CSR for another gateway, for no identity, or for two: refused, nothing issued.
+    let other = key.csr("spiffe://travel.example/agw/edge-2").unwrap();
+    let err = ca.issue_gateway(&edge1, &other, t0()).unwrap_err();
+    assert_eq!(err.code, ErrorCode::IdentityMismatch, "{err}");
+    assert!(err.detail.contains("edge-2"), "{err}");
+    let none = rcgen_params()
+        .serialize_request(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .der()
+        .to_vec();
+    assert_eq!(
+        ca.issue_gateway(&edge1, &none, t0()).unwrap_err().code,
+        ErrorCode::IdentityMismatch
+    );
+    let mut two = rcgen_params();
+    for uri in [edge1.as_str(), "spiffe://travel.example/agw/edge-3"] {
+        two.subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+    }
+    let two = two
+        .serialize_request(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .der()
+        .to_vec();
+    assert_eq!(
+        ca.issue_gateway(&edge1, &two, t0()).unwrap_err().code,
+        ErrorCode::IdentityMismatch
+    );
+
+    // The right CSR is certified; asked again with the same key (a restart), the same
+    // certificate comes back; after 70% of 90 days, a new one for the same key.
+    let csr = key.csr(edge1.as_str()).unwrap();
+    let issued = ca.issue_gateway(&edge1, &csr, t0()).unwrap();
+    let restarted = ca.issue_gateway(&edge1, &csr, t0() + days(10)).unwrap();
+    assert_eq!(restarted, issued);
+    let renewed = ca.issue_gateway(&edge1, &csr, t0() + days(64)).unwrap();
+    assert_ne!(renewed.serial, issued.serial);
+    let stranger = AgentKey::generate().unwrap().csr(edge1.as_str()).unwrap();
+    assert_eq!(
+        ca.issue_gateway(&edge1, &stranger, t0() + days(64))
+            .unwrap_err()
+            .code,
+        ErrorCode::IdentityTaken
+    );
+}
+
+#[test]
+fn a_key_compromise_revokes_every_live_certificate_of_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(dir.path(), t0());
+    let mut alice = Agent::new("alice");
+    let first = alice.certify(&ca, t0());
+    let mut m = materials();
+    m.skills.push("car hire".into());
+    let second = HeldCertificate::from_reply(alice.apply(&ca, m, t0())).unwrap();
+    // The same key under another identity.
+    let mut twin = Agent::new("alice-twin");
+    twin.key = AgentKey::from_pem(&alice.key.to_pem()).unwrap();
+    let third = twin.certify(&ca, t0());
+    let bystander = Agent::new("bob").certify(&ca, t0());
+
+    // A plain revocation touches one certificate.
+    let also = ca
+        .revoke_by_operator(
+            &second.serial,
+            pb::RevocationReason::Superseded as i32,
+            t0(),
+        )
+        .unwrap();
+    assert!(also.is_empty());
+    // Key compromise takes the key's other live certificates with it, and says which.
+    let request = alice
+        .requests
+        .revocation(
+            &first,
+            &alice.key,
+            pb::RevocationReason::KeyCompromise,
+            t0(),
+        )
+        .unwrap();
+    let reply = match ca.handle(&request.into(), t0()) {
+        Some(Message::RevocationReply(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(reply.error.is_none(), "{reply:?}");
+    assert_eq!(reply.also_revoked, vec![third.serial.clone()]);
+    for held in [&first, &third] {
+        assert!(matches!(
+            ca.status(&held.serial, t0()).unwrap(),
+            CertificateStatus::Revoked(Revocation { reason: 1, .. })
+        ));
+    }
+    // The superseded one keeps its reason; bob is untouched; the CRL lists all three.
+    assert!(matches!(
+        ca.status(&second.serial, t0()).unwrap(),
+        CertificateStatus::Revoked(Revocation { reason: 4, .. })
+    ));
+    assert!(matches!(
+        ca.status(&bystander.serial, t0()).unwrap(),
+        CertificateStatus::Valid { .. }
+    ));
+    let listed = agw_aca::revoked_serials(&ca.crl(t0()).unwrap().der).unwrap();
+    for held in [&first, &second, &third] {
+        assert!(listed.contains(&held.serial.to_vec()));
+    }
+    assert_eq!(listed.len(), 3);
+}
+
+#[test]
 fn renewal_keeps_the_identity_and_needs_the_old_key() {
     let dir = tempfile::tempdir().unwrap();
     let ca = authority(dir.path(), t0());
     let mut alice = Agent::new("alice");
     let held = alice.certify(&ca, t0());
-    // The SDK renews at 70% of the 30-day lifetime.
-    assert_eq!(held.renew_at(), t0() + days(21));
+    // The SDK renews at 70% of the lifetime: 30 days and the 5 minutes it is backdated.
+    assert_eq!(
+        held.renew_at(),
+        t0() + days(21) - std::time::Duration::from_secs(90)
+    );
     assert_eq!(held.not_after, t0() + days(30));
 
     let now = held.renew_at();
@@ -186,7 +338,10 @@ fn renewal_keeps_the_identity_and_needs_the_old_key() {
     let renewed =
         HeldCertificate::from_reply(renew(&new_key, &alice.key, &held, &mut requests, now))
             .unwrap();
-    assert_eq!(renewed.not_before, now);
+    assert_eq!(
+        renewed.not_before,
+        now - std::time::Duration::from_secs(300)
+    );
     assert_eq!(renewed.not_after, now + days(30));
     let text = x509_text(renewed.der());
     assert!(
@@ -389,12 +544,18 @@ fn state_survives_a_restart_and_the_ca_key_is_private() {
         "{err}"
     );
 
+    // Its state is the owner's alone: the key and the database 0600 (the daemon's test checks
+    // the directories).
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(dir.path().join("ca.key.pem"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
+    let mode = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("ca.key.pem"), 0o600);
+    assert_eq!(mode("aca.redb"), 0o600);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
 use agw_aca::{
     AuthorityConfig, CertificateAuthority, RootMode,
@@ -295,11 +295,11 @@ fn csrs_made_by_openssl_are_certified_or_refused_by_key() {
     }
 }
 
-#[test]
-fn an_intermediate_under_an_operators_root_issues_verifiable_chains() {
-    let work = tempfile::tempdir().unwrap();
-    let root_key = work.path().join("root.key");
-    let root_cert = work.path().join("root.pem");
+/// An operator's root made by openssl, valid for `days`: (certificate, key) paths.
+fn operator_root(dir: &std::path::Path, name: &str, days: u32) -> (PathBuf, PathBuf) {
+    let root_key = dir.join(format!("{name}.key"));
+    let root_cert = dir.join(format!("{name}.pem"));
+    let days = days.to_string();
     let (ok, out) = openssl(&[
         "req",
         "-x509",
@@ -312,7 +312,7 @@ fn an_intermediate_under_an_operators_root_issues_verifiable_chains() {
         "-subj",
         "/CN=Operator Root",
         "-days",
-        "36500",
+        &days,
         "-addext",
         "basicConstraints=critical,CA:TRUE",
         "-addext",
@@ -323,6 +323,13 @@ fn an_intermediate_under_an_operators_root_issues_verifiable_chains() {
         root_cert.to_str().unwrap(),
     ]);
     assert!(ok, "{out}");
+    (root_cert, root_key)
+}
+
+#[test]
+fn an_intermediate_under_an_operators_root_issues_verifiable_chains() {
+    let work = tempfile::tempdir().unwrap();
+    let (root_cert, root_key) = operator_root(work.path(), "root", 36500);
 
     let dir = tempfile::tempdir().unwrap();
     let config = AuthorityConfig {
@@ -344,6 +351,96 @@ fn an_intermediate_under_an_operators_root_issues_verifiable_chains() {
     let crl = ca.crl(t0() + days(1)).unwrap().der;
     let (ok, out) = verify(work.path(), &ca, held.der(), Some(&crl));
     assert!(ok, "{out}");
+}
+
+#[test]
+fn an_operators_root_is_checked_before_anything_is_written() {
+    let work = tempfile::tempdir().unwrap();
+    let (root_cert, _) = operator_root(work.path(), "root", 36500);
+    let (_, other_key) = operator_root(work.path(), "other", 36500);
+
+    // The root certificate with another root's key: refused, and the data directory is not
+    // even created.
+    let dir = work.path().join("aca");
+    let config = AuthorityConfig {
+        root: RootMode::Intermediate {
+            root_cert: root_cert.clone(),
+            root_key: other_key.clone(),
+        },
+        ..config(&dir)
+    };
+    let err = CertificateAuthority::bootstrap(config, Box::new(policy()), t0()).unwrap_err();
+    assert!(err.detail.contains("is not the key of the root"), "{err}");
+    assert!(!dir.exists(), "nothing written");
+
+    // The standalone server says so and exits non-zero.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agw-aca"))
+        .args(["--domain", DOMAIN, "--listen", "127.0.0.1:0"])
+        .args(["--crl-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .arg("--root-cert")
+        .arg(&root_cert)
+        .arg("--root-key")
+        .arg(&other_key)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not the key of the root"), "{stderr}");
+    assert!(!dir.exists(), "nothing written");
+}
+
+#[test]
+fn an_intermediate_ends_with_its_root_and_certificates_allow_for_clock_skew() {
+    let work = tempfile::tempdir().unwrap();
+    let (root_cert, root_key) = operator_root(work.path(), "root", 400);
+    let dir = work.path().join("aca");
+    let config = AuthorityConfig {
+        root: RootMode::Intermediate {
+            root_cert: root_cert.clone(),
+            root_key,
+        },
+        ..config(&dir)
+    };
+    let now = std::time::SystemTime::now();
+    CertificateAuthority::bootstrap(config, Box::new(policy()), now).unwrap();
+    let end = |pem_path: &std::path::Path| {
+        let (ok, out) = openssl(&[
+            "x509",
+            "-noout",
+            "-enddate",
+            "-in",
+            pem_path.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}");
+        out.trim().to_owned()
+    };
+    assert_eq!(end(&dir.join("ca.chain.pem")), end(&root_cert));
+
+    // A certificate (and a self-signed authority) is valid from a few minutes before it was
+    // issued: a relying party whose clock is a minute behind accepts it at once.
+    let own = work.path().join("own");
+    let ca =
+        CertificateAuthority::bootstrap(common::config(&own), Box::new(policy()), now).unwrap();
+    let held = Agent::new("dave").certify(&ca, now);
+    let issued_at = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let not_before = held
+        .not_before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(issued_at - not_before, 300);
+    let leaf = file(work.path(), "dave.pem", pem("CERTIFICATE", held.der()));
+    let minute_ago = (issued_at - 60).to_string();
+    let (ok, out) = openssl(&[
+        "verify",
+        "-attime",
+        &minute_ago,
+        "-CAfile",
+        own.join("trust-anchor.pem").to_str().unwrap(),
+        leaf.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains(": OK"), "{out}");
 }
 
 #[test]

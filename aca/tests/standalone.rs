@@ -61,11 +61,27 @@ fn connect(server: &Server) -> Connection {
     Connection::connect(&server.addr, Duration::from_secs(10)).unwrap()
 }
 
+impl Server {
+    /// Stops it with SIGTERM and waits for it to exit.
+    fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
-fn sigkill_loses_nothing_acknowledged() {
+fn sigkill_and_sigterm_lose_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
     let mut acknowledged = Vec::new();
+    let mut keys = Vec::new();
     {
         let mut conn = connect(&server);
         let mut requests = CertificateRequests::default();
@@ -78,6 +94,7 @@ fn sigkill_loses_nothing_acknowledged() {
                 panic!()
             };
             acknowledged.push(HeldCertificate::from_reply(reply).unwrap());
+            keys.push(AgentKey::from_pem(&key.to_pem()).unwrap());
             if i == 9 {
                 let held = &acknowledged[0];
                 let rev = requests.revocation(
@@ -120,6 +137,44 @@ fn sigkill_loses_nothing_acknowledged() {
         panic!()
     };
     assert_eq!(r.error.unwrap().error_code(), ErrorCode::IdentityTaken);
+
+    // a0 revokes its certificate; stopped with SIGTERM and started again, the authority
+    // still lists it in its CRL, and a1 applying again with its key gets its certificate back.
+    let held = &acknowledged[0];
+    let rev = requests
+        .revocation(
+            held,
+            &keys[0],
+            pb::RevocationReason::Superseded,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+    let Message::RevocationReply(r) = conn.request(rev).unwrap() else {
+        panic!()
+    };
+    assert_eq!(r.error, None);
+    drop(conn);
+    server.terminate();
+    let server = start(dir.path());
+    let mut conn = connect(&server);
+    let Message::CrlReply(crl) = conn.request(pb::CrlRequest { request_id: 5 }).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        agw_aca::revoked_serials(&crl.crl).unwrap(),
+        vec![held.serial.to_vec()]
+    );
+    let app = requests
+        .application(&keys[1], &agent("a1"), materials())
+        .unwrap();
+    let Message::CertificateReply(r) = conn.request(app).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        HeldCertificate::from_reply(r).unwrap().serial,
+        acknowledged[1].serial
+    );
+    drop(server);
 }
 
 #[test]

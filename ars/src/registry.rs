@@ -62,6 +62,10 @@ pub struct RegistryConfig {
     pub default_discovery_limit: usize,
     /// Profile bounds.
     pub limits: ProfileLimits,
+    /// Where this domain's agents reach their gateway's relay: the address discovery gives
+    /// for agents of other domains, which the relay reaches for them (by agent ID). Default
+    /// empty (a registry without a relay).
+    pub agent_access: String,
 }
 
 impl RegistryConfig {
@@ -74,6 +78,7 @@ impl RegistryConfig {
             max_registrations_per_certificate: 16,
             default_discovery_limit: 20,
             limits: ProfileLimits::default(),
+            agent_access: String::new(),
         }
     }
 }
@@ -101,6 +106,13 @@ pub struct Registry {
     resources: HashMap<String, (String, Vec<u8>)>,
     buckets: HashMap<String, TokenBucket>,
     inapplicable: HashSet<String>,
+    /// Peers whose gateways are temporarily offline: their agents are discovered as such.
+    offline_peers: HashSet<String>,
+    /// Per peer in a full sync: its agents not advertised again yet (stale at END-OF-SYNC).
+    resyncing: HashMap<String, HashSet<String>>,
+    /// Local agents that left their gateway (deregistered from the relay): their profiles
+    /// stay, offline, but peers were told to forget them until they come back.
+    departed: HashSet<String>,
     changes: Vec<Change>,
     rng: SystemRandom,
 }
@@ -116,7 +128,7 @@ impl Registry {
         config: RegistryConfig,
         checker: CertificateChecker,
     ) -> Result<Registry, RegistryError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(internal)?;
+        agw_aca::private::private_dir(&config.data_dir).map_err(internal)?;
         let store = ProfileStore::open(&config.data_dir.join("ars.redb")).map_err(internal)?;
         let mut registry = Registry {
             config,
@@ -126,6 +138,9 @@ impl Registry {
             resources: HashMap::new(),
             buckets: HashMap::new(),
             inapplicable: HashSet::new(),
+            offline_peers: HashSet::new(),
+            resyncing: HashMap::new(),
+            departed: HashSet::new(),
             changes: Vec::new(),
             rng: SystemRandom::new(),
         };
@@ -214,6 +229,7 @@ impl Registry {
         }
         profile.resource_id = self.fresh_resource_id()?;
         profile.domain = self.config.domain.to_string();
+        profile.gateway.clear();
         profile.version = 1;
         if profile.status == pb::Status::Unspecified as i32 {
             profile.status = pb::Status::Running as i32;
@@ -246,6 +262,7 @@ impl Registry {
         let mut profile = new.clone();
         profile.agent = current.agent.clone();
         profile.domain = current.domain.clone();
+        profile.gateway.clear();
         profile.version = current.version + 1;
         if profile.status == pb::Status::Unspecified as i32 {
             profile.status = current.status;
@@ -275,6 +292,7 @@ impl Registry {
         self.store.delete(resource_id).map_err(internal)?;
         self.resources.remove(resource_id);
         self.index.remove(&current.agent);
+        self.departed.remove(&current.agent);
         self.changes.push(Change::Withdraw(current.agent));
         Ok(())
     }
@@ -292,6 +310,27 @@ impl Registry {
         profile.status = status as i32;
         profile.version += 1;
         self.publish_local(profile);
+    }
+
+    /// A local agent left its gateway (it deregistered from the relay; the draft's agent
+    /// offline): its profile stays, offline, and peers are told to withdraw it (not an
+    /// OFFLINE summary they would keep) until its status changes again.
+    pub fn set_departed(&mut self, agent: &str) {
+        let Some(entry) = self.index.get(agent) else {
+            return;
+        };
+        if entry.origin != Origin::Local || self.departed.contains(agent) {
+            return;
+        }
+        let mut profile = entry.profile.clone();
+        profile.status = pb::Status::Offline as i32;
+        profile.version += 1;
+        self.index.upsert(Entry {
+            profile,
+            origin: Origin::Local,
+        });
+        self.departed.insert(agent.to_owned());
+        self.changes.push(Change::Withdraw(agent.to_owned()));
     }
 
     /// The status in `agent`'s profile, if it has one here.
@@ -353,26 +392,43 @@ impl Registry {
             online_only: req.online_only,
             limit,
         };
-        let inapplicable = &self.inapplicable;
+        let (inapplicable, offline) = (&self.inapplicable, &self.offline_peers);
+        let online_only = query.online_only;
         Ok(self
             .index
-            .discover(&query, |peer| !inapplicable.contains(peer))
+            .discover(&query, |peer| {
+                !(inapplicable.contains(peer) || online_only && offline.contains(peer))
+            })
             .into_iter()
-            .map(|e| e.profile.clone())
+            .map(|e| {
+                let mut profile = e.profile.clone();
+                if let Origin::Remote { peer, .. } = &e.origin
+                    && offline.contains(peer)
+                {
+                    profile.status = pb::Status::TemporarilyOffline as i32;
+                }
+                profile
+            })
             .collect())
     }
 
-    /// Applies a RESOURCE_UPDATE from `peer`, whose domain's agents are reached at
-    /// `peer_address`. Summaries that are invalid, loop back to `local_gateway`, or claim this
-    /// domain are refused one by one (returned with their code); the others apply.
+    /// Applies a RESOURCE_UPDATE from `peer`. Summaries that are invalid, loop back to
+    /// `local_gateway`, or claim this domain are refused one by one (returned with their
+    /// code); the others apply. Remote profiles name the agent's gateway (the summary's
+    /// origin) and, as their address, this domain's relay ([`RegistryConfig::agent_access`]):
+    /// an agent reaches another domain's agent through its own gateway.
     pub fn apply_remote(
         &mut self,
         peer: &GatewayId,
-        peer_address: &str,
         local_gateway: &GatewayId,
         update: &pb::ResourceUpdate,
     ) -> Vec<(String, ErrorCode)> {
         let mut refused = Vec::new();
+        if let Some(pending) = self.resyncing.get_mut(peer.as_str()) {
+            for summary in &update.advertise {
+                pending.remove(&summary.agent);
+            }
+        }
         for agent in &update.withdraw {
             if matches!(self.index.get(agent).map(|e| &e.origin), Some(Origin::Remote { peer: p, .. }) if p == peer.as_str())
             {
@@ -380,7 +436,7 @@ impl Registry {
             }
         }
         for summary in &update.advertise {
-            match self.remote_entry(peer, peer_address, local_gateway, summary) {
+            match self.remote_entry(peer, local_gateway, summary) {
                 Ok(Some(entry)) => self.index.upsert(entry),
                 // Older than what we have: nothing to do.
                 Ok(None) => {}
@@ -400,7 +456,6 @@ impl Registry {
     fn remote_entry(
         &self,
         peer: &GatewayId,
-        peer_address: &str,
         local_gateway: &GatewayId,
         s: &pb::AgentSummary,
     ) -> Result<Option<Entry>, ErrorCode> {
@@ -441,11 +496,13 @@ impl Registry {
                 capabilities: s.capabilities.clone(),
                 protocols: s.protocols.clone(),
                 languages: s.languages.clone(),
-                // Outsiders reach the agent through its domain's gateway, never directly.
-                address: peer_address.to_owned(),
+                // Agents here reach it through their own gateway's relay, by agent ID; the
+                // relay carries it to its domain's gateway.
+                address: self.config.agent_access.clone(),
                 status: s.status,
                 domain: agent.domain().to_owned(),
                 version: s.version,
+                gateway: s.origin.clone(),
             },
             origin: Origin::Remote {
                 peer: peer.to_string(),
@@ -464,25 +521,64 @@ impl Registry {
         }
     }
 
-    /// Forgets a peer and its agents (DISCONNECT).
-    pub fn remove_peer(&mut self, peer: &GatewayId) {
-        let agents: Vec<String> = self
-            .index
+    /// A session with `peer` came up and its full table follows: what it advertised before
+    /// and does not advertise again by [`Registry::end_of_sync`] is stale.
+    pub fn begin_sync(&mut self, peer: &GatewayId) {
+        let before = self.agents_from(peer);
+        self.resyncing
+            .insert(peer.to_string(), before.into_iter().collect());
+    }
+
+    /// `peer`'s full table is in: its agents it did not advertise again are forgotten.
+    /// Returns how many.
+    pub fn end_of_sync(&mut self, peer: &GatewayId) -> usize {
+        let Some(stale) = self.resyncing.remove(peer.as_str()) else {
+            return 0;
+        };
+        let mut gone = 0;
+        for agent in stale {
+            if matches!(self.index.get(&agent).map(|e| &e.origin), Some(Origin::Remote { peer: p, .. }) if p == peer.as_str())
+            {
+                self.index.remove(&agent);
+                gone += 1;
+            }
+        }
+        gone
+    }
+
+    /// `peer`'s gateway status (OPEN, KEEPALIVE): while `TEMPORARILY_OFFLINE`, its agents
+    /// are discovered as temporarily offline (and not by `online_only` queries).
+    pub fn set_peer_status(&mut self, peer: &GatewayId, status: pb::Status) {
+        if status == pb::Status::TemporarilyOffline {
+            self.offline_peers.insert(peer.to_string());
+        } else {
+            self.offline_peers.remove(peer.as_str());
+        }
+    }
+
+    fn agents_from(&self, peer: &GatewayId) -> Vec<String> {
+        self.index
             .entries()
             .filter(|e| matches!(&e.origin, Origin::Remote { peer: p, .. } if p == peer.as_str()))
             .map(|e| e.profile.agent.clone())
-            .collect();
-        for agent in agents {
+            .collect()
+    }
+
+    /// Forgets a peer and its agents (DISCONNECT).
+    pub fn remove_peer(&mut self, peer: &GatewayId) {
+        for agent in self.agents_from(peer) {
             self.index.remove(&agent);
         }
         self.inapplicable.remove(peer.as_str());
+        self.offline_peers.remove(peer.as_str());
+        self.resyncing.remove(peer.as_str());
     }
 
     /// Summaries of every local agent, for a full sync to a new peer.
     pub fn local_summaries(&self) -> Vec<pb::AgentSummary> {
         self.index
             .entries()
-            .filter(|e| e.origin == Origin::Local)
+            .filter(|e| e.origin == Origin::Local && !self.departed.contains(&e.profile.agent))
             .map(|e| summary(&e.profile))
             .collect()
     }
@@ -510,6 +606,7 @@ impl Registry {
     }
 
     fn publish_local(&mut self, profile: pb::AgentProfile) {
+        self.departed.remove(&profile.agent);
         self.changes.push(Change::Advertise(summary(&profile)));
         self.index.upsert(Entry {
             profile,

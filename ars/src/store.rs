@@ -43,6 +43,7 @@ impl ProfileStore {
     /// Opens or creates the database at `path`.
     pub fn open(path: &Path) -> Result<ProfileStore, StoreError> {
         let db = Database::create(path).map_err(err)?;
+        agw_aca::private::restrict_file(path).map_err(err)?;
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(PROFILES).map_err(err)?;
         tx.open_table(REGISTRATIONS).map_err(err)?;

@@ -418,3 +418,34 @@ fn profiles_survive_a_restart_and_the_index_is_rebuilt() {
     reg.deregister(&rid, "spiffe://travel.example/agent/alice")
         .unwrap();
 }
+
+#[test]
+fn an_agent_that_leaves_its_gateway_is_withdrawn_until_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(&dir.path().join("aca"));
+    let mut reg = registry(&dir.path().join("ars"), &ca);
+    let (alice, cert) = certified(&ca, "alice");
+    reg.register(
+        &register_request(&cert, profile(&alice, &["hotel booking"])),
+        None,
+        t0(),
+    )
+    .unwrap();
+    reg.take_changes();
+    // It deregistered from the relay: peers forget it (a withdrawal, not an OFFLINE summary
+    // they would keep), its profile stays here, offline, and a new peer's full sync skips it.
+    reg.set_departed(alice.as_str());
+    assert_eq!(reg.take_changes(), [Change::Withdraw(alice.to_string())]);
+    assert_eq!(reg.status_of(alice.as_str()), Some(pb::Status::Offline));
+    assert!(reg.local_summaries().is_empty());
+    reg.set_departed(alice.as_str());
+    assert!(reg.take_changes().is_empty(), "said once");
+    // It comes back: advertised again.
+    reg.set_status(alice.as_str(), pb::Status::Running);
+    let changes = reg.take_changes();
+    assert!(
+        matches!(&changes[..], [Change::Advertise(s)] if s.agent == alice.as_str() && s.status() == pb::Status::Running),
+        "{changes:?}"
+    );
+    assert_eq!(reg.local_summaries().len(), 1);
+}

@@ -1,12 +1,18 @@
-//! Cross-domain (draft 3.5): summaries from peers are discoverable with the peer gateway's
-//! address, hidden while the peer is inapplicable, gone when it disconnects; bad summaries are
-//! refused one by one.
+//! Cross-domain (draft 3.5): summaries from peers are discoverable with the agent's gateway
+//! and this domain's relay as the address, hidden while the peer is inapplicable, shown as
+//! temporarily offline while its gateway is in maintenance, gone when it disconnects or when
+//! its full sync after a drop does not name them; bad summaries are refused one by one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use agw_proto::{identity::GatewayId, pb, pb::ErrorCode};
+use agw_ars::{Registry, RegistryConfig};
+use agw_proto::{
+    identity::{Domain, GatewayId},
+    pb,
+    pb::ErrorCode,
+};
 use common::*;
 
 fn summary(agent: &str, caps: &[&str], path: &[&str], version: u64) -> pb::AgentSummary {
@@ -26,7 +32,9 @@ fn summary(agent: &str, caps: &[&str], path: &[&str], version: u64) -> pb::Agent
 fn remote_agents_are_found_through_their_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let ca = authority(&dir.path().join("aca"));
-    let mut reg = registry(&dir.path().join("ars"), &ca);
+    let mut config = RegistryConfig::new(Domain::new(DOMAIN).unwrap(), dir.path().join("ars"));
+    config.agent_access = "agw.travel.example:7400".into();
+    let mut reg = Registry::open(config, checker(&ca, t0())).unwrap();
     let (alice, cert) = certified(&ca, "alice");
     reg.register(
         &register_request(&cert, profile(&alice, &["hotel booking"])),
@@ -69,7 +77,7 @@ fn remote_agents_are_found_through_their_gateway() {
         ],
         withdraw: vec![],
     };
-    let refused = reg.apply_remote(&peer, "agw.hotels.example:7000", &me, &update);
+    let refused = reg.apply_remote(&peer, &me, &update);
     assert_eq!(
         refused,
         vec![
@@ -89,20 +97,30 @@ fn remote_agents_are_found_through_their_gateway() {
     let found = reg
         .discover(&discover(&["hotel booking"]), asker, t0())
         .unwrap();
-    let found: Vec<(&str, &str)> = found
+    let found: Vec<(&str, &str, &str)> = found
         .iter()
-        .map(|p| (p.agent.as_str(), p.address.as_str()))
+        .map(|p| (p.agent.as_str(), p.address.as_str(), p.gateway.as_str()))
         .collect();
-    // Local first, then by hops; remote agents carry their gateway's address, never their own.
+    // Local first, then by hops. A remote agent names the gateway it is attached to, and is
+    // reached through this domain's relay (by its ID), never at an address of its own.
     assert_eq!(
         found,
         [
-            ("spiffe://travel.example/agent/alice", "10.0.0.1:7000/alice"),
+            (
+                "spiffe://travel.example/agent/alice",
+                "10.0.0.1:7000/alice",
+                ""
+            ),
             (
                 "spiffe://hotels.example/agent/h1",
-                "agw.hotels.example:7000"
+                "agw.travel.example:7400",
+                peer.as_str()
             ),
-            ("spiffe://far.example/agent/f1", "agw.hotels.example:7000"),
+            (
+                "spiffe://far.example/agent/f1",
+                "agw.travel.example:7400",
+                far
+            ),
         ]
     );
     let mut q = discover(&["hotel booking"]);
@@ -125,6 +143,27 @@ fn remote_agents_are_found_through_their_gateway() {
         3
     );
 
+    // The peer's gateway goes into maintenance: its agents are found as temporarily offline,
+    // and not by a query for online agents only.
+    reg.set_peer_status(&peer, pb::Status::TemporarilyOffline);
+    let found = reg
+        .discover(&discover(&["hotel booking"]), asker, t0())
+        .unwrap();
+    let statuses: Vec<pb::Status> = found.iter().map(|p| p.status()).collect();
+    assert_eq!(
+        statuses,
+        [
+            pb::Status::Running,
+            pb::Status::TemporarilyOffline,
+            pb::Status::TemporarilyOffline
+        ]
+    );
+    let mut online = discover(&["hotel booking"]);
+    online.online_only = true;
+    assert_eq!(reg.discover(&online, asker, t0()).unwrap().len(), 1);
+    reg.set_peer_status(&peer, pb::Status::Running);
+    assert_eq!(reg.discover(&online, asker, t0()).unwrap().len(), 3);
+
     // An older version is ignored, not applied; a withdrawal removes.
     let stale = pb::ResourceUpdate {
         advertise: vec![summary(
@@ -135,7 +174,7 @@ fn remote_agents_are_found_through_their_gateway() {
         )],
         withdraw: vec!["spiffe://hotels.example/agent/h1".into()],
     };
-    let refused = reg.apply_remote(&peer, "agw.hotels.example:7000", &me, &stale);
+    let refused = reg.apply_remote(&peer, &me, &stale);
     assert!(refused.is_empty(), "{refused:?}");
     let found = reg
         .discover(&discover(&["hotel booking"]), asker, t0())
@@ -150,7 +189,7 @@ fn remote_agents_are_found_through_their_gateway() {
     );
 
     // Disconnect removes everything the peer brought.
-    reg.apply_remote(&peer, "agw.hotels.example:7000", &me, &update);
+    reg.apply_remote(&peer, &me, &update);
     reg.remove_peer(&peer);
     assert_eq!(
         reg.discover(&discover(&["hotel booking"]), asker, t0())
@@ -163,4 +202,50 @@ fn remote_agents_are_found_through_their_gateway() {
     let ours = reg.local_summaries();
     assert_eq!(ours.len(), 1);
     assert_eq!(ours[0].agent, "spiffe://travel.example/agent/alice");
+}
+
+#[test]
+fn a_full_sync_after_a_drop_forgets_what_the_peer_no_longer_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(&dir.path().join("aca"));
+    let mut reg = registry(&dir.path().join("ars"), &ca);
+    let me = GatewayId::parse("spiffe://travel.example/agw/gw1").unwrap();
+    let peer = GatewayId::parse("spiffe://hotels.example/agw/gw2").unwrap();
+    let [h1, h2, h3] = ["h1", "h2", "h3"].map(|n| format!("spiffe://hotels.example/agent/{n}"));
+    let advertise = |agents: &[&String]| pb::ResourceUpdate {
+        advertise: agents
+            .iter()
+            .map(|a| summary(a, &["hotel booking"], &[peer.as_str()], 1))
+            .collect(),
+        withdraw: vec![],
+    };
+    let asker = "spiffe://travel.example/agent/bob";
+    let found = |reg: &mut agw_ars::Registry| -> Vec<String> {
+        let mut agents: Vec<String> = reg
+            .discover(&discover(&["hotel booking"]), asker, t0())
+            .unwrap()
+            .into_iter()
+            .map(|p| p.agent)
+            .collect();
+        agents.sort();
+        agents
+    };
+    reg.apply_remote(&peer, &me, &advertise(&[&h1, &h2]));
+    // The peer drops (its agents kept, hidden) and comes back: its full sync names h2 and a
+    // new h3, not h1, which went away while the session was down.
+    reg.set_peer_applicable(&peer, false);
+    reg.set_peer_applicable(&peer, true);
+    reg.begin_sync(&peer);
+    reg.apply_remote(&peer, &me, &advertise(&[&h2]));
+    reg.apply_remote(&peer, &me, &advertise(&[&h3]));
+    assert_eq!(
+        found(&mut reg),
+        [h1.clone(), h2.clone(), h3.clone()],
+        "until END-OF-SYNC"
+    );
+    assert_eq!(reg.end_of_sync(&peer), 1);
+    assert_eq!(found(&mut reg), [h2.clone(), h3.clone()]);
+    // An END-OF-SYNC without a sync begun changes nothing.
+    assert_eq!(reg.end_of_sync(&peer), 0);
+    assert_eq!(found(&mut reg).len(), 2);
 }

@@ -254,5 +254,26 @@ fn agents_register_over_mtls_and_sigkill_loses_nothing_acknowledged() {
     // Without a client certificate there is no session at all.
     let mut plain = Connection::connect(&addr, Duration::from_secs(5)).unwrap();
     assert!(plain.request(pb::CrlRequest { request_id: 1 }).is_err());
+
+    // Stopped with SIGTERM and started again on the same data: the profiles are all there,
+    // and the database is its owner's alone.
+    let mut server = server;
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = server.0.wait();
+    let (server, addr) = start(s.dir.path());
+    let (_, _, mut conn) = agent(&s.ca, "dave", &addr);
+    assert_eq!(discover(&mut conn).len(), 10);
+    use std::os::unix::fs::PermissionsExt as _;
+    let data = s.dir.path().join("ars-data");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("ars.redb")), 0o600);
     drop(server);
 }

@@ -193,7 +193,12 @@ pub fn answer(node: &Node, request: &pb::AdminRequest, started: Instant) -> pb::
         Some(Command::RevokeCertificate(q)) => node
             .authority
             .revoke_by_operator(&q.serial, q.reason, SystemTime::now())
-            .map(|()| Reply::Revoked(pb::RevocationReply::default()))
+            .map(|also| {
+                Reply::Revoked(pb::RevocationReply {
+                    also_revoked: also.into_iter().map(Into::into).collect(),
+                    ..Default::default()
+                })
+            })
             .map_err(|e| e.to_wire()),
         Some(Command::GetCrl(_)) => node
             .authority
@@ -206,6 +211,7 @@ pub fn answer(node: &Node, request: &pb::AdminRequest, started: Instant) -> pb::
                 })
             })
             .map_err(|e| e.to_wire()),
+        Some(Command::Maintenance(q)) => maintenance(node, q.status()),
         Some(Command::Drain(_) | Command::Reload(_)) | None => Err(pb::Error {
             code: ErrorCode::InvalidField as i32,
             detail: "no command the daemon answers here".into(),
@@ -354,6 +360,20 @@ fn shard_stats(shard: usize, c: &CounterSnapshot) -> pb::ShardStats {
         residence: c.residence.to_vec(),
         residence_ns: c.residence_ns,
     }
+}
+
+fn maintenance(node: &Node, status: pb::Status) -> Result<Reply, pb::Error> {
+    let control = node
+        .control()
+        .ok_or_else(|| wire(ErrorCode::Draining, "the control plane has stopped"))?;
+    if status != pb::Status::Unspecified {
+        control
+            .set_status(status)
+            .map_err(|e| wire(ErrorCode::InvalidField, e))?;
+    }
+    Ok(Reply::GatewayStatus(pb::GatewayStatus {
+        status: control.status() as i32,
+    }))
 }
 
 fn issue(node: &Node, q: &pb::IssueGatewayCertificate) -> Result<Reply, pb::Error> {

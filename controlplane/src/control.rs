@@ -8,15 +8,27 @@
 //!   peer failed, no route at all after a DISCONNECT or a withdrawal) and is advertised on to
 //!   the other peers.
 //!
+//! - A peer's END-OF-SYNC ends its full sync: what it advertised before a drop and not
+//!   again (routes left unreachable, registry entries) is withdrawn.
+//! - A peer whose gateway is temporarily offline (its KEEPALIVE or OPEN says so) is passed
+//!   over; agents reached only through it are marked so and not routed to (`Route::Offline`).
+//!   This gateway's own status is set by the operator ([`ControlPlane::set_status`]).
+//! - Every summary of a local agent leaving this gateway carries a version from one counter
+//!   (at least the Unix time in microseconds, so it grows across restarts too), whether it
+//!   comes from an access or from the registry: peers never drop a newer one as stale.
+//!
 //! Each burst of events is applied, then published as one snapshot: a route change reaches
 //! the shards within about a millisecond.
 
 use std::{
     collections::HashMap,
     io,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI32, Ordering},
+    },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use agw_ars::{Change, Registry};
@@ -46,6 +58,8 @@ pub struct ControlPlane {
     requests: Sender<Request>,
     /// Peers are added and removed one operator at a time.
     changing: Mutex<()>,
+    /// This gateway's status (`pb::Status`), which new peers' sessions start with.
+    status: Arc<AtomicI32>,
     thread: Option<JoinHandle<RoutingTable>>,
 }
 
@@ -98,16 +112,26 @@ enum Request {
         index: usize,
         reply: Sender<()>,
     },
+    SetStatus {
+        status: pb::Status,
+        reply: Sender<()>,
+    },
 }
 
 struct State {
     local: GatewayId,
     table: RoutingTable,
     routes: LocalRoutes,
-    /// Local agents' summaries, by agent ID.
+    /// Summaries of local agents without a registry profile, by agent ID.
     summaries: HashMap<String, pb::AgentSummary>,
+    /// The last version given to a local agent's summary (see [`State::stamp`]).
     version: u64,
+    /// Each local agent's current summary version.
+    versions: HashMap<String, u64>,
     rib: Rib,
+    /// Agents left unreachable by a peer's failure, and that peer: forgotten when it comes
+    /// back and its full sync does not name them.
+    unreachable: HashMap<String, String>,
     /// Gateway ID of each configured peer, by index.
     peer_ids: Vec<String>,
     peer_up: Vec<bool>,
@@ -115,8 +139,6 @@ struct State {
     links: Option<PeerLinks>,
     /// The embedded registry: local profiles go to peers, peers' summaries come to it.
     registry: Option<Arc<Mutex<Registry>>>,
-    /// Each peer's agent access address, from its OPEN.
-    peer_addresses: Vec<String>,
 }
 
 /// What the control plane is wired to besides the routing table.
@@ -160,12 +182,13 @@ impl ControlPlane {
             routes: LocalRoutes::new(),
             summaries: HashMap::new(),
             version: 0,
+            versions: HashMap::new(),
             rib: Rib::new(),
+            unreachable: HashMap::new(),
             peer_ids,
             peer_up: vec![false; peer_count],
             links,
             registry,
-            peer_addresses: vec![String::new(); peer_count],
         };
         let commander = peering.as_ref().map(Peering::commander);
         let thread = std::thread::Builder::new()
@@ -216,6 +239,7 @@ impl ControlPlane {
             stop: stop_tx,
             requests: requests_tx,
             changing: Mutex::new(()),
+            status: Arc::new(AtomicI32::new(pb::Status::Running as i32)),
             thread: Some(thread),
         })
     }
@@ -257,8 +281,29 @@ impl ControlPlane {
         })
     }
 
+    /// Sets this gateway's status: `TEMPORARILY_OFFLINE` for maintenance (peers route
+    /// around it and show its agents as temporarily offline), `RUNNING` to end it. Every
+    /// peer hears it at once.
+    pub fn set_status(&self, status: pb::Status) -> Result<(), String> {
+        if !matches!(status, pb::Status::Running | pb::Status::TemporarilyOffline) {
+            return Err(format!(
+                "a gateway is RUNNING or TEMPORARILY_OFFLINE, not {}",
+                status.as_str_name()
+            ));
+        }
+        let _one_at_a_time = self.changing.lock().map_err(|_| "poisoned")?;
+        self.status.store(status as i32, Ordering::Relaxed);
+        self.ask(|reply| Request::SetStatus { status, reply })
+    }
+
+    /// This gateway's status as peers hear it.
+    pub fn status(&self) -> pb::Status {
+        pb::Status::try_from(self.status.load(Ordering::Relaxed)).unwrap_or(pb::Status::Running)
+    }
+
     /// Starts peering with one more gateway; returns its index.
-    pub fn add_peer(&self, spec: PeerSpec) -> Result<usize, String> {
+    pub fn add_peer(&self, mut spec: PeerSpec) -> Result<usize, String> {
+        spec.config.status = self.status();
         let peering = self.peering.as_ref().ok_or("peering is not running")?;
         let _one_at_a_time = self.changing.lock().map_err(|_| "poisoned")?;
         let gateway = spec.config.peer.to_string();
@@ -342,7 +387,6 @@ impl State {
                     }
                 };
                 grow(&mut self.peer_ids, String::new());
-                grow(&mut self.peer_addresses, String::new());
                 if self.peer_up.len() <= index {
                     self.peer_up.resize(index + 1, false);
                 }
@@ -353,7 +397,27 @@ impl State {
                 self.peer_removed(index, send);
                 let _ = reply.send(());
             }
+            Request::SetStatus { status, reply } => {
+                tracing::info!(status = status.as_str_name(), "gateway status set");
+                for (i, id) in self.peer_ids.iter().enumerate() {
+                    if !id.is_empty() {
+                        send(i, PeerCommand::SetStatus(status));
+                    }
+                }
+                let _ = reply.send(());
+            }
         }
+    }
+
+    /// A version for a local agent's summary, above every one given before: at least the
+    /// Unix time in microseconds, so that a restarted gateway's versions are newer too.
+    fn stamp(&mut self, agent: &str) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.version = (self.version + 1).max(now);
+        self.versions.insert(agent.to_owned(), self.version);
+        self.version
     }
 
     /// An operator removed peer `index`: what was learned from it goes, everywhere.
@@ -375,11 +439,37 @@ impl State {
             *up = false;
         }
         for change in self.rib.remove_peer(&peer) {
-            self.apply(change, false, send);
+            self.apply(change, false, &peer, send);
         }
+        self.forget_unreachable(&peer, false);
         if let Some(id) = self.peer_ids.get_mut(index) {
             id.clear();
         }
+    }
+
+    /// Routes left unreachable by `peer`'s failure: gone when it left for good, or when it
+    /// came back and its full sync did not name them (`only_unrouted`: unless another peer
+    /// routes to them by now).
+    fn forget_unreachable(&mut self, peer: &str, only_unrouted: bool) -> usize {
+        let stale: Vec<String> = self
+            .unreachable
+            .iter()
+            .filter(|(_, via)| *via == peer)
+            .map(|(agent, _)| agent.clone())
+            .collect();
+        let mut forgotten = 0;
+        for agent in stale {
+            self.unreachable.remove(&agent);
+            let routed = self.rib.best(&agent).is_some() || self.rib.is_held(&agent);
+            if (only_unrouted && routed) || self.is_local(&agent) {
+                continue;
+            }
+            if self.table.current().lookup(&agent) == Some(Route::Unreachable) {
+                self.table.remove(&agent);
+                forgotten += 1;
+            }
+        }
+        forgotten
     }
 
     /// The status of a local agent: its registry profile's, else its last report.
@@ -401,6 +491,9 @@ impl State {
                 Vec::new(),
                 self.local_status(agent, pb::Status::Running),
             ),
+            Route::Offline if self.rib.is_held(agent) => {
+                (None, Vec::new(), pb::Status::TemporarilyOffline)
+            }
             Route::Offline => (None, Vec::new(), pb::Status::Offline),
             Route::Peer { peer } => (
                 self.peer_ids.get(peer as usize).cloned(),
@@ -482,13 +575,12 @@ impl State {
     }
 
     fn local_summary(&mut self, agent: &str, status: pb::Status) -> pb::AgentSummary {
-        self.version += 1;
         pb::AgentSummary {
             agent: agent.to_owned(),
             status: status as i32,
             origin: self.local.to_string(),
             path: Vec::new(),
-            version: self.version,
+            version: self.stamp(agent),
             ..Default::default()
         }
     }
@@ -524,22 +616,37 @@ impl State {
             && let Ok(mut r) = registry.lock()
             && r.is_local(agent.as_str())
         {
-            // Registered: its profile (with capabilities) carries the status to the peers.
-            r.set_status(agent.as_str(), change.unwrap_or(pb::Status::Offline));
+            // Registered: its profile (with capabilities) carries the status to the peers;
+            // one that left the gateway is withdrawn from them.
+            match change {
+                Some(status) => r.set_status(agent.as_str(), status),
+                None => r.set_departed(agent.as_str()),
+            }
             self.summaries.remove(agent.as_str());
             return;
         }
         let peers: Vec<usize> = self.established().collect();
-        match change {
-            Some(status) => {
+        match (event, change) {
+            (ShardEvent::AgentUp { .. }, Some(status)) => {
                 let summary = self.local_summary(agent.as_str(), status);
                 self.summaries.insert(agent.to_string(), summary.clone());
                 for i in peers {
                     send(i, PeerCommand::Advertise(vec![summary.clone()], Vec::new()));
                 }
             }
-            None => {
+            (_, Some(status)) if self.summaries.contains_key(agent.as_str()) => {
+                let summary = self.local_summary(agent.as_str(), status);
+                self.summaries.insert(agent.to_string(), summary.clone());
+                for i in peers {
+                    send(i, PeerCommand::Advertise(vec![summary.clone()], Vec::new()));
+                }
+            }
+            // Neither accessed here since it was withdrawn (it deregistered from the
+            // registry while connected) nor registered: peers have nothing to hear.
+            (_, Some(_)) => {}
+            (_, None) => {
                 self.summaries.remove(agent.as_str());
+                self.versions.remove(agent.as_str());
                 for i in peers {
                     send(
                         i,
@@ -572,14 +679,12 @@ impl State {
                 ) {
                     links.set_peer(index as u32, gateway, address);
                 }
-                if let Some(address) = self.peer_addresses.get_mut(index) {
-                    address.clone_from(&agent_access_address);
-                }
                 if let Some(registry) = &self.registry
                     && let Ok(mut r) = registry.lock()
                     && let Ok(id) = GatewayId::parse(&peer)
                 {
                     r.set_peer_applicable(&id, true);
+                    r.begin_sync(&id);
                 }
                 let mut table: Vec<pb::AgentSummary> = self.summaries.values().cloned().collect();
                 table.extend(self.registry_summaries());
@@ -611,66 +716,89 @@ impl State {
                     }
                 }
                 for change in self.rib.remove_peer(&peer) {
-                    self.apply(change, !disconnected, send);
+                    self.apply(change, !disconnected, &peer, send);
+                }
+                if disconnected {
+                    self.forget_unreachable(&peer, false);
                 }
             }
             PeerEvent::Learned(summaries) => {
                 tracing::debug!(%peer, count = summaries.len(), "summaries learned");
-                self.to_registry(index, &peer, summaries.clone(), Vec::new());
+                self.to_registry(&peer, summaries.clone(), Vec::new());
                 for s in summaries {
                     if let Some(change) = self.rib.learn(&peer, s) {
-                        self.apply(change, false, send);
+                        self.apply(change, false, &peer, send);
                     }
                 }
             }
             PeerEvent::Withdrawn(agents) => {
                 tracing::debug!(%peer, count = agents.len(), "agents withdrawn");
-                self.to_registry(index, &peer, Vec::new(), agents.clone());
+                self.to_registry(&peer, Vec::new(), agents.clone());
                 for a in agents {
                     if let Some(change) = self.rib.withdraw(&peer, &a) {
-                        self.apply(change, false, send);
+                        self.apply(change, false, &peer, send);
                     }
                 }
             }
-            PeerEvent::Synced => tracing::info!(%peer, "peer's full table received"),
+            PeerEvent::Synced => {
+                let routes = self.forget_unreachable(&peer, true);
+                let profiles = match (&self.registry, GatewayId::parse(&peer)) {
+                    (Some(registry), Ok(id)) => {
+                        registry.lock().map_or(0, |mut r| r.end_of_sync(&id))
+                    }
+                    _ => 0,
+                };
+                tracing::info!(%peer, stale_routes = routes, stale_profiles = profiles, "peer's full table received");
+            }
+            PeerEvent::Status(status) => {
+                tracing::info!(%peer, status = status.as_str_name(), "peer's gateway status");
+                let paused = status == pb::Status::TemporarilyOffline;
+                for change in self.rib.set_paused(&peer, paused) {
+                    self.apply(change, false, &peer, send);
+                }
+                if let Some(registry) = &self.registry
+                    && let Ok(mut r) = registry.lock()
+                    && let Ok(id) = GatewayId::parse(&peer)
+                {
+                    r.set_peer_status(&id, status);
+                }
+            }
         }
     }
 
     /// Peers' summaries into the registry, for discovery (it refuses loops and bad ones too).
-    fn to_registry(
-        &self,
-        index: usize,
-        peer: &str,
-        advertise: Vec<pb::AgentSummary>,
-        withdraw: Vec<String>,
-    ) {
+    fn to_registry(&self, peer: &str, advertise: Vec<pb::AgentSummary>, withdraw: Vec<String>) {
         let Some(registry) = &self.registry else {
             return;
         };
         let (Ok(mut r), Ok(id)) = (registry.lock(), GatewayId::parse(peer)) else {
             return;
         };
-        let address = self.peer_addresses.get(index).cloned().unwrap_or_default();
         let update = pb::ResourceUpdate {
             advertise,
             withdraw,
         };
-        r.apply_remote(&id, &address, &self.local, &update);
+        r.apply_remote(&id, &self.local, &update);
     }
 
-    /// The registry's local profiles as summaries from this gateway.
-    fn registry_summaries(&self) -> Vec<pb::AgentSummary> {
+    /// The registry's local profiles as summaries from this gateway, with the versions they
+    /// were advertised with.
+    fn registry_summaries(&mut self) -> Vec<pb::AgentSummary> {
         let Some(registry) = &self.registry else {
             return Vec::new();
         };
-        let Ok(r) = registry.lock() else {
+        let Ok(local) = registry.lock().map(|r| r.local_summaries()) else {
             return Vec::new();
         };
         let origin = self.local.to_string();
-        r.local_summaries()
+        local
             .into_iter()
             .map(|mut s| {
                 s.origin.clone_from(&origin);
+                s.version = match self.versions.get(&s.agent) {
+                    Some(v) => *v,
+                    None => self.stamp(&s.agent),
+                };
                 s
             })
             .collect()
@@ -694,9 +822,16 @@ impl State {
             match change {
                 Change::Advertise(mut s) => {
                     s.origin.clone_from(&origin);
+                    s.version = self.stamp(&s.agent);
                     advertise.push(s);
                 }
-                Change::Withdraw(agent) => withdraw.push(agent),
+                Change::Withdraw(agent) => {
+                    // Deregistered (or gone from the gateway): no later status of its
+                    // connection brings it back to the peers as OFFLINE.
+                    self.summaries.remove(&agent);
+                    self.versions.remove(&agent);
+                    withdraw.push(agent);
+                }
             }
         }
         for i in self.established().collect::<Vec<_>>() {
@@ -708,15 +843,22 @@ impl State {
     }
 
     /// A best route changed: route the shards by it and tell the other peers. `failed`: the
-    /// route was lost because a peer failed (not left), so an agent left without any path is
-    /// kept as unreachable rather than unknown.
-    fn apply(&mut self, change: BestChange, failed: bool, send: &impl Fn(usize, PeerCommand)) {
+    /// route was lost because `from` failed (not left), so an agent left without any path is
+    /// kept as unreachable rather than unknown, until `from` returns without it.
+    fn apply(
+        &mut self,
+        change: BestChange,
+        failed: bool,
+        from: &str,
+        send: &impl Fn(usize, PeerCommand),
+    ) {
         let peers: Vec<usize> = self.established().collect();
         match change {
             BestChange::Via { peer, summary } => {
                 if self.is_local(&summary.agent) {
                     return; // ours: the local route wins
                 }
+                self.unreachable.remove(&summary.agent);
                 if let Some(index) = self.peer_ids.iter().position(|p| *p == peer) {
                     self.table
                         .set(&summary.agent, Route::Peer { peer: index as u32 });
@@ -731,9 +873,23 @@ impl State {
                 }
                 if failed {
                     self.table.set(&agent, Route::Unreachable);
+                    self.unreachable.insert(agent.clone(), from.to_owned());
                 } else {
                     self.table.remove(&agent);
+                    self.unreachable.remove(&agent);
                 }
+                for i in peers {
+                    send(i, PeerCommand::Advertise(Vec::new(), vec![agent.clone()]));
+                }
+            }
+            BestChange::Held { agent } => {
+                if self.is_local(&agent) {
+                    return;
+                }
+                // Its gateway is in maintenance: known, not routed to (NACKed as offline),
+                // and not offered to other peers meanwhile.
+                self.table.set(&agent, Route::Offline);
+                self.unreachable.remove(&agent);
                 for i in peers {
                     send(i, PeerCommand::Advertise(Vec::new(), vec![agent.clone()]));
                 }

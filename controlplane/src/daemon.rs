@@ -62,6 +62,10 @@ pub struct DaemonArgs {
     /// Where the CRL is served over HTTP [default: 127.0.0.1:7402].
     #[arg(long)]
     pub crl_listen: Option<SocketAddr>,
+    /// The CRL's public URL, written into every certificate [default:
+    /// http://<crl-listen>/crl/<domain>.crl; needed when --crl-listen is a wildcard address].
+    #[arg(long)]
+    pub crl_url: Option<String>,
     /// Where agents register and discover, mutual TLS [default: 127.0.0.1:7403].
     #[arg(long)]
     pub registry_listen: Option<SocketAddr>,
@@ -101,6 +105,7 @@ struct FileConfig {
     domain: Option<String>,
     name: Option<String>,
     data_dir: Option<PathBuf>,
+    crl_url: Option<String>,
     allow: Option<Vec<String>>,
     shards: Option<usize>,
     drain_deadline_s: Option<u64>,
@@ -276,6 +281,11 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, String> {
     } else {
         file.allow.unwrap_or_else(|| vec!["Example".into()])
     };
+    let crl_listen = addr(args.crl_listen, listen.crl, "127.0.0.1:7402");
+    let crl_url = args.crl_url.clone().or(file.crl_url);
+    if let Err(e) = agw_aca::http::crl_url(crl_url.as_deref(), crl_listen, &domain_text) {
+        problems.push(e);
+    }
     match (domain, problems.is_empty()) {
         (Some(domain), true) => Ok(DaemonConfig {
             drain_deadline,
@@ -291,7 +301,8 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, String> {
                 shards: args.shards.or(file.shards),
                 agents: addr(args.listen, listen.agents, "127.0.0.1:7400"),
                 aca: addr(args.aca_listen, listen.aca, "127.0.0.1:7401"),
-                crl: addr(args.crl_listen, listen.crl, "127.0.0.1:7402"),
+                crl: crl_listen,
+                crl_url,
                 registry: addr(args.registry_listen, listen.registry, "127.0.0.1:7403"),
                 peering: addr(args.peering_listen, listen.peering, "127.0.0.1:7404"),
                 relay_links: addr(
@@ -318,7 +329,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     let mut running = daemon_config(&args)?;
     let config = running.node.clone();
     let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
+    agw_aca::private::private_dir(&data_dir)
         .map_err(|e| format!("data dir {}: {e}", data_dir.display()))?;
     // First, so that a second daemon on the same data directory stops here.
     let (admin_socket, asked) = admin::listen(&data_dir)?;
@@ -491,6 +502,11 @@ fn reload(
         next.data_dir.display().to_string(),
     );
     differs("allow", old.allow.join(","), next.allow.join(","));
+    differs(
+        "crl_url",
+        format!("{:?}", old.crl_url),
+        format!("{:?}", next.crl_url),
+    );
     differs(
         "shards",
         format!("{:?}", old.shards),

@@ -65,6 +65,7 @@ fn node(
         agents: any(),
         aca: any(),
         crl: any(),
+        crl_url: None,
         registry: any(),
         peering: any(),
         relay_links: any(),
@@ -146,7 +147,10 @@ pub fn certify(node: &Node, name: &str) -> Result<Arc<Credentials>, String> {
 }
 
 /// An agent's mutual-TLS connection to its domain's registry.
-fn registry(node: &Node, who: &Credentials) -> Result<agw_sdk::connection::TlsConnection, String> {
+pub fn registry(
+    node: &Node,
+    who: &Credentials,
+) -> Result<agw_sdk::connection::TlsConnection, String> {
     let identity = TlsIdentity {
         chain: who.certificate.chain.iter().map(|c| c.to_vec()).collect(),
         key_pkcs8: who.key.to_pkcs8_der(),
@@ -238,8 +242,9 @@ pub fn run() -> Result<(), String> {
     };
     for p in &found {
         say(format!(
-            "   found {}, capabilities {:?}, languages {:?}",
-            p.agent, p.capabilities, p.languages
+            "   found {}, capabilities {:?}, languages {:?}, attached to {}; reached through \
+             c's relay at {}",
+            p.agent, p.capabilities, p.languages, p.gateway, p.address
         ));
     }
     let hotel_id = found[0].agent.clone();

@@ -13,7 +13,7 @@ use std::{
 
 use agw_aca::{
     AuthorityConfig, CertificateAuthority, RootMode,
-    http::{CrlHttpServer, url_path},
+    http::{CrlHttpServer, crl_url, url_path},
     policy::AllowListPolicy,
     server::{ServerLimits, notification, serve},
     tls::{CertificateChecker, TlsIdentity},
@@ -69,6 +69,9 @@ pub struct NodeConfig {
     pub aca: SocketAddr,
     /// Where the CRL is served.
     pub crl: SocketAddr,
+    /// The CRL's public URL, written into certificates; `None`: made from `crl` (which must
+    /// then not be a wildcard address).
+    pub crl_url: Option<String>,
     /// Where agents register and discover (mutual TLS).
     pub registry: SocketAddr,
     /// Where peers' sessions dial in (with peers only).
@@ -167,13 +170,13 @@ impl Node {
             let (org, scopes) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
             policy = policy.allow(org, scopes.split(',').filter(|s| !s.is_empty()));
         }
-        std::fs::create_dir_all(&config.data_dir)
+        agw_aca::private::private_dir(&config.data_dir)
             .map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
 
         // The authority and its CRL.
         let crl_listener = bind("CRL listener", config.crl)?;
         let crl_addr = crl_listener.local_addr().map_err(|e| e.to_string())?;
-        let crl_url = format!("http://{crl_addr}/crl/{}.crl", config.domain);
+        let crl_url = crl_url(config.crl_url.as_deref(), crl_addr, config.domain.as_str())?;
         let aca_dir = config.data_dir.join("aca");
         let mut aca_config = AuthorityConfig::new(config.domain.clone(), &aca_dir, crl_url.clone());
         if let Some((root_cert, root_key)) = &config.root {
@@ -220,16 +223,32 @@ impl Node {
             allow_unknown_revocation: config.peer_crls.is_empty(),
         };
 
-        // The registry, over mutual TLS.
+        // Certificates presented outside TLS are checked as TLS checks them.
         let checker = || {
             CertificateChecker::new(authority.trust_anchor(), std::slice::from_ref(&own_crl))
                 .map_err(|e| e.to_string())
         };
-        let registry = Registry::open(
-            RegistryConfig::new(config.domain.clone(), config.data_dir.join("ars")),
-            checker()?,
-        )
-        .map_err(|e| format!("registry: {e}"))?;
+        // The relay, always ready for peers (they may be added while it runs).
+        let mut dp_config = DataplaneConfig::new(gateway.clone(), config.agents);
+        if let Some(shards) = config.shards {
+            dp_config.shards = shards;
+        }
+        dp_config.set_live_limits(config.limits);
+        dp_config.peer_listen = Some(config.relay_links);
+        dp_config.peer_tls = Some(tls.clone());
+        let table = RoutingTable::new();
+        let reader = table.reader();
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let dataplane = Dataplane::start(dp_config, reader, checker()?, events_tx)
+            .map_err(|e| e.to_string())?;
+
+        // The registry, over mutual TLS.
+        let mut registry_config =
+            RegistryConfig::new(config.domain.clone(), config.data_dir.join("ars"));
+        // Other domains' agents are reached through this gateway's relay.
+        registry_config.agent_access = dataplane.local_addr().to_string();
+        let registry =
+            Registry::open(registry_config, checker()?).map_err(|e| format!("registry: {e}"))?;
         let registry = Arc::new(Mutex::new(registry));
         let ars_listener = bind("registry listener", config.registry)?;
         let ars_addr = ars_listener.local_addr().map_err(|e| e.to_string())?;
@@ -260,20 +279,6 @@ impl Node {
                     ServerLimits::default(),
                 )
             })
-            .map_err(|e| e.to_string())?;
-
-        // The relay, always ready for peers (they may be added while it runs).
-        let mut dp_config = DataplaneConfig::new(gateway.clone(), config.agents);
-        if let Some(shards) = config.shards {
-            dp_config.shards = shards;
-        }
-        dp_config.set_live_limits(config.limits);
-        dp_config.peer_listen = Some(config.relay_links);
-        dp_config.peer_tls = Some(tls.clone());
-        let table = RoutingTable::new();
-        let reader = table.reader();
-        let (events_tx, events_rx) = crossbeam_channel::unbounded();
-        let dataplane = Dataplane::start(dp_config, reader, checker()?, events_tx)
             .map_err(|e| e.to_string())?;
 
         // The control plane and its peers.

@@ -13,11 +13,12 @@ use std::{
     time::Duration,
 };
 
-use agw_proto::{identity::AgentId, pb::ErrorCode};
+use agw_aca::tls::TlsIdentity;
+use agw_proto::{Message, identity::AgentId, pb, pb::ErrorCode};
 use agw_sdk::{
     agent::{AgentConnection, AgentError, Credentials, Incoming},
-    certificates::AgentKey,
-    connection::Connection,
+    certificates::{AgentKey, CertificateRequests, HeldCertificate},
+    connection::{Connection, TlsConnection},
 };
 use bytes::Bytes;
 use serde_json::Value;
@@ -27,6 +28,7 @@ struct Daemon {
     lines: std::sync::mpsc::Receiver<String>,
     agents: String,
     aca: String,
+    registry: String,
     metrics: String,
 }
 
@@ -64,6 +66,10 @@ impl Daemon {
 }
 
 fn agw(data_dir: &Path, config: Option<&Path>) -> Command {
+    agw_serving_crl_on(data_dir, config, "127.0.0.1:0")
+}
+
+fn agw_serving_crl_on(data_dir: &Path, config: Option<&Path>, crl: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_agw"));
     command
         .args([
@@ -75,12 +81,7 @@ fn agw(data_dir: &Path, config: Option<&Path>) -> Command {
             "2",
         ])
         .args(["--listen", "127.0.0.1:0", "--aca-listen", "127.0.0.1:0"])
-        .args([
-            "--crl-listen",
-            "127.0.0.1:0",
-            "--registry-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["--crl-listen", crl, "--registry-listen", "127.0.0.1:0"])
         .args([
             "--peering-listen",
             "127.0.0.1:0",
@@ -110,6 +111,7 @@ fn start(data_dir: &Path, config: Option<&Path>) -> Daemon {
         }
     });
     let (mut agents, mut aca, mut metrics) = (String::new(), String::new(), String::new());
+    let mut registry = String::new();
     loop {
         let line = lines.recv_timeout(Duration::from_secs(20)).unwrap();
         if let Some(rest) = line.strip_prefix("agw: agents connect to ") {
@@ -117,6 +119,9 @@ fn start(data_dir: &Path, config: Option<&Path>) -> Daemon {
         }
         if let Some(rest) = line.strip_prefix("agw: certificates from the ACA at ") {
             aca = rest.split_whitespace().next().unwrap().to_owned();
+        }
+        if let Some(rest) = line.strip_prefix("agw: registry (mutual TLS) at ") {
+            registry = rest.to_owned();
         }
         if let Some(rest) = line.strip_prefix("agw: metrics at ") {
             metrics = rest.split([' ', ',']).next().unwrap().to_owned();
@@ -126,12 +131,13 @@ fn start(data_dir: &Path, config: Option<&Path>) -> Daemon {
             break;
         }
     }
-    assert!(!agents.is_empty() && !aca.is_empty() && !metrics.is_empty());
+    assert!(!agents.is_empty() && !aca.is_empty() && !metrics.is_empty() && !registry.is_empty());
     Daemon {
         child,
         lines,
         agents,
         aca,
+        registry,
         metrics,
     }
 }
@@ -141,6 +147,37 @@ fn certify(aca: &str, name: &str) -> Arc<Credentials> {
     let agent = AgentId::parse(&format!("spiffe://travel.example/agent/{name}")).unwrap();
     let mut conn = Connection::connect(aca, Duration::from_secs(5)).unwrap();
     Arc::new(Credentials::enroll(agent, "Acme", |app| conn.request(app)).unwrap())
+}
+
+/// `who`'s mutual-TLS connection to the daemon's registry (gateway `agw-1`).
+fn registry(daemon: &Daemon, data: &Path, who: &Credentials) -> TlsConnection {
+    let anchor = std::fs::read_to_string(data.join("aca").join("trust-anchor.pem")).unwrap();
+    let identity = TlsIdentity {
+        chain: who.certificate.chain.iter().map(|c| c.to_vec()).collect(),
+        key_pkcs8: who.key.to_pkcs8_der(),
+        trust_anchor: pem::parse(anchor).unwrap().into_contents(),
+        crls: Vec::new(),
+        allow_unknown_revocation: true,
+    };
+    let config = identity
+        .client_config("spiffe://travel.example/agw/agw-1")
+        .unwrap();
+    Connection::connect_tls(&daemon.registry, Duration::from_secs(5), Arc::new(config)).unwrap()
+}
+
+/// `from` sends `to` a message through the daemon's relay, which must arrive.
+fn relays(daemon: &Daemon, from: &Arc<Credentials>, to: &Arc<Credentials>) {
+    let mut cf =
+        AgentConnection::connect(&daemon.agents, from.clone(), Duration::from_secs(5)).unwrap();
+    let mut ct =
+        AgentConnection::connect(&daemon.agents, to.clone(), Duration::from_secs(5)).unwrap();
+    let id = cf
+        .send(to.agent.as_str(), Bytes::from_static(b"still here"))
+        .unwrap();
+    match ct.recv(Duration::from_secs(5)).unwrap() {
+        Some(Incoming::Message(m, _)) => assert_eq!(m.message_id, id),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Runs agwctl; returns whether it succeeded, its stdout and its stderr.
@@ -271,6 +308,16 @@ fn the_daemon_relays_and_its_operator_sees_and_changes_it() {
     );
     assert!(!ok && err.contains("no route"), "{err}");
 
+    // Maintenance mode: peers are told the gateway is temporarily offline, then running.
+    let on = agwctl_json(&data, &["maintenance", "on"]);
+    assert_eq!(on["status"], "TEMPORARILY_OFFLINE", "{on}");
+    assert_eq!(
+        agwctl_json(&data, &["maintenance", "status"])["maintenance"],
+        true
+    );
+    let (ok, text, _) = agwctl(&data, &["maintenance", "off"]);
+    assert!(ok && text.contains("RUNNING"), "{text}");
+
     // A wrong token is refused, with the reason.
     let wrong = dir.path().join("wrong.token");
     std::fs::write(&wrong, "not-the-token").unwrap();
@@ -287,6 +334,22 @@ fn the_daemon_relays_and_its_operator_sees_and_changes_it() {
     )
     .unwrap();
     let chain = dir.path().join("edge-2.pem");
+    // The CSR names edge-2: it is not certified as another gateway.
+    let (ok, _, err) = agwctl(
+        &data,
+        &[
+            "cert",
+            "issue",
+            "--gateway",
+            "spiffe://travel.example/agw/edge-3",
+            "--csr",
+            path(&csr_path),
+        ],
+    );
+    assert!(
+        !ok && err.contains("IDENTITY_MISMATCH") && err.contains("edge-2"),
+        "{err}"
+    );
     let issued = agwctl_json(
         &data,
         &[
@@ -416,6 +479,169 @@ fn the_daemon_relays_and_its_operator_sees_and_changes_it() {
     );
     assert!(line.contains(", 0 in flight"), "{line}");
     drop(ca);
+}
+
+#[test]
+fn the_gateway_starts_again_on_its_own_data_after_sigterm_and_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut daemon = start(&data, None);
+    let alice = certify(&daemon.aca, "alice");
+    let bob = certify(&daemon.aca, "bob");
+    let carol = certify(&daemon.aca, "carol");
+    let register = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(pb::AgentProfile {
+            agent: alice.agent.to_string(),
+            capabilities: vec!["hotel booking".into()],
+            address: daemon.agents.clone(),
+            ..Default::default()
+        }),
+        certificate_chain: alice.certificate.chain.clone(),
+    };
+    let Message::RegisterReply(r) = registry(&daemon, &data, &alice).request(register).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(r.error, None);
+    let carol_serial = hex::encode(&carol.certificate.serial);
+    let (ok, _, err) = agwctl(
+        &data,
+        &[
+            "cert",
+            "revoke",
+            "--serial",
+            &carol_serial,
+            "--reason",
+            "superseded",
+        ],
+    );
+    assert!(ok, "{err}");
+
+    for stop in ["-TERM", "-KILL"] {
+        daemon.signal(stop);
+        daemon.child.wait().unwrap();
+        drop(daemon);
+        // The same data directory: the gateway keeps its key and certificate.
+        daemon = start(&data, None);
+        relays(&daemon, &alice, &bob);
+        // The registry kept alice's profile.
+        let discover = pb::DiscoverRequest {
+            request_id: 2,
+            capabilities: vec!["hotel booking".into()],
+            ..Default::default()
+        };
+        let Message::DiscoverReply(found) =
+            registry(&daemon, &data, &bob).request(discover).unwrap()
+        else {
+            panic!()
+        };
+        let found: Vec<&str> = found.agents.iter().map(|p| p.agent.as_str()).collect();
+        assert_eq!(found, [alice.agent.as_str()], "after {stop}");
+        // The CRL still revokes carol, and she is still refused.
+        let crl = agwctl_json(&data, &["cert", "crl"]);
+        assert_eq!(crl["revoked"], serde_json::json!([carol_serial]), "{crl}");
+        match AgentConnection::connect(&daemon.agents, carol.clone(), Duration::from_secs(5)) {
+            Err(AgentError::Refused { code, .. }) => assert_eq!(code, ErrorCode::CertRevoked),
+            other => panic!("{other:?}"),
+        }
+        // Bob, applying again with his key (a restarted agent), gets his certificate back.
+        let mut conn = Connection::connect(&daemon.aca, Duration::from_secs(5)).unwrap();
+        let app = CertificateRequests::default()
+            .application(
+                &bob.key,
+                &bob.agent,
+                pb::IdentityMaterials {
+                    organization: "Acme".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let Message::CertificateReply(r) = conn.request(app).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            HeldCertificate::from_reply(r).unwrap().serial,
+            bob.certificate.serial
+        );
+    }
+
+    // The state is the gateway user's alone.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for d in [data.clone(), data.join("aca"), data.join("ars")] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    for f in [
+        "aca/aca.redb",
+        "ars/ars.redb",
+        "aca/ca.key.pem",
+        "gateway.key.pem",
+    ] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+}
+
+#[test]
+fn a_wildcard_crl_address_needs_a_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = agw_serving_crl_on(&data, None, "0.0.0.0:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("wildcard address") && stderr.contains("--crl-url"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "refused before anything was written");
+
+    // With the URL, certificates carry it.
+    let daemon = {
+        let mut child = agw_serving_crl_on(&data, None, "0.0.0.0:0")
+            .args(["--crl-url", "http://crl.travel.example/travel.crl"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut aca = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("agw: certificates from the ACA at ") {
+                aca = rest.split_whitespace().next().unwrap().to_owned();
+            }
+            if line.starts_with("agw: Ctrl-C") {
+                break;
+            }
+        }
+        (child, aca)
+    };
+    let (mut child, aca) = daemon;
+    let alice = certify(&aca, "alice");
+    let leaf = dir.path().join("alice.pem");
+    std::fs::write(
+        &leaf,
+        pem::encode(&pem::Pem::new(
+            "CERTIFICATE",
+            alice.certificate.der().to_vec(),
+        )),
+    )
+    .unwrap();
+    let text = openssl(&[
+        "x509",
+        "-in",
+        path(&leaf),
+        "-noout",
+        "-ext",
+        "crlDistributionPoints",
+    ]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains("URI:http://crl.travel.example/travel.crl"),
+        "{text}"
+    );
 }
 
 #[test]

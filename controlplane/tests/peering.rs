@@ -265,3 +265,56 @@ fn two_gateways_dialling_each_other_end_up_with_one_session() {
         assert!(n[0].uptime.unwrap() >= Duration::from_millis(400), "{n:?}");
     }
 }
+
+#[test]
+fn a_peer_that_drops_misses_changes_and_returns_leaves_nothing_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = federation_root(dir.path());
+    let [a, b] = ["a", "b"].map(|n| authority(dir.path(), &root, n));
+    let all = [&a, &b];
+    let ga = start(&a, identity(&a, &all), &[(&b, None)]);
+    let gb = start(&b, identity(&b, &all), &[(&a, Some(ga.addr))]);
+    let [x, y] =
+        ["x", "y"].map(|n| AgentId::parse(&format!("spiffe://a.example/agent/{n}")).unwrap());
+    for (i, agent) in [&x, &y].into_iter().enumerate() {
+        ga.shards
+            .send(ShardEvent::AgentUp {
+                agent: agent.clone(),
+                shard: 0,
+                connection: i as u32,
+                serial: vec![1],
+            })
+            .unwrap();
+    }
+    wait_until("b's routes to x and y", Duration::from_secs(10), || {
+        gb.route(x.as_str()) == Some(Route::Peer { peer: 0 })
+            && gb.route(y.as_str()) == Some(Route::Peer { peer: 0 })
+    });
+
+    // a hangs: b's hold timer ends the session, and b keeps x and y as unreachable.
+    let a_peering = || ga.control.as_ref().unwrap().peering().unwrap();
+    a_peering().pause(true);
+    wait_until("x and y unreachable at b", Duration::from_secs(10), || {
+        gb.route(x.as_str()) == Some(Route::Unreachable)
+            && gb.route(y.as_str()) == Some(Route::Unreachable)
+    });
+    // Meanwhile x leaves a for good; b cannot hear of it.
+    ga.shards
+        .send(ShardEvent::AgentDown {
+            agent: x.clone(),
+            shard: 0,
+            connection: 0,
+            reason: agw_dataplane::access::DownReason::Deregistered,
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(gb.route(x.as_str()), Some(Route::Unreachable));
+
+    // a returns: its full sync names y only, and its END-OF-SYNC makes b forget x.
+    a_peering().pause(false);
+    wait_until(
+        "y routed again, x forgotten",
+        Duration::from_secs(15),
+        || gb.route(y.as_str()) == Some(Route::Peer { peer: 0 }) && gb.route(x.as_str()).is_none(),
+    );
+}

@@ -7,8 +7,10 @@
 //!
 //! Event lines: `<ms> <event>`, where event is one of `start`, `stop`, `tick`, `down`,
 //! `up dialled|accepted <gateway>`, `backlog <ms>|none`, `recv <message>`,
-//! `full-sync <summary>...`, `advertise <summary>...`, `withdraw-local <agent>...`.
-//! Messages: `Open|OpenReply gateway=G domain=D hold=S [protocols=native,mcp]`, `Keepalive`,
+//! `full-sync <summary>...`, `advertise <summary>...`, `withdraw-local <agent>...`,
+//! `set-status running|temporarily_offline`.
+//! Messages: `Open|OpenReply gateway=G domain=D hold=S [protocols=native,mcp] [status=S]`,
+//! `Keepalive [status=S]` (a status other than RUNNING is rendered too),
 //! `ResourceUpdate [advertise=<summary>,...] [withdraw=<agent>,...]`, `EndOfSync <n>`,
 //! `Notification <CODE>`, `Disconnect`. A summary is `<agent>|<gateway>><gateway>...` (the
 //! path, nearest first; the last is the origin), optionally `#<version>`.
@@ -82,12 +84,14 @@ fn message(words: &[&str], local: &str) -> Message {
             .map(protocol)
             .collect()
     };
+    let status = || f.get("status").map_or(0, |s| status(s) as i32);
     match words.first().copied() {
         Some("Open") => pb::Open {
             gateway: get("gateway"),
             domain: get("domain"),
             hold_time_s: get("hold").parse().unwrap(),
             protocols: protocols(),
+            status: status(),
             ..Default::default()
         }
         .into(),
@@ -96,10 +100,11 @@ fn message(words: &[&str], local: &str) -> Message {
             domain: get("domain"),
             hold_time_s: get("hold").parse().unwrap(),
             protocols: protocols(),
+            status: status(),
             ..Default::default()
         }
         .into(),
-        Some("Keepalive") => pb::Keepalive::default().into(),
+        Some("Keepalive") => pb::Keepalive { status: status() }.into(),
         Some("ResourceUpdate") => pb::ResourceUpdate {
             advertise: f
                 .get("advertise")
@@ -125,6 +130,19 @@ fn message(words: &[&str], local: &str) -> Message {
     }
 }
 
+fn status(name: &str) -> pb::Status {
+    pb::Status::from_str_name(&name.to_uppercase()).unwrap_or_else(|| panic!("no status {name}"))
+}
+
+/// ` status=S` for a status other than RUNNING (or unset), else nothing.
+fn render_status(status: i32) -> String {
+    match pb::Status::try_from(status) {
+        Ok(pb::Status::Running | pb::Status::Unspecified) => String::new(),
+        Ok(s) => format!(" status={}", s.as_str_name()),
+        Err(_) => format!(" status={status}"),
+    }
+}
+
 fn render(output: &Output) -> String {
     match output {
         Output::Connect => "connect".into(),
@@ -145,15 +163,26 @@ fn render(output: &Output) -> String {
         Output::Withdrawn(v) => format!("withdrawn {}", v.join(" ")),
         Output::Refused { agent, code } => format!("refused {agent} {}", code.as_str_name()),
         Output::SyncComplete => "sync-complete".into(),
+        Output::PeerStatus(s) => format!("peer-status {}", s.as_str_name()),
         Output::Warning(w) => format!("warning {w}"),
     }
 }
 
 fn render_message(m: &Message) -> String {
     match m {
-        Message::Open(o) => format!("Open gateway={} hold={}", o.gateway, o.hold_time_s),
-        Message::OpenReply(o) => format!("OpenReply gateway={} hold={}", o.gateway, o.hold_time_s),
-        Message::Keepalive(_) => "Keepalive".into(),
+        Message::Open(o) => format!(
+            "Open gateway={} hold={}{}",
+            o.gateway,
+            o.hold_time_s,
+            render_status(o.status)
+        ),
+        Message::OpenReply(o) => format!(
+            "OpenReply gateway={} hold={}{}",
+            o.gateway,
+            o.hold_time_s,
+            render_status(o.status)
+        ),
+        Message::Keepalive(k) => format!("Keepalive{}", render_status(k.status)),
         Message::ResourceUpdate(u) => {
             let mut s = "ResourceUpdate".to_owned();
             if !u.advertise.is_empty() {
@@ -316,6 +345,7 @@ fn run(dir: &Path) -> (String, String) {
                 let table: Vec<_> = rest[1..].iter().map(|s| summary(s, &local)).collect();
                 session.advertise(&table, &[]);
             }
+            Some("set-status") => session.set_local_status(status(rest[1]), now),
             Some("withdraw-local") => {
                 let agents: Vec<String> = rest[1..].iter().map(|s| (*s).to_owned()).collect();
                 session.advertise(&[], &agents);

@@ -67,6 +67,8 @@ pub enum DownReason {
 }
 
 /// What the session asks its connection and the control plane to do.
+// A few actions per access, drained at once: not worth a box for `Send`'s message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Send this frame to the agent.

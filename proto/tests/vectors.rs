@@ -388,6 +388,17 @@ fn vectors() -> Vec<Vector> {
             pb::RevocationReply {
                 request_id: 7,
                 error: None,
+                also_revoked: Vec::new(),
+            }
+            .into(),
+        ),
+        v(
+            0,
+            "01 44 00 00 00000006  08 07 1a 02 01 02",
+            pb::RevocationReply {
+                request_id: 7,
+                error: None,
+                also_revoked: vec![b(&[1, 2])],
             }
             .into(),
         ),
@@ -576,10 +587,11 @@ fn fuzz_seed_corpus_holds_every_vector() {
     for (i, v) in vectors().iter().enumerate() {
         let frame = bytes(v.frame);
         let selector = (i % 64) as u8;
-        seeds.push((
-            format!("kind-{}", v.message.kind()),
-            [&[selector][..], &frame].concat(),
-        ));
+        let mut name = format!("kind-{}", v.message.kind());
+        if seeds.iter().any(|(n, _)| *n == name) {
+            name = format!("{name}-{i}");
+        }
+        seeds.push((name, [&[selector][..], &frame].concat()));
         stream.extend_from_slice(&frame);
     }
     seeds.push(("stream-all-kinds".into(), stream));
@@ -589,6 +601,12 @@ fn fuzz_seed_corpus_holds_every_vector() {
         ("reserved-flags", "05  01 22 01 00 00000000"),
         ("too-large-small-limit", "80  01 01 00 10 00000041"),
         ("truncated-body", "02  01 13 00 00 00000010 08 01"),
+        // Selector 0x40: an accessed agent's admission; a CRL reply is refused.
+        ("narrow-admission-crl-reply", "45  01 48 00 00 00400000"),
+        (
+            "narrow-admission-heartbeat",
+            "45  01 13 00 00 00000002 08 01",
+        ),
     ] {
         seeds.push((name.into(), bytes(spec)));
     }

@@ -96,6 +96,20 @@ enum Cmd {
     /// Reads the gateway's configuration file again and applies what can change live
     /// (peers, limits); says what needs a restart. The same as SIGHUP.
     Reload,
+    /// Maintenance mode: `on` tells every peer this gateway is temporarily offline (they
+    /// route around it and show its agents so), `off` ends it, `status` shows it. The relay
+    /// keeps serving what still reaches it.
+    Maintenance {
+        #[arg(value_enum)]
+        mode: MaintenanceMode,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MaintenanceMode {
+    On,
+    Off,
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +275,7 @@ fn run(args: &Args) -> Result<(), String> {
         Cmd::Cert(c) => cert(&mut client, c)?,
         Cmd::Drain { deadline, no_wait } => drain(&mut client, *deadline, *no_wait, args.output)?,
         Cmd::Reload => reload(&mut client)?,
+        Cmd::Maintenance { mode } => maintenance(&mut client, *mode)?,
     };
     let mut out = std::io::stdout().lock();
     let written = match args.output {
@@ -634,16 +649,32 @@ fn cert(client: &mut Client, command: &CertCmd) -> Result<Printed, String> {
             let cleaned: String = serial.chars().filter(|c| *c != ':').collect();
             let bytes =
                 hex::decode(&cleaned).map_err(|e| format!("serial {serial}: not hex ({e})"))?;
-            client.ask(Command::RevokeCertificate(pb::RevokeCertificate {
-                serial: bytes.into(),
-                reason: reason.wire() as i32,
-            }))?;
-            let serial = hex_serial(&hex::decode(&cleaned).unwrap_or_default());
+            let Reply::Revoked(reply) =
+                client.ask(Command::RevokeCertificate(pb::RevokeCertificate {
+                    serial: bytes.clone().into(),
+                    reason: reason.wire() as i32,
+                }))?
+            else {
+                return Err("unexpected answer".into());
+            };
+            let serial = hex_serial(&bytes);
+            let also: Vec<String> = reply.also_revoked.iter().map(|s| hex_serial(s)).collect();
+            let mut text = format!(
+                "revoked {serial}; the next CRL lists it and its live sessions are closed\n"
+            );
+            if !also.is_empty() {
+                text.push_str(&format!(
+                    "also revoked, as certificates of the same compromised key: {}\n",
+                    also.join(", ")
+                ));
+            }
             Ok(Printed {
-                text: format!(
-                    "revoked {serial}; the next CRL lists it and its live sessions are closed\n"
-                ),
-                json: json!({ "revoked": serial, "reason": reason.wire().as_str_name() }),
+                text,
+                json: json!({
+                    "revoked": serial,
+                    "reason": reason.wire().as_str_name(),
+                    "also_revoked": also,
+                }),
             })
         }
         CertCmd::Crl { out } => {
@@ -728,6 +759,31 @@ fn drain(
         "waited_ms": began.elapsed().as_millis() as u64,
     });
     Ok(Printed { text, json })
+}
+
+fn maintenance(client: &mut Client, mode: MaintenanceMode) -> Result<Printed, String> {
+    let status = match mode {
+        MaintenanceMode::On => pb::Status::TemporarilyOffline,
+        MaintenanceMode::Off => pb::Status::Running,
+        MaintenanceMode::Status => pb::Status::Unspecified,
+    };
+    let Reply::GatewayStatus(s) = client.ask(Command::Maintenance(pb::Maintenance {
+        status: status as i32,
+    }))?
+    else {
+        return Err("unexpected answer".into());
+    };
+    let now = s.status();
+    let text = match now {
+        pb::Status::TemporarilyOffline => {
+            "gateway status TEMPORARILY_OFFLINE: in maintenance; peers route around it\n"
+        }
+        _ => "gateway status RUNNING\n",
+    };
+    Ok(Printed {
+        text: text.into(),
+        json: json!({ "status": now.as_str_name(), "maintenance": now == pb::Status::TemporarilyOffline }),
+    })
 }
 
 fn reload(client: &mut Client) -> Result<Printed, String> {

@@ -72,8 +72,11 @@ pub enum PeerEvent {
     Learned(Vec<pb::AgentSummary>),
     /// Agents withdrawn.
     Withdrawn(Vec<String>),
-    /// The peer's full table is in.
+    /// The peer's full table is in: what it advertised before this session and not again is
+    /// stale.
     Synced,
+    /// The peer's gateway status changed (maintenance, or back to running).
+    Status(pb::Status),
 }
 
 /// What the control plane asks of a peer thread.
@@ -83,6 +86,8 @@ pub enum PeerCommand {
     FullSync(Vec<pb::AgentSummary>),
     /// Incremental changes.
     Advertise(Vec<pb::AgentSummary>, Vec<String>),
+    /// This gateway's status changed (an operator's maintenance mode).
+    SetStatus(pb::Status),
     /// Leave for good.
     Stop(String),
 }
@@ -465,6 +470,7 @@ impl PeerThread {
                 match self.commands.try_recv() {
                     Ok(PeerCommand::FullSync(table)) => self.session.full_sync(&table),
                     Ok(PeerCommand::Advertise(a, w)) => self.session.advertise(&a, &w),
+                    Ok(PeerCommand::SetStatus(s)) => self.session.set_local_status(s, now),
                     Ok(PeerCommand::Stop(reason)) => {
                         self.session.handle(Input::Stop(reason), now);
                         self.act(now);
@@ -564,6 +570,7 @@ impl PeerThread {
                 Output::Learned(s) => self.emit(PeerEvent::Learned(s)),
                 Output::Withdrawn(a) => self.emit(PeerEvent::Withdrawn(a)),
                 Output::SyncComplete => self.emit(PeerEvent::Synced),
+                Output::PeerStatus(s) => self.emit(PeerEvent::Status(s)),
                 Output::Refused { agent, code } => {
                     tracing::info!(peer = %self.session.config().peer, %agent, code = code.as_str_name(), "summary refused");
                 }

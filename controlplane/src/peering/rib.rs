@@ -7,8 +7,12 @@
 //! holds this gateway. A change of the best route is reported as a [`BestChange`]: the
 //! control plane turns it into a routing-table update for the shards and into
 //! advertisements to the other peers.
+//!
+//! A peer whose gateway is temporarily offline (its operator's maintenance mode) is
+//! *paused*: what it advertised is kept but not chosen, so other paths take over; an agent
+//! reached only through paused peers is *held* (known, not routed to) until one resumes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use agw_proto::pb;
 
@@ -27,6 +31,11 @@ pub enum BestChange {
         /// The agent.
         agent: String,
     },
+    /// Only paused peers offer a route: the agent is temporarily offline.
+    Held {
+        /// The agent.
+        agent: String,
+    },
 }
 
 /// The routes learned from peers.
@@ -36,6 +45,10 @@ pub struct Rib {
     candidates: HashMap<String, HashMap<String, pb::AgentSummary>>,
     /// Agent -> the peer of its best route.
     best: HashMap<String, String>,
+    /// Peers whose gateways are temporarily offline.
+    paused: HashSet<String>,
+    /// Agents with candidates from paused peers only.
+    held: HashSet<String>,
 }
 
 /// Orders candidates: shortest path, then smallest next hop, then smallest path.
@@ -101,8 +114,44 @@ impl Rib {
         self.reselect(agent, before)
     }
 
-    /// `peer` is gone: everything it advertised is withdrawn.
+    /// `peer` is gone: everything it advertised is withdrawn (and it is no longer paused).
     pub fn remove_peer(&mut self, peer: &str) -> Vec<BestChange> {
+        let changes = self
+            .agents_of(peer)
+            .into_iter()
+            .filter_map(|a| self.withdraw(peer, &a))
+            .collect();
+        self.paused.remove(peer);
+        changes
+    }
+
+    /// `peer`'s gateway went temporarily offline (`paused`) or back to running: its routes
+    /// stop or start counting. Returns the changes of best routes.
+    pub fn set_paused(&mut self, peer: &str, paused: bool) -> Vec<BestChange> {
+        let changed = if paused {
+            self.paused.insert(peer.to_owned())
+        } else {
+            self.paused.remove(peer)
+        };
+        if !changed {
+            return Vec::new();
+        }
+        self.agents_of(peer)
+            .into_iter()
+            .filter_map(|a| {
+                let before = self.snapshot(&a);
+                self.reselect(&a, before)
+            })
+            .collect()
+    }
+
+    /// Whether `agent` is known only through paused peers.
+    pub fn is_held(&self, agent: &str) -> bool {
+        self.held.contains(agent)
+    }
+
+    /// Agents `peer` advertised, sorted (so changes come out in the same order everywhere).
+    fn agents_of(&self, peer: &str) -> Vec<String> {
         let mut agents: Vec<String> = self
             .candidates
             .iter()
@@ -111,9 +160,6 @@ impl Rib {
             .collect();
         agents.sort();
         agents
-            .into_iter()
-            .filter_map(|a| self.withdraw(peer, &a))
-            .collect()
     }
 
     fn snapshot(&self, agent: &str) -> Option<(String, pb::AgentSummary)> {
@@ -127,24 +173,39 @@ impl Rib {
         before: Option<(String, pb::AgentSummary)>,
     ) -> Option<BestChange> {
         let mut best: Option<(&str, &pb::AgentSummary)> = None;
+        let mut any = false;
         for (peer, summary) in self.candidates.get(agent).into_iter().flatten() {
+            any = true;
+            if self.paused.contains(peer) {
+                continue;
+            }
             if best.is_none_or(|(bp, bs)| better(summary, peer, bs, bp)) {
                 best = Some((peer.as_str(), summary));
             }
         }
         let after = best.map(|(p, s)| (p.to_owned(), s.clone()));
-        if after == before {
-            return None;
-        }
         match after {
             Some((peer, summary)) => {
+                let was_held = self.held.remove(agent);
+                if !was_held && before.as_ref() == Some(&(peer.clone(), summary.clone())) {
+                    return None;
+                }
                 self.best.insert(agent.to_owned(), peer.clone());
                 Some(BestChange::Via { peer, summary })
+            }
+            None if any => {
+                self.best.remove(agent);
+                self.held
+                    .insert(agent.to_owned())
+                    .then(|| BestChange::Held {
+                        agent: agent.to_owned(),
+                    })
             }
             None => {
                 self.candidates.remove(agent);
                 self.best.remove(agent);
-                Some(BestChange::Gone {
+                let was_held = self.held.remove(agent);
+                (before.is_some() || was_held).then(|| BestChange::Gone {
                     agent: agent.to_owned(),
                 })
             }
@@ -175,6 +236,7 @@ mod tests {
         match change {
             Some(BestChange::Via { peer, .. }) => Some(peer),
             Some(BestChange::Gone { .. }) => Some("gone".into()),
+            Some(BestChange::Held { .. }) => Some("held".into()),
             None => None,
         }
     }
@@ -209,6 +271,45 @@ mod tests {
         // The smaller next-hop ID wins on both.
         assert_eq!(one.best(Z).map(|(p, _)| p), Some(B));
         assert_eq!(two.best(Z).map(|(p, _)| p), Some(B));
+    }
+
+    #[test]
+    fn a_paused_peer_is_passed_over_and_its_only_routes_are_held() {
+        const Y: &str = "spiffe://d.example/agent/y";
+        let mut rib = Rib::new();
+        rib.learn(B, via(&[B, D], 1));
+        rib.learn(C, via(&[C, B, D], 1));
+        let mut y = via(&[B, D], 1);
+        y.agent = Y.into();
+        rib.learn(B, y);
+        // b goes into maintenance: z moves to c's longer path, y (only through b) is held.
+        let changes = rib.set_paused(B, true);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(rib.best(Z).map(|(p, _)| p), Some(C));
+        assert!(rib.is_held(Y) && rib.best(Y).is_none());
+        assert!(changes.contains(&BestChange::Held { agent: Y.into() }));
+        assert!(
+            rib.set_paused(B, true).is_empty(),
+            "no change, nothing to say"
+        );
+        // A new version from the paused peer changes nothing visible.
+        let mut y2 = via(&[B, D], 2);
+        y2.agent = Y.into();
+        assert_eq!(rib.learn(B, y2), None);
+        // Back to running: both return to b, y with its newest version.
+        let changes = rib.set_paused(B, false);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(rib.best(Y).map(|(p, s)| (p, s.version)), Some((B, 2)));
+        assert_eq!(rib.best(Z).map(|(p, _)| p), Some(B));
+        // Paused again, then gone: the held agent is reported gone.
+        rib.set_paused(B, true);
+        let gone = rib.remove_peer(B);
+        assert!(
+            gone.contains(&BestChange::Gone { agent: Y.into() }),
+            "{gone:?}"
+        );
+        assert_eq!(rib.best(Z).map(|(p, _)| p), Some(C));
+        assert!(!rib.is_held(Y));
     }
 
     #[test]

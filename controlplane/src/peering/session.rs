@@ -80,6 +80,10 @@ pub struct PeerConfig {
     pub export_domains: Option<HashSet<String>>,
     /// This gateway's certificate chain (DER), sent in OPEN and OPEN_REPLY.
     pub certificate_chain: Vec<Vec<u8>>,
+    /// This gateway's status as OPEN, OPEN_REPLY and KEEPALIVE carry it: `RUNNING`, or
+    /// `TEMPORARILY_OFFLINE` while an operator has it in maintenance. Default `RUNNING`;
+    /// changed live with [`PeerSession::set_local_status`].
+    pub status: pb::Status,
 }
 
 impl PeerConfig {
@@ -98,6 +102,7 @@ impl PeerConfig {
             max_summaries: Some((DEFAULT_MAX_SUMMARIES, LimitAction::Refuse)),
             export_domains: None,
             certificate_chain: Vec::new(),
+            status: pb::Status::Running,
         }
     }
 
@@ -135,6 +140,8 @@ pub enum Input {
 }
 
 /// What the session asks of its driver.
+// Drained as they come, never stored in bulk: not worth a box for `Send`'s message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Open a transport to the peer.
@@ -152,7 +159,8 @@ pub enum Output {
         /// Where the peer's domain's agents are reached.
         agent_access_address: String,
     },
-    /// The session ended: every summary learned from the peer is withdrawn.
+    /// The session ended: every summary learned from the peer is withdrawn (implicitly: no
+    /// [`Output::Withdrawn`] precedes it).
     PeerDown {
         /// The code it ended with (`CEASE` for a DISCONNECT either way).
         code: ErrorCode,
@@ -170,8 +178,13 @@ pub enum Output {
         /// Why.
         code: ErrorCode,
     },
-    /// The peer's full table is in.
+    /// The peer's full table is in (END-OF-SYNC): what it advertised in an earlier session
+    /// and not in this one is stale.
     SyncComplete,
+    /// The peer's gateway status changed (OPEN or KEEPALIVE): `TEMPORARILY_OFFLINE` while its
+    /// operator has it in maintenance, `RUNNING` again after. Reported after [`Output::PeerUp`]
+    /// only when not `RUNNING`; a session that goes down resets it to `RUNNING`.
+    PeerStatus(pb::Status),
     /// Something an operator should hear of (e.g. the summary limit passed with `Warn`).
     Warning(String),
 }
@@ -223,6 +236,8 @@ pub struct PeerSession {
     /// Summaries sent to the peer in the current session.
     advertised: usize,
     warned: bool,
+    /// The peer's gateway status as last heard in this session.
+    peer_status: pb::Status,
     outputs: VecDeque<Output>,
 }
 
@@ -237,6 +252,7 @@ impl PeerSession {
             learned: HashSet::new(),
             advertised: 0,
             warned: false,
+            peer_status: pb::Status::Running,
             outputs: VecDeque::new(),
         }
     }
@@ -255,6 +271,26 @@ impl PeerSession {
             State::OpenWait { .. } => SessionState::OpenWait,
             State::Established(_) => SessionState::Established,
             State::Stopped => SessionState::Stopped,
+        }
+    }
+
+    /// The peer's gateway status as last heard (`RUNNING` when not established).
+    pub fn peer_status(&self) -> pb::Status {
+        self.peer_status
+    }
+
+    /// Changes this gateway's status: an established peer hears it at once (a KEEPALIVE),
+    /// later OPENs and KEEPALIVEs carry it.
+    pub fn set_local_status(&mut self, status: pb::Status, now: Instant) {
+        if self.config.status == status {
+            return;
+        }
+        self.config.status = status;
+        if let State::Established(t) = &mut self.state {
+            t.next_keepalive = now + t.hold / 3;
+            self.send(pb::Keepalive {
+                status: status as i32,
+            });
         }
     }
 
@@ -441,7 +477,7 @@ impl PeerSession {
             domain: self.config.local.domain().to_owned(),
             protocols: self.config.protocols.iter().map(|p| *p as i32).collect(),
             certificate_chain: self.chain(),
-            status: pb::Status::Running as i32,
+            status: self.config.status as i32,
             hold_time_s: self.config.hold_time.as_secs() as u32,
             agent_access_address: self.config.agent_access_address.clone(),
         }
@@ -522,11 +558,12 @@ impl PeerSession {
                             domain: self.config.local.domain().to_owned(),
                             protocols: self.config.protocols.iter().map(|p| *p as i32).collect(),
                             certificate_chain: self.chain(),
-                            status: pb::Status::Running as i32,
+                            status: self.config.status as i32,
                             hold_time_s: hold.as_secs() as u32,
                             agent_access_address: self.config.agent_access_address.clone(),
                         });
                         self.established(hold, domain, open.agent_access_address, now);
+                        self.peer_status_heard(open.status);
                     }
                     Err((code, text)) => self.fail(code, &text, now),
                 }
@@ -540,7 +577,8 @@ impl PeerSession {
                     &reply.certificate_chain,
                 ) {
                     Ok((hold, domain)) => {
-                        self.established(hold, domain, reply.agent_access_address, now)
+                        self.established(hold, domain, reply.agent_access_address, now);
+                        self.peer_status_heard(reply.status);
                     }
                     Err((code, text)) => self.fail(code, &text, now),
                 }
@@ -558,7 +596,7 @@ impl PeerSession {
                 self.down(ErrorCode::Cease, true);
                 self.retry_later(now);
             }
-            (State::Established(_), Message::Keepalive(_)) => {}
+            (State::Established(_), Message::Keepalive(k)) => self.peer_status_heard(k.status),
             (State::Established(_), Message::ResourceUpdate(update)) => self.update(update, now),
             (State::Established(_), Message::EndOfSync(_)) => {
                 self.outputs.push_back(Output::SyncComplete);
@@ -685,13 +723,27 @@ impl PeerSession {
         self.retry_later(now);
     }
 
-    fn down(&mut self, code: ErrorCode, disconnected: bool) {
-        if !self.learned.is_empty() {
-            let mut gone: Vec<String> = self.learned.drain().collect();
-            gone.sort();
-            self.outputs.push_back(Output::Withdrawn(gone));
+    /// A status in OPEN, OPEN_REPLY or KEEPALIVE: a change is reported. Anything but
+    /// `TEMPORARILY_OFFLINE` (an unknown value too) counts as `RUNNING`: a gateway that
+    /// answers is up.
+    fn peer_status_heard(&mut self, status: i32) {
+        let status = match pb::Status::try_from(status) {
+            Ok(pb::Status::TemporarilyOffline) => pb::Status::TemporarilyOffline,
+            _ => pb::Status::Running,
+        };
+        if status != self.peer_status {
+            self.peer_status = status;
+            self.outputs.push_back(Output::PeerStatus(status));
         }
+    }
+
+    /// The session ended. What the peer advertised is not reported as withdrawn one by one:
+    /// [`Output::PeerDown`] says it all, and the control plane tells a peer that failed
+    /// (its agents kept as unreachable until it returns) from one that left.
+    fn down(&mut self, code: ErrorCode, disconnected: bool) {
+        self.learned.clear();
         self.warned = false;
+        self.peer_status = pb::Status::Running;
         self.outputs
             .push_back(Output::PeerDown { code, disconnected });
     }
@@ -746,7 +798,7 @@ impl PeerSession {
             State::Established(t) if now >= t.next_keepalive => {
                 t.next_keepalive = now + t.hold / 3;
                 self.send(pb::Keepalive {
-                    status: pb::Status::Running as i32,
+                    status: self.config.status as i32,
                 });
             }
             _ => {}

@@ -1,0 +1,232 @@
+//! Two real gateways (a - b, each a whole node: authority, registry, relay, control plane)
+//! and what an agent of one domain sees of the other's agents over time: an agent that
+//! connects before it registers is discovered with its capabilities; discovery names the
+//! agent's gateway and how to reach it; deregistering, from the registry or from the relay,
+//! withdraws it at the peer (no OFFLINE ghost); a gateway in maintenance is routed around.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use agw_controlplane::{demo, node::Node};
+use agw_dataplane::routing::Route;
+use agw_proto::{
+    Message,
+    pb::{self, ErrorCode},
+};
+use agw_sdk::agent::{AgentConnection, Credentials, Incoming};
+use bytes::Bytes;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `done` every 200 ms (discovery is rate-limited to 60 a minute per agent).
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// What `who` (an agent of `node`'s domain) discovers for `capability`.
+fn discover(node: &Node, who: &Credentials, capability: &str) -> Vec<pb::AgentProfile> {
+    let mut conn = demo::registry(node, who).unwrap();
+    let query = pb::DiscoverRequest {
+        request_id: 1,
+        capabilities: vec![capability.into()],
+        ..Default::default()
+    };
+    match conn.request(query).unwrap() {
+        Message::DiscoverReply(r) => {
+            assert_eq!(r.error, None);
+            r.agents
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn register(node: &Node, who: &Credentials, capability: &str) -> String {
+    let mut conn = demo::registry(node, who).unwrap();
+    let request = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(pb::AgentProfile {
+            agent: who.agent.to_string(),
+            capabilities: vec![capability.into()],
+            address: node.addresses().agents.to_string(),
+            ..Default::default()
+        }),
+        certificate_chain: who.certificate.chain.clone(),
+    };
+    match conn.request(request).unwrap() {
+        Message::RegisterReply(r) => {
+            assert_eq!(r.error, None);
+            r.profile.unwrap().resource_id
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn route(node: &Node, agent: &str) -> Option<Route> {
+    let (routes, _) = node.control().unwrap().routes(Some(agent), 1).unwrap();
+    routes.first().map(|r| r.route)
+}
+
+#[test]
+fn discovery_across_domains_follows_registration_and_deregistration() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = demo::chain(dir.path(), &["a", "b"], 1).unwrap().into_iter();
+    let (a, b) = (nodes.next().unwrap(), nodes.next().unwrap());
+    let traveller = demo::certify(&b, "traveller").unwrap();
+
+    // Agents connect to a before they register (each access is a summary version from the
+    // control plane); then the hotel registers: b must see its capabilities.
+    let others: Vec<AgentConnection> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|n| {
+            AgentConnection::connect(a.addresses().agents, demo::certify(&a, n).unwrap(), WAIT)
+                .unwrap()
+        })
+        .collect();
+    let hotel = demo::certify(&a, "hotel").unwrap();
+    let hotel_conn = AgentConnection::connect(a.addresses().agents, hotel.clone(), WAIT).unwrap();
+    wait_until("b routes to the hotel", || {
+        route(&b, hotel.agent.as_str()) == Some(Route::Peer { peer: 0 })
+    });
+    let resource = register(&a, &hotel, "book-hotel");
+    let mut found = Vec::new();
+    wait_until("b discovers the hotel by capability", || {
+        found = discover(&b, &traveller, "book-hotel");
+        !found.is_empty()
+    });
+    // Discovery says what an agent of b can act on: the hotel's domain and gateway, reached
+    // through b's own relay.
+    assert_eq!(found[0].agent, hotel.agent.as_str());
+    assert_eq!(found[0].domain, "a.example");
+    assert_eq!(found[0].gateway, a.gateway.as_str());
+    assert_eq!(found[0].address, b.addresses().agents.to_string());
+    assert_eq!(found[0].status(), pb::Status::Running);
+
+    // The hotel deregisters from a's registry, then disconnects: b forgets it, rather than
+    // keeping an OFFLINE ghost.
+    let mut conn = demo::registry(&a, &hotel).unwrap();
+    let dereg = pb::DeregisterAgentRequest {
+        request_id: 2,
+        resource_id: resource,
+    };
+    assert!(
+        matches!(conn.request(dereg).unwrap(), Message::DeregisterAgentReply(r) if r.error.is_none())
+    );
+    wait_until("b forgets the deregistered hotel", || {
+        discover(&b, &traveller, "book-hotel").is_empty()
+            && route(&b, hotel.agent.as_str()).is_none()
+    });
+    drop(hotel_conn);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        route(&b, hotel.agent.as_str()),
+        None,
+        "no OFFLINE summary brings it back"
+    );
+    let (agents, _) = b.control().unwrap().agents(false, 100).unwrap();
+    assert!(
+        !agents.iter().any(|v| v.agent == hotel.agent.as_str()),
+        "{agents:?}"
+    );
+
+    // A registered guide leaves a's relay (Deregister on its connection): withdrawn at b too,
+    // while its profile stays at a, offline.
+    let guide = demo::certify(&a, "guide").unwrap();
+    let guide_conn = AgentConnection::connect(a.addresses().agents, guide.clone(), WAIT).unwrap();
+    register(&a, &guide, "city-tours");
+    wait_until("b discovers the guide", || {
+        !discover(&b, &traveller, "city-tours").is_empty()
+    });
+    guide_conn.deregister("closing").unwrap();
+    wait_until("b forgets the guide", || {
+        discover(&b, &traveller, "city-tours").is_empty()
+            && route(&b, guide.agent.as_str()).is_none()
+    });
+    let (local, _) = a.control().unwrap().agents(true, 100).unwrap();
+    let guide_here = local
+        .iter()
+        .find(|v| v.agent == guide.agent.as_str())
+        .unwrap();
+    assert_eq!(guide_here.status, pb::Status::Offline);
+    drop(others);
+    for n in [b, a] {
+        n.stop();
+    }
+}
+
+#[test]
+fn a_gateway_in_maintenance_is_routed_around_and_its_agents_shown_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = demo::chain(dir.path(), &["a", "b"], 1).unwrap().into_iter();
+    let (a, b) = (nodes.next().unwrap(), nodes.next().unwrap());
+    let hotel = demo::certify(&a, "hotel").unwrap();
+    let traveller = demo::certify(&b, "traveller").unwrap();
+    let mut hotel_conn =
+        AgentConnection::connect(a.addresses().agents, hotel.clone(), WAIT).unwrap();
+    register(&a, &hotel, "book-hotel");
+    let mut traveller_conn =
+        AgentConnection::connect(b.addresses().agents, traveller.clone(), WAIT).unwrap();
+    wait_until("b routes to the hotel", || {
+        route(&b, hotel.agent.as_str()) == Some(Route::Peer { peer: 0 })
+    });
+
+    // a's operator puts it into maintenance: b stops routing to a's agents (a message is
+    // NACKed DESTINATION_OFFLINE, not lost) and discovery shows them temporarily offline.
+    a.control()
+        .unwrap()
+        .set_status(pb::Status::TemporarilyOffline)
+        .unwrap();
+    wait_until("b holds the hotel", || {
+        route(&b, hotel.agent.as_str()) == Some(Route::Offline)
+    });
+    let found = discover(&b, &traveller, "book-hotel");
+    assert_eq!(found[0].status(), pb::Status::TemporarilyOffline);
+    let (views, _) = b
+        .control()
+        .unwrap()
+        .routes(Some(hotel.agent.as_str()), 1)
+        .unwrap();
+    assert_eq!(views[0].status, pb::Status::TemporarilyOffline);
+    let id = traveller_conn
+        .send(hotel.agent.as_str(), Bytes::from_static(b"a room?"))
+        .unwrap();
+    match traveller_conn.recv(WAIT).unwrap() {
+        Some(Incoming::Nack(n)) => {
+            assert_eq!(
+                (n.message_id, n.reason()),
+                (id, ErrorCode::DestinationOffline)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Maintenance ends: routed again, delivered.
+    a.control()
+        .unwrap()
+        .set_status(pb::Status::Running)
+        .unwrap();
+    wait_until("b routes to the hotel again", || {
+        route(&b, hotel.agent.as_str()) == Some(Route::Peer { peer: 0 })
+    });
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let id = traveller_conn
+            .send(hotel.agent.as_str(), Bytes::from_static(b"a room?"))
+            .unwrap();
+        match hotel_conn.recv(Duration::from_millis(500)).unwrap() {
+            Some(Incoming::Message(m, _)) if m.message_id == id => break,
+            _ => assert!(
+                Instant::now() < deadline,
+                "never delivered after maintenance"
+            ),
+        }
+    }
+    drop((hotel_conn, traveller_conn));
+    for n in [b, a] {
+        n.stop();
+    }
+}
