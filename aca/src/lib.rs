@@ -60,3 +60,20 @@ pub fn revoked_serials(crl_der: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         .map(|r| r.raw_serial().to_vec())
         .collect())
 }
+
+/// A DER certificate's validity: notBefore and notAfter.
+pub fn certificate_validity(
+    der: &[u8],
+) -> Result<(std::time::SystemTime, std::time::SystemTime), String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("certificate: {e}"))?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        u64::try_from(t.timestamp())
+            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+            .map_err(|_| "a certificate dated before 1970".to_string())
+    };
+    Ok((
+        at(cert.validity().not_before)?,
+        at(cert.validity().not_after)?,
+    ))
+}

@@ -5,14 +5,20 @@
 //! [`peer_identity`] then reads the client's identity. Clients check the server's chain and
 //! CRLs with webpki, then require its URI SAN to be the identity they meant to reach: the DNS
 //! name check webpki would make is replaced by that identity check.
+//!
+//! A long-running holder (a gateway) renews its certificate without restarting anything: a
+//! [`RenewableCertificate`] in its [`TlsIdentity`] is what every configuration made from it
+//! presents, and [`RenewableCertificate::renew`] swaps in the new chain for the next handshake.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, ServerConfig,
     SignatureScheme,
     client::{
-        WebPkiServerVerifier,
+        ResolvesClientCert, WebPkiServerVerifier,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     },
     crypto::{CryptoProvider, ring},
@@ -20,7 +26,8 @@ use rustls::{
         CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer,
         ServerName, UnixTime,
     },
-    server::WebPkiClientVerifier,
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
 };
 use x509_parser::{extensions::GeneralName, prelude::FromDer, prelude::X509Certificate};
 
@@ -38,6 +45,94 @@ pub struct TlsIdentity {
     /// Accept a peer certificate whose issuer has no CRL among `crls` (a peer domain whose CRL
     /// was not configured). `false`: such a certificate is refused (unknown revocation status).
     pub allow_unknown_revocation: bool,
+    /// When set, what every configuration made from this identity presents, instead of
+    /// `chain` (same key): renewing it reaches every server and client at their next
+    /// handshake. `None`: `chain`, fixed.
+    pub renewable: Option<RenewableCertificate>,
+}
+
+/// A certificate (same key, successive chains) that TLS configurations present as it is now.
+#[derive(Clone)]
+pub struct RenewableCertificate {
+    key: Arc<dyn rustls::sign::SigningKey>,
+    current: Arc<ArcSwap<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for RenewableCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenewableCertificate")
+            .field("identity", &peer_identity(&self.current.load().cert))
+            .field("key", &"...")
+            .finish()
+    }
+}
+
+impl RenewableCertificate {
+    /// `chain` (leaf first, DER) for the key `key_pkcs8` (PKCS#8 DER); refused when the
+    /// leaf is not the key's.
+    pub fn new(chain: Vec<Vec<u8>>, key_pkcs8: &[u8]) -> Result<RenewableCertificate, Error> {
+        let key = provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                key_pkcs8.to_vec(),
+            )))?;
+        let certified = certified(chain, Arc::clone(&key))?;
+        Ok(RenewableCertificate {
+            key,
+            current: Arc::new(ArcSwap::from_pointee(certified)),
+        })
+    }
+
+    /// From the next handshake on, presents `chain`, which must be for the same key.
+    pub fn renew(&self, chain: Vec<Vec<u8>>) -> Result<(), Error> {
+        let certified = certified(chain, Arc::clone(&self.key))?;
+        self.current.store(Arc::new(certified));
+        Ok(())
+    }
+
+    /// The chain presented now, DER, leaf first.
+    pub fn chain(&self) -> Vec<Vec<u8>> {
+        self.current
+            .load()
+            .cert
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect()
+    }
+}
+
+fn certified(
+    chain: Vec<Vec<u8>>,
+    key: Arc<dyn rustls::sign::SigningKey>,
+) -> Result<CertifiedKey, Error> {
+    if chain.is_empty() {
+        return Err(Error::General("an empty certificate chain".into()));
+    }
+    let certified = CertifiedKey::new(chain.into_iter().map(CertificateDer::from).collect(), key);
+    match certified.keys_match() {
+        Ok(()) | Err(Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(certified),
+        Err(e) => Err(e),
+    }
+}
+
+impl ResolvesServerCert for RenewableCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl ResolvesClientCert for RenewableCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 impl std::fmt::Debug for TlsIdentity {
@@ -87,11 +182,16 @@ impl TlsIdentity {
             builder = builder.allow_unknown_revocation_status();
         }
         let verifier = builder.build().map_err(|e| Error::General(e.to_string()))?;
-        let (chain, key) = self.chain_and_key();
-        ServerConfig::builder_with_provider(provider())
+        let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
+            .with_client_cert_verifier(verifier);
+        match &self.renewable {
+            Some(renewable) => Ok(builder.with_cert_resolver(Arc::new(renewable.clone()))),
+            None => {
+                let (chain, key) = self.chain_and_key();
+                builder.with_single_cert(chain, key)
+            }
+        }
     }
 
     /// A client that presents this identity and accepts only a server whose certificate names
@@ -108,12 +208,17 @@ impl TlsIdentity {
             webpki,
             expected: expected_server.to_owned(),
         });
-        let (chain, key) = self.chain_and_key();
-        ClientConfig::builder_with_provider(provider())
+        let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(chain, key)
+            .with_custom_certificate_verifier(verifier);
+        match &self.renewable {
+            Some(renewable) => Ok(builder.with_client_cert_resolver(Arc::new(renewable.clone()))),
+            None => {
+                let (chain, key) = self.chain_and_key();
+                builder.with_client_auth_cert(chain, key)
+            }
+        }
     }
 }
 

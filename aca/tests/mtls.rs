@@ -70,6 +70,7 @@ fn identity(ca: &CertificateAuthority, held: &HeldCertificate, key: &AgentKey) -
         trust_anchor: ca.trust_anchor().to_vec(),
         crls: vec![ca.crl(SystemTime::now()).unwrap().der],
         allow_unknown_revocation: false,
+        renewable: None,
     }
 }
 
@@ -162,4 +163,91 @@ fn a_revoked_client_a_foreign_authority_and_the_wrong_server_are_refused() {
         .unwrap();
     let err = connect(client, server).unwrap_err();
     assert!(format!("{err}").contains("Revoked"), "{err}");
+}
+
+#[test]
+fn a_renewed_certificate_is_presented_from_the_next_handshake_on() {
+    let now = SystemTime::now();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(dir.path(), now);
+    let (first, gw_key) = gateway(&ca, now);
+    let mut alice = Agent::new("alice");
+    let alice_cert = alice.certify(&ca, now);
+    let renewable = agw_aca::tls::RenewableCertificate::new(
+        first.chain.iter().map(|c| c.to_vec()).collect(),
+        &gw_key.to_pkcs8_der(),
+    )
+    .unwrap();
+    let mut gw = identity(&ca, &first, &gw_key);
+    gw.renewable = Some(renewable.clone());
+    // One configuration, made once, as a long-running server keeps it.
+    let server = gw.server_config().unwrap();
+    let client = || {
+        identity(&ca, &alice_cert, &alice.key)
+            .client_config(GATEWAY)
+            .unwrap()
+    };
+    let presented = |server: &ServerConfig| {
+        let name = ServerName::try_from("gateway.invalid").unwrap();
+        let mut c = ClientConnection::new(Arc::new(client()), name).unwrap();
+        let mut s = ServerConnection::new(Arc::new(server.clone())).unwrap();
+        while c.is_handshaking() || s.is_handshaking() {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            s.read_tls(&mut buf.as_slice()).unwrap();
+            s.process_new_packets().unwrap();
+            buf.clear();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            c.read_tls(&mut buf.as_slice()).unwrap();
+            c.process_new_packets().unwrap();
+        }
+        c.peer_certificates().unwrap()[0].as_ref().to_vec()
+    };
+    assert_eq!(presented(&server), first.der());
+
+    // The same key's renewal (past 70% of the lifetime the authority issues a new one): the
+    // same server configuration presents it.
+    let later = now + std::time::Duration::from_secs(64 * 86_400);
+    let id = GatewayId::parse(GATEWAY).unwrap();
+    let renewed = ca
+        .issue_gateway(&id, &gw_key.csr(GATEWAY).unwrap(), later)
+        .unwrap();
+    assert_ne!(renewed.serial, first.serial);
+    // (Valid from `later`: checked here against the chain it presents, not the clock.)
+    renewable.renew(renewed.chain.clone()).unwrap();
+    assert_eq!(renewable.chain(), renewed.chain);
+    let name = ServerName::try_from("gateway.invalid").unwrap();
+    let mut s = ServerConnection::new(Arc::new(server.clone())).unwrap();
+    let mut c = ClientConnection::new(Arc::new(client()), name).unwrap();
+    let mut buf = Vec::new();
+    c.write_tls(&mut buf).unwrap();
+    s.read_tls(&mut buf.as_slice()).unwrap();
+    s.process_new_packets().unwrap();
+    let mut out = Vec::new();
+    while s.wants_write() {
+        s.write_tls(&mut out).unwrap();
+    }
+    c.read_tls(&mut out.as_slice()).unwrap();
+    // The client refuses a certificate not valid yet by its clock: the server presented the
+    // renewed one.
+    assert!(matches!(
+        c.process_new_packets(),
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidYet
+                | rustls::CertificateError::NotValidYetContext { .. }
+        ))
+    ));
+
+    // A chain of another key is refused; the current one stays.
+    let (stranger, _) = gateway(&authority(&dir.path().join("other"), now), now);
+    assert!(
+        renewable
+            .renew(stranger.chain.iter().map(|c| c.to_vec()).collect())
+            .is_err()
+    );
+    assert_eq!(renewable.chain(), renewed.chain);
 }

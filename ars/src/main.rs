@@ -110,6 +110,7 @@ fn run(args: Args) -> Result<(), String> {
         trust_anchor: anchor,
         crls: vec![std::fs::read(&args.crl).map_err(|e| e.to_string())?],
         allow_unknown_revocation: false,
+        renewable: None,
     };
     let tls = Arc::new(identity.server_config().map_err(|e| format!("TLS: {e}"))?);
 

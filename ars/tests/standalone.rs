@@ -131,6 +131,7 @@ fn certified(
         trust_anchor: ca.trust_anchor().to_vec(),
         crls: vec![ca.crl(SystemTime::now()).unwrap().der],
         allow_unknown_revocation: false,
+        renewable: None,
     };
     (
         id,

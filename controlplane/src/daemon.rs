@@ -315,6 +315,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, String> {
                 peer_crls,
                 peers,
                 limits,
+                gateway_validity: Duration::from_secs(90 * 86_400),
             },
         }),
         _ => Err(format!("configuration:\n  {}", problems.join("\n  "))),
@@ -396,6 +397,25 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     let mut revocations = Revocations::new(&node);
     let mut deadline = running.drain_deadline;
     while !stop.load(Ordering::Relaxed) {
+        match node.renew_certificate_if_due(SystemTime::now()) {
+            Ok(Some(renewed)) => {
+                let until = renewed
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let _ = writeln!(
+                    out,
+                    "agw: gateway certificate renewed: serial {}, valid until {until} (Unix s)",
+                    hex::encode(&renewed.serial)
+                );
+                let _ = out.flush();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = writeln!(out, "agw: {e}; trying again in a minute");
+                let _ = out.flush();
+            }
+        }
         if hangup.swap(false, Ordering::Relaxed) {
             match reload(&args, &mut running, &mut node) {
                 Ok(r) => {

@@ -3,10 +3,9 @@
 //! gets a certificate and registers; a traveller agent of domain c gets one, discovers the
 //! hotel through c's registry, and books a room through the relays of c, b and a.
 
-use std::{io::Write as _, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{io::Write as _, path::Path, sync::Arc, time::Duration};
 
 use agw_aca::tls::TlsIdentity;
-use agw_dataplane::LiveLimits;
 use agw_proto::{
     DEFAULT_HOP_LIMIT, Message,
     identity::{AgentId, Domain, GatewayId},
@@ -24,10 +23,6 @@ use crate::{
 };
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn any() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
 
 /// A federation root for the demo's three authorities.
 fn root(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
@@ -56,26 +51,15 @@ fn node(
     peers: Vec<PeerEntry>,
     shards: usize,
 ) -> Result<Node, String> {
+    let domain = Domain::new(&format!("{name}.example")).map_err(|e| e.to_string())?;
     Node::start(NodeConfig {
-        domain: Domain::new(&format!("{name}.example")).map_err(|e| e.to_string())?,
-        name: format!("{name}1"),
-        data_dir: dir.join(name),
-        allow: vec!["Example".into()],
         shards: Some(shards),
-        agents: any(),
-        aca: any(),
-        crl: any(),
-        crl_url: None,
-        registry: any(),
-        peering: any(),
-        relay_links: any(),
-        metrics: None,
         root: Some(root.clone()),
         // Peer CRLs are not known before the peers start: the demo's gateways check the leaf
         // certificates of their own domain only (see docs/peering.md).
         peer_crls: Vec::new(),
         peers,
-        limits: LiveLimits::default(),
+        ..NodeConfig::on_loopback(domain, &format!("{name}1"), dir.join(name))
     })
 }
 
@@ -157,6 +141,7 @@ pub fn registry(
         trust_anchor: node.authority.trust_anchor().to_vec(),
         crls: Vec::new(),
         allow_unknown_revocation: true,
+        renewable: None,
     };
     let config = identity
         .client_config(node.gateway.as_str())

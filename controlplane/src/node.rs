@@ -16,7 +16,7 @@ use agw_aca::{
     http::{CrlHttpServer, crl_url, url_path},
     policy::AllowListPolicy,
     server::{ServerLimits, notification, serve},
-    tls::{CertificateChecker, TlsIdentity},
+    tls::{CertificateChecker, RenewableCertificate, TlsIdentity},
 };
 use agw_ars::{Registry, RegistryConfig};
 use agw_dataplane::{Dataplane, DataplaneConfig, DrainReport, LiveLimits, routing::RoutingTable};
@@ -88,6 +88,38 @@ pub struct NodeConfig {
     pub peers: Vec<PeerEntry>,
     /// The relay's limits (they can change live).
     pub limits: LiveLimits,
+    /// Lifetime of the gateway certificates its authority issues, its own included (renewed
+    /// at 70% of it). Default 90 days.
+    pub gateway_validity: Duration,
+}
+
+impl NodeConfig {
+    /// A node of `domain` named `name`, state under `data_dir`, every listener on a free
+    /// loopback port, organisation `Example` allowed, no peers, default limits and lifetimes:
+    /// what the demo and tests start from.
+    pub fn on_loopback(domain: Domain, name: &str, data_dir: PathBuf) -> NodeConfig {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        NodeConfig {
+            domain,
+            name: name.to_owned(),
+            data_dir,
+            allow: vec!["Example".into()],
+            shards: Some(1),
+            agents: any,
+            aca: any,
+            crl: any,
+            crl_url: None,
+            registry: any,
+            peering: any,
+            relay_links: any,
+            metrics: None,
+            root: None,
+            peer_crls: Vec::new(),
+            peers: Vec::new(),
+            limits: LiveLimits::default(),
+            gateway_validity: Duration::from_secs(90 * 86_400),
+        }
+    }
 }
 
 /// Where a running node listens.
@@ -126,6 +158,50 @@ pub struct Node {
     _crl_server: CrlHttpServer,
     addresses: NodeAddresses,
     trust_anchor_path: PathBuf,
+    certificate: Mutex<GatewayCertificate>,
+}
+
+/// This gateway's own certificate: its key (kept in the data directory), what TLS presents,
+/// and when to renew it.
+struct GatewayCertificate {
+    key: AgentKey,
+    renewable: RenewableCertificate,
+    serial: Vec<u8>,
+    /// 70% into its lifetime.
+    renew_at: SystemTime,
+    not_after: SystemTime,
+}
+
+impl GatewayCertificate {
+    fn new(
+        key: AgentKey,
+        renewable: RenewableCertificate,
+        issued: &agw_aca::Issued,
+    ) -> Result<GatewayCertificate, String> {
+        let (not_before, not_after) = validity(&issued.chain)?;
+        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+        Ok(GatewayCertificate {
+            key,
+            renewable,
+            serial: issued.serial.clone(),
+            renew_at: not_before + lifetime.mul_f64(0.7),
+            not_after,
+        })
+    }
+}
+
+/// The leaf's notBefore and notAfter.
+fn validity(chain: &[Vec<u8>]) -> Result<(SystemTime, SystemTime), String> {
+    agw_aca::certificate_validity(chain.first().ok_or("an empty certificate chain")?)
+}
+
+/// A renewal of this gateway's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewed {
+    /// The new certificate's serial.
+    pub serial: Vec<u8>,
+    /// Its notAfter.
+    pub not_after: SystemTime,
 }
 
 impl std::fmt::Debug for Node {
@@ -179,6 +255,7 @@ impl Node {
         let crl_url = crl_url(config.crl_url.as_deref(), crl_addr, config.domain.as_str())?;
         let aca_dir = config.data_dir.join("aca");
         let mut aca_config = AuthorityConfig::new(config.domain.clone(), &aca_dir, crl_url.clone());
+        aca_config.gateway_validity = config.gateway_validity;
         if let Some((root_cert, root_key)) = &config.root {
             aca_config.root = RootMode::Intermediate {
                 root_cert: root_cert.clone(),
@@ -213,14 +290,19 @@ impl Node {
         let own_crl = authority.crl(now).map_err(|e| e.to_string())?.der;
         let mut crls = vec![own_crl.clone()];
         crls.extend(config.peer_crls.iter().cloned());
+        // Every TLS configuration made from it presents the certificate as renewed since.
+        let renewable = RenewableCertificate::new(issued.chain.clone(), &key.to_pkcs8_der())
+            .map_err(|e| format!("gateway certificate: {e}"))?;
+        let certificate = GatewayCertificate::new(key, renewable.clone(), &issued)?;
         let tls = TlsIdentity {
             chain: issued.chain,
-            key_pkcs8: key.to_pkcs8_der(),
+            key_pkcs8: certificate.key.to_pkcs8_der(),
             trust_anchor: authority.trust_anchor().to_vec(),
             crls,
             // Without peer domains' CRLs, their gateways' revocations cannot be checked; with
             // them, a peer certificate of an unknown issuer is refused.
             allow_unknown_revocation: config.peer_crls.is_empty(),
+            renewable: Some(renewable),
         };
 
         // Certificates presented outside TLS are checked as TLS checks them.
@@ -342,7 +424,51 @@ impl Node {
             _crl_server: crl_server,
             addresses,
             trust_anchor_path: aca_dir.join("trust-anchor.pem"),
+            certificate: Mutex::new(certificate),
         })
+    }
+
+    /// Renews this gateway's certificate once 70% of its lifetime has passed (same key, from
+    /// its own authority): registry, peering and relay links present the new one from their
+    /// next handshake; live sessions go on. Call it now and then (the daemon does, every
+    /// loop); returns the renewal when one happened.
+    pub fn renew_certificate_if_due(&self, now: SystemTime) -> Result<Option<Renewed>, String> {
+        let mut current = self
+            .certificate
+            .lock()
+            .map_err(|_| "certificate state poisoned")?;
+        if now < current.renew_at {
+            return Ok(None);
+        }
+        // A failed attempt is tried again in a minute, not at every call.
+        current.renew_at = now + Duration::from_secs(60);
+        let csr = current
+            .key
+            .csr(self.gateway.as_str())
+            .map_err(|e| e.to_string())?;
+        let issued = self
+            .authority
+            .issue_gateway(&self.gateway, &csr, now)
+            .map_err(|e| format!("renewing the gateway certificate: {e}"))?;
+        current
+            .renewable
+            .renew(issued.chain.clone())
+            .map_err(|e| format!("renewing the gateway certificate: {e}"))?;
+        let (not_before, not_after) = validity(&issued.chain)?;
+        let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+        current.serial = issued.serial.clone();
+        current.renew_at = not_before + lifetime.mul_f64(0.7);
+        current.not_after = not_after;
+        Ok(Some(Renewed {
+            serial: issued.serial,
+            not_after,
+        }))
+    }
+
+    /// This gateway's certificate now: its serial and notAfter.
+    pub fn certificate(&self) -> Option<(Vec<u8>, SystemTime)> {
+        let current = self.certificate.lock().ok()?;
+        Some((current.serial.clone(), current.not_after))
     }
 
     /// Where it listens.

@@ -158,6 +158,7 @@ fn registry(daemon: &Daemon, data: &Path, who: &Credentials) -> TlsConnection {
         trust_anchor: pem::parse(anchor).unwrap().into_contents(),
         crls: Vec::new(),
         allow_unknown_revocation: true,
+        renewable: None,
     };
     let config = identity
         .client_config("spiffe://travel.example/agw/agw-1")

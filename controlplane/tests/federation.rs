@@ -230,3 +230,75 @@ fn a_gateway_in_maintenance_is_routed_around_and_its_agents_shown_so() {
         n.stop();
     }
 }
+
+/// The certificate `node`'s registry presents to a TLS client now: its serial.
+fn presented_serial(node: &Node, who: &Credentials) -> Vec<u8> {
+    use agw_aca::tls::{CertificateChecker, TlsIdentity};
+    let identity = TlsIdentity {
+        chain: who.certificate.chain.iter().map(|c| c.to_vec()).collect(),
+        key_pkcs8: who.key.to_pkcs8_der(),
+        trust_anchor: node.authority.trust_anchor().to_vec(),
+        crls: Vec::new(),
+        allow_unknown_revocation: true,
+        renewable: None,
+    };
+    let config = std::sync::Arc::new(identity.client_config(node.gateway.as_str()).unwrap());
+    let name = rustls::pki_types::ServerName::try_from("gateway.invalid").unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut sock = std::net::TcpStream::connect(node.addresses().registry).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap();
+    }
+    let chain: Vec<Vec<u8>> = conn
+        .peer_certificates()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_ref().to_vec())
+        .collect();
+    let checker = CertificateChecker::new(node.authority.trust_anchor(), &[]).unwrap();
+    checker
+        .check(&chain, std::time::SystemTime::now())
+        .unwrap()
+        .serial
+}
+
+#[test]
+fn a_running_gateway_renews_its_certificate_and_presents_the_new_one() {
+    use agw_controlplane::node::NodeConfig;
+    let dir = tempfile::tempdir().unwrap();
+    // Gateway certificates of 60 s: with their 5 minutes of backdating, 70% of the lifetime
+    // has passed as soon as one is issued, so a renewal is due at once (on the real clock,
+    // which TLS checks).
+    let node = Node::start(NodeConfig {
+        gateway_validity: Duration::from_secs(60),
+        ..NodeConfig::on_loopback(
+            agw_proto::identity::Domain::new("a.example").unwrap(),
+            "a1",
+            dir.path().join("a"),
+        )
+    })
+    .unwrap();
+    let alice = demo::certify(&node, "alice").unwrap();
+    let (first, _) = node.certificate().unwrap();
+    assert_eq!(presented_serial(&node, &alice), first);
+
+    let renewed = node
+        .renew_certificate_if_due(std::time::SystemTime::now())
+        .unwrap()
+        .expect("due");
+    assert_ne!(renewed.serial, first);
+    assert_eq!(node.certificate().unwrap().0, renewed.serial);
+    // The registry's TLS server, made at start, presents the new certificate.
+    assert_eq!(presented_serial(&node, &alice), renewed.serial);
+    // The key is the same: the authority kept the identity on it.
+    let status = node
+        .authority
+        .status(&renewed.serial, std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        matches!(status, agw_aca::CertificateStatus::Valid { .. }),
+        "{status:?}"
+    );
+    node.stop();
+}

@@ -72,6 +72,7 @@ pub fn identity(a: &Authority, all: &[&Authority]) -> TlsIdentity {
         key_pkcs8: key.to_pkcs8_der(),
         trust_anchor: a.ca.trust_anchor().to_vec(),
         allow_unknown_revocation: false,
+        renewable: None,
         crls: all
             .iter()
             .map(|o| o.ca.crl(SystemTime::now()).unwrap().der)
