@@ -6,11 +6,11 @@ use std::{
     io,
     net::{SocketAddr, TcpListener, ToSocketAddrs},
     sync::Arc,
-    thread::JoinHandle,
     time::SystemTime,
 };
 
-use tiny_http::{Header, Method, Response, Server};
+use agw_rpc::{Endpoint, EndpointStats, HttpAnswer, HttpLimits, Method};
+use tokio::runtime::Handle;
 
 use crate::CertificateAuthority;
 
@@ -50,56 +50,49 @@ pub fn crl_url(
 }
 
 /// A running CRL endpoint; stops when dropped.
+#[derive(Debug)]
 pub struct CrlHttpServer {
-    server: Arc<Server>,
-    addr: SocketAddr,
-    thread: Option<JoinHandle<()>>,
+    endpoint: Endpoint,
 }
 
 impl CrlHttpServer {
     /// Listens on `addr` and answers `GET <path>` with the authority's current CRL
-    /// (`application/pkix-crl`), 404 for other paths and 405 for other methods.
+    /// (`application/pkix-crl`), 404 for other paths and 405 for other methods, on `runtime`.
     pub fn start(
+        runtime: &Handle,
         addr: impl ToSocketAddrs,
         authority: Arc<CertificateAuthority>,
         path: &str,
     ) -> io::Result<CrlHttpServer> {
-        CrlHttpServer::from_listener(TcpListener::bind(addr)?, authority, path)
+        CrlHttpServer::from_listener(runtime, TcpListener::bind(addr)?, authority, path)
     }
 
     /// The same on a listener already bound (so its address is known before the
     /// certificates that name it are issued).
     pub fn from_listener(
+        runtime: &Handle,
         listener: TcpListener,
         authority: Arc<CertificateAuthority>,
         path: &str,
     ) -> io::Result<CrlHttpServer> {
-        let server = Arc::new(Server::from_listener(listener, None).map_err(io::Error::other)?);
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| io::Error::other("not an IP listener"))?;
         let path = path.to_owned();
-        let worker = Arc::clone(&server);
-        let thread = std::thread::Builder::new()
-            .name("aca-crl-http".into())
-            .spawn(move || {
-                for request in worker.incoming_requests() {
-                    let response = answer(&authority, &path, request.method(), request.url());
-                    // A client that went away is its own problem; keep serving the others.
-                    let _ = request.respond(response);
-                }
-            })?;
-        Ok(CrlHttpServer {
-            server,
-            addr,
-            thread: Some(thread),
-        })
+        let route = Arc::new(move |method: &Method, url_path: &str| {
+            answer(&authority, &path, method, url_path)
+        });
+        let endpoint = Endpoint::http(runtime, listener, route, HttpLimits::default())?;
+        Ok(CrlHttpServer { endpoint })
     }
 
     /// Where it listens.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.endpoint
+            .local_addr()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Its counters, and whether it serves.
+    pub fn stats(&self) -> Arc<EndpointStats> {
+        self.endpoint.stats()
     }
 }
 
@@ -107,42 +100,21 @@ fn answer(
     authority: &CertificateAuthority,
     path: &str,
     method: &Method,
-    url: &str,
-) -> Response<io::Cursor<Vec<u8>>> {
-    let text =
-        |status: u16, body: &str| Response::from_string(body.to_owned()).with_status_code(status);
-    if url.split('?').next() != Some(path) {
-        return text(404, "not found\n");
+    url_path: &str,
+) -> HttpAnswer {
+    if url_path != path {
+        return HttpAnswer::text(404, "not found\n");
     }
-    if *method != Method::Get && *method != Method::Head {
-        return text(405, "only GET\n");
+    if *method != Method::GET && *method != Method::HEAD {
+        return HttpAnswer::text(405, "only GET\n");
     }
     match authority.crl(SystemTime::now()) {
-        Ok(crl) => {
-            let mut response = Response::from_data(crl.der);
-            if let Ok(h) = Header::from_bytes(&b"Content-Type"[..], &b"application/pkix-crl"[..]) {
-                response.add_header(h);
-            }
-            response
-        }
-        Err(e) => text(500, &format!("{e}\n")),
-    }
-}
-
-impl std::fmt::Debug for CrlHttpServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CrlHttpServer")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for CrlHttpServer {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Ok(crl) => HttpAnswer {
+            status: 200,
+            content_type: "application/pkix-crl",
+            body: crl.der.into(),
+        },
+        Err(e) => HttpAnswer::text(500, format!("{e}\n")),
     }
 }
 

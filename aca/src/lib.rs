@@ -14,8 +14,7 @@ pub mod http;
 pub mod keys;
 pub mod policy;
 pub mod private;
-pub mod server;
-mod service;
+pub mod service;
 pub mod store;
 pub mod tls;
 

@@ -13,9 +13,10 @@ use agw_aca::{
     AuthorityConfig, CertificateAuthority, RootMode,
     http::{CrlHttpServer, crl_url, url_path},
     policy::AllowListPolicy,
-    server::{ServerLimits, serve},
+    service::REQUESTS,
 };
 use agw_proto::identity::Domain;
+use agw_rpc::{Endpoint, LimitArgs};
 use clap::Parser;
 
 /// Agent Certificate Authority: issues, renews and revokes X.509 certificates for the agents
@@ -57,6 +58,8 @@ struct Args {
     /// The operator root's key (PKCS#8 PEM); read at first start only.
     #[arg(long, requires = "root_cert")]
     root_key: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 fn main() {
@@ -91,9 +94,14 @@ fn run(args: Args) -> Result<(), String> {
         CertificateAuthority::bootstrap(config, Box::new(policy), SystemTime::now())
             .map_err(|e| format!("bootstrap in {}: {e}", args.data_dir.display()))?,
     );
-    let crl_server =
-        CrlHttpServer::from_listener(crl_listener, Arc::clone(&authority), url_path(&crl_url))
-            .map_err(|e| format!("CRL server on {crl_addr}: {e}"))?;
+    let runtime = agw_rpc::runtime("agw-aca").map_err(|e| e.to_string())?;
+    let crl_server = CrlHttpServer::from_listener(
+        runtime.handle(),
+        crl_listener,
+        Arc::clone(&authority),
+        url_path(&crl_url),
+    )
+    .map_err(|e| format!("CRL server on {crl_addr}: {e}"))?;
     let listener =
         TcpListener::bind(&args.listen).map_err(|e| format!("--listen {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -120,5 +128,15 @@ fn run(args: Args) -> Result<(), String> {
             authority.handle(request, now)
         },
     );
-    serve(listener, None, handler, ServerLimits::default()).map_err(|e| e.to_string())
+    let _endpoint = Endpoint::tcp(
+        runtime.handle(),
+        listener,
+        None,
+        handler,
+        args.limits.limits(REQUESTS),
+    )
+    .map_err(|e| e.to_string())?;
+    // It serves until the process is stopped.
+    runtime.block_on(std::future::pending::<()>());
+    Ok(())
 }

@@ -2,9 +2,22 @@
 
 use std::time::SystemTime;
 
-use agw_proto::{Message, pb};
+use agw_proto::{Admission, Kind, Message, pb};
 
 use crate::{AcaError, CertificateAuthority, CertificateStatus};
+
+/// What the authority's protocol port takes: its requests, each within 64 KiB (a CSR is at
+/// most 16 KiB, a certificate being renewed a few).
+pub const REQUESTS: Admission = Admission::only(
+    &[
+        Kind::CertificateApplication,
+        Kind::RenewalRequest,
+        Kind::RevocationRequest,
+        Kind::StatusQuery,
+        Kind::CrlRequest,
+    ],
+    64 * 1024,
+);
 
 impl CertificateAuthority {
     /// Answers one ACA request (`CertificateApplication`, `RenewalRequest`,

@@ -107,7 +107,9 @@ fn openssl_verifies_issued_certificates_and_honours_the_crl() {
     assert_eq!(reply.error, None);
 
     // The CRL, fetched over HTTP by curl at the distribution point's path.
+    let runtime = agw_rpc::runtime("crl-test").unwrap();
     let server = CrlHttpServer::start(
+        runtime.handle(),
         "127.0.0.1:0",
         Arc::clone(&ca),
         url_path("http://127.0.0.1:7810/crl/travel.example.crl"),

@@ -209,3 +209,74 @@ fn bad_frames_close_only_their_connection() {
     };
     assert!(crl.error.is_none() && !crl.crl.is_empty());
 }
+
+/// CPU seconds (user + system) the process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+#[test]
+fn out_of_file_descriptors_it_backs_off_and_serves_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // 48 descriptors in all for the server process.
+    let command = format!(
+        "ulimit -n 48 && exec {} --domain {} --listen 127.0.0.1:0 --crl-listen 127.0.0.1:0 \
+         --allow 'Acme Travel=booking' --data-dir {}",
+        env!("CARGO_BIN_EXE_agw-aca"),
+        common::DOMAIN,
+        dir.path().display()
+    );
+    let mut child = Command::new("bash")
+        .args(["-c", &command])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first.rsplit(' ').next().unwrap().to_owned();
+    std::thread::spawn(move || lines.for_each(drop));
+    let server = Server { child, addr };
+
+    // 60 idle connections (under the per-source cap of 64): the server runs out of
+    // descriptors first; the kernel queues the rest.
+    let mut hogs = Vec::new();
+    for _ in 0..60 {
+        hogs.push(std::net::TcpStream::connect(&server.addr).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // It is alive, and not spinning on the listener that stays readable.
+    let pid = server.child.id();
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds(pid) - before;
+    assert!(used < 0.5, "{used} CPU seconds in one second: spinning");
+    assert!(
+        std::fs::metadata(format!("/proc/{pid}")).is_ok(),
+        "the server died"
+    );
+
+    // The hogs leave: a client is served again.
+    drop(hogs);
+    let start = std::time::Instant::now();
+    let served = loop {
+        if let Ok(mut conn) = Connection::connect(&server.addr, Duration::from_secs(1))
+            && let Ok(Message::StatusReply(_)) =
+                conn.request(CertificateRequests::default().status(bytes::Bytes::from_static(&[1])))
+        {
+            break start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "never served again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        served < Duration::from_secs(5),
+        "served again after {served:?}"
+    );
+}

@@ -11,7 +11,7 @@
 pub mod index;
 pub mod limits;
 mod registry;
-mod service;
+pub mod service;
 pub mod store;
 
 use agw_proto::pb::{self, ErrorCode};

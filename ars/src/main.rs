@@ -9,12 +9,10 @@ use std::{
     time::SystemTime,
 };
 
-use agw_aca::{
-    server::{ServerLimits, notification, serve},
-    tls::{CertificateChecker, TlsIdentity},
-};
-use agw_ars::{Registry, RegistryConfig};
+use agw_aca::tls::{CertificateChecker, TlsIdentity, peer_identity};
+use agw_ars::{Registry, RegistryConfig, service::REQUESTS};
 use agw_proto::{Message, identity::Domain, pb::ErrorCode};
+use agw_rpc::{Endpoint, LimitArgs, notification};
 use clap::Parser;
 
 /// Agent Registration Server: agents register their profiles with their ACA certificate and
@@ -50,6 +48,8 @@ struct Args {
     /// Registrations one certificate may make over its life.
     #[arg(long, default_value_t = 16)]
     max_registrations_per_certificate: u32,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 fn main() {
@@ -149,5 +149,16 @@ fn run(args: Args) -> Result<(), String> {
             )),
         }
     });
-    serve(listener, Some(tls), handler, ServerLimits::default()).map_err(|e| e.to_string())
+    let runtime = agw_rpc::runtime("agw-ars").map_err(|e| e.to_string())?;
+    let _endpoint = Endpoint::tcp(
+        runtime.handle(),
+        listener,
+        Some((tls, peer_identity)),
+        handler,
+        args.limits.limits(REQUESTS),
+    )
+    .map_err(|e| e.to_string())?;
+    // It serves until the process is stopped.
+    runtime.block_on(std::future::pending::<()>());
+    Ok(())
 }

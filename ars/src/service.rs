@@ -2,9 +2,21 @@
 
 use std::time::SystemTime;
 
-use agw_proto::{Message, pb};
+use agw_proto::{Admission, Kind, Message, pb};
 
 use crate::{Registry, RegistryError};
+
+/// What the registry's port takes: its requests, each within 64 KiB (a profile is at most
+/// 8 KiB, a registration's certificate chain a few).
+pub const REQUESTS: Admission = Admission::only(
+    &[
+        Kind::RegisterRequest,
+        Kind::UpdateRequest,
+        Kind::DeregisterAgentRequest,
+        Kind::DiscoverRequest,
+    ],
+    64 * 1024,
+);
 
 impl Registry {
     /// Answers one registry request from `requester` (the identity its connection

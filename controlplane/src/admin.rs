@@ -16,13 +16,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agw_aca::server::{ServerLimits, serve_unix};
 use agw_dataplane::{CounterSnapshot, NACK_REASONS, routing::Route};
 use agw_proto::{
     Message,
     identity::GatewayId,
     pb::{self, ErrorCode, admin_reply::Result as Reply, admin_request::Command},
 };
+use agw_rpc::{Endpoint, Handler, ServerLimits};
 use crossbeam_channel::{Receiver, Sender};
 use ring::{
     digest::{SHA256, digest},
@@ -52,15 +52,48 @@ pub struct Asked {
 }
 
 /// The listening socket; removed when dropped.
-#[derive(Debug)]
 pub struct AdminSocket {
     path: PathBuf,
+    /// Bound, and answering once [`AdminSocket::serve`] runs it.
+    pending: Option<(UnixListener, Arc<Handler>)>,
+    endpoint: Option<Endpoint>,
 }
+
+impl std::fmt::Debug for AdminSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSocket")
+            .field("path", &self.path)
+            .field("serving", &self.endpoint.is_some())
+            .finish()
+    }
+}
+
+/// What the admin socket takes: operators' requests, each within 64 KiB.
+const REQUESTS: agw_proto::Admission =
+    agw_proto::Admission::only(&[agw_proto::Kind::AdminRequest], 64 * 1024);
 
 impl AdminSocket {
     /// Where it listens.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Starts answering on `runtime` (the node's).
+    pub fn serve(&mut self, runtime: &tokio::runtime::Handle) -> Result<(), String> {
+        let Some((listener, handler)) = self.pending.take() else {
+            return Ok(());
+        };
+        let limits = ServerLimits {
+            max_connections: 16,
+            admission: REQUESTS,
+            // An operator's request can wait for a drain to start.
+            request_timeout: ANSWER_TIMEOUT,
+            ..ServerLimits::default()
+        };
+        let endpoint = Endpoint::unix(runtime, listener, handler, limits)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        self.endpoint = Some(endpoint);
+        Ok(())
     }
 }
 
@@ -114,50 +147,50 @@ pub fn listen(data_dir: &Path) -> Result<(AdminSocket, Receiver<Asked>), String>
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let expected = digest(&SHA256, token.as_bytes());
-    let handler = Arc::new(move |message: &Message, _: Option<&str>, _: SystemTime| {
-        let Message::AdminRequest(request) = message else {
-            return None;
-        };
-        let request_id = request.request_id;
-        // Digests compared, so the comparison's timing tells nothing about the token.
-        if digest(&SHA256, request.token.as_bytes()).as_ref() != expected.as_ref() {
-            return Some(
-                refusal(
-                    request_id,
-                    ErrorCode::AdminUnauthenticated,
-                    "wrong admin token",
-                )
-                .into(),
-            );
-        }
-        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-        let asked = Asked {
-            request: request.clone(),
-            reply: reply_tx,
-        };
-        if tx.send(asked).is_err() {
-            return Some(
-                refusal(request_id, ErrorCode::Draining, "the gateway is stopping").into(),
-            );
-        }
-        Some(
-            reply_rx
-                .recv_timeout(ANSWER_TIMEOUT)
-                .unwrap_or_else(|_| {
-                    refusal(request_id, ErrorCode::Draining, "the gateway is draining")
-                })
-                .into(),
-        )
-    });
-    let limits = ServerLimits {
-        max_connections: 16,
-        idle_timeout: Duration::from_secs(30),
-    };
-    std::thread::Builder::new()
-        .name("agw-admin".into())
-        .spawn(move || serve_unix(listener, handler, limits))
-        .map_err(|e| e.to_string())?;
-    Ok((AdminSocket { path }, rx))
+    let handler: Arc<Handler> =
+        Arc::new(move |message: &Message, _: Option<&str>, _: SystemTime| {
+            let Message::AdminRequest(request) = message else {
+                return None;
+            };
+            let request_id = request.request_id;
+            // Digests compared, so the comparison's timing tells nothing about the token.
+            if digest(&SHA256, request.token.as_bytes()).as_ref() != expected.as_ref() {
+                return Some(
+                    refusal(
+                        request_id,
+                        ErrorCode::AdminUnauthenticated,
+                        "wrong admin token",
+                    )
+                    .into(),
+                );
+            }
+            let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+            let asked = Asked {
+                request: request.clone(),
+                reply: reply_tx,
+            };
+            if tx.send(asked).is_err() {
+                return Some(
+                    refusal(request_id, ErrorCode::Draining, "the gateway is stopping").into(),
+                );
+            }
+            Some(
+                reply_rx
+                    .recv_timeout(ANSWER_TIMEOUT)
+                    .unwrap_or_else(|_| {
+                        refusal(request_id, ErrorCode::Draining, "the gateway is draining")
+                    })
+                    .into(),
+            )
+        });
+    Ok((
+        AdminSocket {
+            path,
+            pending: Some((listener, handler)),
+            endpoint: None,
+        },
+        rx,
+    ))
 }
 
 /// A reply refusing request `request_id`.

@@ -333,11 +333,12 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     agw_aca::private::private_dir(&data_dir)
         .map_err(|e| format!("data dir {}: {e}", data_dir.display()))?;
     // First, so that a second daemon on the same data directory stops here.
-    let (admin_socket, asked) = admin::listen(&data_dir)?;
+    let (mut admin_socket, asked) = admin::listen(&data_dir)?;
     let allow = config.allow.join(", ");
     let peers = config.peers.len();
     let unchecked_peers = peers > 0 && config.peer_crls.is_empty();
     let mut node = Node::start(config)?;
+    admin_socket.serve(node.runtime().ok_or("the node has no runtime")?)?;
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

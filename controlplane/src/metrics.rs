@@ -1,16 +1,18 @@
 //! Prometheus metrics and a health endpoint over HTTP: `GET /metrics` (text exposition,
 //! encoded by prometheus-client from the relay's per-shard counters and the peers' neighbour
-//! list at each scrape), `GET /health` (`ok` while the node runs).
+//! list at each scrape), `GET /health` (`ok` while every server of the node takes
+//! connections; `503` naming those that do not, e.g. out of file descriptors).
 
 use std::{
-    net::{SocketAddr, TcpListener},
-    sync::{Arc, Mutex},
+    net::TcpListener,
+    sync::{Arc, Mutex, atomic::Ordering},
 };
 
 use agw_dataplane::{
     NACK_REASONS, ShardCounters,
     counters::{RESIDENCE_BUCKETS, residence_bound},
 };
+use agw_rpc::{Endpoint, EndpointStats, HttpAnswer, HttpLimits, Method};
 use prometheus_client::{
     encoding::{EncodeMetric, MetricEncoder, NoLabelSet, text::encode},
     metrics::{MetricType, TypedMetric, counter::Counter, family::Family, gauge::Gauge},
@@ -29,6 +31,9 @@ pub struct MetricsSources {
     pub counters: Arc<[ShardCounters]>,
     /// The neighbour list, when peering.
     pub neighbours: Option<Neighbours>,
+    /// The node's servers by name (authority, registry, CRL), their counters and whether
+    /// they serve.
+    pub endpoints: Vec<(&'static str, Arc<EndpointStats>)>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -196,6 +201,67 @@ pub fn render(sources: &MetricsSources) -> String {
          write that finished them",
         residence,
     );
+    let per_endpoint = |f: &dyn Fn(&EndpointStats) -> u64| -> Vec<(Labels, u64)> {
+        sources
+            .endpoints
+            .iter()
+            .map(|(name, stats)| (vec![("server".into(), (*name).into())], f(stats)))
+            .collect()
+    };
+    let open: Vec<_> = sources
+        .endpoints
+        .iter()
+        .map(|(name, stats)| {
+            let open = stats.open.load(Ordering::Relaxed);
+            (
+                vec![("server".into(), (*name).into())],
+                i64::try_from(open).unwrap_or(i64::MAX),
+            )
+        })
+        .collect();
+    gauge(
+        &mut registry,
+        "server_connections",
+        "Connections open on each control-plane server",
+        &open,
+    );
+    let serving: Vec<_> = sources
+        .endpoints
+        .iter()
+        .map(|(name, stats)| {
+            (
+                vec![("server".into(), (*name).into())],
+                i64::from(stats.serving()),
+            )
+        })
+        .collect();
+    gauge(
+        &mut registry,
+        "server_serving",
+        "1 while the server takes connections (0 while accepts fail, e.g. out of descriptors)",
+        &serving,
+    );
+    let refused = |stats: &EndpointStats| {
+        stats.refused_full.load(Ordering::Relaxed) + stats.refused_source.load(Ordering::Relaxed)
+    };
+    counter(
+        &mut registry,
+        "server_refused",
+        "Connections refused at a server's caps (in all, or per source address)",
+        &per_endpoint(&refused),
+    );
+    counter(
+        &mut registry,
+        "server_timed_out",
+        "Connections closed at a deadline (handshake, request, idle)",
+        &per_endpoint(&|s| s.timed_out.load(Ordering::Relaxed)),
+    );
+    counter(
+        &mut registry,
+        "server_accept_errors",
+        "Accepts that failed for want of resources (file descriptors, memory)",
+        &per_endpoint(&|s| s.accept_errors.load(Ordering::Relaxed)),
+    );
     if let Some(neighbours) = &sources.neighbours {
         let list = neighbours.list();
         let peer = |p: &PeerStatus| vec![("peer".to_string(), p.gateway.clone())];
@@ -245,27 +311,39 @@ pub fn render(sources: &MetricsSources) -> String {
     text
 }
 
-/// Serves `/metrics` and `/health` on `listener` from a thread of its own.
-pub fn serve(listener: TcpListener, sources: MetricsSources) -> std::io::Result<SocketAddr> {
-    let addr = listener.local_addr()?;
-    let server = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    std::thread::Builder::new()
-        .name("agw-metrics".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                let (status, body, kind) = match request.url() {
-                    "/metrics" => (200, render(&sources), "text/plain; version=0.0.4"),
-                    "/health" => (200, "ok\n".to_owned(), "text/plain"),
-                    _ => (404, "not found\n".to_owned(), "text/plain"),
-                };
-                let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-                if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], kind.as_bytes())
-                {
-                    response = response.with_header(h);
-                }
-                let _ = request.respond(response);
-            }
-        })?;
-    Ok(addr)
+/// `/health`: `ok` while every server takes connections, else `503` naming those that do not.
+pub fn health(endpoints: &[(&'static str, Arc<EndpointStats>)]) -> HttpAnswer {
+    let down: Vec<&str> = endpoints
+        .iter()
+        .filter(|(_, stats)| !stats.serving())
+        .map(|(name, _)| *name)
+        .collect();
+    if down.is_empty() {
+        HttpAnswer::text(200, "ok\n")
+    } else {
+        HttpAnswer::text(503, format!("not serving: {}\n", down.join(", ")))
+    }
+}
+
+/// Serves `/metrics` and `/health` on `listener`, on `runtime`.
+pub fn serve(
+    runtime: &tokio::runtime::Handle,
+    listener: TcpListener,
+    sources: MetricsSources,
+) -> std::io::Result<Endpoint> {
+    let route = Arc::new(move |method: &Method, path: &str| {
+        if *method != Method::GET && *method != Method::HEAD {
+            return HttpAnswer::text(405, "only GET\n");
+        }
+        match path {
+            "/metrics" => HttpAnswer {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: render(&sources).into(),
+            },
+            "/health" => health(&sources.endpoints),
+            _ => HttpAnswer::text(404, "not found\n"),
+        }
+    });
+    Endpoint::http(runtime, listener, route, HttpLimits::default())
 }

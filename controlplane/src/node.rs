@@ -15,7 +15,6 @@ use agw_aca::{
     AuthorityConfig, CertificateAuthority, RootMode,
     http::{CrlHttpServer, crl_url, url_path},
     policy::AllowListPolicy,
-    server::{ServerLimits, notification, serve},
     tls::{CertificateChecker, RenewableCertificate, TlsIdentity},
 };
 use agw_ars::{Registry, RegistryConfig};
@@ -25,6 +24,7 @@ use agw_proto::{
     identity::{Domain, GatewayId},
     pb::ErrorCode,
 };
+use agw_rpc::{Endpoint, EndpointStats, ServerLimits, notification};
 use agw_sdk::certificates::AgentKey;
 
 use crate::{
@@ -155,10 +155,25 @@ pub struct Node {
     peers: Vec<PeerEntry>,
     /// This gateway's relay-link address, which its OPEN announces to peers.
     relay_links: SocketAddr,
-    _crl_server: CrlHttpServer,
+    crl_server: CrlHttpServer,
     addresses: NodeAddresses,
     trust_anchor_path: PathBuf,
     certificate: Mutex<GatewayCertificate>,
+    endpoints: Vec<(&'static str, Endpoint)>,
+    /// Last: dropped after the endpoints that run on it.
+    runtime: ControlRuntime,
+}
+
+/// The control plane's runtime, shut down when dropped without waiting long for a handler
+/// still running (an operator's request waiting on the daemon).
+struct ControlRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ControlRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
 }
 
 /// This gateway's own certificate: its key (kept in the data directory), what TLS presents,
@@ -267,19 +282,32 @@ impl Node {
             CertificateAuthority::bootstrap(aca_config, Box::new(policy), now)
                 .map_err(|e| format!("certificate authority in {}: {e}", aca_dir.display()))?,
         );
-        let crl_server =
-            CrlHttpServer::from_listener(crl_listener, Arc::clone(&authority), url_path(&crl_url))
-                .map_err(|e| format!("CRL server on {crl_addr}: {e}"))?;
+        // The control plane's runtime: every server of the node runs on it.
+        let runtime = agw_rpc::runtime("agw-control").map_err(|e| format!("runtime: {e}"))?;
+        let crl_server = CrlHttpServer::from_listener(
+            runtime.handle(),
+            crl_listener,
+            Arc::clone(&authority),
+            url_path(&crl_url),
+        )
+        .map_err(|e| format!("CRL server on {crl_addr}: {e}"))?;
         let aca_listener = bind("ACA listener", config.aca)?;
         let aca_addr = aca_listener.local_addr().map_err(|e| e.to_string())?;
         let served = Arc::clone(&authority);
         let handler = Arc::new(move |request: &Message, _peer: Option<&str>, now| {
             served.handle(request, now)
         });
-        std::thread::Builder::new()
-            .name("agw-aca".into())
-            .spawn(move || serve(aca_listener, None, handler, ServerLimits::default()))
-            .map_err(|e| e.to_string())?;
+        let aca_endpoint = Endpoint::tcp(
+            runtime.handle(),
+            aca_listener,
+            None,
+            handler,
+            ServerLimits {
+                admission: agw_aca::service::REQUESTS,
+                ..ServerLimits::default()
+            },
+        )
+        .map_err(|e| format!("ACA endpoint: {e}"))?;
 
         // This gateway's certificate, for the registry's TLS and for peering.
         let key = gateway_key(&config.data_dir.join("gateway.key.pem"))?;
@@ -351,17 +379,17 @@ impl Node {
                 )),
             }
         });
-        std::thread::Builder::new()
-            .name("agw-ars".into())
-            .spawn(move || {
-                serve(
-                    ars_listener,
-                    Some(ars_tls),
-                    handler,
-                    ServerLimits::default(),
-                )
-            })
-            .map_err(|e| e.to_string())?;
+        let ars_endpoint = Endpoint::tcp(
+            runtime.handle(),
+            ars_listener,
+            Some((ars_tls, agw_aca::tls::peer_identity)),
+            handler,
+            ServerLimits {
+                admission: agw_ars::service::REQUESTS,
+                ..ServerLimits::default()
+            },
+        )
+        .map_err(|e| format!("registry endpoint: {e}"))?;
 
         // The control plane and its peers.
         let relay_links = dataplane
@@ -387,17 +415,25 @@ impl Node {
             },
         )
         .map_err(|e| format!("control plane: {e}"))?;
+        let mut endpoints = vec![("aca", aca_endpoint), ("registry", ars_endpoint)];
+        let mut served: Vec<_> = endpoints.iter().map(|(n, e)| (*n, e.stats())).collect();
+        served.push(("crl", crl_server.stats()));
         let metrics = match config.metrics {
-            Some(addr) => Some(
-                crate::metrics::serve(
+            Some(addr) => {
+                let endpoint = crate::metrics::serve(
+                    runtime.handle(),
                     bind("metrics listener", addr)?,
                     crate::metrics::MetricsSources {
                         counters: dataplane.counters_handle(),
                         neighbours: control.peering().map(|p| p.neighbours_handle()),
+                        endpoints: served,
                     },
                 )
-                .map_err(|e| format!("metrics: {e}"))?,
-            ),
+                .map_err(|e| format!("metrics: {e}"))?;
+                let addr = endpoint.local_addr();
+                endpoints.push(("metrics", endpoint));
+                addr
+            }
             None => None,
         };
         tracing::info!(%gateway, agents = %dataplane.local_addr(), aca = %aca_addr, registry = %ars_addr, peers = config.peers.len(), "node started");
@@ -421,11 +457,30 @@ impl Node {
             control: Some(control),
             peers: config.peers,
             relay_links,
-            _crl_server: crl_server,
+            crl_server,
             addresses,
             trust_anchor_path: aca_dir.join("trust-anchor.pem"),
             certificate: Mutex::new(certificate),
+            endpoints,
+            runtime: ControlRuntime(Some(runtime)),
         })
+    }
+
+    /// The control plane's runtime (the admin socket is served on it too).
+    pub fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.0.as_ref().map(tokio::runtime::Runtime::handle)
+    }
+
+    /// The servers by name (`aca`, `registry`, `metrics`, `crl`) and their counters, for
+    /// metrics and health.
+    pub fn endpoint_stats(&self) -> Vec<(&'static str, Arc<EndpointStats>)> {
+        let mut stats: Vec<_> = self
+            .endpoints
+            .iter()
+            .map(|(name, e)| (*name, e.stats()))
+            .collect();
+        stats.push(("crl", self.crl_server.stats()));
+        stats
     }
 
     /// Renews this gateway's certificate once 70% of its lifetime has passed (same key, from

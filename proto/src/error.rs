@@ -9,6 +9,7 @@ impl ErrorCode {
         matches!(
             self,
             ErrorCode::Internal
+                | ErrorCode::RequestTimeout
                 | ErrorCode::DestinationOffline
                 | ErrorCode::Overloaded
                 | ErrorCode::Unreachable
