@@ -3,9 +3,10 @@
 //! capability; profiles of other domains arrive as summaries through the gateways' resource
 //! synchronisation.
 //!
-//! What it is: [`Registry`] (sans-IO, owned by one thread, state in an embedded crash-safe
-//! store with an in-memory inverted index rebuilt at start) and its protocol service
-//! ([`Registry::handle`]). What it is not: it accepts no connections; the gateway daemon (or a
+//! What it is: [`Registry`] (sans-IO: every method takes the time; its owner serialises
+//! access, today a mutex shared by the server's request handlers and the control loop; state
+//! in an embedded crash-safe store with an in-memory inverted index rebuilt at start), its
+//! protocol service ([`Registry::handle`]) and what its port admits ([`service::REQUESTS`]). What it is not: it accepts no connections; the gateway daemon (or a
 //! standalone server) carries frames to it and tells it who the requester is.
 
 pub mod index;
