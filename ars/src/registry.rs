@@ -114,7 +114,19 @@ pub struct Registry {
     /// stay, offline, but peers were told to forget them until they come back.
     departed: HashSet<String>,
     changes: Vec<Change>,
+    /// Told when a change is queued, so its owner need not poll [`Registry::take_changes`].
+    notify: ChangeNotifier,
     rng: SystemRandom,
+}
+
+/// A function called when the registry queues a change.
+#[derive(Default)]
+struct ChangeNotifier(Option<Box<dyn Fn() + Send + Sync>>);
+
+impl std::fmt::Debug for ChangeNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "set" } else { "none" })
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> RegistryError {
@@ -142,6 +154,7 @@ impl Registry {
             resyncing: HashMap::new(),
             departed: HashSet::new(),
             changes: Vec::new(),
+            notify: ChangeNotifier::default(),
             rng: SystemRandom::new(),
         };
         for stored in registry.store.all().map_err(internal)? {
@@ -293,7 +306,7 @@ impl Registry {
         self.resources.remove(resource_id);
         self.index.remove(&current.agent);
         self.departed.remove(&current.agent);
-        self.changes.push(Change::Withdraw(current.agent));
+        self.push_change(Change::Withdraw(current.agent));
         Ok(())
     }
 
@@ -330,7 +343,7 @@ impl Registry {
             origin: Origin::Local,
         });
         self.departed.insert(agent.to_owned());
-        self.changes.push(Change::Withdraw(agent.to_owned()));
+        self.push_change(Change::Withdraw(agent.to_owned()));
     }
 
     /// The status in `agent`'s profile, if it has one here.
@@ -605,9 +618,23 @@ impl Registry {
         std::mem::take(&mut self.changes)
     }
 
+    /// Calls `notify` whenever a change is queued for [`Registry::take_changes`] (a
+    /// registration, an update, a deregistration, a status): how the control plane hears of
+    /// them without polling.
+    pub fn on_change(&mut self, notify: impl Fn() + Send + Sync + 'static) {
+        self.notify = ChangeNotifier(Some(Box::new(notify)));
+    }
+
+    fn push_change(&mut self, change: Change) {
+        self.changes.push(change);
+        if let Some(notify) = &self.notify.0 {
+            notify();
+        }
+    }
+
     fn publish_local(&mut self, profile: pb::AgentProfile) {
         self.departed.remove(&profile.agent);
-        self.changes.push(Change::Advertise(summary(&profile)));
+        self.push_change(Change::Advertise(summary(&profile)));
         self.index.upsert(Entry {
             profile,
             origin: Origin::Local,

@@ -18,7 +18,8 @@
 //!   comes from an access or from the registry: peers never drop a newer one as stale.
 //!
 //! Each burst of events is applied, then published as one snapshot: a route change reaches
-//! the shards within about a millisecond.
+//! the shards within about a millisecond. The loop sleeps until something happens: a shard
+//! event, a peer event, an operator's request, or the registry's word that it queued a change.
 
 use std::{
     collections::HashMap,
@@ -175,6 +176,16 @@ impl ControlPlane {
         let peering = peering.map(|p| Peering::start(p, peer_tx)).transpose()?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let (requests_tx, requests_rx) = crossbeam_channel::unbounded::<Request>();
+        // The registry says when it queued a change (registrations arrive on the servers'
+        // tasks); one pending wake-up is enough, the loop takes every change at once.
+        let (changed_tx, changed_rx) = crossbeam_channel::bounded::<()>(1);
+        if let Some(r) = &registry
+            && let Ok(mut r) = r.lock()
+        {
+            r.on_change(move || {
+                let _ = changed_tx.try_send(());
+            });
+        }
         let peer_count = peer_ids.len();
         let mut state = State {
             local,
@@ -216,8 +227,7 @@ impl ControlPlane {
                                 state.request(request, &send);
                             }
                         },
-                        // Registrations happen on the registry's own threads: look every 50 ms.
-                        default(Duration::from_millis(50)) => {}
+                        recv(changed_rx) -> _ => {},
                     }
                     state.registry_changes(&send);
                     // Take the rest of the burst (at most a millisecond of it), then publish.
