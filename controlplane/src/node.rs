@@ -396,6 +396,7 @@ impl Node {
             .peer_addr()
             .ok_or("the relay did not open its peer listener")?;
         let peering_config = PeeringConfig {
+            runtime: runtime.handle().clone(),
             listen: config.peering,
             tls: tls.clone(),
             peers: config

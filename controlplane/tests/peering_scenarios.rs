@@ -8,7 +8,7 @@
 //! Event lines: `<ms> <event>`, where event is one of `start`, `stop`, `tick`, `down`,
 //! `up dialled|accepted <gateway>`, `backlog <ms>|none`, `recv <message>`,
 //! `full-sync <summary>...`, `advertise <summary>...`, `withdraw-local <agent>...`,
-//! `set-status running|temporarily_offline`.
+//! `set-status running|temporarily_offline`, `malformed <CODE>` (bytes that do not decode).
 //! Messages: `Open|OpenReply gateway=G domain=D hold=S [protocols=native,mcp] [status=S]`,
 //! `Keepalive [status=S]` (a status other than RUNNING is rendered too),
 //! `ResourceUpdate [advertise=<summary>,...] [withdraw=<agent>,...]`, `EndOfSync <n>`,
@@ -346,6 +346,13 @@ fn run(dir: &Path) -> (String, String) {
                 session.advertise(&table, &[]);
             }
             Some("set-status") => session.set_local_status(status(rest[1]), now),
+            Some("malformed") => session.handle(
+                Input::Malformed {
+                    code: code(rest[1]),
+                    text: "bad bytes".into(),
+                },
+                now,
+            ),
             Some("withdraw-local") => {
                 let agents: Vec<String> = rest[1..].iter().map(|s| (*s).to_owned()).collect();
                 session.advertise(&[], &agents);

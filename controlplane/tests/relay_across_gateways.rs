@@ -38,6 +38,8 @@ struct Gateway {
     dp: Dataplane,
     control: ControlPlane,
     registry: Arc<Mutex<Registry>>,
+    /// Last: the sessions run on it.
+    _runtime: tokio::runtime::Runtime,
 }
 
 fn start(
@@ -81,7 +83,9 @@ fn start(
             }
         })
         .collect();
+    let runtime = agw_rpc::runtime("relay-test").unwrap();
     let peering = PeeringConfig {
+        runtime: runtime.handle().clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         tls,
         peers,
@@ -101,6 +105,7 @@ fn start(
         dp,
         control,
         registry,
+        _runtime: runtime,
     }
 }
 

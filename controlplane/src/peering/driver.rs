@@ -1,19 +1,26 @@
-//! Peering sessions over mutual TLS: one thread per configured peer drives its
-//! [`PeerSession`] with a real transport, and one thread accepts the peers that dial in.
+//! Peering sessions over mutual TLS, as tasks on the control plane's tokio runtime: one task
+//! per configured peer drives its [`PeerSession`] with a real transport, one task accepts the
+//! peers that dial in, and each transport has a writer task.
 //!
-//! The control plane talks to the peer threads through channels: [`PeerCommand`]s in (full
-//! sync, advertisements, stop), [`PeerEvent`]s out (up, down, learned, withdrawn). A peer thread
-//! blocks only on its own socket, with a read timeout that wakes it for its timers and
-//! commands; nothing here touches the relay's shards.
+//! ```text
+//!  control loop --PeerCommand--> peer task <--Handover-- accept task <-- peers dialling in
+//!  control loop <--PeerEvent---- peer task --bytes--> writer task --> the peer
+//!                                peer task <--backlog since / ended-- writer task
+//! ```
+//!
+//! A peer task sleeps until something happens: a command, a transport handed over, bytes
+//! read, the writer's backlog changing or its end, or the session's next deadline
+//! ([`PeerSession::next_timeout`]); nothing polls. A writer that cannot write (a peer that
+//! stops reading) never holds the session's timers: its backlog goes to the session, whose
+//! send hold timer ends it. A write that fails is the transport going down; bytes that do not
+//! decode are `Input::Malformed` with the decoder's code.
 
 use std::{
-    io::{self, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -23,10 +30,30 @@ use agw_proto::{
     identity::Domain,
     pb::{self, ErrorCode},
 };
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use rustls::{ClientConnection, ServerConnection, StreamOwned, pki_types::ServerName};
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use rustls::pki_types::ServerName;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
+    net::{TcpListener, TcpStream},
+    runtime::Handle,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::timeout,
+};
 
 use super::session::{Input, Output, PeerConfig, PeerSession, SessionState, collision_winner};
+
+/// Time to open a TCP connection to a peer.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time for a TLS handshake, either way.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes of dialling peers under way at once; more are refused at accept.
+const MAX_HANDSHAKES: usize = 64;
+/// How long a closing transport may take to send what was queued (a DISCONNECT).
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+/// Reads at most this much at a time.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// One configured peer.
 #[derive(Debug, Clone)]
@@ -47,9 +74,11 @@ pub struct PeeringConfig {
     pub tls: TlsIdentity,
     /// The peers.
     pub peers: Vec<PeerSpec>,
+    /// The control plane's runtime, where the sessions run.
+    pub runtime: Handle,
 }
 
-/// What a peer thread reports; the `usize` beside it is the peer's index in the config.
+/// What a peer's task reports; the `usize` beside it is the peer's index in the config.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeerEvent {
     /// The session came up: send it the full table.
@@ -79,7 +108,7 @@ pub enum PeerEvent {
     Status(pb::Status),
 }
 
-/// What the control plane asks of a peer thread.
+/// What the control plane asks of a peer's task.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeerCommand {
     /// The full table, after [`PeerEvent::Up`].
@@ -107,17 +136,20 @@ pub struct PeerStatus {
     pub summaries_out: usize,
 }
 
-/// One peer's thread as the others reach it.
+/// One peer's task as the others reach it.
 #[derive(Debug)]
 struct Slot {
     gateway: String,
-    commands: Sender<PeerCommand>,
-    handover: Sender<Handover>,
+    commands: mpsc::UnboundedSender<PeerCommand>,
+    handover: mpsc::Sender<Handover>,
     status: PeerStatus,
+    /// When the current session came up: the uptime is computed when the list is read (the
+    /// task reports only when something happens).
+    up_since: Option<Instant>,
 }
 
 /// The peers by index; a removed peer leaves `None` (indices are never reused, so a late
-/// event from a removed peer's thread names no one).
+/// event from a removed peer's task names no one).
 #[derive(Debug, Default)]
 struct Peers {
     slots: Vec<Option<Slot>>,
@@ -132,7 +164,7 @@ impl Peers {
     }
 }
 
-/// Sends commands to the peer threads.
+/// Sends commands to the peer tasks.
 #[derive(Debug, Clone)]
 pub struct PeerCommander {
     peers: Arc<Mutex<Peers>>,
@@ -156,81 +188,93 @@ pub struct Neighbours(Arc<Mutex<Peers>>);
 impl Neighbours {
     /// Every peer configured now and its session.
     pub fn list(&self) -> Vec<PeerStatus> {
+        let now = Instant::now();
         self.0
             .lock()
-            .map(|p| p.slots.iter().flatten().map(|s| s.status.clone()).collect())
+            .map(|p| {
+                p.slots
+                    .iter()
+                    .flatten()
+                    .map(|s| PeerStatus {
+                        uptime: s.up_since.map(|t| now.saturating_duration_since(t)),
+                        ..s.status.clone()
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
 
-/// The running peering: its threads and the channels to them.
-#[derive(Debug)]
-pub struct Peering {
-    listen: SocketAddr,
-    tls: TlsIdentity,
-    events: Sender<(usize, PeerEvent)>,
-    peers: Arc<Mutex<Peers>>,
-    paused: Arc<AtomicBool>,
-    stopped: Arc<AtomicBool>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-}
+/// A TLS stream either way round.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+type BoxedStream = Box<dyn Stream>;
 
-trait Transport: Read + Write + Send {
-    fn socket(&self) -> &TcpStream;
-}
-
-impl Transport for StreamOwned<ClientConnection, TcpStream> {
-    fn socket(&self) -> &TcpStream {
-        &self.sock
-    }
-}
-
-impl Transport for StreamOwned<ServerConnection, TcpStream> {
-    fn socket(&self) -> &TcpStream {
-        &self.sock
-    }
-}
-
-/// A transport handed to a peer thread, with who dialled it.
+/// A transport handed to a peer's task, with who dialled it.
 struct Handover {
-    transport: Box<dyn Transport>,
+    stream: BoxedStream,
     dialled: bool,
     identity: String,
 }
 
+/// The running peering: its tasks and the channels to them.
+#[derive(Debug)]
+pub struct Peering {
+    listen: SocketAddr,
+    tls: TlsIdentity,
+    runtime: Handle,
+    events: Sender<(usize, PeerEvent)>,
+    peers: Arc<Mutex<Peers>>,
+    paused: watch::Sender<bool>,
+    stopped: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
 impl Peering {
-    /// Binds the peering listener and starts one thread per peer; events go to `events`.
-    pub fn start(config: PeeringConfig, events: Sender<(usize, PeerEvent)>) -> io::Result<Peering> {
-        let listener = TcpListener::bind(config.listen)?;
+    /// Binds the peering listener and starts one task per peer on the config's runtime;
+    /// events go to `events`.
+    pub fn start(
+        config: PeeringConfig,
+        events: Sender<(usize, PeerEvent)>,
+    ) -> std::io::Result<Peering> {
+        let listener = std::net::TcpListener::bind(config.listen)?;
+        listener.set_nonblocking(true)?;
         let listen = listener.local_addr()?;
-        let server = Arc::new(config.tls.server_config().map_err(io::Error::other)?);
+        let server = Arc::new(config.tls.server_config().map_err(std::io::Error::other)?);
+        let listener = {
+            let _inside = config.runtime.enter();
+            TcpListener::from_std(listener)?
+        };
+        let (paused, _) = watch::channel(false);
+        let (stopped, _) = watch::channel(false);
         let peering = Peering {
             listen,
             tls: config.tls,
+            runtime: config.runtime,
             events,
             peers: Arc::new(Mutex::new(Peers::default())),
-            paused: Arc::new(AtomicBool::new(false)),
-            stopped: Arc::new(AtomicBool::new(false)),
-            threads: Mutex::new(Vec::new()),
+            paused,
+            stopped,
+            tasks: Mutex::new(Vec::new()),
         };
         for spec in config.peers {
             peering.add_peer(spec)?;
         }
-        let (peers, paused, stopped) = (
+        let accept = peering.runtime.spawn(accept(
+            listener,
+            server,
             peering.peers.clone(),
-            peering.paused.clone(),
-            peering.stopped.clone(),
-        );
-        let accept_thread = std::thread::Builder::new()
-            .name("agw-peering".into())
-            .spawn(move || accept(listener, server, peers, paused, stopped))?;
-        peering.keep(accept_thread);
+            peering.paused.subscribe(),
+            peering.stopped.subscribe(),
+        ));
+        peering.keep(accept);
         Ok(peering)
     }
 
-    fn keep(&self, thread: JoinHandle<()>) {
-        if let Ok(mut threads) = self.threads.lock() {
-            threads.push(thread);
+    fn keep(&self, task: JoinHandle<()>) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
         }
     }
 
@@ -241,25 +285,28 @@ impl Peering {
 
     /// Starts a session with one more peer; returns its index. Refused if it is a peer
     /// already.
-    pub fn add_peer(&self, spec: PeerSpec) -> io::Result<usize> {
+    pub fn add_peer(&self, spec: PeerSpec) -> std::io::Result<usize> {
         let gateway = spec.config.peer.to_string();
         let mut session_config = spec.config.clone();
-        session_config.certificate_chain = self.tls.chain.clone();
+        session_config.certificate_chain = match &self.tls.renewable {
+            Some(renewable) => renewable.chain(),
+            None => self.tls.chain.clone(),
+        };
         let client = Arc::new(
             self.tls
                 .client_config(spec.config.peer.as_str())
-                .map_err(io::Error::other)?,
+                .map_err(std::io::Error::other)?,
         );
-        let (command_tx, command_rx) = crossbeam_channel::unbounded();
-        let (handover_tx, handover_rx) = crossbeam_channel::bounded(4);
+        let (command_tx, command_rx) = mpsc::unbounded_channel();
+        let (handover_tx, handover_rx) = mpsc::channel(4);
         let index = {
             let mut peers = self
                 .peers
                 .lock()
-                .map_err(|_| io::Error::other("peer table poisoned"))?;
+                .map_err(|_| std::io::Error::other("peer table poisoned"))?;
             if peers.by_gateway(&gateway).is_some() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
                     format!("{gateway} is a peer already"),
                 ));
             }
@@ -274,27 +321,24 @@ impl Peering {
                     summaries_in: 0,
                     summaries_out: 0,
                 },
+                up_since: None,
             }));
             peers.slots.len() - 1
         };
-        let worker = PeerThread {
+        let task = PeerTask {
             index,
             session: PeerSession::new(session_config),
             peers: self.peers.clone(),
             address: spec.address,
             client,
-            transport: None,
-            decoder: FrameDecoder::new(FrameLimits::default()),
+            link: None,
             events: self.events.clone(),
             commands: command_rx,
             handovers: handover_rx,
-            paused: self.paused.clone(),
-            stopped: self.stopped.clone(),
+            paused: self.paused.subscribe(),
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("agw-peer-{index}"))
-            .spawn(move || worker.run())?;
-        self.keep(thread);
+        let task = self.runtime.spawn(task.run());
+        self.keep(task);
         Ok(index)
     }
 
@@ -326,7 +370,7 @@ impl Peering {
         self.neighbours_handle().list()
     }
 
-    /// A handle that sends commands to the peers, for the control plane's thread.
+    /// A handle that sends commands to the peers, for the control plane's loop.
     pub fn commander(&self) -> PeerCommander {
         PeerCommander {
             peers: self.peers.clone(),
@@ -334,12 +378,14 @@ impl Peering {
     }
 
     /// Freezes every session without closing anything: no reads, writes or timers, as a hung
-    /// gateway would. For fault tests of the peers' hold timers.
+    /// gateway would; new connections are accepted and never answered. For fault tests of the
+    /// peers' hold timers.
     pub fn pause(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Relaxed);
+        self.paused.send_replace(paused);
     }
 
-    /// Sends DISCONNECT on every established session and ends the threads.
+    /// Sends DISCONNECT on every established session and ends the tasks. Call it from outside
+    /// the runtime.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -350,17 +396,21 @@ impl Peering {
                 let _ = slot.commands.send(PeerCommand::Stop("shutdown".into()));
             }
         }
-        self.paused.store(false, Ordering::Relaxed);
-        self.stopped.store(true, Ordering::Relaxed);
-        // Unblock the accept loop.
-        let _ = TcpStream::connect_timeout(&self.listen, Duration::from_millis(200));
-        let threads = self
-            .threads
+        self.paused.send_replace(false);
+        self.stopped.send_replace(true);
+        let tasks = self
+            .tasks
             .lock()
             .map(|mut t| std::mem::take(&mut *t))
             .unwrap_or_default();
-        for t in threads {
-            let _ = t.join();
+        // The sessions send their DISCONNECTs, bounded in time. (From inside the runtime
+        // there is no waiting: the tasks finish on their own.)
+        if Handle::try_current().is_err() {
+            self.runtime.block_on(async {
+                for task in tasks {
+                    let _ = timeout(CLOSE_FLUSH * 2, task).await;
+                }
+            });
         }
     }
 }
@@ -371,137 +421,313 @@ impl Drop for Peering {
     }
 }
 
-fn accept(
+/// Accepts peers dialling in: the TLS handshake (bounded in time and number), then the
+/// transport goes to the task of the peer its certificate names.
+async fn accept(
     listener: TcpListener,
     server: Arc<rustls::ServerConfig>,
     peers: Arc<Mutex<Peers>>,
-    paused: Arc<AtomicBool>,
-    stopped: Arc<AtomicBool>,
+    mut paused: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
 ) {
-    for stream in listener.incoming() {
-        if stopped.load(Ordering::Relaxed) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
-        if paused.load(Ordering::Relaxed) {
-            // A hung gateway accepts (the kernel does) but never answers.
-            std::mem::forget(stream);
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    // Connections taken while paused (a hung gateway): held, never answered.
+    let mut hung = Vec::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.changed() => return,
+            _ = paused.changed() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, from)) = accepted else {
+            // Out of descriptors or memory: let it pass rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if *paused.borrow() {
+            hung.push(stream);
             continue;
         }
-        let (server, peers) = (server.clone(), peers.clone());
-        // The handshake runs beside the accept loop, so a slow dialler holds up no one.
-        let _ = std::thread::Builder::new()
-            .name("agw-peer-handshake".into())
-            .spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-                let _ = stream.set_nodelay(true);
-                let Ok(conn) = ServerConnection::new(server) else {
+        hung.clear();
+        if handshakes.load(Ordering::Relaxed) >= MAX_HANDSHAKES {
+            tracing::warn!(%from, "too many peering handshakes under way; refused");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        handshakes.fetch_add(1, Ordering::Relaxed);
+        let (server, peers, handshakes) = (server.clone(), peers.clone(), handshakes.clone());
+        tokio::spawn(async move {
+            let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
+            let tls = timeout(HANDSHAKE_TIMEOUT, accept).await;
+            handshakes.fetch_sub(1, Ordering::Relaxed);
+            let mut tls = match tls {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::warn!(%from, error = %e, "peering TLS handshake refused");
                     return;
-                };
-                let mut tls = StreamOwned::new(conn, stream);
-                while tls.conn.is_handshaking() {
-                    if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
-                        tracing::warn!(error = %e, "peering TLS handshake refused");
-                        return;
-                    }
                 }
-                let identity = tls
-                    .conn
-                    .peer_certificates()
-                    .and_then(peer_identity)
-                    .unwrap_or_default();
-                let handover = peers
-                    .lock()
-                    .ok()
-                    .and_then(|p| p.by_gateway(&identity).map(|(_, s)| s.handover.clone()));
-                match handover {
-                    Some(handover) => {
-                        let _ = handover.send(Handover {
-                            transport: Box::new(tls),
+                Err(_) => {
+                    tracing::warn!(%from, "peering TLS handshake timed out");
+                    return;
+                }
+            };
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(peer_identity)
+                .unwrap_or_default();
+            let handover = peers
+                .lock()
+                .ok()
+                .and_then(|p| p.by_gateway(&identity).map(|(_, s)| s.handover.clone()));
+            match handover {
+                Some(handover) => {
+                    let _ = handover
+                        .send(Handover {
+                            stream: Box::new(tls),
                             dialled: false,
                             identity,
-                        });
-                    }
-                    None => {
-                        tracing::warn!(%identity, "a gateway that is not a configured peer dialled in");
-                        // Not a configured peer: say why, then close.
-                        let mut encoder = FrameEncoder::new(FrameLimits::default());
-                        let note = pb::Notification {
-                            code: ErrorCode::OpenRefused as i32,
-                            subcode: 0,
-                            text: format!("{identity} is not a configured peer"),
-                        };
-                        if encoder.push(&note).is_ok() {
-                            let _ = tls.write_all(&encoder.take());
-                            let _ = tls.flush();
-                        }
-                    }
+                        })
+                        .await;
                 }
-            });
+                None => {
+                    tracing::warn!(%identity, "a gateway that is not a configured peer dialled in");
+                    let text = format!("{identity} is not a configured peer");
+                    let _ = timeout(
+                        CLOSE_FLUSH,
+                        tls.write_all(&notification_bytes(ErrorCode::OpenRefused, &text)),
+                    )
+                    .await;
+                    let _ = timeout(CLOSE_FLUSH, tls.shutdown()).await;
+                }
+            }
+        });
     }
 }
 
-struct PeerThread {
+/// A NOTIFICATION, framed.
+fn notification_bytes(code: ErrorCode, text: &str) -> Vec<u8> {
+    let mut encoder = FrameEncoder::new(FrameLimits::default());
+    let note = pb::Notification {
+        code: code as i32,
+        subcode: 0,
+        text: text.to_owned(),
+    };
+    match encoder.push(&note) {
+        Ok(()) => encoder.take().to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A transport in use: its read half, and its writer task behind a queue.
+struct Link {
+    reader: ReadHalf<BoxedStream>,
+    decoder: FrameDecoder,
+    /// Frames to write; `None` closes after what was queued.
+    writer: mpsc::UnboundedSender<Option<Bytes>>,
+    /// Since when bytes have waited to be written (`None`: drained).
+    backlog: watch::Receiver<Option<Instant>>,
+    writer_task: JoinHandle<()>,
+}
+
+impl Link {
+    fn new(stream: BoxedStream) -> Link {
+        let (reader, writer) = tokio::io::split(stream);
+        let (queue, frames) = mpsc::unbounded_channel();
+        let (backlog_tx, backlog) = watch::channel(None);
+        let writer_task = tokio::spawn(write(writer, frames, backlog_tx));
+        Link {
+            reader,
+            decoder: FrameDecoder::new(FrameLimits::default()),
+            writer: queue,
+            backlog,
+            writer_task,
+        }
+    }
+
+    /// Sends what was queued (bounded in time), then closes.
+    async fn close(self) {
+        let _ = self.writer.send(None);
+        let mut task = self.writer_task;
+        if timeout(CLOSE_FLUSH, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+
+    /// Closes at once, after a last NOTIFICATION if it can go out.
+    fn refuse(self, code: ErrorCode) {
+        let _ = self
+            .writer
+            .send(Some(Bytes::from(notification_bytes(code, ""))));
+        tokio::spawn(self.close());
+    }
+}
+
+/// The writer task: writes frames in order; says since when bytes wait.
+async fn write(
+    mut out: WriteHalf<BoxedStream>,
+    mut frames: mpsc::UnboundedReceiver<Option<Bytes>>,
+    backlog: watch::Sender<Option<Instant>>,
+) {
+    while let Some(frame) = frames.recv().await {
+        let Some(bytes) = frame else {
+            let _ = out.flush().await;
+            let _ = out.shutdown().await;
+            return;
+        };
+        if backlog.borrow().is_none() {
+            backlog.send_replace(Some(Instant::now()));
+        }
+        if out.write_all(&bytes).await.is_err() {
+            return; // the transport is down: the peer task sees this task end
+        }
+        if frames.is_empty() {
+            let _ = out.flush().await;
+            backlog.send_replace(None);
+        }
+    }
+}
+
+/// What woke a peer task.
+enum Wake {
+    Paused,
+    Command(Option<PeerCommand>),
+    Handover(Option<Handover>),
+    Read(std::io::Result<usize>),
+    Backlog(Option<Instant>),
+    WriterEnded,
+    Timer,
+}
+
+/// Waits for what the current link has to say; never, without one.
+async fn link_event(link: Option<&mut Link>) -> Wake {
+    let Some(link) = link else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        read = link.reader.read_buf(link.decoder.read_buf(READ_CHUNK)) => Wake::Read(read),
+        changed = link.backlog.changed() => match changed {
+            Ok(()) => Wake::Backlog(*link.backlog.borrow_and_update()),
+            Err(_) => Wake::WriterEnded,
+        },
+        _ = &mut link.writer_task => Wake::WriterEnded,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct PeerTask {
     index: usize,
     session: PeerSession,
     peers: Arc<Mutex<Peers>>,
     address: Option<SocketAddr>,
     client: Arc<rustls::ClientConfig>,
-    transport: Option<Box<dyn Transport>>,
-    decoder: FrameDecoder,
+    link: Option<Link>,
     events: Sender<(usize, PeerEvent)>,
-    commands: Receiver<PeerCommand>,
-    handovers: Receiver<Handover>,
-    paused: Arc<AtomicBool>,
-    stopped: Arc<AtomicBool>,
+    commands: mpsc::UnboundedReceiver<PeerCommand>,
+    handovers: mpsc::Receiver<Handover>,
+    paused: watch::Receiver<bool>,
 }
 
-impl PeerThread {
-    fn run(mut self) {
+impl PeerTask {
+    async fn run(mut self) {
         self.session.handle(Input::Start, Instant::now());
         loop {
-            if self.paused.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            let now = Instant::now();
-            loop {
-                match self.commands.try_recv() {
-                    Ok(PeerCommand::FullSync(table)) => self.session.full_sync(&table),
-                    Ok(PeerCommand::Advertise(a, w)) => self.session.advertise(&a, &w),
-                    Ok(PeerCommand::SetStatus(s)) => self.session.set_local_status(s, now),
-                    Ok(PeerCommand::Stop(reason)) => {
-                        self.session.handle(Input::Stop(reason), now);
-                        self.act(now);
-                        return;
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
-                }
-            }
-            while let Ok(handover) = self.handovers.try_recv() {
-                self.take_over(handover, now);
-            }
-            if self.session.next_timeout().is_some_and(|t| t <= now) {
-                self.session.handle(Input::Tick, now);
-            }
-            self.act(now);
-            self.report(now);
-            if self.stopped.load(Ordering::Relaxed) {
+            if self.act().await {
                 return;
             }
-            self.read(now);
+            self.report();
+            if *self.paused.borrow_and_update() {
+                // Hung: nothing is read, written or timed until resumed.
+                if self.paused.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let timer = self.session.next_timeout();
+            let wake = tokio::select! {
+                changed = self.paused.changed() => match changed {
+                    Ok(()) => Wake::Paused,
+                    Err(_) => return,
+                },
+                command = self.commands.recv() => Wake::Command(command),
+                handover = self.handovers.recv() => Wake::Handover(handover),
+                event = link_event(self.link.as_mut()) => event,
+                () = sleep_until(timer) => Wake::Timer,
+            };
+            let now = Instant::now();
+            match wake {
+                Wake::Paused => {}
+                Wake::Command(None) => return,
+                Wake::Command(Some(command)) => match command {
+                    PeerCommand::FullSync(table) => self.session.full_sync(&table),
+                    PeerCommand::Advertise(a, w) => self.session.advertise(&a, &w),
+                    PeerCommand::SetStatus(s) => self.session.set_local_status(s, now),
+                    PeerCommand::Stop(reason) => {
+                        self.session.handle(Input::Stop(reason), now);
+                        self.act().await;
+                        return;
+                    }
+                },
+                Wake::Handover(None) => return,
+                Wake::Handover(Some(handover)) => self.take_over(handover, now),
+                Wake::Read(Ok(0) | Err(_)) | Wake::WriterEnded => self.transport_down(now),
+                Wake::Read(Ok(_)) => self.decode(now),
+                Wake::Backlog(since) => self.session.handle(Input::Backlog(since), now),
+                Wake::Timer => self.session.handle(Input::Tick, now),
+            }
         }
     }
 
-    fn report(&self, now: Instant) {
+    fn transport_down(&mut self, now: Instant) {
+        if let Some(link) = self.link.take() {
+            link.writer_task.abort();
+        }
+        self.session.handle(Input::TransportDown, now);
+    }
+
+    /// Feeds the session every whole frame read, until the session leaves the transport.
+    fn decode(&mut self, now: Instant) {
+        loop {
+            let decoded = match self.link.as_mut() {
+                Some(link) => link.decoder.decode(),
+                None => return,
+            };
+            let input = match decoded {
+                Ok(None) => return,
+                Ok(Some(frame)) => match frame.message() {
+                    Ok(m) => Input::Received(Box::new(m)),
+                    Err(e) => Input::Malformed {
+                        code: e.code(),
+                        text: e.to_string(),
+                    },
+                },
+                Err(e) => Input::Malformed {
+                    code: e.code(),
+                    text: e.to_string(),
+                },
+            };
+            let malformed = matches!(input, Input::Malformed { .. });
+            self.session.handle(input, now);
+            if malformed || self.session.state() == SessionState::Idle {
+                return;
+            }
+        }
+    }
+
+    fn report(&self) {
         if let Ok(mut peers) = self.peers.lock()
             && let Some(Some(slot)) = peers.slots.get_mut(self.index)
         {
+            slot.up_since = self.session.established_since();
             let status = &mut slot.status;
             status.state = self.session.state();
-            status.uptime = self.session.established_since().map(|t| now - t);
             status.summaries_in = self.session.learned();
             status.summaries_out = self.session.advertised();
         }
@@ -509,31 +735,21 @@ impl PeerThread {
 
     /// A transport the peer dialled: keep it, or resolve a collision with ours.
     fn take_over(&mut self, handover: Handover, now: Instant) {
-        if self.transport.is_some() {
+        if self.link.is_some() {
             let local = self.session.config().local.clone();
             let peer = self.session.config().peer.clone();
             let keep_new = self.session.state() != SessionState::Established
                 && collision_winner(&peer, &local);
             if !keep_new {
-                refuse(handover.transport, ErrorCode::ConnectionCollision);
+                Link::new(handover.stream).refuse(ErrorCode::ConnectionCollision);
                 return;
             }
-            if let Some(old) = self.transport.take() {
-                refuse(old, ErrorCode::ConnectionCollision);
+            if let Some(old) = self.link.take() {
+                old.refuse(ErrorCode::ConnectionCollision);
             }
             self.session.handle(Input::TransportDown, now);
-            self.act(now);
         }
-        let _ = handover
-            .transport
-            .socket()
-            .set_read_timeout(Some(Duration::from_millis(20)));
-        let _ = handover
-            .transport
-            .socket()
-            .set_write_timeout(Some(self.send_hold()));
-        self.transport = Some(handover.transport);
-        self.decoder = FrameDecoder::new(FrameLimits::default());
+        self.link = Some(Link::new(handover.stream));
         self.session.handle(
             Input::TransportUp {
                 dialled: handover.dialled,
@@ -543,16 +759,15 @@ impl PeerThread {
         );
     }
 
-    /// Carries out the session's outputs.
-    fn act(&mut self, now: Instant) {
+    /// Carries out the session's outputs; returns whether the session has stopped for good.
+    async fn act(&mut self) -> bool {
         while let Some(output) = self.session.poll_output() {
             match output {
-                Output::Connect => self.dial(now),
-                Output::Send(message) => self.send(&message, now),
+                Output::Connect => self.dial().await,
+                Output::Send(message) => self.send(&message),
                 Output::Close => {
-                    if let Some(mut t) = self.transport.take() {
-                        let _ = t.flush();
-                        let _ = t.socket().shutdown(std::net::Shutdown::Both);
+                    if let Some(link) = self.link.take() {
+                        link.close().await;
                     }
                 }
                 Output::PeerUp {
@@ -579,38 +794,22 @@ impl PeerThread {
                 }
             }
         }
+        self.session.state() == SessionState::Stopped
     }
 
     fn emit(&self, event: PeerEvent) {
         let _ = self.events.send((self.index, event));
     }
 
-    fn dial(&mut self, now: Instant) {
-        let result = self.address.ok_or(()).and_then(|addr| {
-            let stream =
-                TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|_| ())?;
-            let _ = stream.set_nodelay(true);
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-            let name = ServerName::try_from("peer.invalid").map_err(|_| ())?;
-            let conn = ClientConnection::new(self.client.clone(), name).map_err(|_| ())?;
-            let mut tls = StreamOwned::new(conn, stream);
-            while tls.conn.is_handshaking() {
-                tls.conn.complete_io(&mut tls.sock).map_err(|_| ())?;
-            }
-            let identity = tls
-                .conn
-                .peer_certificates()
-                .and_then(peer_identity)
-                .unwrap_or_default();
-            Ok((tls, identity))
-        });
-        match result {
-            Ok((tls, identity)) => {
-                let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(20)));
-                let _ = tls.sock.set_write_timeout(Some(self.send_hold()));
-                self.transport = Some(Box::new(tls));
-                self.decoder = FrameDecoder::new(FrameLimits::default());
+    async fn dial(&mut self) {
+        let dialled = match self.address {
+            Some(address) => dial(address, self.client.clone()).await,
+            None => Err("no address to dial".to_owned()),
+        };
+        let now = Instant::now();
+        match dialled {
+            Ok((stream, identity)) => {
+                self.link = Some(Link::new(stream));
                 self.session.handle(
                     Input::TransportUp {
                         dialled: true,
@@ -619,105 +818,49 @@ impl PeerThread {
                     now,
                 );
             }
-            Err(()) => {
-                tracing::debug!(peer = %self.session.config().peer, address = ?self.address, "dial failed");
+            Err(e) => {
+                tracing::debug!(peer = %self.session.config().peer, address = ?self.address, error = %e, "dial failed");
                 self.session.handle(Input::TransportDown, now);
             }
         }
     }
 
-    fn send(&mut self, message: &Message, now: Instant) {
-        let Some(t) = self.transport.as_mut() else {
+    fn send(&mut self, message: &Message) {
+        let Some(link) = self.link.as_ref() else {
             return;
         };
         let mut encoder = FrameEncoder::new(FrameLimits::default());
-        if encoder.push_message(message, 0).is_err() {
-            return;
-        }
-        let bytes = encoder.take();
-        let started = Instant::now();
-        if t.write_all(&bytes).and_then(|()| t.flush()).is_err() {
-            // The write timed out (the socket's write timeout is the send hold time) or failed:
-            // a peer that stops reading meets its send hold timer; a broken one is down.
-            self.session
-                .handle(Input::Backlog(Some(started - self.send_hold())), now);
-            if self.session.state() != SessionState::Idle {
-                self.transport = None;
-                self.session.handle(Input::TransportDown, now);
-            }
-        }
-    }
-
-    fn send_hold(&self) -> Duration {
-        self.session.config().send_hold_time
-    }
-
-    /// Reads what arrived (waiting at most 20 ms) and feeds the session whole frames.
-    fn read(&mut self, now: Instant) {
-        let Some(t) = self.transport.as_mut() else {
-            std::thread::sleep(Duration::from_millis(20));
-            return;
-        };
-        let mut buf = [0u8; 16 * 1024];
-        match t.read(&mut buf) {
-            Ok(0) => {
-                self.transport = None;
-                self.session.handle(Input::TransportDown, now);
-            }
-            Ok(n) => {
-                self.decoder.extend_from_slice(&buf[..n]);
-                loop {
-                    match self.decoder.decode() {
-                        Ok(Some(frame)) => match frame.message() {
-                            Ok(m) => self.session.handle(Input::Received(Box::new(m)), now),
-                            Err(e) => {
-                                self.session.handle(
-                                    Input::Received(Box::new(
-                                        pb::Notification {
-                                            code: e.code() as i32,
-                                            subcode: 0,
-                                            text: e.to_string(),
-                                        }
-                                        .into(),
-                                    )),
-                                    now,
-                                );
-                                break;
-                            }
-                        },
-                        Ok(None) => break,
-                        Err(_) => {
-                            self.transport = None;
-                            self.session.handle(Input::TransportDown, now);
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => {
-                self.transport = None;
-                self.session.handle(Input::TransportDown, now);
-            }
+        if encoder.push_message(message, 0).is_ok() {
+            let _ = link.writer.send(Some(encoder.take()));
         }
     }
 }
 
-/// Closes a transport with a notification.
-fn refuse(mut transport: Box<dyn Transport>, code: ErrorCode) {
-    let mut encoder = FrameEncoder::new(FrameLimits::default());
-    let note = pb::Notification {
-        code: code as i32,
-        subcode: 0,
-        text: String::new(),
-    };
-    if encoder.push(&note).is_ok() {
-        let _ = transport.write_all(&encoder.take());
-        let _ = transport.flush();
-    }
-    let _ = transport.socket().shutdown(std::net::Shutdown::Both);
+/// Dials a peer's peering address with mutual TLS; returns the stream and the identity its
+/// certificate proves.
+async fn dial(
+    address: SocketAddr,
+    client: Arc<rustls::ClientConfig>,
+) -> Result<(BoxedStream, String), String> {
+    let tcp = timeout(DIAL_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    // Peers are named by their certificate's URI; the verifier checks it, not this name.
+    let name = ServerName::try_from("peer.invalid").map_err(|e| e.to_string())?;
+    let tls = timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_rustls::TlsConnector::from(client).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "TLS handshake timed out".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(peer_identity)
+        .unwrap_or_default();
+    Ok((Box::new(tls), identity))
 }

@@ -131,6 +131,14 @@ pub enum Input {
     TransportDown,
     /// A frame from the peer.
     Received(Box<Message>),
+    /// Bytes from the peer that are not a valid frame or message (`code` and why): the
+    /// session ends with a NOTIFICATION carrying that code.
+    Malformed {
+        /// The decoder's code (`MALFORMED`, `TOO_LARGE`, `UNKNOWN_KIND`...).
+        code: ErrorCode,
+        /// What it found.
+        text: String,
+    },
     /// The transport has had bytes waiting to be written since this time (`None`: drained).
     Backlog(Option<Instant>),
     /// Time passed; timers may fire.
@@ -423,6 +431,11 @@ impl PeerSession {
             Input::TransportUp { dialled, identity } => self.transport_up(dialled, &identity, now),
             Input::TransportDown => self.transport_down(now),
             Input::Received(message) => self.received(*message, now),
+            Input::Malformed { code, text } => {
+                if !matches!(self.state, State::Idle { .. } | State::Stopped) {
+                    self.fail(code, &text, now);
+                }
+            }
             Input::Backlog(since) => {
                 self.backlog_since = since;
                 self.tick(now);
