@@ -11,12 +11,14 @@
 mod authority;
 pub mod csr;
 pub mod http;
-pub mod keys;
 pub mod policy;
 pub mod private;
 pub mod service;
 pub mod store;
-pub mod tls;
+
+/// TLS with the authority's certificates, and keys: the `agw-tls` crate.
+pub use agw_tls as tls;
+pub use agw_tls::keys;
 
 use agw_proto::pb::{self, ErrorCode};
 pub use authority::{

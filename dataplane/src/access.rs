@@ -23,13 +23,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agw_aca::{keys, tls::CertificateChecker};
 use agw_proto::{
     Message,
     identity::{AgentId, GatewayId},
     pb::{self, ErrorCode},
     signing,
 };
+use agw_tls::{CertificateChecker, keys};
 
 /// Timers of agent access.
 #[derive(Debug, Clone, Copy)]

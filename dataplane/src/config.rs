@@ -2,8 +2,8 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use agw_aca::tls::TlsIdentity;
 use agw_proto::{FrameLimits, identity::GatewayId};
+use agw_tls::TlsIdentity;
 
 use crate::access::AccessConfig;
 

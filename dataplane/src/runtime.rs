@@ -8,8 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agw_aca::tls::CertificateChecker;
 use agw_proto::identity::GatewayId;
+use agw_tls::CertificateChecker;
 use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, channels::shared_channel};

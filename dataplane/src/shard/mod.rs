@@ -17,13 +17,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agw_aca::tls::{CertificateChecker, TlsIdentity, peer_identity};
 use agw_proto::{
     Admission, DEFAULT_HOP_LIMIT, DataView, Frame, FrameDecoder, FrameEncoder, FrameError,
     FrameHeader, HEADER_LEN, Kind, Message, WriteBatch,
     identity::{AgentId, GatewayId},
     pb::{self, ErrorCode},
 };
+use agw_tls::{CertificateChecker, TlsIdentity, peer_identity};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};

@@ -1,5 +1,7 @@
-//! TLS with the authority's certificates (rustls, ring provider): mutual authentication where
-//! identities are SPIFFE URIs, not DNS names.
+//! Identities on the wire: TLS with the authority's certificates (rustls, ring provider),
+//! mutual authentication where identities are SPIFFE URIs, not DNS names; and public keys and
+//! signatures ([`keys`]). The relay, the control plane and the SDK's users need this without
+//! the certificate authority itself (crate `agw-aca`, which re-exports it as `agw_aca::tls`).
 //!
 //! Servers require a client certificate chaining to the trust anchor and not on the CRLs given;
 //! [`peer_identity`] then reads the client's identity. Clients check the server's chain and
@@ -13,6 +15,8 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+
+pub mod keys;
 
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, ServerConfig,

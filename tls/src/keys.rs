@@ -44,7 +44,8 @@ pub fn key_algorithm(spki_der: &[u8]) -> Result<KeyAlgorithm, KeyError> {
     classify(&spki)
 }
 
-pub(crate) fn classify(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyAlgorithm, KeyError> {
+/// Classifies a parsed SubjectPublicKeyInfo (see [`key_algorithm`]).
+pub fn classify(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyAlgorithm, KeyError> {
     let alg = &spki.algorithm;
     if alg.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
         let curve = alg
