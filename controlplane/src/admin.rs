@@ -265,6 +265,16 @@ pub fn answer(node: &Node, request: &pb::AdminRequest, started: Instant) -> pb::
     }
 }
 
+/// A control-plane refusal as operators get it: its own code, and a retry hint when asking
+/// again may help.
+fn control_error(e: &crate::control::ControlError) -> pb::Error {
+    pb::Error {
+        code: e.code() as i32,
+        detail: e.to_string(),
+        retry_after_ms: if e.retryable() { 1000 } else { 0 },
+    }
+}
+
 fn wire(code: ErrorCode, detail: impl Into<String>) -> pb::Error {
     pb::Error {
         code: code as i32,
@@ -289,7 +299,7 @@ fn peers(node: &Node) -> pb::PeerList {
                     domain: GatewayId::parse(&n.gateway)
                         .map(|g| g.domain().to_owned())
                         .unwrap_or_default(),
-                    state: format!("{:?}", n.state),
+                    session: n.state.wire() as i32,
                     uptime_s: n.uptime.map_or(0, |u| u.as_secs()),
                     summaries_in: n.summaries_in as u64,
                     summaries_out: n.summaries_out as u64,
@@ -311,7 +321,7 @@ fn routes(node: &Node, q: &pb::ListRoutes) -> Result<Reply, pb::Error> {
     let agent = (!q.agent.is_empty()).then_some(q.agent.as_str());
     let (views, total) = control
         .routes(agent, limit(q.limit))
-        .map_err(|e| wire(ErrorCode::Internal, e))?;
+        .map_err(|e| control_error(&e))?;
     Ok(Reply::Routes(pb::RouteList {
         routes: views
             .into_iter()
@@ -339,7 +349,7 @@ fn agents(node: &Node, q: &pb::ListAgents) -> Result<Reply, pb::Error> {
         .ok_or_else(|| wire(ErrorCode::Draining, "the control plane has stopped"))?;
     let (views, total) = control
         .agents(q.local_only, limit(q.limit))
-        .map_err(|e| wire(ErrorCode::Internal, e))?;
+        .map_err(|e| control_error(&e))?;
     Ok(Reply::Agents(pb::AgentList {
         agents: views
             .into_iter()
@@ -400,9 +410,7 @@ fn maintenance(node: &Node, status: pb::Status) -> Result<Reply, pb::Error> {
         .control()
         .ok_or_else(|| wire(ErrorCode::Draining, "the control plane has stopped"))?;
     if status != pb::Status::Unspecified {
-        control
-            .set_status(status)
-            .map_err(|e| wire(ErrorCode::InvalidField, e))?;
+        control.set_status(status).map_err(|e| control_error(&e))?;
     }
     Ok(Reply::GatewayStatus(pb::GatewayStatus {
         status: control.status() as i32,

@@ -51,6 +51,59 @@ use crate::peering::{
 /// How long an operator's question may wait for the control plane's loop.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why the control plane did not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// Its loop has ended (the gateway is stopping).
+    #[error("the control plane has stopped")]
+    Stopped,
+    /// Its loop did not answer in time (it is busy); a retry may succeed.
+    #[error("the control plane did not answer within {} s", ASK_TIMEOUT.as_secs())]
+    Busy,
+    /// This gateway runs no peering.
+    #[error("peering is not running")]
+    NoPeering,
+    /// Adding a gateway that is a peer already.
+    #[error("{0} is a peer already")]
+    PeerExists(String),
+    /// Removing a gateway that is not a peer.
+    #[error("{0} is not a peer")]
+    UnknownPeer(String),
+    /// A status a gateway cannot have.
+    #[error("a gateway is RUNNING or TEMPORARILY_OFFLINE, not {0}")]
+    BadStatus(String),
+    /// A peer's session could not be started.
+    #[error("starting the session with {peer}: {reason}")]
+    Session {
+        /// The peer.
+        peer: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl ControlError {
+    /// The wire code an operator's client gets for it.
+    pub fn code(&self) -> pb::ErrorCode {
+        use pb::ErrorCode as E;
+        match self {
+            ControlError::Stopped => E::Draining,
+            ControlError::Busy => E::Overloaded,
+            ControlError::NoPeering
+            | ControlError::PeerExists(_)
+            | ControlError::UnknownPeer(_)
+            | ControlError::BadStatus(_) => E::InvalidField,
+            ControlError::Session { .. } => E::Internal,
+        }
+    }
+
+    /// Whether asking again may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, ControlError::Busy)
+    }
+}
+
 /// The running control plane.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -254,13 +307,23 @@ impl ControlPlane {
         })
     }
 
-    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Request) -> Result<T, String> {
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Request) -> Result<T, ControlError> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.requests
             .send(make(tx))
-            .map_err(|_| "the control plane has stopped".to_string())?;
-        rx.recv_timeout(ASK_TIMEOUT)
-            .map_err(|_| "the control plane did not answer".to_string())
+            .map_err(|_| ControlError::Stopped)?;
+        rx.recv_timeout(ASK_TIMEOUT).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => ControlError::Busy,
+            crossbeam_channel::RecvTimeoutError::Disconnected => ControlError::Stopped,
+        })
+    }
+
+    /// One operator's change at a time.
+    fn one_at_a_time(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guard protects nothing but the order: a panic elsewhere leaves it usable.
+        self.changing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Routes by agent ID, at most `limit` of them, and how many there are in all; with
@@ -269,7 +332,7 @@ impl ControlPlane {
         &self,
         agent: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<RouteView>, usize), String> {
+    ) -> Result<(Vec<RouteView>, usize), ControlError> {
         let agent = agent.map(str::to_owned);
         self.ask(|reply| Request::Routes {
             agent,
@@ -283,7 +346,7 @@ impl ControlPlane {
         &self,
         local_only: bool,
         limit: usize,
-    ) -> Result<(Vec<AgentView>, usize), String> {
+    ) -> Result<(Vec<AgentView>, usize), ControlError> {
         self.ask(|reply| Request::Agents {
             local_only,
             limit,
@@ -294,14 +357,11 @@ impl ControlPlane {
     /// Sets this gateway's status: `TEMPORARILY_OFFLINE` for maintenance (peers route
     /// around it and show its agents as temporarily offline), `RUNNING` to end it. Every
     /// peer hears it at once.
-    pub fn set_status(&self, status: pb::Status) -> Result<(), String> {
+    pub fn set_status(&self, status: pb::Status) -> Result<(), ControlError> {
         if !matches!(status, pb::Status::Running | pb::Status::TemporarilyOffline) {
-            return Err(format!(
-                "a gateway is RUNNING or TEMPORARILY_OFFLINE, not {}",
-                status.as_str_name()
-            ));
+            return Err(ControlError::BadStatus(status.as_str_name().to_owned()));
         }
-        let _one_at_a_time = self.changing.lock().map_err(|_| "poisoned")?;
+        let _one_at_a_time = self.one_at_a_time();
         self.status.store(status as i32, Ordering::Relaxed);
         self.ask(|reply| Request::SetStatus { status, reply })
     }
@@ -312,13 +372,13 @@ impl ControlPlane {
     }
 
     /// Starts peering with one more gateway; returns its index.
-    pub fn add_peer(&self, mut spec: PeerSpec) -> Result<usize, String> {
+    pub fn add_peer(&self, mut spec: PeerSpec) -> Result<usize, ControlError> {
         spec.config.status = self.status();
-        let peering = self.peering.as_ref().ok_or("peering is not running")?;
-        let _one_at_a_time = self.changing.lock().map_err(|_| "poisoned")?;
+        let peering = self.peering.as_ref().ok_or(ControlError::NoPeering)?;
+        let _one_at_a_time = self.one_at_a_time();
         let gateway = spec.config.peer.to_string();
         if peering.neighbours().iter().any(|n| n.gateway == gateway) {
-            return Err(format!("{gateway} is a peer already"));
+            return Err(ControlError::PeerExists(gateway));
         }
         // The loop learns of the index before the peer's thread can report on it.
         let index = peering.next_index();
@@ -327,18 +387,22 @@ impl ControlPlane {
             gateway,
             reply,
         })?;
-        let added = peering.add_peer(spec).map_err(|e| e.to_string())?;
+        let peer = gateway_of(&spec);
+        let added = peering.add_peer(spec).map_err(|e| ControlError::Session {
+            peer,
+            reason: e.to_string(),
+        })?;
         debug_assert_eq!(added, index);
         Ok(added)
     }
 
     /// Leaves peer `gateway` (DISCONNECT): its routes and agents are withdrawn everywhere.
-    pub fn remove_peer(&self, gateway: &str) -> Result<(), String> {
-        let peering = self.peering.as_ref().ok_or("peering is not running")?;
-        let _one_at_a_time = self.changing.lock().map_err(|_| "poisoned")?;
+    pub fn remove_peer(&self, gateway: &str) -> Result<(), ControlError> {
+        let peering = self.peering.as_ref().ok_or(ControlError::NoPeering)?;
+        let _one_at_a_time = self.one_at_a_time();
         let index = peering
             .remove_peer(gateway)
-            .ok_or_else(|| format!("{gateway} is not a peer"))?;
+            .ok_or_else(|| ControlError::UnknownPeer(gateway.to_owned()))?;
         self.ask(|reply| Request::PeerRemoved { index, reply })
     }
 
@@ -908,6 +972,10 @@ impl State {
     }
 }
 
+fn gateway_of(spec: &PeerSpec) -> String {
+    spec.config.peer.to_string()
+}
+
 /// Keeps the first `limit` of `items` by agent ID, sorted: found in linear time, so a listing
 /// of 1,000 out of 1M routes does not sort the million while the loop waits.
 fn first_by_agent<T>(items: &mut Vec<T>, limit: usize, agent: impl Fn(&T) -> &&str) {
@@ -924,7 +992,49 @@ fn first_by_agent<T>(items: &mut Vec<T>, limit: usize, agent: impl Fn(&T) -> &&s
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
+
+    #[test]
+    fn refusals_are_typed_with_their_wire_code() {
+        let local = GatewayId::parse("spiffe://a.example/agw/a1").unwrap();
+        let (_shards, events) = crossbeam_channel::unbounded();
+        let control = ControlPlane::start(
+            local.clone(),
+            RoutingTable::new(),
+            events,
+            Wiring::default(),
+        )
+        .unwrap();
+        let peer = GatewayId::parse("spiffe://b.example/agw/b1").unwrap();
+        let spec = PeerSpec {
+            config: crate::peering::session::PeerConfig::new(local, peer),
+            address: None,
+        };
+        let refused = control.add_peer(spec).unwrap_err();
+        assert_eq!(refused, ControlError::NoPeering);
+        assert_eq!(refused.code(), pb::ErrorCode::InvalidField);
+        let refused = control.set_status(pb::Status::Offline).unwrap_err();
+        assert!(matches!(refused, ControlError::BadStatus(_)), "{refused}");
+        assert!(control.routes(None, 10).unwrap().0.is_empty());
+        // Stopped: its questions are answered as such, with a code that says so.
+        let (requests, stop) = (control.requests.clone(), control.stop.clone());
+        let _ = stop.send(());
+        std::thread::sleep(Duration::from_millis(50));
+        let probe = ControlPlane {
+            peering: None,
+            stop,
+            requests,
+            changing: Mutex::new(()),
+            status: Arc::new(AtomicI32::new(0)),
+            thread: None,
+        };
+        let refused = probe.routes(None, 1).unwrap_err();
+        assert_eq!(refused, ControlError::Stopped);
+        assert_eq!(refused.code(), pb::ErrorCode::Draining);
+        drop(control);
+    }
 
     #[test]
     fn a_listing_keeps_the_first_agents_in_order() {

@@ -28,6 +28,7 @@ use serde::Deserialize;
 
 use crate::{
     admin,
+    control::ControlError,
     node::{Node, NodeConfig, PeerEntry},
     peering::session::{DEFAULT_MAX_SUMMARIES, LimitAction, MIN_HOLD_TIME},
 };
@@ -157,10 +158,54 @@ struct PeerFile {
     hold_time_s: Option<u64>,
 }
 
-fn parse_file(path: &Path) -> Result<FileConfig, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+/// A configuration that cannot run: every problem found, each naming its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration:\n  {}", problems.join("\n  "))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: String) -> ConfigError {
+        ConfigError {
+            problems: vec![problem],
+        }
+    }
+
+    /// Whether any problem mentions `needle`.
+    pub fn mentions(&self, needle: &str) -> bool {
+        self.problems.iter().any(|p| p.contains(needle))
+    }
+}
+
+/// Why a reload changed nothing or stopped part way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ReloadError {
+    /// The file does not make a configuration: nothing changed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The relay refused the new limits.
+    #[error("limits: {0}")]
+    Limits(String),
+    /// The control plane could not change the peers.
+    #[error("peers: {0}")]
+    Peers(#[from] ControlError),
+}
+
+impl ReloadError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ReloadError::Config(_) | ReloadError::Limits(_) => ErrorCode::BadConfig,
+            ReloadError::Peers(e) => e.code(),
+        }
+    }
+}
+
+fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(format!("config {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigError::one(format!("config {}: {e}", path.display())))
 }
 
 /// What the daemon runs with: the node's configuration and its own.
@@ -171,7 +216,7 @@ struct DaemonConfig {
 }
 
 /// Flags over the file over the defaults; every problem at once.
-fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, String> {
+fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
     let file = match &args.config {
         Some(path) => parse_file(path)?,
         None => FileConfig::default(),
@@ -318,7 +363,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, String> {
                 gateway_validity: Duration::from_secs(90 * 86_400),
             },
         }),
-        _ => Err(format!("configuration:\n  {}", problems.join("\n  "))),
+        _ => Err(ConfigError { problems }),
     }
 }
 
@@ -327,7 +372,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     if let Some(Command::Demo) = args.command {
         return crate::demo::run();
     }
-    let mut running = daemon_config(&args)?;
+    let mut running = daemon_config(&args).map_err(|e| e.to_string())?;
     let config = running.node.clone();
     let data_dir = config.data_dir.clone();
     agw_aca::private::private_dir(&data_dir)
@@ -430,8 +475,11 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
                         let _ = writeln!(out, "agw: reload: nothing changed");
                     }
                 }
-                Err(e) => {
+                Err(e @ ReloadError::Config(_)) => {
                     let _ = writeln!(out, "agw: reload refused, nothing changed: {e}");
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "agw: reload stopped part way: {e}");
                 }
             }
             let _ = out.flush();
@@ -459,7 +507,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
                         error: None,
                         result: Some(Reply::Reloaded(r)),
                     },
-                    Err(e) => admin::refusal(id, ErrorCode::BadConfig, &e),
+                    Err(e) => admin::refusal(id, e.code(), &e.to_string()),
                 },
                 _ => admin::answer(&node, &asked.request, started),
             };
@@ -506,7 +554,7 @@ fn reload(
     args: &DaemonArgs,
     running: &mut DaemonConfig,
     node: &mut Node,
-) -> Result<pb::ReloadReply, String> {
+) -> Result<pb::ReloadReply, ReloadError> {
     let new = daemon_config(args)?;
     let (old, next) = (&running.node, &new.node);
     let mut needs_restart = Vec::new();
@@ -556,7 +604,7 @@ fn reload(
     let mut applied = Vec::new();
     let (old, next) = (running.node.clone(), new.node.clone());
     if next.limits != old.limits {
-        node.set_limits(next.limits)?;
+        node.set_limits(next.limits).map_err(ReloadError::Limits)?;
         let l = next.limits;
         applied.push(format!(
             "limits: queue soft {} B, hard {} B, shard budget {} B, {} connections per shard",
@@ -657,7 +705,7 @@ mod tests {
         let (_f, args) =
             args_with("domain = \"a.example\"\n\n[listen]\nagentz = \"127.0.0.1:1\"\n");
         let e = daemon_config(&args).unwrap_err();
-        assert!(e.contains("agentz") && e.contains("line 4"), "{e}");
+        assert!(e.mentions("agentz") && e.mentions("line 4"), "{e}");
     }
 
     #[test]
@@ -668,7 +716,7 @@ mod tests {
         );
         let e = daemon_config(&args).unwrap_err();
         for needle in ["peer[0].gateway", "peer[1].on_limit", "peer[1].hold_time_s"] {
-            assert!(e.contains(needle), "{needle} missing from: {e}");
+            assert!(e.mentions(needle), "{needle} missing from: {e}");
         }
     }
 

@@ -28,7 +28,7 @@ use agw_rpc::{Endpoint, EndpointStats, ServerLimits, notification};
 use agw_sdk::certificates::AgentKey;
 
 use crate::{
-    control::{ControlPlane, Wiring},
+    control::{ControlError, ControlPlane, Wiring},
     peering::{
         driver::{PeerSpec, PeeringConfig},
         session::{LimitAction, PeerConfig},
@@ -550,11 +550,8 @@ impl Node {
     /// Makes the peers these: sessions with removed peers end (DISCONNECT), new peers are
     /// dialled or awaited, a changed peer's session restarts. Returns what changed, a line
     /// each.
-    pub fn set_peers(&mut self, peers: Vec<PeerEntry>) -> Result<Vec<String>, String> {
-        let control = self
-            .control
-            .as_ref()
-            .ok_or("the control plane has stopped")?;
+    pub fn set_peers(&mut self, peers: Vec<PeerEntry>) -> Result<Vec<String>, ControlError> {
+        let control = self.control.as_ref().ok_or(ControlError::Stopped)?;
         let mut changes = Vec::new();
         for old in &self.peers {
             match peers.iter().find(|p| p.gateway == old.gateway) {

@@ -451,16 +451,16 @@ fn vectors() -> Vec<Vector> {
         ),
         v(
             0,
-            "01 51 00 00 00000027
-              08 0a 52 23                   # result: peers, 35 bytes
-                 0a 21 0a 12 'spiffe://b/agw/gw2' 1a 0b 'Established'",
+            "01 51 00 00 0000001c
+              08 0a 52 18                   # result: peers, 24 bytes
+                 0a 16 0a 12 'spiffe://b/agw/gw2' 40 05   # session: ESTABLISHED",
             pb::AdminReply {
                 request_id: 10,
                 error: None,
                 result: Some(AdminResult::Peers(pb::PeerList {
                     peers: vec![pb::PeerInfo {
                         gateway: GW2.into(),
-                        state: "Established".into(),
+                        session: pb::SessionState::SessionEstablished as i32,
                         ..Default::default()
                     }],
                 })),

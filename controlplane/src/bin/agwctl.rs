@@ -324,6 +324,20 @@ fn duration(secs: u64) -> String {
     }
 }
 
+/// A session state as operators read it.
+fn state_name(state: pb::SessionState) -> &'static str {
+    use pb::SessionState as S;
+    match state {
+        S::SessionIdle => "Idle",
+        S::SessionConnecting => "Connecting",
+        S::SessionOpenSent => "OpenSent",
+        S::SessionOpenWait => "OpenWait",
+        S::SessionEstablished => "Established",
+        S::SessionStopped => "Stopped",
+        S::Unspecified => "unknown",
+    }
+}
+
 fn peers(client: &mut Client) -> Result<Printed, String> {
     let Reply::Peers(list) = client.ask(Command::ListPeers(pb::ListPeers {}))? else {
         return Err("unexpected answer".into());
@@ -334,8 +348,8 @@ fn peers(client: &mut Client) -> Result<Printed, String> {
         .map(|p| {
             vec![
                 p.gateway.clone(),
-                p.state.clone(),
-                if p.uptime_s > 0 || p.state == "Established" {
+                state_name(p.session()).into(),
+                if p.uptime_s > 0 || p.session() == pb::SessionState::SessionEstablished {
                     duration(p.uptime_s)
                 } else {
                     "-".into()
@@ -366,7 +380,7 @@ fn peers(client: &mut Client) -> Result<Printed, String> {
         )
     };
     let json = json!({ "peers": list.peers.iter().map(|p| json!({
-        "gateway": p.gateway, "domain": p.domain, "state": p.state, "uptime_s": p.uptime_s,
+        "gateway": p.gateway, "domain": p.domain, "state": state_name(p.session()), "uptime_s": p.uptime_s,
         "summaries_in": p.summaries_in, "summaries_out": p.summaries_out, "address": p.address,
     })).collect::<Vec<_>>() });
     Ok(Printed { text, json })

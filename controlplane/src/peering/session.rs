@@ -232,6 +232,20 @@ pub enum SessionState {
     Stopped,
 }
 
+impl SessionState {
+    /// Its wire form (the admin API's).
+    pub fn wire(self) -> pb::SessionState {
+        match self {
+            SessionState::Idle => pb::SessionState::SessionIdle,
+            SessionState::Connecting => pb::SessionState::SessionConnecting,
+            SessionState::OpenSent => pb::SessionState::SessionOpenSent,
+            SessionState::OpenWait => pb::SessionState::SessionOpenWait,
+            SessionState::Established => pb::SessionState::SessionEstablished,
+            SessionState::Stopped => pb::SessionState::SessionStopped,
+        }
+    }
+}
+
 /// One peering session.
 #[derive(Debug)]
 pub struct PeerSession {
