@@ -1,8 +1,29 @@
 //! A shard's connections: their byte streams (plain TCP for agents, mutual TLS for peer links),
 //! write queues, and the tasks that read into and write out of them.
 
-use super::*;
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    io::{self, IoSlice},
+    os::fd::RawFd,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll, Waker},
+    time::Instant,
+};
 
+use agw_proto::{Admission, FrameDecoder, Kind, WriteBatch, identity::AgentId};
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncWrite, future::poll_fn};
+use futures_rustls::{client, server};
+use glommio::net::TcpStream;
+use nix::{
+    errno::Errno,
+    sys::socket::{MsgFlags, Shutdown, SockaddrStorage, sendmsg, shutdown},
+};
+
+use super::Shard;
+use crate::access::AccessSession;
 /// A one-waiter wake-up flag.
 #[derive(Default)]
 pub(super) struct Notify {

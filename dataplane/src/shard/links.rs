@@ -1,8 +1,23 @@
 //! Links to peer gateways' relays: accepted on the shard's peer listener (mutual TLS, the
 //! client must be a gateway) and dialled to every peer the control plane names.
 
-use super::*;
+use std::{net::SocketAddr, os::fd::AsRawFd, rc::Rc, sync::Arc, time::Duration};
 
+use agw_proto::identity::GatewayId;
+use agw_tls::peer_identity;
+use futures_rustls::{TlsAcceptor, TlsConnector};
+use glommio::{
+    net::{TcpListener, TcpStream},
+    spawn_local,
+    timer::sleep,
+};
+use rustls::pki_types::ServerName;
+
+use super::{
+    Shard,
+    conn::{Conn, ConnKind, Stream},
+    serve,
+};
 /// Peer gateways' links: mutual TLS; the client certificate must name a gateway.
 pub(super) async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
     let Some(tls) = shard.peer_tls.clone() else {

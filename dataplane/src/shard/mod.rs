@@ -6,51 +6,40 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::VecDeque,
-    io::{self, IoSlice},
+    io,
     net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
-    pin::Pin,
     rc::Rc,
     sync::{Arc, mpsc},
-    task::{Context, Poll, Waker},
     time::{Duration, Instant, SystemTime},
 };
 
 use agw_proto::{
-    Admission, DEFAULT_HOP_LIMIT, DataView, Frame, FrameDecoder, FrameEncoder, FrameError,
-    FrameHeader, HEADER_LEN, Kind, Message, WriteBatch,
+    Frame, FrameDecoder, FrameEncoder, FrameHeader,
     identity::{AgentId, GatewayId},
     pb::{self, ErrorCode},
 };
-use agw_tls::{CertificateChecker, TlsIdentity, peer_identity};
+use agw_tls::{CertificateChecker, TlsIdentity};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use futures_lite::{AsyncRead, AsyncWrite, future::poll_fn};
-use futures_rustls::{TlsAcceptor, TlsConnector, client, server};
 use glommio::{
-    GlommioError, ResourceType,
-    channels::shared_channel::{ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender},
-    net::{TcpListener, TcpStream},
+    channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender},
+    net::TcpListener,
     spawn_local,
     timer::sleep,
 };
 use hashbrown::HashMap;
-use nix::{
-    errno::Errno,
-    sys::socket::{MsgFlags, Shutdown, SockaddrStorage, sendmsg, shutdown},
-};
 use ring::rand::{SecureRandom, SystemRandom};
-use rustls::pki_types::ServerName;
 
 mod conn;
+mod housekeeping;
 mod links;
+mod relay;
 
-use conn::{
-    Conn, ConnKind, ConnState, Mark, Notify, Outbound, Stream, read, wait_for_space, write_loop,
-};
-use links::{accept_peers, keep_link};
+use conn::{Conn, ConnKind, ConnState, Notify, Outbound, Stream, read, wait_for_space, write_loop};
+use links::accept_peers;
+use relay::{Blocked, cross_receive};
 
 use crate::{
     access::{AccessSession, Action, DownReason},
@@ -58,7 +47,7 @@ use crate::{
     congestion::Congestion,
     counters::ShardCounters,
     events::ShardEvent,
-    routing::{Prepared, Route, RoutingReader, RoutingSnapshot, SnapshotCache},
+    routing::{Route, RoutingReader, SnapshotCache},
 };
 
 /// Frames decoded and routed together: their destinations are looked up as one batch, so the
@@ -311,11 +300,11 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
         }
         let since = Instant::now();
         loop {
-            let (more, up) = shard.process_batch(&conn, &mut blocked, since);
-            if up {
+            let outcome = shard.process_batch(&conn, &mut blocked, since);
+            if outcome.agent_up {
                 shard.await_route(&conn).await;
             }
-            if !more {
+            if !outcome.more {
                 break;
             }
         }
@@ -328,61 +317,6 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
     }
     shard.cleanup(&conn, ErrorCode::DestinationOffline);
     shard.flush_cross().await;
-}
-
-/// Where a connection's reading waits.
-enum Blocked {
-    None,
-    /// A connection on this shard, over its soft limit.
-    Local(Rc<Conn>),
-    /// A connection on another shard, marked congested.
-    Remote {
-        shard: u16,
-        connection: u32,
-    },
-}
-
-async fn cross_receive(shard: Rc<Shard>, rx: SharedReceiver<CrossBatch>) {
-    let rx: ConnectedReceiver<CrossBatch> = rx.connect().await;
-    while let Some(batch) = rx.recv().await {
-        for frame in batch {
-            shard.deliver_cross(frame);
-        }
-    }
-}
-
-/// What a NACK refers to.
-#[derive(Clone, Copy)]
-struct Target<'a> {
-    kind: Kind,
-    destination: &'a str,
-    message_id: u64,
-}
-
-impl<'a> Target<'a> {
-    fn of(view: &DataView<'a>) -> Target<'a> {
-        Target {
-            kind: view.kind,
-            destination: view.destination,
-            message_id: view.message_id,
-        }
-    }
-}
-
-fn nack_message(reporter: &str, target: Target<'_>, source: &str, reason: ErrorCode) -> pb::Nack {
-    pb::Nack {
-        destination: source.to_owned(),
-        original_destination: target.destination.to_owned(),
-        message_id: target.message_id,
-        reason: reason as i32,
-        reporter: reporter.to_owned(),
-        detail: String::new(),
-        retry_after_ms: if reason == ErrorCode::Overloaded {
-            100
-        } else {
-            0
-        },
-    }
 }
 
 impl Shard {
@@ -443,457 +377,6 @@ impl Shard {
         });
         self.conns.borrow_mut().insert(id, conn.clone());
         Some(conn)
-    }
-
-    /// Decodes up to [`BATCH`] frames, prepares their destinations' lookups, then relays or
-    /// handles each. Returns whether more frames may be buffered, and whether an agent came up
-    /// (its reply then waits for its route).
-    fn process_batch(
-        &self,
-        conn: &Rc<Conn>,
-        blocked: &mut Blocked,
-        since: Instant,
-    ) -> (bool, bool) {
-        let mut frames = std::mem::take(&mut *self.batch.borrow_mut());
-        let mut more = true;
-        {
-            let mut decoder = conn.decoder.borrow_mut();
-            while frames.len() < BATCH {
-                match decoder.decode() {
-                    Ok(Some(frame)) => frames.push(frame),
-                    Ok(None) => {
-                        more = false;
-                        break;
-                    }
-                    Err(e) => {
-                        drop(decoder);
-                        // Frames before the bad bytes are still handled.
-                        self.finish_batch(conn, &mut frames, blocked, since);
-                        let code = match e {
-                            // An agent that has not accessed yet sent something else.
-                            FrameError::NotAdmitted(_)
-                                if conn.kind == ConnKind::Agent
-                                    && conn.agent.borrow().is_none() =>
-                            {
-                                ErrorCode::NotAccessed
-                            }
-                            _ => e.code(),
-                        };
-                        self.close_with(conn, code, &e.to_string());
-                        *self.batch.borrow_mut() = frames;
-                        return (false, false);
-                    }
-                }
-            }
-        }
-        let up = self.finish_batch(conn, &mut frames, blocked, since);
-        *self.batch.borrow_mut() = frames;
-        (more && conn.is_open(), up)
-    }
-
-    fn finish_batch(
-        &self,
-        conn: &Rc<Conn>,
-        frames: &mut Vec<Frame>,
-        blocked: &mut Blocked,
-        since: Instant,
-    ) -> bool {
-        let mut cache = self.routes.borrow_mut();
-        let snapshot: &RoutingSnapshot = cache.load();
-        let mut prepared = [None; BATCH];
-        for (p, frame) in prepared.iter_mut().zip(frames.iter()) {
-            if frame.header.kind.is_data()
-                && let Ok(view) = frame.data_view()
-            {
-                *p = Some(snapshot.prepare(view.destination));
-            }
-        }
-        let mut up = false;
-        for (frame, p) in frames.drain(..).zip(prepared) {
-            if !conn.is_open() {
-                continue;
-            }
-            if frame.header.kind.is_data() {
-                self.relay(conn, frame, snapshot, p, blocked, since);
-            } else {
-                up |= self.control(conn, &frame);
-            }
-        }
-        up
-    }
-
-    /// The hot path: one data frame from an accessed agent to its destination's queue.
-    /// `since`: when the read that brought it finished.
-    fn relay(
-        &self,
-        conn: &Rc<Conn>,
-        frame: Frame,
-        snapshot: &RoutingSnapshot,
-        prepared: Option<Prepared>,
-        blocked: &mut Blocked,
-        since: Instant,
-    ) {
-        let agent_ref = conn.agent.borrow();
-        let accessed = agent_ref.as_ref().map(AgentId::as_str);
-        if conn.kind == ConnKind::Agent && accessed.is_none() {
-            drop(agent_ref);
-            self.close_with(conn, ErrorCode::NotAccessed, "access first");
-            return;
-        }
-        self.counter().accepted(HEADER_LEN + frame.body.len());
-        let view = match frame.data_view() {
-            Ok(v) => v,
-            Err(e) => {
-                let target = Target {
-                    kind: frame.header.kind,
-                    destination: "",
-                    message_id: 0,
-                };
-                self.refuse(conn, accessed.unwrap_or_default(), target, e.code());
-                return;
-            }
-        };
-        let target = Target::of(&view);
-        // Who NACKs go back to: the agent itself, or (on a peer link) the frame's source.
-        let source = accessed.or(view.source()).unwrap_or_default();
-        let allowed = match &conn.kind {
-            // An agent sends messages and ACKs as itself; NACKs are the gateways' to send.
-            ConnKind::Agent => view.kind != Kind::Nack && view.source() == accessed,
-            // A peer relays other domains' agents' frames, and NACKs; never ours.
-            ConnKind::Peer { .. } => match view.source() {
-                None => view.kind == Kind::Nack,
-                Some(s) => {
-                    AgentId::parse(s).is_ok_and(|a| a.domain() != self.config.gateway.domain())
-                }
-            },
-        };
-        if !allowed {
-            self.refuse(conn, source, target, ErrorCode::Unauthorized);
-            return;
-        }
-        if frame.header.hop_limit == 0 {
-            self.refuse(conn, source, target, ErrorCode::TtlExpired);
-            return;
-        }
-        let soft = self.limits.get().queue_soft_limit;
-        let header = FrameHeader {
-            hop_limit: frame.header.hop_limit - 1,
-            ..frame.header
-        };
-        let route = match prepared {
-            Some(p) => snapshot.lookup_prepared(view.destination, p),
-            None => snapshot.lookup(view.destination),
-        };
-        let refusal = match route {
-            None => ErrorCode::NoRoute,
-            Some(Route::Offline) => ErrorCode::DestinationOffline,
-            Some(Route::Unreachable) => ErrorCode::Unreachable,
-            Some(Route::Peer { peer }) => {
-                let link = self.links.borrow().get(&peer).cloned();
-                match link {
-                    Some(link) => match self.push_relayed(&link, header, frame.body.clone(), since)
-                    {
-                        Ok(()) => {
-                            if link.queued() > soft {
-                                *blocked = Blocked::Local(link);
-                            }
-                            return;
-                        }
-                        Err(code) => code,
-                    },
-                    // No link from this shard yet (it is being dialled): unreachable for now.
-                    None => ErrorCode::Unreachable,
-                }
-            }
-            Some(Route::Local { shard, connection }) if shard == self.id => {
-                let dest = self.conns.borrow().get(&connection).cloned();
-                let Some(dest) = dest else {
-                    self.refuse(conn, source, target, ErrorCode::DestinationOffline);
-                    return;
-                };
-                match self.push_relayed(&dest, header, frame.body.clone(), since) {
-                    Ok(()) => {
-                        if dest.queued() > soft {
-                            *blocked = Blocked::Local(dest);
-                        }
-                        return;
-                    }
-                    Err(code) => code,
-                }
-            }
-            Some(Route::Local { shard, connection }) => {
-                if self.over_budget(frame.body.len()) {
-                    ErrorCode::Overloaded
-                } else {
-                    let mut pending = self.pending_cross.borrow_mut();
-                    match pending.get_mut(usize::from(shard)) {
-                        Some(batch) => {
-                            batch.push(CrossFrame::Relayed {
-                                connection,
-                                header,
-                                body: frame.body.clone(),
-                                since,
-                            });
-                            if self.remote_congested(shard, connection) {
-                                *blocked = Blocked::Remote { shard, connection };
-                            }
-                            return;
-                        }
-                        None => ErrorCode::NoRoute,
-                    }
-                }
-            }
-        };
-        self.refuse(conn, source, target, refusal);
-    }
-
-    fn remote_congested(&self, shard: u16, connection: u32) -> bool {
-        self.congestion
-            .get(usize::from(shard))
-            .is_some_and(|c| c.is_congested(connection))
-    }
-
-    fn set_congested(&self, conn: &Conn, congested: bool) {
-        if conn.congested.replace(congested) == congested {
-            return;
-        }
-        if let Some(c) = self.congestion.get(usize::from(self.id)) {
-            if congested {
-                c.mark(conn.id);
-            } else {
-                c.clear(conn.id);
-            }
-        }
-    }
-
-    fn over_budget(&self, len: usize) -> bool {
-        self.queued.get() + len > self.limits.get().shard_memory_budget
-    }
-
-    /// NACKs a frame from `conn` back to it (an ACK is only counted: answering could loop).
-    fn refuse(&self, conn: &Conn, source: &str, target: Target<'_>, reason: ErrorCode) {
-        if target.kind != Kind::AgentMessage {
-            self.counter().discarded();
-            return;
-        }
-        self.counter().nacked(reason);
-        let nack = nack_message(&self.reporter, target, source, reason);
-        self.push_gateway(conn, &nack.into());
-    }
-
-    /// Queues a relayed frame for `dest` (read at `since`), or says why not.
-    fn push_relayed(
-        &self,
-        dest: &Conn,
-        header: FrameHeader,
-        body: Bytes,
-        since: Instant,
-    ) -> Result<(), ErrorCode> {
-        if !dest.is_open() {
-            return Err(ErrorCode::DestinationOffline);
-        }
-        let len = HEADER_LEN + body.len();
-        let limits = self.limits.get();
-        if dest.queued() + len > limits.queue_hard_limit || self.over_budget(len) {
-            return Err(ErrorCode::Overloaded);
-        }
-        let mut out = dest.out.borrow_mut();
-        out.pushed += len as u64;
-        let end = out.pushed;
-        out.marks.push_back(Mark {
-            end,
-            kind: header.kind,
-            body: body.clone(),
-            since,
-        });
-        out.batch.push_frame(header, body);
-        let over = out.batch.len() > limits.queue_soft_limit;
-        drop(out);
-        self.queued_add(len);
-        if over {
-            self.set_congested(dest, true);
-        }
-        dest.writer.notify();
-        Ok(())
-    }
-
-    /// Queues a frame the gateway made (challenge, reply, NACK, notification).
-    fn push_gateway(&self, conn: &Conn, message: &Message) {
-        if let Some(frame) = self.encode(message) {
-            self.push_encoded(conn, frame);
-        }
-    }
-
-    /// A message this gateway makes, framed (data kinds with the default hop limit).
-    fn encode(&self, message: &Message) -> Option<Bytes> {
-        let mut encoder = self.encoder.borrow_mut();
-        let hop = if message.kind().is_data() {
-            DEFAULT_HOP_LIMIT
-        } else {
-            0
-        };
-        encoder.push_message(message, hop).ok()?;
-        Some(encoder.take())
-    }
-
-    /// Queues whole encoded frames for `conn`.
-    fn push_encoded(&self, conn: &Conn, bytes: Bytes) {
-        if conn.state.get() == ConnState::Closed {
-            return;
-        }
-        let len = bytes.len();
-        let mut out = conn.out.borrow_mut();
-        out.pushed += len as u64;
-        out.batch.push_encoded(bytes);
-        drop(out);
-        self.queued_add(len);
-        conn.writer.notify();
-    }
-
-    fn queued_add(&self, len: usize) {
-        let q = self.queued.get() + len;
-        self.queued.set(q);
-        self.counter().set_queued_bytes(q);
-    }
-
-    fn queued_sub(&self, len: usize) {
-        let q = self.queued.get().saturating_sub(len);
-        self.queued.set(q);
-        self.counter().set_queued_bytes(q);
-    }
-
-    /// After a write of `n` bytes: count the frames it completed, wake paused senders.
-    fn wrote(&self, conn: &Conn, n: usize) {
-        let mut out = conn.out.borrow_mut();
-        out.batch.advance(n);
-        out.written += n as u64;
-        let mut delivered = 0;
-        let mut now = None;
-        let written = out.written;
-        while out.marks.front().is_some_and(|m| m.end <= written) {
-            let Some(mark) = out.marks.pop_front() else {
-                break;
-            };
-            let now = *now.get_or_insert_with(Instant::now);
-            self.counter()
-                .resided(now.saturating_duration_since(mark.since));
-            delivered += 1;
-        }
-        let below = out.batch.len() <= self.limits.get().queue_soft_limit;
-        drop(out);
-        self.counter().delivered(delivered);
-        self.counter().written(n);
-        self.queued_sub(n);
-        if below {
-            self.set_congested(conn, false);
-            for w in conn.space.borrow_mut().drain(..) {
-                w.wake();
-            }
-        }
-    }
-
-    /// Sends the frames gathered for other shards, one batch per shard. A full channel makes
-    /// this connection wait (its sender is not read meanwhile), never the others.
-    async fn flush_cross(&self) {
-        let shards = self.pending_cross.borrow().len();
-        for to in 0..shards {
-            let batch = match self.pending_cross.borrow_mut().get_mut(to) {
-                Some(b) if !b.is_empty() => std::mem::take(b),
-                _ => continue,
-            };
-            let tx = self.cross_out.borrow().get(to).cloned().flatten();
-            let Some(tx) = tx else {
-                continue;
-            };
-            self.counter().cross_shard_batch();
-            let refused = match tx.try_send(batch) {
-                Ok(()) => continue,
-                Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
-                    match tx.send(batch).await {
-                        Ok(()) => continue,
-                        Err(GlommioError::Closed(ResourceType::Channel(batch))) => batch,
-                        Err(_) => continue,
-                    }
-                }
-                Err(GlommioError::Closed(ResourceType::Channel(batch))) => batch,
-                Err(_) => continue,
-            };
-            // The other shard is gone (stopping): these frames cannot be delivered.
-            for frame in refused {
-                if let CrossFrame::Relayed { header, body, .. } = frame {
-                    self.undeliverable(header.kind, &body, ErrorCode::Unreachable);
-                }
-            }
-        }
-    }
-
-    /// A frame from another shard for one of this shard's connections.
-    fn deliver_cross(&self, frame: CrossFrame) {
-        match frame {
-            CrossFrame::Made { connection, frame } => {
-                let dest = self.conns.borrow().get(&connection).cloned();
-                if let Some(dest) = dest {
-                    self.push_encoded(&dest, frame);
-                }
-            }
-            CrossFrame::Relayed {
-                connection,
-                header,
-                body,
-                since,
-            } => {
-                let dest = self.conns.borrow().get(&connection).cloned();
-                let result = match dest {
-                    Some(dest) => self.push_relayed(&dest, header, body.clone(), since),
-                    None => Err(ErrorCode::DestinationOffline),
-                };
-                if let Err(code) = result {
-                    self.undeliverable(header.kind, &body, code);
-                }
-            }
-        }
-    }
-
-    /// An accepted frame that cannot reach its destination: NACK it to its source, wherever
-    /// the source's connection is.
-    fn undeliverable(&self, kind: Kind, body: &[u8], reason: ErrorCode) {
-        let Ok(view) = DataView::parse(kind, body) else {
-            self.counter().discarded();
-            return;
-        };
-        if view.kind != Kind::AgentMessage {
-            self.counter().discarded();
-            return;
-        }
-        self.counter().nacked(reason);
-        let Some(source) = view.source() else {
-            return;
-        };
-        let nack: Message = nack_message(&self.reporter, Target::of(&view), source, reason).into();
-        let route = self.routes.borrow_mut().load().lookup(source);
-        match route {
-            Some(Route::Local { shard, connection }) if shard == self.id => {
-                if let Some(c) = self.conns.borrow().get(&connection) {
-                    self.push_gateway(c, &nack);
-                }
-            }
-            Some(Route::Local { shard, connection }) => {
-                let Some(frame) = self.encode(&nack) else {
-                    return;
-                };
-                if let Some(batch) = self.pending_cross.borrow_mut().get_mut(usize::from(shard)) {
-                    batch.push(CrossFrame::Made { connection, frame });
-                }
-            }
-            Some(Route::Peer { peer }) => {
-                let link = self.links.borrow().get(&peer).cloned();
-                if let Some(link) = link {
-                    self.push_gateway(&link, &nack);
-                }
-            }
-            // The source left too: nobody to tell.
-            _ => {}
-        }
     }
 
     /// An access-kind frame: to the session. Returns whether the agent just came up (the
@@ -1066,116 +549,5 @@ impl Shard {
             w.wake();
         }
         conn.writer.notify();
-    }
-
-    /// Timers, idle buffers, lingering closes and orders, every tick, until told to stop.
-    async fn housekeeping(self: &Rc<Self>, commands: Receiver<ShardCommand>) {
-        let tick = self.config.tick;
-        loop {
-            sleep(tick).await;
-            let mut revoked: Vec<Vec<u8>> = Vec::new();
-            while let Ok(command) = commands.try_recv() {
-                match command {
-                    ShardCommand::Stop => {
-                        self.stop();
-                        return;
-                    }
-                    ShardCommand::Drain(applied) => {
-                        self.draining.set(true);
-                        let _ = applied.send(self.id);
-                    }
-                    ShardCommand::Close => {
-                        self.wanted.borrow_mut().clear();
-                        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
-                        for conn in conns {
-                            self.close_with(&conn, ErrorCode::Draining, "gateway stopping");
-                        }
-                    }
-                    ShardCommand::Abandon => self.abandon(),
-                    ShardCommand::Limits(limits) => self.limits.set(limits),
-                    ShardCommand::Revoked(serials) => revoked.extend(serials),
-                    ShardCommand::Peer {
-                        index,
-                        gateway,
-                        address,
-                    } => {
-                        let new = self
-                            .wanted
-                            .borrow_mut()
-                            .insert(index, (gateway, address))
-                            .is_none();
-                        if new {
-                            spawn_local(keep_link(self.clone(), index)).detach();
-                        }
-                    }
-                    ShardCommand::PeerGone { index } => {
-                        self.wanted.borrow_mut().remove(&index);
-                        let link = self.links.borrow_mut().remove(&index);
-                        if let Some(link) = link {
-                            self.close_after_flush(&link);
-                        }
-                    }
-                }
-            }
-            let now = Instant::now();
-            let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
-            for conn in conns {
-                let due = conn
-                    .session
-                    .borrow()
-                    .as_ref()
-                    .and_then(AccessSession::next_timeout)
-                    .is_some_and(|t| t <= now);
-                if due {
-                    if let Some(s) = conn.session.borrow_mut().as_mut() {
-                        s.handle_timeout(now);
-                    }
-                    self.apply_actions(&conn);
-                }
-                if !revoked.is_empty() && revoked.contains(&conn.serial.borrow()) {
-                    self.close_with(&conn, ErrorCode::CertRevoked, "certificate revoked");
-                }
-                if !conn.active.replace(false) {
-                    conn.decoder.borrow_mut().release_if_idle();
-                }
-                if let ConnState::Flushing(since) = conn.state.get()
-                    && now.duration_since(since) > self.config.close_linger
-                {
-                    conn.shut();
-                }
-            }
-            self.flush_cross().await;
-        }
-    }
-
-    fn stop(&self) {
-        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
-        for conn in conns {
-            conn.shut();
-            self.cleanup(&conn, ErrorCode::DestinationOffline);
-        }
-    }
-
-    /// The drain's deadline passed: every connection still holding relayed frames is closed,
-    /// its frames NACKed `DRAINING` to their senders (a frame half written cannot be taken
-    /// back, so its connection cannot stay).
-    fn abandon(&self) {
-        let stuck: Vec<Rc<Conn>> = self
-            .conns
-            .borrow()
-            .values()
-            .filter(|c| !c.out.borrow().marks.is_empty())
-            .cloned()
-            .collect();
-        for conn in stuck {
-            tracing::warn!(
-                shard = self.id,
-                connection = conn.id,
-                frames = conn.out.borrow().marks.len(),
-                "drain deadline: queued frames NACKed, connection closed"
-            );
-            conn.shut();
-            self.cleanup(&conn, ErrorCode::Draining);
-        }
     }
 }

@@ -1,0 +1,128 @@
+//! A shard's housekeeping: its tick (access and hold timers, idle read buffers, lingering
+//! closes), the commands of the control plane (limits, links, revocations, drain), and stop.
+
+use std::{rc::Rc, time::Instant};
+
+use agw_proto::pb::ErrorCode;
+use crossbeam_channel::Receiver;
+use glommio::{spawn_local, timer::sleep};
+
+use super::{
+    Shard, ShardCommand,
+    conn::{Conn, ConnState},
+    links::keep_link,
+};
+use crate::access::AccessSession;
+
+impl Shard {
+    /// Timers, idle buffers, lingering closes and orders, every tick, until told to stop.
+    pub(super) async fn housekeeping(self: &Rc<Self>, commands: Receiver<ShardCommand>) {
+        let tick = self.config.tick;
+        loop {
+            sleep(tick).await;
+            let mut revoked: Vec<Vec<u8>> = Vec::new();
+            while let Ok(command) = commands.try_recv() {
+                match command {
+                    ShardCommand::Stop => {
+                        self.stop();
+                        return;
+                    }
+                    ShardCommand::Drain(applied) => {
+                        self.draining.set(true);
+                        let _ = applied.send(self.id);
+                    }
+                    ShardCommand::Close => {
+                        self.wanted.borrow_mut().clear();
+                        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+                        for conn in conns {
+                            self.close_with(&conn, ErrorCode::Draining, "gateway stopping");
+                        }
+                    }
+                    ShardCommand::Abandon => self.abandon(),
+                    ShardCommand::Limits(limits) => self.limits.set(limits),
+                    ShardCommand::Revoked(serials) => revoked.extend(serials),
+                    ShardCommand::Peer {
+                        index,
+                        gateway,
+                        address,
+                    } => {
+                        let new = self
+                            .wanted
+                            .borrow_mut()
+                            .insert(index, (gateway, address))
+                            .is_none();
+                        if new {
+                            spawn_local(keep_link(self.clone(), index)).detach();
+                        }
+                    }
+                    ShardCommand::PeerGone { index } => {
+                        self.wanted.borrow_mut().remove(&index);
+                        let link = self.links.borrow_mut().remove(&index);
+                        if let Some(link) = link {
+                            self.close_after_flush(&link);
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+            for conn in conns {
+                let due = conn
+                    .session
+                    .borrow()
+                    .as_ref()
+                    .and_then(AccessSession::next_timeout)
+                    .is_some_and(|t| t <= now);
+                if due {
+                    if let Some(s) = conn.session.borrow_mut().as_mut() {
+                        s.handle_timeout(now);
+                    }
+                    self.apply_actions(&conn);
+                }
+                if !revoked.is_empty() && revoked.contains(&conn.serial.borrow()) {
+                    self.close_with(&conn, ErrorCode::CertRevoked, "certificate revoked");
+                }
+                if !conn.active.replace(false) {
+                    conn.decoder.borrow_mut().release_if_idle();
+                }
+                if let ConnState::Flushing(since) = conn.state.get()
+                    && now.duration_since(since) > self.config.close_linger
+                {
+                    conn.shut();
+                }
+            }
+            self.flush_cross().await;
+        }
+    }
+
+    pub(super) fn stop(&self) {
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        for conn in conns {
+            conn.shut();
+            self.cleanup(&conn, ErrorCode::DestinationOffline);
+        }
+    }
+
+    /// The drain's deadline passed: every connection still holding relayed frames is closed,
+    /// its frames NACKed `DRAINING` to their senders (a frame half written cannot be taken
+    /// back, so its connection cannot stay).
+    pub(super) fn abandon(&self) {
+        let stuck: Vec<Rc<Conn>> = self
+            .conns
+            .borrow()
+            .values()
+            .filter(|c| !c.out.borrow().marks.is_empty())
+            .cloned()
+            .collect();
+        for conn in stuck {
+            tracing::warn!(
+                shard = self.id,
+                connection = conn.id,
+                frames = conn.out.borrow().marks.len(),
+                "drain deadline: queued frames NACKed, connection closed"
+            );
+            conn.shut();
+            self.cleanup(&conn, ErrorCode::Draining);
+        }
+    }
+}
