@@ -344,6 +344,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                     .unwrap_or_else(|| "agw-data".into()),
                 allow,
                 shards: args.shards.or(file.shards),
+                pin_cores: true,
                 agents: addr(args.listen, listen.agents, "127.0.0.1:7400"),
                 aca: addr(args.aca_listen, listen.aca, "127.0.0.1:7401"),
                 crl: crl_listen,

@@ -63,6 +63,8 @@ pub struct NodeConfig {
     pub allow: Vec<String>,
     /// Relay shards; `None`: one per CPU.
     pub shards: Option<usize>,
+    /// Pin shard `i` to CPU `i`. Default true.
+    pub pin_cores: bool,
     /// Where agents connect.
     pub agents: SocketAddr,
     /// Where agents apply for certificates.
@@ -105,6 +107,7 @@ impl NodeConfig {
             data_dir,
             allow: vec!["Example".into()],
             shards: Some(1),
+            pin_cores: true,
             agents: any,
             aca: any,
             crl: any,
@@ -343,6 +346,7 @@ impl Node {
         if let Some(shards) = config.shards {
             dp_config.shards = shards;
         }
+        dp_config.pin_cores = config.pin_cores;
         dp_config.set_live_limits(config.limits);
         dp_config.peer_listen = Some(config.relay_links);
         dp_config.peer_tls = Some(tls.clone());

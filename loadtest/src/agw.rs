@@ -1,21 +1,19 @@
-//! This project's gateway as the relay under load: one gateway started in this process (its
-//! authority in a temporary directory, the shards and the keeper of local routes, wired as the
-//! daemon wires them), or two or three whole gateways peered in a chain over mutual TLS.
+//! This project's gateway as the relay under load: one whole gateway started in this process
+//! (a `Node`, as the daemon runs it: authority, registry, relay and control plane, its state in
+//! a temporary directory), or two or three of them peered in a chain over mutual TLS.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use agw_aca::{
-    AuthorityConfig, CertificateAuthority, policy::AllowListPolicy, tls::CertificateChecker,
+use agw_controlplane::{
+    demo,
+    node::{Node, NodeConfig},
 };
-use agw_controlplane::{demo, node::Node};
-use agw_dataplane::{
-    Dataplane, DataplaneConfig, events::spawn_local_routes, routing::Route, routing::RoutingTable,
-};
+use agw_dataplane::routing::Route;
 use agw_proto::{
-    identity::{AgentId, Domain, GatewayId},
+    identity::{AgentId, Domain},
     pb,
 };
 use agw_sdk::agent::{AgentConnection, Credentials, Incoming, Reader, Writer};
@@ -42,56 +40,39 @@ pub enum Scenario {
     Chain,
 }
 
-/// A gateway in this process, for load.
+/// A gateway in this process, for load: a whole node, wired as the daemon wires it.
 pub struct InProcessGateway {
+    /// The node (its relay is `node.dataplane`).
+    pub node: Node,
     _dir: tempfile::TempDir,
-    ca: CertificateAuthority,
-    /// The running shards.
-    pub dataplane: Dataplane,
 }
 
 impl std::fmt::Debug for InProcessGateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InProcessGateway")
-            .field("dataplane", &self.dataplane)
+            .field("node", &self.node)
             .finish_non_exhaustive()
     }
 }
 
 impl InProcessGateway {
-    /// Starts a gateway for `domain` with `shards` shards on a free loopback port; `pin` pins
+    /// Starts a gateway for `domain` with `shards` shards on free loopback ports; `pin` pins
     /// shard `i` to CPU `i`.
     pub fn start(domain: &str, shards: usize, pin: bool) -> Result<InProcessGateway, Error> {
         let dir = tempfile::tempdir()?;
-        let domain = Domain::new(domain)?;
-        let config = AuthorityConfig::new(domain.clone(), dir.path(), "http://127.0.0.1:1/crl");
-        let now = SystemTime::now();
-        let ca = CertificateAuthority::bootstrap(
-            config,
-            Box::new(AllowListPolicy::default().allow("Load", [])),
-            now - Duration::from_secs(60),
-        )?;
-        let checker = CertificateChecker::new(ca.trust_anchor(), &[ca.crl(now)?.der])?;
-        let gateway = GatewayId::new(&domain, "load-1")?;
-        let mut config = DataplaneConfig::new(gateway, "127.0.0.1:0".parse()?);
-        config.shards = shards;
-        config.pin_cores = pin;
-        let table = RoutingTable::new();
-        let reader = table.reader();
-        let (events_tx, events_rx) = crossbeam_channel::unbounded();
-        spawn_local_routes(table, events_rx)?;
-        let dataplane = Dataplane::start(config, reader, checker, events_tx)?;
-        Ok(InProcessGateway {
-            _dir: dir,
-            ca,
-            dataplane,
-        })
+        let node = Node::start(NodeConfig {
+            shards: Some(shards),
+            pin_cores: pin,
+            allow: vec!["Load".into()],
+            ..NodeConfig::on_loopback(Domain::new(domain)?, "load-1", dir.path().join("node"))
+        })?;
+        Ok(InProcessGateway { node, _dir: dir })
     }
 
     /// Certifies an agent called `name`.
     pub fn certify(&self, name: &str) -> Result<Arc<Credentials>, Error> {
-        let agent = AgentId::new(self.ca.domain(), name)?;
-        let ca = &self.ca;
+        let agent = AgentId::new(self.node.authority.domain(), name)?;
+        let ca = &self.node.authority;
         let ask = |app: pb::CertificateApplication| {
             ca.handle(&app.into(), SystemTime::now()).ok_or("no answer")
         };
@@ -148,7 +129,7 @@ impl AgwRelay {
     /// Shards of each gateway.
     pub fn describe(&self) -> String {
         match &self.gateways {
-            Gateways::One(g) => format!("one gateway, {} shard(s)", g.dataplane.shards()),
+            Gateways::One(g) => format!("one gateway, {} shard(s)", g.node.dataplane.shards()),
             Gateways::Chain { nodes, .. } => format!(
                 "{} gateways peered in a chain over mutual TLS, {} shard(s) each",
                 nodes.len(),
@@ -162,7 +143,7 @@ impl AgwRelay {
         let timeout = Duration::from_secs(1);
         match &self.gateways {
             Gateways::One(g) => {
-                let addr = g.dataplane.local_addr();
+                let addr = g.node.dataplane.local_addr();
                 let want = match (self.scenario, side) {
                     (Scenario::SameShard, _) | (Scenario::CrossShard, Side::A) => Some(0),
                     (Scenario::CrossShard, Side::B) => Some(1),
@@ -172,7 +153,7 @@ impl AgwRelay {
                 // this one lands where the scenario wants it.
                 for _ in 0..200 {
                     let conn = AgentConnection::connect(addr, creds.clone(), timeout)?;
-                    let shard = match g.dataplane.route_of(creds.agent.as_str()) {
+                    let shard = match g.node.dataplane.route_of(creds.agent.as_str()) {
                         Some(Route::Local { shard, .. }) => Some(shard),
                         _ => None,
                     };
