@@ -10,10 +10,6 @@ use std::{
     io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -24,6 +20,7 @@ use agw_proto::{
     pb::{self, ErrorCode, admin_reply::Result as Reply, admin_request::Command as AdminCommand},
 };
 use clap::{Parser, Subcommand};
+use crossbeam_channel::select;
 use serde::Deserialize;
 
 use crate::{
@@ -386,13 +383,8 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     let mut node = Node::start(config)?;
     admin_socket.serve(node.runtime().ok_or("the node has no runtime")?)?;
     let started = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| e.to_string())?;
-    }
-    let hangup = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hangup))
-        .map_err(|e| e.to_string())?;
+    // Signals arrive as messages: the loop below sleeps until something happens.
+    let signals = signal_channel()?;
 
     let a = node.addresses().clone();
     let mut out = std::io::stdout();
@@ -443,78 +435,93 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
 
     let mut revocations = Revocations::new(&node);
     let mut deadline = running.drain_deadline;
-    while !stop.load(Ordering::Relaxed) {
-        match node.renew_certificate_if_due(SystemTime::now()) {
-            Ok(Some(renewed)) => {
-                let until = renewed
-                    .not_after
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let _ = writeln!(
-                    out,
-                    "agw: gateway certificate renewed: serial {}, valid until {until} (Unix s)",
-                    hex::encode(&renewed.serial)
-                );
-                let _ = out.flush();
+    loop {
+        // The next deadline: the gateway certificate's renewal (at most a day ahead, so a
+        // changed clock is noticed).
+        let renewal = node
+            .renewal_due()
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default()
+            .min(Duration::from_secs(86_400));
+        select! {
+            recv(signals) -> signal => match signal {
+                Ok(Signal::Hangup) => {
+                    match reload(&args, &mut running, &mut node) {
+                        Ok(r) => {
+                            for line in &r.applied {
+                                let _ = writeln!(out, "agw: reload: applied: {line}");
+                            }
+                            for line in &r.needs_restart {
+                                let _ = writeln!(out, "agw: reload: needs a restart: {line}");
+                            }
+                            if r.applied.is_empty() && r.needs_restart.is_empty() {
+                                let _ = writeln!(out, "agw: reload: nothing changed");
+                            }
+                        }
+                        Err(e @ ReloadError::Config(_)) => {
+                            let _ = writeln!(out, "agw: reload refused, nothing changed: {e}");
+                        }
+                        Err(e) => {
+                            let _ = writeln!(out, "agw: reload stopped part way: {e}");
+                        }
+                    }
+                    let _ = out.flush();
             }
-            Ok(None) => {}
-            Err(e) => {
-                let _ = writeln!(out, "agw: {e}; trying again in a minute");
-                let _ = out.flush();
-            }
-        }
-        if hangup.swap(false, Ordering::Relaxed) {
-            match reload(&args, &mut running, &mut node) {
-                Ok(r) => {
-                    for line in &r.applied {
-                        let _ = writeln!(out, "agw: reload: applied: {line}");
+                Ok(Signal::Stop) | Err(_) => break,
+            },
+            recv(asked) -> asked => {
+                let Ok(asked) = asked else { break };
+                let id = asked.request.request_id;
+                let reply = match &asked.request.command {
+                    Some(AdminCommand::Drain(d)) => {
+                        if d.deadline_ms > 0 {
+                            deadline = Duration::from_millis(u64::from(d.deadline_ms));
+                        }
+                        let _ = asked.reply.send(pb::AdminReply {
+                            request_id: id,
+                            error: None,
+                            result: Some(Reply::DrainStarted(pb::DrainStarted {
+                                deadline_ms: deadline.as_millis() as u32,
+                            })),
+                        });
+                        let _ = writeln!(out, "agw: drain asked by an operator");
+                        break;
                     }
-                    for line in &r.needs_restart {
-                        let _ = writeln!(out, "agw: reload: needs a restart: {line}");
-                    }
-                    if r.applied.is_empty() && r.needs_restart.is_empty() {
-                        let _ = writeln!(out, "agw: reload: nothing changed");
-                    }
-                }
-                Err(e @ ReloadError::Config(_)) => {
-                    let _ = writeln!(out, "agw: reload refused, nothing changed: {e}");
-                }
-                Err(e) => {
-                    let _ = writeln!(out, "agw: reload stopped part way: {e}");
-                }
-            }
-            let _ = out.flush();
-        }
-        if let Ok(asked) = asked.recv_timeout(Duration::from_millis(200)) {
-            let id = asked.request.request_id;
-            let reply = match &asked.request.command {
-                Some(AdminCommand::Drain(d)) => {
-                    if d.deadline_ms > 0 {
-                        deadline = Duration::from_millis(u64::from(d.deadline_ms));
-                    }
-                    let _ = asked.reply.send(pb::AdminReply {
-                        request_id: id,
-                        error: None,
-                        result: Some(Reply::DrainStarted(pb::DrainStarted {
-                            deadline_ms: deadline.as_millis() as u32,
-                        })),
-                    });
-                    let _ = writeln!(out, "agw: drain asked by an operator");
-                    break;
-                }
-                Some(AdminCommand::Reload(_)) => match reload(&args, &mut running, &mut node) {
-                    Ok(r) => pb::AdminReply {
-                        request_id: id,
-                        error: None,
-                        result: Some(Reply::Reloaded(r)),
+                    Some(AdminCommand::Reload(_)) => match reload(&args, &mut running, &mut node) {
+                        Ok(r) => pb::AdminReply {
+                            request_id: id,
+                            error: None,
+                            result: Some(Reply::Reloaded(r)),
+                        },
+                        Err(e) => admin::refusal(id, e.code(), &e.to_string()),
                     },
-                    Err(e) => admin::refusal(id, e.code(), &e.to_string()),
-                },
-                _ => admin::answer(&node, &asked.request, started),
-            };
-            let _ = asked.reply.send(reply);
+                    _ => admin::answer(&node, &asked.request, started),
+                };
+                let _ = asked.reply.send(reply);
+        },
+            recv(node.revocations()) -> _ => revocations.check(&node),
+            default(renewal) => {
+                match node.renew_certificate_if_due(SystemTime::now()) {
+                    Ok(Some(renewed)) => {
+                        let until = renewed
+                            .not_after
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        let _ = writeln!(
+                            out,
+                            "agw: gateway certificate renewed: serial {}, valid until {until} (Unix s)",
+                            hex::encode(&renewed.serial)
+                        );
+                        let _ = out.flush();
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = writeln!(out, "agw: {e}; trying again in a minute");
+                        let _ = out.flush();
+                    }
+                }
+            },
         }
-        revocations.check(&node);
     }
 
     let _ = writeln!(
@@ -633,12 +640,43 @@ fn reload(
     })
 }
 
+/// What a signal asks of the daemon.
+enum Signal {
+    /// SIGINT, SIGTERM: drain and stop.
+    Stop,
+    /// SIGHUP: reload the configuration.
+    Hangup,
+}
+
+/// SIGINT, SIGTERM and SIGHUP as messages (a thread of signal-hook's waits for them).
+fn signal_channel() -> Result<crossbeam_channel::Receiver<Signal>, String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| format!("signals: {e}"))?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("agw-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let what = if signal == SIGHUP {
+                    Signal::Hangup
+                } else {
+                    Signal::Stop
+                };
+                if tx.send(what).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| format!("signals: {e}"))?;
+    Ok(rx)
+}
+
 /// Revocations reach the relay and the registry: a new CRL replaces the checkers and closes
 /// the sessions of the certificates it revokes.
 struct Revocations {
     number: u64,
     revoked: Vec<Vec<u8>>,
-    last: Instant,
 }
 
 impl Revocations {
@@ -650,16 +688,11 @@ impl Revocations {
                 .map(|c| c.number)
                 .unwrap_or(0),
             revoked: Vec::new(),
-            last: Instant::now(),
         }
     }
 
-    /// Looks at the authority's CRL (at most every 200 ms).
+    /// Looks at the authority's CRL (after a revocation).
     fn check(&mut self, node: &Node) {
-        if self.last.elapsed() < Duration::from_millis(200) {
-            return;
-        }
-        self.last = Instant::now();
         let authority = &node.authority;
         let Ok(crl) = authority.crl(SystemTime::now()) else {
             return;

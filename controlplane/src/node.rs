@@ -163,6 +163,8 @@ pub struct Node {
     trust_anchor_path: PathBuf,
     certificate: Mutex<GatewayCertificate>,
     endpoints: Vec<(&'static str, Endpoint)>,
+    /// A message after each revocation by the embedded authority.
+    revoked: crossbeam_channel::Receiver<()>,
     /// Last: dropped after the endpoints that run on it.
     runtime: ControlRuntime,
 }
@@ -287,6 +289,11 @@ impl Node {
         );
         // The control plane's runtime: every server of the node runs on it.
         let runtime = agw_rpc::runtime("agw-control").map_err(|e| format!("runtime: {e}"))?;
+        // Revocations wake whoever watches them (the daemon closes live sessions): no polling.
+        let (revoked_tx, revoked) = crossbeam_channel::bounded(1);
+        authority.on_revoke(move || {
+            let _ = revoked_tx.try_send(());
+        });
         let crl_server = CrlHttpServer::from_listener(
             runtime.handle(),
             crl_listener,
@@ -467,6 +474,7 @@ impl Node {
             trust_anchor_path: aca_dir.join("trust-anchor.pem"),
             certificate: Mutex::new(certificate),
             endpoints,
+            revoked,
             runtime: ControlRuntime(Some(runtime)),
         })
     }
@@ -523,6 +531,16 @@ impl Node {
             serial: issued.serial,
             not_after,
         }))
+    }
+
+    /// Receives a message after each revocation by the embedded authority.
+    pub fn revocations(&self) -> &crossbeam_channel::Receiver<()> {
+        &self.revoked
+    }
+
+    /// When this gateway's certificate is next due for renewal.
+    pub fn renewal_due(&self) -> Option<SystemTime> {
+        self.certificate.lock().ok().map(|c| c.renew_at)
     }
 
     /// This gateway's certificate now: its serial and notAfter.
