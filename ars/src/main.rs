@@ -155,7 +155,10 @@ fn run(args: Args) -> Result<(), String> {
         listener,
         Some((tls, peer_identity)),
         handler,
-        args.limits.limits(REQUESTS),
+        agw_rpc::ServerLimits {
+            inline: agw_ars::service::QUICK,
+            ..args.limits.limits(REQUESTS)
+        },
     )
     .map_err(|e| e.to_string())?;
     // It serves until the process is stopped.

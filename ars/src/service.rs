@@ -6,6 +6,10 @@ use agw_proto::{Admission, Kind, Message, pb};
 
 use crate::{Registry, RegistryError};
 
+/// Requests answered from memory alone (the index, under its lock briefly): a server may
+/// answer them on its connection's task rather than its blocking pool.
+pub const QUICK: Admission = Admission::only(&[Kind::DiscoverRequest], 64 * 1024);
+
 /// What the registry's port takes: its requests, each within 64 KiB (a profile is at most
 /// 8 KiB, a registration's certificate chain a few).
 pub const REQUESTS: Admission = Admission::only(

@@ -397,6 +397,7 @@ impl Node {
             handler,
             ServerLimits {
                 admission: agw_ars::service::REQUESTS,
+                inline: agw_ars::service::QUICK,
                 ..ServerLimits::default()
             },
         )

@@ -251,6 +251,17 @@ impl Admission {
         }
     }
 
+    /// No kind at all.
+    pub const NONE: Admission = Admission {
+        kinds: 0,
+        control_cap: 0,
+    };
+
+    /// Whether `kind` is among these.
+    pub const fn takes(&self, kind: Kind) -> bool {
+        (self.kinds >> kind.code()) & 1 == 1
+    }
+
     /// Whether a header of `kind` announcing `body_len` bytes is taken.
     fn check(&self, kind: Kind, body_len: u32) -> Result<(), FrameError> {
         if (self.kinds >> kind.code()) & 1 == 0 {

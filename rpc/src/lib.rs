@@ -106,6 +106,7 @@ impl LimitArgs {
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             admission,
+            inline: Admission::NONE,
         }
     }
 }
@@ -126,6 +127,10 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     /// The kinds the service takes and the cap on their bodies. Default every kind.
     pub admission: Admission,
+    /// Kinds whose handler is quick and never blocks (a lookup in memory): answered on the
+    /// connection's task. Others go to the runtime's blocking pool (they write to a database,
+    /// or wait). Default none.
+    pub inline: Admission,
 }
 
 impl Default for ServerLimits {
@@ -137,6 +142,7 @@ impl Default for ServerLimits {
             request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             admission: Admission::ALL,
+            inline: Admission::NONE,
         }
     }
 }
@@ -542,8 +548,11 @@ async fn serve(
     }
 }
 
-/// Runs the handler on the blocking pool.
+/// Runs the handler: on this task for the quick kinds, else on the blocking pool.
 async fn answer(shared: &Shared, request: Message, peer: Option<String>) -> Option<Message> {
+    if shared.limits.inline.takes(request.kind()) {
+        return (shared.handler)(&request, peer.as_deref(), SystemTime::now());
+    }
     let handler = Arc::clone(&shared.handler);
     let joined =
         tokio::task::spawn_blocking(move || handler(&request, peer.as_deref(), SystemTime::now()))

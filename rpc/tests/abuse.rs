@@ -41,6 +41,9 @@ fn limits() -> ServerLimits {
         request_timeout: Duration::from_millis(500),
         idle_timeout: Duration::from_secs(2),
         admission: Admission::only(&[Kind::StatusQuery], 1024),
+        // Answered on the connection's task (the authority's and the admin tests cover the
+        // blocking pool).
+        inline: Admission::only(&[Kind::StatusQuery], 1024),
     }
 }
 
