@@ -19,7 +19,7 @@ use agw_proto::{
     identity::{Domain, GatewayId},
     pb::{self, ErrorCode, admin_reply::Result as Reply, admin_request::Command as AdminCommand},
 };
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use crossbeam_channel::select;
 use serde::Deserialize;
 
@@ -36,9 +36,6 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "agw", version)]
 pub struct DaemonArgs {
-    /// What to run instead of the gateway.
-    #[command(subcommand)]
-    pub command: Option<Command>,
     /// A TOML configuration file (see docs/operations.md); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -87,14 +84,6 @@ pub struct DaemonArgs {
     /// Relay shards (threads, one per core) [default: one per CPU].
     #[arg(long)]
     pub shards: Option<usize>,
-}
-
-/// Other things `agw` runs.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Three domains on this machine, peered in a chain, and a conversation across them:
-    /// what a new user runs to see the system work.
-    Demo,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -365,11 +354,8 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
     }
 }
 
-/// Runs the gateway (or the demo) until SIGINT, SIGTERM or `agwctl drain`, then drains it.
+/// Runs the gateway until SIGINT, SIGTERM or `agwctl drain`, then drains it.
 pub fn run(args: DaemonArgs) -> Result<(), String> {
-    if let Some(Command::Demo) = args.command {
-        return crate::demo::run();
-    }
     let mut running = daemon_config(&args).map_err(|e| e.to_string())?;
     let config = running.node.clone();
     let data_dir = config.data_dir.clone();

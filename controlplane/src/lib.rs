@@ -4,7 +4,7 @@
 //!   agents from the peers (through the path-vector RIB), the embedded registry.
 //! - [`peering`]: sessions with peer gateways (sans-IO state machine, mutual-TLS driver).
 //! - [`node`]: one gateway wired whole (authority, registry, relay, control plane).
-//! - [`daemon`] and [`demo`]: what the `agw` binary runs.
+//! - [`daemon`]: what the `agw` binary runs. (The demo is crate `agw-demo`.)
 //! - [`admin`]: the operators' API over a Unix socket, which `agwctl` (`src/bin/agwctl.rs`)
 //!   speaks.
 //! - [`metrics`]: Prometheus metrics and health over HTTP.
@@ -12,7 +12,6 @@
 pub mod admin;
 pub mod control;
 pub mod daemon;
-pub mod demo;
 pub mod metrics;
 pub mod node;
 pub mod peering;

@@ -11,15 +11,9 @@ fn main() -> ExitCode {
     // turns it off).
     agw_dataplane::hugepages::ensure();
     let args = DaemonArgs::parse();
-    // Structured logs on stderr; RUST_LOG picks the levels (default: info; warn for the demo,
-    // whose own output tells the story).
-    let default = if args.command.is_some() {
-        "warn"
-    } else {
-        "info"
-    };
+    // Structured logs on stderr; RUST_LOG picks the levels (default: info).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,6 +1,6 @@
 //! One gateway node, wired: the embedded certificate authority (protocol port, CRL over HTTP),
 //! the embedded registry (mutual TLS), the relay's shards, and the control plane with its peers.
-//! The `agw` daemon runs one; `agw demo` runs three.
+//! The `agw` daemon runs one; `agw-demo` runs three.
 
 use std::{
     io::Write as _,

@@ -8,8 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use agw_controlplane::{demo, node::Node};
+use agw_controlplane::node::Node;
 use agw_dataplane::routing::Route;
+use agw_demo as demo;
 use agw_proto::{
     Message,
     pb::{self, ErrorCode},

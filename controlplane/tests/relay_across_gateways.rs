@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use agw_controlplane::demo;
 use agw_dataplane::routing::Route;
+use agw_demo as demo;
 use agw_proto::{
     DEFAULT_HOP_LIMIT,
     pb::{self, ErrorCode},

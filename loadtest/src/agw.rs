@@ -7,11 +7,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agw_controlplane::{
-    demo,
-    node::{Node, NodeConfig},
-};
+use agw_controlplane::node::{Node, NodeConfig};
 use agw_dataplane::routing::Route;
+use agw_demo as demo;
 use agw_proto::{
     identity::{AgentId, Domain},
     pb,

@@ -1,7 +1,10 @@
-//! `agw demo`: three domains on this machine, peered in a chain (a - b - c) under one
-//! federation root, and a conversation across them, step by step: a hotel agent of domain a
-//! gets a certificate and registers; a traveller agent of domain c gets one, discovers the
+//! The demo (`agw-demo`): three domains on this machine, peered in a chain (a - b - c) under
+//! one federation root, and a conversation across them, step by step: a hotel agent of domain
+//! a gets a certificate and registers; a traveller agent of domain c gets one, discovers the
 //! hotel through c's registry, and books a room through the relays of c, b and a.
+//!
+//! Its helpers build federations of whole gateways for the tests and the load tool too
+//! ([`chain`], [`certify`], [`registry`]); none of this is in the `agw` daemon.
 
 use std::{io::Write as _, path::Path, sync::Arc, time::Duration};
 
@@ -17,9 +20,9 @@ use agw_sdk::{
 };
 use bytes::Bytes;
 
-use crate::{
+use agw_controlplane::{
     node::{Node, NodeConfig, PeerEntry},
-    peering::session::LimitAction,
+    peering::session::{LimitAction, SessionState},
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -108,7 +111,7 @@ pub fn chain(dir: &Path, names: &[&str], shards: usize) -> Result<Vec<Node>, Str
             n.control().and_then(|c| c.peering()).is_some_and(|p| {
                 p.neighbours()
                     .iter()
-                    .all(|s| s.state == crate::peering::session::SessionState::Established)
+                    .all(|s| s.state == SessionState::Established)
             })
         };
         while !up() {

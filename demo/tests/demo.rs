@@ -1,0 +1,28 @@
+//! The demo end to end, as a new user runs it: three domains, a registration, a discovery
+//! from the third domain, and a conversation through three relays.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+#[test]
+fn the_demo_books_a_room_across_three_domains() {
+    let out = Command::new(env!("CARGO_BIN_EXE_agw-demo"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "registered as ars:a.example:",
+        "found spiffe://a.example/agent/hotel",
+        "3 gateways crossed",
+        "traveller received",
+        "== done",
+    ] {
+        assert!(text.contains(step), "{step:?} missing from:\n{text}");
+    }
+}
