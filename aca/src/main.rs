@@ -64,6 +64,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    agw_rpc::init_logs("info");
     if let Err(e) = run(args) {
         eprintln!("agw-aca: {e}");
         std::process::exit(1);

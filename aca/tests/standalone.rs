@@ -233,8 +233,15 @@ fn out_of_file_descriptors_it_backs_off_and_serves_again() {
     let mut child = Command::new("bash")
         .args(["-c", &command])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logged = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     let addr = first.rsplit(' ').next().unwrap().to_owned();
@@ -278,5 +285,12 @@ fn out_of_file_descriptors_it_backs_off_and_serves_again() {
     assert!(
         served < Duration::from_secs(5),
         "served again after {served:?}"
+    );
+    // The operator was told, once a second at most.
+    drop(server);
+    let logged = logged.join().unwrap();
+    assert!(
+        logged.contains("cannot accept connections; backing off"),
+        "{logged}"
     );
 }

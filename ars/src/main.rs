@@ -53,7 +53,9 @@ struct Args {
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::parse();
+    agw_rpc::init_logs("info");
+    if let Err(e) = run(args) {
         eprintln!("agw-ars: {e}");
         std::process::exit(1);
     }

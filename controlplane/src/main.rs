@@ -12,13 +12,7 @@ fn main() -> ExitCode {
     agw_dataplane::hugepages::ensure();
     let args = DaemonArgs::parse();
     // Structured logs on stderr; RUST_LOG picks the levels (default: info).
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    agw_rpc::init_logs("info");
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

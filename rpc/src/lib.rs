@@ -64,6 +64,18 @@ pub(crate) const PARTING_WRITE: Duration = Duration::from_secs(1);
 /// Pause after an accept failed for want of resources (file descriptors, memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Structured logs on stderr for a server program (the servers' warnings, such as running out
+/// of file descriptors, go there); `RUST_LOG` picks the levels, `default` otherwise.
+pub fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 /// The control plane's runtime: two worker threads for every endpoint's connections, and a
 /// bounded pool for handlers (which block on a database or a lock).
 pub fn runtime(name: &str) -> io::Result<tokio::runtime::Runtime> {
