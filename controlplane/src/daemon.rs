@@ -61,6 +61,10 @@ pub struct DaemonArgs {
     /// http://<crl-listen>/crl/<domain>.crl; needed when --crl-listen is a wildcard address].
     #[arg(long)]
     pub crl_url: Option<String>,
+    /// The address agents use to reach the relay (host:port), which discovery gives for other
+    /// domains' agents [default: the --listen address; set it when that is a wildcard].
+    #[arg(long)]
+    pub agent_address: Option<String>,
     /// Where agents register and discover, mutual TLS [default: 127.0.0.1:7403].
     #[arg(long)]
     pub registry_listen: Option<SocketAddr>,
@@ -93,6 +97,7 @@ struct FileConfig {
     name: Option<String>,
     data_dir: Option<PathBuf>,
     crl_url: Option<String>,
+    agent_address: Option<String>,
     allow: Option<Vec<String>>,
     shards: Option<usize>,
     drain_deadline_s: Option<u64>,
@@ -314,6 +319,12 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
     };
     let crl_listen = addr(args.crl_listen, listen.crl, "127.0.0.1:7402");
     let crl_url = args.crl_url.clone().or(file.crl_url);
+    let agent_address = args.agent_address.clone().or(file.agent_address);
+    if let Some(a) = &agent_address
+        && (a.is_empty() || a.len() > 256 || a.chars().any(char::is_whitespace) || !a.contains(':'))
+    {
+        problems.push(format!("agent_address {a:?}: host:port, as agents dial it"));
+    }
     if let Err(e) = agw_aca::http::crl_url(crl_url.as_deref(), crl_listen, &domain_text) {
         problems.push(e);
     }
@@ -348,6 +359,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                 peers,
                 limits,
                 gateway_validity: Duration::from_secs(90 * 86_400),
+                agent_address,
             },
         }),
         _ => Err(ConfigError { problems }),
@@ -571,6 +583,11 @@ fn reload(
         format!("{:?}", next.crl_url),
     );
     differs(
+        "agent_address",
+        format!("{:?}", old.agent_address),
+        format!("{:?}", next.agent_address),
+    );
+    differs(
         "shards",
         format!("{:?}", old.shards),
         format!("{:?}", next.shards),
@@ -738,6 +755,16 @@ mod tests {
         for needle in ["peer[0].gateway", "peer[1].on_limit", "peer[1].hold_time_s"] {
             assert!(e.mentions(needle), "{needle} missing from: {e}");
         }
+    }
+
+    #[test]
+    fn the_agent_address_is_a_host_and_port() {
+        let (_f, args) = args_with("agent_address = \"gw.a.example:7400\"\n");
+        let c = daemon_config(&args).unwrap().node;
+        assert_eq!(c.agent_address.as_deref(), Some("gw.a.example:7400"));
+        let (_f, args) = args_with("agent_address = \"gw a example\"\n");
+        let e = daemon_config(&args).unwrap_err();
+        assert!(e.mentions("agent_address"), "{e}");
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct NodeConfig {
     pub shards: Option<usize>,
     /// Pin shard `i` to CPU `i`. Default true.
     pub pin_cores: bool,
+    /// The address agents use to reach the relay, given by discovery for other domains'
+    /// agents; `None`: the address the relay listens on.
+    pub agent_address: Option<String>,
     /// Where agents connect.
     pub agents: SocketAddr,
     /// Where agents apply for certificates.
@@ -108,6 +111,7 @@ impl NodeConfig {
             allow: vec!["Example".into()],
             shards: Some(1),
             pin_cores: true,
+            agent_address: None,
             agents: any,
             aca: any,
             crl: any,
@@ -367,7 +371,16 @@ impl Node {
         let mut registry_config =
             RegistryConfig::new(config.domain.clone(), config.data_dir.join("ars"));
         // Other domains' agents are reached through this gateway's relay.
-        registry_config.agent_access = dataplane.local_addr().to_string();
+        registry_config.agent_access = match &config.agent_address {
+            Some(address) => address.clone(),
+            None => {
+                let bound = dataplane.local_addr();
+                if bound.ip().is_unspecified() {
+                    tracing::warn!(%bound, "the relay listens on a wildcard address: set agent_address, the address agents dial, or discovery gives them this one");
+                }
+                bound.to_string()
+            }
+        };
         let registry =
             Registry::open(registry_config, checker()?).map_err(|e| format!("registry: {e}"))?;
         let registry = Arc::new(Mutex::new(registry));
