@@ -544,6 +544,27 @@ impl CertificateAuthority {
         Ok(also)
     }
 
+    /// Revokes the live certificate of `identity`, if it has one (its holder left: draft 2.2,
+    /// "revocation when an Agent is deregistered"). Returns its serial.
+    pub fn revoke_identity(
+        &self,
+        identity: &str,
+        reason: i32,
+        now: SystemTime,
+    ) -> Result<Option<Vec<u8>>, AcaError> {
+        let Some(current) = self.store.current_for(identity).map_err(internal)? else {
+            return Ok(None);
+        };
+        if !matches!(
+            self.status_of(&current, now)?,
+            CertificateStatus::Valid { .. }
+        ) {
+            return Ok(None);
+        }
+        self.revoke(&current, reason, now)?;
+        Ok(Some(current.serial))
+    }
+
     /// Status query (draft 3.1.2).
     pub fn status(&self, serial: &[u8], now: SystemTime) -> Result<CertificateStatus, AcaError> {
         match self.store.cert(serial).map_err(internal)? {

@@ -22,7 +22,7 @@ use agw_dataplane::{Dataplane, DataplaneConfig, DrainReport, LiveLimits, routing
 use agw_proto::{
     Message,
     identity::{Domain, GatewayId},
-    pb::ErrorCode,
+    pb::{self, ErrorCode},
 };
 use agw_rpc::{Endpoint, EndpointStats, ServerLimits, notification};
 use agw_sdk::certificates::AgentKey;
@@ -391,17 +391,33 @@ impl Node {
                 .map_err(|e| format!("registry TLS: {e}"))?,
         );
         let served = Arc::clone(&registry);
+        let revoker = Arc::clone(&authority);
         let handler = Arc::new(move |request: &Message, peer: Option<&str>, now| {
-            let Ok(mut registry) = served.lock() else {
-                return Some(notification(ErrorCode::Internal, "registry unavailable"));
-            };
-            match peer {
-                Some(peer) => registry.handle(request, peer, now),
-                None => Some(notification(
+            let Some(peer) = peer else {
+                return Some(notification(
                     ErrorCode::NotAccessed,
                     "no client certificate",
-                )),
+                ));
+            };
+            let reply = {
+                let Ok(mut registry) = served.lock() else {
+                    return Some(notification(ErrorCode::Internal, "registry unavailable"));
+                };
+                registry.handle(request, peer, now)
+            };
+            // A deregistered agent's certificate is revoked (draft 2.2): its live sessions
+            // close, and it applies again to come back.
+            if let Some(Message::DeregisterAgentReply(r)) = &reply
+                && r.error.is_none()
+                && let Err(e) = revoker.revoke_identity(
+                    peer,
+                    pb::RevocationReason::CessationOfOperation as i32,
+                    now,
+                )
+            {
+                tracing::warn!(agent = %peer, error = %e, "deregistered, but its certificate could not be revoked");
             }
+            reply
         });
         let ars_endpoint = Endpoint::tcp(
             runtime.handle(),

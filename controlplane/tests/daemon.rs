@@ -672,3 +672,55 @@ fn sigterm_drains_and_agwctl_explains_a_missing_gateway() {
     let (ok, _, err) = agwctl(&data, &["stats"]);
     assert!(!ok && err.contains("cannot reach the gateway"), "{err}");
 }
+
+#[test]
+fn deregistering_from_the_registry_revokes_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = start(&data, None);
+    let dave = certify(&daemon.aca, "dave");
+    let register = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(pb::AgentProfile {
+            agent: dave.agent.to_string(),
+            capabilities: vec!["car hire".into()],
+            address: daemon.agents.clone(),
+            ..Default::default()
+        }),
+        certificate_chain: dave.certificate.chain.clone(),
+    };
+    let mut conn = registry(&daemon, &data, &dave);
+    let Message::RegisterReply(r) = conn.request(register).unwrap() else {
+        panic!()
+    };
+    let resource = r.profile.unwrap().resource_id;
+    let mut relay =
+        AgentConnection::connect(&daemon.agents, dave.clone(), Duration::from_secs(5)).unwrap();
+
+    // Dave leaves the registry: his certificate is revoked (cessationOfOperation), his live
+    // relay session closes, and he cannot come back on it.
+    let Message::DeregisterAgentReply(r) = conn
+        .request(pb::DeregisterAgentRequest {
+            request_id: 2,
+            resource_id: resource,
+        })
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(r.error, None);
+    match relay.recv(Duration::from_secs(5)) {
+        Err(AgentError::Closed(Some(n))) => assert_eq!(n.code(), ErrorCode::CertRevoked),
+        other => panic!("{other:?}"),
+    }
+    let crl = agwctl_json(&data, &["cert", "crl"]);
+    assert_eq!(
+        crl["revoked"],
+        serde_json::json!([hex::encode(&dave.certificate.serial)]),
+        "{crl}"
+    );
+    match AgentConnection::connect(&daemon.agents, dave, Duration::from_secs(5)) {
+        Err(AgentError::Refused { code, .. }) => assert_eq!(code, ErrorCode::CertRevoked),
+        other => panic!("{other:?}"),
+    }
+}
