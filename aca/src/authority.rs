@@ -552,17 +552,27 @@ impl CertificateAuthority {
         reason: i32,
         now: SystemTime,
     ) -> Result<Option<Vec<u8>>, AcaError> {
+        let Some(current) = self.live_certificate(identity, now)? else {
+            return Ok(None);
+        };
+        self.revoke(&current, reason, now)?;
+        Ok(Some(current.serial))
+    }
+
+    /// The newest certificate of `identity`, if it is valid now.
+    fn live_certificate(
+        &self,
+        identity: &str,
+        now: SystemTime,
+    ) -> Result<Option<CertRecord>, AcaError> {
         let Some(current) = self.store.current_for(identity).map_err(internal)? else {
             return Ok(None);
         };
-        if !matches!(
+        let live = matches!(
             self.status_of(&current, now)?,
             CertificateStatus::Valid { .. }
-        ) {
-            return Ok(None);
-        }
-        self.revoke(&current, reason, now)?;
-        Ok(Some(current.serial))
+        );
+        Ok(live.then_some(current))
     }
 
     /// Status query (draft 3.1.2).
@@ -693,15 +703,9 @@ impl CertificateAuthority {
                 "this key was revoked for key compromise",
             ));
         }
-        let Some(current) = self.store.current_for(identity).map_err(internal)? else {
+        let Some(current) = self.live_certificate(identity, now)? else {
             return Ok(None);
         };
-        if !matches!(
-            self.status_of(&current, now)?,
-            CertificateStatus::Valid { .. }
-        ) {
-            return Ok(None);
-        }
         if current.spki_der == csr.spki_der || renewing == Some(current.serial.as_slice()) {
             return Ok(Some(current));
         }

@@ -18,7 +18,7 @@ use tokio::{
     time::{Instant, timeout},
 };
 
-use crate::{Endpoint, EndpointStats, Gate, PARTING_WRITE};
+use crate::{Endpoint, EndpointStats, Gate, PARTING_WRITE, tokio_listener};
 
 /// What a route answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,12 +78,7 @@ impl Endpoint {
         route: Arc<Route>,
         limits: HttpLimits,
     ) -> io::Result<Endpoint> {
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let listener = {
-            let _inside = runtime.enter();
-            TcpListener::from_std(listener)?
-        };
+        let (listener, addr) = tokio_listener(runtime, listener)?;
         let stats = Arc::new(EndpointStats::default());
         stats
             .serving

@@ -203,12 +203,7 @@ impl Endpoint {
         handler: Arc<Handler>,
         limits: ServerLimits,
     ) -> io::Result<Endpoint> {
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let listener = {
-            let _inside = runtime.enter();
-            TcpListener::from_std(listener)?
-        };
+        let (listener, addr) = tokio_listener(runtime, listener)?;
         let (endpoint, shared) = Endpoint::new(Some(addr), handler, limits);
         runtime.spawn(accept_tcp(listener, tls, shared));
         Ok(endpoint)
@@ -268,6 +263,17 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// A std listener moved onto `runtime`, and its address.
+fn tokio_listener(
+    runtime: &Handle,
+    listener: std::net::TcpListener,
+) -> io::Result<(TcpListener, SocketAddr)> {
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let _inside = runtime.enter();
+    Ok((TcpListener::from_std(listener)?, addr))
 }
 
 /// What every connection task of an endpoint shares.
