@@ -577,16 +577,12 @@ fn reload(
         next.data_dir.display().to_string(),
     );
     differs("allow", old.allow.join(","), next.allow.join(","));
-    differs(
-        "crl_url",
-        format!("{:?}", old.crl_url),
-        format!("{:?}", next.crl_url),
-    );
-    differs(
-        "agent_address",
-        format!("{:?}", old.agent_address),
-        format!("{:?}", next.agent_address),
-    );
+    for (key, was, now) in [
+        ("crl_url", &old.crl_url, &next.crl_url),
+        ("agent_address", &old.agent_address, &next.agent_address),
+    ] {
+        differs(key, format!("{was:?}"), format!("{now:?}"));
+    }
     differs(
         "shards",
         format!("{:?}", old.shards),

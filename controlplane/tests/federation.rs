@@ -234,16 +234,8 @@ fn a_gateway_in_maintenance_is_routed_around_and_its_agents_shown_so() {
 
 /// The certificate `node`'s registry presents to a TLS client now: its serial.
 fn presented_serial(node: &Node, who: &Credentials) -> Vec<u8> {
-    use agw_aca::tls::{CertificateChecker, TlsIdentity};
-    let identity = TlsIdentity {
-        chain: who.certificate.chain.iter().map(|c| c.to_vec()).collect(),
-        key_pkcs8: who.key.to_pkcs8_der(),
-        trust_anchor: node.authority.trust_anchor().to_vec(),
-        crls: Vec::new(),
-        allow_unknown_revocation: true,
-        renewable: None,
-    };
-    let config = std::sync::Arc::new(identity.client_config(node.gateway.as_str()).unwrap());
+    use agw_aca::tls::CertificateChecker;
+    let config = demo::client_config(node, who).unwrap();
     let name = rustls::pki_types::ServerName::try_from("gateway.invalid").unwrap();
     let mut conn = rustls::ClientConnection::new(config, name).unwrap();
     let mut sock = std::net::TcpStream::connect(node.addresses().registry).unwrap();

@@ -133,11 +133,9 @@ pub fn certify(node: &Node, name: &str) -> Result<Arc<Credentials>, String> {
     Ok(Arc::new(credentials))
 }
 
-/// An agent's mutual-TLS connection to its domain's registry.
-pub fn registry(
-    node: &Node,
-    who: &Credentials,
-) -> Result<agw_sdk::connection::TlsConnection, String> {
+/// The TLS client config with which `who` reaches `node`'s servers (the server must prove
+/// it is that gateway).
+pub fn client_config(node: &Node, who: &Credentials) -> Result<Arc<rustls::ClientConfig>, String> {
     let identity = TlsIdentity {
         chain: who.certificate.chain.iter().map(|c| c.to_vec()).collect(),
         key_pkcs8: who.key.to_pkcs8_der(),
@@ -149,7 +147,15 @@ pub fn registry(
     let config = identity
         .client_config(node.gateway.as_str())
         .map_err(|e| e.to_string())?;
-    Connection::connect_tls(node.addresses().registry, WAIT, Arc::new(config))
+    Ok(Arc::new(config))
+}
+
+/// An agent's mutual-TLS connection to its domain's registry.
+pub fn registry(
+    node: &Node,
+    who: &Credentials,
+) -> Result<agw_sdk::connection::TlsConnection, String> {
+    Connection::connect_tls(node.addresses().registry, WAIT, client_config(node, who)?)
         .map_err(|e| e.to_string())
 }
 
