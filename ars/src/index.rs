@@ -1,5 +1,10 @@
 //! The in-memory discovery index: profiles in a slab, inverted postings from capability terms
-//! and their words (hashbrown), and a sorted term set for prefix queries.
+//! and their words, and a sorted term set for prefix queries.
+//!
+//! Persistent: every structure is an `imbl` tree that shares its nodes with its copies, so
+//! cloning the index is a handful of reference counts, whatever its size, and a change after
+//! a clone copies only the nodes on its path (and the postings lists it touches). This is how
+//! the registry publishes a snapshot for discovery after each batch of changes.
 //!
 //! Matching: a query capability ending in `*` matches every capability starting with the rest
 //! (quality 1); otherwise a profile capability equal to it matches with quality 3, and one
@@ -10,10 +15,17 @@
 //! Ranking: score (higher first), then online before not, then local before remote, then
 //! fewer gateway hops, then agent ID (ascending), so equal queries give equal answers.
 
-use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use agw_proto::pb;
 use hashbrown::HashMap;
+use imbl::{GenericHashMap, OrdSet, Vector, shared_ptr::DefaultSharedPtr};
+
+/// A persistent map keyed by shared strings, with hashbrown's fast hasher.
+type Map<V> = GenericHashMap<Arc<str>, V, hashbrown::DefaultHashBuilder, DefaultSharedPtr>;
+
+/// Slot numbers, sorted; shared with snapshots until changed.
+type Postings = Arc<Vec<u32>>;
 
 /// Prefix queries stop after this many distinct capability terms.
 pub const MAX_PREFIX_TERMS: usize = 10_000;
@@ -41,15 +53,16 @@ pub struct Entry {
     pub origin: Origin,
 }
 
-/// The index. Slots are reused; postings hold slot numbers, sorted.
-#[derive(Debug, Default)]
+/// The index. Slots are reused; postings hold slot numbers, sorted. `Clone` is cheap (see the
+/// module's note).
+#[derive(Debug, Default, Clone)]
 pub struct Index {
-    slots: Vec<Option<Entry>>,
-    free: Vec<u32>,
-    by_agent: HashMap<String, u32>,
-    exact: HashMap<String, Vec<u32>>,
-    words: HashMap<String, Vec<u32>>,
-    terms: BTreeSet<String>,
+    slots: Vector<Option<Arc<Entry>>>,
+    free: Vector<u32>,
+    by_agent: Map<u32>,
+    exact: Map<Postings>,
+    words: Map<Postings>,
+    terms: OrdSet<Arc<str>>,
 }
 
 /// `Hotel  Booking` -> `hotel booking`.
@@ -61,18 +74,23 @@ pub fn normalise(capability: &str) -> String {
         .join(" ")
 }
 
-fn insert_sorted(list: &mut Vec<u32>, slot: u32) {
+fn insert_sorted(map: &mut Map<Postings>, key: &str, slot: u32) {
+    let list = match map.get_mut(key) {
+        Some(list) => list,
+        None => map.entry(Arc::from(key)).or_default(),
+    };
     if let Err(at) = list.binary_search(&slot) {
-        list.insert(at, slot);
+        Arc::make_mut(list).insert(at, slot);
     }
 }
 
-fn remove_sorted(map: &mut HashMap<String, Vec<u32>>, key: &str, slot: u32) -> bool {
+/// Removes `slot` from `key`'s postings; true when the list is left empty (and removed).
+fn remove_sorted(map: &mut Map<Postings>, key: &str, slot: u32) -> bool {
     let Some(list) = map.get_mut(key) else {
         return false;
     };
     if let Ok(at) = list.binary_search(&slot) {
-        list.remove(at);
+        Arc::make_mut(list).remove(at);
     }
     if list.is_empty() {
         map.remove(key);
@@ -112,30 +130,33 @@ impl Index {
     /// The entry of `agent`.
     pub fn get(&self, agent: &str) -> Option<&Entry> {
         let slot = *self.by_agent.get(agent)?;
-        self.slots.get(slot as usize)?.as_ref()
+        self.slots.get(slot as usize)?.as_deref()
     }
 
     /// Adds or replaces the entry of its agent.
     pub fn upsert(&mut self, entry: Entry) {
         self.remove(&entry.profile.agent);
-        let slot = match self.free.pop() {
+        let slot = match self.free.pop_back() {
             Some(s) => s,
             None => {
-                self.slots.push(None);
+                self.slots.push_back(None);
                 u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
             }
         };
         for cap in &entry.profile.capabilities {
             let term = normalise(cap);
             for word in term.split(' ') {
-                insert_sorted(self.words.entry_ref(word).or_default(), slot);
+                insert_sorted(&mut self.words, word, slot);
             }
-            insert_sorted(self.exact.entry_ref(term.as_str()).or_default(), slot);
-            self.terms.insert(term);
+            insert_sorted(&mut self.exact, &term, slot);
+            if !self.terms.contains(term.as_str()) {
+                self.terms.insert(Arc::from(term));
+            }
         }
-        self.by_agent.insert(entry.profile.agent.clone(), slot);
+        self.by_agent
+            .insert(Arc::from(entry.profile.agent.as_str()), slot);
         if let Some(s) = self.slots.get_mut(slot as usize) {
-            *s = Some(entry);
+            *s = Some(Arc::new(entry));
         }
     }
 
@@ -149,16 +170,16 @@ impl Index {
                 remove_sorted(&mut self.words, word, slot);
             }
             if remove_sorted(&mut self.exact, &term, slot) {
-                self.terms.remove(&term);
+                self.terms.remove(term.as_str());
             }
         }
-        self.free.push(slot);
-        Some(entry)
+        self.free.push_back(slot);
+        Some(Arc::unwrap_or_clone(entry))
     }
 
     /// Every entry, in no particular order.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.slots.iter().flatten()
+        self.slots.iter().flatten().map(Arc::as_ref)
     }
 
     /// Slots matching one query capability, with their quality.
@@ -167,23 +188,33 @@ impl Index {
         if let Some(prefix) = capability.strip_suffix('*') {
             let terms = self
                 .terms
-                .range::<str, _>((
+                .range::<_, str>((
                     std::ops::Bound::Included(prefix),
                     std::ops::Bound::Unbounded,
                 ))
                 .take_while(|t| t.starts_with(prefix))
                 .take(MAX_PREFIX_TERMS);
             for term in terms {
-                for &slot in self.exact.get(term.as_str()).into_iter().flatten() {
+                for &slot in self.exact.get(&**term).into_iter().flat_map(|l| l.iter()) {
                     out.entry(slot).or_insert(1);
                 }
             }
             return out;
         }
-        for &slot in self.words.get(capability).into_iter().flatten() {
+        for &slot in self
+            .words
+            .get(capability)
+            .into_iter()
+            .flat_map(|l| l.iter())
+        {
             out.insert(slot, 2);
         }
-        for &slot in self.exact.get(capability).into_iter().flatten() {
+        for &slot in self
+            .exact
+            .get(capability)
+            .into_iter()
+            .flat_map(|l| l.iter())
+        {
             out.insert(slot, 3);
         }
         out
@@ -194,8 +225,8 @@ impl Index {
         if capability.ends_with('*') {
             return usize::MAX;
         }
-        self.exact.get(capability).map_or(0, Vec::len)
-            + self.words.get(capability).map_or(0, Vec::len)
+        self.exact.get(capability).map_or(0, |l| l.len())
+            + self.words.get(capability).map_or(0, |l| l.len())
     }
 
     /// How `slot` matches one query capability: by binary search in the postings (sorted, so
@@ -204,7 +235,7 @@ impl Index {
         if capability.ends_with('*') {
             return quality_of(&entry.profile.capabilities, capability);
         }
-        let has = |map: &HashMap<String, Vec<u32>>| {
+        let has = |map: &Map<Postings>| {
             map.get(capability)
                 .is_some_and(|list| list.binary_search(&slot).is_ok())
         };
@@ -237,7 +268,7 @@ impl Index {
             .candidates(&query.capabilities[driver])
             .into_iter()
             .filter_map(|(slot, quality)| {
-                let entry = self.slots.get(slot as usize)?.as_ref()?;
+                let entry = self.slots.get(slot as usize)?.as_deref()?;
                 let mut score = quality;
                 for (i, capability) in query.capabilities.iter().enumerate() {
                     if i != driver {

@@ -3,20 +3,26 @@
 //! capability; profiles of other domains arrive as summaries through the gateways' resource
 //! synchronisation.
 //!
-//! What it is: [`Registry`] (sans-IO: every method takes the time; its owner serialises
-//! access, today a mutex shared by the server's request handlers and the control loop; state
-//! in an embedded crash-safe store with an in-memory inverted index rebuilt at start), its
-//! protocol service ([`Registry::handle`]) and what its port admits ([`service::REQUESTS`]). What it is not: it accepts no connections; the gateway daemon (or a
-//! standalone server) carries frames to it and tells it who the requester is.
+//! What it is: [`Registry`] (sans-IO: every method takes the time; state in an embedded
+//! crash-safe store with an in-memory persistent index rebuilt at start), its owner thread
+//! ([`owner::spawn`]: changed by commands, publishing a [`View`] snapshot that discovery
+//! reads without waiting), its protocol service ([`Registry::handle`],
+//! [`owner::RegistryHandle::serve`]) and what its port admits ([`service::REQUESTS`]). What
+//! it is not: it accepts no connections; the gateway daemon (or a standalone server) carries
+//! frames to it and tells it who the requester is.
 
 pub mod index;
 pub mod limits;
+pub mod owner;
 mod registry;
 pub mod service;
 pub mod store;
+mod view;
 
 use agw_proto::pb::{self, ErrorCode};
+pub use owner::RegistryHandle;
 pub use registry::{Change, MAX_DISCOVERY_LIMIT, ProfileLimits, Registry, RegistryConfig};
+pub use view::View;
 
 /// A refusal or failure, with the code the requester sees.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,6 +2,11 @@
 
 use std::time::{Duration, SystemTime};
 
+use agw_proto::pb::ErrorCode;
+use hashbrown::HashMap;
+
+use crate::RegistryError;
+
 /// A token bucket: `capacity` tokens, refilled at `capacity` per `period`.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -39,5 +44,39 @@ impl TokenBucket {
                 (1.0 - self.tokens) / self.per_second,
             ))
         }
+    }
+}
+
+/// Discoveries per requester per minute: one bucket per requester identity.
+#[derive(Debug, Clone)]
+pub struct DiscoveryLimiter {
+    per_minute: u32,
+    buckets: HashMap<String, TokenBucket>,
+}
+
+impl DiscoveryLimiter {
+    /// `per_minute` discoveries a minute for each requester.
+    pub fn new(per_minute: u32) -> DiscoveryLimiter {
+        DiscoveryLimiter {
+            per_minute,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Charges one discovery to `requester`, or refuses it RATE_LIMITED with when to retry.
+    pub fn take(&mut self, requester: &str, now: SystemTime) -> Result<(), RegistryError> {
+        let per_minute = self.per_minute;
+        let bucket = self
+            .buckets
+            .entry_ref(requester)
+            .or_insert_with(|| TokenBucket::new(per_minute, Duration::from_secs(60), now));
+        bucket.take(now).map_err(|wait| {
+            let mut e = RegistryError::new(
+                ErrorCode::RateLimited,
+                format!("{per_minute} discoveries a minute"),
+            );
+            e.retry_after_ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
+            e
+        })
     }
 }

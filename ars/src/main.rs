@@ -120,7 +120,9 @@ fn run(args: Args) -> Result<(), String> {
     config.discovery_per_minute = args.discovery_per_minute;
     config.max_registrations_per_certificate = args.max_registrations_per_certificate;
     let registry = Registry::open(config, checker).map_err(|e| e.to_string())?;
-    let state = Arc::new(Mutex::new((registry, crl)));
+    // No peers to tell of changes: the registry's owner keeps them to itself.
+    let registry = agw_ars::owner::spawn(registry, |_| {}).map_err(|e| e.to_string())?;
+    let crl = Mutex::new(crl);
 
     let listener =
         TcpListener::bind(&args.listen).map_err(|e| format!("--listen {}: {e}", args.listen))?;
@@ -134,17 +136,13 @@ fn run(args: Args) -> Result<(), String> {
     let _ = out.flush();
 
     let handler = Arc::new(move |request: &Message, peer: Option<&str>, now| {
-        let Ok(mut guard) = state.lock() else {
-            return Some(notification(ErrorCode::Internal, "registry state poisoned"));
-        };
-        let (registry, crl) = &mut *guard;
-        // New CRL on disk: registrations check against it from now on. (TLS handshakes keep
-        // the CRL they started with until a restart.)
-        if let Ok(Some(checker)) = crl.refresh() {
-            registry.set_certificate_checker(checker);
+        // New CRL on disk: registrations check against it from now on (the change is queued
+        // before this request). TLS handshakes keep the CRL they started with until a restart.
+        if let Ok(Some(checker)) = crl.lock().map_or(Ok(None), |mut crl| crl.refresh()) {
+            registry.change(move |r| r.set_certificate_checker(checker));
         }
         match peer {
-            Some(peer) => registry.handle(request, peer, now),
+            Some(peer) => registry.serve(request, peer, now),
             None => Some(notification(
                 ErrorCode::NotAccessed,
                 "no client certificate",

@@ -1,25 +1,23 @@
 //! The registry: registration, information management and discovery (draft 3.2), and the
 //! summaries of other domains' agents (draft 3.5). Sans-IO: every method takes the current
-//! time; the caller owns the registry on one thread (the control plane).
+//! time; one owner changes it ([`crate::owner`]), and readers see its [`View`].
 
-use std::{
-    path::PathBuf,
-    time::{Duration, SystemTime},
-};
+use std::{path::PathBuf, time::SystemTime};
 
 use agw_aca::tls::CertificateChecker;
 use agw_proto::{
     identity::{AgentId, Domain, GatewayId, ResourceId},
     pb::{self, ErrorCode},
 };
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::{
     RegistryError,
-    index::{Entry, Index, Origin, Query, normalise},
-    limits::TokenBucket,
+    index::{Entry, Origin, normalise},
+    limits::DiscoveryLimiter,
     store::{ProfileStore, StoredProfile},
+    view::{View, summary},
 };
 
 /// Bounds on what a profile may hold.
@@ -100,33 +98,16 @@ pub enum Change {
 pub struct Registry {
     config: RegistryConfig,
     store: ProfileStore,
-    index: Index,
+    /// Profiles and peers' states: what readers see, published by the owner.
+    view: View,
     checker: CertificateChecker,
     /// resource ID -> (agent ID, serial of the certificate it registered with), local profiles.
     resources: HashMap<String, (String, Vec<u8>)>,
-    buckets: HashMap<String, TokenBucket>,
-    inapplicable: HashSet<String>,
-    /// Peers whose gateways are temporarily offline: their agents are discovered as such.
-    offline_peers: HashSet<String>,
+    limiter: DiscoveryLimiter,
     /// Per peer in a full sync: its agents not advertised again yet (stale at END-OF-SYNC).
-    resyncing: HashMap<String, HashSet<String>>,
-    /// Local agents that left their gateway (deregistered from the relay): their profiles
-    /// stay, offline, but peers were told to forget them until they come back.
-    departed: HashSet<String>,
+    resyncing: HashMap<String, hashbrown::HashSet<String>>,
     changes: Vec<Change>,
-    /// Told when a change is queued, so its owner need not poll [`Registry::take_changes`].
-    notify: ChangeNotifier,
     rng: SystemRandom,
-}
-
-/// A function called when the registry queues a change.
-#[derive(Default)]
-struct ChangeNotifier(Option<Box<dyn Fn() + Send + Sync>>);
-
-impl std::fmt::Debug for ChangeNotifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "set" } else { "none" })
-    }
 }
 
 fn internal(e: impl std::fmt::Display) -> RegistryError {
@@ -143,18 +124,14 @@ impl Registry {
         agw_aca::private::private_dir(&config.data_dir).map_err(internal)?;
         let store = ProfileStore::open(&config.data_dir.join("ars.redb")).map_err(internal)?;
         let mut registry = Registry {
+            view: View::new(config.limits, config.default_discovery_limit),
+            limiter: DiscoveryLimiter::new(config.discovery_per_minute),
             config,
             store,
-            index: Index::default(),
             checker,
             resources: HashMap::new(),
-            buckets: HashMap::new(),
-            inapplicable: HashSet::new(),
-            offline_peers: HashSet::new(),
             resyncing: HashMap::new(),
-            departed: HashSet::new(),
             changes: Vec::new(),
-            notify: ChangeNotifier::default(),
             rng: SystemRandom::new(),
         };
         for stored in registry.store.all().map_err(internal)? {
@@ -163,7 +140,7 @@ impl Registry {
                     profile.resource_id.clone(),
                     (profile.agent.clone(), stored.certificate_serial),
                 );
-                registry.index.upsert(Entry {
+                registry.view.index.upsert(Entry {
                     profile,
                     origin: Origin::Local,
                 });
@@ -177,14 +154,20 @@ impl Registry {
         self.checker = checker;
     }
 
-    /// Profiles known, local and remote.
-    pub fn len(&self) -> usize {
-        self.index.len()
+    /// What readers see now: a snapshot that later changes leave as it is (cheap: it shares
+    /// the registry's persistent structures).
+    pub fn snapshot(&self) -> View {
+        self.view.clone()
     }
 
-    /// Whether no profile is known.
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+    /// Discoveries each requester may make per minute.
+    pub fn discovery_per_minute(&self) -> u32 {
+        self.config.discovery_per_minute
+    }
+
+    /// What the registry knows now.
+    pub fn view(&self) -> &View {
+        &self.view
     }
 
     /// Registration (draft 3.2.1). `requester` is the identity the connection authenticated
@@ -224,7 +207,7 @@ impl Registry {
             ));
         }
         self.check_profile(&profile)?;
-        if self.index.get(agent.as_str()).is_some() {
+        if self.view.get(agent.as_str()).is_some() {
             return Err(RegistryError::new(
                 ErrorCode::DuplicateName,
                 format!("{agent} is already registered"),
@@ -304,8 +287,8 @@ impl Registry {
         let current = self.owned(resource_id, requester)?;
         self.store.delete(resource_id).map_err(internal)?;
         self.resources.remove(resource_id);
-        self.index.remove(&current.agent);
-        self.departed.remove(&current.agent);
+        self.view.index.remove(&current.agent);
+        self.view.departed.remove(&current.agent);
         self.push_change(Change::Withdraw(current.agent));
         Ok(())
     }
@@ -313,7 +296,7 @@ impl Registry {
     /// Sets a local agent's online status, as its gateway learns it (access, heartbeats,
     /// hold time). Not stored: a restarted gateway learns it again.
     pub fn set_status(&mut self, agent: &str, status: pb::Status) {
-        let Some(entry) = self.index.get(agent) else {
+        let Some(entry) = self.view.get(agent) else {
             return;
         };
         if entry.origin != Origin::Local || entry.profile.status == status as i32 {
@@ -329,26 +312,21 @@ impl Registry {
     /// offline): its profile stays, offline, and peers are told to withdraw it (not an
     /// OFFLINE summary they would keep) until its status changes again.
     pub fn set_departed(&mut self, agent: &str) {
-        let Some(entry) = self.index.get(agent) else {
+        let Some(entry) = self.view.get(agent) else {
             return;
         };
-        if entry.origin != Origin::Local || self.departed.contains(agent) {
+        if entry.origin != Origin::Local || self.view.departed.contains(agent) {
             return;
         }
         let mut profile = entry.profile.clone();
         profile.status = pb::Status::Offline as i32;
         profile.version += 1;
-        self.index.upsert(Entry {
+        self.view.index.upsert(Entry {
             profile,
             origin: Origin::Local,
         });
-        self.departed.insert(agent.to_owned());
+        self.view.departed.insert(agent.to_owned());
         self.push_change(Change::Withdraw(agent.to_owned()));
-    }
-
-    /// The status in `agent`'s profile, if it has one here.
-    pub fn status_of(&self, agent: &str) -> Option<pb::Status> {
-        self.index.get(agent).map(|e| e.profile.status())
     }
 
     /// Discovery (draft 3.2.3), rate-limited per requester.
@@ -358,71 +336,8 @@ impl Registry {
         requester: &str,
         now: SystemTime,
     ) -> Result<Vec<pb::AgentProfile>, RegistryError> {
-        let per_minute = self.config.discovery_per_minute;
-        let bucket = self
-            .buckets
-            .entry_ref(requester)
-            .or_insert_with(|| TokenBucket::new(per_minute, Duration::from_secs(60), now));
-        if let Err(wait) = bucket.take(now) {
-            let mut e = RegistryError::new(
-                ErrorCode::RateLimited,
-                format!("{per_minute} discoveries a minute"),
-            );
-            e.retry_after_ms = u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX);
-            return Err(e);
-        }
-        if req.capabilities.is_empty() {
-            return Err(RegistryError::new(
-                ErrorCode::MissingField,
-                "discovery needs a capability",
-            ));
-        }
-        let limits = &self.config.limits;
-        if req.capabilities.len() > limits.max_capabilities
-            || req.languages.len() > limits.max_list
-            || req.protocols.len() > limits.max_list
-            || req
-                .capabilities
-                .iter()
-                .chain(&req.languages)
-                .any(|s| s.len() > limits.max_field)
-        {
-            return Err(RegistryError::new(
-                ErrorCode::InvalidField,
-                "discovery request too large",
-            ));
-        }
-        let limit = match req.limit {
-            0 => self.config.default_discovery_limit,
-            n => usize::try_from(n).unwrap_or(MAX_DISCOVERY_LIMIT),
-        }
-        .min(MAX_DISCOVERY_LIMIT);
-        let query = Query {
-            capabilities: req.capabilities.iter().map(|c| normalise(c)).collect(),
-            protocols: req.protocols.clone(),
-            languages: req.languages.clone(),
-            domain: req.domain.clone(),
-            online_only: req.online_only,
-            limit,
-        };
-        let (inapplicable, offline) = (&self.inapplicable, &self.offline_peers);
-        let online_only = query.online_only;
-        Ok(self
-            .index
-            .discover(&query, |peer| {
-                !(inapplicable.contains(peer) || online_only && offline.contains(peer))
-            })
-            .into_iter()
-            .map(|e| {
-                let mut profile = e.profile.clone();
-                if let Origin::Remote { peer, .. } = &e.origin
-                    && offline.contains(peer)
-                {
-                    profile.status = pb::Status::TemporarilyOffline as i32;
-                }
-                profile
-            })
-            .collect())
+        self.limiter.take(requester, now)?;
+        self.view.discover(req)
     }
 
     /// Applies a RESOURCE_UPDATE from `peer`. Summaries that are invalid, loop back to
@@ -443,21 +358,19 @@ impl Registry {
             }
         }
         for agent in &update.withdraw {
-            if matches!(self.index.get(agent).map(|e| &e.origin), Some(Origin::Remote { peer: p, .. }) if p == peer.as_str())
-            {
-                self.index.remove(agent);
+            if self.view.is_from(agent, peer.as_str()) {
+                self.view.index.remove(agent);
             }
         }
         for summary in &update.advertise {
             match self.remote_entry(peer, local_gateway, summary) {
-                Ok(Some(entry)) => self.index.upsert(entry),
+                Ok(Some(entry)) => self.view.index.upsert(entry),
                 // Older than what we have: nothing to do.
                 Ok(None) => {}
                 Err(code) => {
                     // A bad summary withdraws what we had of that agent from this peer.
-                    if matches!(self.index.get(&summary.agent).map(|e| &e.origin), Some(Origin::Remote { peer: p, .. }) if p == peer.as_str())
-                    {
-                        self.index.remove(&summary.agent);
+                    if self.view.is_from(&summary.agent, peer.as_str()) {
+                        self.view.index.remove(&summary.agent);
                     }
                     refused.push((summary.agent.clone(), code));
                 }
@@ -490,7 +403,7 @@ impl Registry {
         {
             return Err(ErrorCode::BadSummary);
         }
-        if let Some(existing) = self.index.get(agent.as_str()) {
+        if let Some(existing) = self.view.get(agent.as_str()) {
             match &existing.origin {
                 Origin::Local => return Err(ErrorCode::BadSummary),
                 Origin::Remote { peer: p, .. }
@@ -528,16 +441,16 @@ impl Registry {
     /// returns.
     pub fn set_peer_applicable(&mut self, peer: &GatewayId, applicable: bool) {
         if applicable {
-            self.inapplicable.remove(peer.as_str());
+            self.view.inapplicable.remove(peer.as_str());
         } else {
-            self.inapplicable.insert(peer.to_string());
+            self.view.inapplicable.insert(peer.to_string());
         }
     }
 
     /// A session with `peer` came up and its full table follows: what it advertised before
     /// and does not advertise again by [`Registry::end_of_sync`] is stale.
     pub fn begin_sync(&mut self, peer: &GatewayId) {
-        let before = self.agents_from(peer);
+        let before = self.view.agents_from(peer.as_str());
         self.resyncing
             .insert(peer.to_string(), before.into_iter().collect());
     }
@@ -550,9 +463,8 @@ impl Registry {
         };
         let mut gone = 0;
         for agent in stale {
-            if matches!(self.index.get(&agent).map(|e| &e.origin), Some(Origin::Remote { peer: p, .. }) if p == peer.as_str())
-            {
-                self.index.remove(&agent);
+            if self.view.is_from(&agent, peer.as_str()) {
+                self.view.index.remove(&agent);
                 gone += 1;
             }
         }
@@ -563,54 +475,20 @@ impl Registry {
     /// are discovered as temporarily offline (and not by `online_only` queries).
     pub fn set_peer_status(&mut self, peer: &GatewayId, status: pb::Status) {
         if status == pb::Status::TemporarilyOffline {
-            self.offline_peers.insert(peer.to_string());
+            self.view.offline_peers.insert(peer.to_string());
         } else {
-            self.offline_peers.remove(peer.as_str());
+            self.view.offline_peers.remove(peer.as_str());
         }
-    }
-
-    fn agents_from(&self, peer: &GatewayId) -> Vec<String> {
-        self.index
-            .entries()
-            .filter(|e| matches!(&e.origin, Origin::Remote { peer: p, .. } if p == peer.as_str()))
-            .map(|e| e.profile.agent.clone())
-            .collect()
     }
 
     /// Forgets a peer and its agents (DISCONNECT).
     pub fn remove_peer(&mut self, peer: &GatewayId) {
-        for agent in self.agents_from(peer) {
-            self.index.remove(&agent);
+        for agent in self.view.agents_from(peer.as_str()) {
+            self.view.index.remove(&agent);
         }
-        self.inapplicable.remove(peer.as_str());
-        self.offline_peers.remove(peer.as_str());
+        self.view.inapplicable.remove(peer.as_str());
+        self.view.offline_peers.remove(peer.as_str());
         self.resyncing.remove(peer.as_str());
-    }
-
-    /// Summaries of every local agent, for a full sync to a new peer.
-    pub fn local_summaries(&self) -> Vec<pb::AgentSummary> {
-        self.index
-            .entries()
-            .filter(|e| e.origin == Origin::Local && !self.departed.contains(&e.profile.agent))
-            .map(|e| summary(&e.profile))
-            .collect()
-    }
-
-    /// Every local agent and the status in its profile (what an operator's listing needs,
-    /// without the summaries' capabilities).
-    pub fn local_statuses(&self) -> Vec<(String, pb::Status)> {
-        self.index
-            .entries()
-            .filter(|e| e.origin == Origin::Local)
-            .map(|e| (e.profile.agent.clone(), e.profile.status()))
-            .collect()
-    }
-
-    /// Whether `agent` is registered here (a local profile).
-    pub fn is_local(&self, agent: &str) -> bool {
-        self.index
-            .get(agent)
-            .is_some_and(|e| e.origin == Origin::Local)
     }
 
     /// Changes of local agents since the last call, oldest first.
@@ -618,24 +496,14 @@ impl Registry {
         std::mem::take(&mut self.changes)
     }
 
-    /// Calls `notify` whenever a change is queued for [`Registry::take_changes`] (a
-    /// registration, an update, a deregistration, a status): how the control plane hears of
-    /// them without polling.
-    pub fn on_change(&mut self, notify: impl Fn() + Send + Sync + 'static) {
-        self.notify = ChangeNotifier(Some(Box::new(notify)));
-    }
-
     fn push_change(&mut self, change: Change) {
         self.changes.push(change);
-        if let Some(notify) = &self.notify.0 {
-            notify();
-        }
     }
 
     fn publish_local(&mut self, profile: pb::AgentProfile) {
-        self.departed.remove(&profile.agent);
+        self.view.departed.remove(&profile.agent);
         self.push_change(Change::Advertise(summary(&profile)));
-        self.index.upsert(Entry {
+        self.view.index.upsert(Entry {
             profile,
             origin: Origin::Local,
         });
@@ -654,7 +522,7 @@ impl Registry {
                 format!("{resource_id} belongs to {agent}"),
             ));
         }
-        self.index
+        self.view
             .get(agent)
             .map(|e| e.profile.clone())
             .ok_or_else(|| internal("index lost a local profile"))
@@ -729,18 +597,5 @@ impl Registry {
                 return Ok(id);
             }
         }
-    }
-}
-
-fn summary(p: &pb::AgentProfile) -> pb::AgentSummary {
-    pb::AgentSummary {
-        agent: p.agent.clone(),
-        capabilities: p.capabilities.clone(),
-        protocols: p.protocols.clone(),
-        languages: p.languages.clone(),
-        status: p.status,
-        origin: String::new(),
-        path: Vec::new(),
-        version: p.version,
     }
 }

@@ -6,8 +6,9 @@ use agw_proto::{Admission, Kind, Message, pb};
 
 use crate::{Registry, RegistryError};
 
-/// Requests answered from memory alone (the index, under its lock briefly): a server may
-/// answer them on its connection's task rather than its blocking pool.
+/// Requests answered from memory alone (the owner's published snapshot, see
+/// [`crate::owner::RegistryHandle::serve`]): a server may answer them on its connection's
+/// task rather than its blocking pool.
 pub const QUICK: Admission = Admission::only(&[Kind::DiscoverRequest], 64 * 1024);
 
 /// What the registry's port takes: its requests, each within 64 KiB (a profile is at most
@@ -59,22 +60,32 @@ impl Registry {
                     .and_then(wire),
             }
             .into(),
-            Message::DiscoverRequest(req) => match self.discover(req, requester, now) {
-                Ok(agents) => pb::DiscoverReply {
-                    request_id: req.request_id,
-                    error: None,
-                    agents,
-                },
-                Err(e) => pb::DiscoverReply {
-                    request_id: req.request_id,
-                    error: wire(e),
-                    agents: Vec::new(),
-                },
+            Message::DiscoverRequest(req) => {
+                discover_reply(req.request_id, self.discover(req, requester, now))
             }
-            .into(),
             _ => return None,
         })
     }
+}
+
+/// The reply to discovery `request_id`: its agents, or why not.
+pub(crate) fn discover_reply(
+    request_id: u64,
+    found: Result<Vec<pb::AgentProfile>, RegistryError>,
+) -> Message {
+    match found {
+        Ok(agents) => pb::DiscoverReply {
+            request_id,
+            error: None,
+            agents,
+        },
+        Err(e) => pb::DiscoverReply {
+            request_id,
+            error: Some(e.to_wire()),
+            agents: Vec::new(),
+        },
+    }
+    .into()
 }
 
 fn split<T>(r: Result<T, RegistryError>) -> (Option<RegistryError>, Option<T>) {

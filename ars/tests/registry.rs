@@ -43,7 +43,7 @@ fn registration_checks_the_certificate_and_the_profile() {
     );
     assert_eq!(stored.domain, DOMAIN);
 
-    let before = reg.len();
+    let before = reg.view().len();
     let bob_profile = profile(&bob, &["visa processing"]);
     let mut cases: Vec<(pb::RegisterRequest, Option<&str>, ErrorCode)> = vec![
         // Alice's certificate cannot register Bob.
@@ -116,7 +116,7 @@ fn registration_checks_the_certificate_and_the_profile() {
     for (req, requester, expected) in cases {
         assert_eq!(code(reg.register(&req, requester, t0())), expected);
         assert_eq!(
-            reg.len(),
+            reg.view().len(),
             before,
             "a refused registration changed the registry"
         );
@@ -138,7 +138,7 @@ fn registration_checks_the_certificate_and_the_profile() {
         code(reg.register(&register_request(&bob_cert, bob_profile), None, t0())),
         ErrorCode::CertRevoked
     );
-    assert_eq!(reg.len(), before);
+    assert_eq!(reg.view().len(), before);
 }
 
 #[test]
@@ -436,8 +436,11 @@ fn an_agent_that_leaves_its_gateway_is_withdrawn_until_it_returns() {
     // they would keep), its profile stays here, offline, and a new peer's full sync skips it.
     reg.set_departed(alice.as_str());
     assert_eq!(reg.take_changes(), [Change::Withdraw(alice.to_string())]);
-    assert_eq!(reg.status_of(alice.as_str()), Some(pb::Status::Offline));
-    assert!(reg.local_summaries().is_empty());
+    assert_eq!(
+        reg.view().status_of(alice.as_str()),
+        Some(pb::Status::Offline)
+    );
+    assert!(reg.view().local_summaries().is_empty());
     reg.set_departed(alice.as_str());
     assert!(reg.take_changes().is_empty(), "said once");
     // It comes back: advertised again.
@@ -447,5 +450,5 @@ fn an_agent_that_leaves_its_gateway_is_withdrawn_until_it_returns() {
         matches!(&changes[..], [Change::Advertise(s)] if s.agent == alice.as_str() && s.status() == pb::Status::Running),
         "{changes:?}"
     );
-    assert_eq!(reg.local_summaries().len(), 1);
+    assert_eq!(reg.view().local_summaries().len(), 1);
 }

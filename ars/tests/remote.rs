@@ -199,7 +199,7 @@ fn remote_agents_are_found_through_their_gateway() {
     );
 
     // Our own agents, for a full sync to a new peer.
-    let ours = reg.local_summaries();
+    let ours = reg.view().local_summaries();
     assert_eq!(ours.len(), 1);
     assert_eq!(ours[0].agent, "spiffe://travel.example/agent/alice");
 }

@@ -1,5 +1,7 @@
 //! Discovery over 1M profiles: a query matching up to 100 agents (target: median at most
-//! 100 µs), a two-capability query, and a prefix query.
+//! 100 µs), a two-capability query, and a prefix query; and what the registry pays to publish
+//! a snapshot for discovery and then change one profile (the copy-on-write of the persistent
+//! index).
 //!
 //! `cargo bench -p agw-benches --bench discovery`; figures in docs/benchmarks.md.
 
@@ -32,28 +34,44 @@ fn build() -> Index {
         let caps = (0..3)
             .map(|_| capability((next() % u64::from(TERMS)) as u32))
             .collect();
-        index.upsert(Entry {
-            profile: pb::AgentProfile {
-                resource_id: format!("ars:bench.example:{i:032x}"),
-                agent: format!("spiffe://bench.example/agent/a{i}"),
-                capabilities: caps,
-                protocols: vec![1 + (i % 3) as i32],
-                languages: vec![if i % 2 == 0 { "en" } else { "zh" }.into()],
-                address: "10.0.0.1:7000".into(),
-                status: pb::Status::Running as i32,
-                domain: "bench.example".into(),
-                version: 1,
-                ..Default::default()
-            },
-            origin: Origin::Local,
-        });
+        index.upsert(profile(i, caps));
     }
     eprintln!(
-        "built {} profiles in {:.1?}",
+        "built {} profiles in {:.1?}; resident memory {} MiB",
         index.len(),
-        started.elapsed()
+        started.elapsed(),
+        resident_mib()
     );
     index
+}
+
+fn resident_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
+/// Agent `i`'s profile: half speak English, half Chinese; three protocols in turn.
+fn profile(i: u32, capabilities: Vec<String>) -> Entry {
+    Entry {
+        profile: pb::AgentProfile {
+            resource_id: format!("ars:bench.example:{i:032x}"),
+            agent: format!("spiffe://bench.example/agent/a{i}"),
+            capabilities,
+            protocols: vec![1 + (i % 3) as i32],
+            languages: vec![if i % 2 == 0 { "en" } else { "zh" }.into()],
+            address: "10.0.0.1:7000".into(),
+            status: pb::Status::Running as i32,
+            domain: "bench.example".into(),
+            version: 1,
+            ..Default::default()
+        },
+        origin: Origin::Local,
+    }
 }
 
 fn discovery(c: &mut Criterion) {
@@ -95,6 +113,23 @@ fn discovery(c: &mut Criterion) {
     );
     group.bench_function("one_capability_filtered", |b| {
         b.iter(|| black_box(index.discover(&filtered, |_| true).len()))
+    });
+    group.finish();
+
+    // The registry's cycle: a snapshot is out (discovery reads it), one profile changes.
+    let mut index = index;
+    let mut group = c.benchmark_group("registry_1M");
+    let mut n = 0u32;
+    group.bench_function("snapshot_then_change_one", |b| {
+        b.iter(|| {
+            let snapshot = index.clone();
+            n = n.wrapping_add(1);
+            let capabilities = (0..3)
+                .map(|k| capability((n * 7 + k * 1_009) % TERMS))
+                .collect();
+            index.upsert(profile(n % 1_000, capabilities));
+            black_box(snapshot.len())
+        })
     });
     group.finish();
 }

@@ -19,7 +19,11 @@
 //!
 //! Each burst of events is applied, then published as one snapshot: a route change reaches
 //! the shards within about a millisecond. The loop sleeps until something happens: a shard
-//! event, a peer event, an operator's request, or the registry's word that it queued a change.
+//! event, a peer event, an operator's request, or a batch of the registry's changes.
+//!
+//! The registry has its own owner ([`agw_ars::owner`]): the loop reads its published snapshot
+//! (which agents are registered here, their statuses, their summaries) and sends it commands
+//! (statuses, peers' summaries, full syncs) that it applies in order, without waiting for them.
 
 use std::{
     collections::HashMap,
@@ -32,7 +36,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use agw_ars::{Change, Registry};
+use agw_ars::{Change, RegistryHandle, View};
 
 use agw_dataplane::{
     PeerLinks,
@@ -192,7 +196,7 @@ struct State {
     /// The relay's links to peers, opened when a session comes up.
     links: Option<PeerLinks>,
     /// The embedded registry: local profiles go to peers, peers' summaries come to it.
-    registry: Option<Arc<Mutex<Registry>>>,
+    registry: Option<RegistryHandle>,
 }
 
 /// What the control plane is wired to besides the routing table.
@@ -203,7 +207,29 @@ pub struct Wiring {
     /// The relay's links to peers.
     pub links: Option<PeerLinks>,
     /// The embedded registry (ARS).
-    pub registry: Option<Arc<Mutex<Registry>>>,
+    pub registry: Option<RegistryWiring>,
+}
+
+/// The embedded registry as the control plane sees it: its handle, and the batches of changes
+/// of local agents its owner hands over (see [`registry_changes`]).
+#[derive(Debug)]
+pub struct RegistryWiring {
+    /// Commands and the published snapshot.
+    pub handle: RegistryHandle,
+    /// Registrations, updates, deregistrations and statuses, a batch at a time.
+    pub changes: Receiver<Vec<Change>>,
+}
+
+/// Where a registry's owner sends its changes (give it to [`agw_ars::owner::spawn`]), and
+/// where the control plane takes them.
+pub fn registry_changes() -> (impl Fn(Vec<Change>) + Send + 'static, Receiver<Vec<Change>>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    (
+        move |changes| {
+            let _ = tx.send(changes);
+        },
+        rx,
+    )
 }
 
 impl ControlPlane {
@@ -229,16 +255,10 @@ impl ControlPlane {
         let peering = peering.map(|p| Peering::start(p, peer_tx)).transpose()?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(1);
         let (requests_tx, requests_rx) = crossbeam_channel::unbounded::<Request>();
-        // The registry says when it queued a change (registrations arrive on the servers'
-        // tasks); one pending wake-up is enough, the loop takes every change at once.
-        let (changed_tx, changed_rx) = crossbeam_channel::bounded::<()>(1);
-        if let Some(r) = &registry
-            && let Ok(mut r) = r.lock()
-        {
-            r.on_change(move || {
-                let _ = changed_tx.try_send(());
-            });
-        }
+        let (registry, changes_rx) = match registry {
+            Some(RegistryWiring { handle, changes }) => (Some(handle), changes),
+            None => (None, crossbeam_channel::never()),
+        };
         let peer_count = peer_ids.len();
         let mut state = State {
             local,
@@ -280,9 +300,12 @@ impl ControlPlane {
                                 state.request(request, &send);
                             }
                         },
-                        recv(changed_rx) -> _ => {},
+                        recv(changes_rx) -> changes => {
+                            if let Ok(changes) = changes {
+                                state.registry_changes(changes, &send);
+                            }
+                        },
                     }
-                    state.registry_changes(&send);
                     // Take the rest of the burst (at most a millisecond of it), then publish.
                     let deadline = Instant::now() + Duration::from_millis(1);
                     while Instant::now() < deadline {
@@ -504,10 +527,9 @@ impl State {
             links.remove_peer(index as u32);
         }
         if let Some(registry) = &self.registry
-            && let Ok(mut r) = registry.lock()
             && let Ok(id) = GatewayId::parse(&peer)
         {
-            r.remove_peer(&id);
+            registry.change(move |r| r.remove_peer(&id));
         }
         if let Some(up) = self.peer_up.get_mut(index) {
             *up = false;
@@ -548,10 +570,9 @@ impl State {
 
     /// The status of a local agent: its registry profile's, else its last report.
     fn local_status(&self, agent: &str, default: pb::Status) -> pb::Status {
-        let registered = self.registry.as_ref().and_then(|r| {
-            let r = r.lock().ok()?;
-            r.is_local(agent).then(|| r.status_of(agent)).flatten()
-        });
+        let registered = self
+            .view()
+            .and_then(|r| r.is_local(agent).then(|| r.status_of(agent)).flatten());
         registered
             .or_else(|| self.summaries.get(agent).map(pb::AgentSummary::status))
             .unwrap_or(default)
@@ -604,9 +625,8 @@ impl State {
         let local = self.local.to_string();
         // One look at the registry, not one per agent.
         let registered: HashMap<String, pb::Status> = self
-            .registry
-            .as_ref()
-            .and_then(|r| r.lock().ok().map(|r| r.local_statuses()))
+            .view()
+            .map(|r| r.local_statuses())
             .unwrap_or_default()
             .into_iter()
             .collect();
@@ -660,12 +680,12 @@ impl State {
     }
 
     fn is_local(&self, agent: &str) -> bool {
-        self.summaries.contains_key(agent)
-            || self
-                .registry
-                .as_ref()
-                .and_then(|r| r.lock().ok())
-                .is_some_and(|r| r.is_local(agent))
+        self.summaries.contains_key(agent) || self.view().is_some_and(|r| r.is_local(agent))
+    }
+
+    /// The registry as its owner last published it.
+    fn view(&self) -> Option<Arc<View>> {
+        self.registry.as_ref().map(RegistryHandle::view)
     }
 
     fn established(&self) -> impl Iterator<Item = usize> + '_ {
@@ -687,16 +707,16 @@ impl State {
             },
         };
         if let Some(registry) = &self.registry
-            && let Ok(mut r) = registry.lock()
-            && r.is_local(agent.as_str())
+            && registry.view().is_local(agent.as_str())
         {
             // Registered: its profile (with capabilities) carries the status to the peers;
             // one that left the gateway is withdrawn from them.
-            match change {
-                Some(status) => r.set_status(agent.as_str(), status),
-                None => r.set_departed(agent.as_str()),
-            }
-            self.summaries.remove(agent.as_str());
+            let agent = agent.to_string();
+            self.summaries.remove(&agent);
+            registry.change(move |r| match change {
+                Some(status) => r.set_status(&agent, status),
+                None => r.set_departed(&agent),
+            });
             return;
         }
         let peers: Vec<usize> = self.established().collect();
@@ -754,11 +774,12 @@ impl State {
                     links.set_peer(index as u32, gateway, address);
                 }
                 if let Some(registry) = &self.registry
-                    && let Ok(mut r) = registry.lock()
                     && let Ok(id) = GatewayId::parse(&peer)
                 {
-                    r.set_peer_applicable(&id, true);
-                    r.begin_sync(&id);
+                    registry.change(move |r| {
+                        r.set_peer_applicable(&id, true);
+                        r.begin_sync(&id);
+                    });
                 }
                 let mut table: Vec<pb::AgentSummary> = self.summaries.values().cloned().collect();
                 table.extend(self.registry_summaries());
@@ -779,15 +800,16 @@ impl State {
                     links.remove_peer(index as u32);
                 }
                 if let Some(registry) = &self.registry
-                    && let Ok(mut r) = registry.lock()
                     && let Ok(id) = GatewayId::parse(&peer)
                 {
                     // Gone for good: forget its agents; failed: keep them, not discoverable.
-                    if disconnected {
-                        r.remove_peer(&id);
-                    } else {
-                        r.set_peer_applicable(&id, false);
-                    }
+                    registry.change(move |r| {
+                        if disconnected {
+                            r.remove_peer(&id);
+                        } else {
+                            r.set_peer_applicable(&id, false);
+                        }
+                    });
                 }
                 for change in self.rib.remove_peer(&peer) {
                     self.apply(change, !disconnected, &peer, send);
@@ -816,13 +838,13 @@ impl State {
             }
             PeerEvent::Synced => {
                 let routes = self.forget_unreachable(&peer, true);
-                let profiles = match (&self.registry, GatewayId::parse(&peer)) {
-                    (Some(registry), Ok(id)) => {
-                        registry.lock().map_or(0, |mut r| r.end_of_sync(&id))
-                    }
-                    _ => 0,
-                };
-                tracing::info!(%peer, stale_routes = routes, stale_profiles = profiles, "peer's full table received");
+                tracing::info!(%peer, stale_routes = routes, "peer's full table received");
+                if let (Some(registry), Ok(id)) = (&self.registry, GatewayId::parse(&peer)) {
+                    registry.change(move |r| {
+                        let profiles = r.end_of_sync(&id);
+                        tracing::info!(peer = %id, stale_profiles = profiles, "registry synced");
+                    });
+                }
             }
             PeerEvent::Status(status) => {
                 tracing::info!(%peer, status = status.as_str_name(), "peer's gateway status");
@@ -831,10 +853,9 @@ impl State {
                     self.apply(change, false, &peer, send);
                 }
                 if let Some(registry) = &self.registry
-                    && let Ok(mut r) = registry.lock()
                     && let Ok(id) = GatewayId::parse(&peer)
                 {
-                    r.set_peer_status(&id, status);
+                    registry.change(move |r| r.set_peer_status(&id, status));
                 }
             }
         }
@@ -842,26 +863,23 @@ impl State {
 
     /// Peers' summaries into the registry, for discovery (it refuses loops and bad ones too).
     fn to_registry(&self, peer: &str, advertise: Vec<pb::AgentSummary>, withdraw: Vec<String>) {
-        let Some(registry) = &self.registry else {
-            return;
-        };
-        let (Ok(mut r), Ok(id)) = (registry.lock(), GatewayId::parse(peer)) else {
+        let (Some(registry), Ok(id)) = (&self.registry, GatewayId::parse(peer)) else {
             return;
         };
         let update = pb::ResourceUpdate {
             advertise,
             withdraw,
         };
-        r.apply_remote(&id, &self.local, &update);
+        let local = self.local.clone();
+        registry.change(move |r| {
+            r.apply_remote(&id, &local, &update);
+        });
     }
 
     /// The registry's local profiles as summaries from this gateway, with the versions they
     /// were advertised with.
     fn registry_summaries(&mut self) -> Vec<pb::AgentSummary> {
-        let Some(registry) = &self.registry else {
-            return Vec::new();
-        };
-        let Ok(local) = registry.lock().map(|r| r.local_summaries()) else {
+        let Some(local) = self.view().map(|r| r.local_summaries()) else {
             return Vec::new();
         };
         let origin = self.local.to_string();
@@ -878,18 +896,8 @@ impl State {
             .collect()
     }
 
-    /// Local registrations, updates and status changes since the last look, to every peer.
-    fn registry_changes(&mut self, send: &impl Fn(usize, PeerCommand)) {
-        let Some(registry) = &self.registry else {
-            return;
-        };
-        let changes = match registry.lock() {
-            Ok(mut r) => r.take_changes(),
-            Err(_) => return,
-        };
-        if changes.is_empty() {
-            return;
-        }
+    /// A batch of local registrations, updates and status changes, to every peer.
+    fn registry_changes(&mut self, changes: Vec<Change>, send: &impl Fn(usize, PeerCommand)) {
         let origin = self.local.to_string();
         let (mut advertise, mut withdraw) = (Vec::new(), Vec::new());
         for change in changes {

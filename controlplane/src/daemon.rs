@@ -711,11 +711,9 @@ impl Revocations {
         if let Ok(checker) = CertificateChecker::new(anchor, std::slice::from_ref(&crl.der)) {
             node.dataplane.set_checker(checker, new);
         }
-        if let (Ok(checker), Ok(mut registry)) = (
-            CertificateChecker::new(anchor, std::slice::from_ref(&crl.der)),
-            node.registry.lock(),
-        ) {
-            registry.set_certificate_checker(checker);
+        if let Ok(checker) = CertificateChecker::new(anchor, std::slice::from_ref(&crl.der)) {
+            node.registry
+                .change(move |r| r.set_certificate_checker(checker));
         }
     }
 }

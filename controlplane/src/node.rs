@@ -17,7 +17,7 @@ use agw_aca::{
     policy::AllowListPolicy,
     tls::{CertificateChecker, RenewableCertificate, TlsIdentity},
 };
-use agw_ars::{Registry, RegistryConfig};
+use agw_ars::{Registry, RegistryConfig, RegistryHandle};
 use agw_dataplane::{Dataplane, DataplaneConfig, DrainReport, LiveLimits, routing::RoutingTable};
 use agw_proto::{
     Message,
@@ -28,7 +28,7 @@ use agw_rpc::{Endpoint, EndpointStats, ServerLimits, notification};
 use agw_sdk::certificates::AgentKey;
 
 use crate::{
-    control::{ControlError, ControlPlane, Wiring},
+    control::{ControlError, ControlPlane, RegistryWiring, Wiring},
     peering::{
         driver::{PeerSpec, PeeringConfig},
         session::{LimitAction, PeerConfig},
@@ -154,8 +154,8 @@ pub struct Node {
     pub gateway: GatewayId,
     /// The embedded authority.
     pub authority: Arc<CertificateAuthority>,
-    /// The embedded registry.
-    pub registry: Arc<Mutex<Registry>>,
+    /// The embedded registry: its owner's handle.
+    pub registry: RegistryHandle,
     /// The relay.
     pub dataplane: Dataplane,
     control: Option<ControlPlane>,
@@ -383,14 +383,17 @@ impl Node {
         };
         let registry =
             Registry::open(registry_config, checker()?).map_err(|e| format!("registry: {e}"))?;
-        let registry = Arc::new(Mutex::new(registry));
+        // Its owner hands changes of local agents to the control plane, which tells the peers.
+        let (on_changes, registry_changes) = crate::control::registry_changes();
+        let registry = agw_ars::owner::spawn(registry, on_changes)
+            .map_err(|e| format!("registry owner: {e}"))?;
         let ars_listener = bind("registry listener", config.registry)?;
         let ars_addr = ars_listener.local_addr().map_err(|e| e.to_string())?;
         let ars_tls = Arc::new(
             tls.server_config()
                 .map_err(|e| format!("registry TLS: {e}"))?,
         );
-        let served = Arc::clone(&registry);
+        let served = registry.clone();
         let revoker = Arc::clone(&authority);
         let handler = Arc::new(move |request: &Message, peer: Option<&str>, now| {
             let Some(peer) = peer else {
@@ -399,12 +402,7 @@ impl Node {
                     "no client certificate",
                 ));
             };
-            let reply = {
-                let Ok(mut registry) = served.lock() else {
-                    return Some(notification(ErrorCode::Internal, "registry unavailable"));
-                };
-                registry.handle(request, peer, now)
-            };
+            let reply = served.serve(request, peer, now);
             // A deregistered agent's certificate is revoked (draft 2.2): its live sessions
             // close, and it applies again to come back.
             if let Some(Message::DeregisterAgentReply(r)) = &reply
@@ -453,7 +451,10 @@ impl Node {
             Wiring {
                 peering: Some(peering_config),
                 links: Some(dataplane.peer_links()),
-                registry: Some(Arc::clone(&registry)),
+                registry: Some(RegistryWiring {
+                    handle: registry.clone(),
+                    changes: registry_changes,
+                }),
             },
         )
         .map_err(|e| format!("control plane: {e}"))?;

@@ -76,10 +76,10 @@ fn an_agent_in_c_reaches_an_agent_in_a_through_b_and_hears_back() {
         profile: Some(profile),
         certificate_chain: x.certificate.chain.clone(),
     };
+    let registrant = x.agent.to_string();
     ga.registry
-        .lock()
+        .ask(move |r| r.register(&request, Some(&registrant), SystemTime::now()))
         .unwrap()
-        .register(&request, Some(x.agent.as_str()), SystemTime::now())
         .unwrap();
     let query = pb::DiscoverRequest {
         request_id: 2,
@@ -90,8 +90,6 @@ fn an_agent_in_c_reaches_an_agent_in_a_through_b_and_hears_back() {
     wait_until("c discovers x", || {
         found = gc
             .registry
-            .lock()
-            .unwrap()
             .discover(&query, z.agent.as_str(), SystemTime::now())
             .unwrap_or_default();
         !found.is_empty()

@@ -3,12 +3,15 @@
 //!
 //! ```text
 //! agw-discovery-load --ars target/release/agw-ars [--clients 64] [--profiles 1000] [--seconds 5]
+//!                    [--writers 0]
 //! ```
 //!
 //! It makes an authority in a temporary directory, gives the registry server (the `agw-ars`
 //! binary named, of any version that speaks the protocol) a gateway certificate and the CRL,
 //! registers `--profiles` agents, then runs `--clients` agents each asking for a capability in
-//! a closed loop over its own connection. Loopback only; bounded in time.
+//! a closed loop over its own connection; with `--writers N`, N of the registered agents update
+//! their profiles in a closed loop meanwhile (each update is a durable write), so the figures
+//! show whether discovery waits for writes. Loopback only; bounded in time.
 
 use std::{
     io::{BufRead, BufReader, Write as _},
@@ -48,6 +51,9 @@ struct Args {
     /// Seconds of load.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Registered agents that update their profiles in a closed loop during the run.
+    #[arg(long, default_value_t = 0)]
+    writers: usize,
 }
 
 struct Server(Child);
@@ -97,6 +103,8 @@ fn run(args: Args) -> Result<(), Error> {
         .args(["--domain", DOMAIN, "--listen", "127.0.0.1:0"])
         .args(["--discovery-per-minute", "100000000"])
         .args(["--max-registrations-per-certificate", "1000000"])
+        // Every client dials from 127.0.0.1.
+        .args(["--max-connections-per-source", "4096"])
         .arg("--data-dir")
         .arg(files.join("ars-data"))
         .arg("--cert")
@@ -147,6 +155,7 @@ fn run(args: Args) -> Result<(), Error> {
 
     // The profiles, each registered by its own agent (the registry requires it).
     eprintln!("registering {} profiles...", args.profiles);
+    let mut writers = Vec::new();
     for i in 0..args.profiles {
         let holder = enroll(format!("p{i}"))?;
         let request = pb::RegisterRequest {
@@ -161,7 +170,11 @@ fn run(args: Args) -> Result<(), Error> {
         };
         let mut own = client(&holder)?;
         match own.request(request)? {
-            Message::RegisterReply(r) if r.error.is_none() => {}
+            Message::RegisterReply(r) if r.error.is_none() => {
+                if writers.len() < args.writers {
+                    writers.push((holder, r.profile.ok_or("no profile in the reply")?));
+                }
+            }
             other => return Err(format!("registration refused: {other:?}").into()),
         }
     }
@@ -169,8 +182,31 @@ fn run(args: Args) -> Result<(), Error> {
     let clients: Vec<Credentials> = (0..args.clients)
         .map(|i| enroll(format!("asker{i}")))
         .collect::<Result<_, _>>()?;
-    let barrier = Arc::new(Barrier::new(args.clients + 1));
+    let barrier = Arc::new(Barrier::new(args.clients + writers.len() + 1));
     let duration = Duration::from_secs_f64(args.seconds);
+    let mut updaters = Vec::new();
+    for (holder, mut profile) in writers {
+        let mut conn = client(&holder)?;
+        let barrier = Arc::clone(&barrier);
+        updaters.push(std::thread::spawn(move || -> Result<u64, String> {
+            barrier.wait();
+            let end = Instant::now() + duration;
+            let mut done = 0u64;
+            while Instant::now() < end {
+                done += 1;
+                profile.description = format!("update {done}");
+                let update = pb::UpdateRequest {
+                    request_id: done,
+                    profile: Some(profile.clone()),
+                };
+                match conn.request(update).map_err(|e| e.to_string())? {
+                    Message::UpdateReply(r) if r.error.is_none() => {}
+                    other => return Err(format!("update refused: {other:?}")),
+                }
+            }
+            Ok(done)
+        }));
+    }
     let mut threads = Vec::new();
     for (i, who) in clients.into_iter().enumerate() {
         let mut conn = client(&who)?;
@@ -207,6 +243,10 @@ fn run(args: Args) -> Result<(), Error> {
         let h = t.join().map_err(|_| "a client panicked")??;
         all.add(h)?;
     }
+    let mut updates = 0;
+    for t in updaters {
+        updates += t.join().map_err(|_| "a writer panicked")??;
+    }
     let took = start.elapsed().as_secs_f64();
     let mut out = std::io::stdout();
     writeln!(
@@ -219,6 +259,14 @@ fn run(args: Args) -> Result<(), Error> {
         all.value_at_quantile(0.99),
         all.max()
     )?;
+    if args.writers > 0 {
+        writeln!(
+            out,
+            "{} writers: {:.0} updates/s",
+            args.writers,
+            updates as f64 / took
+        )?;
+    }
     drop(server);
     Ok(())
 }
