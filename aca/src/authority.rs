@@ -287,6 +287,18 @@ impl CertificateAuthority {
         materials: &pb::IdentityMaterials,
         now: SystemTime,
     ) -> Result<Issued, AcaError> {
+        self.apply_with_token(csr_der, materials, "", now)
+    }
+
+    /// [`CertificateAuthority::apply`] with the organisation's enrollment token, which the
+    /// policy checks (see [`crate::enrollment`]).
+    pub fn apply_with_token(
+        &self,
+        csr_der: &[u8],
+        materials: &pb::IdentityMaterials,
+        enrollment_token: &str,
+        now: SystemTime,
+    ) -> Result<Issued, AcaError> {
         let csr = verify_csr(csr_der)?;
         let identity = self.requested_agent(&csr)?;
         check_materials(materials)?;
@@ -294,6 +306,8 @@ impl CertificateAuthority {
             identity: &identity,
             key: csr.algorithm,
             materials,
+            enrollment_token,
+            renewal: false,
         })?;
         let _guard = self.lock_crl()?;
         if let Some(current) = self.check_key_and_identity(&csr, identity.as_str(), None, now)?
@@ -394,10 +408,26 @@ impl CertificateAuthority {
             let materials = match &req.materials {
                 Some(m) => {
                     check_materials(m)?;
+                    let old_organization = old
+                        .materials
+                        .as_ref()
+                        .map(|o| o.organization.as_str())
+                        .unwrap_or_default();
+                    if m.organization != old_organization {
+                        return Err(AcaError::new(
+                            ErrorCode::EnrollmentUnauthenticated,
+                            format!(
+                                "a renewal keeps the organisation {old_organization:?}: apply anew with {:?}'s enrollment token",
+                                m.organization
+                            ),
+                        ));
+                    }
                     self.policy.check(&Application {
                         identity: &agent,
                         key: csr.algorithm,
                         materials: m,
+                        enrollment_token: "",
+                        renewal: true,
                     })?;
                     m.clone()
                 }

@@ -10,6 +10,7 @@
 
 mod authority;
 pub mod csr;
+pub mod enrollment;
 pub mod http;
 pub mod policy;
 pub mod private;

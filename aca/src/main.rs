@@ -11,8 +11,8 @@ use std::{
 
 use agw_aca::{
     AuthorityConfig, CertificateAuthority, RootMode,
+    enrollment::operator_policy,
     http::{CrlHttpServer, crl_url, url_path},
-    policy::AllowListPolicy,
     service::REQUESTS,
 };
 use agw_proto::identity::Domain;
@@ -43,8 +43,14 @@ struct Args {
     crl_url: Option<String>,
     /// An organisation allowed to apply, with the permission scopes it may grant:
     /// `--allow "Acme Travel=booking,payments"`. Repeatable.
+    /// Each enrolls with its token, which the authority makes and keeps in
+    /// DATA_DIR/enrollment-tokens (0600): hand each organisation its own.
     #[arg(long = "allow", value_name = "ORG=SCOPE,...")]
     allow: Vec<String>,
+    /// An organisation anyone may enroll in without a token (tests, closed networks; warned
+    /// about at start). Repeatable.
+    #[arg(long = "open-enrollment", value_name = "ORG")]
+    open_enrollment: Vec<String>,
     /// Lifetime of agent certificates, in days.
     #[arg(long, default_value_t = 30)]
     agent_validity_days: u64,
@@ -73,10 +79,14 @@ fn main() {
 
 fn run(args: Args) -> Result<(), String> {
     let domain = Domain::new(&args.domain).map_err(|e| format!("--domain {}: {e}", args.domain))?;
-    let mut policy = AllowListPolicy::default();
-    for entry in &args.allow {
-        let (org, scopes) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
-        policy = policy.allow(org, scopes.split(',').filter(|s| !s.is_empty()));
+    let (policy, mut tokens) = operator_policy(
+        &args.allow,
+        &args.open_enrollment,
+        &args.data_dir.join("enrollment-tokens"),
+    )
+    .map_err(|e| format!("enrollment tokens: {e}"))?;
+    for org in policy.open_organizations() {
+        eprintln!("agw-aca: open enrollment: anyone naming {org:?} is certified");
     }
     let crl_listener = TcpListener::bind(&args.crl_listen)
         .map_err(|e| format!("--crl-listen {}: {e}", args.crl_listen))?;
@@ -95,6 +105,9 @@ fn run(args: Args) -> Result<(), String> {
         CertificateAuthority::bootstrap(config, Box::new(policy), SystemTime::now())
             .map_err(|e| format!("bootstrap in {}: {e}", args.data_dir.display()))?,
     );
+    tokens
+        .save()
+        .map_err(|e| format!("{}: {e}", tokens.path().display()))?;
     let runtime = agw_rpc::runtime("agw-aca").map_err(|e| e.to_string())?;
     let crl_server = CrlHttpServer::from_listener(
         runtime.handle(),
@@ -122,6 +135,11 @@ fn run(args: Args) -> Result<(), String> {
         out,
         "agw-aca: trust anchor in {}",
         args.data_dir.join("trust-anchor.pem").display()
+    );
+    let _ = writeln!(
+        out,
+        "agw-aca: enrollment tokens (hand each organisation its own) in {}",
+        tokens.path().display()
     );
     let _ = out.flush();
     let handler = Arc::new(

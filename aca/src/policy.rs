@@ -6,7 +6,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use agw_proto::{identity::AgentId, pb, pb::ErrorCode};
 
-use crate::{AcaError, keys::KeyAlgorithm};
+use crate::{
+    AcaError,
+    enrollment::{TokenDigest, digest_of},
+    keys::KeyAlgorithm,
+};
 
 /// An application as the policy sees it, after the authority's own checks passed.
 #[derive(Debug)]
@@ -17,6 +21,11 @@ pub struct Application<'a> {
     pub key: KeyAlgorithm,
     /// The supporting materials (draft 3.1.1).
     pub materials: &'a pb::IdentityMaterials,
+    /// The enrollment token it carries (empty if none).
+    pub enrollment_token: &'a str,
+    /// A renewal: the applicant proved it holds a live certificate of the same organisation,
+    /// which stands for the token.
+    pub renewal: bool,
 }
 
 /// Decides whether an application is approved.
@@ -30,10 +39,15 @@ pub trait ApplicationPolicy: Send + Sync + std::fmt::Debug {
 pub struct OrganizationGrant {
     /// Permission scopes its agents may hold.
     pub scopes: BTreeSet<String>,
+    /// The SHA-256 of its enrollment token: an application must carry the token. `None`: the
+    /// organisation is open, anyone naming it is certified (tests, closed networks; the
+    /// daemon gives every organisation a token unless its operator opens it).
+    pub token: Option<TokenDigest>,
 }
 
-/// The default policy: the organisation must be on the allow-list, and the permission scope
-/// asked for must be within its grant.
+/// The default policy: the organisation must be on the allow-list, the application must carry
+/// its enrollment token (unless it is open), and the permission scope asked for must be
+/// within its grant.
 #[derive(Debug, Clone, Default)]
 pub struct AllowListPolicy {
     /// Organisation name -> grant.
@@ -51,9 +65,31 @@ impl AllowListPolicy {
             organization.to_owned(),
             OrganizationGrant {
                 scopes: scopes.into_iter().map(str::to_owned).collect(),
+                token: None,
             },
         );
         self
+    }
+
+    /// Requires `organization`'s applications to carry the token whose SHA-256 is `digest`
+    /// (see [`crate::enrollment`]). An organisation not on the list is left off it.
+    pub fn require_token(mut self, organization: &str, digest: TokenDigest) -> Self {
+        if let Some(grant) = self.organizations.get_mut(organization) {
+            grant.token = Some(digest);
+        }
+        self
+    }
+
+    /// Organisations anyone may apply for (no token), sorted: what a daemon warns about.
+    pub fn open_organizations(&self) -> Vec<&str> {
+        let mut open: Vec<&str> = self
+            .organizations
+            .iter()
+            .filter(|(_, g)| g.token.is_none())
+            .map(|(org, _)| org.as_str())
+            .collect();
+        open.sort_unstable();
+        open
     }
 }
 
@@ -66,6 +102,24 @@ impl ApplicationPolicy for AllowListPolicy {
                 format!("organisation {org:?} is not on the allow-list"),
             )
         })?;
+        // Digests of equal length compared whole: the time taken says nothing of the token.
+        if let Some(digest) = grant.token
+            && !app.renewal
+            && digest_of(app.enrollment_token)
+                .iter()
+                .zip(&digest)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                != 0
+        {
+            return Err(AcaError::new(
+                ErrorCode::EnrollmentUnauthenticated,
+                if app.enrollment_token.is_empty() {
+                    format!("{org:?} enrolls with a token from its operator; none was sent")
+                } else {
+                    format!("the enrollment token is not {org:?}'s")
+                },
+            ));
+        }
         if let Some(scope) = app
             .materials
             .permission_scope

@@ -28,7 +28,9 @@ impl CertificateAuthority {
         Some(match request {
             Message::CertificateApplication(req) => {
                 let materials = req.materials.clone().unwrap_or_default();
-                certificate_reply(req.request_id, self.apply(&req.csr, &materials, now), wire)
+                let issued =
+                    self.apply_with_token(&req.csr, &materials, &req.enrollment_token, now);
+                certificate_reply(req.request_id, issued, wire)
             }
             Message::RenewalRequest(req) => {
                 certificate_reply(req.request_id, self.renew(req, now), wire)

@@ -91,6 +91,7 @@ fn refused_applications_say_which_check_failed_and_store_nothing() {
             request_id: 3,
             csr: csr.into(),
             materials: Some(materials()),
+            enrollment_token: String::new(),
         };
         let Some(Message::CertificateReply(reply)) = ca.handle(&app.into(), t0()) else {
             panic!()

@@ -256,6 +256,7 @@ fn csrs_made_by_openssl_are_certified_or_refused_by_key() {
                 request_id: 1,
                 csr: csr.into(),
                 materials: Some(materials()),
+                enrollment_token: String::new(),
             }
             .into(),
             t0(),

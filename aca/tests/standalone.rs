@@ -57,6 +57,16 @@ fn start(dir: &Path) -> Server {
     Server { child, addr }
 }
 
+/// The token the authority made for "Acme Travel", from the file it keeps for its operator.
+fn acme_token(dir: &Path) -> String {
+    let tokens = std::fs::read_to_string(dir.join("enrollment-tokens")).unwrap();
+    tokens
+        .lines()
+        .find_map(|l| l.strip_suffix(" Acme Travel"))
+        .unwrap()
+        .to_owned()
+}
+
 fn connect(server: &Server) -> Connection {
     Connection::connect(&server.addr, Duration::from_secs(10)).unwrap()
 }
@@ -80,16 +90,29 @@ impl Server {
 fn sigkill_and_sigterm_lose_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
+    let token = acme_token(dir.path());
     let mut acknowledged = Vec::new();
     let mut keys = Vec::new();
     {
         let mut conn = connect(&server);
         let mut requests = CertificateRequests::default();
+        // Without the organisation's token: refused.
+        let squat = requests
+            .application(&AgentKey::generate().unwrap(), &agent("a0"), materials())
+            .unwrap();
+        let Message::CertificateReply(refused) = conn.request(squat).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            refused.error.unwrap().error_code(),
+            ErrorCode::EnrollmentUnauthenticated
+        );
         for i in 0..20 {
             let key = AgentKey::generate().unwrap();
-            let app = requests
+            let mut app = requests
                 .application(&key, &agent(&format!("a{i}")), materials())
                 .unwrap();
+            app.enrollment_token.clone_from(&token);
             let Message::CertificateReply(reply) = conn.request(app).unwrap() else {
                 panic!()
             };
@@ -129,10 +152,12 @@ fn sigkill_and_sigterm_lose_nothing_acknowledged() {
             held.serial
         );
     }
-    // And the identities are still taken.
-    let app = requests
+    // And the identities are still taken; the token is the same after the restart.
+    let mut app = requests
         .application(&AgentKey::generate().unwrap(), &agent("a3"), materials())
         .unwrap();
+    app.enrollment_token = acme_token(dir.path());
+    assert_eq!(app.enrollment_token, token);
     let Message::CertificateReply(r) = conn.request(app).unwrap() else {
         panic!()
     };
@@ -164,9 +189,10 @@ fn sigkill_and_sigterm_lose_nothing_acknowledged() {
         agw_aca::revoked_serials(&crl.crl).unwrap(),
         vec![held.serial.to_vec()]
     );
-    let app = requests
+    let mut app = requests
         .application(&keys[1], &agent("a1"), materials())
         .unwrap();
+    app.enrollment_token.clone_from(&token);
     let Message::CertificateReply(r) = conn.request(app).unwrap() else {
         panic!()
     };

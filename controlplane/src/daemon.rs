@@ -82,9 +82,15 @@ pub struct DaemonArgs {
     /// rest is NACKed DRAINING [default: 30].
     #[arg(long)]
     pub drain_deadline_s: Option<u64>,
-    /// Organisations allowed certificates: ORG=SCOPE,SCOPE [default: Example].
+    /// Organisations allowed certificates: ORG=SCOPE,SCOPE [default: Example]. Each
+    /// enrolls with its token, which the gateway makes and keeps in
+    /// DATA_DIR/aca/enrollment-tokens (0600): hand each organisation its own.
     #[arg(long = "allow", value_name = "ORG=SCOPE,...")]
     pub allow: Vec<String>,
+    /// An organisation anyone may enroll in without a token (tests, closed networks; warned
+    /// about at start). Repeat for several.
+    #[arg(long = "open-enrollment", value_name = "ORG")]
+    pub open_enrollment: Vec<String>,
     /// Relay shards (threads, one per core) [default: one per CPU].
     #[arg(long)]
     pub shards: Option<usize>,
@@ -99,6 +105,7 @@ struct FileConfig {
     crl_url: Option<String>,
     agent_address: Option<String>,
     allow: Option<Vec<String>>,
+    open_enrollment: Option<Vec<String>>,
     shards: Option<usize>,
     drain_deadline_s: Option<u64>,
     listen: Option<ListenFile>,
@@ -317,6 +324,21 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
     } else {
         file.allow.unwrap_or_else(|| vec!["Example".into()])
     };
+    let open_enrollment = if !args.open_enrollment.is_empty() {
+        args.open_enrollment.clone()
+    } else {
+        file.open_enrollment.unwrap_or_default()
+    };
+    for org in &open_enrollment {
+        if !allow
+            .iter()
+            .any(|a| a.split_once('=').map_or(a.as_str(), |(o, _)| o) == org)
+        {
+            problems.push(format!(
+                "open_enrollment {org:?}: not an organisation of allow"
+            ));
+        }
+    }
     let crl_listen = addr(args.crl_listen, listen.crl, "127.0.0.1:7402");
     let crl_url = args.crl_url.clone().or(file.crl_url);
     let agent_address = args.agent_address.clone().or(file.agent_address);
@@ -340,6 +362,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                     .or(file.data_dir)
                     .unwrap_or_else(|| "agw-data".into()),
                 allow,
+                open_enrollment,
                 shards: args.shards.or(file.shards),
                 pin_cores: true,
                 agents: addr(args.listen, listen.agents, "127.0.0.1:7400"),
@@ -398,6 +421,11 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         "agw: certificates from the ACA at {} (organisations: {allow}); trust anchor in {}",
         a.aca,
         node.trust_anchor_path().display()
+    );
+    let _ = writeln!(
+        out,
+        "agw: enrollment tokens (hand each organisation its own) in {}",
+        node.enrollment_tokens_path().display()
     );
     let _ = writeln!(out, "agw: registry (mutual TLS) at {}", a.registry);
     let _ = writeln!(out, "agw: CRL at {}", a.crl_url);
@@ -577,6 +605,11 @@ fn reload(
         next.data_dir.display().to_string(),
     );
     differs("allow", old.allow.join(","), next.allow.join(","));
+    differs(
+        "open_enrollment",
+        old.open_enrollment.join(","),
+        next.open_enrollment.join(","),
+    );
     for (key, was, now) in [
         ("crl_url", &old.crl_url, &next.crl_url),
         ("agent_address", &old.agent_address, &next.agent_address),

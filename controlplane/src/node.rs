@@ -13,8 +13,8 @@ use std::{
 
 use agw_aca::{
     AuthorityConfig, CertificateAuthority, RootMode,
+    enrollment::{TokenFile, operator_policy},
     http::{CrlHttpServer, crl_url, url_path},
-    policy::AllowListPolicy,
     tls::{CertificateChecker, RenewableCertificate, TlsIdentity},
 };
 use agw_ars::{Registry, RegistryConfig, RegistryHandle};
@@ -59,8 +59,11 @@ pub struct NodeConfig {
     pub name: String,
     /// Where state lives.
     pub data_dir: PathBuf,
-    /// Organisations allowed certificates: `ORG=SCOPE,SCOPE`.
+    /// Organisations allowed certificates: `ORG=SCOPE,SCOPE`. Each enrolls with its token
+    /// (see [`Node::enrollment_token`]) unless it is in `open_enrollment`.
     pub allow: Vec<String>,
+    /// Organisations anyone may enroll in without a token (tests, closed networks).
+    pub open_enrollment: Vec<String>,
     /// Relay shards; `None`: one per CPU.
     pub shards: Option<usize>,
     /// Pin shard `i` to CPU `i`. Default true.
@@ -109,6 +112,7 @@ impl NodeConfig {
             name: name.to_owned(),
             data_dir,
             allow: vec!["Example".into()],
+            open_enrollment: Vec::new(),
             shards: Some(1),
             pin_cores: true,
             agent_address: None,
@@ -165,6 +169,8 @@ pub struct Node {
     crl_server: CrlHttpServer,
     addresses: NodeAddresses,
     trust_anchor_path: PathBuf,
+    /// The organisations' enrollment tokens.
+    enrollment: TokenFile,
     certificate: Mutex<GatewayCertificate>,
     endpoints: Vec<(&'static str, Endpoint)>,
     /// A message after each revocation by the embedded authority.
@@ -265,19 +271,27 @@ impl Node {
     pub fn start(config: NodeConfig) -> Result<Node, String> {
         let gateway = GatewayId::new(&config.domain, &config.name)
             .map_err(|e| format!("name {}: {e}", config.name))?;
-        let mut policy = AllowListPolicy::default();
-        for entry in &config.allow {
-            let (org, scopes) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
-            policy = policy.allow(org, scopes.split(',').filter(|s| !s.is_empty()));
-        }
         agw_aca::private::private_dir(&config.data_dir)
             .map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
+        let aca_dir = config.data_dir.join("aca");
+        // Every organisation not opened by the operator enrolls with its token.
+        let (policy, mut enrollment) = operator_policy(
+            &config.allow,
+            &config.open_enrollment,
+            &aca_dir.join("enrollment-tokens"),
+        )
+        .map_err(|e| format!("enrollment tokens: {e}"))?;
+        for org in policy.open_organizations() {
+            tracing::warn!(
+                organisation = org,
+                "open enrollment: anyone naming this organisation is certified"
+            );
+        }
 
         // The authority and its CRL.
         let crl_listener = bind("CRL listener", config.crl)?;
         let crl_addr = crl_listener.local_addr().map_err(|e| e.to_string())?;
         let crl_url = crl_url(config.crl_url.as_deref(), crl_addr, config.domain.as_str())?;
-        let aca_dir = config.data_dir.join("aca");
         let mut aca_config = AuthorityConfig::new(config.domain.clone(), &aca_dir, crl_url.clone());
         aca_config.gateway_validity = config.gateway_validity;
         if let Some((root_cert, root_key)) = &config.root {
@@ -291,6 +305,9 @@ impl Node {
             CertificateAuthority::bootstrap(aca_config, Box::new(policy), now)
                 .map_err(|e| format!("certificate authority in {}: {e}", aca_dir.display()))?,
         );
+        enrollment
+            .save()
+            .map_err(|e| format!("{}: {e}", enrollment.path().display()))?;
         // The control plane's runtime: every server of the node runs on it.
         let runtime = agw_rpc::runtime("agw-control").map_err(|e| format!("runtime: {e}"))?;
         // Revocations wake whoever watches them (the daemon closes live sessions): no polling.
@@ -503,6 +520,7 @@ impl Node {
             crl_server,
             addresses,
             trust_anchor_path: aca_dir.join("trust-anchor.pem"),
+            enrollment,
             certificate: Mutex::new(certificate),
             endpoints,
             revoked,
@@ -588,6 +606,17 @@ impl Node {
     /// The trust anchor agents and peers need, as a file.
     pub fn trust_anchor_path(&self) -> &std::path::Path {
         &self.trust_anchor_path
+    }
+
+    /// The token with which `organization`'s agents enroll, unless it is open (see
+    /// [`agw_aca::enrollment`]).
+    pub fn enrollment_token(&self, organization: &str) -> Option<&str> {
+        self.enrollment.token(organization)
+    }
+
+    /// The file of the organisations' enrollment tokens (0600), for the operator.
+    pub fn enrollment_tokens_path(&self) -> &std::path::Path {
+        self.enrollment.path()
     }
 
     /// The control plane (peers, neighbours).

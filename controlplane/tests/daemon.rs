@@ -143,10 +143,24 @@ fn start(data_dir: &Path, config: Option<&Path>) -> Daemon {
 }
 
 /// Applies for a certificate over the ACA protocol, as an agent would.
-fn certify(aca: &str, name: &str) -> Arc<Credentials> {
+fn certify(aca: &str, data_dir: &Path, name: &str) -> Arc<Credentials> {
     let agent = AgentId::parse(&format!("spiffe://travel.example/agent/{name}")).unwrap();
     let mut conn = Connection::connect(aca, Duration::from_secs(5)).unwrap();
-    Arc::new(Credentials::enroll(agent, "Acme", |app| conn.request(app)).unwrap())
+    let token = enrollment_token(data_dir, "Acme");
+    Arc::new(Credentials::enroll(agent, "Acme", &token, |app| conn.request(app)).unwrap())
+}
+
+/// `organization`'s token, from the file the daemon keeps for its operator.
+fn enrollment_token(data_dir: &Path, organization: &str) -> String {
+    let tokens = std::fs::read_to_string(data_dir.join("aca/enrollment-tokens")).unwrap();
+    tokens
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (token, org) = l.split_once(' ')?;
+            (org == organization).then(|| token.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no token for {organization}"))
 }
 
 /// `who`'s mutual-TLS connection to the daemon's registry (gateway `agw-1`).
@@ -226,8 +240,27 @@ fn the_daemon_relays_and_its_operator_sees_and_changes_it() {
     let config = dir.path().join("agw.toml");
     std::fs::write(&config, "name = \"edge-1\"\n").unwrap();
     let daemon = start(&data, Some(&config));
-    let alice = certify(&daemon.aca, "alice");
-    let bob = certify(&daemon.aca, "bob");
+    // A squatter without the organisation's token gets nothing, not even alice's name.
+    let squat = CertificateRequests::default()
+        .application(
+            &AgentKey::generate().unwrap(),
+            &AgentId::parse("spiffe://travel.example/agent/alice").unwrap(),
+            pb::IdentityMaterials {
+                organization: "Acme".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut conn = Connection::connect(&daemon.aca, Duration::from_secs(5)).unwrap();
+    let Message::CertificateReply(refused) = conn.request(squat).unwrap() else {
+        panic!("no certificate reply")
+    };
+    assert_eq!(
+        refused.error.unwrap().error_code(),
+        ErrorCode::EnrollmentUnauthenticated
+    );
+    let alice = certify(&daemon.aca, &data, "alice");
+    let bob = certify(&daemon.aca, &data, "bob");
     let mut ca =
         AgentConnection::connect(&daemon.agents, alice.clone(), Duration::from_secs(5)).unwrap();
     let mut cb =
@@ -487,9 +520,9 @@ fn the_gateway_starts_again_on_its_own_data_after_sigterm_and_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut daemon = start(&data, None);
-    let alice = certify(&daemon.aca, "alice");
-    let bob = certify(&daemon.aca, "bob");
-    let carol = certify(&daemon.aca, "carol");
+    let alice = certify(&daemon.aca, &data, "alice");
+    let bob = certify(&daemon.aca, &data, "bob");
+    let carol = certify(&daemon.aca, &data, "carol");
     let register = pb::RegisterRequest {
         request_id: 1,
         profile: Some(pb::AgentProfile {
@@ -548,7 +581,7 @@ fn the_gateway_starts_again_on_its_own_data_after_sigterm_and_sigkill() {
         }
         // Bob, applying again with his key (a restarted agent), gets his certificate back.
         let mut conn = Connection::connect(&daemon.aca, Duration::from_secs(5)).unwrap();
-        let app = CertificateRequests::default()
+        let mut app = CertificateRequests::default()
             .application(
                 &bob.key,
                 &bob.agent,
@@ -558,6 +591,8 @@ fn the_gateway_starts_again_on_its_own_data_after_sigterm_and_sigkill() {
                 },
             )
             .unwrap();
+        // The token survives the restart too.
+        app.enrollment_token = enrollment_token(&data, "Acme");
         let Message::CertificateReply(r) = conn.request(app).unwrap() else {
             panic!()
         };
@@ -619,7 +654,7 @@ fn a_wildcard_crl_address_needs_a_public_url() {
         (child, aca)
     };
     let (mut child, aca) = daemon;
-    let alice = certify(&aca, "alice");
+    let alice = certify(&aca, &data, "alice");
     let leaf = dir.path().join("alice.pem");
     std::fs::write(
         &leaf,
@@ -678,7 +713,7 @@ fn deregistering_from_the_registry_revokes_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let daemon = start(&data, None);
-    let dave = certify(&daemon.aca, "dave");
+    let dave = certify(&daemon.aca, &data, "dave");
     let register = pb::RegisterRequest {
         request_id: 1,
         profile: Some(pb::AgentProfile {

@@ -128,7 +128,11 @@ pub fn chain(dir: &Path, names: &[&str], shards: usize) -> Result<Vec<Node>, Str
 pub fn certify(node: &Node, name: &str) -> Result<Arc<Credentials>, String> {
     let agent = AgentId::new(node.authority.domain(), name).map_err(|e| e.to_string())?;
     let mut conn = Connection::connect(node.addresses().aca, WAIT).map_err(|e| e.to_string())?;
-    let credentials = Credentials::enroll(agent, "Example", |app| conn.request(app))
+    // The demo is the operator too: it hands its agents the organisation's token.
+    let token = node
+        .enrollment_token("Example")
+        .ok_or("no enrollment token for Example")?;
+    let credentials = Credentials::enroll(agent, "Example", token, |app| conn.request(app))
         .map_err(|e| e.to_string())?;
     Ok(Arc::new(credentials))
 }

@@ -74,7 +74,12 @@ impl InProcessGateway {
         let ask = |app: pb::CertificateApplication| {
             ca.handle(&app.into(), SystemTime::now()).ok_or("no answer")
         };
-        Ok(Arc::new(Credentials::enroll(agent, "Load", ask)?))
+        // The harness is the gateway's operator: it holds the organisation's token.
+        let token = self
+            .node
+            .enrollment_token("Load")
+            .ok_or("no enrollment token for Load")?;
+        Ok(Arc::new(Credentials::enroll(agent, "Load", token, ask)?))
     }
 }
 

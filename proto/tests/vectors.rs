@@ -335,7 +335,7 @@ fn vectors() -> Vec<Vector> {
         ),
         v(
             0,
-            "01 40 00 00 00000017  08 05 12 02 30 00 1a 0f 0a 04 'acme' 32 07 'booking'",
+            "01 40 00 00 0000001d  08 05 12 02 30 00 1a 0f 0a 04 'acme' 32 07 'booking' 22 04 'tok1'",
             pb::CertificateApplication {
                 request_id: 5,
                 csr: b(&[0x30, 0]),
@@ -344,6 +344,7 @@ fn vectors() -> Vec<Vector> {
                     skills: vec!["booking".into()],
                     ..Default::default()
                 }),
+                enrollment_token: "tok1".into(),
             }
             .into(),
         ),

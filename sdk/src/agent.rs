@@ -40,12 +40,14 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Generates a key and applies for `agent`'s certificate as a member of `organization`:
-    /// `ask` carries the application to the authority (over its protocol port, or to one
-    /// embedded in the caller) and returns the authority's answer.
+    /// Generates a key and applies for `agent`'s certificate as a member of `organization`,
+    /// with the enrollment token its operator handed out (empty for an organisation the
+    /// authority leaves open): `ask` carries the application to the authority (over its
+    /// protocol port, or to one embedded in the caller) and returns the authority's answer.
     pub fn enroll<E: std::fmt::Display>(
         agent: AgentId,
         organization: &str,
+        enrollment_token: &str,
         ask: impl FnOnce(pb::CertificateApplication) -> Result<Message, E>,
     ) -> Result<Credentials, CertificateError> {
         let key = AgentKey::generate()?;
@@ -53,7 +55,9 @@ impl Credentials {
             organization: organization.to_owned(),
             ..Default::default()
         };
-        let application = CertificateRequests::default().application(&key, &agent, materials)?;
+        let mut application =
+            CertificateRequests::default().application(&key, &agent, materials)?;
+        application.enrollment_token = enrollment_token.to_owned();
         let certificate = match ask(application) {
             Ok(Message::CertificateReply(reply)) => HeldCertificate::from_reply(reply)?,
             Ok(other) => {

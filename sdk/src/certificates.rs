@@ -170,6 +170,7 @@ impl CertificateRequests {
             request_id: self.id(),
             csr: key.csr(identity.as_str())?.into(),
             materials: Some(materials),
+            enrollment_token: String::new(),
         })
     }
 

@@ -88,6 +88,6 @@ impl Authority {
         let ask = |app: pb::CertificateApplication| {
             ca.handle(&app.into(), SystemTime::now()).ok_or("no answer")
         };
-        Arc::new(Credentials::enroll(agent, "Acme", ask).unwrap())
+        Arc::new(Credentials::enroll(agent, "Acme", "", ask).unwrap())
     }
 }

@@ -150,7 +150,7 @@ fn run(args: Args) -> Result<(), Error> {
         let ask = |app: pb::CertificateApplication| {
             ca.handle(&app.into(), SystemTime::now()).ok_or("no answer")
         };
-        Ok(Credentials::enroll(agent, "Load", ask)?)
+        Ok(Credentials::enroll(agent, "Load", "", ask)?)
     };
 
     // The profiles, each registered by its own agent (the registry requires it).

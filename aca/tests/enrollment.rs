@@ -1,0 +1,135 @@
+//! Enrollment tokens: an application in an organisation's name carries that organisation's
+//! token, or nothing is issued; the tokens file the operator hands out from.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use agw_aca::{
+    CertificateAuthority,
+    enrollment::{TokenFile, digest_of},
+};
+use agw_proto::{Message, pb, pb::ErrorCode};
+use agw_sdk::certificates::HeldCertificate;
+use common::*;
+
+/// An authority whose organisations enroll with tokens from `tokens` ("Acme Travel" and
+/// "Other Org" on the allow-list).
+fn closed_authority(dir: &std::path::Path, tokens: &TokenFile) -> CertificateAuthority {
+    let mut policy = policy().allow("Other Org", ["booking"]);
+    for (org, digest) in tokens.digests() {
+        policy = policy.require_token(org, digest);
+    }
+    assert!(policy.open_organizations().is_empty());
+    CertificateAuthority::bootstrap(config(&dir.join("aca")), Box::new(policy), t0()).unwrap()
+}
+
+fn apply(
+    ca: &CertificateAuthority,
+    who: &mut Agent,
+    materials: pb::IdentityMaterials,
+    token: &str,
+) -> pb::CertificateReply {
+    let mut request = who
+        .requests
+        .application(&who.key, &who.id, materials)
+        .unwrap();
+    request.enrollment_token = token.to_owned();
+    match ca.handle(&request.into(), t0()) {
+        Some(Message::CertificateReply(reply)) => reply,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_squatter_without_the_token_gets_nothing_and_the_holder_of_it_enrolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens =
+        TokenFile::load_or_create(&dir.path().join("tokens"), ["Acme Travel", "Other Org"])
+            .unwrap();
+    assert!(
+        !dir.path().join("tokens").exists(),
+        "written only when saved"
+    );
+    let ca = closed_authority(dir.path(), &tokens);
+    let acme = tokens.token("Acme Travel").unwrap().to_owned();
+    let other = tokens.token("Other Org").unwrap().to_owned();
+    assert_ne!(acme, other);
+
+    // No token, a wrong one, another organisation's: refused, and nothing is held.
+    let mut squatter = Agent::new("alice");
+    let none = apply(&ca, &mut squatter, materials(), "");
+    assert_eq!(refusal(&none), ErrorCode::EnrollmentUnauthenticated);
+    assert!(none.error.unwrap().detail.contains("none was sent"));
+    let wrong = apply(&ca, &mut squatter, materials(), &"0".repeat(64));
+    assert_eq!(refusal(&wrong), ErrorCode::EnrollmentUnauthenticated);
+    let borrowed = apply(&ca, &mut squatter, materials(), &other);
+    assert_eq!(refusal(&borrowed), ErrorCode::EnrollmentUnauthenticated);
+
+    // The real alice, with her organisation's token, gets the name the squatter tried for.
+    let mut alice = Agent::new("alice");
+    let reply = apply(&ca, &mut alice, materials(), &acme);
+    assert_eq!(reply.error, None);
+    let held = HeldCertificate::from_reply(reply).unwrap();
+
+    // Renewal is proved by the certificate: no token, same organisation.
+    let new_key = agw_sdk::certificates::AgentKey::generate().unwrap();
+    let renewal = alice
+        .requests
+        .renewal(&held, &alice.key, &new_key, &alice.id, Some(materials()))
+        .unwrap();
+    let Some(Message::CertificateReply(renewed)) = ca.handle(&renewal.into(), t0()) else {
+        panic!("no renewal reply")
+    };
+    assert_eq!(renewed.error, None);
+
+    // A renewal cannot move to another organisation: that takes its token, in an application.
+    let held = HeldCertificate::from_reply(renewed).unwrap();
+    let mut moved = materials();
+    moved.organization = "Other Org".into();
+    moved.permission_scope = vec!["booking".into()];
+    let renewal = alice
+        .requests
+        .renewal(&held, &new_key, &new_key, &alice.id, Some(moved))
+        .unwrap();
+    let Some(Message::CertificateReply(refused)) = ca.handle(&renewal.into(), t0()) else {
+        panic!("no renewal reply")
+    };
+    assert_eq!(refusal(&refused), ErrorCode::EnrollmentUnauthenticated);
+}
+
+#[test]
+fn the_tokens_file_is_private_stable_and_rotatable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("enrollment-tokens");
+    let mut first = TokenFile::load_or_create(&path, ["Acme Travel"]).unwrap();
+    first.save().unwrap();
+    let token = first.token("Acme Travel").unwrap().to_owned();
+    assert_eq!(token.len(), 64);
+    assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(&format!("{token} Acme Travel\n")), "{text}");
+
+    // Loaded again (a restart), the same token; a new organisation gets its own.
+    let mut again = TokenFile::load_or_create(&path, ["Acme Travel", "Beta"]).unwrap();
+    again.save().unwrap();
+    assert_eq!(again.token("Acme Travel"), Some(token.as_str()));
+    assert_ne!(again.token("Beta"), Some(token.as_str()));
+
+    // The operator rotates a token by replacing its line.
+    let rotated = "f".repeat(64);
+    std::fs::write(&path, format!("{rotated} Acme Travel\n")).unwrap();
+    let after = TokenFile::load_or_create(&path, ["Acme Travel"]).unwrap();
+    assert_eq!(after.token("Acme Travel"), Some(rotated.as_str()));
+    let digests: Vec<_> = after.digests().collect();
+    assert_eq!(digests, [("Acme Travel", digest_of(&rotated))]);
+
+    // A line that is not TOKEN ORGANISATION is refused, naming the line.
+    std::fs::write(&path, "# tokens\nshort Acme Travel\n").unwrap();
+    let e = TokenFile::load_or_create(&path, ["Acme Travel"]).unwrap_err();
+    assert!(e.to_string().contains("line 2"), "{e}");
+}
