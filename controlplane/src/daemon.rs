@@ -91,6 +91,10 @@ pub struct DaemonArgs {
     /// about at start). Repeat for several.
     #[arg(long = "open-enrollment", value_name = "ORG")]
     pub open_enrollment: Vec<String>,
+    /// Agents speak plain TCP on the agent port instead of mutual TLS: every message crosses
+    /// the network readable (loopback and tests; warned about on any other address).
+    #[arg(long)]
+    pub agent_plaintext: bool,
     /// Relay shards (threads, one per core) [default: one per CPU].
     #[arg(long)]
     pub shards: Option<usize>,
@@ -106,6 +110,7 @@ struct FileConfig {
     agent_address: Option<String>,
     allow: Option<Vec<String>>,
     open_enrollment: Option<Vec<String>>,
+    agent_plaintext: Option<bool>,
     shards: Option<usize>,
     drain_deadline_s: Option<u64>,
     listen: Option<ListenFile>,
@@ -363,6 +368,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                     .unwrap_or_else(|| "agw-data".into()),
                 allow,
                 open_enrollment,
+                agent_plaintext: args.agent_plaintext || file.agent_plaintext.unwrap_or(false),
                 shards: args.shards.or(file.shards),
                 pin_cores: true,
                 agents: addr(args.listen, listen.agents, "127.0.0.1:7400"),
@@ -415,7 +421,16 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         node.gateway,
         node.dataplane.shards()
     );
-    let _ = writeln!(out, "agw: agents connect to {}", a.agents);
+    let _ = writeln!(
+        out,
+        "agw: agents connect to {} ({})",
+        a.agents,
+        if running.node.agent_plaintext {
+            "plain TCP"
+        } else {
+            "mutual TLS, ALPN agw/1"
+        }
+    );
     let _ = writeln!(
         out,
         "agw: certificates from the ACA at {} (organisations: {allow}); trust anchor in {}",
@@ -605,6 +620,11 @@ fn reload(
         next.data_dir.display().to_string(),
     );
     differs("allow", old.allow.join(","), next.allow.join(","));
+    differs(
+        "agent_plaintext",
+        old.agent_plaintext.to_string(),
+        next.agent_plaintext.to_string(),
+    );
     differs(
         "open_enrollment",
         old.open_enrollment.join(","),

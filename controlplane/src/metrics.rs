@@ -139,6 +139,12 @@ pub fn render(sources: &MetricsSources) -> String {
     );
     counter(
         &mut registry,
+        "tls_handshakes_failed",
+        "Agents' TLS handshakes that failed or timed out",
+        &per(&|s| s.tls_handshakes_failed),
+    );
+    counter(
+        &mut registry,
         "agents_accessed",
         "Agents that completed access",
         &per(&|s| s.agents_accessed),

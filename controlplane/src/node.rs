@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub allow: Vec<String>,
     /// Organisations anyone may enroll in without a token (tests, closed networks).
     pub open_enrollment: Vec<String>,
+    /// Agents speak plain TCP instead of mutual TLS (ALPN `agw/1`): every message crosses the
+    /// network readable. Default off; warned about at start on a non-loopback address.
+    pub agent_plaintext: bool,
     /// Relay shards; `None`: one per CPU.
     pub shards: Option<usize>,
     /// Pin shard `i` to CPU `i`. Default true.
@@ -113,6 +116,7 @@ impl NodeConfig {
             data_dir,
             allow: vec!["Example".into()],
             open_enrollment: Vec::new(),
+            agent_plaintext: false,
             shards: Some(1),
             pin_cores: true,
             agent_address: None,
@@ -378,6 +382,13 @@ impl Node {
         dp_config.set_live_limits(config.limits);
         dp_config.peer_listen = Some(config.relay_links);
         dp_config.peer_tls = Some(tls.clone());
+        if config.agent_plaintext {
+            if !config.agents.ip().is_loopback() {
+                tracing::warn!(listen = %config.agents, "agents speak plain TCP on a non-loopback address: every message crosses the network readable and alterable");
+            }
+        } else {
+            dp_config.agent_tls = Some(tls.clone());
+        }
         let table = RoutingTable::new();
         let reader = table.reader();
         let (events_tx, events_rx) = crossbeam_channel::unbounded();

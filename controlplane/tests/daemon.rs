@@ -115,7 +115,11 @@ fn start(data_dir: &Path, config: Option<&Path>) -> Daemon {
     loop {
         let line = lines.recv_timeout(Duration::from_secs(20)).unwrap();
         if let Some(rest) = line.strip_prefix("agw: agents connect to ") {
-            agents = rest.to_owned();
+            agents = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
         }
         if let Some(rest) = line.strip_prefix("agw: certificates from the ACA at ") {
             aca = rest.split_whitespace().next().unwrap().to_owned();
@@ -758,4 +762,146 @@ fn deregistering_from_the_registry_revokes_the_certificate() {
         Err(AgentError::Refused { code, .. }) => assert_eq!(code, ErrorCode::CertRevoked),
         other => panic!("{other:?}"),
     }
+}
+
+/// `openssl s_client` to `addr` with `args`, its input held open for a second so that it
+/// reads what the gateway sends (and any alert): everything it printed.
+fn s_client(addr: &str, args: &[&str]) -> String {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-alpn", "agw/1"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take();
+    std::thread::sleep(Duration::from_secs(1));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn the_agent_port_speaks_mutual_tls_and_plaintext_only_when_the_operator_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = start(&data, None);
+    let alice = certify(&daemon.aca, &data, "alice");
+    let anchor = data.join("aca/trust-anchor.pem");
+    let cert = dir.path().join("alice.pem");
+    let chain: String = alice
+        .certificate
+        .chain
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+        .collect();
+    std::fs::write(&cert, chain).unwrap();
+    let key = dir.path().join("alice.key");
+    std::fs::write(&key, alice.key.to_pem()).unwrap();
+
+    // openssl with alice's certificate: the gateway's certificate verifies against the
+    // authority's anchor, ALPN agw/1 is selected, and the access challenge follows.
+    let tls = [
+        "-cert",
+        path(&cert),
+        "-key",
+        path(&key),
+        "-CAfile",
+        path(&anchor),
+    ];
+    let out = s_client(&daemon.agents, &tls);
+    assert!(out.contains("ALPN protocol: agw/1"), "{out}");
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert!(!out.contains("alert"), "{out}");
+    let mut quiet = tls.to_vec();
+    quiet.push("-quiet");
+    let challenge = s_client(&daemon.agents, &quiet);
+    assert!(
+        challenge.contains("spiffe://travel.example/agw/agw-1"),
+        "no challenge: {challenge}"
+    );
+
+    // Without a client certificate, or with one of another authority (naming alice too):
+    // refused by TLS.
+    let out = s_client(&daemon.agents, &["-CAfile", path(&anchor)]);
+    assert!(out.contains("alert certificate required"), "{out}");
+    let mallory_cert = dir.path().join("mallory.pem");
+    let mallory_key = dir.path().join("mallory.key");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=alice",
+        "-addext",
+        "subjectAltName=URI:spiffe://travel.example/agent/alice",
+        "-keyout",
+        path(&mallory_key),
+        "-out",
+        path(&mallory_cert),
+    ]);
+    let out = s_client(
+        &daemon.agents,
+        &[
+            "-cert",
+            path(&mallory_cert),
+            "-key",
+            path(&mallory_key),
+            "-CAfile",
+            path(&anchor),
+        ],
+    );
+    assert!(
+        out.contains("alert"),
+        "another authority's certificate: {out}"
+    );
+    assert!(!out.contains("agw-1\u{0}"), "{out}");
+
+    // A native client speaking plain TCP is told, in a frame it can read, to use TLS.
+    match AgentConnection::connect_plaintext(&daemon.agents, alice.clone(), Duration::from_secs(5))
+    {
+        Err(AgentError::Closed(Some(n))) => {
+            assert_eq!(n.code, ErrorCode::TlsRequired as i32, "{n:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The SDK's default is TLS; and the operator sees the failed handshakes.
+    AgentConnection::connect(&daemon.agents, alice.clone(), Duration::from_secs(5)).unwrap();
+    let metrics = Command::new("curl")
+        .args(["-sf", &daemon.metrics])
+        .output()
+        .unwrap();
+    let failed: u64 = String::from_utf8_lossy(&metrics.stdout)
+        .lines()
+        .filter(|l| l.starts_with("agw_tls_handshakes_failed_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(failed >= 3, "tls_handshakes_failed {failed}");
+    drop(daemon);
+
+    // Plain TCP where the operator enables it, and only then.
+    let plain_data = dir.path().join("plain");
+    let config = dir.path().join("plain.toml");
+    std::fs::write(&config, "agent_plaintext = true\n").unwrap();
+    let daemon = start(&plain_data, Some(&config));
+    let bob = certify(&daemon.aca, &plain_data, "bob");
+    let mut conn =
+        AgentConnection::connect_plaintext(&daemon.agents, bob.clone(), Duration::from_secs(5))
+            .unwrap();
+    conn.heartbeat(pb::Status::Running).unwrap();
+    assert!(
+        AgentConnection::connect(&daemon.agents, bob, Duration::from_secs(2)).is_err(),
+        "TLS to a plaintext port"
+    );
 }

@@ -118,6 +118,9 @@ enum State {
 pub struct AccessSession {
     state: State,
     gateway: GatewayId,
+    /// The identity of the TLS client certificate the connection presented, if it is TLS:
+    /// access is for that agent only.
+    tls_identity: Option<String>,
     checker: Arc<CertificateChecker>,
     config: AccessConfig,
     actions: VecDeque<Action>,
@@ -144,10 +147,17 @@ impl AccessSession {
                 deadline: now + config.access_timeout,
             },
             gateway,
+            tls_identity: None,
             checker,
             config,
             actions: VecDeque::from([Action::Send(challenge.into())]),
         }
+    }
+
+    /// Binds the session to the agent its connection's TLS client certificate names: an
+    /// access request for another agent is refused `IDENTITY_MISMATCH`.
+    pub fn bind_tls_identity(&mut self, identity: String) {
+        self.tls_identity = Some(identity);
     }
 
     /// The accessed agent, once access succeeded.
@@ -308,6 +318,14 @@ impl AccessSession {
             return Err(pb::Error::new(
                 ErrorCode::IdentityMismatch,
                 format!("the certificate is {}", checked.identity),
+            ));
+        }
+        if let Some(tls) = &self.tls_identity
+            && tls != agent.as_str()
+        {
+            return Err(pb::Error::new(
+                ErrorCode::IdentityMismatch,
+                format!("this connection's TLS certificate is {tls}"),
             ));
         }
         let signed = signing::access_input(&self.gateway, nonce, &agent);

@@ -19,6 +19,11 @@ pub struct DataplaneConfig {
     pub peer_listen: Option<SocketAddr>,
     /// This gateway's certificate for peer links (required with `peer_listen`, and to dial).
     pub peer_tls: Option<TlsIdentity>,
+    /// Agent access over mutual TLS (ALPN `agw/1`) with this gateway's certificate: the client
+    /// certificate must chain to the trust anchor, and access is for the agent it names
+    /// (revocation is checked by the access session, against the live CRL). `None`: agents
+    /// speak plain TCP (an operator's choice, for loopback and tests).
+    pub agent_tls: Option<TlsIdentity>,
     /// Shards (threads). Default: the number of CPUs.
     pub shards: usize,
     /// Pin shard `i` to CPU `i`. Default on.
@@ -116,6 +121,7 @@ impl DataplaneConfig {
             listen,
             peer_listen: None,
             peer_tls: None,
+            agent_tls: None,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_cores: true,
             access: AccessConfig::default(),

@@ -52,6 +52,7 @@ struct Inner {
     connections_accepted: AtomicU64,
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
+    tls_handshakes_failed: AtomicU64,
     agents_accessed: AtomicU64,
     accepted: AtomicU64,
     delivered: AtomicU64,
@@ -90,6 +91,9 @@ impl ShardCounters {
     }
     pub(crate) fn connection_refused(&self) {
         add(&self.0.connections_refused, 1);
+    }
+    pub(crate) fn tls_handshake_failed(&self) {
+        add(&self.0.tls_handshakes_failed, 1);
     }
     pub(crate) fn agent_accessed(&self) {
         add(&self.0.agents_accessed, 1);
@@ -136,6 +140,7 @@ impl ShardCounters {
             connections_accepted: c.connections_accepted.load(Relaxed),
             connections_open: c.connections_open.load(Relaxed),
             connections_refused: c.connections_refused.load(Relaxed),
+            tls_handshakes_failed: c.tls_handshakes_failed.load(Relaxed),
             agents_accessed: c.agents_accessed.load(Relaxed),
             accepted: c.accepted.load(Relaxed),
             delivered: c.delivered.load(Relaxed),
@@ -158,8 +163,11 @@ pub struct CounterSnapshot {
     pub connections_accepted: u64,
     /// Connections open now.
     pub connections_open: u64,
-    /// Connections refused at accept (over the connection cap).
+    /// Connections refused at accept (over the connection cap, or too many handshakes).
     pub connections_refused: u64,
+    /// Agents' TLS handshakes that failed or timed out (no certificate, untrusted, no ALPN
+    /// in common, plaintext on a TLS port).
+    pub tls_handshakes_failed: u64,
     /// Agents that completed access since start.
     pub agents_accessed: u64,
     /// Data frames taken from agents.
@@ -210,6 +218,7 @@ impl CounterSnapshot {
         self.connections_accepted += o.connections_accepted;
         self.connections_open += o.connections_open;
         self.connections_refused += o.connections_refused;
+        self.tls_handshakes_failed += o.tls_handshakes_failed;
         self.agents_accessed += o.agents_accessed;
         self.accepted += o.accepted;
         self.delivered += o.delivered;

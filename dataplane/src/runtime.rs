@@ -158,6 +158,14 @@ impl Dataplane {
             })),
             None => None,
         };
+        let agent_tls = match &config.agent_tls {
+            Some(identity) => {
+                Some(Arc::new(identity.agent_server_config().map_err(|e| {
+                    DataplaneError::Config(format!("agent TLS: {e}"))
+                })?))
+            }
+            None => None,
+        };
         let mut dataplane = Dataplane {
             addr: config.listen,
             peer_addr: None,
@@ -180,6 +188,7 @@ impl Dataplane {
                 listen,
                 peer_listen,
                 peer_tls: peer_tls.clone(),
+                agent_tls: agent_tls.clone(),
                 counters: counters.clone(),
                 congestion: congestion.clone(),
                 routes: routes.clone(),

@@ -276,6 +276,30 @@ fn access_is_refused_with_the_reason() {
     s.handle_message(&req.into(), now, t0());
     assert_eq!(refused(&mut s), ErrorCode::IdentityMismatch);
 
+    // Over TLS as bob (his client certificate), a valid access request as alice: the
+    // connection is bob's, so it is refused.
+    let (mut s, challenge) = session(checker(&w.ca), now);
+    s.bind_tls_identity(alice.as_str().replace("/alice", "/bob"));
+    s.handle_message(
+        &access_request(&challenge, &alice, &alice_cert, &alice_key)
+            .unwrap()
+            .into(),
+        now,
+        t0(),
+    );
+    assert_eq!(refused(&mut s), ErrorCode::IdentityMismatch);
+    // And over TLS as alice, the same request passes.
+    let (mut s, challenge) = session(checker(&w.ca), now);
+    s.bind_tls_identity(alice.to_string());
+    s.handle_message(
+        &access_request(&challenge, &alice, &alice_cert, &alice_key)
+            .unwrap()
+            .into(),
+        now,
+        t0(),
+    );
+    assert_eq!(s.agent(), Some(&alice));
+
     // A certificate from a foreign authority.
     let foreign = world();
     let (_, fkey, fcert) = certify(&foreign.ca, "alice");

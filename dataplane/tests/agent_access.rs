@@ -101,13 +101,21 @@ fn bad_signature_foreign_ca_and_revoked_certificates_are_refused() {
         certificate: alice.certificate.clone(),
         key: AgentKey::generate().unwrap(),
     });
-    let code = refusal(AgentConnection::connect(gw.addr(), impostor, timeout));
+    let code = refusal(AgentConnection::connect_plaintext(
+        gw.addr(),
+        impostor,
+        timeout,
+    ));
     assert_eq!(code, ErrorCode::BadSignature);
 
     // A certificate from another authority.
     let foreign = authority("travel.example");
     let mallory = foreign.certify("mallory");
-    let code = refusal(AgentConnection::connect(gw.addr(), mallory, timeout));
+    let code = refusal(AgentConnection::connect_plaintext(
+        gw.addr(),
+        mallory,
+        timeout,
+    ));
     assert_eq!(code, ErrorCode::CertUntrusted);
 
     // Revoked, and the gateway has the new CRL.
@@ -117,7 +125,7 @@ fn bad_signature_foreign_ca_and_revoked_certificates_are_refused() {
         .revoke_by_operator(&bob.certificate.serial, 1, std::time::SystemTime::now())
         .unwrap();
     gw.dp.set_checker(gw.authority.checker(), Vec::new());
-    let code = refusal(AgentConnection::connect(gw.addr(), bob, timeout));
+    let code = refusal(AgentConnection::connect_plaintext(gw.addr(), bob, timeout));
     assert_eq!(code, ErrorCode::CertRevoked);
 
     // Alice herself gets in; nobody else ever came up.

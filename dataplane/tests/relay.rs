@@ -382,7 +382,7 @@ fn a_drain_delivers_every_accepted_frame_then_closes_with_draining() {
         // A newcomer is refused with the reason.
         std::thread::sleep(Duration::from_millis(300));
         let late = gw.authority.certify("late");
-        match AgentConnection::connect(gw.addr(), late, WAIT) {
+        match AgentConnection::connect_plaintext(gw.addr(), late, WAIT) {
             Err(AgentError::Closed(Some(n))) => assert_eq!(n.code(), ErrorCode::Draining),
             other => panic!("a newcomer during a drain: {other:?}"),
         }
@@ -475,14 +475,21 @@ fn limits_change_while_the_relay_runs() {
     // Applied at the shard's next tick: a second connection is refused at accept.
     let second = gw.authority.certify("second");
     wait_until(
-        || AgentConnection::connect(gw.addr(), second.clone(), Duration::from_millis(500)).is_err(),
+        || {
+            AgentConnection::connect_plaintext(
+                gw.addr(),
+                second.clone(),
+                Duration::from_millis(500),
+            )
+            .is_err()
+        },
         "the connection cap applied",
     );
     assert!(gw.dp.totals().connections_refused >= 1);
     limits.max_connections_per_shard = 10;
     gw.dp.set_limits(limits).unwrap();
     wait_until(
-        || AgentConnection::connect(gw.addr(), second.clone(), WAIT).is_ok(),
+        || AgentConnection::connect_plaintext(gw.addr(), second.clone(), WAIT).is_ok(),
         "the cap raised again",
     );
 }

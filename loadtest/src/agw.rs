@@ -56,11 +56,18 @@ impl std::fmt::Debug for InProcessGateway {
 impl InProcessGateway {
     /// Starts a gateway for `domain` with `shards` shards on free loopback ports; `pin` pins
     /// shard `i` to CPU `i`.
-    pub fn start(domain: &str, shards: usize, pin: bool) -> Result<InProcessGateway, Error> {
+    /// `plaintext`: agents speak plain TCP instead of mutual TLS.
+    pub fn start(
+        domain: &str,
+        shards: usize,
+        pin: bool,
+        plaintext: bool,
+    ) -> Result<InProcessGateway, Error> {
         let dir = tempfile::tempdir()?;
         let node = Node::start(NodeConfig {
             shards: Some(shards),
             pin_cores: pin,
+            agent_plaintext: plaintext,
             allow: vec!["Load".into()],
             ..NodeConfig::on_loopback(Domain::new(domain)?, "load-1", dir.path().join("node"))
         })?;
@@ -95,6 +102,8 @@ enum Gateways {
 pub struct AgwRelay {
     scenario: Scenario,
     gateways: Gateways,
+    /// Agents speak plain TCP instead of mutual TLS.
+    plaintext: bool,
 }
 
 impl std::fmt::Debug for AgwRelay {
@@ -106,15 +115,26 @@ impl std::fmt::Debug for AgwRelay {
 }
 
 impl AgwRelay {
-    /// Starts the gateways the scenario needs, `shards` shards each.
-    pub fn start(scenario: Scenario, shards: usize, pin: bool) -> Result<AgwRelay, Error> {
+    /// Starts the gateways the scenario needs, `shards` shards each; `plaintext` (one
+    /// gateway only): agents speak plain TCP instead of mutual TLS.
+    pub fn start(
+        scenario: Scenario,
+        shards: usize,
+        pin: bool,
+        plaintext: bool,
+    ) -> Result<AgwRelay, Error> {
         if scenario == Scenario::CrossShard && shards < 2 {
             return Err("--scenario cross-shard needs --shards 2 or more".into());
         }
         let gateways = match scenario {
-            Scenario::OneGateway | Scenario::SameShard | Scenario::CrossShard => Gateways::One(
-                Box::new(InProcessGateway::start("load.example", shards, pin)?),
-            ),
+            Scenario::OneGateway | Scenario::SameShard | Scenario::CrossShard => {
+                Gateways::One(Box::new(InProcessGateway::start(
+                    "load.example",
+                    shards,
+                    pin,
+                    plaintext,
+                )?))
+            }
             Scenario::TwoGateways | Scenario::Chain => {
                 let dir = tempfile::tempdir()?;
                 let names: &[&str] = if scenario == Scenario::Chain {
@@ -126,7 +146,11 @@ impl AgwRelay {
                 Gateways::Chain { _dir: dir, nodes }
             }
         };
-        Ok(AgwRelay { scenario, gateways })
+        Ok(AgwRelay {
+            scenario,
+            gateways,
+            plaintext,
+        })
     }
 
     /// Shards of each gateway.
@@ -155,7 +179,11 @@ impl AgwRelay {
                 // The kernel spreads connections over the shards' listeners: reconnect until
                 // this one lands where the scenario wants it.
                 for _ in 0..200 {
-                    let conn = AgentConnection::connect(addr, creds.clone(), timeout)?;
+                    let conn = if self.plaintext {
+                        AgentConnection::connect_plaintext(addr, creds.clone(), timeout)?
+                    } else {
+                        AgentConnection::connect(addr, creds.clone(), timeout)?
+                    };
                     let shard = match g.node.dataplane.route_of(creds.agent.as_str()) {
                         Some(Route::Local { shard, .. }) => Some(shard),
                         _ => None,

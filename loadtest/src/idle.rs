@@ -78,7 +78,11 @@ fn start_daemon(agw: &Path, data: &Path) -> Result<Daemon, Error> {
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         if let Some(rest) = line.strip_prefix("agw: agents connect to ") {
-            agents = rest.to_owned();
+            agents = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
         }
         if let Some(rest) = line.strip_prefix("agw: certificates from the ACA at ") {
             aca = rest

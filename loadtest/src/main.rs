@@ -47,6 +47,10 @@ struct Args {
     /// Pin the relay to CPU 0 (the gateway's shard i to CPU i) and the load to the other CPUs.
     #[arg(long)]
     pin: bool,
+    /// Agents speak plain TCP to the gateway instead of mutual TLS (agw, one gateway only):
+    /// the TLS agent leg's cost is the difference.
+    #[arg(long)]
+    agent_plaintext: bool,
     /// Seconds of measurement (after `--warmup` seconds).
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -158,12 +162,19 @@ fn run(args: &Args) -> Result<(), Error> {
     if args.target == Target::Nginx && args.pattern == Pattern::FanOut {
         return Err("an L4 proxy cannot fan out: one connection goes to one backend".into());
     }
+    if args.agent_plaintext
+        && (args.target != Target::Agw
+            || matches!(args.scenario, Scenario::TwoGateways | Scenario::Chain))
+    {
+        return Err("--agent-plaintext applies to --target agw with one gateway".into());
+    }
     let affinity = Affinity::new(args.pin);
     let mut relay: Box<dyn Relay> = match args.target {
         Target::Agw => Box::new(AgwRelay::start(
             args.scenario,
             args.shards,
             affinity.pinned(),
+            args.agent_plaintext,
         )?),
         Target::Nats => Box::new(NatsRelay::start(&args.nats_server, &affinity)?),
         Target::Nginx => Box::new(NginxRelay::new(&args.nginx, &affinity)?),
@@ -269,7 +280,12 @@ fn idle(args: &Args, connections: usize) -> Result<(), Error> {
 }
 
 fn describe_agw(args: &Args) -> String {
-    match args.scenario {
+    let agents = if args.agent_plaintext {
+        "agents over plain TCP"
+    } else {
+        "agents over mutual TLS"
+    };
+    let placement = match args.scenario {
         Scenario::OneGateway => format!("one gateway, {} shard(s)", args.shards),
         Scenario::SameShard => format!("one gateway, {} shard(s), agents on shard 0", args.shards),
         Scenario::CrossShard => format!(
@@ -281,7 +297,8 @@ fn describe_agw(args: &Args) -> String {
             args.shards
         ),
         Scenario::Chain => format!("a chain of three gateways, {} shard(s) each", args.shards),
-    }
+    };
+    format!("{placement}, {agents}")
 }
 
 fn print_report(args: &Args, report: &Report) -> Result<(), Error> {

@@ -1,5 +1,6 @@
-//! An agent's connection to its gateway (draft 3.3.1): access with a signed challenge,
-//! heartbeats, sending and receiving messages, NACKs, reconnecting.
+//! An agent's connection to its gateway (draft 3.3.1): mutual TLS with its ACA certificate
+//! (ALPN `agw/1`; plain TCP only where the gateway's operator allows it), access with a
+//! signed challenge, heartbeats, sending and receiving messages, NACKs, reconnecting.
 //!
 //! Blocking and single-threaded: one [`AgentConnection`] per agent. Heartbeats go out from
 //! [`send`](AgentConnection::send), [`flush`](AgentConnection::flush) and
@@ -8,7 +9,7 @@
 //! receiving half for two threads.
 
 use std::{
-    io::{self, Read, Write},
+    io,
     net::{SocketAddr, TcpStream, ToSocketAddrs},
     sync::Arc,
     time::{Duration, Instant},
@@ -26,6 +27,7 @@ use agw_proto::{
 use crate::{
     access::access_request,
     certificates::{AgentKey, CertificateError, CertificateRequests, HeldCertificate},
+    link::{Link, Records},
 };
 
 /// What an agent proves itself with.
@@ -73,6 +75,31 @@ impl Credentials {
             certificate,
             key,
         })
+    }
+
+    /// The TLS client these credentials reach their domain's gateways with: the certificate
+    /// and key as the client's identity; the last certificate of the chain (the authority's
+    /// trust anchor) to check the gateway's, which must name a gateway of the agent's domain.
+    /// (The agent holds no CRL: a revoked gateway certificate is caught by its peers and its
+    /// operator, not here.)
+    pub fn tls_config(&self) -> io::Result<Arc<rustls::ClientConfig>> {
+        let anchor = self
+            .certificate
+            .chain
+            .last()
+            .ok_or_else(|| io::Error::other("an empty certificate chain"))?;
+        let identity = agw_tls::TlsIdentity {
+            chain: self.certificate.chain.iter().map(|c| c.to_vec()).collect(),
+            key_pkcs8: self.key.to_pkcs8_der(),
+            trust_anchor: anchor.to_vec(),
+            crls: Vec::new(),
+            allow_unknown_revocation: true,
+            renewable: None,
+        };
+        identity
+            .agent_client_config(self.agent.domain())
+            .map(Arc::new)
+            .map_err(io::Error::other)
     }
 }
 
@@ -139,7 +166,7 @@ pub struct AgentConnection {
     addr: SocketAddr,
     credentials: Arc<Credentials>,
     timeout: Duration,
-    stream: TcpStream,
+    link: Link,
     reader: Reader,
     writer: Writer,
     gateway: GatewayId,
@@ -148,14 +175,16 @@ pub struct AgentConnection {
 /// The receiving half of a split connection.
 #[derive(Debug)]
 pub struct Reader {
-    stream: TcpStream,
+    link: Link,
     decoder: FrameDecoder,
+    /// TLS records read off the socket, before decryption.
+    records: Records,
 }
 
 /// The sending half of a split connection.
 #[derive(Debug)]
 pub struct Writer {
-    stream: TcpStream,
+    link: Link,
     encoder: FrameEncoder,
     source: String,
     next_message_id: u64,
@@ -165,12 +194,33 @@ pub struct Writer {
 }
 
 impl AgentConnection {
-    /// Connects to the gateway at `addr` and completes access with `credentials`; every later
-    /// blocking read or write times out after `timeout`.
+    /// Connects to the gateway at `addr` over mutual TLS (its certificate must name a gateway
+    /// of the agent's domain, chaining to the agent's own trust anchor, the last certificate
+    /// of its chain) and completes access with `credentials`; every later blocking read or
+    /// write times out after `timeout`.
     pub fn connect(
         addr: impl ToSocketAddrs,
         credentials: Arc<Credentials>,
         timeout: Duration,
+    ) -> Result<AgentConnection, AgentError> {
+        AgentConnection::open(addr, credentials, timeout, true)
+    }
+
+    /// As [`AgentConnection::connect`], over plain TCP: only for a gateway whose operator
+    /// enabled plaintext agent access (every message crosses the network readable).
+    pub fn connect_plaintext(
+        addr: impl ToSocketAddrs,
+        credentials: Arc<Credentials>,
+        timeout: Duration,
+    ) -> Result<AgentConnection, AgentError> {
+        AgentConnection::open(addr, credentials, timeout, false)
+    }
+
+    fn open(
+        addr: impl ToSocketAddrs,
+        credentials: Arc<Credentials>,
+        timeout: Duration,
+        tls: bool,
     ) -> Result<AgentConnection, AgentError> {
         let addr = addr
             .to_socket_addrs()?
@@ -180,9 +230,15 @@ impl AgentConnection {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
+        let link = if tls {
+            Link::tls(stream, credentials.tls_config()?)?
+        } else {
+            Link::plain(stream)
+        };
         let mut reader = Reader {
-            stream: stream.try_clone()?,
+            link: link.clone(),
             decoder: FrameDecoder::new(FrameLimits::default()),
+            records: Records::default(),
         };
         let challenge = match reader.next_message()? {
             Message::AccessChallenge(c) => c,
@@ -198,7 +254,7 @@ impl AgentConnection {
         )?;
         let mut encoder = FrameEncoder::new(FrameLimits::default());
         encoder.push(&request)?;
-        (&stream).write_all(&encoder.take())?;
+        link.write_all(&encoder.take())?;
         let reply = match reader.next_message()? {
             Message::AccessReply(r) => r,
             other => return Err(unexpected(other)),
@@ -214,7 +270,7 @@ impl AgentConnection {
             hold_time: Duration::from_millis(u64::from(reply.hold_time_ms)),
         };
         let writer = Writer {
-            stream: stream.try_clone()?,
+            link: link.clone(),
             encoder,
             source: credentials.agent.to_string(),
             next_message_id: 1,
@@ -226,7 +282,7 @@ impl AgentConnection {
             addr,
             credentials,
             timeout,
-            stream,
+            link,
             reader,
             writer,
             gateway,
@@ -236,9 +292,13 @@ impl AgentConnection {
     /// Connects again to the same gateway with the same credentials, after the connection
     /// broke. Message IDs keep increasing across reconnections.
     pub fn reconnect(&mut self) -> Result<(), AgentError> {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        let mut fresh =
-            AgentConnection::connect(self.addr, self.credentials.clone(), self.timeout)?;
+        let _ = self.link.socket().shutdown(std::net::Shutdown::Both);
+        let mut fresh = AgentConnection::open(
+            self.addr,
+            self.credentials.clone(),
+            self.timeout,
+            self.link.is_tls(),
+        )?;
         fresh.writer.next_message_id = self.writer.next_message_id;
         *self = fresh;
         Ok(())
@@ -292,10 +352,10 @@ impl AgentConnection {
     /// heartbeat first if one is due.
     pub fn recv(&mut self, wait: Duration) -> Result<Option<Incoming>, AgentError> {
         self.writer.flush()?;
-        self.stream
-            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+        let socket = self.link.socket();
+        socket.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
         let result = self.reader.recv();
-        self.stream.set_read_timeout(Some(self.timeout))?;
+        socket.set_read_timeout(Some(self.timeout))?;
         match result {
             Err(AgentError::Io(e))
                 if matches!(
@@ -402,7 +462,7 @@ impl Writer {
             self.heartbeat(pb::Status::Running)?;
         }
         if !self.encoder.is_empty() {
-            self.stream.write_all(&self.encoder.take())?;
+            self.link.write_all(&self.encoder.take())?;
         }
         Ok(())
     }
@@ -443,7 +503,7 @@ impl Reader {
         let buf = self.decoder.read_buf(64 * 1024);
         let start = buf.len();
         buf.resize(start + 64 * 1024, 0);
-        let n = self.stream.read(&mut buf[start..]);
+        let n = self.link.read(&mut buf[start..], &mut self.records);
         let got = *n.as_ref().unwrap_or(&0);
         buf.truncate(start + got);
         match n? {

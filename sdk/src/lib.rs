@@ -13,3 +13,4 @@ pub mod access;
 pub mod agent;
 pub mod certificates;
 pub mod connection;
+mod link;

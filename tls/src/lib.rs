@@ -35,6 +35,10 @@ use rustls::{
 };
 use x509_parser::{extensions::GeneralName, prelude::FromDer, prelude::X509Certificate};
 
+/// The ALPN name of the native agent protocol: what an agent offers on a gateway's agent port,
+/// and what the port selects.
+pub const AGENT_ALPN: &[u8] = b"agw/1";
+
 /// What TLS needs to speak for one identity and trust one authority.
 #[derive(Clone)]
 pub struct TlsIdentity {
@@ -198,9 +202,40 @@ impl TlsIdentity {
         }
     }
 
+    /// The server of a gateway's agent port: a client certificate chaining to the trust
+    /// anchor is required, [`AGENT_ALPN`] selected (a client that offers other protocols only
+    /// is refused). Revocation is not checked here but by the agent access that follows,
+    /// against the CRL of the moment, so that a revoked agent is told `CERT_REVOKED` in a
+    /// typed refusal rather than by a TLS alert, and a CRL issued after this configuration
+    /// counts at once.
+    pub fn agent_server_config(&self) -> Result<ServerConfig, Error> {
+        let without_crls = TlsIdentity {
+            crls: Vec::new(),
+            allow_unknown_revocation: true,
+            ..self.clone()
+        };
+        let mut config = without_crls.server_config()?;
+        config.alpn_protocols = vec![AGENT_ALPN.to_vec()];
+        Ok(config)
+    }
+
     /// A client that presents this identity and accepts only a server whose certificate names
     /// `expected_server` (a SPIFFE URI).
     pub fn client_config(&self, expected_server: &str) -> Result<ClientConfig, Error> {
+        self.client_config_expecting(Expected::Exactly(expected_server.to_owned()))
+    }
+
+    /// An agent's client for its own domain's agent port: it accepts any gateway of `domain`
+    /// (`spiffe://<domain>/agw/...`, the agent learns which from the access challenge) and
+    /// offers [`AGENT_ALPN`].
+    pub fn agent_client_config(&self, domain: &str) -> Result<ClientConfig, Error> {
+        let mut config =
+            self.client_config_expecting(Expected::GatewayOf(format!("spiffe://{domain}/agw/")))?;
+        config.alpn_protocols = vec![AGENT_ALPN.to_vec()];
+        Ok(config)
+    }
+
+    fn client_config_expecting(&self, expected: Expected) -> Result<ClientConfig, Error> {
         let mut builder = WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
             .with_crls(self.crl_ders())
             .only_check_end_entity_revocation();
@@ -208,10 +243,7 @@ impl TlsIdentity {
             builder = builder.allow_unknown_revocation_status();
         }
         let webpki = builder.build().map_err(|e| Error::General(e.to_string()))?;
-        let verifier = Arc::new(SpiffeServerVerifier {
-            webpki,
-            expected: expected_server.to_owned(),
-        });
+        let verifier = Arc::new(SpiffeServerVerifier { webpki, expected });
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -236,11 +268,31 @@ pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Option<String> {
     })
 }
 
+/// Which server identity a client accepts.
+#[derive(Debug)]
+enum Expected {
+    /// This SPIFFE URI.
+    Exactly(String),
+    /// Any gateway ID under this prefix (`spiffe://<domain>/agw/`).
+    GatewayOf(String),
+}
+
+impl Expected {
+    fn accepts(&self, id: &str) -> bool {
+        match self {
+            Expected::Exactly(e) => id == e,
+            Expected::GatewayOf(prefix) => id
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|name| !name.is_empty() && !name.contains('/')),
+        }
+    }
+}
+
 /// webpki's chain, validity and CRL checks, then the SPIFFE identity instead of a DNS name.
 #[derive(Debug)]
 struct SpiffeServerVerifier {
     webpki: Arc<WebPkiServerVerifier>,
-    expected: String,
+    expected: Expected,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -268,7 +320,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             Err(e) => return Err(e),
         }
         match peer_identity(std::slice::from_ref(end_entity)) {
-            Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            Some(id) if self.expected.accepts(&id) => Ok(ServerCertVerified::assertion()),
             _ => Err(Error::InvalidCertificate(CertificateError::NotValidForName)),
         }
     }

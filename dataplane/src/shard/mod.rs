@@ -19,13 +19,14 @@ use agw_proto::{
     identity::{AgentId, GatewayId},
     pb::{self, ErrorCode},
 };
-use agw_tls::{CertificateChecker, TlsIdentity};
+use agw_tls::{CertificateChecker, TlsIdentity, peer_identity};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
+use futures_rustls::TlsAcceptor;
 use glommio::{
     channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     spawn_local,
     timer::sleep,
 };
@@ -114,6 +115,8 @@ pub(crate) struct ShardSetup {
     /// Where peer gateways' links connect (mutual TLS), if peering.
     pub peer_listen: Option<SocketAddr>,
     pub peer_tls: Option<Arc<PeerTls>>,
+    /// Agent access over mutual TLS; `None`: plain TCP.
+    pub agent_tls: Option<Arc<rustls::ServerConfig>>,
     pub counters: Arc<[ShardCounters]>,
     pub congestion: Arc<[Congestion]>,
     pub routes: RoutingReader,
@@ -158,6 +161,10 @@ struct Shard {
     peer_tls: Option<Arc<PeerTls>>,
     /// A reusable buffer for TLS writes (TLS copies into records anyway).
     tls_out: RefCell<Vec<u8>>,
+    /// Agent access over mutual TLS; `None`: plain TCP.
+    agent_tls: Option<TlsAcceptor>,
+    /// Agents' TLS handshakes in progress.
+    handshaking: Cell<usize>,
 }
 
 /// Runs a shard until it is told to stop.
@@ -211,6 +218,8 @@ pub(crate) async fn run(setup: ShardSetup) {
         wanted: RefCell::new(HashMap::new()),
         peer_tls: setup.peer_tls,
         tls_out: RefCell::new(Vec::new()),
+        agent_tls: setup.agent_tls.map(TlsAcceptor::from),
+        handshaking: Cell::new(0),
     });
     // Connecting a channel end waits for the other end: connect all of them concurrently.
     for rx in setup.receivers {
@@ -250,6 +259,16 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             continue;
         }
         let _ = stream.set_nodelay(true);
+        if let Some(acceptor) = &shard.agent_tls {
+            // Handshakes cost CPU and memory before anyone is known: a bounded number at a
+            // time, each within the access timeout.
+            if shard.handshaking.get() >= MAX_HANDSHAKES {
+                shard.counter().connection_refused();
+                continue;
+            }
+            spawn_local(agent_handshake(shard.clone(), acceptor.clone(), stream)).detach();
+            continue;
+        }
         if let Some(conn) = shard.new_conn(Stream::Plain(stream), ConnKind::Agent) {
             if shard.draining.get() {
                 shard.close_with(&conn, ErrorCode::Draining, "gateway draining");
@@ -257,6 +276,97 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             spawn_local(serve(shard.clone(), conn)).detach();
         }
     }
+}
+
+/// How long a client has to start its TLS handshake; a native client waiting for the
+/// challenge sends nothing, and is told `TLS_REQUIRED` after this.
+const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether the client's first byte starts a TLS handshake record (0x16): `Some(false)` for
+/// anything else, silence included; `None` if the connection closed.
+async fn starts_tls(stream: &TcpStream) -> Option<bool> {
+    let mut first = [0u8; 1];
+    let peeked = futures_lite::future::or(async { Some(stream.peek(&mut first).await) }, async {
+        sleep(FIRST_BYTE_WAIT).await;
+        None
+    })
+    .await;
+    match peeked {
+        Some(Ok(1)) => Some(first[0] == 0x16),
+        Some(_) => None,
+        None => Some(false),
+    }
+}
+
+/// A native client on the TLS port: a NOTIFICATION in the clear says why, then close.
+async fn refuse_plaintext(shard: &Shard, mut stream: TcpStream) {
+    use futures_lite::AsyncWriteExt as _;
+    let mut encoder = FrameEncoder::new(shard.config.limits);
+    let refusal = pb::Notification {
+        code: ErrorCode::TlsRequired as i32,
+        subcode: 0,
+        text: "this port speaks TLS (mutual, ALPN agw/1): connect with TLS".into(),
+    };
+    if encoder.push(&refusal).is_ok() {
+        let bytes = encoder.take();
+        let _ = futures_lite::future::or(async { stream.write_all(&bytes).await.ok() }, async {
+            sleep(FIRST_BYTE_WAIT).await;
+            None
+        })
+        .await;
+    }
+    let _ = stream.close().await;
+}
+
+/// Agents' TLS handshakes in progress on one shard at most; past it new connections are
+/// closed at accept (and counted refused).
+const MAX_HANDSHAKES: usize = 256;
+
+/// An agent's TLS handshake, then its connection, bound to the identity its client
+/// certificate names. A handshake that fails or outlasts the access timeout closes the
+/// connection.
+async fn agent_handshake(shard: Rc<Shard>, acceptor: TlsAcceptor, stream: TcpStream) {
+    shard.handshaking.set(shard.handshaking.get() + 1);
+    let starts_tls = starts_tls(&stream).await;
+    if starts_tls != Some(true) {
+        shard.handshaking.set(shard.handshaking.get() - 1);
+        shard.counter().tls_handshake_failed();
+        if starts_tls == Some(false) {
+            refuse_plaintext(&shard, stream).await;
+        }
+        return;
+    }
+    let fd = stream.as_raw_fd();
+    let handshake = acceptor.accept(stream);
+    let timeout = sleep(shard.config.access.access_timeout);
+    let done = futures_lite::future::or(async { Some(handshake.await) }, async {
+        timeout.await;
+        None
+    })
+    .await;
+    shard.handshaking.set(shard.handshaking.get() - 1);
+    let Some(Ok(tls)) = done else {
+        shard.counter().tls_handshake_failed();
+        return;
+    };
+    let Some(identity) = tls.get_ref().1.peer_certificates().and_then(peer_identity) else {
+        shard.counter().tls_handshake_failed();
+        return;
+    };
+    if shard.conns.borrow().len() >= shard.limits.get().max_connections_per_shard {
+        shard.counter().connection_refused();
+        return;
+    }
+    let Some(conn) = shard.new_conn_fd(Stream::Server(Box::new(tls)), fd, ConnKind::Agent) else {
+        return;
+    };
+    if let Some(session) = conn.session.borrow_mut().as_mut() {
+        session.bind_tls_identity(identity);
+    }
+    if shard.draining.get() {
+        shard.close_with(&conn, ErrorCode::Draining, "gateway draining");
+    }
+    serve(shard, conn).await;
 }
 
 /// Reads and relays one connection's frames; the connection ends when this returns.

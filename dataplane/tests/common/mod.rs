@@ -93,7 +93,12 @@ impl Gateway {
     }
 
     pub fn connect(&self, credentials: &Arc<Credentials>) -> AgentConnection {
-        AgentConnection::connect(self.addr(), credentials.clone(), Duration::from_secs(10)).unwrap()
+        AgentConnection::connect_plaintext(
+            self.addr(),
+            credentials.clone(),
+            Duration::from_secs(10),
+        )
+        .unwrap()
     }
 
     /// The shard an accessed agent is on.
