@@ -25,6 +25,9 @@ started=$(date +%s)
 run() { # run NAME ARGS...: one measurement, its JSON under $out/NAME.json
     local name=$1
     shift
+    # nats-server and nginx carry plaintext: against them, agw's agents speak plain TCP too
+    # (the TLS agent leg has its own comparison below).
+    if [[ "$*" == *"--target agw"* ]]; then set -- "$@" --agent-plaintext; fi
     printf '[%3ds] %-40s ' "$(($(date +%s) - started))" "$name"
     if "$load" --pin --json "$out/$name.json" "$@" 2>"$out/$name.log" | grep -E '^delivered' | tr -s ' ' | tr -d '\n'; then
         echo
@@ -78,6 +81,12 @@ done
 run "scenario-same-shard" --scenario same-shard --shards 2 --pairs 16 --size 256 --seconds "$short"
 run "scenario-cross-shard" --scenario cross-shard --shards 2 --pairs 16 --size 256 --seconds "$short"
 run "scenario-chain" --scenario chain --pairs 16 --size 256 --seconds "$short"
+
+echo "== the TLS agent leg beside plain TCP: stream, 16 pairs, 1 KiB (x$reps, interleaved)"
+for r in $(seq 1 "$reps"); do
+    run "agent-tls-1k-$r" --pairs 16 --size 1024 --seconds "$short"
+    run "agent-plain-1k-$r" --pairs 16 --size 1024 --seconds "$short" --agent-plaintext
+done
 
 echo "== idle agent connections: the daemon's memory"
 printf '[%3ds] %-40s ' "$(($(date +%s) - started))" "idle-10000"

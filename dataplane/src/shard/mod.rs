@@ -161,6 +161,8 @@ struct Shard {
     peer_tls: Option<Arc<PeerTls>>,
     /// A reusable buffer for TLS writes (TLS copies into records anyway).
     tls_out: RefCell<Vec<u8>>,
+    /// A reusable buffer for TLS records read off a socket, before they are decrypted.
+    tls_in: RefCell<Vec<u8>>,
     /// Agent access over mutual TLS; `None`: plain TCP.
     agent_tls: Option<TlsAcceptor>,
     /// Agents' TLS handshakes in progress.
@@ -218,6 +220,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         wanted: RefCell::new(HashMap::new()),
         peer_tls: setup.peer_tls,
         tls_out: RefCell::new(Vec::new()),
+        tls_in: RefCell::new(Vec::new()),
         agent_tls: setup.agent_tls.map(TlsAcceptor::from),
         handshaking: Cell::new(0),
     });
@@ -404,7 +407,7 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
         if !conn.is_open() {
             break;
         }
-        match read(&conn, chunk).await {
+        match read(&conn, chunk, &shard.tls_in).await {
             Ok(0) | Err(_) => break,
             Ok(_) => conn.active.set(true),
         }
