@@ -868,6 +868,38 @@ fn the_agent_port_speaks_mutual_tls_and_plaintext_only_when_the_operator_says_so
     );
     assert!(!out.contains("agw-1\u{0}"), "{out}");
 
+    // 600 handshakes begun (one byte) and stalled from another address, more than the two
+    // shards' 2 x 256 slots, take at most their address's share: alice, from her own, is
+    // served at once.
+    let target: std::net::SocketAddr = daemon.agents.parse().unwrap();
+    let stalled: Vec<std::net::TcpStream> = (0..600)
+        .map(|_| {
+            use nix::sys::socket::{
+                AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket,
+            };
+            use std::os::fd::AsRawFd as _;
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::empty(),
+                None,
+            )
+            .unwrap();
+            bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 2, 0)).unwrap();
+            let std::net::SocketAddr::V4(v4) = target else {
+                panic!("{target}")
+            };
+            connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).unwrap();
+            let mut sock = std::net::TcpStream::from(fd);
+            std::io::Write::write_all(&mut sock, &[0x16]).unwrap();
+            sock
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    AgentConnection::connect(&daemon.agents, alice.clone(), Duration::from_secs(1))
+        .expect("alice waited behind stalled handshakes");
+    drop(stalled);
+
     // A native client speaking plain TCP is told, in a frame it can read, to use TLS.
     match AgentConnection::connect_plaintext(&daemon.agents, alice.clone(), Duration::from_secs(5))
     {
@@ -888,6 +920,13 @@ fn the_agent_port_speaks_mutual_tls_and_plaintext_only_when_the_operator_says_so
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert!(failed >= 3, "tls_handshakes_failed {failed}");
+    let refused: u64 = String::from_utf8_lossy(&metrics.stdout)
+        .lines()
+        .filter(|l| l.starts_with("agw_connections_refused_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    // Two shards, 32 handshakes each from one address: the rest of the 600 refused.
+    assert!(refused >= 536, "connections_refused {refused}");
     drop(daemon);
 
     // Plain TCP where the operator enables it, and only then.

@@ -7,7 +7,7 @@
 use std::{
     cell::{Cell, RefCell},
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, RawFd},
     rc::Rc,
     sync::{Arc, mpsc},
@@ -165,8 +165,9 @@ struct Shard {
     tls_in: RefCell<Vec<u8>>,
     /// Agent access over mutual TLS; `None`: plain TCP.
     agent_tls: Option<TlsAcceptor>,
-    /// Agents' TLS handshakes in progress.
+    /// Agents' TLS handshakes in progress, in all and by source address.
     handshaking: Cell<usize>,
+    handshaking_from: RefCell<HashMap<IpAddr, usize>>,
 }
 
 /// Runs a shard until it is told to stop.
@@ -223,6 +224,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         tls_in: RefCell::new(Vec::new()),
         agent_tls: setup.agent_tls.map(TlsAcceptor::from),
         handshaking: Cell::new(0),
+        handshaking_from: RefCell::new(HashMap::new()),
     });
     // Connecting a channel end waits for the other end: connect all of them concurrently.
     for rx in setup.receivers {
@@ -264,12 +266,18 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         if let Some(acceptor) = &shard.agent_tls {
             // Handshakes cost CPU and memory before anyone is known: a bounded number at a
-            // time, each within the access timeout.
-            if shard.handshaking.get() >= MAX_HANDSHAKES {
+            // time, fewer from any one address, each within the access timeout.
+            let Some(slot) = Handshaking::take(&shard, &stream) else {
                 shard.counter().connection_refused();
                 continue;
-            }
-            spawn_local(agent_handshake(shard.clone(), acceptor.clone(), stream)).detach();
+            };
+            spawn_local(agent_handshake(
+                shard.clone(),
+                acceptor.clone(),
+                stream,
+                slot,
+            ))
+            .detach();
             continue;
         }
         if let Some(conn) = shard.new_conn(Stream::Plain(stream), ConnKind::Agent) {
@@ -324,15 +332,60 @@ async fn refuse_plaintext(shard: &Shard, mut stream: TcpStream) {
 /// Agents' TLS handshakes in progress on one shard at most; past it new connections are
 /// closed at accept (and counted refused).
 const MAX_HANDSHAKES: usize = 256;
+/// The same, from one source address: one address cannot take every slot.
+const MAX_HANDSHAKES_PER_SOURCE: usize = 32;
+
+/// A handshake's place in the shard's counts, given back when dropped.
+struct Handshaking {
+    shard: Rc<Shard>,
+    source: IpAddr,
+}
+
+impl Handshaking {
+    fn take(shard: &Rc<Shard>, stream: &TcpStream) -> Option<Handshaking> {
+        let source = stream.peer_addr().ok()?.ip();
+        let mut from = shard.handshaking_from.borrow_mut();
+        let here = from.entry(source).or_insert(0);
+        if shard.handshaking.get() >= MAX_HANDSHAKES || *here >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        *here += 1;
+        shard.handshaking.set(shard.handshaking.get() + 1);
+        Some(Handshaking {
+            shard: shard.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let shard = &self.shard;
+        shard
+            .handshaking
+            .set(shard.handshaking.get().saturating_sub(1));
+        let mut from = shard.handshaking_from.borrow_mut();
+        if let Some(n) = from.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                from.remove(&self.source);
+            }
+        }
+    }
+}
 
 /// An agent's TLS handshake, then its connection, bound to the identity its client
 /// certificate names. A handshake that fails or outlasts the access timeout closes the
 /// connection.
-async fn agent_handshake(shard: Rc<Shard>, acceptor: TlsAcceptor, stream: TcpStream) {
-    shard.handshaking.set(shard.handshaking.get() + 1);
+async fn agent_handshake(
+    shard: Rc<Shard>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    slot: Handshaking,
+) {
     let starts_tls = starts_tls(&stream).await;
     if starts_tls != Some(true) {
-        shard.handshaking.set(shard.handshaking.get() - 1);
+        drop(slot);
         shard.counter().tls_handshake_failed();
         if starts_tls == Some(false) {
             refuse_plaintext(&shard, stream).await;
@@ -347,7 +400,7 @@ async fn agent_handshake(shard: Rc<Shard>, acceptor: TlsAcceptor, stream: TcpStr
         None
     })
     .await;
-    shard.handshaking.set(shard.handshaking.get() - 1);
+    drop(slot);
     let Some(Ok(tls)) = done else {
         shard.counter().tls_handshake_failed();
         return;
