@@ -139,6 +139,8 @@ struct LimitsFile {
     queue_hard_limit_bytes: Option<usize>,
     shard_memory_budget_bytes: Option<usize>,
     max_connections_per_shard: Option<usize>,
+    agent_rate: Option<u32>,
+    agent_burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +317,8 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
         max_connections_per_shard: limits_file
             .max_connections_per_shard
             .unwrap_or(defaults.max_connections_per_shard),
+        agent_rate: limits_file.agent_rate.unwrap_or(defaults.agent_rate),
+        agent_burst: limits_file.agent_burst.unwrap_or(defaults.agent_burst),
     };
     if let Err(e) = limits.validate() {
         problems.push(format!("limits: {e}"));

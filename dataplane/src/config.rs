@@ -45,6 +45,12 @@ pub struct DataplaneConfig {
     pub shard_memory_budget: usize,
     /// Connections one shard holds at most; more are closed at accept. Default 10,000.
     pub max_connections_per_shard: usize,
+    /// Messages (and ACKs) one agent's connection may send per second, on average; past it
+    /// they are NACKed `RATE_LIMITED` with the time to wait. 0 (the default): no limit.
+    pub agent_rate: u32,
+    /// How many an agent may send at once above its rate (the token bucket's size). 0: one
+    /// second's worth of `agent_rate`.
+    pub agent_burst: u32,
     /// Batches in flight from one shard to another at most (a batch is what one read brought
     /// for that shard, at most `read_chunk` bytes of frames). Default 8.
     pub cross_shard_capacity: usize,
@@ -65,6 +71,10 @@ pub struct LiveLimits {
     pub shard_memory_budget: usize,
     /// See [`DataplaneConfig::max_connections_per_shard`].
     pub max_connections_per_shard: usize,
+    /// See [`DataplaneConfig::agent_rate`].
+    pub agent_rate: u32,
+    /// See [`DataplaneConfig::agent_burst`].
+    pub agent_burst: u32,
 }
 
 impl Default for LiveLimits {
@@ -74,6 +84,8 @@ impl Default for LiveLimits {
             queue_hard_limit: 4 * 1024 * 1024,
             shard_memory_budget: 256 * 1024 * 1024,
             max_connections_per_shard: 10_000,
+            agent_rate: 0,
+            agent_burst: 0,
         }
     }
 }
@@ -90,6 +102,9 @@ impl LiveLimits {
         if self.max_connections_per_shard == 0 {
             return Err("max_connections_per_shard must be above 0".into());
         }
+        if self.agent_burst > 0 && self.agent_rate == 0 {
+            return Err("agent_burst needs agent_rate".into());
+        }
         Ok(())
     }
 }
@@ -102,6 +117,8 @@ impl DataplaneConfig {
             queue_hard_limit: self.queue_hard_limit,
             shard_memory_budget: self.shard_memory_budget,
             max_connections_per_shard: self.max_connections_per_shard,
+            agent_rate: self.agent_rate,
+            agent_burst: self.agent_burst,
         }
     }
 
@@ -111,6 +128,8 @@ impl DataplaneConfig {
         self.queue_hard_limit = limits.queue_hard_limit;
         self.shard_memory_budget = limits.shard_memory_budget;
         self.max_connections_per_shard = limits.max_connections_per_shard;
+        self.agent_rate = limits.agent_rate;
+        self.agent_burst = limits.agent_burst;
     }
 
     /// Defaults for `gateway` listening on `listen`.
@@ -131,6 +150,8 @@ impl DataplaneConfig {
             queue_hard_limit: limits.queue_hard_limit,
             shard_memory_budget: limits.shard_memory_budget,
             max_connections_per_shard: limits.max_connections_per_shard,
+            agent_rate: limits.agent_rate,
+            agent_burst: limits.agent_burst,
             cross_shard_capacity: 8,
             tick: Duration::from_millis(50),
             close_linger: Duration::from_secs(2),

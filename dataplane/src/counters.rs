@@ -14,11 +14,12 @@ use agw_proto::pb::ErrorCode;
 use crossbeam_utils::CachePadded;
 
 /// The reasons a relay NACKs a frame, in the order of [`CounterSnapshot::nacked`].
-pub const NACK_REASONS: [ErrorCode; 8] = [
+pub const NACK_REASONS: [ErrorCode; 9] = [
     ErrorCode::NoRoute,
     ErrorCode::DestinationOffline,
     ErrorCode::TtlExpired,
     ErrorCode::Overloaded,
+    ErrorCode::RateLimited,
     ErrorCode::Unauthorized,
     ErrorCode::Unreachable,
     ErrorCode::Malformed,

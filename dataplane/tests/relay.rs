@@ -493,3 +493,81 @@ fn limits_change_while_the_relay_runs() {
         "the cap raised again",
     );
 }
+
+#[test]
+fn a_flooding_agent_is_rate_limited_and_the_others_are_not() {
+    let gw = gateway(1, |c| {
+        c.agent_rate = 50;
+        c.agent_burst = 10;
+    });
+    let flood = gw.authority.certify("flood");
+    let calm = gw.authority.certify("calm");
+    let sink = gw.authority.certify("sink");
+    let mut flooder = gw.connect(&flood);
+    let mut quiet = gw.connect(&calm);
+    let mut receiver = gw.connect(&sink);
+
+    // 200 messages at once: the burst of 10 (and what refills meanwhile) gets through, the
+    // rest is NACKed RATE_LIMITED with when to retry.
+    for _ in 0..200 {
+        flooder
+            .queue(sink.agent.as_str(), Bytes::from_static(b"flood"))
+            .unwrap();
+    }
+    flooder.flush().unwrap();
+    let mut limited = 0;
+    while limited < 150 {
+        match flooder.recv(WAIT).unwrap() {
+            Some(Incoming::Nack(n)) => {
+                assert_eq!(n.reason, ErrorCode::RateLimited as i32, "{n:?}");
+                assert!(n.retry_after_ms > 0 && n.retry_after_ms <= 20, "{n:?}");
+                limited += 1;
+            }
+            Some(Incoming::HeartbeatAck(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // Meanwhile another agent's messages pass, each of them.
+    for i in 0..5u8 {
+        quiet
+            .send(sink.agent.as_str(), Bytes::from(vec![i]))
+            .unwrap();
+    }
+    let mut from_calm = 0;
+    let mut from_flood = 0;
+    while from_calm < 5 {
+        match receiver.recv(WAIT).unwrap() {
+            Some(Incoming::Message(m, _)) if m.source == calm.agent.as_str() => from_calm += 1,
+            Some(Incoming::Message(_, _)) => from_flood += 1,
+            Some(Incoming::HeartbeatAck(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(from_flood <= 50, "{from_flood} of the flood delivered");
+    assert!(gw.dp.totals().nacked_for(ErrorCode::RateLimited) >= 150);
+
+    // The limit lifted live: the flooder sends freely again.
+    let mut limits = agw_dataplane::DataplaneConfig::new(
+        agw_proto::identity::GatewayId::parse("spiffe://travel.example/agw/edge-1").unwrap(),
+        gw.addr(),
+    )
+    .live_limits();
+    limits.agent_rate = 0;
+    gw.dp.set_limits(limits).unwrap();
+    wait_until(
+        || {
+            flooder
+                .send(sink.agent.as_str(), Bytes::from_static(b"after"))
+                .unwrap();
+            loop {
+                match flooder.recv(Duration::from_millis(100)).unwrap() {
+                    Some(Incoming::Nack(_)) => return false,
+                    Some(_) => continue,
+                    None => return true,
+                }
+            }
+        },
+        "the rate limit lifted",
+    );
+}

@@ -16,6 +16,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod identity;
 mod kind;
+pub mod rate;
 pub mod signing;
 mod view;
 

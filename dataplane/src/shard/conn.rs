@@ -9,10 +9,10 @@ use std::{
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use agw_proto::{Admission, FrameDecoder, Kind, WriteBatch, identity::AgentId};
+use agw_proto::{Admission, FrameDecoder, Kind, WriteBatch, identity::AgentId, rate::Bucket};
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite, future::poll_fn};
 use futures_rustls::{client, server};
@@ -162,9 +162,38 @@ pub(super) struct Conn {
     pub(super) flushed: Notify,
     /// Readers waiting for this queue to fall below the soft limit.
     pub(super) space: RefCell<Vec<Waker>>,
+    /// An agent's send allowance, made at its first message.
+    pub(super) allowance: Cell<Option<Allowance>>,
+}
+
+/// An agent's send allowance: its bucket, when last taken from, and the (rate, burst) it was
+/// made for (new limits make a new one).
+#[derive(Clone, Copy)]
+pub(super) struct Allowance {
+    bucket: Bucket,
+    last: Instant,
+    made_for: (u32, u32),
 }
 
 impl Conn {
+    /// Takes one message from the agent's allowance of `rate` a second and `burst` at once
+    /// (0: one second's worth) at `now`, or says how long until it may send.
+    pub(super) fn allow(&self, now: Instant, rate: u32, burst: u32) -> Result<(), Duration> {
+        let burst = if burst == 0 { rate } else { burst };
+        let mut a = match self.allowance.get() {
+            Some(a) if a.made_for == (rate, burst) => a,
+            _ => Allowance {
+                bucket: Bucket::new(f64::from(rate), f64::from(burst)),
+                last: now,
+                made_for: (rate, burst),
+            },
+        };
+        let taken = a.bucket.take(now.saturating_duration_since(a.last));
+        a.last = now.max(a.last);
+        self.allowance.set(Some(a));
+        taken
+    }
+
     pub(super) fn is_open(&self) -> bool {
         self.state.get() == ConnState::Open
     }

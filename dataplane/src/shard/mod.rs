@@ -540,6 +540,7 @@ impl Shard {
             writer: Notify::default(),
             flushed: Notify::default(),
             space: RefCell::new(Vec::new()),
+            allowance: Cell::new(None),
         });
         self.conns.borrow_mut().insert(id, conn.clone());
         Some(conn)

@@ -3,7 +3,10 @@
 //! link) or NACKed with its reason, and the write queues' accounting. No lock, no allocation
 //! per frame where avoidable, no payload copied.
 
-use std::{rc::Rc, time::Instant};
+use std::{
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
 use agw_proto::{
     DEFAULT_HOP_LIMIT, DataView, Frame, FrameError, FrameHeader, HEADER_LEN, Kind, Message,
@@ -70,12 +73,20 @@ impl<'a> Target<'a> {
     }
 }
 
+/// A NACK of `target` for its `source`. `retry_after`: for `RATE_LIMITED`, when the agent may
+/// send again (`OVERLOADED` says 100 ms).
 pub(super) fn nack_message(
     reporter: &str,
     target: Target<'_>,
     source: &str,
     reason: ErrorCode,
+    retry_after: Option<Duration>,
 ) -> pb::Nack {
+    let retry_after_ms = match (reason, retry_after) {
+        (_, Some(wait)) => u32::try_from(wait.as_millis().max(1)).unwrap_or(u32::MAX),
+        (ErrorCode::Overloaded, None) => 100,
+        _ => 0,
+    };
     pb::Nack {
         destination: source.to_owned(),
         original_destination: target.destination.to_owned(),
@@ -83,11 +94,7 @@ pub(super) fn nack_message(
         reason: reason as i32,
         reporter: reporter.to_owned(),
         detail: String::new(),
-        retry_after_ms: if reason == ErrorCode::Overloaded {
-            100
-        } else {
-            0
-        },
+        retry_after_ms,
     }
 }
 
@@ -220,11 +227,29 @@ impl Shard {
             self.refuse(conn, source, target, ErrorCode::Unauthorized);
             return;
         }
+        // An agent's messages within its rate (ACKs are answers, never held back).
+        let limits = self.limits.get();
+        if limits.agent_rate > 0
+            && conn.kind == ConnKind::Agent
+            && view.kind == Kind::AgentMessage
+            && let Err(wait) = conn.allow(since, limits.agent_rate, limits.agent_burst)
+        {
+            self.counter().nacked(ErrorCode::RateLimited);
+            let nack = nack_message(
+                &self.reporter,
+                target,
+                source,
+                ErrorCode::RateLimited,
+                Some(wait),
+            );
+            self.push_gateway(conn, &nack.into());
+            return;
+        }
         if frame.header.hop_limit == 0 {
             self.refuse(conn, source, target, ErrorCode::TtlExpired);
             return;
         }
-        let soft = self.limits.get().queue_soft_limit;
+        let soft = limits.queue_soft_limit;
         let header = FrameHeader {
             hop_limit: frame.header.hop_limit - 1,
             ..frame.header
@@ -326,7 +351,7 @@ impl Shard {
             return;
         }
         self.counter().nacked(reason);
-        let nack = nack_message(&self.reporter, target, source, reason);
+        let nack = nack_message(&self.reporter, target, source, reason, None);
         self.push_gateway(conn, &nack.into());
     }
 
@@ -518,7 +543,8 @@ impl Shard {
         let Some(source) = view.source() else {
             return;
         };
-        let nack: Message = nack_message(&self.reporter, Target::of(&view), source, reason).into();
+        let nack: Message =
+            nack_message(&self.reporter, Target::of(&view), source, reason, None).into();
         let route = self.routes.borrow_mut().load().lookup(source);
         match route {
             Some(Route::Local { shard, connection }) if shard == self.id => {
