@@ -14,7 +14,10 @@ use std::{
 };
 
 use agw_aca::tls::CertificateChecker;
-use agw_dataplane::LiveLimits;
+use agw_dataplane::{
+    LiveLimits,
+    authorization::{Action, Authorization, Pattern, Rule},
+};
 use agw_proto::{
     identity::{Domain, GatewayId},
     pb::{self, ErrorCode, admin_reply::Result as Reply, admin_request::Command as AdminCommand},
@@ -111,6 +114,7 @@ struct FileConfig {
     allow: Option<Vec<String>>,
     open_enrollment: Option<Vec<String>>,
     agent_plaintext: Option<bool>,
+    authorization: Option<AuthorizationFile>,
     shards: Option<usize>,
     drain_deadline_s: Option<u64>,
     listen: Option<ListenFile>,
@@ -141,6 +145,67 @@ struct LimitsFile {
     max_connections_per_shard: Option<usize>,
     agent_rate: Option<u32>,
     agent_burst: Option<u32>,
+}
+
+/// `[authorization]`: who may message whom (live on reload).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorizationFile {
+    /// "allow" (default) or "deny": messages between this domain's agents.
+    local: Option<String>,
+    /// "allow" (default) or "deny": messages across domains.
+    remote: Option<String>,
+    /// `[[authorization.rule]]`, first match wins.
+    #[serde(default)]
+    rule: Vec<RuleFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    from: String,
+    to: String,
+    action: String,
+}
+
+fn action(key: &str, text: &str, problems: &mut Vec<String>) -> Action {
+    match text {
+        "allow" => Action::Allow,
+        "deny" => Action::Deny,
+        other => {
+            problems.push(format!("{key} {other:?}: allow or deny"));
+            Action::Allow
+        }
+    }
+}
+
+/// The policy of `[authorization]`, every problem named.
+fn authorization(
+    domain: &str,
+    file: AuthorizationFile,
+    problems: &mut Vec<String>,
+) -> Authorization {
+    let mut rules = Vec::new();
+    for (i, r) in file.rule.iter().enumerate() {
+        let key = format!("authorization.rule[{}]", i + 1);
+        let from = Pattern::parse(&r.from).map_err(|e| problems.push(format!("{key}.from {e}")));
+        let to = Pattern::parse(&r.to).map_err(|e| problems.push(format!("{key}.to {e}")));
+        let action = action(&format!("{key}.action"), &r.action, problems);
+        if let (Ok(from), Ok(to)) = (from, to) {
+            rules.push(Rule { from, to, action });
+        }
+    }
+    let local = action(
+        "authorization.local",
+        file.local.as_deref().unwrap_or("allow"),
+        problems,
+    );
+    let remote = action(
+        "authorization.remote",
+        file.remote.as_deref().unwrap_or("allow"),
+        problems,
+    );
+    Authorization::new(domain, rules, local, remote)
 }
 
 #[derive(Debug, Deserialize)]
@@ -359,6 +424,11 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
     if let Err(e) = agw_aca::http::crl_url(crl_url.as_deref(), crl_listen, &domain_text) {
         problems.push(e);
     }
+    let policy = authorization(
+        &domain_text,
+        file.authorization.unwrap_or_default(),
+        &mut problems,
+    );
     match (domain, problems.is_empty()) {
         (Some(domain), true) => Ok(DaemonConfig {
             drain_deadline,
@@ -372,6 +442,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                     .unwrap_or_else(|| "agw-data".into()),
                 allow,
                 open_enrollment,
+                authorization: policy,
                 agent_plaintext: args.agent_plaintext || file.agent_plaintext.unwrap_or(false),
                 shards: args.shards.or(file.shards),
                 pin_cores: true,
@@ -671,13 +742,23 @@ fn reload(
         node.set_limits(next.limits).map_err(ReloadError::Limits)?;
         let l = next.limits;
         applied.push(format!(
-            "limits: queue soft {} B, hard {} B, shard budget {} B, {} connections per shard",
+            "limits: queue soft {} B, hard {} B, shard budget {} B, {} connections per shard, {} messages/s per agent (burst {})",
             l.queue_soft_limit,
             l.queue_hard_limit,
             l.shard_memory_budget,
-            l.max_connections_per_shard
+            l.max_connections_per_shard,
+            l.agent_rate,
+            l.agent_burst
         ));
         running.node.limits = l;
+    }
+    if next.authorization != old.authorization {
+        node.dataplane.set_authorization(next.authorization.clone());
+        applied.push(format!(
+            "authorization: {} rule(s)",
+            next.authorization.rules().len()
+        ));
+        running.node.authorization = next.authorization.clone();
     }
     if next.peers != old.peers {
         applied.extend(node.set_peers(next.peers.clone())?);
@@ -806,6 +887,40 @@ mod tests {
         for needle in ["peer[0].gateway", "peer[1].on_limit", "peer[1].hold_time_s"] {
             assert!(e.mentions(needle), "{needle} missing from: {e}");
         }
+    }
+
+    #[test]
+    fn the_authorization_table_makes_the_policy_or_names_its_problems() {
+        let (_f, args) = args_with(
+            "domain = \"a.example\"\n\
+             [authorization]\nremote = \"deny\"\n\
+             [[authorization.rule]]\nfrom = \"spiffe://a.example/agent/intern\"\n\
+             to = \"domain:a.example\"\naction = \"deny\"\n\
+             [[authorization.rule]]\nfrom = \"domain:b.example\"\nto = \"*\"\naction = \"allow\"\n",
+        );
+        let policy = daemon_config(&args).unwrap().node.authorization;
+        assert_eq!(policy.rules().len(), 2);
+        let a = |n: &str| format!("spiffe://a.example/agent/{n}");
+        assert!(policy.check(&a("intern"), &a("desk")).is_err());
+        assert!(policy.check(&a("desk"), &a("intern")).is_ok());
+        assert!(
+            policy
+                .check("spiffe://b.example/agent/x", &a("desk"))
+                .is_ok()
+        );
+        assert!(
+            policy
+                .check(&a("desk"), "spiffe://c.example/agent/y")
+                .is_err()
+        );
+
+        let (_f, args) = args_with(
+            "[authorization]\nlocal = \"maybe\"\n\
+             [[authorization.rule]]\nfrom = \"alice\"\nto = \"*\"\naction = \"deny\"\n",
+        );
+        let e = daemon_config(&args).unwrap_err();
+        assert!(e.mentions("authorization.local \"maybe\""), "{e}");
+        assert!(e.mentions("authorization.rule[1].from"), "{e}");
     }
 
     #[test]

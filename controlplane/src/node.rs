@@ -18,7 +18,10 @@ use agw_aca::{
     tls::{CertificateChecker, RenewableCertificate, TlsIdentity},
 };
 use agw_ars::{Registry, RegistryConfig, RegistryHandle};
-use agw_dataplane::{Dataplane, DataplaneConfig, DrainReport, LiveLimits, routing::RoutingTable};
+use agw_dataplane::{
+    Dataplane, DataplaneConfig, DrainReport, LiveLimits, authorization::Authorization,
+    routing::RoutingTable,
+};
 use agw_proto::{
     Message,
     identity::{Domain, GatewayId},
@@ -99,6 +102,8 @@ pub struct NodeConfig {
     pub peers: Vec<PeerEntry>,
     /// The relay's limits (they can change live).
     pub limits: LiveLimits,
+    /// Who may message whom (it can change live).
+    pub authorization: Authorization,
     /// Lifetime of the gateway certificates its authority issues, its own included (renewed
     /// at 70% of it). Default 90 days.
     pub gateway_validity: Duration,
@@ -109,6 +114,7 @@ impl NodeConfig {
     /// loopback port, organisation `Example` allowed, no peers, default limits and lifetimes:
     /// what the demo and tests start from.
     pub fn on_loopback(domain: Domain, name: &str, data_dir: PathBuf) -> NodeConfig {
+        let domain_text = domain.to_string();
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         NodeConfig {
             domain,
@@ -131,6 +137,7 @@ impl NodeConfig {
             root: None,
             peer_crls: Vec::new(),
             peers: Vec::new(),
+            authorization: Authorization::allow_all(&domain_text),
             limits: LiveLimits::default(),
             gateway_validity: Duration::from_secs(90 * 86_400),
         }
@@ -380,6 +387,7 @@ impl Node {
         }
         dp_config.pin_cores = config.pin_cores;
         dp_config.set_live_limits(config.limits);
+        dp_config.authorization = config.authorization.clone();
         dp_config.peer_listen = Some(config.relay_links);
         dp_config.peer_tls = Some(tls.clone());
         if config.agent_plaintext {

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use agw_proto::{FrameLimits, identity::GatewayId};
 use agw_tls::TlsIdentity;
 
-use crate::access::AccessConfig;
+use crate::{access::AccessConfig, authorization::Authorization};
 
 /// How the relay runs.
 #[derive(Debug, Clone)]
@@ -30,6 +30,8 @@ pub struct DataplaneConfig {
     pub pin_cores: bool,
     /// Agent access timers.
     pub access: AccessConfig,
+    /// Who may message whom (see [`Authorization`]); default: everyone.
+    pub authorization: Authorization,
     /// Frame size limits.
     pub limits: FrameLimits,
     /// Bytes asked of each read. Default 64 KiB.
@@ -134,6 +136,7 @@ impl DataplaneConfig {
 
     /// Defaults for `gateway` listening on `listen`.
     pub fn new(gateway: GatewayId, listen: SocketAddr) -> DataplaneConfig {
+        let domain = gateway.domain().to_owned();
         let limits = LiveLimits::default();
         DataplaneConfig {
             gateway,
@@ -144,6 +147,7 @@ impl DataplaneConfig {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_cores: true,
             access: AccessConfig::default(),
+            authorization: Authorization::allow_all(&domain),
             limits: FrameLimits::default(),
             read_chunk: 64 * 1024,
             queue_soft_limit: limits.queue_soft_limit,

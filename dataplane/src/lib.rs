@@ -5,6 +5,7 @@
 //! local agents from what the shards report. `docs/dataplane.md` tells the life of a frame.
 
 pub mod access;
+pub mod authorization;
 pub mod config;
 mod congestion;
 pub mod counters;

@@ -15,6 +15,7 @@ use crossbeam_channel::Sender;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, channels::shared_channel};
 
 use crate::{
+    authorization::Authorization,
     config::{DataplaneConfig, LiveLimits},
     congestion::Congestion,
     counters::{CounterSnapshot, ShardCounters},
@@ -102,6 +103,7 @@ pub struct Dataplane {
     threads: Vec<ExecutorJoinHandle<()>>,
     routes: RoutingReader,
     checker: Arc<ArcSwap<CertificateChecker>>,
+    authorization: Arc<ArcSwap<Authorization>>,
     /// How long a closing connection may take to flush.
     linger: Duration,
 }
@@ -132,6 +134,7 @@ impl Dataplane {
         let counters: Arc<[ShardCounters]> = (0..n).map(|_| ShardCounters::default()).collect();
         let congestion: Arc<[Congestion]> = (0..n).map(|_| Congestion::default()).collect();
         let checker = Arc::new(ArcSwap::from_pointee(checker));
+        let authorization = Arc::new(ArcSwap::from_pointee(config.authorization.clone()));
         // A full mesh of bounded channels: senders[from][to], receivers[to][..].
         let mut senders: Vec<Vec<Option<shared_channel::SharedSender<CrossBatch>>>> =
             (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
@@ -174,6 +177,7 @@ impl Dataplane {
             threads: Vec::new(),
             routes: routes.clone(),
             checker: checker.clone(),
+            authorization: authorization.clone(),
             linger: config.close_linger,
         };
         // Shard 0 binds first so that the others join its port when the configured one is 0.
@@ -193,6 +197,7 @@ impl Dataplane {
                 congestion: congestion.clone(),
                 routes: routes.clone(),
                 checker: checker.clone(),
+                authorization: authorization.clone(),
                 events: events.clone(),
                 commands: command_rx,
                 senders,
@@ -285,6 +290,11 @@ impl Dataplane {
     /// The route shards use for `agent` now.
     pub fn route_of(&self, agent: &str) -> Option<Route> {
         self.routes.load().lookup(agent)
+    }
+
+    /// Authorizes messages by `policy` from now on (every shard's next batch).
+    pub fn set_authorization(&self, policy: Authorization) {
+        self.authorization.store(Arc::new(policy));
     }
 
     /// Checks later accesses with `checker` (a new CRL), and closes the live sessions of

@@ -44,6 +44,7 @@ use relay::{Blocked, cross_receive};
 
 use crate::{
     access::{AccessSession, Action, DownReason},
+    authorization::Authorization,
     config::{DataplaneConfig, LiveLimits},
     congestion::Congestion,
     counters::ShardCounters,
@@ -121,6 +122,7 @@ pub(crate) struct ShardSetup {
     pub congestion: Arc<[Congestion]>,
     pub routes: RoutingReader,
     pub checker: Arc<ArcSwap<CertificateChecker>>,
+    pub authorization: Arc<ArcSwap<Authorization>>,
     pub events: Sender<ShardEvent>,
     pub commands: Receiver<ShardCommand>,
     /// Indexed by destination shard; `None` at this shard's own index.
@@ -142,6 +144,8 @@ struct Shard {
     /// The routing snapshot, reloaded per batch without touching a shared counter.
     routes: RefCell<SnapshotCache>,
     checker: Arc<ArcSwap<CertificateChecker>>,
+    /// Who may message whom, loaded once per batch.
+    authorization: Arc<ArcSwap<Authorization>>,
     events: Sender<ShardEvent>,
     /// A reusable vector for a batch of frames.
     batch: RefCell<Vec<Frame>>,
@@ -210,6 +214,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         routes: RefCell::new(setup.routes.cache()),
         batch: RefCell::new(Vec::with_capacity(BATCH)),
         checker: setup.checker,
+        authorization: setup.authorization,
         events: setup.events,
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),

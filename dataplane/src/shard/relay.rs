@@ -23,7 +23,10 @@ use super::{
     BATCH, CrossBatch, CrossFrame, Shard,
     conn::{Conn, ConnKind, ConnState, Mark},
 };
-use crate::routing::{Prepared, Route, RoutingSnapshot};
+use crate::{
+    authorization::Authorization,
+    routing::{Prepared, Route, RoutingSnapshot},
+};
 
 /// What one batch left to do.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +159,7 @@ impl Shard {
     ) -> bool {
         let mut cache = self.routes.borrow_mut();
         let snapshot: &RoutingSnapshot = cache.load();
+        let authorization = self.authorization.load();
         let mut prepared = [None; BATCH];
         for (p, frame) in prepared.iter_mut().zip(frames.iter()) {
             if frame.header.kind.is_data()
@@ -170,7 +174,7 @@ impl Shard {
                 continue;
             }
             if frame.header.kind.is_data() {
-                self.relay(conn, frame, snapshot, p, blocked, since);
+                self.relay(conn, frame, snapshot, &authorization, p, blocked, since);
             } else {
                 up |= self.control(conn, &frame);
             }
@@ -180,11 +184,13 @@ impl Shard {
 
     /// The hot path: one data frame from an accessed agent to its destination's queue.
     /// `since`: when the read that brought it finished.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn relay(
         &self,
         conn: &Rc<Conn>,
         frame: Frame,
         snapshot: &RoutingSnapshot,
+        authorization: &Authorization,
         prepared: Option<Prepared>,
         blocked: &mut Blocked,
         since: Instant,
@@ -242,6 +248,21 @@ impl Shard {
                 ErrorCode::RateLimited,
                 Some(wait),
             );
+            self.push_gateway(conn, &nack.into());
+            return;
+        }
+        if view.kind == Kind::AgentMessage
+            && let Err(denial) = authorization.check(source, view.destination)
+        {
+            self.counter().nacked(ErrorCode::Unauthorized);
+            let mut nack = nack_message(
+                &self.reporter,
+                target,
+                source,
+                ErrorCode::Unauthorized,
+                None,
+            );
+            nack.detail = denial.to_string();
             self.push_gateway(conn, &nack.into());
             return;
         }
