@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use agw_aca::{
     AuthorityConfig, CertificateAuthority, RootMode,
@@ -299,36 +299,6 @@ fn csrs_made_by_openssl_are_certified_or_refused_by_key() {
 }
 
 /// An operator's root made by openssl, valid for `days`: (certificate, key) paths.
-fn operator_root(dir: &std::path::Path, name: &str, days: u32) -> (PathBuf, PathBuf) {
-    let root_key = dir.join(format!("{name}.key"));
-    let root_cert = dir.join(format!("{name}.pem"));
-    let days = days.to_string();
-    let (ok, out) = openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-nodes",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-subj",
-        "/CN=Operator Root",
-        "-days",
-        &days,
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout",
-        root_key.to_str().unwrap(),
-        "-out",
-        root_cert.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}");
-    (root_cert, root_key)
-}
-
 #[test]
 fn an_intermediate_under_an_operators_root_issues_verifiable_chains() {
     let work = tempfile::tempdir().unwrap();

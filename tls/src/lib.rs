@@ -4,7 +4,10 @@
 //! the certificate authority itself (crate `agw-aca`, which re-exports it as `agw_aca::tls`).
 //!
 //! Servers require a client certificate chaining to the trust anchor and not on the CRLs given;
-//! [`peer_identity`] then reads the client's identity. Clients check the server's chain and
+//! [`peer_identity`] then reads the client's identity. Everywhere (servers, clients, and
+//! [`CertificateChecker`]) a leaf must also have been issued by the authority of the domain it
+//! names ([`issued_in_its_domain`]): under a federation's shared root, one domain's authority
+//! cannot vouch for another domain's names. Clients check the server's chain and
 //! CRLs with webpki, then require its URI SAN to be the identity they meant to reach: the DNS
 //! name check webpki would make is replaced by that identity check.
 //!
@@ -189,7 +192,10 @@ impl TlsIdentity {
         if self.allow_unknown_revocation {
             builder = builder.allow_unknown_revocation_status();
         }
-        let verifier = builder.build().map_err(|e| Error::General(e.to_string()))?;
+        let verifier = Arc::new(DomainBoundClientVerifier {
+            webpki: builder.build().map_err(|e| Error::General(e.to_string()))?,
+            anchor: self.trust_anchor.clone(),
+        });
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier);
@@ -243,7 +249,11 @@ impl TlsIdentity {
             builder = builder.allow_unknown_revocation_status();
         }
         let webpki = builder.build().map_err(|e| Error::General(e.to_string()))?;
-        let verifier = Arc::new(SpiffeServerVerifier { webpki, expected });
+        let verifier = Arc::new(SpiffeServerVerifier {
+            webpki,
+            expected,
+            anchor: self.trust_anchor.clone(),
+        });
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -261,11 +271,7 @@ impl TlsIdentity {
 /// The URI SAN of a peer's certificate: its identity.
 pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(certs.first()?).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::URI(uri) => Some((*uri).to_owned()),
-        _ => None,
-    })
+    uri_of(&cert)
 }
 
 /// Which server identity a client accepts.
@@ -293,6 +299,7 @@ impl Expected {
 struct SpiffeServerVerifier {
     webpki: Arc<WebPkiServerVerifier>,
     expected: Expected,
+    anchor: Vec<u8>,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -318,6 +325,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => {}
             Err(e) => return Err(e),
+        }
+        if !issued_in_its_domain(end_entity, intermediates, &self.anchor) {
+            return Err(foreign_issuer());
         }
         match peer_identity(std::slice::from_ref(end_entity)) {
             Some(id) if self.expected.accepts(&id) => Ok(ServerCertVerified::assertion()),
@@ -353,6 +363,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 #[derive(Debug, Clone)]
 pub struct CertificateChecker {
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    anchor: Vec<u8>,
 }
 
 /// Why a presented certificate is refused.
@@ -399,7 +410,10 @@ impl CertificateChecker {
             .only_check_end_entity_revocation()
             .build()
             .map_err(|e| Error::General(e.to_string()))?;
-        Ok(CertificateChecker { verifier })
+        Ok(CertificateChecker {
+            verifier,
+            anchor: trust_anchor.to_vec(),
+        })
     }
 
     /// Checks `chain` (leaf first, DER) at `now` and returns the leaf's identity and serial.
@@ -435,6 +449,11 @@ impl CertificateChecker {
             }
             Err(other) => return Err(ChainError::Untrusted(other.to_string())),
         }
+        if !issued_in_its_domain(leaf, intermediates, &self.anchor) {
+            return Err(ChainError::Untrusted(
+                "issued by the authority of another domain than the one it names".into(),
+            ));
+        }
         let identity = peer_identity(&chain).ok_or(ChainError::NoIdentity)?;
         let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| ChainError::Malformed)?;
         Ok(CheckedCertificate {
@@ -442,6 +461,123 @@ impl CertificateChecker {
             serial: cert.raw_serial().to_vec(),
             spki_der: cert.public_key().raw.to_vec(),
         })
+    }
+}
+
+/// Whether `leaf` was issued by the authority of the domain its identity names
+/// (`spiffe://<domain>/...`): the certificate that signed it names `spiffe://<domain>`. That
+/// signer is the trust anchor itself (a domain whose authority is its own root), or one of
+/// `intermediates` that the anchor signed (a domain authority under a federation's root; a
+/// presented certificate not signed by the anchor is never believed, whatever it names).
+/// Call it after the chain was validated.
+pub fn issued_in_its_domain(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    anchor: &[u8],
+) -> bool {
+    let (Ok((_, leaf)), Ok((_, anchor))) = (
+        X509Certificate::from_der(leaf),
+        X509Certificate::from_der(anchor),
+    ) else {
+        return false;
+    };
+    let Some(domain) = uri_of(&leaf).and_then(|id| {
+        let (domain, _) = id.strip_prefix("spiffe://")?.split_once('/')?;
+        Some(domain.to_owned())
+    }) else {
+        return false;
+    };
+    let names_domain =
+        |ca: &X509Certificate<'_>| uri_of(ca).is_some_and(|u| u == format!("spiffe://{domain}"));
+    if leaf.verify_signature(Some(anchor.public_key())).is_ok() {
+        return names_domain(&anchor);
+    }
+    intermediates.iter().any(|der| {
+        X509Certificate::from_der(der).is_ok_and(|(_, ca)| {
+            ca.subject() == leaf.issuer()
+                && ca.verify_signature(Some(anchor.public_key())).is_ok()
+                && leaf.verify_signature(Some(ca.public_key())).is_ok()
+                && names_domain(&ca)
+        })
+    })
+}
+
+/// The first URI SAN of a parsed certificate.
+fn uri_of(cert: &X509Certificate<'_>) -> Option<String> {
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(uri) => Some((*uri).to_owned()),
+        _ => None,
+    })
+}
+
+fn foreign_issuer() -> Error {
+    Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        ForeignIssuer,
+    ))))
+}
+
+/// A certificate of one domain issued by another domain's authority.
+#[derive(Debug, thiserror::Error)]
+#[error("issued by the authority of another domain than the one it names")]
+struct ForeignIssuer;
+
+/// webpki's client checks, then [`issued_in_its_domain`].
+#[derive(Debug)]
+struct DomainBoundClientVerifier {
+    webpki: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    anchor: Vec<u8>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for DomainBoundClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.webpki.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.webpki.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, Error> {
+        let verified = self
+            .webpki
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if issued_in_its_domain(end_entity, intermediates, &self.anchor) {
+            Ok(verified)
+        } else {
+            Err(foreign_issuer())
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 

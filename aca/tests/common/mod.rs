@@ -129,3 +129,35 @@ pub fn openssl(args: &[&str]) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// An operator's root certificate and key (PEM files), made with openssl: what a federation's
+/// domain authorities are intermediates under.
+pub fn operator_root(dir: &std::path::Path, name: &str, days: u32) -> (PathBuf, PathBuf) {
+    let root_key = dir.join(format!("{name}.key"));
+    let root_cert = dir.join(format!("{name}.pem"));
+    let days = days.to_string();
+    let (ok, out) = openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-subj",
+        "/CN=Operator Root",
+        "-days",
+        &days,
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        root_key.to_str().unwrap(),
+        "-out",
+        root_cert.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    (root_cert, root_key)
+}
