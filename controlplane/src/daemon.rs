@@ -145,6 +145,7 @@ struct LimitsFile {
     max_connections_per_shard: Option<usize>,
     agent_rate: Option<u32>,
     agent_burst: Option<u32>,
+    connection_rate_per_source: Option<u32>,
 }
 
 /// `[authorization]`: who may message whom (live on reload).
@@ -384,6 +385,9 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
             .unwrap_or(defaults.max_connections_per_shard),
         agent_rate: limits_file.agent_rate.unwrap_or(defaults.agent_rate),
         agent_burst: limits_file.agent_burst.unwrap_or(defaults.agent_burst),
+        connection_rate_per_source: limits_file
+            .connection_rate_per_source
+            .unwrap_or(defaults.connection_rate_per_source),
     };
     if let Err(e) = limits.validate() {
         problems.push(format!("limits: {e}"));
@@ -742,13 +746,14 @@ fn reload(
         node.set_limits(next.limits).map_err(ReloadError::Limits)?;
         let l = next.limits;
         applied.push(format!(
-            "limits: queue soft {} B, hard {} B, shard budget {} B, {} connections per shard, {} messages/s per agent (burst {})",
+            "limits: queue soft {} B, hard {} B, shard budget {} B, {} connections per shard, {} messages/s per agent (burst {}), {} connections/s per source",
             l.queue_soft_limit,
             l.queue_hard_limit,
             l.shard_memory_budget,
             l.max_connections_per_shard,
             l.agent_rate,
-            l.agent_burst
+            l.agent_burst,
+            l.connection_rate_per_source
         ));
         running.node.limits = l;
     }

@@ -53,6 +53,10 @@ pub struct DataplaneConfig {
     /// How many an agent may send at once above its rate (the token bucket's size). 0: one
     /// second's worth of `agent_rate`.
     pub agent_burst: u32,
+    /// New agent connections one source address may open per second on each shard (as many at
+    /// once); past it they are closed at accept and counted refused. 0 (the default): no
+    /// limit.
+    pub connection_rate_per_source: u32,
     /// Batches in flight from one shard to another at most (a batch is what one read brought
     /// for that shard, at most `read_chunk` bytes of frames). Default 8.
     pub cross_shard_capacity: usize,
@@ -77,6 +81,8 @@ pub struct LiveLimits {
     pub agent_rate: u32,
     /// See [`DataplaneConfig::agent_burst`].
     pub agent_burst: u32,
+    /// See [`DataplaneConfig::connection_rate_per_source`].
+    pub connection_rate_per_source: u32,
 }
 
 impl Default for LiveLimits {
@@ -88,6 +94,7 @@ impl Default for LiveLimits {
             max_connections_per_shard: 10_000,
             agent_rate: 0,
             agent_burst: 0,
+            connection_rate_per_source: 0,
         }
     }
 }
@@ -121,6 +128,7 @@ impl DataplaneConfig {
             max_connections_per_shard: self.max_connections_per_shard,
             agent_rate: self.agent_rate,
             agent_burst: self.agent_burst,
+            connection_rate_per_source: self.connection_rate_per_source,
         }
     }
 
@@ -132,6 +140,7 @@ impl DataplaneConfig {
         self.max_connections_per_shard = limits.max_connections_per_shard;
         self.agent_rate = limits.agent_rate;
         self.agent_burst = limits.agent_burst;
+        self.connection_rate_per_source = limits.connection_rate_per_source;
     }
 
     /// Defaults for `gateway` listening on `listen`.
@@ -156,6 +165,7 @@ impl DataplaneConfig {
             max_connections_per_shard: limits.max_connections_per_shard,
             agent_rate: limits.agent_rate,
             agent_burst: limits.agent_burst,
+            connection_rate_per_source: limits.connection_rate_per_source,
             cross_shard_capacity: 8,
             tick: Duration::from_millis(50),
             close_linger: Duration::from_secs(2),

@@ -645,3 +645,24 @@ fn the_authorization_policy_denies_with_its_reason_and_changes_live() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_source_opening_connections_too_fast_is_refused_at_accept() {
+    let gw = gateway(1, |c| c.connection_rate_per_source = 4);
+    let agent = gw.authority.certify("eager");
+    let refused_before = gw.dp.totals().connections_refused;
+    // Twelve connections at once: the allowance of four (and what refills meanwhile) is
+    // served, the rest closed at accept.
+    let outcomes: Vec<bool> = (0..12)
+        .map(|_| {
+            AgentConnection::connect_plaintext(gw.addr(), agent.clone(), Duration::from_secs(2))
+                .is_ok()
+        })
+        .collect();
+    let served = outcomes.iter().filter(|ok| **ok).count();
+    assert!((4..12).contains(&served), "{outcomes:?}");
+    assert!(gw.dp.totals().connections_refused - refused_before >= (12 - served) as u64);
+    // A second later the allowance is back.
+    std::thread::sleep(Duration::from_millis(1100));
+    AgentConnection::connect_plaintext(gw.addr(), agent, WAIT).unwrap();
+}

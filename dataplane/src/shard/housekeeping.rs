@@ -65,6 +65,7 @@ impl Shard {
                 }
             }
             let now = Instant::now();
+            self.forget_arrivals(now);
             let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
             for conn in conns {
                 let due = conn

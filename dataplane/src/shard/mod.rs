@@ -18,6 +18,7 @@ use agw_proto::{
     Frame, FrameDecoder, FrameEncoder, FrameHeader,
     identity::{AgentId, GatewayId},
     pb::{self, ErrorCode},
+    rate::Bucket,
 };
 use agw_tls::{CertificateChecker, TlsIdentity, peer_identity};
 use arc_swap::ArcSwap;
@@ -172,6 +173,8 @@ struct Shard {
     /// Agents' TLS handshakes in progress, in all and by source address.
     handshaking: Cell<usize>,
     handshaking_from: RefCell<HashMap<IpAddr, usize>>,
+    /// Each recent source address's allowance of new connections, and when it last took one.
+    arrivals: RefCell<HashMap<IpAddr, (Bucket, Instant)>>,
 }
 
 /// Runs a shard until it is told to stop.
@@ -230,6 +233,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         agent_tls: setup.agent_tls.map(TlsAcceptor::from),
         handshaking: Cell::new(0),
         handshaking_from: RefCell::new(HashMap::new()),
+        arrivals: RefCell::new(HashMap::new()),
     });
     // Connecting a channel end waits for the other end: connect all of them concurrently.
     for rx in setup.receivers {
@@ -264,7 +268,9 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
-        if shard.conns.borrow().len() >= shard.limits.get().max_connections_per_shard {
+        if shard.conns.borrow().len() >= shard.limits.get().max_connections_per_shard
+            || !shard.arrival_allowed(&stream)
+        {
             shard.counter().connection_refused();
             continue;
         }
@@ -293,6 +299,39 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         }
     }
 }
+
+impl Shard {
+    /// Whether the new connection's source address is within its connection rate.
+    fn arrival_allowed(&self, stream: &TcpStream) -> bool {
+        let rate = self.limits.get().connection_rate_per_source;
+        if rate == 0 {
+            return true;
+        }
+        let Ok(source) = stream.peer_addr().map(|a| a.ip()) else {
+            return false;
+        };
+        let now = Instant::now();
+        let mut arrivals = self.arrivals.borrow_mut();
+        let (bucket, last) = arrivals
+            .entry(source)
+            .or_insert_with(|| (Bucket::new(f64::from(rate), f64::from(rate)), now));
+        let taken = bucket.take(now.saturating_duration_since(*last));
+        *last = now;
+        taken.is_ok()
+    }
+
+    /// Forgets sources silent long enough that their allowance is whole again.
+    pub(super) fn forget_arrivals(&self, now: Instant) {
+        let mut arrivals = self.arrivals.borrow_mut();
+        if !arrivals.is_empty() {
+            arrivals.retain(|_, (_, last)| now.saturating_duration_since(*last) < ARRIVALS_KEPT);
+        }
+    }
+}
+
+/// How long a source's connection allowance is remembered after its last connection (its
+/// bucket refills in at most a second).
+const ARRIVALS_KEPT: Duration = Duration::from_secs(2);
 
 /// How long a client has to start its TLS handshake; a native client waiting for the
 /// challenge sends nothing, and is told `TLS_REQUIRED` after this.
