@@ -302,13 +302,17 @@ impl CertificateAuthority {
         let csr = verify_csr(csr_der)?;
         let identity = self.requested_agent(&csr)?;
         check_materials(materials)?;
-        self.policy.check(&Application {
+        let application = Application {
             identity: &identity,
             key: csr.algorithm,
             materials,
             enrollment_token,
             renewal: false,
-        })?;
+        };
+        self.policy.check(&application)?;
+        if self.policy.needs_approval(&application) {
+            self.approved(&identity, &csr, materials, now)?;
+        }
         let _guard = self.lock_crl()?;
         if let Some(current) = self.check_key_and_identity(&csr, identity.as_str(), None, now)?
             && current.materials.as_ref() == Some(materials)
@@ -324,6 +328,94 @@ impl CertificateAuthority {
             self.config.agent_validity,
             now,
         )
+    }
+
+    /// The operator's decision on this identity and key: `Ok` once approved; otherwise the
+    /// application is recorded (once) and refused `APPROVAL_PENDING`, or `APPLICATION_DENIED`.
+    fn approved(
+        &self,
+        identity: &AgentId,
+        csr: &VerifiedCsr,
+        materials: &pb::IdentityMaterials,
+        now: SystemTime,
+    ) -> Result<(), AcaError> {
+        let fingerprint = key_fingerprint(&csr.spki_der).to_vec();
+        let known = self
+            .store
+            .applications()
+            .map_err(internal)?
+            .into_iter()
+            .rev()
+            .find(|a| a.identity == identity.as_str() && a.key_fingerprint == fingerprint);
+        let pending = |id: u64| {
+            AcaError::new(
+                ErrorCode::ApprovalPending,
+                format!(
+                    "application {id} awaits the operator's approval: apply again with the same key later"
+                ),
+            )
+        };
+        match known.map(|a| (a.id, a.state())) {
+            Some((_, pb::ApplicationState::ApplicationApproved)) => Ok(()),
+            Some((id, pb::ApplicationState::ApplicationDeniedByOperator)) => Err(AcaError::new(
+                ErrorCode::ApplicationDenied,
+                format!("the operator denied application {id}"),
+            )),
+            Some((id, _)) => Err(pending(id)),
+            None => {
+                let id = self
+                    .store
+                    .put_application(&pb::Application {
+                        id: 0,
+                        identity: identity.to_string(),
+                        materials: Some(materials.clone()),
+                        key_fingerprint: fingerprint.into(),
+                        state: pb::ApplicationState::ApplicationPending as i32,
+                        received_unix_s: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                    })
+                    .map_err(internal)?;
+                Err(pending(id))
+            }
+        }
+    }
+
+    /// The applications that waited or wait for the operator's decision (`all`: decided ones
+    /// too), oldest first.
+    pub fn applications(&self, all: bool) -> Result<Vec<pb::Application>, AcaError> {
+        Ok(self
+            .store
+            .applications()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|a| all || a.state() == pb::ApplicationState::ApplicationPending)
+            .collect())
+    }
+
+    /// The operator approves or denies application `id` (a pending one): the agent applies
+    /// again with the same key to hear the decision. Returns the application as decided.
+    pub fn decide(&self, id: u64, approve: bool) -> Result<pb::Application, AcaError> {
+        let mut application = self
+            .store
+            .applications()
+            .map_err(internal)?
+            .into_iter()
+            .find(|a| a.id == id)
+            .ok_or_else(|| {
+                AcaError::new(ErrorCode::InvalidField, format!("no application {id}"))
+            })?;
+        if application.state() != pb::ApplicationState::ApplicationPending {
+            return Err(AcaError::new(
+                ErrorCode::InvalidField,
+                format!("application {id} is already {:?}", application.state()),
+            ));
+        }
+        application.set_state(if approve {
+            pb::ApplicationState::ApplicationApproved
+        } else {
+            pb::ApplicationState::ApplicationDeniedByOperator
+        });
+        self.store.put_application(&application).map_err(internal)?;
+        Ok(application)
     }
 
     /// Issues a gateway certificate for an operator (no materials, no policy: the operator

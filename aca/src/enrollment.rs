@@ -26,10 +26,12 @@ use crate::policy::AllowListPolicy;
 
 /// The policy an operator configures: `allow` entries `ORG=SCOPE,SCOPE`, each organisation
 /// enrolling with its token from the file at `tokens` (made or completed here) unless it is
-/// one of `open`. New tokens are in memory until [`TokenFile::save`].
+/// one of `open`, and waiting for the operator's approval if it is one of `approval`. New
+/// tokens are in memory until [`TokenFile::save`].
 pub fn operator_policy(
     allow: &[String],
     open: &[String],
+    approval: &[String],
     tokens: &Path,
 ) -> io::Result<(AllowListPolicy, TokenFile)> {
     let mut policy = AllowListPolicy::default();
@@ -44,6 +46,9 @@ pub fn operator_policy(
     let file = TokenFile::load_or_create(tokens, closed)?;
     for (org, digest) in file.digests() {
         policy = policy.require_token(org, digest);
+    }
+    for org in approval {
+        policy = policy.require_approval(org);
     }
     Ok((policy, file))
 }

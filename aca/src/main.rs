@@ -82,6 +82,8 @@ fn run(args: Args) -> Result<(), String> {
     let (policy, mut tokens) = operator_policy(
         &args.allow,
         &args.open_enrollment,
+        // No admin socket here to approve from: approval is the daemon's.
+        &[],
         &args.data_dir.join("enrollment-tokens"),
     )
     .map_err(|e| format!("enrollment tokens: {e}"))?;

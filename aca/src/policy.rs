@@ -32,6 +32,12 @@ pub struct Application<'a> {
 pub trait ApplicationPolicy: Send + Sync + std::fmt::Debug {
     /// `Ok` approves; an error refuses, with the code the agent sees.
     fn check(&self, application: &Application<'_>) -> Result<(), AcaError>;
+
+    /// Whether an application that passed [`ApplicationPolicy::check`] also waits for the
+    /// operator's decision (`agwctl cert approve|deny`). Renewals never do.
+    fn needs_approval(&self, _application: &Application<'_>) -> bool {
+        false
+    }
 }
 
 /// What an organisation on the allow-list may get.
@@ -43,6 +49,8 @@ pub struct OrganizationGrant {
     /// organisation is open, anyone naming it is certified (tests, closed networks; the
     /// daemon gives every organisation a token unless its operator opens it).
     pub token: Option<TokenDigest>,
+    /// Its applications wait for the operator's approval.
+    pub approval: bool,
 }
 
 /// The default policy: the organisation must be on the allow-list, the application must carry
@@ -66,6 +74,7 @@ impl AllowListPolicy {
             OrganizationGrant {
                 scopes: scopes.into_iter().map(str::to_owned).collect(),
                 token: None,
+                approval: false,
             },
         );
         self
@@ -76,6 +85,14 @@ impl AllowListPolicy {
     pub fn require_token(mut self, organization: &str, digest: TokenDigest) -> Self {
         if let Some(grant) = self.organizations.get_mut(organization) {
             grant.token = Some(digest);
+        }
+        self
+    }
+
+    /// Makes `organization`'s applications wait for the operator's approval.
+    pub fn require_approval(mut self, organization: &str) -> Self {
+        if let Some(grant) = self.organizations.get_mut(organization) {
+            grant.approval = true;
         }
         self
     }
@@ -94,6 +111,14 @@ impl AllowListPolicy {
 }
 
 impl ApplicationPolicy for AllowListPolicy {
+    fn needs_approval(&self, app: &Application<'_>) -> bool {
+        !app.renewal
+            && self
+                .organizations
+                .get(&app.materials.organization)
+                .is_some_and(|g| g.approval)
+    }
+
     fn check(&self, app: &Application<'_>) -> Result<(), AcaError> {
         let org = &app.materials.organization;
         let grant = self.organizations.get(org).ok_or_else(|| {

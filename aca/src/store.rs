@@ -26,6 +26,9 @@ const COMPROMISED: TableDefinition<&[u8], i64> = TableDefinition::new("compromis
 const BY_KEY: MultimapTableDefinition<&[u8], &[u8]> = MultimapTableDefinition::new("certs_by_key");
 /// "crl_number" -> last CRL number issued.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Application ID -> the application (`pb::Application`, protobuf), for organisations whose
+/// enrollment needs the operator's approval.
+const APPLICATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("applications");
 
 /// One issued certificate as the store keeps it.
 #[derive(Clone, PartialEq, Message)]
@@ -103,6 +106,7 @@ impl CertStore {
             tx.open_table(REVOKED)?;
             tx.open_table(COMPROMISED)?;
             tx.open_table(META)?;
+            tx.open_table(APPLICATIONS)?;
             let mut by_key = tx.open_multimap_table(BY_KEY)?;
             if by_key.is_empty()? {
                 for entry in certs.iter()? {
@@ -223,6 +227,44 @@ impl CertStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Every application awaiting or having had the operator's decision, oldest first.
+    pub fn applications(&self) -> Result<Vec<pb::Application>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(APPLICATIONS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, bytes) = entry?;
+            out.push(pb::Application::decode(bytes.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Stores `application`; with id 0, as a new one under the next ID (returned). Durable on
+    /// return.
+    pub fn put_application(&self, application: &pb::Application) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write()?;
+        let id = {
+            let mut meta = tx.open_table(META)?;
+            let id = match application.id {
+                0 => {
+                    let next = meta.get("application_id")?.map_or(0, |v| v.value()) + 1;
+                    meta.insert("application_id", next)?;
+                    next
+                }
+                id => id,
+            };
+            let mut table = tx.open_table(APPLICATIONS)?;
+            let stored = pb::Application {
+                id,
+                ..application.clone()
+            };
+            table.insert(id, stored.encode_to_vec().as_slice())?;
+            id
+        };
+        tx.commit()?;
+        Ok(id)
     }
 
     /// Takes the next CRL number; durable on return, so numbers never repeat.

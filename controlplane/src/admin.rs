@@ -245,6 +245,20 @@ pub fn answer(node: &Node, request: &pb::AdminRequest, started: Instant) -> pb::
             })
             .map_err(|e| e.to_wire()),
         Some(Command::Maintenance(q)) => maintenance(node, q.status()),
+        Some(Command::ListApplications(q)) => node
+            .authority
+            .applications(q.all)
+            .map(|applications| Reply::Applications(pb::ApplicationList { applications }))
+            .map_err(|e| e.to_wire()),
+        Some(Command::DecideApplication(q)) => node
+            .authority
+            .decide(q.id, q.approve)
+            .map(|decided| {
+                Reply::Applications(pb::ApplicationList {
+                    applications: vec![decided],
+                })
+            })
+            .map_err(|e| e.to_wire()),
         Some(Command::Drain(_) | Command::Reload(_)) | None => Err(pb::Error {
             code: ErrorCode::InvalidField as i32,
             detail: "no command the daemon answers here".into(),

@@ -94,6 +94,10 @@ pub struct DaemonArgs {
     /// about at start). Repeat for several.
     #[arg(long = "open-enrollment", value_name = "ORG")]
     pub open_enrollment: Vec<String>,
+    /// An organisation whose applications wait for the operator's approval (`agwctl cert
+    /// pending|approve|deny`). Repeat for several.
+    #[arg(long = "enrollment-approval", value_name = "ORG")]
+    pub enrollment_approval: Vec<String>,
     /// Agents speak plain TCP on the agent port instead of mutual TLS: every message crosses
     /// the network readable (loopback and tests; warned about on any other address).
     #[arg(long)]
@@ -113,6 +117,7 @@ struct FileConfig {
     agent_address: Option<String>,
     allow: Option<Vec<String>>,
     open_enrollment: Option<Vec<String>>,
+    enrollment_approval: Option<Vec<String>>,
     agent_plaintext: Option<bool>,
     authorization: Option<AuthorizationFile>,
     shards: Option<usize>,
@@ -407,14 +412,22 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
     } else {
         file.open_enrollment.unwrap_or_default()
     };
-    for org in &open_enrollment {
-        if !allow
-            .iter()
-            .any(|a| a.split_once('=').map_or(a.as_str(), |(o, _)| o) == org)
-        {
-            problems.push(format!(
-                "open_enrollment {org:?}: not an organisation of allow"
-            ));
+    let enrollment_approval = if !args.enrollment_approval.is_empty() {
+        args.enrollment_approval.clone()
+    } else {
+        file.enrollment_approval.unwrap_or_default()
+    };
+    for (key, orgs) in [
+        ("open_enrollment", &open_enrollment),
+        ("enrollment_approval", &enrollment_approval),
+    ] {
+        for org in orgs {
+            if !allow
+                .iter()
+                .any(|a| a.split_once('=').map_or(a.as_str(), |(o, _)| o) == org)
+            {
+                problems.push(format!("{key} {org:?}: not an organisation of allow"));
+            }
         }
     }
     let crl_listen = addr(args.crl_listen, listen.crl, "127.0.0.1:7402");
@@ -446,6 +459,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                     .unwrap_or_else(|| "agw-data".into()),
                 allow,
                 open_enrollment,
+                enrollment_approval,
                 authorization: policy,
                 agent_plaintext: args.agent_plaintext || file.agent_plaintext.unwrap_or(false),
                 shards: args.shards.or(file.shards),
@@ -708,6 +722,11 @@ fn reload(
         "open_enrollment",
         old.open_enrollment.join(","),
         next.open_enrollment.join(","),
+    );
+    differs(
+        "enrollment_approval",
+        old.enrollment_approval.join(","),
+        next.enrollment_approval.join(","),
     );
     for (key, was, now) in [
         ("crl_url", &old.crl_url, &next.crl_url),

@@ -67,6 +67,9 @@ pub struct NodeConfig {
     pub allow: Vec<String>,
     /// Organisations anyone may enroll in without a token (tests, closed networks).
     pub open_enrollment: Vec<String>,
+    /// Organisations whose applications wait for the operator's approval (`agwctl cert
+    /// pending|approve|deny`), token or not.
+    pub enrollment_approval: Vec<String>,
     /// Agents speak plain TCP instead of mutual TLS (ALPN `agw/1`): every message crosses the
     /// network readable. Default off; warned about at start on a non-loopback address.
     pub agent_plaintext: bool,
@@ -122,6 +125,7 @@ impl NodeConfig {
             data_dir,
             allow: vec!["Example".into()],
             open_enrollment: Vec::new(),
+            enrollment_approval: Vec::new(),
             agent_plaintext: false,
             shards: Some(1),
             pin_cores: true,
@@ -289,6 +293,7 @@ impl Node {
         let (policy, mut enrollment) = operator_policy(
             &config.allow,
             &config.open_enrollment,
+            &config.enrollment_approval,
             &aca_dir.join("enrollment-tokens"),
         )
         .map_err(|e| format!("enrollment tokens: {e}"))?;

@@ -944,3 +944,81 @@ fn the_agent_port_speaks_mutual_tls_and_plaintext_only_when_the_operator_says_so
         "TLS to a plaintext port"
     );
 }
+
+#[test]
+fn an_organisation_under_approval_waits_for_the_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("agw.toml");
+    std::fs::write(&config, "enrollment_approval = [\"Acme\"]\n").unwrap();
+    let daemon = start(&data, Some(&config));
+    let token = enrollment_token(&data, "Acme");
+    let apply = |name: &str, key: &AgentKey| {
+        let mut app = CertificateRequests::default()
+            .application(
+                key,
+                &AgentId::parse(&format!("spiffe://travel.example/agent/{name}")).unwrap(),
+                pb::IdentityMaterials {
+                    organization: "Acme".into(),
+                    developer: "dev@acme.example".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        app.enrollment_token.clone_from(&token);
+        let mut conn = Connection::connect(&daemon.aca, Duration::from_secs(5)).unwrap();
+        let Message::CertificateReply(reply) = conn.request(app).unwrap() else {
+            panic!("no certificate reply")
+        };
+        reply
+    };
+    let (alice_key, mallory_key) = (AgentKey::generate().unwrap(), AgentKey::generate().unwrap());
+
+    // With the token, alice still waits: pending, once, however often she asks.
+    for _ in 0..2 {
+        let reply = apply("alice", &alice_key);
+        assert_eq!(
+            reply.error.unwrap().error_code(),
+            ErrorCode::ApprovalPending
+        );
+    }
+    let reply = apply("mallory", &mallory_key);
+    assert_eq!(
+        reply.error.unwrap().error_code(),
+        ErrorCode::ApprovalPending
+    );
+    let pending = agwctl_json(&data, &["cert", "pending"]);
+    let listed = pending["applications"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{pending}");
+    assert_eq!(listed[0]["identity"], "spiffe://travel.example/agent/alice");
+    assert_eq!(listed[0]["developer"], "dev@acme.example");
+    let (alice_id, mallory_id) = (listed[0]["id"].to_string(), listed[1]["id"].to_string());
+
+    // The operator approves alice and denies mallory; each hears it on applying again.
+    agwctl_json(&data, &["cert", "approve", &alice_id]);
+    agwctl_json(&data, &["cert", "deny", &mallory_id]);
+    let reply = apply("alice", &alice_key);
+    assert_eq!(reply.error, None, "{reply:?}");
+    assert!(!reply.certificate_chain.is_empty());
+    let reply = apply("mallory", &mallory_key);
+    assert_eq!(
+        reply.error.unwrap().error_code(),
+        ErrorCode::ApplicationDenied
+    );
+    // A decision holds for that key only: another key for alice's name is pending anew (and
+    // would then meet IDENTITY_TAKEN once approved).
+    let reply = apply("alice", &AgentKey::generate().unwrap());
+    assert_eq!(
+        reply.error.unwrap().error_code(),
+        ErrorCode::ApprovalPending
+    );
+    let (ok, _, err) = agwctl(&data, &["cert", "approve", &alice_id]);
+    assert!(!ok && err.contains("already"), "{err}");
+    assert_eq!(
+        agwctl_json(&data, &["cert", "pending", "--all"])["applications"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}

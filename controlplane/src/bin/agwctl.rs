@@ -142,6 +142,56 @@ enum CertCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Lists the certificate applications waiting for approval (organisations configured
+    /// with enrollment_approval).
+    Pending {
+        /// Decided ones too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approves application ID: the agent gets its certificate when it applies again with
+    /// the same key.
+    Approve {
+        /// The application's number, as `cert pending` shows it.
+        id: u64,
+    },
+    /// Denies application ID: the agent is told APPLICATION_DENIED when it applies again.
+    Deny {
+        /// The application's number, as `cert pending` shows it.
+        id: u64,
+    },
+}
+
+/// One application as a line and as JSON.
+fn application_view(a: &pb::Application) -> (String, serde_json::Value) {
+    let materials = a.materials.clone().unwrap_or_default();
+    let state = match a.state() {
+        pb::ApplicationState::ApplicationPending => "pending",
+        pb::ApplicationState::ApplicationApproved => "approved",
+        pb::ApplicationState::ApplicationDeniedByOperator => "denied",
+        pb::ApplicationState::Unspecified => "unknown",
+    };
+    let line = format!(
+        "{:>5}  {:<8}  {}  organisation {:?}, developer {:?}, scopes [{}]\n",
+        a.id,
+        state,
+        a.identity,
+        materials.organization,
+        materials.developer,
+        materials.permission_scope.join(", ")
+    );
+    let json = json!({
+        "id": a.id,
+        "state": state,
+        "identity": a.identity,
+        "organization": materials.organization,
+        "developer": materials.developer,
+        "function_type": materials.function_type,
+        "permission_scope": materials.permission_scope,
+        "key_fingerprint": hex::encode(&a.key_fingerprint),
+        "received_unix_s": a.received_unix_s,
+    });
+    (line, json)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -618,6 +668,46 @@ fn hex_serial(serial: &[u8]) -> String {
 
 fn cert(client: &mut Client, command: &CertCmd) -> Result<Printed, String> {
     match command {
+        CertCmd::Pending { all } => {
+            let Reply::Applications(list) =
+                client.ask(Command::ListApplications(pb::ListApplications {
+                    all: *all,
+                }))?
+            else {
+                return Err("unexpected answer".into());
+            };
+            let (lines, json): (Vec<String>, Vec<serde_json::Value>) =
+                list.applications.iter().map(application_view).unzip();
+            let text = if lines.is_empty() {
+                "no applications waiting\n".to_owned()
+            } else {
+                lines.concat()
+            };
+            Ok(Printed {
+                text,
+                json: json!({ "applications": json }),
+            })
+        }
+        CertCmd::Approve { id } | CertCmd::Deny { id } => {
+            let approve = matches!(command, CertCmd::Approve { .. });
+            let Reply::Applications(list) =
+                client.ask(Command::DecideApplication(pb::DecideApplication {
+                    id: *id,
+                    approve,
+                }))?
+            else {
+                return Err("unexpected answer".into());
+            };
+            let decided = list
+                .applications
+                .first()
+                .ok_or("no application in the answer")?;
+            let (line, json) = application_view(decided);
+            Ok(Printed {
+                text: format!("{line}the agent hears it when it applies again with the same key\n"),
+                json,
+            })
+        }
         CertCmd::Issue { gateway, csr, out } => {
             let bytes = std::fs::read(csr).map_err(|e| format!("{}: {e}", csr.display()))?;
             let der = match pem::parse(&bytes) {
