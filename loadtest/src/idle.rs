@@ -59,9 +59,13 @@ fn rss(pid: u32) -> Result<u64, Error> {
     Ok(kb * 1024)
 }
 
-fn start_daemon(agw: &Path, data: &Path) -> Result<Daemon, Error> {
+fn start_daemon(agw: &Path, data: &Path, plaintext: bool) -> Result<Daemon, Error> {
     let any = "127.0.0.1:0";
-    let mut child = Command::new(agw)
+    let mut command = Command::new(agw);
+    if plaintext {
+        command.arg("--agent-plaintext");
+    }
+    let mut child = command
         .args(["--shards", "1", "--data-dir"])
         .arg(data)
         .args(["--listen", any, "--aca-listen", any, "--crl-listen", any])
@@ -102,13 +106,16 @@ fn start_daemon(agw: &Path, data: &Path) -> Result<Daemon, Error> {
 }
 
 /// Runs the measurement with the `agw` binary at `agw`.
+/// `plaintext`: the agents speak plain TCP (the daemon started with `--agent-plaintext`)
+/// instead of mutual TLS.
 pub fn measure(
     agw: &Path,
     connections: usize,
+    plaintext: bool,
     progress: impl Fn(&str),
 ) -> Result<IdleReport, Error> {
     let dir = tempfile::tempdir()?;
-    let daemon = start_daemon(agw, &dir.path().join("data"))?;
+    let daemon = start_daemon(agw, &dir.path().join("data"), plaintext)?;
     std::thread::sleep(Duration::from_secs(1));
     let pid = daemon.child.id();
     let rss_before = rss(pid)?;
@@ -119,7 +126,11 @@ pub fn measure(
     while left > 0 {
         let count = left.min(PER_CLIENT);
         left -= count;
-        let mut child = Command::new(&me)
+        let mut child = Command::new(&me);
+        if plaintext {
+            child.arg("--agent-plaintext");
+        }
+        let mut child = child
             .args([
                 "--idle-client",
                 &count.to_string(),
@@ -165,7 +176,13 @@ pub fn measure(
 
 /// A client process: one agent from the daemon's authority, `count` accessed connections,
 /// held until stdin closes.
-pub fn client(count: usize, agents: &str, aca: &str, name: &str) -> Result<(), Error> {
+pub fn client(
+    count: usize,
+    agents: &str,
+    aca: &str,
+    name: &str,
+    plaintext: bool,
+) -> Result<(), Error> {
     let agent = AgentId::parse(&format!("spiffe://local.agw/agent/{name}"))?;
     let mut conn = Connection::connect(aca, Duration::from_secs(10))?;
     let creds = Arc::new(Credentials::enroll(agent, "Example", "", |app| {
@@ -174,11 +191,12 @@ pub fn client(count: usize, agents: &str, aca: &str, name: &str) -> Result<(), E
     let started = Instant::now();
     let mut held = Vec::with_capacity(count);
     for _ in 0..count {
-        held.push(AgentConnection::connect(
-            agents,
-            creds.clone(),
-            Duration::from_secs(10),
-        )?);
+        let timeout = Duration::from_secs(10);
+        held.push(if plaintext {
+            AgentConnection::connect_plaintext(agents, creds.clone(), timeout)?
+        } else {
+            AgentConnection::connect(agents, creds.clone(), timeout)?
+        });
     }
     let mut out = std::io::stdout();
     writeln!(

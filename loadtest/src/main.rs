@@ -151,6 +151,7 @@ fn run(args: &Args) -> Result<(), Error> {
             &args.idle_agents,
             &args.idle_aca,
             &args.idle_name,
+            args.agent_plaintext,
         );
     }
     if let Some(connections) = args.idle {
@@ -263,7 +264,9 @@ fn idle(args: &Args, connections: usize) -> Result<(), Error> {
         "agw daemon {}; {connections} idle agent connections",
         agw.display()
     );
-    let report = agw_loadtest::idle::measure(&agw, connections, |line| eprintln!("{line}"))?;
+    let report = agw_loadtest::idle::measure(&agw, connections, args.agent_plaintext, |line| {
+        eprintln!("{line}")
+    })?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
