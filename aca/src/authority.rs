@@ -4,6 +4,7 @@
 //! changes are committed to the [`CertStore`] before a method returns success.
 
 use std::{
+    collections::HashMap,
     fs,
     io::Write as _,
     path::{Path, PathBuf},
@@ -14,6 +15,7 @@ use std::{
 use agw_proto::{
     identity::{AgentId, Domain, GatewayId},
     pb::{self, ErrorCode},
+    rate::Bucket,
     signing,
 };
 use rcgen::{
@@ -75,6 +77,9 @@ pub struct AuthorityConfig {
     pub crl_validity: Duration,
     /// Self-signed or intermediate.
     pub root: RootMode,
+    /// Applications one organisation may make per minute (as many at once), counted once
+    /// the policy admitted them; past it `RATE_LIMITED` with the time to wait. Default 6,000.
+    pub applications_per_minute: u32,
 }
 
 impl AuthorityConfig {
@@ -88,6 +93,7 @@ impl AuthorityConfig {
             gateway_validity: Duration::from_secs(90 * 86_400),
             crl_validity: Duration::from_secs(86_400),
             root: RootMode::SelfSigned,
+            applications_per_minute: 6_000,
         }
     }
 }
@@ -146,6 +152,8 @@ pub struct CertificateAuthority {
     /// Serialises issuance and revocation, so the checks and the write are one step; also
     /// holds the current CRL.
     crl: Mutex<Crl>,
+    /// Each admitted organisation's allowance of applications, and when it last took one.
+    applications: Mutex<HashMap<String, (Bucket, SystemTime)>>,
     rng: SystemRandom,
     /// Told after every revocation (its CRL issued), so a gateway need not poll the CRL.
     on_revoke: RevocationHook,
@@ -242,6 +250,7 @@ impl CertificateAuthority {
                 number: 0,
                 this_update: 0,
             }),
+            applications: Mutex::new(HashMap::new()),
             rng: SystemRandom::new(),
             on_revoke: RevocationHook::default(),
         };
@@ -310,6 +319,7 @@ impl CertificateAuthority {
             renewal: false,
         };
         self.policy.check(&application)?;
+        self.take_application(&materials.organization, now)?;
         if self.policy.needs_approval(&application) {
             self.approved(&identity, &csr, materials, now)?;
         }
@@ -328,6 +338,28 @@ impl CertificateAuthority {
             self.config.agent_validity,
             now,
         )
+    }
+
+    /// Charges one application to `organization` (one the policy admitted, so the map holds
+    /// the allow-list's organisations at most), or refuses it `RATE_LIMITED`.
+    fn take_application(&self, organization: &str, now: SystemTime) -> Result<(), AcaError> {
+        let per_minute = f64::from(self.config.applications_per_minute.max(1));
+        let mut all = self
+            .applications
+            .lock()
+            .map_err(|_| internal("application limiter poisoned"))?;
+        let (bucket, last) = all
+            .entry(organization.to_owned())
+            .or_insert_with(|| (Bucket::new(per_minute / 60.0, per_minute), now));
+        let taken = bucket.take(now.duration_since(*last).unwrap_or_default());
+        *last = now.max(*last);
+        taken.map_err(|wait| AcaError {
+            code: ErrorCode::RateLimited,
+            detail: format!(
+                "{organization:?} applied more than {per_minute} times a minute: retry in {} ms",
+                wait.as_millis().max(1)
+            ),
+        })
     }
 
     /// The operator's decision on this identity and key: `Ok` once approved; otherwise the

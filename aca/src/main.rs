@@ -51,6 +51,9 @@ struct Args {
     /// about at start). Repeatable.
     #[arg(long = "open-enrollment", value_name = "ORG")]
     open_enrollment: Vec<String>,
+    /// Certificate applications one organisation may make per minute (as many at once).
+    #[arg(long, default_value_t = 6_000)]
+    applications_per_minute: u32,
     /// Lifetime of agent certificates, in days.
     #[arg(long, default_value_t = 30)]
     agent_validity_days: u64,
@@ -96,6 +99,7 @@ fn run(args: Args) -> Result<(), String> {
     let crl_url = crl_url(args.crl_url.as_deref(), crl_addr, domain.as_str())?;
     let mut config = AuthorityConfig::new(domain, &args.data_dir, crl_url.clone());
     config.agent_validity = Duration::from_secs(args.agent_validity_days * 86_400);
+    config.applications_per_minute = args.applications_per_minute;
     config.gateway_validity = Duration::from_secs(args.gateway_validity_days * 86_400);
     if let (Some(root_cert), Some(root_key)) = (args.root_cert, args.root_key) {
         config.root = RootMode::Intermediate {

@@ -133,3 +133,35 @@ fn the_tokens_file_is_private_stable_and_rotatable() {
     let e = TokenFile::load_or_create(&path, ["Acme Travel"]).unwrap_err();
     assert!(e.to_string().contains("line 2"), "{e}");
 }
+
+#[test]
+fn an_organisation_applying_too_fast_is_told_to_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = agw_aca::AuthorityConfig {
+        applications_per_minute: 3,
+        ..config(dir.path())
+    };
+    let ca = CertificateAuthority::bootstrap(config, Box::new(policy()), t0()).unwrap();
+    let apply_at = |name: &str, now| {
+        let mut who = Agent::new(name);
+        who.apply(&ca, materials(), now)
+    };
+    for name in ["a1", "a2", "a3"] {
+        assert_eq!(apply_at(name, t0()).error, None);
+    }
+    let refused = apply_at("a4", t0());
+    assert_eq!(refusal(&refused), ErrorCode::RateLimited);
+    assert!(refused.error.unwrap().detail.contains("retry in"));
+    // An organisation not admitted by the policy is refused by it, not counted.
+    let mut m = materials();
+    m.organization = "Unknown Corp".into();
+    assert_eq!(
+        refusal(&Agent::new("x").apply(&ca, m, t0())),
+        ErrorCode::OrgNotAllowed
+    );
+    // Twenty seconds bring one application back.
+    assert_eq!(
+        apply_at("a4", t0() + std::time::Duration::from_secs(20)).error,
+        None
+    );
+}

@@ -118,6 +118,7 @@ struct FileConfig {
     allow: Option<Vec<String>>,
     open_enrollment: Option<Vec<String>>,
     enrollment_approval: Option<Vec<String>>,
+    applications_per_minute: Option<u32>,
     agent_plaintext: Option<bool>,
     authorization: Option<AuthorizationFile>,
     shards: Option<usize>,
@@ -460,6 +461,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                 allow,
                 open_enrollment,
                 enrollment_approval,
+                applications_per_minute: file.applications_per_minute.unwrap_or(6_000),
                 authorization: policy,
                 agent_plaintext: args.agent_plaintext || file.agent_plaintext.unwrap_or(false),
                 shards: args.shards.or(file.shards),
@@ -722,6 +724,11 @@ fn reload(
         "open_enrollment",
         old.open_enrollment.join(","),
         next.open_enrollment.join(","),
+    );
+    differs(
+        "applications_per_minute",
+        old.applications_per_minute.to_string(),
+        next.applications_per_minute.to_string(),
     );
     differs(
         "enrollment_approval",

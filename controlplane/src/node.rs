@@ -70,6 +70,8 @@ pub struct NodeConfig {
     /// Organisations whose applications wait for the operator's approval (`agwctl cert
     /// pending|approve|deny`), token or not.
     pub enrollment_approval: Vec<String>,
+    /// Certificate applications one organisation may make per minute. Default 6,000.
+    pub applications_per_minute: u32,
     /// Agents speak plain TCP instead of mutual TLS (ALPN `agw/1`): every message crosses the
     /// network readable. Default off; warned about at start on a non-loopback address.
     pub agent_plaintext: bool,
@@ -126,6 +128,7 @@ impl NodeConfig {
             allow: vec!["Example".into()],
             open_enrollment: Vec::new(),
             enrollment_approval: Vec::new(),
+            applications_per_minute: 6_000,
             agent_plaintext: false,
             shards: Some(1),
             pin_cores: true,
@@ -310,6 +313,7 @@ impl Node {
         let crl_url = crl_url(config.crl_url.as_deref(), crl_addr, config.domain.as_str())?;
         let mut aca_config = AuthorityConfig::new(config.domain.clone(), &aca_dir, crl_url.clone());
         aca_config.gateway_validity = config.gateway_validity;
+        aca_config.applications_per_minute = config.applications_per_minute;
         if let Some((root_cert, root_key)) = &config.root {
             aca_config.root = RootMode::Intermediate {
                 root_cert: root_cert.clone(),
