@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     fs,
     io::Write as _,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Mutex,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -80,6 +81,9 @@ pub struct AuthorityConfig {
     /// Applications one organisation may make per minute (as many at once), counted once
     /// the policy admitted them; past it `RATE_LIMITED` with the time to wait. Default 6,000.
     pub applications_per_minute: u32,
+    /// Applications one source address may make per minute (as many at once), counted before
+    /// anything is checked ([`CertificateAuthority::handle_from`]). Default 600.
+    pub applications_per_minute_per_source: u32,
 }
 
 impl AuthorityConfig {
@@ -94,6 +98,7 @@ impl AuthorityConfig {
             crl_validity: Duration::from_secs(86_400),
             root: RootMode::SelfSigned,
             applications_per_minute: 6_000,
+            applications_per_minute_per_source: 600,
         }
     }
 }
@@ -154,6 +159,8 @@ pub struct CertificateAuthority {
     crl: Mutex<Crl>,
     /// Each admitted organisation's allowance of applications, and when it last took one.
     applications: Mutex<HashMap<String, (Bucket, SystemTime)>>,
+    /// The same per source address (the recent ones: see [`MAX_SOURCES`]).
+    sources: Mutex<HashMap<IpAddr, (Bucket, SystemTime)>>,
     rng: SystemRandom,
     /// Told after every revocation (its CRL issued), so a gateway need not poll the CRL.
     on_revoke: RevocationHook,
@@ -192,6 +199,29 @@ fn past_renewal_point(record: &CertRecord, now: SystemTime) -> bool {
 
 fn datetime(t: SystemTime) -> OffsetDateTime {
     OffsetDateTime::from(t)
+}
+
+/// Source addresses whose application rate is remembered before the silent ones are forgotten.
+const MAX_SOURCES: usize = 16_384;
+
+/// One application from `key`'s allowance of `per_minute` a minute (as many at once).
+fn take<K: std::hash::Hash + Eq>(
+    all: &mut HashMap<K, (Bucket, SystemTime)>,
+    key: K,
+    per_minute: u32,
+    now: SystemTime,
+) -> Result<(), Duration> {
+    let per_minute = f64::from(per_minute.max(1));
+    let (bucket, last) = all
+        .entry(key)
+        .or_insert_with(|| (Bucket::new(per_minute / 60.0, per_minute), now));
+    let taken = bucket.take(now.duration_since(*last).unwrap_or_default());
+    *last = now.max(*last);
+    taken
+}
+
+fn rate_limited(detail: String) -> AcaError {
+    AcaError::new(ErrorCode::RateLimited, detail)
 }
 
 fn internal(e: impl std::fmt::Display) -> AcaError {
@@ -251,6 +281,7 @@ impl CertificateAuthority {
                 this_update: 0,
             }),
             applications: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashMap::new()),
             rng: SystemRandom::new(),
             on_revoke: RevocationHook::default(),
         };
@@ -340,25 +371,40 @@ impl CertificateAuthority {
         )
     }
 
+    /// Charges one application to `source`, or refuses it `RATE_LIMITED`.
+    pub(crate) fn take_from_source(&self, source: IpAddr, now: SystemTime) -> Result<(), AcaError> {
+        let per_minute = self.config.applications_per_minute_per_source;
+        let mut all = self
+            .sources
+            .lock()
+            .map_err(|_| internal("application limiter poisoned"))?;
+        if all.len() >= MAX_SOURCES {
+            // Sources silent for a minute have their whole allowance back: forget them.
+            all.retain(|_, (_, last)| {
+                now.duration_since(*last).unwrap_or_default() < Duration::from_secs(60)
+            });
+        }
+        take(&mut all, source, per_minute, now).map_err(|wait| {
+            rate_limited(format!(
+                "{source} applied more than {per_minute} times a minute: retry in {} ms",
+                wait.as_millis().max(1)
+            ))
+        })
+    }
+
     /// Charges one application to `organization` (one the policy admitted, so the map holds
     /// the allow-list's organisations at most), or refuses it `RATE_LIMITED`.
     fn take_application(&self, organization: &str, now: SystemTime) -> Result<(), AcaError> {
-        let per_minute = f64::from(self.config.applications_per_minute.max(1));
+        let per_minute = self.config.applications_per_minute;
         let mut all = self
             .applications
             .lock()
             .map_err(|_| internal("application limiter poisoned"))?;
-        let (bucket, last) = all
-            .entry(organization.to_owned())
-            .or_insert_with(|| (Bucket::new(per_minute / 60.0, per_minute), now));
-        let taken = bucket.take(now.duration_since(*last).unwrap_or_default());
-        *last = now.max(*last);
-        taken.map_err(|wait| AcaError {
-            code: ErrorCode::RateLimited,
-            detail: format!(
+        take(&mut all, organization.to_owned(), per_minute, now).map_err(|wait| {
+            rate_limited(format!(
                 "{organization:?} applied more than {per_minute} times a minute: retry in {} ms",
                 wait.as_millis().max(1)
-            ),
+            ))
         })
     }
 

@@ -54,6 +54,9 @@ struct Args {
     /// Certificate applications one organisation may make per minute (as many at once).
     #[arg(long, default_value_t = 6_000)]
     applications_per_minute: u32,
+    /// Certificate applications one source address may make per minute (as many at once).
+    #[arg(long, default_value_t = 600)]
+    applications_per_minute_per_source: u32,
     /// Lifetime of agent certificates, in days.
     #[arg(long, default_value_t = 30)]
     agent_validity_days: u64,
@@ -100,6 +103,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut config = AuthorityConfig::new(domain, &args.data_dir, crl_url.clone());
     config.agent_validity = Duration::from_secs(args.agent_validity_days * 86_400);
     config.applications_per_minute = args.applications_per_minute;
+    config.applications_per_minute_per_source = args.applications_per_minute_per_source;
     config.gateway_validity = Duration::from_secs(args.gateway_validity_days * 86_400);
     if let (Some(root_cert), Some(root_key)) = (args.root_cert, args.root_key) {
         config.root = RootMode::Intermediate {
@@ -149,8 +153,8 @@ fn run(args: Args) -> Result<(), String> {
     );
     let _ = out.flush();
     let handler = Arc::new(
-        move |request: &agw_proto::Message, _peer: Option<&str>, now| {
-            authority.handle(request, now)
+        move |request: &agw_proto::Message, caller: &agw_rpc::Caller, now| {
+            authority.handle_from(request, caller.address, now)
         },
     );
     let _endpoint = Endpoint::tcp(

@@ -1,6 +1,6 @@
 //! The ACA's side of the wire protocol: each request message in, its reply out.
 
-use std::time::SystemTime;
+use std::{net::IpAddr, time::SystemTime};
 
 use agw_proto::{Admission, Kind, Message, pb};
 
@@ -24,7 +24,24 @@ impl CertificateAuthority {
     /// `RevocationRequest`, `StatusQuery`, `CrlRequest`). Any other kind returns `None`: the
     /// caller answers it as an unexpected message.
     pub fn handle(&self, request: &Message, now: SystemTime) -> Option<Message> {
+        self.handle_from(request, None, now)
+    }
+
+    /// [`CertificateAuthority::handle`] for a request from `source`: its applications count
+    /// against the source's rate (`applications_per_minute_per_source`) before anything else
+    /// is checked.
+    pub fn handle_from(
+        &self,
+        request: &Message,
+        source: Option<IpAddr>,
+        now: SystemTime,
+    ) -> Option<Message> {
         let wire = |e: AcaError| Some(e.to_wire());
+        if let (Message::CertificateApplication(req), Some(source)) = (request, source)
+            && let Err(e) = self.take_from_source(source, now)
+        {
+            return Some(certificate_reply(req.request_id, Err(e), wire));
+        }
         Some(match request {
             Message::CertificateApplication(req) => {
                 let materials = req.materials.clone().unwrap_or_default();

@@ -165,3 +165,41 @@ fn an_organisation_applying_too_fast_is_told_to_wait() {
         None
     );
 }
+
+#[test]
+fn one_address_applying_too_fast_is_told_to_wait_before_anything_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = agw_aca::AuthorityConfig {
+        applications_per_minute_per_source: 2,
+        ..config(dir.path())
+    };
+    let ca = CertificateAuthority::bootstrap(config, Box::new(policy()), t0()).unwrap();
+    let (one, other): (std::net::IpAddr, std::net::IpAddr) =
+        ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+    let apply_from = |source, name: &str| {
+        let mut who = Agent::new(name);
+        let request = who
+            .requests
+            .application(&who.key, &who.id, materials())
+            .unwrap();
+        match ca.handle_from(&request.into(), Some(source), t0()) {
+            Some(Message::CertificateReply(reply)) => reply,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(apply_from(one, "b1").error, None);
+    // A refused application counts too: the limit is on asking, not on succeeding.
+    let mut junk = Agent::new("b2");
+    let mut bad = junk
+        .requests
+        .application(&junk.key, &junk.id, materials())
+        .unwrap();
+    bad.csr = vec![0x30, 0].into();
+    assert!(matches!(
+        ca.handle_from(&bad.into(), Some(one), t0()),
+        Some(Message::CertificateReply(r)) if refusal(&r) == ErrorCode::BadCsr
+    ));
+    assert_eq!(refusal(&apply_from(one, "b3")), ErrorCode::RateLimited);
+    // Another address is not held up.
+    assert_eq!(apply_from(other, "b4").error, None);
+}

@@ -135,13 +135,13 @@ fn run(args: Args) -> Result<(), String> {
     );
     let _ = out.flush();
 
-    let handler = Arc::new(move |request: &Message, peer: Option<&str>, now| {
+    let handler = Arc::new(move |request: &Message, caller: &agw_rpc::Caller, now| {
         // New CRL on disk: registrations check against it from now on (the change is queued
         // before this request). TLS handshakes keep the CRL they started with until a restart.
         if let Ok(Some(checker)) = crl.lock().map_or(Ok(None), |mut crl| crl.refresh()) {
             registry.change(move |r| r.set_certificate_checker(checker));
         }
-        match peer {
+        match caller.identity.as_deref() {
             Some(peer) => registry.serve(request, peer, now),
             None => Some(notification(
                 ErrorCode::NotAccessed,

@@ -147,8 +147,8 @@ pub fn listen(data_dir: &Path) -> Result<(AdminSocket, Receiver<Asked>), String>
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let expected = digest(&SHA256, token.as_bytes());
-    let handler: Arc<Handler> =
-        Arc::new(move |message: &Message, _: Option<&str>, _: SystemTime| {
+    let handler: Arc<Handler> = Arc::new(
+        move |message: &Message, _: &agw_rpc::Caller, _: SystemTime| {
             let Message::AdminRequest(request) = message else {
                 return None;
             };
@@ -182,7 +182,8 @@ pub fn listen(data_dir: &Path) -> Result<(AdminSocket, Receiver<Asked>), String>
                     })
                     .into(),
             )
-        });
+        },
+    );
     Ok((
         AdminSocket {
             path,

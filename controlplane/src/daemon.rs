@@ -119,6 +119,7 @@ struct FileConfig {
     open_enrollment: Option<Vec<String>>,
     enrollment_approval: Option<Vec<String>>,
     applications_per_minute: Option<u32>,
+    applications_per_minute_per_source: Option<u32>,
     agent_plaintext: Option<bool>,
     authorization: Option<AuthorizationFile>,
     shards: Option<usize>,
@@ -462,6 +463,9 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                 open_enrollment,
                 enrollment_approval,
                 applications_per_minute: file.applications_per_minute.unwrap_or(6_000),
+                applications_per_minute_per_source: file
+                    .applications_per_minute_per_source
+                    .unwrap_or(600),
                 authorization: policy,
                 agent_plaintext: args.agent_plaintext || file.agent_plaintext.unwrap_or(false),
                 shards: args.shards.or(file.shards),
@@ -729,6 +733,11 @@ fn reload(
         "applications_per_minute",
         old.applications_per_minute.to_string(),
         next.applications_per_minute.to_string(),
+    );
+    differs(
+        "applications_per_minute_per_source",
+        old.applications_per_minute_per_source.to_string(),
+        next.applications_per_minute_per_source.to_string(),
     );
     differs(
         "enrollment_approval",

@@ -27,7 +27,7 @@ use agw_proto::{
     identity::{Domain, GatewayId},
     pb::{self, ErrorCode},
 };
-use agw_rpc::{Endpoint, EndpointStats, ServerLimits, notification};
+use agw_rpc::{Caller, Endpoint, EndpointStats, ServerLimits, notification};
 use agw_sdk::certificates::AgentKey;
 
 use crate::{
@@ -72,6 +72,8 @@ pub struct NodeConfig {
     pub enrollment_approval: Vec<String>,
     /// Certificate applications one organisation may make per minute. Default 6,000.
     pub applications_per_minute: u32,
+    /// Certificate applications one source address may make per minute. Default 600.
+    pub applications_per_minute_per_source: u32,
     /// Agents speak plain TCP instead of mutual TLS (ALPN `agw/1`): every message crosses the
     /// network readable. Default off; warned about at start on a non-loopback address.
     pub agent_plaintext: bool,
@@ -129,6 +131,7 @@ impl NodeConfig {
             open_enrollment: Vec::new(),
             enrollment_approval: Vec::new(),
             applications_per_minute: 6_000,
+            applications_per_minute_per_source: 600,
             agent_plaintext: false,
             shards: Some(1),
             pin_cores: true,
@@ -314,6 +317,7 @@ impl Node {
         let mut aca_config = AuthorityConfig::new(config.domain.clone(), &aca_dir, crl_url.clone());
         aca_config.gateway_validity = config.gateway_validity;
         aca_config.applications_per_minute = config.applications_per_minute;
+        aca_config.applications_per_minute_per_source = config.applications_per_minute_per_source;
         if let Some((root_cert, root_key)) = &config.root {
             aca_config.root = RootMode::Intermediate {
                 root_cert: root_cert.clone(),
@@ -345,8 +349,8 @@ impl Node {
         let aca_listener = bind("ACA listener", config.aca)?;
         let aca_addr = aca_listener.local_addr().map_err(|e| e.to_string())?;
         let served = Arc::clone(&authority);
-        let handler = Arc::new(move |request: &Message, _peer: Option<&str>, now| {
-            served.handle(request, now)
+        let handler = Arc::new(move |request: &Message, caller: &Caller, now| {
+            served.handle_from(request, caller.address, now)
         });
         let aca_endpoint = Endpoint::tcp(
             runtime.handle(),
@@ -440,8 +444,8 @@ impl Node {
         );
         let served = registry.clone();
         let revoker = Arc::clone(&authority);
-        let handler = Arc::new(move |request: &Message, peer: Option<&str>, now| {
-            let Some(peer) = peer else {
+        let handler = Arc::new(move |request: &Message, caller: &Caller, now| {
+            let Some(peer) = caller.identity.as_deref() else {
                 return Some(notification(
                     ErrorCode::NotAccessed,
                     "no client certificate",

@@ -50,9 +50,18 @@ use tokio::{
     time::{Instant, sleep, timeout, timeout_at},
 };
 
-/// Answers one request from a peer (its identity when TLS authenticated it) at the given time;
-/// `None` for a kind the service does not serve.
-pub type Handler = dyn Fn(&Message, Option<&str>, SystemTime) -> Option<Message> + Send + Sync;
+/// Answers one request from a caller at the given time; `None` for a kind the service does
+/// not serve.
+pub type Handler = dyn Fn(&Message, &Caller, SystemTime) -> Option<Message> + Send + Sync;
+
+/// Who sent a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    /// The identity in its certificate, when TLS authenticated it.
+    pub identity: Option<String>,
+    /// Its address (none on a Unix socket).
+    pub address: Option<IpAddr>,
+}
 
 /// How a TLS endpoint names its peers: the identity in their certificate chain.
 pub type Identify = fn(&[CertificateDer<'_>]) -> Option<String>;
@@ -419,14 +428,18 @@ async fn accept_tcp(
                     return;
                 }
             };
+            let caller = Caller {
+                identity: None,
+                address: Some(from.ip()),
+            };
             match tls {
-                None => serve(stream, None, &shared).await,
+                None => serve(stream, caller, &shared).await,
                 Some((config, identify)) => {
                     let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
                     match timeout(shared.limits.handshake_timeout, accept).await {
                         Ok(Ok(tls)) => {
-                            let peer = tls.get_ref().1.peer_certificates().and_then(identify);
-                            serve(tls, peer, &shared).await;
+                            let identity = tls.get_ref().1.peer_certificates().and_then(identify);
+                            serve(tls, Caller { identity, ..caller }, &shared).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake refused"),
                         Err(_) => {
@@ -462,7 +475,7 @@ async fn accept_unix(listener: UnixListener, shared: Shared) {
         tokio::spawn(async move {
             match shared.gate.admit(None) {
                 Ok(admitted) => {
-                    serve(stream, None, &shared).await;
+                    serve(stream, Caller::default(), &shared).await;
                     drop(admitted);
                 }
                 Err((code, text)) => refuse(stream, code, text).await,
@@ -483,11 +496,7 @@ async fn refuse(mut stream: impl AsyncWrite + Unpin, code: ErrorCode, text: &str
 
 /// Answers the connection's requests until it closes, breaks the protocol, misses a deadline
 /// or the endpoint stops.
-async fn serve(
-    mut stream: impl AsyncRead + AsyncWrite + Unpin,
-    peer: Option<String>,
-    shared: &Shared,
-) {
+async fn serve(mut stream: impl AsyncRead + AsyncWrite + Unpin, caller: Caller, shared: &Shared) {
     let limits = shared.limits;
     let mut stopped = shared.stopped.clone();
     let mut decoder = FrameDecoder::new(FrameLimits::default());
@@ -501,7 +510,7 @@ async fn serve(
             let (reply, close) = match decoder.decode() {
                 Ok(None) => break,
                 Ok(Some(frame)) => match frame.message() {
-                    Ok(request) => match answer(shared, request, peer.clone()).await {
+                    Ok(request) => match answer(shared, request, &caller).await {
                         Some(reply) => (reply, false),
                         None => (
                             notification(ErrorCode::UnexpectedMessage, frame.header.kind.name()),
@@ -567,14 +576,14 @@ async fn serve(
 }
 
 /// Runs the handler: on this task for the quick kinds, else on the blocking pool.
-async fn answer(shared: &Shared, request: Message, peer: Option<String>) -> Option<Message> {
+async fn answer(shared: &Shared, request: Message, caller: &Caller) -> Option<Message> {
     if shared.limits.inline.takes(request.kind()) {
-        return (shared.handler)(&request, peer.as_deref(), SystemTime::now());
+        return (shared.handler)(&request, caller, SystemTime::now());
     }
     let handler = Arc::clone(&shared.handler);
+    let caller = caller.clone();
     let joined =
-        tokio::task::spawn_blocking(move || handler(&request, peer.as_deref(), SystemTime::now()))
-            .await;
+        tokio::task::spawn_blocking(move || handler(&request, &caller, SystemTime::now())).await;
     match joined {
         Ok(reply) => reply,
         Err(e) => {

@@ -20,7 +20,7 @@ use agw_rpc::{Endpoint, Handler, ServerLimits};
 /// Answers a StatusQuery with a StatusReply of the same request ID.
 fn handler() -> Arc<Handler> {
     Arc::new(
-        |request: &Message, _peer: Option<&str>, _now| match request {
+        |request: &Message, _caller: &agw_rpc::Caller, _now| match request {
             Message::StatusQuery(q) => Some(
                 pb::StatusReply {
                     request_id: q.request_id,
