@@ -78,8 +78,9 @@ impl Credentials {
     }
 
     /// The TLS client these credentials reach their domain's gateways with: the certificate
-    /// and key as the client's identity; the last certificate of the chain (the authority's
-    /// trust anchor) to check the gateway's, which must name a gateway of the agent's domain.
+    /// and key as the client's identity; the last certificate of the chain (its domain's
+    /// authority, which issued the gateway's certificate too) to check the gateway's, which
+    /// must name a gateway of the agent's domain.
     /// (The agent holds no CRL: a revoked gateway certificate is caught by its peers and its
     /// operator, not here.)
     pub fn tls_config(&self) -> io::Result<Arc<rustls::ClientConfig>> {
@@ -195,9 +196,9 @@ pub struct Writer {
 
 impl AgentConnection {
     /// Connects to the gateway at `addr` over mutual TLS (its certificate must name a gateway
-    /// of the agent's domain, chaining to the agent's own trust anchor, the last certificate
-    /// of its chain) and completes access with `credentials`; every later blocking read or
-    /// write times out after `timeout`.
+    /// of the agent's domain and chain to the last certificate of the agent's own chain: see
+    /// [`Credentials::tls_config`]) and completes access with `credentials`; every later
+    /// blocking read or write times out after `timeout`.
     pub fn connect(
         addr: impl ToSocketAddrs,
         credentials: Arc<Credentials>,
