@@ -15,7 +15,10 @@
 
 use std::{
     io,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::SystemTime,
 };
 
@@ -42,6 +45,8 @@ pub struct RegistryHandle {
 }
 
 struct Shared {
+    /// The owner runs (false once its thread ended: every write is refused then).
+    running: AtomicBool,
     view: ArcSwap<View>,
     /// Discoveries per requester: a lock held for one bucket's arithmetic, never for a query.
     limiter: Mutex<DiscoveryLimiter>,
@@ -63,14 +68,28 @@ pub fn spawn(
 ) -> io::Result<RegistryHandle> {
     let (commands, queue) = crossbeam_channel::unbounded::<Command>();
     let shared = Arc::new(Shared {
+        running: AtomicBool::new(true),
         view: ArcSwap::from_pointee(registry.snapshot()),
         limiter: Mutex::new(DiscoveryLimiter::new(registry.discovery_per_minute())),
     });
     let published = Arc::clone(&shared);
     std::thread::Builder::new()
         .name("agw-registry".into())
-        .spawn(move || own(&mut registry, &queue, &published, &on_changes))?;
+        .spawn(move || {
+            // Whatever ends the thread (its handles gone, a command that panicked) says so.
+            let _stopped = Stopped(&published);
+            own(&mut registry, &queue, &published, &on_changes);
+        })?;
     Ok(RegistryHandle { commands, shared })
+}
+
+/// Marks the owner stopped when dropped.
+struct Stopped<'a>(&'a Shared);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Relaxed);
+    }
 }
 
 fn own(
@@ -101,6 +120,12 @@ fn stopped() -> RegistryError {
 }
 
 impl RegistryHandle {
+    /// Whether the owner still runs: `false` once it stopped (a command panicked), when
+    /// writes get `INTERNAL` and only discovery from the last snapshot answers.
+    pub fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::Relaxed)
+    }
+
     /// The registry as of its last batch of changes.
     pub fn view(&self) -> Arc<View> {
         self.shared.view.load_full()

@@ -148,10 +148,12 @@ fn commands_after_the_owner_stops_are_refused_not_lost_silently() {
     let dir = tempfile::tempdir().unwrap();
     let ca = authority(&dir.path().join("aca"));
     let handle = owner::spawn(registry(&dir.path().join("ars"), &ca), |_| {}).unwrap();
+    assert!(handle.is_running());
     // A command that panics ends the owner: later ones are refused INTERNAL, not hung.
     let _ = handle.ask(|_| -> () { panic!("simulated fault") });
     let refused = handle.ask(|r| r.view().len()).unwrap_err();
     assert_eq!(refused.code, ErrorCode::Internal);
+    assert!(!handle.is_running(), "health must hear of it");
     let Some(Message::Notification(n)) = handle.serve(
         &register_request(&certified(&ca, "c").1, pb::AgentProfile::default()).into(),
         "x",

@@ -34,6 +34,8 @@ pub struct MetricsSources {
     /// The node's servers by name (authority, registry, CRL), their counters and whether
     /// they serve.
     pub endpoints: Vec<(&'static str, Arc<EndpointStats>)>,
+    /// The embedded registry's owner, which health watches too.
+    pub registry: Option<agw_ars::RegistryHandle>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -317,12 +319,22 @@ pub fn render(sources: &MetricsSources) -> String {
     text
 }
 
-/// `/health`: `ok` while every server takes connections, else `503` naming those that do not.
-pub fn health(endpoints: &[(&'static str, Arc<EndpointStats>)]) -> HttpAnswer {
+/// `/health`: `ok` while every server takes connections and every other part (`parts`: a
+/// name and whether it runs) runs, else `503` naming those that do not.
+pub fn health(
+    endpoints: &[(&'static str, Arc<EndpointStats>)],
+    parts: &[(&'static str, bool)],
+) -> HttpAnswer {
     let down: Vec<&str> = endpoints
         .iter()
         .filter(|(_, stats)| !stats.serving())
         .map(|(name, _)| *name)
+        .chain(
+            parts
+                .iter()
+                .filter(|(_, running)| !running)
+                .map(|(name, _)| *name),
+        )
         .collect();
     if down.is_empty() {
         HttpAnswer::text(200, "ok\n")
@@ -347,9 +359,28 @@ pub fn serve(
                 content_type: "text/plain; version=0.0.4",
                 body: render(&sources).into(),
             },
-            "/health" => health(&sources.endpoints),
+            "/health" => {
+                let registry = sources.registry.as_ref().map(|r| r.is_running());
+                health(
+                    &sources.endpoints,
+                    &[("registry owner", registry.unwrap_or(true))],
+                )
+            }
             _ => HttpAnswer::text(404, "not found\n"),
         }
     });
     Endpoint::http(runtime, listener, route, HttpLimits::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_names_a_part_that_stopped() {
+        assert_eq!(health(&[], &[("registry owner", true)]).status, 200);
+        let answer = health(&[], &[("registry owner", false)]);
+        assert_eq!(answer.status, 503);
+        assert_eq!(&answer.body[..], b"not serving: registry owner\n");
+    }
 }

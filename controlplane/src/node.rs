@@ -519,6 +519,7 @@ impl Node {
                         counters: dataplane.counters_handle(),
                         neighbours: control.peering().map(|p| p.neighbours_handle()),
                         endpoints: served,
+                        registry: Some(registry.clone()),
                     },
                 )
                 .map_err(|e| format!("metrics: {e}"))?;
@@ -575,6 +576,12 @@ impl Node {
             .collect();
         stats.push(("crl", self.crl_server.stats()));
         stats
+    }
+
+    /// The node's other parts and whether they run, for health (beside
+    /// [`Node::endpoint_stats`]).
+    pub fn parts_running(&self) -> Vec<(&'static str, bool)> {
+        vec![("registry owner", self.registry.is_running())]
     }
 
     /// Renews this gateway's certificate once 70% of its lifetime has passed (same key, from

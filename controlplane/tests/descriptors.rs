@@ -46,7 +46,10 @@ fn out_of_descriptors_the_servers_back_off_report_it_and_recover() {
             .unwrap()
             .1
     };
-    assert_eq!(health(&node.endpoint_stats()).status, 200);
+    assert_eq!(
+        health(&node.endpoint_stats(), &node.parts_running()).status,
+        200
+    );
 
     let original = {
         let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
@@ -78,7 +81,7 @@ fn out_of_descriptors_the_servers_back_off_report_it_and_recover() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(!stats("aca").serving());
-    let answer = health(&node.endpoint_stats());
+    let answer = health(&node.endpoint_stats(), &node.parts_running());
     assert_eq!(answer.status, 503);
     assert!(
         String::from_utf8_lossy(&answer.body).contains("aca"),
@@ -104,6 +107,9 @@ fn out_of_descriptors_the_servers_back_off_report_it_and_recover() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(stats("aca").serving());
-    assert_eq!(health(&node.endpoint_stats()).status, 200);
+    assert_eq!(
+        health(&node.endpoint_stats(), &node.parts_running()).status,
+        200
+    );
     node.stop();
 }
