@@ -364,3 +364,26 @@ fn bad_bytes_close_only_their_own_connection() {
     let t = gw.settled_totals();
     assert_eq!(t.connections_open, 3);
 }
+
+#[test]
+fn over_tls_an_agent_signs_access_only_for_the_gateway_the_handshake_authenticated() {
+    use agw_sdk::agent::AgentError;
+    // A relay whose TLS certificate is edge-1's, the one its challenges name: access works.
+    let gw = common::gateway_of(1, |c, authority| {
+        c.agent_tls = Some(authority.gateway_tls("spiffe://travel.example/agw/edge-1"));
+    });
+    let alice = gw.authority.certify("alice");
+    let mut conn =
+        AgentConnection::connect(gw.addr(), alice.clone(), Duration::from_secs(5)).unwrap();
+    conn.heartbeat(pb::Status::Running).unwrap();
+    // One presenting another gateway's certificate (edge-2) while its challenges name edge-1:
+    // the agent refuses to sign.
+    let odd = common::gateway_of(1, |c, authority| {
+        c.agent_tls = Some(authority.gateway_tls("spiffe://travel.example/agw/edge-2"));
+    });
+    let bob = odd.authority.certify("bob");
+    match AgentConnection::connect(odd.addr(), bob, Duration::from_secs(5)) {
+        Err(AgentError::Unexpected(why)) => assert!(why.contains("another gateway"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}

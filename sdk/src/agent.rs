@@ -247,6 +247,13 @@ impl AgentConnection {
         };
         let gateway = GatewayId::parse(&challenge.gateway)
             .map_err(|_| AgentError::Unexpected("gateway ID in the challenge"))?;
+        // Over TLS, the challenge comes from the gateway the handshake authenticated: an
+        // agent signs access to no other.
+        if link.is_tls() && link.server_identity().as_deref() != Some(gateway.as_str()) {
+            return Err(AgentError::Unexpected(
+                "a challenge from another gateway than the TLS server",
+            ));
+        }
         let request = access_request(
             &challenge,
             &credentials.agent,

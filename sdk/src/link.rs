@@ -86,6 +86,13 @@ impl Link {
         self.tls.is_some()
     }
 
+    /// The identity the server's TLS certificate names (`None` over plain TCP).
+    pub(crate) fn server_identity(&self) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        let conn = lock(&tls.conn).ok()?;
+        agw_tls::peer_identity(conn.peer_certificates()?)
+    }
+
     /// Reads what is there, blocking up to the socket's read timeout; 0 when the gateway
     /// closed the connection. `records` keeps TLS records read off the socket and not yet
     /// taken by TLS, between calls.

@@ -46,6 +46,24 @@ pub fn authority(domain: &str) -> Authority {
 }
 
 impl Authority {
+    /// A TLS identity for `gateway`, certified by this authority.
+    pub fn gateway_tls(&self, gateway: &str) -> agw_aca::tls::TlsIdentity {
+        let id = GatewayId::parse(gateway).unwrap();
+        let key = agw_sdk::certificates::AgentKey::generate().unwrap();
+        let issued = self
+            .ca
+            .issue_gateway(&id, &key.csr(gateway).unwrap(), SystemTime::now())
+            .unwrap();
+        agw_aca::tls::TlsIdentity {
+            chain: issued.chain,
+            key_pkcs8: key.to_pkcs8_der(),
+            trust_anchor: self.ca.trust_anchor().to_vec(),
+            crls: vec![self.ca.crl(SystemTime::now()).unwrap().der],
+            allow_unknown_revocation: false,
+            renewable: None,
+        }
+    }
+
     pub fn certify(&self, name: &str) -> Arc<Credentials> {
         let agent = AgentId::new(self.ca.domain(), name).unwrap();
         let ca = &self.ca;
@@ -70,6 +88,11 @@ pub struct Gateway {
 }
 
 pub fn gateway(shards: usize, tweak: impl FnOnce(&mut DataplaneConfig)) -> Gateway {
+    gateway_of(shards, |config, _| tweak(config))
+}
+
+/// [`gateway`], the tweak seeing the authority too (to certify the gateway itself).
+pub fn gateway_of(shards: usize, tweak: impl FnOnce(&mut DataplaneConfig, &Authority)) -> Gateway {
     let authority = authority(DOMAIN);
     let mut config = DataplaneConfig::new(
         GatewayId::parse("spiffe://travel.example/agw/edge-1").unwrap(),
@@ -78,7 +101,7 @@ pub fn gateway(shards: usize, tweak: impl FnOnce(&mut DataplaneConfig)) -> Gatew
     config.shards = shards;
     config.pin_cores = false;
     config.tick = Duration::from_millis(20);
-    tweak(&mut config);
+    tweak(&mut config, &authority);
     let table = RoutingTable::new();
     let reader = table.reader();
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
