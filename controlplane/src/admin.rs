@@ -249,7 +249,11 @@ pub fn answer(node: &Node, request: &pb::AdminRequest, started: Instant) -> pb::
         Some(Command::ListApplications(q)) => node
             .authority
             .applications(q.all)
-            .map(|applications| Reply::Applications(pb::ApplicationList { applications }))
+            .map(|mut applications| {
+                // Oldest first, as many as one reply carries.
+                applications.truncate(DEFAULT_LIMIT);
+                Reply::Applications(pb::ApplicationList { applications })
+            })
             .map_err(|e| e.to_wire()),
         Some(Command::DecideApplication(q)) => node
             .authority

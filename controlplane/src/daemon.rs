@@ -718,32 +718,40 @@ fn reload(
         old.data_dir.display().to_string(),
         next.data_dir.display().to_string(),
     );
-    differs("allow", old.allow.join(","), next.allow.join(","));
+    for (key, was, now) in [
+        ("allow", &old.allow, &next.allow),
+        (
+            "open_enrollment",
+            &old.open_enrollment,
+            &next.open_enrollment,
+        ),
+        (
+            "enrollment_approval",
+            &old.enrollment_approval,
+            &next.enrollment_approval,
+        ),
+    ] {
+        differs(key, was.join(","), now.join(","));
+    }
     differs(
         "agent_plaintext",
         old.agent_plaintext.to_string(),
         next.agent_plaintext.to_string(),
     );
-    differs(
-        "open_enrollment",
-        old.open_enrollment.join(","),
-        next.open_enrollment.join(","),
-    );
-    differs(
-        "applications_per_minute",
-        old.applications_per_minute.to_string(),
-        next.applications_per_minute.to_string(),
-    );
-    differs(
-        "applications_per_minute_per_source",
-        old.applications_per_minute_per_source.to_string(),
-        next.applications_per_minute_per_source.to_string(),
-    );
-    differs(
-        "enrollment_approval",
-        old.enrollment_approval.join(","),
-        next.enrollment_approval.join(","),
-    );
+    for (key, was, now) in [
+        (
+            "applications_per_minute",
+            old.applications_per_minute,
+            next.applications_per_minute,
+        ),
+        (
+            "applications_per_minute_per_source",
+            old.applications_per_minute_per_source,
+            next.applications_per_minute_per_source,
+        ),
+    ] {
+        differs(key, was.to_string(), now.to_string());
+    }
     for (key, was, now) in [
         ("crl_url", &old.crl_url, &next.crl_url),
         ("agent_address", &old.agent_address, &next.agent_address),

@@ -955,7 +955,7 @@ fn an_organisation_under_approval_waits_for_the_operator() {
     std::fs::write(&config, "enrollment_approval = [\"Acme\"]\n").unwrap();
     let daemon = start(&data, Some(&config));
     let token = enrollment_token(&data, "Acme");
-    let apply = |name: &str, key: &AgentKey| {
+    let apply = |aca: &str, name: &str, key: &AgentKey| {
         let mut app = CertificateRequests::default()
             .application(
                 key,
@@ -968,7 +968,7 @@ fn an_organisation_under_approval_waits_for_the_operator() {
             )
             .unwrap();
         app.enrollment_token.clone_from(&token);
-        let mut conn = Connection::connect(&daemon.aca, Duration::from_secs(5)).unwrap();
+        let mut conn = Connection::connect(aca, Duration::from_secs(5)).unwrap();
         let Message::CertificateReply(reply) = conn.request(app).unwrap() else {
             panic!("no certificate reply")
         };
@@ -978,13 +978,13 @@ fn an_organisation_under_approval_waits_for_the_operator() {
 
     // With the token, alice still waits: pending, once, however often she asks.
     for _ in 0..2 {
-        let reply = apply("alice", &alice_key);
+        let reply = apply(&daemon.aca, "alice", &alice_key);
         assert_eq!(
             reply.error.unwrap().error_code(),
             ErrorCode::ApprovalPending
         );
     }
-    let reply = apply("mallory", &mallory_key);
+    let reply = apply(&daemon.aca, "mallory", &mallory_key);
     assert_eq!(
         reply.error.unwrap().error_code(),
         ErrorCode::ApprovalPending
@@ -999,17 +999,21 @@ fn an_organisation_under_approval_waits_for_the_operator() {
     // The operator approves alice and denies mallory; each hears it on applying again.
     agwctl_json(&data, &["cert", "approve", &alice_id]);
     agwctl_json(&data, &["cert", "deny", &mallory_id]);
-    let reply = apply("alice", &alice_key);
+    // The decisions survive a restart on the same data (the token too).
+    drop(daemon);
+    let daemon = start(&data, Some(&config));
+    assert_eq!(enrollment_token(&data, "Acme"), token);
+    let reply = apply(&daemon.aca, "alice", &alice_key);
     assert_eq!(reply.error, None, "{reply:?}");
     assert!(!reply.certificate_chain.is_empty());
-    let reply = apply("mallory", &mallory_key);
+    let reply = apply(&daemon.aca, "mallory", &mallory_key);
     assert_eq!(
         reply.error.unwrap().error_code(),
         ErrorCode::ApplicationDenied
     );
     // A decision holds for that key only: another key for alice's name is pending anew (and
     // would then meet IDENTITY_TAKEN once approved).
-    let reply = apply("alice", &AgentKey::generate().unwrap());
+    let reply = apply(&daemon.aca, "alice", &AgentKey::generate().unwrap());
     assert_eq!(
         reply.error.unwrap().error_code(),
         ErrorCode::ApprovalPending

@@ -18,8 +18,10 @@
 //! - accept errors (out of file descriptors, out of memory) back off, are counted and logged,
 //!   and the endpoint keeps serving; [`EndpointStats::serving`] tells health checks.
 //!
-//! Handlers are blocking functions (the authority writes to its database, the registry takes
-//! a lock): each request runs on the runtime's bounded blocking pool.
+//! Handlers are blocking functions (the authority writes to its database, a registration waits
+//! for the registry's owner): each request runs on the runtime's bounded blocking pool, except
+//! the kinds a service answers from memory ([`ServerLimits::inline`]). A handler learns who
+//! called ([`Caller`]: the TLS identity and the source address).
 //!
 //! What it is not: the relay (agents' messages go through the dataplane's shards), nor HTTP.
 
