@@ -507,6 +507,23 @@ impl CertificateAuthority {
         csr_der: &[u8],
         now: SystemTime,
     ) -> Result<Issued, AcaError> {
+        self.issue_gateway_named(gateway, csr_der, &[], now)
+    }
+
+    /// [`CertificateAuthority::issue_gateway`] with DNS names and IP addresses written beside
+    /// the identity (`server_names`), for clients that check a server by its host name (curl
+    /// on the EST endpoint). A live certificate with other names is not reused.
+    pub fn issue_gateway_named(
+        &self,
+        gateway: &GatewayId,
+        csr_der: &[u8],
+        server_names: &[String],
+        now: SystemTime,
+    ) -> Result<Issued, AcaError> {
+        let names = server_names
+            .iter()
+            .map(|n| server_name(n))
+            .collect::<Result<Vec<_>, _>>()?;
         let csr = verify_csr(csr_der)?;
         if gateway.domain() != self.config.domain.as_str() {
             return Err(AcaError::new(
@@ -529,14 +546,16 @@ impl CertificateAuthority {
         let _guard = self.lock_crl()?;
         if let Some(current) = self.check_key_and_identity(&csr, gateway.as_str(), None, now)?
             && !past_renewal_point(&current, now)
+            && server_names_of(&current.der) == names
         {
             return Ok(self.reissued(current));
         }
-        self.issue(
+        self.issue_with_names(
             gateway.as_str(),
             gateway.name(),
             &csr,
             None,
+            &names,
             self.config.gateway_validity,
             now,
         )
@@ -545,7 +564,31 @@ impl CertificateAuthority {
     /// Renewal (draft 3.1.2): the old certificate, a CSR for the new one, and a proof by the
     /// old key over the CSR. Without materials, the old ones are kept.
     pub fn renew(&self, req: &pb::RenewalRequest, now: SystemTime) -> Result<Issued, AcaError> {
-        let old = self.known_certificate(&req.certificate)?;
+        let old = self.renewable(&req.certificate, now)?;
+        if !keys::verify(&old.spki_der, &signing::renewal_input(&req.csr), &req.proof) {
+            return Err(AcaError::new(
+                ErrorCode::BadProof,
+                "the proof does not verify with the old key",
+            ));
+        }
+        self.renew_known(old, &req.csr, req.materials.as_ref(), now)
+    }
+
+    /// Renewal of `certificate` (DER) whose holder proved its key another way: a TLS handshake
+    /// made with it (EST's `simplereenroll`). The old materials are kept.
+    pub fn renew_presented(
+        &self,
+        certificate: &[u8],
+        csr_der: &[u8],
+        now: SystemTime,
+    ) -> Result<Issued, AcaError> {
+        let old = self.renewable(certificate, now)?;
+        self.renew_known(old, csr_der, None, now)
+    }
+
+    /// The record of `certificate`, one this authority issued and that is valid now.
+    fn renewable(&self, certificate: &[u8], now: SystemTime) -> Result<CertRecord, AcaError> {
+        let old = self.known_certificate(certificate)?;
         match self.status_of(&old, now)? {
             CertificateStatus::Valid { .. } => {}
             CertificateStatus::Revoked(_) => {
@@ -561,13 +604,17 @@ impl CertificateAuthority {
                 ));
             }
         }
-        if !keys::verify(&old.spki_der, &signing::renewal_input(&req.csr), &req.proof) {
-            return Err(AcaError::new(
-                ErrorCode::BadProof,
-                "the proof does not verify with the old key",
-            ));
-        }
-        let csr = verify_csr(&req.csr)?;
+        Ok(old)
+    }
+
+    fn renew_known(
+        &self,
+        old: CertRecord,
+        csr_der: &[u8],
+        materials: Option<&pb::IdentityMaterials>,
+        now: SystemTime,
+    ) -> Result<Issued, AcaError> {
+        let csr = verify_csr(csr_der)?;
         if !csr.uris.is_empty() && !csr.uris.contains(&old.identity) {
             return Err(AcaError::new(
                 ErrorCode::IdentityMismatch,
@@ -575,7 +622,7 @@ impl CertificateAuthority {
             ));
         }
         let (materials, validity, name) = if let Ok(agent) = AgentId::parse(&old.identity) {
-            let materials = match &req.materials {
+            let materials = match materials {
                 Some(m) => {
                     check_materials(m)?;
                     let old_organization = old
@@ -934,6 +981,20 @@ impl CertificateAuthority {
         validity: Duration,
         now: SystemTime,
     ) -> Result<Issued, AcaError> {
+        self.issue_with_names(identity, name, csr, materials, &[], validity, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn issue_with_names(
+        &self,
+        identity: &str,
+        name: &str,
+        csr: &VerifiedCsr,
+        materials: Option<pb::IdentityMaterials>,
+        server_names: &[SanType],
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<Issued, AcaError> {
         let serial = self.fresh_serial()?;
         let not_before = now - BACKDATE;
         let not_after = now + validity;
@@ -942,6 +1003,9 @@ impl CertificateAuthority {
         params.not_after = datetime(not_after);
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.subject_alt_names = vec![SanType::URI(identity.try_into().map_err(internal)?)];
+        params
+            .subject_alt_names
+            .extend(server_names.iter().cloned());
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
         if let Some(org) = materials
@@ -1125,6 +1189,60 @@ fn pem_blocks(pem: &str, label: &str) -> Result<Vec<Vec<u8>>, AcaError> {
         }
     }
     Ok(out)
+}
+
+/// A DNS name or an IP address, as a subject alternative name.
+fn server_name(text: &str) -> Result<SanType, AcaError> {
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let valid = !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid {
+        return Err(AcaError::new(
+            ErrorCode::InvalidField,
+            format!("server name {text:?}: a DNS name or an IP address"),
+        ));
+    }
+    Ok(SanType::DnsName(text.try_into().map_err(internal)?))
+}
+
+/// The DNS names and IP addresses a certificate (DER) names, in order.
+fn server_names_of(der: &[u8]) -> Vec<SanType> {
+    use x509_parser::{
+        extensions::GeneralName,
+        prelude::{FromDer, X509Certificate},
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => server_name(dns).ok(),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| SanType::IpAddress(b.into())),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| SanType::IpAddress(b.into())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 fn check_materials(m: &pb::IdentityMaterials) -> Result<(), AcaError> {

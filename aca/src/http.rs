@@ -9,7 +9,7 @@ use std::{
     time::SystemTime,
 };
 
-use agw_rpc::{Endpoint, EndpointStats, HttpAnswer, HttpLimits, Method};
+use agw_rpc::{Endpoint, EndpointStats, HttpAnswer, HttpLimits, HttpRequest, Method};
 use tokio::runtime::Handle;
 
 use crate::CertificateAuthority;
@@ -76,8 +76,8 @@ impl CrlHttpServer {
         path: &str,
     ) -> io::Result<CrlHttpServer> {
         let path = path.to_owned();
-        let route = Arc::new(move |method: &Method, url_path: &str| {
-            answer(&authority, &path, method, url_path)
+        let route = Arc::new(move |request: &HttpRequest| {
+            answer(&authority, &path, &request.method, &request.path)
         });
         let endpoint = Endpoint::http(runtime, listener, route, HttpLimits::default())?;
         Ok(CrlHttpServer { endpoint })
@@ -109,11 +109,7 @@ fn answer(
         return HttpAnswer::text(405, "only GET\n");
     }
     match authority.crl(SystemTime::now()) {
-        Ok(crl) => HttpAnswer {
-            status: 200,
-            content_type: "application/pkix-crl",
-            body: crl.der.into(),
-        },
+        Ok(crl) => HttpAnswer::new(200, "application/pkix-crl", crl.der),
         Err(e) => HttpAnswer::text(500, format!("{e}\n")),
     }
 }

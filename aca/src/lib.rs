@@ -11,6 +11,7 @@
 mod authority;
 pub mod csr;
 pub mod enrollment;
+pub mod est;
 pub mod http;
 pub mod policy;
 pub mod private;

@@ -81,6 +81,15 @@ pub struct DaemonArgs {
     /// [default: 127.0.0.1:7406].
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the authority serves EST (RFC 7030) over HTTPS: enrollment and renewal with
+    /// openssl and curl [default: 127.0.0.1:7407].
+    #[arg(long)]
+    pub est_listen: Option<SocketAddr>,
+    /// A DNS name or IP address written into the gateway's certificate, for HTTPS clients
+    /// that check the host they dial (curl on the EST endpoint). Repeat for several
+    /// [default: the EST address's IP, and localhost when it is loopback].
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_names: Vec<String>,
     /// Seconds a drain (SIGTERM, SIGINT) may take to deliver what was accepted before the
     /// rest is NACKed DRAINING [default: 30].
     #[arg(long)]
@@ -115,6 +124,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     crl_url: Option<String>,
     agent_address: Option<String>,
+    server_names: Option<Vec<String>>,
     allow: Option<Vec<String>>,
     open_enrollment: Option<Vec<String>>,
     enrollment_approval: Option<Vec<String>>,
@@ -141,6 +151,7 @@ struct ListenFile {
     peering: Option<SocketAddr>,
     relay_links: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
+    est: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -443,6 +454,13 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
     if let Err(e) = agw_aca::http::crl_url(crl_url.as_deref(), crl_listen, &domain_text) {
         problems.push(e);
     }
+    let est = addr(args.est_listen, listen.est, "127.0.0.1:7407");
+    let server_names = if args.server_names.is_empty() {
+        file.server_names
+            .unwrap_or_else(|| default_server_names(est))
+    } else {
+        args.server_names.clone()
+    };
     let policy = authorization(
         &domain_text,
         file.authorization.unwrap_or_default(),
@@ -482,6 +500,8 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                     "127.0.0.1:7405",
                 ),
                 metrics: Some(addr(args.metrics_listen, listen.metrics, "127.0.0.1:7406")),
+                est: Some(est),
+                server_names,
                 root,
                 peer_crls,
                 peers,
@@ -491,6 +511,17 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
             },
         }),
         _ => Err(ConfigError { problems }),
+    }
+}
+
+/// The names HTTPS clients dial the EST endpoint by, when the operator names none: its IP
+/// (none for a wildcard address), and `localhost` on loopback.
+fn default_server_names(est: SocketAddr) -> Vec<String> {
+    let ip = est.ip();
+    match ip {
+        _ if ip.is_unspecified() => Vec::new(),
+        _ if ip.is_loopback() => vec!["localhost".into(), ip.to_string()],
+        _ => vec![ip.to_string()],
     }
 }
 
@@ -543,6 +574,18 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     );
     let _ = writeln!(out, "agw: registry (mutual TLS) at {}", a.registry);
     let _ = writeln!(out, "agw: CRL at {}", a.crl_url);
+    if let Some(est) = a.est {
+        let names = &running.node.server_names;
+        let _ = writeln!(
+            out,
+            "agw: EST (RFC 7030) at https://{est}/.well-known/est/ (certificate names: {})",
+            if names.is_empty() {
+                "none: set server_names for clients that check the host".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
     if let Some(m) = a.metrics {
         let _ = writeln!(
             out,
@@ -730,6 +773,7 @@ fn reload(
             &old.enrollment_approval,
             &next.enrollment_approval,
         ),
+        ("server_names", &old.server_names, &next.server_names),
     ] {
         differs(key, was.join(","), now.join(","));
     }
@@ -773,11 +817,12 @@ fn reload(
     ] {
         differs(key, was.to_string(), now.to_string());
     }
-    differs(
-        "listen.metrics",
-        format!("{:?}", old.metrics),
-        format!("{:?}", next.metrics),
-    );
+    for (key, was, now) in [
+        ("listen.metrics", old.metrics, next.metrics),
+        ("listen.est", old.est, next.est),
+    ] {
+        differs(key, format!("{was:?}"), format!("{now:?}"));
+    }
     differs(
         "federation",
         format!("{:?} {}", old.root, old.peer_crls.len()),

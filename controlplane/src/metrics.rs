@@ -12,7 +12,7 @@ use agw_dataplane::{
     NACK_REASONS, ShardCounters,
     counters::{RESIDENCE_BUCKETS, residence_bound},
 };
-use agw_rpc::{Endpoint, EndpointStats, HttpAnswer, HttpLimits, Method};
+use agw_rpc::{Endpoint, EndpointStats, HttpAnswer, HttpLimits, HttpRequest, Method};
 use prometheus_client::{
     encoding::{EncodeMetric, MetricEncoder, NoLabelSet, text::encode},
     metrics::{MetricType, TypedMetric, counter::Counter, family::Family, gauge::Gauge},
@@ -349,16 +349,12 @@ pub fn serve(
     listener: TcpListener,
     sources: MetricsSources,
 ) -> std::io::Result<Endpoint> {
-    let route = Arc::new(move |method: &Method, path: &str| {
-        if *method != Method::GET && *method != Method::HEAD {
+    let route = Arc::new(move |request: &HttpRequest| {
+        if request.method != Method::GET && request.method != Method::HEAD {
             return HttpAnswer::text(405, "only GET\n");
         }
-        match path {
-            "/metrics" => HttpAnswer {
-                status: 200,
-                content_type: "text/plain; version=0.0.4",
-                body: render(&sources).into(),
-            },
+        match request.path.as_str() {
+            "/metrics" => HttpAnswer::new(200, "text/plain; version=0.0.4", render(&sources)),
             "/health" => {
                 let registry = sources.registry.as_ref().map(|r| r.is_running());
                 health(

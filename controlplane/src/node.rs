@@ -27,7 +27,7 @@ use agw_proto::{
     identity::{Domain, GatewayId},
     pb::{self, ErrorCode},
 };
-use agw_rpc::{Caller, Endpoint, EndpointStats, ServerLimits, notification};
+use agw_rpc::{Caller, Endpoint, EndpointStats, HttpLimits, ServerLimits, notification};
 use agw_sdk::certificates::AgentKey;
 
 use crate::{
@@ -101,6 +101,12 @@ pub struct NodeConfig {
     pub relay_links: SocketAddr,
     /// Where Prometheus metrics and health are served; `None`: not served.
     pub metrics: Option<SocketAddr>,
+    /// Where the authority serves EST (RFC 7030) over HTTPS; `None`: not served.
+    pub est: Option<SocketAddr>,
+    /// DNS names and IP addresses written into this gateway's certificate beside its
+    /// identity, so that HTTPS clients that check a host name (curl on the EST endpoint)
+    /// accept it.
+    pub server_names: Vec<String>,
     /// A federation root (certificate, key) to bootstrap the authority under.
     pub root: Option<(PathBuf, PathBuf)>,
     /// CRLs (DER) of the peers' domains.
@@ -144,6 +150,8 @@ impl NodeConfig {
             peering: any,
             relay_links: any,
             metrics: None,
+            est: Some(any),
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
             root: None,
             peer_crls: Vec::new(),
             peers: Vec::new(),
@@ -171,6 +179,8 @@ pub struct NodeAddresses {
     pub relay_links: SocketAddr,
     /// Metrics and health, when served.
     pub metrics: Option<SocketAddr>,
+    /// EST over HTTPS, when served.
+    pub est: Option<SocketAddr>,
 }
 
 /// A running gateway node.
@@ -193,6 +203,8 @@ pub struct Node {
     /// The organisations' enrollment tokens.
     enrollment: TokenFile,
     certificate: Mutex<GatewayCertificate>,
+    /// The names its certificate carries beside its identity.
+    server_names: Vec<String>,
     endpoints: Vec<(&'static str, Endpoint)>,
     /// A message after each revocation by the embedded authority.
     revoked: crossbeam_channel::Receiver<()>,
@@ -368,7 +380,7 @@ impl Node {
         let key = gateway_key(&config.data_dir.join("gateway.key.pem"))?;
         let csr = key.csr(gateway.as_str()).map_err(|e| e.to_string())?;
         let issued = authority
-            .issue_gateway(&gateway, &csr, now)
+            .issue_gateway_named(&gateway, &csr, &config.server_names, now)
             .map_err(|e| format!("gateway certificate: {e}"))?;
         let own_crl = authority.crl(now).map_err(|e| e.to_string())?.der;
         let mut crls = vec![own_crl.clone()];
@@ -508,6 +520,27 @@ impl Node {
         )
         .map_err(|e| format!("control plane: {e}"))?;
         let mut endpoints = vec![("aca", aca_endpoint), ("registry", ars_endpoint)];
+        // EST over HTTPS: enrollment and renewal with openssl and curl.
+        let mut est = None;
+        if let Some(addr) = config.est {
+            let est_tls = tls
+                .est_server_config()
+                .map_err(|e| format!("EST TLS: {e}"))?;
+            let endpoint = Endpoint::https(
+                runtime.handle(),
+                bind("EST listener", addr)?,
+                Arc::new(est_tls),
+                agw_aca::tls::peer_identity,
+                agw_aca::est::route(Arc::clone(&authority)),
+                HttpLimits {
+                    max_body: agw_aca::est::MAX_BODY,
+                    ..HttpLimits::default()
+                },
+            )
+            .map_err(|e| format!("EST endpoint: {e}"))?;
+            est = endpoint.local_addr();
+            endpoints.push(("est", endpoint));
+        }
         let mut served: Vec<_> = endpoints.iter().map(|(n, e)| (*n, e.stats())).collect();
         served.push(("crl", crl_server.stats()));
         let metrics = match config.metrics {
@@ -541,6 +574,7 @@ impl Node {
                 .ok_or("peering did not start")?,
             relay_links,
             metrics,
+            est,
         };
         Ok(Node {
             gateway,
@@ -555,6 +589,7 @@ impl Node {
             trust_anchor_path: aca_dir.join("trust-anchor.pem"),
             enrollment,
             certificate: Mutex::new(certificate),
+            server_names: config.server_names,
             endpoints,
             revoked,
             runtime: ControlRuntime(Some(runtime)),
@@ -604,7 +639,7 @@ impl Node {
             .map_err(|e| e.to_string())?;
         let issued = self
             .authority
-            .issue_gateway(&self.gateway, &csr, now)
+            .issue_gateway_named(&self.gateway, &csr, &self.server_names, now)
             .map_err(|e| format!("renewing the gateway certificate: {e}"))?;
         current
             .renewable

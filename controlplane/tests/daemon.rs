@@ -30,6 +30,7 @@ struct Daemon {
     aca: String,
     registry: String,
     metrics: String,
+    est: String,
 }
 
 impl Drop for Daemon {
@@ -88,7 +89,13 @@ fn agw_serving_crl_on(data_dir: &Path, config: Option<&Path>, crl: &str) -> Comm
             "--relay-links-listen",
             "127.0.0.1:0",
         ])
-        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--est-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
         .arg(data_dir);
     if let Some(c) = config {
         command.arg("--config").arg(c);
@@ -111,7 +118,7 @@ fn start(data_dir: &Path, config: Option<&Path>) -> Daemon {
         }
     });
     let (mut agents, mut aca, mut metrics) = (String::new(), String::new(), String::new());
-    let mut registry = String::new();
+    let (mut registry, mut est) = (String::new(), String::new());
     loop {
         let line = lines.recv_timeout(Duration::from_secs(20)).unwrap();
         if let Some(rest) = line.strip_prefix("agw: agents connect to ") {
@@ -127,6 +134,9 @@ fn start(data_dir: &Path, config: Option<&Path>) -> Daemon {
         if let Some(rest) = line.strip_prefix("agw: registry (mutual TLS) at ") {
             registry = rest.to_owned();
         }
+        if let Some(rest) = line.strip_prefix("agw: EST (RFC 7030) at https://") {
+            est = rest.split('/').next().unwrap().to_owned();
+        }
         if let Some(rest) = line.strip_prefix("agw: metrics at ") {
             metrics = rest.split([' ', ',']).next().unwrap().to_owned();
         }
@@ -136,6 +146,7 @@ fn start(data_dir: &Path, config: Option<&Path>) -> Daemon {
         }
     }
     assert!(!agents.is_empty() && !aca.is_empty() && !metrics.is_empty() && !registry.is_empty());
+    assert!(!est.is_empty());
     Daemon {
         child,
         lines,
@@ -143,6 +154,7 @@ fn start(data_dir: &Path, config: Option<&Path>) -> Daemon {
         aca,
         registry,
         metrics,
+        est,
     }
 }
 
@@ -1027,4 +1039,222 @@ fn an_organisation_under_approval_waits_for_the_operator() {
             .len(),
         3
     );
+}
+
+/// curl, which must run; returns the HTTP status and the headers it wrote (`-D`).
+fn curl(args: &[&str]) -> (u16, String) {
+    let mut command = Command::new("curl");
+    command.args(["-sS", "-D", "-", "-w", "\n%{http_code}"]);
+    if !args.contains(&"-o") {
+        command.args(["-o", "/dev/null"]);
+    }
+    let out = command.args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (headers, status) = text.trim_end().rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), headers.to_ascii_lowercase())
+}
+
+/// The certificates (PEM) in a base64 certs-only PKCS#7, as EST answers them.
+fn pkcs7_certificates(dir: &Path, b64: &Path) -> String {
+    let der = dir.join("answer.p7");
+    openssl(&["base64", "-d", "-in", path(b64), "-out", path(&der)]);
+    openssl(&["pkcs7", "-inform", "DER", "-in", path(&der), "-print_certs"])
+}
+
+#[test]
+fn an_agent_enrolls_and_renews_over_est_with_curl_and_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let daemon = start(&data, None);
+    let anchor = data.join("aca/trust-anchor.pem");
+    let base = format!("https://{}/.well-known/est", daemon.est);
+    let work = dir.path();
+    let file = |name: &str| work.join(name);
+
+    // cacerts: the trust anchor, over a TLS server curl accepts by its address.
+    let (status, _) = curl(&[
+        "--cacert",
+        path(&anchor),
+        "-o",
+        path(&file("ca.b64")),
+        &format!("{base}/cacerts"),
+    ]);
+    assert_eq!(status, 200);
+    let ca = pkcs7_certificates(work, &file("ca.b64"));
+    let anchor_pem = std::fs::read_to_string(&anchor).unwrap();
+    let body = |pem: &str| -> String {
+        pem.lines()
+            .filter(|l| {
+                !l.starts_with("-----")
+                    && !l.starts_with("subject")
+                    && !l.starts_with("issuer")
+                    && !l.is_empty()
+            })
+            .collect()
+    };
+    assert!(body(&ca).contains(&body(&anchor_pem)), "{ca}");
+
+    // A key and a CSR for alice, made by openssl.
+    let csr = |key: &str, out: &str| {
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            path(&file(key)),
+        ]);
+        openssl(&[
+            "req",
+            "-new",
+            "-key",
+            path(&file(key)),
+            "-subj",
+            "/CN=alice",
+            "-addext",
+            "subjectAltName=URI:spiffe://travel.example/agent/alice",
+            "-outform",
+            "DER",
+            "-out",
+            path(&file("csr.der")),
+        ]);
+        openssl(&[
+            "base64",
+            "-in",
+            path(&file("csr.der")),
+            "-out",
+            path(&file(out)),
+        ]);
+    };
+    csr("alice.key", "alice.csr.b64");
+    let post = |extra: &[&str], operation: &str, csr: &str, out: &str| {
+        let mut args = vec![
+            "--cacert",
+            path(&anchor),
+            "-H",
+            "Content-Type: application/pkcs10",
+        ];
+        args.extend_from_slice(extra);
+        let data = format!("@{}", path(&file(csr)));
+        let out = path(&file(out)).to_owned();
+        let url = format!("{base}/{operation}");
+        args.extend_from_slice(&["--data-binary", &data, "-o", &out, &url]);
+        curl(&args)
+    };
+
+    // A squatter without the organisation's token, or with a wrong one: 401, nothing issued.
+    let (status, headers) = post(&[], "simpleenroll", "alice.csr.b64", "refused.txt");
+    assert_eq!(status, 401);
+    assert!(headers.contains("www-authenticate: basic"), "{headers}");
+    let wrong = "Acme:0000000000000000000000000000000000000000000000000000000000000000";
+    let (status, _) = post(
+        &["--user", wrong],
+        "simpleenroll",
+        "alice.csr.b64",
+        "refused.txt",
+    );
+    assert_eq!(status, 401);
+    let refusal = std::fs::read_to_string(file("refused.txt")).unwrap();
+    assert!(
+        refusal.starts_with("ENROLLMENT_UNAUTHENTICATED"),
+        "{refusal}"
+    );
+
+    // With the token: alice's certificate, which openssl verifies against the anchor.
+    let user = format!("Acme:{}", enrollment_token(&data, "Acme"));
+    let (status, headers) = post(
+        &["--user", &user],
+        "simpleenroll",
+        "alice.csr.b64",
+        "alice.p7.b64",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains("content-type: application/pkcs7-mime; smime-type=certs-only"),
+        "{headers}"
+    );
+    // A certificate answer: the certificate openssl verifies against the anchor, naming alice;
+    // its serial.
+    let certified = |answer: &str, pem: &str| -> String {
+        std::fs::write(file(pem), pkcs7_certificates(work, &file(answer))).unwrap();
+        let verified = openssl(&["verify", "-CAfile", path(&anchor), path(&file(pem))]);
+        assert!(verified.contains(": OK"), "{verified}");
+        let text = openssl(&[
+            "x509",
+            "-in",
+            path(&file(pem)),
+            "-noout",
+            "-serial",
+            "-ext",
+            "subjectAltName",
+        ]);
+        assert!(
+            text.contains("URI:spiffe://travel.example/agent/alice"),
+            "{text}"
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix("serial="))
+            .unwrap()
+            .to_owned()
+    };
+    let first_serial = certified("alice.p7.b64", "alice.pem");
+
+    // The certificate opens a mutual-TLS session on the agent port.
+    let hello = s_client(
+        &daemon.agents,
+        &[
+            "-cert",
+            path(&file("alice.pem")),
+            "-key",
+            path(&file("alice.key")),
+            "-CAfile",
+            path(&anchor),
+        ],
+    );
+    assert!(
+        hello.contains("ALPN protocol: agw/1") && hello.contains("Verify return code: 0"),
+        "{hello}"
+    );
+
+    // Renewal: a new key, the current certificate as the TLS client certificate.
+    csr("alice2.key", "alice2.csr.b64");
+    let (status, _) = post(&[], "simplereenroll", "alice2.csr.b64", "refused.txt");
+    assert_eq!(
+        status,
+        403,
+        "{}",
+        std::fs::read_to_string(file("refused.txt")).unwrap()
+    );
+    let (cert, key) = (file("alice.pem"), file("alice.key"));
+    let current = ["--cert", path(&cert), "--key", path(&key)];
+    let (status, _) = post(
+        &current,
+        "simplereenroll",
+        "alice2.csr.b64",
+        "alice2.p7.b64",
+    );
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        std::fs::read_to_string(file("alice2.p7.b64")).unwrap()
+    );
+    assert_ne!(certified("alice2.p7.b64", "alice2.pem"), first_serial);
+    // One renewal per certificate: the old one cannot fork the identity.
+    let (status, _) = post(&current, "simplereenroll", "alice2.csr.b64", "refused.txt");
+    assert_eq!(status, 403);
+    let refusal = std::fs::read_to_string(file("refused.txt")).unwrap();
+    assert!(refusal.starts_with("IDENTITY_TAKEN"), "{refusal}");
+
+    // Not EST, or the wrong method: told so.
+    let (status, _) = curl(&["--cacert", path(&anchor), &format!("{base}/csrattrs")]);
+    assert_eq!(status, 404);
+    let (status, _) = curl(&["--cacert", path(&anchor), &format!("{base}/simpleenroll")]);
+    assert_eq!(status, 405);
 }

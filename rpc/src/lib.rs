@@ -40,7 +40,7 @@ use agw_proto::{Admission, FrameDecoder, FrameEncoder, FrameLimits, Message, pb,
 use rustls::{ServerConfig, pki_types::CertificateDer};
 mod http;
 
-pub use http::{HttpAnswer, HttpLimits, Route};
+pub use http::{HttpAnswer, HttpLimits, HttpRequest, Route};
 /// The HTTP method type routes take.
 pub use hyper::Method;
 

@@ -312,14 +312,15 @@ fn tls_pair() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
 #[test]
 fn http_slow_and_huge_request_heads_do_not_hold_the_endpoint() {
     let runtime = agw_rpc::runtime("abuse-test").unwrap();
-    let route: Arc<agw_rpc::Route> = Arc::new(|_method: &agw_rpc::Method, path: &str| {
-        agw_rpc::HttpAnswer::text(200, format!("you asked for {path}\n"))
+    let route: Arc<agw_rpc::Route> = Arc::new(|request: &agw_rpc::HttpRequest| {
+        agw_rpc::HttpAnswer::text(200, format!("you asked for {}\n", request.path))
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let limits = agw_rpc::HttpLimits {
         max_connections: 64,
         max_per_source: 8,
         request_timeout: Duration::from_millis(500),
+        max_body: 0,
     };
     let endpoint = Endpoint::http(runtime.handle(), listener, route, limits).unwrap();
     let addr = endpoint.local_addr().unwrap();
@@ -388,4 +389,80 @@ fn http_slow_and_huge_request_heads_do_not_hold_the_endpoint() {
         "{dripped:?}"
     );
     assert!(get("/two").contains("you asked for /two"));
+}
+
+#[test]
+fn https_stalled_handshakes_are_cut_and_bodies_are_bounded() {
+    let runtime = agw_rpc::runtime("abuse-test").unwrap();
+    let (server, client) = tls_pair();
+    let route: Arc<agw_rpc::Route> = Arc::new(|request: &agw_rpc::HttpRequest| {
+        agw_rpc::HttpAnswer::text(
+            200,
+            format!("{} of {} bytes\n", request.method, request.body.len()),
+        )
+    });
+    let limits = agw_rpc::HttpLimits {
+        max_connections: 64,
+        max_per_source: 8,
+        request_timeout: Duration::from_millis(500),
+        max_body: 1024,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint =
+        Endpoint::https(runtime.handle(), listener, server, |_| None, route, limits).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    // One HTTPS POST of `len` bytes by a legitimate client: its answer.
+    let post = move |len: usize| {
+        let client = Arc::clone(&client);
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let head = format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n");
+            tls.write_all(head.as_bytes()).await.unwrap();
+            let _ = tls.write_all(&vec![b'x'; len]).await;
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    // 8 connections from one address that never start their handshake: each cut at the
+    // deadline, while a client from elsewhere is served.
+    let stalled = runtime.spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            tasks.push(tokio::spawn(async move {
+                let mut s = attacker("127.0.0.6", addr).await;
+                let start = Instant::now();
+                let mut sink = Vec::new();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut sink)).await;
+                start.elapsed()
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    let answer = runtime.block_on(post(10));
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("POST of 10 bytes\n"), "{answer}");
+    // A body over the limit is refused, not buffered.
+    let answer = runtime.block_on(post(4096));
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let cut_after = runtime.block_on(stalled).unwrap();
+    assert!(
+        cut_after.iter().all(|t| *t < Duration::from_secs(2)),
+        "{cut_after:?}"
+    );
 }

@@ -195,6 +195,23 @@ impl TlsIdentity {
 
     /// A server that requires clients certified by the authority and not revoked.
     pub fn server_config(&self) -> Result<ServerConfig, Error> {
+        self.server_config_with(ClientAuth::Required)
+    }
+
+    /// The server of the authority's EST endpoint: clients without a certificate are served
+    /// (enrollment authenticates them by HTTP); one that presents a certificate must chain to
+    /// the trust anchor (renewal uses it). Revocation is the authority's to check, with a
+    /// typed refusal, as on the agent port.
+    pub fn est_server_config(&self) -> Result<ServerConfig, Error> {
+        let without_crls = TlsIdentity {
+            crls: Vec::new(),
+            allow_unknown_revocation: true,
+            ..self.clone()
+        };
+        without_crls.server_config_with(ClientAuth::Optional)
+    }
+
+    fn server_config_with(&self, client_auth: ClientAuth) -> Result<ServerConfig, Error> {
         let mut builder = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
             .with_crls(self.crl_ders())
             // The issuing authority's CRL covers the leaf; an intermediate under an operator's
@@ -202,6 +219,9 @@ impl TlsIdentity {
             .only_check_end_entity_revocation();
         if self.allow_unknown_revocation {
             builder = builder.allow_unknown_revocation_status();
+        }
+        if client_auth == ClientAuth::Optional {
+            builder = builder.allow_unauthenticated();
         }
         let verifier = Arc::new(DomainBoundClientVerifier {
             webpki: builder.build().map_err(|e| Error::General(e.to_string()))?,
@@ -279,6 +299,13 @@ impl TlsIdentity {
             }
         }
     }
+}
+
+/// Whether a server requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientAuth {
+    Required,
+    Optional,
 }
 
 /// The URI SAN of a peer's certificate: its identity.
