@@ -141,7 +141,7 @@ fn an_authority_vouches_for_its_own_domain_only() {
         chain,
         key_pkcs8,
         trust_anchor: anchor.clone(),
-        crls: crls.clone(),
+        crls: crls.clone().into(),
         allow_unknown_revocation: false,
         renewable: None,
     };

@@ -68,7 +68,7 @@ fn identity(ca: &CertificateAuthority, held: &HeldCertificate, key: &AgentKey) -
         chain: held.chain.iter().map(|c| c.to_vec()).collect(),
         key_pkcs8: key.to_pkcs8_der(),
         trust_anchor: ca.trust_anchor().to_vec(),
-        crls: vec![ca.crl(SystemTime::now()).unwrap().der],
+        crls: vec![ca.crl(SystemTime::now()).unwrap().der].into(),
         allow_unknown_revocation: false,
         renewable: None,
     }
@@ -144,7 +144,7 @@ fn a_revoked_client_a_foreign_authority_and_the_wrong_server_are_refused() {
     let mallory_cert = mallory.certify(&other, now);
     let mut foreign = identity(&other, &mallory_cert, &mallory.key);
     foreign.trust_anchor = ca.trust_anchor().to_vec();
-    foreign.crls = vec![ca.crl(now).unwrap().der];
+    foreign.crls = vec![ca.crl(now).unwrap().der].into();
     let server = identity(&ca, &gw_cert, &gw_key).server_config().unwrap();
     // Same subject name as ours, other key: webpki finds the signature bad.
     let err = connect(foreign.client_config(GATEWAY).unwrap(), server).unwrap_err();
@@ -250,4 +250,41 @@ fn a_renewed_certificate_is_presented_from_the_next_handshake_on() {
             .is_err()
     );
     assert_eq!(renewable.chain(), renewed.chain);
+}
+
+#[test]
+fn crls_replaced_while_configurations_run_count_from_the_next_handshake() {
+    let now = SystemTime::now();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(dir.path(), now);
+    let (gw_cert, gw_key) = gateway(&ca, now);
+    let mut alice = Agent::new("alice");
+    let alice_cert = alice.certify(&ca, now);
+    let mut bob = Agent::new("bob");
+    let bob_cert = bob.certify(&ca, now);
+
+    // Configurations made once, before anything is revoked.
+    let gateway = identity(&ca, &gw_cert, &gw_key);
+    let server = gateway.server_config().unwrap();
+    let alice_id = identity(&ca, &alice_cert, &alice.key);
+    let to_gateway = alice_id.client_config(GATEWAY).unwrap();
+    let bob_server = identity(&ca, &bob_cert, &bob.key).server_config().unwrap();
+    let to_bob = gateway
+        .client_config("spiffe://travel.example/agent/bob")
+        .unwrap();
+    assert!(connect(to_gateway.clone(), server.clone()).is_ok());
+    assert!(connect(to_bob.clone(), bob_server.clone()).is_ok());
+
+    for serial in [&alice_cert.serial, &bob_cert.serial] {
+        ca.revoke_by_operator(serial, pb::RevocationReason::KeyCompromise as i32, now)
+            .unwrap();
+    }
+    // The same configurations: the old CRLs still pass both.
+    assert!(connect(to_gateway.clone(), server.clone()).is_ok());
+    // The gateway's CRLs replaced: its server refuses alice, its client refuses bob.
+    gateway.crls.set(vec![ca.crl(now).unwrap().der]);
+    let err = connect(to_gateway.clone(), server.clone()).unwrap_err();
+    assert!(format!("{err}").contains("Revoked"), "{err}");
+    let err = connect(to_bob.clone(), bob_server.clone()).unwrap_err();
+    assert!(format!("{err}").contains("Revoked"), "{err}");
 }

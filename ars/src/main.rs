@@ -110,7 +110,7 @@ fn run(args: Args) -> Result<(), String> {
         chain: pem_blocks(&args.cert)?,
         key_pkcs8: first_block(&args.key)?,
         trust_anchor: anchor,
-        crls: vec![std::fs::read(&args.crl).map_err(|e| e.to_string())?],
+        crls: vec![std::fs::read(&args.crl).map_err(|e| e.to_string())?].into(),
         allow_unknown_revocation: false,
         renewable: None,
     };

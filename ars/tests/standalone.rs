@@ -129,7 +129,7 @@ fn certified(
         chain: issued.chain.clone(),
         key_pkcs8: key.to_pkcs8_der(),
         trust_anchor: ca.trust_anchor().to_vec(),
-        crls: vec![ca.crl(SystemTime::now()).unwrap().der],
+        crls: vec![ca.crl(SystemTime::now()).unwrap().der].into(),
         allow_unknown_revocation: false,
         renewable: None,
     };

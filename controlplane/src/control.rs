@@ -41,6 +41,7 @@ use agw_ars::{Change, RegistryHandle, View};
 use agw_dataplane::{
     PeerLinks,
     access::DownReason,
+    authorization::PeerDomains,
     events::{LocalRoutes, ShardEvent},
     routing::{Route, RoutingTable},
 };
@@ -752,6 +753,29 @@ impl State {
     }
 
     fn peer_event(&mut self, index: usize, event: PeerEvent, send: &impl Fn(usize, PeerCommand)) {
+        let up_or_down = matches!(event, PeerEvent::Up { .. } | PeerEvent::Down { .. });
+        self.handle_peer_event(index, event, send);
+        // Which domains' frames each peer may relay: its own and those it advertised agents
+        // of, while its session is up; a gateway that is not a peer up relays nothing.
+        if (self.rib.take_domains_changed() || up_or_down)
+            && let Some(links) = &self.links
+        {
+            let up = self
+                .peer_ids
+                .iter()
+                .zip(&self.peer_up)
+                .filter(|(id, up)| **up && !id.is_empty())
+                .map(|(id, _)| (id.clone(), self.rib.domains_of(id)));
+            links.set_peer_domains(PeerDomains::new(up));
+        }
+    }
+
+    fn handle_peer_event(
+        &mut self,
+        index: usize,
+        event: PeerEvent,
+        send: &impl Fn(usize, PeerCommand),
+    ) {
         // A removed peer's thread may still report on its way out: nobody listens.
         let Some(peer) = self.peer_ids.get(index).cloned().filter(|p| !p.is_empty()) else {
             return;

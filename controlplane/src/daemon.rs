@@ -234,6 +234,7 @@ struct FederationFile {
     root_key: PathBuf,
     #[serde(default)]
     peer_crls: Vec<PathBuf>,
+    peer_crl_refresh_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,7 +339,13 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
         })
     };
     let mut peer_crls = Vec::new();
+    let mut peer_crl_refresh = Duration::from_secs(60);
     let root = file.federation.map(|f| {
+        match f.peer_crl_refresh_s {
+            Some(0) => problems.push("federation.peer_crl_refresh_s: at least 1".into()),
+            Some(s) => peer_crl_refresh = Duration::from_secs(s),
+            None => {}
+        }
         for path in &f.peer_crls {
             match std::fs::read(path) {
                 Ok(der) => peer_crls.push(der),
@@ -504,6 +511,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                 server_names,
                 root,
                 peer_crls,
+                peer_crl_refresh,
                 peers,
                 limits,
                 gateway_validity: Duration::from_secs(90 * 86_400),
@@ -601,7 +609,8 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         let _ = writeln!(
             out,
             "agw: warning: no CRLs of peer domains configured (federation.peer_crls): \
-             peer gateways' revocations are not checked"
+             a peer's certificate is accepted until its domain's CRL is fetched from its \
+             distribution point"
         );
     }
     let _ = writeln!(
@@ -825,9 +834,21 @@ fn reload(
     }
     differs(
         "federation",
-        format!("{:?} {}", old.root, old.peer_crls.len()),
-        format!("{:?} {}", next.root, next.peer_crls.len()),
+        format!(
+            "{:?} {} {:?}",
+            old.root,
+            old.peer_crls.len(),
+            old.peer_crl_refresh
+        ),
+        format!(
+            "{:?} {} {:?}",
+            next.root,
+            next.peer_crls.len(),
+            next.peer_crl_refresh
+        ),
     );
+    // A reload is also the operator's way to have the peers' CRLs fetched now.
+    node.refresh_crls();
     let mut applied = Vec::new();
     let (old, next) = (running.node.clone(), new.node.clone());
     if next.limits != old.limits {
@@ -938,6 +959,8 @@ impl Revocations {
             .cloned()
             .collect();
         self.revoked = serials;
+        // Handshakes (registry, peering) check this CRL from now on.
+        node.refresh_crls();
         let anchor = authority.trust_anchor();
         if let Ok(checker) = CertificateChecker::new(anchor, std::slice::from_ref(&crl.der)) {
             node.dataplane.set_checker(checker, new);

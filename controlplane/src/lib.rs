@@ -14,4 +14,5 @@ pub mod control;
 pub mod daemon;
 pub mod metrics;
 pub mod node;
+pub mod peer_crls;
 pub mod peering;

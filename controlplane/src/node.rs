@@ -15,7 +15,7 @@ use agw_aca::{
     AuthorityConfig, CertificateAuthority, RootMode,
     enrollment::{TokenFile, operator_policy},
     http::{CrlHttpServer, crl_url, url_path},
-    tls::{CertificateChecker, RenewableCertificate, TlsIdentity},
+    tls::{CertificateChecker, Crls, RenewableCertificate, TlsIdentity},
 };
 use agw_ars::{Registry, RegistryConfig, RegistryHandle};
 use agw_dataplane::{
@@ -30,6 +30,7 @@ use agw_proto::{
 use agw_rpc::{Caller, Endpoint, EndpointStats, HttpLimits, ServerLimits, notification};
 use agw_sdk::certificates::AgentKey;
 
+use crate::peer_crls::{PeerCrl, PeerCrlConfig, PeerCrls};
 use crate::{
     control::{ControlError, ControlPlane, RegistryWiring, Wiring},
     peering::{
@@ -109,8 +110,11 @@ pub struct NodeConfig {
     pub server_names: Vec<String>,
     /// A federation root (certificate, key) to bootstrap the authority under.
     pub root: Option<(PathBuf, PathBuf)>,
-    /// CRLs (DER) of the peers' domains.
+    /// CRLs (DER) of the peers' domains, used until one is fetched from a peer's
+    /// distribution point.
     pub peer_crls: Vec<Vec<u8>>,
+    /// How often peers' CRLs are fetched again from their distribution points. Default 60 s.
+    pub peer_crl_refresh: Duration,
     /// The peers.
     pub peers: Vec<PeerEntry>,
     /// The relay's limits (they can change live).
@@ -154,6 +158,7 @@ impl NodeConfig {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             root: None,
             peer_crls: Vec::new(),
+            peer_crl_refresh: Duration::from_secs(60),
             peers: Vec::new(),
             authorization: Authorization::allow_all(&domain_text),
             limits: LiveLimits::default(),
@@ -194,6 +199,8 @@ pub struct Node {
     /// The relay.
     pub dataplane: Dataplane,
     control: Option<ControlPlane>,
+    /// The peers' CRLs, fetched; dropped before the control plane.
+    peer_crls: Option<PeerCrls>,
     peers: Vec<PeerEntry>,
     /// This gateway's relay-link address, which its OPEN announces to peers.
     relay_links: SocketAddr,
@@ -385,6 +392,8 @@ impl Node {
         let own_crl = authority.crl(now).map_err(|e| e.to_string())?.der;
         let mut crls = vec![own_crl.clone()];
         crls.extend(config.peer_crls.iter().cloned());
+        // Shared with every TLS configuration: the peers' CRLs fetched later replace these.
+        let crls = Crls::new(crls);
         // Every TLS configuration made from it presents the certificate as renewed since.
         let renewable = RenewableCertificate::new(issued.chain.clone(), &key.to_pkcs8_der())
             .map_err(|e| format!("gateway certificate: {e}"))?;
@@ -393,7 +402,7 @@ impl Node {
             chain: issued.chain,
             key_pkcs8: certificate.key.to_pkcs8_der(),
             trust_anchor: authority.trust_anchor().to_vec(),
-            crls,
+            crls: crls.clone(),
             // Without peer domains' CRLs, their gateways' revocations cannot be checked; with
             // them, a peer certificate of an unknown issuer is refused.
             allow_unknown_revocation: config.peer_crls.is_empty(),
@@ -519,6 +528,20 @@ impl Node {
             },
         )
         .map_err(|e| format!("control plane: {e}"))?;
+        let own = Arc::clone(&authority);
+        let peer_crls = control.peering().map(|peering| {
+            PeerCrls::start(
+                runtime.handle(),
+                PeerCrlConfig {
+                    refresh: config.peer_crl_refresh,
+                    own: Box::new(move || own.crl(SystemTime::now()).ok().map(|c| c.der)),
+                    configured: config.peer_crls.clone(),
+                },
+                crls.clone(),
+                peering.neighbours_handle(),
+                Some(dataplane.peer_links()),
+            )
+        });
         let mut endpoints = vec![("aca", aca_endpoint), ("registry", ars_endpoint)];
         // EST over HTTPS: enrollment and renewal with openssl and curl.
         let mut est = None;
@@ -582,6 +605,7 @@ impl Node {
             registry,
             dataplane,
             control: Some(control),
+            peer_crls,
             peers: config.peers,
             relay_links,
             crl_server,
@@ -654,6 +678,22 @@ impl Node {
             serial: issued.serial,
             not_after,
         }))
+    }
+
+    /// Fetches the peers' CRLs now (and puts this domain's CRL of the moment beside them in
+    /// every TLS configuration): an operator's reload, or a revocation here.
+    pub fn refresh_crls(&self) {
+        if let Some(p) = &self.peer_crls {
+            p.refresh();
+        }
+    }
+
+    /// The peer domains' CRLs as fetched, by domain.
+    pub fn peer_crls(&self) -> std::collections::BTreeMap<String, PeerCrl> {
+        self.peer_crls
+            .as_ref()
+            .map(PeerCrls::known)
+            .unwrap_or_default()
     }
 
     /// Receives a message after each revocation by the embedded authority.

@@ -186,7 +186,7 @@ fn registry(daemon: &Daemon, data: &Path, who: &Credentials) -> TlsConnection {
         chain: who.certificate.chain.iter().map(|c| c.to_vec()).collect(),
         key_pkcs8: who.key.to_pkcs8_der(),
         trust_anchor: pem::parse(anchor).unwrap().into_contents(),
-        crls: Vec::new(),
+        crls: Default::default(),
         allow_unknown_revocation: true,
         renewable: None,
     };

@@ -295,3 +295,71 @@ fn a_running_gateway_renews_its_certificate_and_presents_the_new_one() {
     );
     node.stop();
 }
+
+#[test]
+fn a_revoked_peer_is_cut_off_within_a_second_of_its_crl() {
+    use agw_controlplane::peering::session::SessionState;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = demo::chain(dir.path(), &["a", "b"], 1).unwrap().into_iter();
+    let (a, b) = (nodes.next().unwrap(), nodes.next().unwrap());
+    let alice = demo::certify(&a, "alice").unwrap();
+    let bob = demo::certify(&b, "bob").unwrap();
+    let mut from = AgentConnection::connect(a.addresses().agents, alice.clone(), WAIT).unwrap();
+    let mut to = AgentConnection::connect(b.addresses().agents, bob.clone(), WAIT).unwrap();
+    // Relay links (both directions) and alice: what a has open.
+    let open = || a.dataplane.totals().connections_open;
+    wait_until("a routes to bob over its links", || {
+        route(&a, bob.agent.as_str()) == Some(Route::Peer { peer: 0 }) && open() == 3
+    });
+    let id = from
+        .send(bob.agent.as_str(), Bytes::from_static(b"hello"))
+        .unwrap();
+    match to.recv(WAIT).unwrap() {
+        Some(Incoming::Message(m, _)) => assert_eq!(m.message_id, id),
+        other => panic!("{other:?}"),
+    }
+    // a learned b's CRL from the distribution point b's certificate names, on its own.
+    wait_until("a fetched b.example's CRL", || {
+        a.peer_crls()
+            .get("b.example")
+            .is_some_and(|c| c.fetched.is_some() && c.revoked == 0)
+    });
+    let b_up = || {
+        a.control().unwrap().peering().unwrap().neighbours()[0].state == SessionState::Established
+    };
+    assert!(b_up());
+
+    // b's own authority revokes b's gateway certificate; a hears of it at its next fetch (an
+    // operator's reload asks for one now).
+    let (serial, _) = b.certificate().unwrap();
+    b.authority
+        .revoke_by_operator(
+            &serial,
+            pb::RevocationReason::KeyCompromise as i32,
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+    let start = Instant::now();
+    a.refresh_crls();
+    while b_up() || open() > 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "b still connected after a second: session up {}, {} open",
+            b_up(),
+            open()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cut_after = start.elapsed();
+    assert_eq!(a.peer_crls()["b.example"].revoked, 1);
+    // b keeps dialling with its revoked certificate: every handshake is refused.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!b_up());
+    assert_eq!(open(), 1);
+    assert_ne!(route(&a, bob.agent.as_str()), Some(Route::Peer { peer: 0 }));
+    eprintln!("revoked peer cut off {cut_after:?} after the refresh");
+    drop((from, to));
+    for n in [b, a] {
+        n.stop();
+    }
+}

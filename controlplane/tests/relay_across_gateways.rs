@@ -193,3 +193,137 @@ fn an_agent_in_c_reaches_an_agent_in_a_through_b_and_hears_back() {
         "b relayed the message, the ACK and the NACK: {forwarded:?}"
     );
 }
+
+/// A relay link to `node` as gateway `gateway` (whose key and chain are given), made by hand.
+fn link_as(
+    node: &agw_controlplane::node::Node,
+    chain: Vec<Vec<u8>>,
+    key: &agw_sdk::certificates::AgentKey,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let identity = agw_aca::tls::TlsIdentity {
+        chain,
+        key_pkcs8: key.to_pkcs8_der(),
+        trust_anchor: node.authority.trust_anchor().to_vec(),
+        crls: Default::default(),
+        allow_unknown_revocation: true,
+        renewable: None,
+    };
+    let config = identity.client_config(node.gateway.as_str()).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("peer.invalid").unwrap();
+    let tcp = std::net::TcpStream::connect(node.addresses().relay_links).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    rustls::StreamOwned::new(tls, tcp)
+}
+
+/// Writes an agent message from `source` to `destination` on a hand-made link.
+fn relay_on(link: &mut impl std::io::Write, source: &str, destination: &str, id: u64) {
+    let message = pb::AgentMessage {
+        source: source.into(),
+        destination: destination.into(),
+        message_id: id,
+        payload: Bytes::from_static(b"from the link"),
+        ..Default::default()
+    };
+    let mut encoder = agw_proto::FrameEncoder::new(agw_proto::FrameLimits::default());
+    encoder
+        .push_message(&message.into(), DEFAULT_HOP_LIMIT)
+        .unwrap();
+    link.write_all(&encoder.take()).unwrap();
+    link.flush().unwrap();
+}
+
+/// The next NACK read from a hand-made link.
+fn nack_on(link: &mut impl std::io::Read) -> pb::Nack {
+    let mut decoder = agw_proto::FrameDecoder::new(agw_proto::FrameLimits::default());
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(frame) = decoder.decode().unwrap() {
+            match frame.message().unwrap() {
+                agw_proto::Message::Nack(n) => return n,
+                other => panic!("{other:?}"),
+            }
+        }
+        let n = link.read(&mut buf).unwrap();
+        assert!(n > 0, "the link closed");
+        decoder.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn a_link_carries_only_frames_of_domains_reachable_through_its_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = demo::chain(dir.path(), &["a", "b"], 1).unwrap().into_iter();
+    let (ga, gb) = (nodes.next().unwrap(), nodes.next().unwrap());
+    let x = demo::certify(&ga, "x").unwrap();
+    let mut cx =
+        AgentConnection::connect(ga.dataplane.local_addr(), x.clone(), Duration::from_secs(5))
+            .unwrap();
+    // b's gateway, as itself: its key on disk, its certificate as its authority reissues it.
+    let pem = std::fs::read_to_string(dir.path().join("b/gateway.key.pem")).unwrap();
+    let key = agw_sdk::certificates::AgentKey::from_pem(&pem).unwrap();
+    let chain = gb
+        .authority
+        .issue_gateway_named(
+            &gb.gateway,
+            &key.csr(gb.gateway.as_str()).unwrap(),
+            &["localhost".into(), "127.0.0.1".into()],
+            SystemTime::now(),
+        )
+        .unwrap()
+        .chain;
+    let mut link = link_as(&ga, chain, &key);
+    // An agent of b's own domain: delivered.
+    relay_on(
+        &mut link,
+        "spiffe://b.example/agent/bob",
+        x.agent.as_str(),
+        1,
+    );
+    match recv(&mut cx) {
+        Incoming::Message(m, _) => assert_eq!(m.source, "spiffe://b.example/agent/bob"),
+        other => panic!("{other:?}"),
+    }
+    // An agent of a domain b never advertised: NACKed UNAUTHORIZED back on the link.
+    relay_on(
+        &mut link,
+        "spiffe://z.example/agent/zed",
+        x.agent.as_str(),
+        2,
+    );
+    let nack = nack_on(&mut link);
+    assert_eq!(
+        (nack.message_id, nack.reason()),
+        (2, ErrorCode::Unauthorized)
+    );
+    // Nor of a's own domain.
+    relay_on(&mut link, "spiffe://a.example/agent/y", x.agent.as_str(), 3);
+    assert_eq!(nack_on(&mut link).reason(), ErrorCode::Unauthorized);
+
+    // Another gateway of b's domain, certified by b's authority but not a peer: nothing,
+    // not even b's agents.
+    let rogue_key = agw_sdk::certificates::AgentKey::generate().unwrap();
+    let rogue = agw_proto::identity::GatewayId::parse("spiffe://b.example/agw/rogue").unwrap();
+    let rogue_chain = gb
+        .authority
+        .issue_gateway(
+            &rogue,
+            &rogue_key.csr(rogue.as_str()).unwrap(),
+            SystemTime::now(),
+        )
+        .unwrap()
+        .chain;
+    let mut rogue_link = link_as(&ga, rogue_chain, &rogue_key);
+    relay_on(
+        &mut rogue_link,
+        "spiffe://b.example/agent/bob",
+        x.agent.as_str(),
+        4,
+    );
+    assert_eq!(nack_on(&mut rogue_link).reason(), ErrorCode::Unauthorized);
+    assert_eq!(ga.dataplane.totals().nacked_for(ErrorCode::Unauthorized), 3);
+    drop(cx);
+    for n in [gb, ga] {
+        n.stop();
+    }
+}

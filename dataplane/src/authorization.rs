@@ -168,11 +168,53 @@ impl Authorization {
     }
 }
 
+/// What each peer gateway may relay: frames whose source is an agent of its own domain or of
+/// a domain it advertised agents of (a path through it exists). Kept by the control plane from
+/// its peers' sessions (only a peer whose session is up relays anything) and the summaries
+/// each sent; read by the shards per frame on peer links, lock-free.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerDomains(hashbrown::HashMap<String, hashbrown::HashSet<String>>);
+
+impl PeerDomains {
+    /// For each peer gateway ID whose session is up, the domains it advertised agents of.
+    pub fn new(peers: impl IntoIterator<Item = (String, Vec<String>)>) -> PeerDomains {
+        PeerDomains(
+            peers
+                .into_iter()
+                .map(|(peer, domains)| (peer, domains.into_iter().collect()))
+                .collect(),
+        )
+    }
+
+    /// Whether `peer` (a gateway ID) may relay a frame from an agent of `domain`.
+    pub fn allows(&self, peer: &str, domain: &str) -> bool {
+        let own = peer
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(d, _)| d);
+        self.0
+            .get(peer)
+            .is_some_and(|d| own == Some(domain) || d.contains(domain))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_peer_relays_its_own_and_its_advertised_domains_only_while_up() {
+        let b = "spiffe://b.example/agw/b1";
+        let domains = PeerDomains::new([(b.to_owned(), vec!["c.example".to_owned()])]);
+        assert!(domains.allows(b, "b.example"));
+        assert!(domains.allows(b, "c.example"));
+        assert!(!domains.allows(b, "z.example"));
+        // Another gateway of b's domain, not a peer up: nothing.
+        assert!(!domains.allows("spiffe://b.example/agw/rogue", "b.example"));
+        assert!(!PeerDomains::default().allows(b, "b.example"));
+    }
 
     fn rule(from: &str, to: &str, action: Action) -> Rule {
         Rule {

@@ -15,7 +15,7 @@ use crossbeam_channel::Sender;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, channels::shared_channel};
 
 use crate::{
-    authorization::Authorization,
+    authorization::{Authorization, PeerDomains},
     config::{DataplaneConfig, LiveLimits},
     congestion::Congestion,
     counters::{CounterSnapshot, ShardCounters},
@@ -59,6 +59,7 @@ pub enum DataplaneError {
 #[derive(Debug, Clone)]
 pub struct PeerLinks {
     commands: Vec<crossbeam_channel::Sender<ShardCommand>>,
+    domains: Arc<ArcSwap<PeerDomains>>,
 }
 
 impl PeerLinks {
@@ -74,10 +75,29 @@ impl PeerLinks {
         }
     }
 
+    /// From the next frame on, each peer may relay frames of these domains' agents only
+    /// (besides its own domain's); others are NACKed `UNAUTHORIZED`.
+    pub fn set_peer_domains(&self, domains: PeerDomains) {
+        self.domains.store(Arc::new(domains));
+    }
+
     /// Drops the links to peer `index`.
     pub fn remove_peer(&self, index: u32) {
         for c in &self.commands {
             let _ = c.send(ShardCommand::PeerGone { index });
+        }
+    }
+
+    /// Closes, at each shard's next tick, the links (dialled or accepted) of gateways of
+    /// `domain` whose certificate has one of `serials`: what that domain's authority's CRL
+    /// revokes. A shard dialling such a peer again is refused by the handshake once the TLS
+    /// configuration's CRLs list it.
+    pub fn revoke(&self, domain: &str, serials: &[Vec<u8>]) {
+        for c in &self.commands {
+            let _ = c.send(ShardCommand::PeerRevoked {
+                domain: domain.to_owned(),
+                serials: serials.to_vec(),
+            });
         }
     }
 }
@@ -104,6 +124,7 @@ pub struct Dataplane {
     routes: RoutingReader,
     checker: Arc<ArcSwap<CertificateChecker>>,
     authorization: Arc<ArcSwap<Authorization>>,
+    peer_domains: Arc<ArcSwap<PeerDomains>>,
     /// How long a closing connection may take to flush.
     linger: Duration,
 }
@@ -135,6 +156,7 @@ impl Dataplane {
         let congestion: Arc<[Congestion]> = (0..n).map(|_| Congestion::default()).collect();
         let checker = Arc::new(ArcSwap::from_pointee(checker));
         let authorization = Arc::new(ArcSwap::from_pointee(config.authorization.clone()));
+        let peer_domains = Arc::new(ArcSwap::from_pointee(PeerDomains::default()));
         // A full mesh of bounded channels: senders[from][to], receivers[to][..].
         let mut senders: Vec<Vec<Option<shared_channel::SharedSender<CrossBatch>>>> =
             (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
@@ -178,6 +200,7 @@ impl Dataplane {
             routes: routes.clone(),
             checker: checker.clone(),
             authorization: authorization.clone(),
+            peer_domains: peer_domains.clone(),
             linger: config.close_linger,
         };
         // Shard 0 binds first so that the others join its port when the configured one is 0.
@@ -198,6 +221,7 @@ impl Dataplane {
                 routes: routes.clone(),
                 checker: checker.clone(),
                 authorization: authorization.clone(),
+                peer_domains: peer_domains.clone(),
                 events: events.clone(),
                 commands: command_rx,
                 senders,
@@ -260,6 +284,7 @@ impl Dataplane {
     pub fn peer_links(&self) -> PeerLinks {
         PeerLinks {
             commands: self.commands.clone(),
+            domains: self.peer_domains.clone(),
         }
     }
 

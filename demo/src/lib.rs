@@ -60,7 +60,7 @@ fn node(
         root: Some(root.clone()),
         // Peer CRLs are not known before the peers start: the demo's gateways check the leaf
         // certificates of their own domain only (see docs/peering.md).
-        peer_crls: Vec::new(),
+        peer_crls: Default::default(),
         peers,
         ..NodeConfig::on_loopback(domain, &format!("{name}1"), dir.join(name))
     })
@@ -144,7 +144,7 @@ pub fn client_config(node: &Node, who: &Credentials) -> Result<Arc<rustls::Clien
         chain: who.certificate.chain.iter().map(|c| c.to_vec()).collect(),
         key_pkcs8: who.key.to_pkcs8_der(),
         trust_anchor: node.authority.trust_anchor().to_vec(),
-        crls: Vec::new(),
+        crls: Default::default(),
         allow_unknown_revocation: true,
         renewable: None,
     };

@@ -319,3 +319,48 @@ async fn respond(
         fallback
     })
 }
+
+/// Fetches `url` (`http://host:port/path`: CRLs are published over plain HTTP) with one GET;
+/// the body when the answer is `200`, within `deadline` and at most `max_body` bytes.
+pub async fn get(url: &str, deadline: Duration, max_body: usize) -> Result<Bytes, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are fetched"))?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+    let address = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let driver = tokio::spawn(connection);
+        let request = Request::get(path)
+            .header(header::HOST, authority)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("{url}: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if response.status() != hyper::StatusCode::OK {
+            driver.abort();
+            return Err(format!("{url}: HTTP {}", response.status()));
+        }
+        let body = Limited::new(response.into_body(), max_body)
+            .collect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .to_bytes();
+        driver.abort();
+        Ok(body)
+    };
+    timeout(deadline, exchange)
+        .await
+        .map_err(|_| format!("{url}: no answer within {deadline:?}"))?
+}

@@ -38,7 +38,7 @@ use std::{
 
 use agw_proto::{Admission, FrameDecoder, FrameEncoder, FrameLimits, Message, pb, pb::ErrorCode};
 use rustls::{ServerConfig, pki_types::CertificateDer};
-mod http;
+pub mod http;
 
 pub use http::{HttpAnswer, HttpLimits, HttpRequest, Route};
 /// The HTTP method type routes take.

@@ -93,7 +93,7 @@ impl Credentials {
             chain: self.certificate.chain.iter().map(|c| c.to_vec()).collect(),
             key_pkcs8: self.key.to_pkcs8_der(),
             trust_anchor: anchor.to_vec(),
-            crls: Vec::new(),
+            crls: agw_tls::Crls::default(),
             allow_unknown_revocation: true,
             renewable: None,
         };

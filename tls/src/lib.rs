@@ -51,8 +51,9 @@ pub struct TlsIdentity {
     pub key_pkcs8: Vec<u8>,
     /// The authority's trust anchor, DER.
     pub trust_anchor: Vec<u8>,
-    /// Current CRLs, DER.
-    pub crls: Vec<Vec<u8>>,
+    /// The CRLs (DER) handshakes check, as they are at each handshake: replacing them
+    /// ([`Crls::set`]) reaches every configuration made from this identity.
+    pub crls: Crls,
     /// Accept a peer certificate whose issuer has no CRL among `crls` (a peer domain whose CRL
     /// was not configured). `false`: such a certificate is refused (unknown revocation status).
     pub allow_unknown_revocation: bool,
@@ -60,6 +61,87 @@ pub struct TlsIdentity {
     /// `chain` (same key): renewing it reaches every server and client at their next
     /// handshake. `None`: `chain`, fixed.
     pub renewable: Option<RenewableCertificate>,
+}
+
+/// CRLs (DER) that can be replaced while configurations made with them run: a clone shares
+/// them. Each verifier built from them is rebuilt at its first handshake after a change.
+#[derive(Clone, Default)]
+pub struct Crls(Arc<ArcSwap<Vec<Vec<u8>>>>);
+
+impl Crls {
+    /// These CRLs.
+    pub fn new(crls: Vec<Vec<u8>>) -> Crls {
+        Crls(Arc::new(ArcSwap::from_pointee(crls)))
+    }
+
+    /// The CRLs now.
+    pub fn current(&self) -> Arc<Vec<Vec<u8>>> {
+        self.0.load_full()
+    }
+
+    /// Replaces them: the next handshake of every configuration sharing them checks these.
+    pub fn set(&self, crls: Vec<Vec<u8>>) {
+        self.0.store(Arc::new(crls));
+    }
+}
+
+impl From<Vec<Vec<u8>>> for Crls {
+    fn from(crls: Vec<Vec<u8>>) -> Crls {
+        Crls::new(crls)
+    }
+}
+
+impl std::fmt::Debug for Crls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Crls({})", self.current().len())
+    }
+}
+
+/// Builds a verifier from CRLs.
+type BuildVerifier<V> = Box<dyn Fn(&[Vec<u8>]) -> Result<Arc<V>, Error> + Send + Sync>;
+
+/// A verifier and the CRLs it was built with.
+type Built<V> = (Arc<Vec<Vec<u8>>>, Arc<V>);
+
+/// A verifier kept in step with [`Crls`]: rebuilt when they were replaced since it was built.
+struct Live<V: ?Sized> {
+    crls: Crls,
+    build: BuildVerifier<V>,
+    /// The CRLs it was built with, and the verifier.
+    built: ArcSwap<Built<V>>,
+    /// The first one built: what does not depend on CRLs (root hints, schemes) is read here.
+    first: Arc<V>,
+}
+
+impl<V: ?Sized> Live<V> {
+    fn new(crls: Crls, build: BuildVerifier<V>) -> Result<Live<V>, Error> {
+        let now = crls.current();
+        let first = build(&now)?;
+        Ok(Live {
+            crls,
+            build,
+            built: ArcSwap::from_pointee((now, Arc::clone(&first))),
+            first,
+        })
+    }
+
+    /// The verifier for the CRLs of the moment.
+    fn get(&self) -> Result<Arc<V>, Error> {
+        let now = self.crls.current();
+        let built = self.built.load();
+        if Arc::ptr_eq(&built.0, &now) {
+            return Ok(Arc::clone(&built.1));
+        }
+        let verifier = (self.build)(&now)?;
+        self.built.store(Arc::new((now, Arc::clone(&verifier))));
+        Ok(verifier)
+    }
+}
+
+impl<V: ?Sized> std::fmt::Debug for Live<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("crls", &self.crls).finish()
+    }
 }
 
 /// A certificate (same key, successive chains) that TLS configurations present as it is now.
@@ -151,7 +233,7 @@ impl std::fmt::Debug for TlsIdentity {
         f.debug_struct("TlsIdentity")
             .field("chain", &self.chain.len())
             .field("key_pkcs8", &"...")
-            .field("crls", &self.crls.len())
+            .field("crls", &self.crls)
             .finish()
     }
 }
@@ -178,10 +260,6 @@ impl TlsIdentity {
         Ok(Arc::new(roots))
     }
 
-    fn crl_ders(&self) -> Vec<CertificateRevocationListDer<'static>> {
-        self.crls.iter().cloned().map(Into::into).collect()
-    }
-
     fn chain_and_key(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let chain = self
             .chain
@@ -204,7 +282,7 @@ impl TlsIdentity {
     /// typed refusal, as on the agent port.
     pub fn est_server_config(&self) -> Result<ServerConfig, Error> {
         let without_crls = TlsIdentity {
-            crls: Vec::new(),
+            crls: Crls::default(),
             allow_unknown_revocation: true,
             ..self.clone()
         };
@@ -212,19 +290,25 @@ impl TlsIdentity {
     }
 
     fn server_config_with(&self, client_auth: ClientAuth) -> Result<ServerConfig, Error> {
-        let mut builder = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
-            .with_crls(self.crl_ders())
-            // The issuing authority's CRL covers the leaf; an intermediate under an operator's
-            // root has no CRL of its own to check against.
-            .only_check_end_entity_revocation();
-        if self.allow_unknown_revocation {
-            builder = builder.allow_unknown_revocation_status();
-        }
-        if client_auth == ClientAuth::Optional {
-            builder = builder.allow_unauthenticated();
-        }
+        let (roots, allow_unknown) = (self.roots()?, self.allow_unknown_revocation);
+        let build: BuildVerifier<dyn rustls::server::danger::ClientCertVerifier> = Box::new(
+            move |crls: &[Vec<u8>]| {
+                let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), provider())
+                        .with_crls(crl_ders(crls))
+                        // The issuing authority's CRL covers the leaf; an intermediate under
+                        // an operator's root has no CRL of its own to check against.
+                        .only_check_end_entity_revocation();
+                if allow_unknown {
+                    builder = builder.allow_unknown_revocation_status();
+                }
+                if client_auth == ClientAuth::Optional {
+                    builder = builder.allow_unauthenticated();
+                }
+                builder.build().map_err(|e| Error::General(e.to_string()))
+            },
+        );
         let verifier = Arc::new(DomainBoundClientVerifier {
-            webpki: builder.build().map_err(|e| Error::General(e.to_string()))?,
+            webpki: Live::new(self.crls.clone(), build)?,
             anchor: self.trust_anchor.clone(),
         });
         let builder = ServerConfig::builder_with_provider(provider())
@@ -238,6 +322,10 @@ impl TlsIdentity {
             }
         };
         config.ignore_client_order = true;
+        // No resumption: a resumed session skips the client certificate's checks, so a client
+        // revoked since its first handshake would come back in on its ticket.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(config)
     }
 
@@ -249,7 +337,7 @@ impl TlsIdentity {
     /// counts at once.
     pub fn agent_server_config(&self) -> Result<ServerConfig, Error> {
         let without_crls = TlsIdentity {
-            crls: Vec::new(),
+            crls: Crls::default(),
             allow_unknown_revocation: true,
             ..self.clone()
         };
@@ -275,15 +363,19 @@ impl TlsIdentity {
     }
 
     fn client_config_expecting(&self, expected: Expected) -> Result<ClientConfig, Error> {
-        let mut builder = WebPkiServerVerifier::builder_with_provider(self.roots()?, provider())
-            .with_crls(self.crl_ders())
-            .only_check_end_entity_revocation();
-        if self.allow_unknown_revocation {
-            builder = builder.allow_unknown_revocation_status();
-        }
-        let webpki = builder.build().map_err(|e| Error::General(e.to_string()))?;
+        let (roots, allow_unknown) = (self.roots()?, self.allow_unknown_revocation);
+        let build: BuildVerifier<WebPkiServerVerifier> = Box::new(move |crls: &[Vec<u8>]| {
+            let mut builder =
+                WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), provider())
+                    .with_crls(crl_ders(crls))
+                    .only_check_end_entity_revocation();
+            if allow_unknown {
+                builder = builder.allow_unknown_revocation_status();
+            }
+            builder.build().map_err(|e| Error::General(e.to_string()))
+        });
         let verifier = Arc::new(SpiffeServerVerifier {
-            webpki,
+            webpki: Live::new(self.crls.clone(), build)?,
             expected,
             anchor: self.trust_anchor.clone(),
         });
@@ -308,10 +400,20 @@ enum ClientAuth {
     Optional,
 }
 
+/// The serial number of a presented chain's leaf, big-endian bytes.
+pub fn leaf_serial(certs: &[CertificateDer<'_>]) -> Option<Vec<u8>> {
+    let (_, cert) = X509Certificate::from_der(certs.first()?).ok()?;
+    Some(cert.raw_serial().to_vec())
+}
+
 /// The URI SAN of a peer's certificate: its identity.
 pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(certs.first()?).ok()?;
     uri_of(&cert)
+}
+
+fn crl_ders(crls: &[Vec<u8>]) -> Vec<CertificateRevocationListDer<'static>> {
+    crls.iter().cloned().map(Into::into).collect()
 }
 
 /// Which server identity a client accepts.
@@ -337,7 +439,7 @@ impl Expected {
 /// webpki's chain, validity and CRL checks, then the SPIFFE identity instead of a DNS name.
 #[derive(Debug)]
 struct SpiffeServerVerifier {
-    webpki: Arc<WebPkiServerVerifier>,
+    webpki: Live<WebPkiServerVerifier>,
     expected: Expected,
     anchor: Vec<u8>,
 }
@@ -353,7 +455,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, Error> {
         // webpki checks the name last, after the chain and the CRLs: a name error means the
         // rest passed.
-        match self.webpki.verify_server_cert(
+        match self.webpki.get()?.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
@@ -381,7 +483,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        self.webpki.first.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -390,11 +492,11 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        self.webpki.first.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.webpki.first.supported_verify_schemes()
     }
 }
 
@@ -565,21 +667,21 @@ struct ForeignIssuer;
 /// webpki's client checks, then [`issued_in_its_domain`].
 #[derive(Debug)]
 struct DomainBoundClientVerifier {
-    webpki: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    webpki: Live<dyn rustls::server::danger::ClientCertVerifier>,
     anchor: Vec<u8>,
 }
 
 impl rustls::server::danger::ClientCertVerifier for DomainBoundClientVerifier {
     fn offer_client_auth(&self) -> bool {
-        self.webpki.offer_client_auth()
+        self.webpki.first.offer_client_auth()
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.webpki.client_auth_mandatory()
+        self.webpki.first.client_auth_mandatory()
     }
 
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        self.webpki.root_hint_subjects()
+        self.webpki.first.root_hint_subjects()
     }
 
     fn verify_client_cert(
@@ -590,6 +692,7 @@ impl rustls::server::danger::ClientCertVerifier for DomainBoundClientVerifier {
     ) -> Result<rustls::server::danger::ClientCertVerified, Error> {
         let verified = self
             .webpki
+            .get()?
             .verify_client_cert(end_entity, intermediates, now)?;
         if issued_in_its_domain(end_entity, intermediates, &self.anchor) {
             Ok(verified)
@@ -604,7 +707,7 @@ impl rustls::server::danger::ClientCertVerifier for DomainBoundClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        self.webpki.first.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -613,11 +716,11 @@ impl rustls::server::danger::ClientCertVerifier for DomainBoundClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        self.webpki.first.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.webpki.first.supported_verify_schemes()
     }
 }
 
@@ -630,4 +733,74 @@ pub struct CheckedCertificate {
     pub serial: Vec<u8>,
     /// Its public key, DER SubjectPublicKeyInfo, to verify what it signs.
     pub spki_der: Vec<u8>,
+}
+
+/// The URIs of a certificate's CRL distribution points (RFC 5280 4.2.1.13): where its
+/// issuer's CRL is published.
+pub fn crl_distribution_points(certificate: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::{DistributionPointName, ParsedExtension};
+    let Ok((_, cert)) = X509Certificate::from_der(certificate) else {
+        return Vec::new();
+    };
+    let mut uris = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() {
+            for point in points.iter() {
+                if let Some(DistributionPointName::FullName(names)) = &point.distribution_point {
+                    uris.extend(names.iter().filter_map(|n| match n {
+                        GeneralName::URI(uri) => Some((*uri).to_owned()),
+                        _ => None,
+                    }));
+                }
+            }
+        }
+    }
+    uris
+}
+
+/// A CRL whose signature its issuer's key verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCrl {
+    /// Its CRL number, big-endian bytes (empty when it has none).
+    pub number: Vec<u8>,
+    /// The serials it revokes, big-endian bytes as certificates carry them.
+    pub revoked: Vec<Vec<u8>>,
+}
+
+/// The issuer name of a CRL (DER), as raw DER.
+pub fn crl_issuer(crl: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let (_, list) = CertificateRevocationList::from_der(crl).ok()?;
+    Some(list.issuer().as_raw().to_vec())
+}
+
+/// Checks that `crl` (DER) was issued and signed by `issuer` (a CA certificate, DER).
+pub fn verify_crl(crl: &[u8], issuer: &[u8]) -> Result<VerifiedCrl, String> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let (rest, list) =
+        CertificateRevocationList::from_der(crl).map_err(|e| format!("not a DER CRL: {e}"))?;
+    if !rest.is_empty() {
+        return Err("bytes after the CRL".into());
+    }
+    let (_, ca) =
+        X509Certificate::from_der(issuer).map_err(|e| format!("not a DER certificate: {e}"))?;
+    if list.issuer() != ca.subject() {
+        return Err(format!(
+            "the CRL is issued by {}, not {}",
+            list.issuer(),
+            ca.subject()
+        ));
+    }
+    list.verify_signature(ca.public_key())
+        .map_err(|e| format!("the CRL's signature does not verify: {e}"))?;
+    Ok(VerifiedCrl {
+        number: list
+            .crl_number()
+            .map(|n| n.to_bytes_be())
+            .unwrap_or_default(),
+        revoked: list
+            .iter_revoked_certificates()
+            .map(|r| r.raw_serial().to_vec())
+            .collect(),
+    })
 }

@@ -117,6 +117,10 @@ pub enum PeerCommand {
     Advertise(Vec<pb::AgentSummary>, Vec<String>),
     /// This gateway's status changed (an operator's maintenance mode).
     SetStatus(pb::Status),
+    /// The peer's certificate was revoked: close the transport now (told `CERT_REVOKED`);
+    /// the session dials and awaits again as after any loss, and a handshake with the revoked
+    /// certificate is refused.
+    Revoked,
     /// Leave for good.
     Stop(String),
 }
@@ -146,6 +150,8 @@ struct Slot {
     /// When the current session came up: the uptime is computed when the list is read (the
     /// task reports only when something happens).
     up_since: Option<Instant>,
+    /// The certificate chain the peer presented on the current transport (leaf first, DER).
+    chain: Option<Vec<Vec<u8>>>,
 }
 
 /// The peers by index; a removed peer leaves `None` (indices are never reused, so a late
@@ -186,22 +192,37 @@ impl PeerCommander {
 pub struct Neighbours(Arc<Mutex<Peers>>);
 
 impl Neighbours {
+    /// Each peer with a transport now, and the certificate chain it presented on it.
+    pub fn chains(&self) -> Vec<(String, Vec<Vec<u8>>)> {
+        self.each(|s| Some((s.gateway.clone(), s.chain.clone()?)))
+    }
+
+    /// What `f` makes of each configured peer, where it makes something.
+    fn each<T>(&self, f: impl FnMut(&Slot) -> Option<T>) -> Vec<T> {
+        self.0
+            .lock()
+            .map(|p| p.slots.iter().flatten().filter_map(f).collect())
+            .unwrap_or_default()
+    }
+
+    /// Closes the transport of peer `gateway` at once: its certificate was revoked.
+    pub fn revoked(&self, gateway: &str) {
+        if let Ok(peers) = self.0.lock()
+            && let Some((_, slot)) = peers.by_gateway(gateway)
+        {
+            let _ = slot.commands.send(PeerCommand::Revoked);
+        }
+    }
+
     /// Every peer configured now and its session.
     pub fn list(&self) -> Vec<PeerStatus> {
         let now = Instant::now();
-        self.0
-            .lock()
-            .map(|p| {
-                p.slots
-                    .iter()
-                    .flatten()
-                    .map(|s| PeerStatus {
-                        uptime: s.up_since.map(|t| now.saturating_duration_since(t)),
-                        ..s.status.clone()
-                    })
-                    .collect()
+        self.each(|s| {
+            Some(PeerStatus {
+                uptime: s.up_since.map(|t| now.saturating_duration_since(t)),
+                ..s.status.clone()
             })
-            .unwrap_or_default()
+        })
     }
 }
 
@@ -215,6 +236,8 @@ struct Handover {
     stream: BoxedStream,
     dialled: bool,
     identity: String,
+    /// The chain the peer presented.
+    chain: Vec<Vec<u8>>,
 }
 
 /// The running peering: its tasks and the channels to them.
@@ -322,6 +345,7 @@ impl Peering {
                     summaries_out: 0,
                 },
                 up_since: None,
+                chain: None,
             }));
             peers.slots.len() - 1
         };
@@ -471,12 +495,7 @@ async fn accept(
                     return;
                 }
             };
-            let identity = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(peer_identity)
-                .unwrap_or_default();
+            let (identity, chain) = presented(tls.get_ref().1.peer_certificates());
             let handover = peers
                 .lock()
                 .ok()
@@ -488,6 +507,7 @@ async fn accept(
                             stream: Box::new(tls),
                             dialled: false,
                             identity,
+                            chain,
                         })
                         .await;
                 }
@@ -669,6 +689,13 @@ impl PeerTask {
                     PeerCommand::FullSync(table) => self.session.full_sync(&table),
                     PeerCommand::Advertise(a, w) => self.session.advertise(&a, &w),
                     PeerCommand::SetStatus(s) => self.session.set_local_status(s, now),
+                    PeerCommand::Revoked => {
+                        if let Some(link) = self.link.take() {
+                            tracing::warn!(peer = %self.session.config().peer, "its certificate is revoked: session closed");
+                            link.refuse(ErrorCode::CertRevoked);
+                            self.session.handle(Input::TransportDown, now);
+                        }
+                    }
                     PeerCommand::Stop(reason) => {
                         self.session.handle(Input::Stop(reason), now);
                         self.act().await;
@@ -725,6 +752,9 @@ impl PeerTask {
         if let Ok(mut peers) = self.peers.lock()
             && let Some(Some(slot)) = peers.slots.get_mut(self.index)
         {
+            if self.link.is_none() {
+                slot.chain = None;
+            }
             slot.up_since = self.session.established_since();
             let status = &mut slot.status;
             status.state = self.session.state();
@@ -750,6 +780,7 @@ impl PeerTask {
             self.session.handle(Input::TransportDown, now);
         }
         self.link = Some(Link::new(handover.stream));
+        self.set_chain(handover.chain);
         self.session.handle(
             Input::TransportUp {
                 dialled: handover.dialled,
@@ -797,6 +828,15 @@ impl PeerTask {
         self.session.state() == SessionState::Stopped
     }
 
+    /// Records the chain the peer presented on the new transport, for revocation checks.
+    fn set_chain(&self, chain: Vec<Vec<u8>>) {
+        if let Ok(mut peers) = self.peers.lock()
+            && let Some(Some(slot)) = peers.slots.get_mut(self.index)
+        {
+            slot.chain = Some(chain);
+        }
+    }
+
     fn emit(&self, event: PeerEvent) {
         let _ = self.events.send((self.index, event));
     }
@@ -808,8 +848,9 @@ impl PeerTask {
         };
         let now = Instant::now();
         match dialled {
-            Ok((stream, identity)) => {
+            Ok((stream, identity, chain)) => {
                 self.link = Some(Link::new(stream));
+                self.set_chain(chain);
                 self.session.handle(
                     Input::TransportUp {
                         dialled: true,
@@ -841,7 +882,7 @@ impl PeerTask {
 async fn dial(
     address: SocketAddr,
     client: Arc<rustls::ClientConfig>,
-) -> Result<(BoxedStream, String), String> {
+) -> Result<(BoxedStream, String, Vec<Vec<u8>>), String> {
     let tcp = timeout(DIAL_TIMEOUT, TcpStream::connect(address))
         .await
         .map_err(|_| "connect timed out".to_owned())?
@@ -856,11 +897,13 @@ async fn dial(
     .await
     .map_err(|_| "TLS handshake timed out".to_owned())?
     .map_err(|e| e.to_string())?;
-    let identity = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(peer_identity)
-        .unwrap_or_default();
-    Ok((Box::new(tls), identity))
+    let (identity, chain) = presented(tls.get_ref().1.peer_certificates());
+    Ok((Box::new(tls), identity, chain))
+}
+
+/// The identity a peer's certificate names, and its chain as presented (DER).
+fn presented(certs: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> (String, Vec<Vec<u8>>) {
+    let certs = certs.unwrap_or_default();
+    let identity = peer_identity(certs).unwrap_or_default();
+    (identity, certs.iter().map(|c| c.to_vec()).collect())
 }

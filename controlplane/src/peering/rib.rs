@@ -49,6 +49,11 @@ pub struct Rib {
     paused: HashSet<String>,
     /// Agents with candidates from paused peers only.
     held: HashSet<String>,
+    /// Peer -> domain -> how many of its agents the peer advertised: the domains whose
+    /// frames a peer may relay.
+    domains: HashMap<String, HashMap<String, usize>>,
+    /// A peer's set of domains changed since [`Rib::take_domains`].
+    domains_changed: bool,
 }
 
 /// Orders candidates: shortest path, then smallest next hop, then smallest path.
@@ -100,17 +105,60 @@ impl Rib {
             return None; // stale: an older version of what the peer already told us
         }
         let before = self.snapshot(&agent);
-        self.candidates
+        let fresh = self
+            .candidates
             .entry(agent.clone())
             .or_default()
-            .insert(peer.to_owned(), summary);
+            .insert(peer.to_owned(), summary)
+            .is_none();
+        if fresh {
+            self.count_domain(peer, &agent, true);
+        }
         self.reselect(&agent, before)
+    }
+
+    /// Whether a peer's set of advertised domains changed since the last call.
+    pub fn take_domains_changed(&mut self) -> bool {
+        std::mem::take(&mut self.domains_changed)
+    }
+
+    /// The domains `peer` advertised agents of now.
+    pub fn domains_of(&self, peer: &str) -> Vec<String> {
+        self.domains
+            .get(peer)
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn count_domain(&mut self, peer: &str, agent: &str, added: bool) {
+        let Some((domain, _)) = agent
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            return;
+        };
+        let domains = self.domains.entry(peer.to_owned()).or_default();
+        if added {
+            let count = domains.entry(domain.to_owned()).or_default();
+            *count += 1;
+            self.domains_changed |= *count == 1;
+        } else if let Some(count) = domains.get_mut(domain) {
+            *count -= 1;
+            if *count == 0 {
+                domains.remove(domain);
+                self.domains_changed = true;
+            }
+            if domains.is_empty() {
+                self.domains.remove(peer);
+            }
+        }
     }
 
     /// `peer` withdrew `agent`.
     pub fn withdraw(&mut self, peer: &str, agent: &str) -> Option<BestChange> {
         let before = self.snapshot(agent);
         self.candidates.get_mut(agent)?.remove(peer)?;
+        self.count_domain(peer, agent, false);
         self.reselect(agent, before)
     }
 
@@ -239,6 +287,26 @@ mod tests {
             Some(BestChange::Held { .. }) => Some("held".into()),
             None => None,
         }
+    }
+
+    #[test]
+    fn each_peer_s_domains_follow_what_it_advertised() {
+        let mut rib = Rib::new();
+        assert!(!rib.take_domains_changed());
+        rib.learn(B, via(&[B, C, D], 1));
+        assert!(rib.take_domains_changed());
+        assert_eq!(rib.domains_of(B), vec!["d.example".to_owned()]);
+        // A second agent of the same domain changes nothing.
+        let mut other = via(&[B, C, D], 1);
+        other.agent = "spiffe://d.example/agent/y".into();
+        rib.learn(B, other);
+        assert!(!rib.take_domains_changed());
+        rib.withdraw(B, Z);
+        assert!(!rib.take_domains_changed());
+        assert_eq!(rib.domains_of(B), vec!["d.example".to_owned()]);
+        rib.remove_peer(B);
+        assert!(rib.take_domains_changed());
+        assert!(rib.domains_of(B).is_empty());
     }
 
     #[test]

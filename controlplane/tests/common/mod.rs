@@ -76,7 +76,8 @@ pub fn identity(a: &Authority, all: &[&Authority]) -> TlsIdentity {
         crls: all
             .iter()
             .map(|o| o.ca.crl(SystemTime::now()).unwrap().der)
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
     }
 }
 

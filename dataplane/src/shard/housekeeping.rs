@@ -3,13 +3,13 @@
 
 use std::{rc::Rc, time::Instant};
 
-use agw_proto::pb::ErrorCode;
+use agw_proto::{identity::GatewayId, pb::ErrorCode};
 use crossbeam_channel::Receiver;
 use glommio::{spawn_local, timer::sleep};
 
 use super::{
     Shard, ShardCommand,
-    conn::{Conn, ConnState},
+    conn::{Conn, ConnKind, ConnState},
     links::keep_link,
 };
 use crate::access::AccessSession;
@@ -21,6 +21,7 @@ impl Shard {
         loop {
             sleep(tick).await;
             let mut revoked: Vec<Vec<u8>> = Vec::new();
+            let mut peers_revoked: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
             while let Ok(command) = commands.try_recv() {
                 match command {
                     ShardCommand::Stop => {
@@ -41,6 +42,9 @@ impl Shard {
                     ShardCommand::Abandon => self.abandon(),
                     ShardCommand::Limits(limits) => self.limits.set(limits),
                     ShardCommand::Revoked(serials) => revoked.extend(serials),
+                    ShardCommand::PeerRevoked { domain, serials } => {
+                        peers_revoked.push((domain, serials));
+                    }
                     ShardCommand::Peer {
                         index,
                         gateway,
@@ -80,7 +84,10 @@ impl Shard {
                     }
                     self.apply_actions(&conn);
                 }
-                if !revoked.is_empty() && revoked.contains(&conn.serial.borrow()) {
+                let agent_revoked = matches!(conn.kind, ConnKind::Agent)
+                    && !revoked.is_empty()
+                    && revoked.contains(&conn.serial.borrow());
+                if agent_revoked || peer_revoked(&conn, &peers_revoked) {
                     self.close_with(&conn, ErrorCode::CertRevoked, "certificate revoked");
                 }
                 if !conn.active.replace(false) {
@@ -126,4 +133,16 @@ impl Shard {
             self.cleanup(&conn, ErrorCode::Draining);
         }
     }
+}
+
+/// Whether `conn` is a peer gateway's link whose certificate one of `revoked` (a domain and
+/// the serials its authority's CRL lists) names.
+fn peer_revoked(conn: &Conn, revoked: &[(String, Vec<Vec<u8>>)]) -> bool {
+    let ConnKind::Peer { gateway, .. } = &conn.kind else {
+        return false;
+    };
+    let domain = GatewayId::parse(gateway).map(|g| g.domain().to_owned());
+    revoked.iter().any(|(d, serials)| {
+        domain.as_deref().is_ok_and(|own| own == d) && serials.contains(&conn.serial.borrow())
+    })
 }

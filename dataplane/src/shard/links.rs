@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, os::fd::AsRawFd, rc::Rc, sync::Arc, time::Duration};
 
 use agw_proto::identity::GatewayId;
-use agw_tls::peer_identity;
+use agw_tls::{leaf_serial, peer_identity};
 use futures_rustls::{TlsAcceptor, TlsConnector};
 use glommio::{
     net::{TcpListener, TcpStream},
@@ -43,7 +43,9 @@ pub(super) async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
             else {
                 return;
             };
-            let identity = tls.get_ref().1.peer_certificates().and_then(peer_identity);
+            let presented = tls.get_ref().1.peer_certificates();
+            let identity = presented.and_then(peer_identity);
+            let serial = presented.and_then(leaf_serial).unwrap_or_default();
             let Some(gateway) = identity.filter(|i| GatewayId::parse(i).is_ok()) else {
                 return;
             };
@@ -52,6 +54,8 @@ pub(super) async fn accept_peers(shard: Rc<Shard>, listener: TcpListener) {
                 link: None,
             };
             if let Some(conn) = shard.new_conn_fd(Stream::Server(Box::new(tls)), fd, kind) {
+                // Its authority's CRL may list it later: the link closes then.
+                *conn.serial.borrow_mut() = serial;
                 serve(shard.clone(), conn).await;
             }
         })
@@ -100,10 +104,18 @@ impl Shard {
             None
         })
         .await?;
+        let serial = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(leaf_serial)
+            .unwrap_or_default();
         let kind = ConnKind::Peer {
             gateway: gateway.to_string(),
             link: Some(index),
         };
-        self.new_conn_fd(Stream::Client(Box::new(tls)), fd, kind)
+        let conn = self.new_conn_fd(Stream::Client(Box::new(tls)), fd, kind)?;
+        *conn.serial.borrow_mut() = serial;
+        Some(conn)
     }
 }

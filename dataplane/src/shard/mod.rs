@@ -46,7 +46,7 @@ use relay::{Blocked, cross_receive};
 
 use crate::{
     access::{AccessSession, Action, DownReason},
-    authorization::Authorization,
+    authorization::{Authorization, PeerDomains},
     config::{DataplaneConfig, LiveLimits},
     congestion::Congestion,
     counters::ShardCounters,
@@ -94,6 +94,12 @@ pub(crate) enum ShardCommand {
     Limits(LiveLimits),
     /// Close the sessions of agents whose certificate has one of these serials.
     Revoked(Vec<Vec<u8>>),
+    /// Close the links of peer gateways of `domain` whose certificate has one of these
+    /// serials (its authority's CRL lists them).
+    PeerRevoked {
+        domain: String,
+        serials: Vec<Vec<u8>>,
+    },
     /// Keep a link to peer `index` (the gateway `gateway`, its relay's peer port `address`).
     Peer {
         index: u32,
@@ -125,6 +131,7 @@ pub(crate) struct ShardSetup {
     pub routes: RoutingReader,
     pub checker: Arc<ArcSwap<CertificateChecker>>,
     pub authorization: Arc<ArcSwap<Authorization>>,
+    pub peer_domains: Arc<ArcSwap<PeerDomains>>,
     pub events: Sender<ShardEvent>,
     pub commands: Receiver<ShardCommand>,
     /// Indexed by destination shard; `None` at this shard's own index.
@@ -148,6 +155,8 @@ struct Shard {
     checker: Arc<ArcSwap<CertificateChecker>>,
     /// Who may message whom, loaded once per batch.
     authorization: Arc<ArcSwap<Authorization>>,
+    /// Which domains' frames each peer may relay, loaded per frame on peer links.
+    peer_domains: Arc<ArcSwap<PeerDomains>>,
     events: Sender<ShardEvent>,
     /// A reusable vector for a batch of frames.
     batch: RefCell<Vec<Frame>>,
@@ -219,6 +228,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         batch: RefCell::new(Vec::with_capacity(BATCH)),
         checker: setup.checker,
         authorization: setup.authorization,
+        peer_domains: setup.peer_domains,
         events: setup.events,
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),

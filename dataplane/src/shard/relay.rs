@@ -221,12 +221,14 @@ impl Shard {
         let allowed = match &conn.kind {
             // An agent sends messages and ACKs as itself; NACKs are the gateways' to send.
             ConnKind::Agent => view.kind != Kind::Nack && view.source() == accessed,
-            // A peer relays other domains' agents' frames, and NACKs; never ours.
-            ConnKind::Peer { .. } => match view.source() {
+            // A peer relays frames of the agents of domains reachable through it, and NACKs;
+            // never ours.
+            ConnKind::Peer { gateway, .. } => match view.source() {
                 None => view.kind == Kind::Nack,
-                Some(s) => {
-                    AgentId::parse(s).is_ok_and(|a| a.domain() != self.config.gateway.domain())
-                }
+                Some(s) => AgentId::parse(s).is_ok_and(|a| {
+                    a.domain() != self.config.gateway.domain()
+                        && self.peer_domains.load().allows(gateway, a.domain())
+                }),
             },
         };
         if !allowed {

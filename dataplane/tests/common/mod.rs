@@ -58,7 +58,7 @@ impl Authority {
             chain: issued.chain,
             key_pkcs8: key.to_pkcs8_der(),
             trust_anchor: self.ca.trust_anchor().to_vec(),
-            crls: vec![self.ca.crl(SystemTime::now()).unwrap().der],
+            crls: vec![self.ca.crl(SystemTime::now()).unwrap().der].into(),
             allow_unknown_revocation: false,
             renewable: None,
         }

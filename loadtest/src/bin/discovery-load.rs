@@ -134,7 +134,7 @@ fn run(args: Args) -> Result<(), Error> {
             chain: who.certificate.chain.iter().map(|c| c.to_vec()).collect(),
             key_pkcs8: who.key.to_pkcs8_der(),
             trust_anchor: ca.trust_anchor().to_vec(),
-            crls: Vec::new(),
+            crls: Default::default(),
             allow_unknown_revocation: true,
             renewable: None,
         };
