@@ -164,9 +164,10 @@ pub struct CertificateAuthority {
     rng: SystemRandom,
     /// Told after every revocation (its CRL issued), so a gateway need not poll the CRL.
     on_revoke: RevocationHook,
+    on_issue: RevocationHook,
 }
 
-/// A function called after each revocation.
+/// A function called after each revocation (or issuance).
 #[derive(Default)]
 struct RevocationHook(std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>);
 
@@ -284,6 +285,7 @@ impl CertificateAuthority {
             sources: Mutex::new(HashMap::new()),
             rng: SystemRandom::new(),
             on_revoke: RevocationHook::default(),
+            on_issue: RevocationHook::default(),
         };
         {
             let mut crl = authority.lock_crl()?;
@@ -296,6 +298,35 @@ impl CertificateAuthority {
     /// are ignored): how a gateway closes the revoked certificates' sessions without polling.
     pub fn on_revoke(&self, notify: impl Fn() + Send + Sync + 'static) {
         let _ = self.on_revoke.0.set(Box::new(notify));
+    }
+
+    /// Calls `notify` after every certificate issued (set once; later calls are ignored).
+    pub fn on_issue(&self, notify: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_issue.0.set(Box::new(notify));
+    }
+
+    /// The permission scopes of every agent whose current certificate is valid at `now`, from
+    /// the materials the authority checked and certified: what authorization rules on scopes
+    /// (`scope:<name>`) match. Reads every identity's record: a scan of the store.
+    pub fn agent_scopes(&self, now: SystemTime) -> Result<Vec<(String, Vec<String>)>, AcaError> {
+        let mut out = Vec::new();
+        for record in self.store.current_all().map_err(internal)? {
+            let scopes = record
+                .materials
+                .as_ref()
+                .map(|m| m.permission_scope.clone())
+                .unwrap_or_default();
+            if scopes.is_empty() || AgentId::parse(&record.identity).is_err() {
+                continue;
+            }
+            if matches!(
+                self.status_of(&record, now)?,
+                CertificateStatus::Valid { .. }
+            ) {
+                out.push((record.identity.clone(), scopes));
+            }
+        }
+        Ok(out)
     }
 
     /// The domain this authority certifies.
@@ -1041,6 +1072,9 @@ impl CertificateAuthority {
                 materials,
             })
             .map_err(internal)?;
+        if let Some(notify) = self.on_issue.0.get() {
+            notify();
+        }
         let mut chain = vec![der];
         chain.extend(self.ca_chain.iter().cloned());
         Ok(Issued { chain, serial })

@@ -154,6 +154,21 @@ impl CertStore {
         self.cert(&serial)
     }
 
+    /// The newest certificate of every identity.
+    pub fn current_all(&self) -> Result<Vec<CertRecord>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let identities = tx.open_table(IDENTITIES)?;
+        let certs = tx.open_table(CERTS)?;
+        let mut out = Vec::new();
+        for entry in identities.iter()? {
+            let (_, serial) = entry?;
+            if let Some(bytes) = certs.get(serial.value())? {
+                out.push(CertRecord::decode(bytes.value())?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether a serial is taken.
     pub fn serial_exists(&self, serial: &[u8]) -> Result<bool, StoreError> {
         let tx = self.db.begin_read()?;

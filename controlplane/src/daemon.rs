@@ -867,7 +867,7 @@ fn reload(
         running.node.limits = l;
     }
     if next.authorization != old.authorization {
-        node.dataplane.set_authorization(next.authorization.clone());
+        node.set_authorization(next.authorization.clone());
         applied.push(format!(
             "authorization: {} rule(s)",
             next.authorization.rules().len()

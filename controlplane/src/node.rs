@@ -212,6 +212,8 @@ pub struct Node {
     certificate: Mutex<GatewayCertificate>,
     /// The names its certificate carries beside its identity.
     server_names: Vec<String>,
+    /// The authorization policy as configured (without its scopes' holders).
+    policy: Arc<Mutex<Authorization>>,
     endpoints: Vec<(&'static str, Endpoint)>,
     /// A message after each revocation by the embedded authority.
     revoked: crossbeam_channel::Receiver<()>,
@@ -289,6 +291,55 @@ fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
 
 /// This gateway's key, kept in the data directory (0600) so that the authority, which will
 /// not certify one identity to two keys, re-issues its certificate at every start.
+/// `policy` with the holders of the scopes it names, from `authority`'s valid certificates
+/// (as is when it names none: no scan).
+fn with_scopes(authority: &CertificateAuthority, policy: Authorization) -> Authorization {
+    if !policy.uses_scopes() {
+        return policy;
+    }
+    match authority.agent_scopes(SystemTime::now()) {
+        Ok(holders) => policy.with_scopes(&holders),
+        Err(e) => {
+            tracing::warn!(error = %e, "permission scopes unknown: rules on scopes match no one");
+            policy
+        }
+    }
+}
+
+/// Applies the policy again, with its scopes' holders read anew, after each issuance and
+/// revocation (a burst is one scan).
+async fn follow_scopes(
+    authority: Arc<CertificateAuthority>,
+    policy: Arc<Mutex<Authorization>>,
+    relay: Arc<arc_swap::ArcSwap<Authorization>>,
+    changed: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        changed.notified().await;
+        let Ok(current) = policy.lock().map(|p| p.clone()) else {
+            return;
+        };
+        if !current.uses_scopes() {
+            continue;
+        }
+        let (authority, policy, relay) = (
+            Arc::clone(&authority),
+            Arc::clone(&policy),
+            Arc::clone(&relay),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            let resolved = with_scopes(&authority, current.clone());
+            // Only if the operator did not set another policy meanwhile.
+            if let Ok(configured) = policy.lock()
+                && *configured == current
+            {
+                relay.store(Arc::new(resolved));
+            }
+        })
+        .await;
+    }
+}
+
 fn gateway_key(path: &std::path::Path) -> Result<AgentKey, String> {
     if let Ok(pem) = std::fs::read_to_string(path) {
         return AgentKey::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()));
@@ -355,9 +406,15 @@ impl Node {
         let runtime = agw_rpc::runtime("agw-control").map_err(|e| format!("runtime: {e}"))?;
         // Revocations wake whoever watches them (the daemon closes live sessions): no polling.
         let (revoked_tx, revoked) = crossbeam_channel::bounded(1);
+        // Who holds which permission scope changes with every issuance and revocation.
+        let scopes_changed = Arc::new(tokio::sync::Notify::new());
+        let on_change = Arc::clone(&scopes_changed);
         authority.on_revoke(move || {
             let _ = revoked_tx.try_send(());
+            on_change.notify_one();
         });
+        let on_change = Arc::clone(&scopes_changed);
+        authority.on_issue(move || on_change.notify_one());
         let crl_server = CrlHttpServer::from_listener(
             runtime.handle(),
             crl_listener,
@@ -421,7 +478,7 @@ impl Node {
         }
         dp_config.pin_cores = config.pin_cores;
         dp_config.set_live_limits(config.limits);
-        dp_config.authorization = config.authorization.clone();
+        dp_config.authorization = with_scopes(&authority, config.authorization.clone());
         dp_config.peer_listen = Some(config.relay_links);
         dp_config.peer_tls = Some(tls.clone());
         if config.agent_plaintext {
@@ -528,6 +585,15 @@ impl Node {
             },
         )
         .map_err(|e| format!("control plane: {e}"))?;
+        // The policy as configured; the relay's has its scopes' holders filled in, again after
+        // every issuance and revocation.
+        let policy = Arc::new(Mutex::new(config.authorization.clone()));
+        runtime.spawn(follow_scopes(
+            Arc::clone(&authority),
+            Arc::clone(&policy),
+            dataplane.authorization_handle(),
+            scopes_changed,
+        ));
         let own = Arc::clone(&authority);
         let peer_crls = control.peering().map(|peering| {
             PeerCrls::start(
@@ -614,6 +680,7 @@ impl Node {
             enrollment,
             certificate: Mutex::new(certificate),
             server_names: config.server_names,
+            policy,
             endpoints,
             revoked,
             runtime: ControlRuntime(Some(runtime)),
@@ -678,6 +745,18 @@ impl Node {
             serial: issued.serial,
             not_after,
         }))
+    }
+
+    /// Authorizes messages by `policy` from now on, its scopes' holders filled in from the
+    /// authority (every shard's next batch).
+    pub fn set_authorization(&self, policy: Authorization) {
+        // Under the lock: a resolution of the previous policy cannot land after this one.
+        let Ok(mut configured) = self.policy.lock() else {
+            return;
+        };
+        configured.clone_from(&policy);
+        self.dataplane
+            .set_authorization(with_scopes(&self.authority, policy));
     }
 
     /// Fetches the peers' CRLs now (and puts this domain's CRL of the moment beside them in

@@ -3,8 +3,11 @@
 //!
 //! A policy is a list of rules, first match wins, then a default: `local` for messages between
 //! agents of this gateway's domain, `remote` for messages that cross domains. A rule names a
-//! source and a destination pattern (an agent ID, every agent of a domain, or anyone) and an
-//! action. A message a rule or default denies is NACKed `UNAUTHORIZED` to its sender with the
+//! source and a destination pattern (an agent ID, every agent of a domain, the agents whose
+//! certificate grants a permission scope, or anyone) and an action. Scopes are known for the
+//! agents this gateway's authority certified: the control plane fills in who holds which
+//! ([`Authorization::with_scopes`]) from the authority's records, again after every issuance
+//! and revocation. A message a rule or default denies is NACKed `UNAUTHORIZED` to its sender with the
 //! rule's reason. ACKs and NACKs are answers to messages already allowed: never checked.
 //!
 //! Cost: none while the policy allows everything (the default); otherwise a scan of the rules
@@ -30,6 +33,8 @@ pub enum Pattern {
     Domain(String),
     /// This agent (`spiffe://travel.example/agent/alice`).
     Agent(String),
+    /// Every agent whose valid certificate grants this permission scope (`scope:payments`).
+    Scope(String),
 }
 
 impl Pattern {
@@ -38,20 +43,27 @@ impl Pattern {
         if text == "*" {
             return Ok(Pattern::Any);
         }
+        if let Some(scope) = text.strip_prefix("scope:") {
+            if scope.is_empty() || scope.chars().any(char::is_whitespace) {
+                return Err(format!("{text:?}: scope:<name>, a permission scope"));
+            }
+            return Ok(Pattern::Scope(scope.to_owned()));
+        }
         if let Some(domain) = text.strip_prefix("domain:") {
             agw_proto::identity::Domain::new(domain).map_err(|e| format!("{text:?}: {e}"))?;
             return Ok(Pattern::Domain(domain.to_owned()));
         }
         agw_proto::identity::AgentId::parse(text)
             .map(|a| Pattern::Agent(a.to_string()))
-            .map_err(|e| format!("{text:?}: {e} (an agent ID, domain:<domain> or *)"))
+            .map_err(|e| format!("{text:?}: {e} (an agent ID, domain:<domain>, scope:<name> or *)"))
     }
 
-    fn covers(&self, agent: &str, domain: &str) -> bool {
+    fn covers(&self, agent: &str, domain: &str, scopes: &ScopeMembers) -> bool {
         match self {
             Pattern::Any => true,
             Pattern::Domain(d) => d == domain,
             Pattern::Agent(a) => a == agent,
+            Pattern::Scope(s) => scopes.get(s).is_some_and(|holders| holders.contains(agent)),
         }
     }
 }
@@ -62,6 +74,7 @@ impl fmt::Display for Pattern {
             Pattern::Any => f.write_str("*"),
             Pattern::Domain(d) => write!(f, "domain:{d}"),
             Pattern::Agent(a) => f.write_str(a),
+            Pattern::Scope(s) => write!(f, "scope:{s}"),
         }
     }
 }
@@ -77,12 +90,17 @@ pub struct Rule {
     pub action: Action,
 }
 
+/// Scope -> the agents holding it.
+type ScopeMembers = hashbrown::HashMap<String, hashbrown::HashSet<String>>;
+
 /// The policy: rules, then the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authorization {
     /// This gateway's domain: what `local` and `remote` are relative to.
     domain: String,
     rules: Vec<Rule>,
+    /// Who holds the scopes the rules name (empty until [`Authorization::with_scopes`]).
+    scopes: std::sync::Arc<ScopeMembers>,
     local: Action,
     remote: Action,
     /// Nothing to check: every message is allowed.
@@ -133,6 +151,7 @@ impl Authorization {
         Authorization {
             domain: domain.to_owned(),
             rules,
+            scopes: Default::default(),
             local,
             remote,
             open,
@@ -147,7 +166,9 @@ impl Authorization {
         }
         let (from_domain, to_domain) = (domain_of(source), domain_of(destination));
         for (i, rule) in self.rules.iter().enumerate() {
-            if rule.from.covers(source, from_domain) && rule.to.covers(destination, to_domain) {
+            if rule.from.covers(source, from_domain, &self.scopes)
+                && rule.to.covers(destination, to_domain, &self.scopes)
+            {
                 return match rule.action {
                     Action::Allow => Ok(()),
                     Action::Deny => Err(Denial::Rule(i + 1)),
@@ -165,6 +186,38 @@ impl Authorization {
     /// The rules, in order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Whether a rule names a permission scope (so who holds which must be filled in).
+    pub fn uses_scopes(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r.from, Pattern::Scope(_)) || matches!(r.to, Pattern::Scope(_)))
+    }
+
+    /// The same policy with `holders` (each agent and the scopes its certificate grants) as
+    /// who holds the scopes its rules name; scopes no rule names are left out.
+    pub fn with_scopes(mut self, holders: &[(String, Vec<String>)]) -> Authorization {
+        let named: Vec<&str> = self
+            .rules
+            .iter()
+            .flat_map(|r| [&r.from, &r.to])
+            .filter_map(|p| match p {
+                Pattern::Scope(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut members = ScopeMembers::default();
+        for (agent, scopes) in holders {
+            for scope in scopes.iter().filter(|s| named.contains(&s.as_str())) {
+                members
+                    .entry(scope.clone())
+                    .or_default()
+                    .insert(agent.clone());
+            }
+        }
+        self.scopes = std::sync::Arc::new(members);
+        self
     }
 }
 
@@ -203,6 +256,44 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn scope_rules_match_the_holders_filled_in() {
+        let pay = "spiffe://a.example/agent/pay";
+        let bank = "spiffe://a.example/agent/bank";
+        let policy = Authorization::new(
+            "a.example",
+            vec![
+                rule("scope:payments", bank, Action::Allow),
+                rule("*", bank, Action::Deny),
+            ],
+            Action::Allow,
+            Action::Allow,
+        );
+        assert!(policy.uses_scopes());
+        assert_eq!(policy.check(pay, bank), Err(Denial::Rule(2)));
+        let filled = policy.with_scopes(&[
+            (
+                pay.to_owned(),
+                vec!["payments".to_owned(), "unnamed".to_owned()],
+            ),
+            (
+                "spiffe://a.example/agent/t".to_owned(),
+                vec!["travel".to_owned()],
+            ),
+        ]);
+        assert_eq!(filled.check(pay, bank), Ok(()));
+        assert_eq!(
+            filled.check("spiffe://a.example/agent/t", bank),
+            Err(Denial::Rule(2))
+        );
+        assert_eq!(
+            rule("scope:payments", "*", Action::Allow).from.to_string(),
+            "scope:payments"
+        );
+        assert!(Pattern::parse("scope:").is_err());
+        assert!(!Authorization::allow_all("a.example").uses_scopes());
+    }
 
     #[test]
     fn a_peer_relays_its_own_and_its_advertised_domains_only_while_up() {

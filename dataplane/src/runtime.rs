@@ -322,6 +322,11 @@ impl Dataplane {
         self.authorization.store(Arc::new(policy));
     }
 
+    /// Where the policy the shards read is set, for a thread that does not hold the relay.
+    pub fn authorization_handle(&self) -> Arc<ArcSwap<Authorization>> {
+        self.authorization.clone()
+    }
+
     /// Checks later accesses with `checker` (a new CRL), and closes the live sessions of
     /// certificates with these serials.
     pub fn set_checker(&self, checker: CertificateChecker, revoked_serials: Vec<Vec<u8>>) {

@@ -52,11 +52,22 @@ impl Credentials {
         enrollment_token: &str,
         ask: impl FnOnce(pb::CertificateApplication) -> Result<Message, E>,
     ) -> Result<Credentials, CertificateError> {
-        let key = AgentKey::generate()?;
         let materials = pb::IdentityMaterials {
             organization: organization.to_owned(),
             ..Default::default()
         };
+        Credentials::enroll_with(agent, materials, enrollment_token, ask)
+    }
+
+    /// [`Credentials::enroll`] with the whole materials the authority checks and certifies
+    /// (organisation, developer, function type, skills, permission scopes).
+    pub fn enroll_with<E: std::fmt::Display>(
+        agent: AgentId,
+        materials: pb::IdentityMaterials,
+        enrollment_token: &str,
+        ask: impl FnOnce(pb::CertificateApplication) -> Result<Message, E>,
+    ) -> Result<Credentials, CertificateError> {
+        let key = AgentKey::generate()?;
         let mut application =
             CertificateRequests::default().application(&key, &agent, materials)?;
         application.enrollment_token = enrollment_token.to_owned();
