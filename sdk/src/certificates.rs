@@ -117,8 +117,12 @@ impl HeldCertificate {
         if let Some(e) = reply.error {
             return Err(CertificateError::Refused(e));
         }
-        let leaf = reply
-            .certificate_chain
+        HeldCertificate::from_chain(reply.certificate_chain)
+    }
+
+    /// The certificate of `chain` (leaf first, DER), as kept on disk.
+    pub fn from_chain(chain: Vec<Bytes>) -> Result<HeldCertificate, CertificateError> {
+        let leaf = chain
             .first()
             .ok_or_else(|| CertificateError::BadReply("empty chain".into()))?;
         let (_, cert) = X509Certificate::from_der(leaf)
@@ -127,8 +131,8 @@ impl HeldCertificate {
         Ok(HeldCertificate {
             not_before: at(cert.validity().not_before.timestamp()),
             not_after: at(cert.validity().not_after.timestamp()),
-            serial: reply.serial,
-            chain: reply.certificate_chain,
+            serial: Bytes::copy_from_slice(cert.raw_serial()),
+            chain,
         })
     }
 

@@ -1,0 +1,275 @@
+//! `agw-agent`: an agent's certificate from a shell. Enrolls with the domain's authority
+//! (the gateway's ACA port) using the organisation's enrollment token, renews before expiry,
+//! and shows what is held. The key and the chain live in a directory: `key.pem` (0600) and
+//! `chain.pem` (the certificate first, then the authority's chain).
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use agw_proto::{Message, identity::AgentId, pb};
+use agw_sdk::{
+    agent::Credentials,
+    certificates::{AgentKey, CertificateRequests, HeldCertificate},
+    connection::Connection,
+};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+
+/// An agent's certificate from a shell: enroll with the domain's authority, renew, show.
+/// Files live in a directory (--dir): key.pem (the private key, 0600, never sent) and
+/// chain.pem (the certificate, then its authority's chain).
+#[derive(Debug, Parser)]
+#[command(name = "agw-agent", version)]
+struct Args {
+    /// Where the agent's key and certificate are kept.
+    #[arg(long, default_value = "agent")]
+    dir: PathBuf,
+    /// Print one JSON document instead of lines for people.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generates a key and applies for a certificate (draft 3.1.1) with the organisation's
+    /// enrollment token; writes key.pem and chain.pem. Refuses to replace a key already there.
+    Enroll {
+        /// The authority's ACA port (the gateway's --aca-listen).
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        aca: String,
+        /// The identity applied for: spiffe://<domain>/agent/<name>.
+        #[arg(long)]
+        agent: String,
+        /// The organisation applying (on the authority's allow-list).
+        #[arg(long)]
+        organization: String,
+        /// A file holding the organisation's enrollment token (as its operator handed it out).
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
+        /// The enrollment token itself (visible to other users in the process list: prefer
+        /// --token-file).
+        #[arg(long)]
+        token: Option<String>,
+        /// A permission scope asked for (granted only if the organisation may have it).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A skill of the agent.
+        #[arg(long = "skill")]
+        skills: Vec<String>,
+        /// Who develops the agent.
+        #[arg(long, default_value = "")]
+        developer: String,
+        /// What kind of function it performs (e.g. booking).
+        #[arg(long, default_value = "")]
+        function_type: String,
+    },
+    /// Renews the held certificate (draft 3.1.2), proving its key; with --new-key, for a new
+    /// key. The files are replaced only once the new certificate is in hand.
+    Renew {
+        /// The authority's ACA port.
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        aca: String,
+        /// Certify a new key instead of the held one.
+        #[arg(long)]
+        new_key: bool,
+    },
+    /// Shows the held certificate: identity, serial, validity, when to renew.
+    Show,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match &args.command {
+        Command::Enroll {
+            aca,
+            agent,
+            organization,
+            token_file,
+            token,
+            scopes,
+            skills,
+            developer,
+            function_type,
+        } => token_of(token_file.as_deref(), token.as_deref()).and_then(|token| {
+            let materials = pb::IdentityMaterials {
+                organization: organization.clone(),
+                developer: developer.clone(),
+                function_type: function_type.clone(),
+                permission_scope: scopes.clone(),
+                skills: skills.clone(),
+                ..Default::default()
+            };
+            enroll(&args.dir, aca, agent, materials, &token)
+        }),
+        Command::Renew { aca, new_key } => renew(&args.dir, aca, *new_key),
+        Command::Show => held(&args.dir).map(|(held, _)| held),
+    };
+    match result {
+        Ok(held) => {
+            print(&held, args.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agw-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token_of(file: Option<&Path>, token: Option<&str>) -> Result<String, String> {
+    match (file, token) {
+        (Some(path), _) => fs::read_to_string(path)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| format!("{}: {e}", path.display())),
+        (None, Some(t)) => Ok(t.to_owned()),
+        (None, None) => Err("the organisation's enrollment token is needed: --token-file".into()),
+    }
+}
+
+fn enroll(
+    dir: &Path,
+    aca: &str,
+    agent: &str,
+    materials: pb::IdentityMaterials,
+    token: &str,
+) -> Result<HeldCertificate, String> {
+    let agent = AgentId::parse(agent).map_err(|e| format!("--agent {agent}: {e}"))?;
+    if dir.join("key.pem").exists() {
+        return Err(format!(
+            "{} holds a key already: renew it, or enroll into another --dir",
+            dir.join("key.pem").display()
+        ));
+    }
+    let mut conn = connect(aca)?;
+    let credentials = Credentials::enroll_with(agent, materials, token, |app| conn.request(app))
+        .map_err(|e| format!("enrollment: {e}"))?;
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    write_private(&dir.join("key.pem"), &credentials.key.to_pem())?;
+    write_chain(dir, &credentials.certificate)?;
+    Ok(credentials.certificate)
+}
+
+fn renew(dir: &Path, aca: &str, new_key: bool) -> Result<HeldCertificate, String> {
+    let (held, key) = held(dir)?;
+    let identity = identity_of(&held)?;
+    let fresh = if new_key {
+        Some(AgentKey::generate().map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let request = CertificateRequests::default()
+        .renewal(&held, &key, fresh.as_ref().unwrap_or(&key), &identity, None)
+        .map_err(|e| e.to_string())?;
+    let renewed = match connect(aca)?
+        .request(request)
+        .map_err(|e| format!("{aca}: {e}"))?
+    {
+        Message::CertificateReply(reply) => {
+            HeldCertificate::from_reply(reply).map_err(|e| format!("renewal: {e}"))?
+        }
+        other => return Err(format!("{aca} answered {}", other.kind().name())),
+    };
+    // The new key first: a chain without its key would be useless, a key without its new
+    // chain is renewed again.
+    if let Some(fresh) = fresh {
+        write_private(&dir.join("key.pem"), &fresh.to_pem())?;
+    }
+    write_chain(dir, &renewed)?;
+    Ok(renewed)
+}
+
+fn connect(aca: &str) -> Result<Connection, String> {
+    Connection::connect(aca, Duration::from_secs(10)).map_err(|e| format!("{aca}: {e}"))
+}
+
+/// The certificate and key kept in `dir`.
+fn held(dir: &Path) -> Result<(HeldCertificate, AgentKey), String> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let chain = pem::parse_many(read("chain.pem")?)
+        .map_err(|e| format!("chain.pem: {e}"))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| Bytes::from(p.into_contents()))
+        .collect();
+    let held = HeldCertificate::from_chain(chain).map_err(|e| format!("chain.pem: {e}"))?;
+    let key = AgentKey::from_pem(&read("key.pem")?).map_err(|e| format!("key.pem: {e}"))?;
+    Ok((held, key))
+}
+
+fn identity_of(held: &HeldCertificate) -> Result<AgentId, String> {
+    let certs = [rustls::pki_types::CertificateDer::from(held.der())];
+    let uri = agw_tls::peer_identity(&certs).ok_or("the certificate names no identity")?;
+    AgentId::parse(&uri).map_err(|e| format!("{uri}: {e}"))
+}
+
+/// Writes `text` to `path` readable by its owner only, replacing it whole.
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    let partial = path.with_extension("new");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| format!("{}: {e}", partial.display()))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&partial, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn write_chain(dir: &Path, held: &HeldCertificate) -> Result<(), String> {
+    let text: String = held
+        .chain
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+        .collect();
+    write_private(&dir.join("chain.pem"), &text)
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn print(held: &HeldCertificate, json: bool) {
+    let identity = identity_of(held).map(|a| a.to_string()).unwrap_or_default();
+    let serial: String = held.serial.iter().map(|b| format!("{b:02x}")).collect();
+    let left = held
+        .not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let mut out = std::io::stdout();
+    if json {
+        let doc = serde_json::json!({
+            "identity": identity,
+            "serial": serial,
+            "not_before_unix_s": unix(held.not_before),
+            "not_after_unix_s": unix(held.not_after),
+            "renew_at_unix_s": unix(held.renew_at()),
+            "chain_length": held.chain.len(),
+        });
+        let _ = writeln!(out, "{doc}");
+        return;
+    }
+    let _ = writeln!(out, "identity   {identity}");
+    let _ = writeln!(out, "serial     {serial}");
+    let _ = writeln!(
+        out,
+        "valid      {} to {} (unix s), {:.1} days left",
+        unix(held.not_before),
+        unix(held.not_after),
+        left.as_secs_f64() / 86_400.0
+    );
+    let _ = writeln!(out, "renew at   {} (unix s)", unix(held.renew_at()));
+}

@@ -1,0 +1,166 @@
+//! `agw-agent` against a real authority on loopback (the ACA protocol over TCP, as the gateway
+//! serves it): enroll with the organisation's token, show, renew with the same key and with a
+//! new one; the certificates it writes verify with openssl; a wrong token is refused and
+//! writes nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::Command,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use agw_aca::{AuthorityConfig, CertificateAuthority, enrollment::operator_policy};
+use agw_proto::identity::Domain;
+use agw_rpc::{Endpoint, ServerLimits};
+
+/// An authority for `travel.example` serving its protocol on loopback; its address and the
+/// token of organisation `Acme`.
+fn authority(dir: &Path) -> (Endpoint, String, String, tokio::runtime::Runtime) {
+    let (policy, tokens) =
+        operator_policy(&["Acme=payments".to_owned()], &[], &[], &dir.join("tokens")).unwrap();
+    let token = tokens.token("Acme").unwrap().to_owned();
+    let config = AuthorityConfig::new(
+        Domain::new("travel.example").unwrap(),
+        dir.join("aca"),
+        "http://127.0.0.1:1/crl",
+    );
+    let authority = Arc::new(
+        CertificateAuthority::bootstrap(
+            config,
+            Box::new(policy),
+            SystemTime::now() - Duration::from_secs(60),
+        )
+        .unwrap(),
+    );
+    std::fs::write(
+        dir.join("anchor.pem"),
+        pem::encode(&pem::Pem::new(
+            "CERTIFICATE",
+            authority.trust_anchor().to_vec(),
+        )),
+    )
+    .unwrap();
+    let runtime = agw_rpc::runtime("aca-test").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handler = Arc::new(
+        move |request: &agw_proto::Message, caller: &agw_rpc::Caller, now| {
+            authority.handle_from(request, caller.address, now)
+        },
+    );
+    let endpoint = Endpoint::tcp(
+        runtime.handle(),
+        listener,
+        None,
+        handler,
+        ServerLimits::default(),
+    )
+    .unwrap();
+    (endpoint, addr, token, runtime)
+}
+
+/// Runs agw-agent; its success, stdout and stderr.
+fn agent(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_agw-agent"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn openssl_verifies(anchor: &Path, chain: &Path) -> bool {
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(anchor)
+        .arg(chain)
+        .output()
+        .unwrap();
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains(": OK")
+}
+
+#[test]
+fn an_agent_enrolls_renews_and_shows_its_certificate_from_a_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_endpoint, aca, token, _runtime) = authority(dir.path());
+    let held = dir.path().join("alice");
+    let token_file = dir.path().join("acme.token");
+    let agent_id = "spiffe://travel.example/agent/alice";
+
+    // A wrong token: refused, nothing written.
+    std::fs::write(&token_file, "f".repeat(64)).unwrap();
+    let enroll = |extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "enroll",
+            "--aca",
+            &aca,
+            "--agent",
+            agent_id,
+            "--organization",
+            "Acme",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        agent(&held, &args)
+    };
+    let (ok, _, err) = enroll(&[]);
+    assert!(!ok);
+    assert!(err.contains("ENROLLMENT_UNAUTHENTICATED"), "{err}");
+    assert!(!held.join("key.pem").exists());
+
+    // The organisation's token: a certificate openssl verifies, the key private to its owner.
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let (ok, out, err) = enroll(&["--scope", "payments", "--skill", "book-hotel"]);
+    assert!(ok, "{err}");
+    let first = json(&out);
+    assert_eq!(first["identity"], agent_id);
+    // The certificate, then its authority (here its own root).
+    assert_eq!(first["chain_length"], 2);
+    let chain = held.join("chain.pem");
+    assert!(openssl_verifies(&dir.path().join("anchor.pem"), &chain));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(held.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Enrolling again over a held key is refused: renew it instead.
+    let (ok, _, err) = enroll(&[]);
+    assert!(!ok && err.contains("renew"), "{err}");
+
+    let (ok, out, _) = agent(&held, &["show"]);
+    assert!(ok);
+    assert!(out.contains(agent_id) && out.contains("days left"), "{out}");
+
+    // Renewal with the same key, then with a new one: new serials, same identity.
+    let key_before = std::fs::read(held.join("key.pem")).unwrap();
+    let (ok, out, err) = agent(&held, &["--json", "renew", "--aca", &aca]);
+    assert!(ok, "{err}");
+    let second = json(&out);
+    assert_ne!(second["serial"], first["serial"]);
+    assert_eq!(second["identity"], agent_id);
+    assert_eq!(std::fs::read(held.join("key.pem")).unwrap(), key_before);
+    let (ok, out, err) = agent(&held, &["--json", "renew", "--aca", &aca, "--new-key"]);
+    assert!(ok, "{err}");
+    let third = json(&out);
+    assert_ne!(third["serial"], second["serial"]);
+    assert_ne!(std::fs::read(held.join("key.pem")).unwrap(), key_before);
+    assert!(openssl_verifies(&dir.path().join("anchor.pem"), &chain));
+    let (_, out, _) = agent(&held, &["--json", "show"]);
+    assert_eq!(json(&out)["serial"], third["serial"]);
+}
