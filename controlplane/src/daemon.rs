@@ -131,6 +131,7 @@ struct FileConfig {
     applications_per_minute: Option<u32>,
     applications_per_minute_per_source: Option<u32>,
     agent_plaintext: Option<bool>,
+    aca_plaintext: Option<bool>,
     authorization: Option<AuthorizationFile>,
     shards: Option<usize>,
     drain_deadline_s: Option<u64>,
@@ -462,6 +463,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
         problems.push(e);
     }
     let est = addr(args.est_listen, listen.est, "127.0.0.1:7407");
+    let aca_listen = addr(args.aca_listen, listen.aca, "127.0.0.1:7401");
     let server_names = if args.server_names.is_empty() {
         file.server_names
             .unwrap_or_else(|| default_server_names(est))
@@ -496,7 +498,10 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                 shards: args.shards.or(file.shards),
                 pin_cores: true,
                 agents: addr(args.listen, listen.agents, "127.0.0.1:7400"),
-                aca: addr(args.aca_listen, listen.aca, "127.0.0.1:7401"),
+                aca: aca_listen,
+                aca_plaintext: file
+                    .aca_plaintext
+                    .unwrap_or_else(|| aca_listen.ip().is_loopback()),
                 crl: crl_listen,
                 crl_url,
                 registry: addr(args.registry_listen, listen.registry, "127.0.0.1:7403"),
@@ -571,8 +576,13 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     );
     let _ = writeln!(
         out,
-        "agw: certificates from the ACA at {} (organisations: {allow}); trust anchor in {}",
+        "agw: certificates from the ACA at {} ({}; organisations: {allow}); trust anchor in {}",
         a.aca,
+        if running.node.aca_plaintext {
+            "TLS or plain TCP"
+        } else {
+            "TLS"
+        },
         node.trust_anchor_path().display()
     );
     let _ = writeln!(
@@ -786,11 +796,12 @@ fn reload(
     ] {
         differs(key, was.join(","), now.join(","));
     }
-    differs(
-        "agent_plaintext",
-        old.agent_plaintext.to_string(),
-        next.agent_plaintext.to_string(),
-    );
+    for (key, was, now) in [
+        ("agent_plaintext", old.agent_plaintext, next.agent_plaintext),
+        ("aca_plaintext", old.aca_plaintext, next.aca_plaintext),
+    ] {
+        differs(key, was.to_string(), now.to_string());
+    }
     for (key, was, now) in [
         (
             "applications_per_minute",

@@ -87,8 +87,11 @@ pub struct NodeConfig {
     pub agent_address: Option<String>,
     /// Where agents connect.
     pub agents: SocketAddr,
-    /// Where agents apply for certificates.
+    /// Where agents apply for certificates (TLS; plain TCP too with `aca_plaintext`).
     pub aca: SocketAddr,
+    /// The authority's port also takes plain TCP (applications then carry their enrollment
+    /// token readable). Default: on a loopback address only.
+    pub aca_plaintext: bool,
     /// Where the CRL is served.
     pub crl: SocketAddr,
     /// The CRL's public URL, written into certificates; `None`: made from `crl` (which must
@@ -148,6 +151,7 @@ impl NodeConfig {
             agent_address: None,
             agents: any,
             aca: any,
+            aca_plaintext: true,
             crl: any,
             crl_url: None,
             registry: any,
@@ -422,24 +426,6 @@ impl Node {
             url_path(&crl_url),
         )
         .map_err(|e| format!("CRL server on {crl_addr}: {e}"))?;
-        let aca_listener = bind("ACA listener", config.aca)?;
-        let aca_addr = aca_listener.local_addr().map_err(|e| e.to_string())?;
-        let served = Arc::clone(&authority);
-        let handler = Arc::new(move |request: &Message, caller: &Caller, now| {
-            served.handle_from(request, caller.address, now)
-        });
-        let aca_endpoint = Endpoint::tcp(
-            runtime.handle(),
-            aca_listener,
-            None,
-            handler,
-            ServerLimits {
-                admission: agw_aca::service::REQUESTS,
-                ..ServerLimits::default()
-            },
-        )
-        .map_err(|e| format!("ACA endpoint: {e}"))?;
-
         // This gateway's certificate, for the registry's TLS and for peering.
         let key = gateway_key(&config.data_dir.join("gateway.key.pem"))?;
         let csr = key.csr(gateway.as_str()).map_err(|e| e.to_string())?;
@@ -465,6 +451,33 @@ impl Node {
             allow_unknown_revocation: config.peer_crls.is_empty(),
             renewable: Some(renewable),
         };
+
+        // The authority's port: TLS (the gateway's certificate; an applicant has none yet,
+        // a holder may present its own), and plain TCP where the operator allows it.
+        let aca_listener = bind("ACA listener", config.aca)?;
+        let aca_addr = aca_listener.local_addr().map_err(|e| e.to_string())?;
+        let served = Arc::clone(&authority);
+        let handler = Arc::new(move |request: &Message, caller: &Caller, now| {
+            served.handle_from(request, caller.address, now)
+        });
+        let aca_tls = tls
+            .est_server_config()
+            .map_err(|e| format!("ACA TLS: {e}"))?;
+        if config.aca_plaintext && !config.aca.ip().is_loopback() {
+            tracing::warn!(listen = %config.aca, "the authority takes plain TCP on a non-loopback address: enrollment tokens cross the network readable");
+        }
+        let aca_endpoint = Endpoint::tcp_tls_or_plain(
+            runtime.handle(),
+            aca_listener,
+            (Arc::new(aca_tls), agw_aca::tls::peer_identity),
+            config.aca_plaintext,
+            handler,
+            ServerLimits {
+                admission: agw_aca::service::REQUESTS,
+                ..ServerLimits::default()
+            },
+        )
+        .map_err(|e| format!("ACA endpoint: {e}"))?;
 
         // Certificates presented outside TLS are checked as TLS checks them.
         let checker = || {

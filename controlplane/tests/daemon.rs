@@ -1258,3 +1258,31 @@ fn an_agent_enrolls_and_renews_over_est_with_curl_and_openssl() {
     let (status, _) = curl(&["--cacert", path(&anchor), &format!("{base}/simpleenroll")]);
     assert_eq!(status, 405);
 }
+
+#[test]
+fn the_authority_port_speaks_tls_and_plain_only_where_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("agw.toml");
+    std::fs::write(&config, "aca_plaintext = false\n").unwrap();
+    let daemon = start(&data, Some(&config));
+    let agent = AgentId::parse("spiffe://travel.example/agent/alice").unwrap();
+    let token = enrollment_token(&data, "Acme");
+    // Plain TCP: told TLS_REQUIRED, nothing issued.
+    let mut plain = Connection::connect(&daemon.aca, Duration::from_secs(5)).unwrap();
+    let refused = Credentials::enroll(agent.clone(), "Acme", &token, |app| plain.request(app));
+    match refused {
+        Err(agw_sdk::certificates::CertificateError::Refused(e)) => {
+            assert_eq!(e.code(), ErrorCode::TlsRequired, "{e:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Over TLS, checking the gateway against the domain's anchor: certified.
+    let anchor = std::fs::read_to_string(data.join("aca/trust-anchor.pem")).unwrap();
+    let anchor = pem::parse(anchor).unwrap().into_contents();
+    let tls = agw_aca::tls::applicant_client_config(&anchor, "travel.example").unwrap();
+    let mut conn =
+        Connection::connect_tls(&daemon.aca, Duration::from_secs(5), Arc::new(tls)).unwrap();
+    let alice = Credentials::enroll(agent, "Acme", &token, |app| conn.request(app)).unwrap();
+    assert_eq!(alice.agent.as_str(), "spiffe://travel.example/agent/alice");
+}

@@ -216,7 +216,36 @@ impl Endpoint {
     ) -> io::Result<Endpoint> {
         let (listener, addr) = tokio_listener(runtime, listener)?;
         let (endpoint, shared) = Endpoint::new(Some(addr), handler, limits);
+        let tls = tls.map(|(config, identify)| (config, identify, FirstByte::Ignored));
         runtime.spawn(accept_tcp(listener, tls, shared));
+        Ok(endpoint)
+    }
+
+    /// Serves `listener` over TLS (`tls`, as [`Endpoint::tcp`]) and, when `plain` allows it,
+    /// plain TCP too: a connection whose first byte opens a TLS handshake (0x16) is TLS, any
+    /// other is plain, or refused `TLS_REQUIRED` when plain is not allowed. For a service
+    /// whose clients move to TLS (the authority's port: applications carry enrollment tokens).
+    pub fn tcp_tls_or_plain(
+        runtime: &Handle,
+        listener: std::net::TcpListener,
+        tls: (Arc<ServerConfig>, Identify),
+        plain: bool,
+        handler: Arc<Handler>,
+        limits: ServerLimits,
+    ) -> io::Result<Endpoint> {
+        let (listener, addr) = tokio_listener(runtime, listener)?;
+        let (endpoint, shared) = Endpoint::new(Some(addr), handler, limits);
+        let (config, identify) = tls;
+        let first = if plain {
+            FirstByte::PlainServed
+        } else {
+            FirstByte::PlainRefused
+        };
+        runtime.spawn(accept_tcp(
+            listener,
+            Some((config, identify, first)),
+            shared,
+        ));
         Ok(endpoint)
     }
 
@@ -396,11 +425,25 @@ mod libc_errno {
     pub(super) const ENOBUFS: i32 = 105;
 }
 
-async fn accept_tcp(
-    listener: TcpListener,
-    tls: Option<(Arc<ServerConfig>, Identify)>,
-    shared: Shared,
-) {
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// What a TLS endpoint makes of a client whose first byte opens no handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstByte {
+    /// Not looked at: the handshake fails.
+    Ignored,
+    /// Served plain.
+    PlainServed,
+    /// Told `TLS_REQUIRED`.
+    PlainRefused,
+}
+
+/// TLS for a TCP endpoint: the configuration, how a client certificate names its holder, and
+/// what a client that does not speak TLS gets.
+type TcpTls = (Arc<ServerConfig>, Identify, FirstByte);
+
+async fn accept_tcp(listener: TcpListener, tls: Option<TcpTls>, shared: Shared) {
     let mut stopped = shared.stopped.clone();
     let mut last_log = None;
     loop {
@@ -433,6 +476,31 @@ async fn accept_tcp(
             let caller = Caller {
                 identity: None,
                 address: Some(from.ip()),
+            };
+            // Where plain clients are served or told off, the first byte says which this is.
+            let tls = match tls {
+                Some((config, identify, FirstByte::Ignored)) => Some((config, identify)),
+                Some((config, identify, first_byte)) => {
+                    let mut first = [0u8; 1];
+                    let peeked =
+                        timeout(shared.limits.handshake_timeout, stream.peek(&mut first)).await;
+                    match peeked {
+                        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => Some((config, identify)),
+                        Ok(Ok(1)) if first_byte == FirstByte::PlainServed => None,
+                        Ok(Ok(1)) => {
+                            let text = "this port speaks TLS: connect with TLS, trusting the \
+                                        domain's anchor";
+                            refuse(stream, ErrorCode::TlsRequired, text).await;
+                            return;
+                        }
+                        Err(_) => {
+                            shared.gate.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        _ => return,
+                    }
+                }
+                None => None,
             };
             match tls {
                 None => serve(stream, caller, &shared).await,

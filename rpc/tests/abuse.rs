@@ -466,3 +466,48 @@ fn https_stalled_handshakes_are_cut_and_bodies_are_bounded() {
         "{cut_after:?}"
     );
 }
+
+#[test]
+fn a_port_moving_to_tls_tells_tls_from_plain_by_the_first_byte() {
+    let runtime = agw_rpc::runtime("abuse-test").unwrap();
+    let (server, client) = tls_pair();
+    let identify: agw_rpc::Identify = |_| Some("client".to_owned());
+    let query = |id| {
+        frame(pb::StatusQuery {
+            request_id: id,
+            ..Default::default()
+        })
+    };
+    for plain in [true, false] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = Endpoint::tcp_tls_or_plain(
+            runtime.handle(),
+            listener,
+            (server.clone(), identify),
+            plain,
+            handler(),
+            limits(),
+        )
+        .unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        // A TLS client is served either way.
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(client.clone(), name).unwrap();
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(&query(1)).unwrap();
+        assert!(matches!(next(&mut tls), Some(Message::StatusReply(r)) if r.request_id == 1));
+        // A plain client: served where plain is allowed, else told TLS_REQUIRED.
+        let mut sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        sock.write_all(&query(2)).unwrap();
+        match next(&mut sock) {
+            Some(Message::StatusReply(r)) if plain => assert_eq!(r.request_id, 2),
+            Some(Message::Notification(n)) if !plain => {
+                assert_eq!(n.code(), ErrorCode::TlsRequired)
+            }
+            other => panic!("plain {plain}: {other:?}"),
+        }
+    }
+}

@@ -73,6 +73,14 @@ impl Credentials {
         application.enrollment_token = enrollment_token.to_owned();
         let certificate = match ask(application) {
             Ok(Message::CertificateReply(reply)) => HeldCertificate::from_reply(reply)?,
+            // The port refused the connection itself (TLS_REQUIRED, too many connections).
+            Ok(Message::Notification(n)) => {
+                return Err(CertificateError::Refused(pb::Error {
+                    code: n.code,
+                    detail: n.text,
+                    retry_after_ms: 0,
+                }));
+            }
             Ok(other) => {
                 return Err(CertificateError::BadReply(format!(
                     "{} instead of a certificate",

@@ -17,8 +17,9 @@ use agw_aca::{AuthorityConfig, CertificateAuthority, enrollment::operator_policy
 use agw_proto::identity::Domain;
 use agw_rpc::{Endpoint, ServerLimits};
 
-/// An authority for `travel.example` serving its protocol on loopback; its address and the
-/// token of organisation `Acme`.
+/// An authority for `travel.example` serving its protocol on loopback, over TLS (a gateway's
+/// certificate) and plain TCP, as the gateway's ACA port does; its address and the token of
+/// organisation `Acme`.
 fn authority(dir: &Path) -> (Endpoint, String, String, tokio::runtime::Runtime) {
     let (policy, tokens) =
         operator_policy(&["Acme=payments".to_owned()], &[], &[], &dir.join("tokens")).unwrap();
@@ -44,6 +45,26 @@ fn authority(dir: &Path) -> (Endpoint, String, String, tokio::runtime::Runtime) 
         )),
     )
     .unwrap();
+    let gateway =
+        agw_proto::identity::GatewayId::parse("spiffe://travel.example/agw/agw-1").unwrap();
+    let key = agw_sdk::certificates::AgentKey::generate().unwrap();
+    let issued = authority
+        .issue_gateway(
+            &gateway,
+            &key.csr(gateway.as_str()).unwrap(),
+            SystemTime::now(),
+        )
+        .unwrap();
+    let tls = agw_aca::tls::TlsIdentity {
+        chain: issued.chain,
+        key_pkcs8: key.to_pkcs8_der(),
+        trust_anchor: authority.trust_anchor().to_vec(),
+        crls: Default::default(),
+        allow_unknown_revocation: true,
+        renewable: None,
+    }
+    .est_server_config()
+    .unwrap();
     let runtime = agw_rpc::runtime("aca-test").unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -52,10 +73,11 @@ fn authority(dir: &Path) -> (Endpoint, String, String, tokio::runtime::Runtime) 
             authority.handle_from(request, caller.address, now)
         },
     );
-    let endpoint = Endpoint::tcp(
+    let endpoint = Endpoint::tcp_tls_or_plain(
         runtime.handle(),
         listener,
-        None,
+        (Arc::new(tls), agw_aca::tls::peer_identity),
+        true,
         handler,
         ServerLimits::default(),
     )
@@ -100,7 +122,9 @@ fn an_agent_enrolls_renews_and_shows_its_certificate_from_a_shell() {
     let token_file = dir.path().join("acme.token");
     let agent_id = "spiffe://travel.example/agent/alice";
 
-    // A wrong token: refused, nothing written.
+    let anchor = dir.path().join("anchor.pem");
+    // A wrong token (over plain TCP, which this authority still takes): refused, nothing
+    // written.
     std::fs::write(&token_file, "f".repeat(64)).unwrap();
     let enroll = |extra: &[&str]| {
         let mut args = vec![
@@ -121,18 +145,44 @@ fn an_agent_enrolls_renews_and_shows_its_certificate_from_a_shell() {
     let (ok, _, err) = enroll(&[]);
     assert!(!ok);
     assert!(err.contains("ENROLLMENT_UNAUTHENTICATED"), "{err}");
+    // Over TLS, checking the gateway against another domain's name: refused before anything
+    // is sent.
+    let (ok, _, err) = agent(
+        &held,
+        &[
+            "enroll",
+            "--aca",
+            &aca,
+            "--ca",
+            anchor.to_str().unwrap(),
+            "--agent",
+            "spiffe://elsewhere.example/agent/alice",
+            "--organization",
+            "Acme",
+            "--token",
+            "x",
+        ],
+    );
+    assert!(!ok && err.contains("NotValidForName"), "{err}");
     assert!(!held.join("key.pem").exists());
 
     // The organisation's token: a certificate openssl verifies, the key private to its owner.
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let (ok, out, err) = enroll(&["--scope", "payments", "--skill", "book-hotel"]);
+    let (ok, out, err) = enroll(&[
+        "--ca",
+        anchor.to_str().unwrap(),
+        "--scope",
+        "payments",
+        "--skill",
+        "book-hotel",
+    ]);
     assert!(ok, "{err}");
     let first = json(&out);
     assert_eq!(first["identity"], agent_id);
     // The certificate, then its authority (here its own root).
     assert_eq!(first["chain_length"], 2);
     let chain = held.join("chain.pem");
-    assert!(openssl_verifies(&dir.path().join("anchor.pem"), &chain));
+    assert!(openssl_verifies(&anchor, &chain));
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(held.join("key.pem"))
         .unwrap()

@@ -363,22 +363,13 @@ impl TlsIdentity {
     }
 
     fn client_config_expecting(&self, expected: Expected) -> Result<ClientConfig, Error> {
-        let (roots, allow_unknown) = (self.roots()?, self.allow_unknown_revocation);
-        let build: BuildVerifier<WebPkiServerVerifier> = Box::new(move |crls: &[Vec<u8>]| {
-            let mut builder =
-                WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), provider())
-                    .with_crls(crl_ders(crls))
-                    .only_check_end_entity_revocation();
-            if allow_unknown {
-                builder = builder.allow_unknown_revocation_status();
-            }
-            builder.build().map_err(|e| Error::General(e.to_string()))
-        });
-        let verifier = Arc::new(SpiffeServerVerifier {
-            webpki: Live::new(self.crls.clone(), build)?,
+        let verifier = server_verifier(
+            self.roots()?,
+            &self.trust_anchor,
+            self.crls.clone(),
+            self.allow_unknown_revocation,
             expected,
-            anchor: self.trust_anchor.clone(),
-        });
+        )?;
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -391,6 +382,51 @@ impl TlsIdentity {
             }
         }
     }
+}
+
+/// A client without a certificate of its own (an applicant before its first one) that accepts
+/// only a gateway of `domain` chained to `trust_anchor` (DER): how an agent reaches its
+/// domain's authority over TLS to enroll, its enrollment token unreadable on the way.
+pub fn applicant_client_config(trust_anchor: &[u8], domain: &str) -> Result<ClientConfig, Error> {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(trust_anchor.to_vec()))?;
+    let verifier = server_verifier(
+        Arc::new(roots),
+        trust_anchor,
+        Crls::default(),
+        true,
+        Expected::GatewayOf(format!("spiffe://{domain}/agw/")),
+    )?;
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// webpki's checks of a server's chain against `roots` and `crls`, then its SPIFFE identity.
+fn server_verifier(
+    roots: Arc<RootCertStore>,
+    anchor: &[u8],
+    crls: Crls,
+    allow_unknown: bool,
+    expected: Expected,
+) -> Result<Arc<SpiffeServerVerifier>, Error> {
+    let build: BuildVerifier<WebPkiServerVerifier> = Box::new(move |crls: &[Vec<u8>]| {
+        let mut builder =
+            WebPkiServerVerifier::builder_with_provider(Arc::clone(&roots), provider())
+                .with_crls(crl_ders(crls))
+                .only_check_end_entity_revocation();
+        if allow_unknown {
+            builder = builder.allow_unknown_revocation_status();
+        }
+        builder.build().map_err(|e| Error::General(e.to_string()))
+    });
+    Ok(Arc::new(SpiffeServerVerifier {
+        webpki: Live::new(crls, build)?,
+        expected,
+        anchor: anchor.to_vec(),
+    }))
 }
 
 /// Whether a server requires a client certificate.

@@ -1,7 +1,9 @@
 //! `agw-agent`: an agent's certificate from a shell. Enrolls with the domain's authority
 //! (the gateway's ACA port) using the organisation's enrollment token, renews before expiry,
 //! and shows what is held. The key and the chain live in a directory: `key.pem` (0600) and
-//! `chain.pem` (the certificate first, then the authority's chain).
+//! `chain.pem` (the certificate first, then the authority's chain). It speaks TLS to the
+//! authority, checking the gateway against the domain's trust anchor (`--ca` to enroll; to
+//! renew, the last certificate of the held chain).
 
 use std::{
     fs,
@@ -9,6 +11,7 @@ use std::{
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -16,7 +19,7 @@ use agw_proto::{Message, identity::AgentId, pb};
 use agw_sdk::{
     agent::Credentials,
     certificates::{AgentKey, CertificateRequests, HeldCertificate},
-    connection::Connection,
+    connection::{Connection, TlsConnection},
 };
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -38,6 +41,7 @@ struct Args {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Generates a key and applies for a certificate (draft 3.1.1) with the organisation's
     /// enrollment token; writes key.pem and chain.pem. Refuses to replace a key already there.
@@ -48,6 +52,11 @@ enum Command {
         /// The identity applied for: spiffe://<domain>/agent/<name>.
         #[arg(long)]
         agent: String,
+        /// The domain's trust anchor (PEM, as its operator publishes it): the authority's port
+        /// is reached over TLS and must prove a gateway of the domain. Without it, plain TCP
+        /// (the token readable on the way), where the authority allows it.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// The organisation applying (on the authority's allow-list).
         #[arg(long)]
         organization: String,
@@ -91,6 +100,7 @@ fn main() -> ExitCode {
         Command::Enroll {
             aca,
             agent,
+            ca,
             organization,
             token_file,
             token,
@@ -107,7 +117,7 @@ fn main() -> ExitCode {
                 skills: skills.clone(),
                 ..Default::default()
             };
-            enroll(&args.dir, aca, agent, materials, &token)
+            enroll(&args.dir, aca, ca.as_deref(), agent, materials, &token)
         }),
         Command::Renew { aca, new_key } => renew(&args.dir, aca, *new_key),
         Command::Show => held(&args.dir).map(|(held, _)| held),
@@ -137,6 +147,7 @@ fn token_of(file: Option<&Path>, token: Option<&str>) -> Result<String, String> 
 fn enroll(
     dir: &Path,
     aca: &str,
+    ca: Option<&Path>,
     agent: &str,
     materials: pb::IdentityMaterials,
     token: &str,
@@ -148,9 +159,22 @@ fn enroll(
             dir.join("key.pem").display()
         ));
     }
-    let mut conn = connect(aca)?;
-    let credentials = Credentials::enroll_with(agent, materials, token, |app| conn.request(app))
-        .map_err(|e| format!("enrollment: {e}"))?;
+    let credentials = match ca {
+        Some(ca) => {
+            let pem = fs::read_to_string(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+            let anchor = pem::parse(pem)
+                .map_err(|e| format!("{}: {e}", ca.display()))?
+                .into_contents();
+            let mut conn = connect_tls(aca, &anchor, agent.domain())?;
+            Credentials::enroll_with(agent, materials, token, |app| conn.request(app))
+        }
+        None => {
+            let mut conn = Connection::connect(aca, Duration::from_secs(10))
+                .map_err(|e| format!("{aca}: {e}"))?;
+            Credentials::enroll_with(agent, materials, token, |app| conn.request(app))
+        }
+    }
+    .map_err(|e| format!("enrollment: {e}"))?;
     fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     write_private(&dir.join("key.pem"), &credentials.key.to_pem())?;
     write_chain(dir, &credentials.certificate)?;
@@ -168,7 +192,8 @@ fn renew(dir: &Path, aca: &str, new_key: bool) -> Result<HeldCertificate, String
     let request = CertificateRequests::default()
         .renewal(&held, &key, fresh.as_ref().unwrap_or(&key), &identity, None)
         .map_err(|e| e.to_string())?;
-    let renewed = match connect(aca)?
+    let anchor = held.chain.last().ok_or("an empty chain")?;
+    let renewed = match connect_tls(aca, anchor, identity.domain())?
         .request(request)
         .map_err(|e| format!("{aca}: {e}"))?
     {
@@ -186,8 +211,12 @@ fn renew(dir: &Path, aca: &str, new_key: bool) -> Result<HeldCertificate, String
     Ok(renewed)
 }
 
-fn connect(aca: &str) -> Result<Connection, String> {
-    Connection::connect(aca, Duration::from_secs(10)).map_err(|e| format!("{aca}: {e}"))
+/// The authority's port over TLS: the server must be a gateway of `domain` under `anchor`.
+fn connect_tls(aca: &str, anchor: &[u8], domain: &str) -> Result<TlsConnection, String> {
+    let config =
+        agw_tls::applicant_client_config(anchor, domain).map_err(|e| format!("TLS: {e}"))?;
+    Connection::connect_tls(aca, Duration::from_secs(10), Arc::new(config))
+        .map_err(|e| format!("{aca}: {e}"))
 }
 
 /// The certificate and key kept in `dir`.
