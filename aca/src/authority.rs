@@ -370,6 +370,46 @@ impl CertificateAuthority {
         enrollment_token: &str,
         now: SystemTime,
     ) -> Result<Issued, AcaError> {
+        self.apply_as(csr_der, materials, enrollment_token, false, now)
+    }
+
+    /// An application vouched for by `voucher` (DER), a live certificate this authority issued
+    /// to an agent of the organisation the materials name, whose key the applicant proved (a
+    /// TLS handshake made with it): it stands for the organisation's token. EST's
+    /// `simpleenroll` with a client certificate.
+    pub fn apply_vouched(
+        &self,
+        csr_der: &[u8],
+        materials: &pb::IdentityMaterials,
+        voucher: &[u8],
+        now: SystemTime,
+    ) -> Result<Issued, AcaError> {
+        let record = self.renewable(voucher, now)?;
+        let organization = record
+            .materials
+            .as_ref()
+            .map(|m| m.organization.as_str())
+            .unwrap_or_default();
+        if AgentId::parse(&record.identity).is_err() || organization != materials.organization {
+            return Err(AcaError::new(
+                ErrorCode::EnrollmentUnauthenticated,
+                format!(
+                    "the certificate presented is not of an agent of {:?}",
+                    materials.organization
+                ),
+            ));
+        }
+        self.apply_as(csr_der, materials, "", true, now)
+    }
+
+    fn apply_as(
+        &self,
+        csr_der: &[u8],
+        materials: &pb::IdentityMaterials,
+        enrollment_token: &str,
+        vouched: bool,
+        now: SystemTime,
+    ) -> Result<Issued, AcaError> {
         let csr = verify_csr(csr_der)?;
         let identity = self.requested_agent(&csr)?;
         check_materials(materials)?;
@@ -379,6 +419,7 @@ impl CertificateAuthority {
             materials,
             enrollment_token,
             renewal: false,
+            vouched,
         };
         self.policy.check(&application)?;
         self.take_application(&materials.organization, now)?;
@@ -617,6 +658,13 @@ impl CertificateAuthority {
         self.renew_known(old, csr_der, None, now)
     }
 
+    /// The organisation of the agent certificate `certificate` (DER), one this authority
+    /// issued and that is valid now.
+    pub fn organization_of(&self, certificate: &[u8], now: SystemTime) -> Result<String, AcaError> {
+        let record = self.renewable(certificate, now)?;
+        Ok(record.materials.map(|m| m.organization).unwrap_or_default())
+    }
+
     /// The record of `certificate`, one this authority issued and that is valid now.
     fn renewable(&self, certificate: &[u8], now: SystemTime) -> Result<CertRecord, AcaError> {
         let old = self.known_certificate(certificate)?;
@@ -676,6 +724,7 @@ impl CertificateAuthority {
                         materials: m,
                         enrollment_token: "",
                         renewal: true,
+                        vouched: false,
                     })?;
                     m.clone()
                 }

@@ -4,7 +4,8 @@
 //! - `GET cacerts`: the authority's chain and trust anchor, a certs-only PKCS#7, base64.
 //! - `POST simpleenroll`: a base64 PKCS#10 request (`application/pkcs10`) naming one agent
 //!   identity (URI SAN `spiffe://<domain>/agent/<name>`), authenticated by HTTP Basic with
-//!   the organisation as user and its enrollment token as password (RFC 7030 3.2.3). The
+//!   the organisation as user and its enrollment token as password (RFC 7030 3.2.3), or by a
+//!   live certificate of an agent of the organisation as the TLS client certificate. The
 //!   application is the native one: the same policy, tokens, approval queue and rates. The
 //!   answer is the new certificate as a certs-only PKCS#7; `202` with `Retry-After` while the
 //!   operator has not decided (RFC 7030 4.2.3).
@@ -139,19 +140,33 @@ fn simple_enroll(
         authority.take_from_source(source, now)?;
     }
     let csr = csr_body(request.header("content-type"), &request.body)?;
-    let Some((organization, token)) = basic_credentials(request.header("authorization"))? else {
-        return Err(AcaError::new(
+    let credentials = basic_credentials(request.header("authorization"))?;
+    // Without a token, a certificate of an agent of the organisation, presented in the
+    // handshake, stands for it: the application is in that certificate's organisation.
+    match (credentials, request.client_chain.first()) {
+        (Some((organization, token)), _) => {
+            let materials = organization_only(organization);
+            issued(authority.apply_with_token(&csr, &materials, &token, now)?)
+        }
+        (None, Some(voucher)) => {
+            let organization = authority.organization_of(voucher, now)?;
+            let materials = organization_only(organization);
+            issued(authority.apply_vouched(&csr, &materials, voucher, now)?)
+        }
+        (None, None) => Err(AcaError::new(
             ErrorCode::EnrollmentUnauthenticated,
-            "HTTP Basic authentication is required: the organisation as user, its enrollment \
-             token as password",
+            "authentication is required: HTTP Basic with the organisation as user and its \
+             enrollment token as password, or a certificate of an agent of the organisation",
         )
-        .into());
-    };
-    let materials = pb::IdentityMaterials {
+        .into()),
+    }
+}
+
+fn organization_only(organization: String) -> pb::IdentityMaterials {
+    pb::IdentityMaterials {
         organization,
         ..Default::default()
-    };
-    issued(authority.apply_with_token(&csr, &materials, &token, now)?)
+    }
 }
 
 fn simple_reenroll(

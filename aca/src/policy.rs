@@ -26,6 +26,10 @@ pub struct Application<'a> {
     /// A renewal: the applicant proved it holds a live certificate of the same organisation,
     /// which stands for the token.
     pub renewal: bool,
+    /// A new identity applied for by a holder of a live certificate of the same organisation
+    /// (it proved the key in a TLS handshake): that certificate stands for the token; the
+    /// operator's approval, where required, still applies.
+    pub vouched: bool,
 }
 
 /// Decides whether an application is approved.
@@ -130,6 +134,7 @@ impl ApplicationPolicy for AllowListPolicy {
         // Digests of equal length compared whole: the time taken says nothing of the token.
         if let Some(digest) = grant.token
             && !app.renewal
+            && !app.vouched
             && digest_of(app.enrollment_token)
                 .iter()
                 .zip(&digest)

@@ -203,3 +203,48 @@ fn one_address_applying_too_fast_is_told_to_wait_before_anything_is_checked() {
     // Another address is not held up.
     assert_eq!(apply_from(other, "b4").error, None);
 }
+
+#[test]
+fn a_live_certificate_of_the_organisation_vouches_for_a_new_agent_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens =
+        TokenFile::load_or_create(&dir.path().join("tokens"), ["Acme Travel", "Other Org"])
+            .unwrap();
+    let ca = closed_authority(dir.path(), &tokens);
+    let acme = tokens.token("Acme Travel").unwrap().to_owned();
+    let mut alice = Agent::new("alice");
+    let voucher = HeldCertificate::from_reply(apply(&ca, &mut alice, materials(), &acme)).unwrap();
+    let csr_of = |who: &Agent| who.key.csr(who.id.as_str()).unwrap();
+
+    // Bob of the same organisation, vouched for by alice's certificate: certified.
+    let bob = Agent::new("bob");
+    let issued = ca
+        .apply_vouched(&csr_of(&bob), &materials(), voucher.der(), t0())
+        .unwrap();
+    assert!(!issued.chain.is_empty());
+    assert_eq!(
+        ca.organization_of(voucher.der(), t0()).unwrap(),
+        materials().organization
+    );
+
+    // Not for another organisation.
+    let carol = Agent::new("carol");
+    let mut other = materials();
+    other.organization = "Other Org".into();
+    let err = ca
+        .apply_vouched(&csr_of(&carol), &other, voucher.der(), t0())
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::EnrollmentUnauthenticated);
+
+    // Not once the voucher is revoked.
+    ca.revoke_by_operator(
+        &voucher.serial,
+        pb::RevocationReason::AffiliationChanged as i32,
+        t0(),
+    )
+    .unwrap();
+    let err = ca
+        .apply_vouched(&csr_of(&carol), &materials(), voucher.der(), t0())
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::CertRevoked);
+}

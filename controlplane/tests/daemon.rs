@@ -1100,7 +1100,7 @@ fn an_agent_enrolls_and_renews_over_est_with_curl_and_openssl() {
     assert!(body(&ca).contains(&body(&anchor_pem)), "{ca}");
 
     // A key and a CSR for alice, made by openssl.
-    let csr = |key: &str, out: &str| {
+    let csr = |name: &str, key: &str, out: &str| {
         openssl(&[
             "genpkey",
             "-algorithm",
@@ -1116,9 +1116,9 @@ fn an_agent_enrolls_and_renews_over_est_with_curl_and_openssl() {
             "-key",
             path(&file(key)),
             "-subj",
-            "/CN=alice",
+            &format!("/CN={name}"),
             "-addext",
-            "subjectAltName=URI:spiffe://travel.example/agent/alice",
+            &format!("subjectAltName=URI:spiffe://travel.example/agent/{name}"),
             "-outform",
             "DER",
             "-out",
@@ -1132,7 +1132,7 @@ fn an_agent_enrolls_and_renews_over_est_with_curl_and_openssl() {
             path(&file(out)),
         ]);
     };
-    csr("alice.key", "alice.csr.b64");
+    csr("alice", "alice.key", "alice.csr.b64");
     let post = |extra: &[&str], operation: &str, csr: &str, out: &str| {
         let mut args = vec![
             "--cacert",
@@ -1222,8 +1222,38 @@ fn an_agent_enrolls_and_renews_over_est_with_curl_and_openssl() {
         "{hello}"
     );
 
+    // Alice's certificate vouches for a new agent of her organisation: no token needed.
+    csr("bob", "bob.key", "bob.csr.b64");
+    let (cert, key) = (file("alice.pem"), file("alice.key"));
+    let alice_tls = ["--cert", path(&cert), "--key", path(&key)];
+    let (status, _) = post(&alice_tls, "simpleenroll", "bob.csr.b64", "bob.p7.b64");
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        std::fs::read_to_string(file("bob.p7.b64")).unwrap()
+    );
+    std::fs::write(
+        file("bob.pem"),
+        pkcs7_certificates(work, &file("bob.p7.b64")),
+    )
+    .unwrap();
+    let bob = openssl(&[
+        "x509",
+        "-in",
+        path(&file("bob.pem")),
+        "-noout",
+        "-subject",
+        "-ext",
+        "subjectAltName",
+    ]);
+    assert!(
+        bob.contains("O = Acme") && bob.contains("agent/bob"),
+        "{bob}"
+    );
+
     // Renewal: a new key, the current certificate as the TLS client certificate.
-    csr("alice2.key", "alice2.csr.b64");
+    csr("alice", "alice2.key", "alice2.csr.b64");
     let (status, _) = post(&[], "simplereenroll", "alice2.csr.b64", "refused.txt");
     assert_eq!(
         status,
@@ -1231,8 +1261,7 @@ fn an_agent_enrolls_and_renews_over_est_with_curl_and_openssl() {
         "{}",
         std::fs::read_to_string(file("refused.txt")).unwrap()
     );
-    let (cert, key) = (file("alice.pem"), file("alice.key"));
-    let current = ["--cert", path(&cert), "--key", path(&key)];
+    let current = alice_tls;
     let (status, _) = post(
         &current,
         "simplereenroll",
