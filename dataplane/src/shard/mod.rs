@@ -269,12 +269,32 @@ pub(crate) async fn run(setup: ShardSetup) {
     shard.housekeeping(setup.commands).await;
 }
 
+/// The smallest read: a few messages of a connection that trickles.
+const MIN_READ: usize = 4096;
+
+/// The size of the next read after one of `chunk` bytes brought `got`: twice as large
+/// (up to `most`) after a full one, half as large (down to [`MIN_READ`]) after one a quarter
+/// full or less.
+fn next_read(chunk: usize, got: usize, most: usize) -> usize {
+    if got >= chunk {
+        (chunk * 2).min(most)
+    } else if got <= chunk / 4 {
+        (chunk / 2).max(MIN_READ).min(most)
+    } else {
+        chunk
+    }
+}
+
 /// Reads and relays one connection's frames; the connection ends when this returns.
 async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
     shard.counter().connection_accepted();
     spawn_local(write_loop(shard.clone(), conn.clone())).detach();
     shard.apply_actions(&conn);
-    let chunk = shard.config.read_chunk;
+    // Reads ask for about what the connection sends: a trickle gets small reads (less buffer
+    // to clear before each read, and to hold while a frame is partial), a stream doubles its
+    // reads up to `read_chunk`.
+    let most = shard.config.read_chunk;
+    let mut chunk = MIN_READ.min(most);
     // A destination this connection's frames went to that is over its soft limit.
     let mut blocked = Blocked::None;
     while conn.is_open() {
@@ -306,7 +326,10 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
         }
         match read(&conn, chunk, &shard.tls_in).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => conn.active.set(true),
+            Ok(got) => {
+                conn.active.set(true);
+                chunk = next_read(chunk, got, most);
+            }
         }
         let since = Instant::now();
         loop {
@@ -560,5 +583,28 @@ impl Shard {
             w.wake();
         }
         conn.writer.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grow_with_a_stream_and_shrink_with_a_trickle() {
+        let most = 64 * 1024;
+        let mut chunk = MIN_READ;
+        for _ in 0..10 {
+            chunk = next_read(chunk, chunk, most);
+        }
+        assert_eq!(chunk, most);
+        // Half full: stays.
+        assert_eq!(next_read(most, most / 2, most), most);
+        for _ in 0..10 {
+            chunk = next_read(chunk, 300, most);
+        }
+        assert_eq!(chunk, MIN_READ);
+        // A configured ceiling below the floor wins.
+        assert_eq!(next_read(4096, 10, 2048), 2048);
     }
 }
