@@ -36,6 +36,8 @@ pub struct MetricsSources {
     pub endpoints: Vec<(&'static str, Arc<EndpointStats>)>,
     /// The embedded registry's owner, which health watches too.
     pub registry: Option<agw_ars::RegistryHandle>,
+    /// The peer domains' CRLs, when peering.
+    pub peer_crls: Option<crate::peer_crls::PeerCrlView>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -270,6 +272,46 @@ pub fn render(sources: &MetricsSources) -> String {
         "Accepts that failed for want of resources (file descriptors, memory)",
         &per_endpoint(&|s| s.accept_errors.load(Ordering::Relaxed)),
     );
+    if let Some(view) = &sources.peer_crls {
+        let known = view.known();
+        let domain = |d: &String| vec![("domain".to_string(), d.clone())];
+        let now = std::time::SystemTime::now();
+        let age: Vec<_> = known
+            .iter()
+            .map(|(d, c)| {
+                let age = c.fetched.map_or(-1, |t| {
+                    now.duration_since(t).unwrap_or_default().as_secs() as i64
+                });
+                (domain(d), age)
+            })
+            .collect();
+        gauge(
+            &mut registry,
+            "peer_crl_age_seconds",
+            "Since a peer domain's CRL was last fetched and found good (-1: never)",
+            &age,
+        );
+        let revoked: Vec<_> = known
+            .iter()
+            .map(|(d, c)| (domain(d), c.revoked as i64))
+            .collect();
+        gauge(
+            &mut registry,
+            "peer_crl_revoked",
+            "Certificates a peer domain's CRL revokes",
+            &revoked,
+        );
+        let failing: Vec<_> = known
+            .iter()
+            .map(|(d, c)| (domain(d), i64::from(c.error.is_some())))
+            .collect();
+        gauge(
+            &mut registry,
+            "peer_crl_fetch_failing",
+            "1 while the last fetch of a peer domain's CRL failed (the last good one is kept)",
+            &failing,
+        );
+    }
     if let Some(neighbours) = &sources.neighbours {
         let list = neighbours.list();
         let peer = |p: &PeerStatus| vec![("peer".to_string(), p.gateway.clone())];

@@ -655,6 +655,7 @@ impl Node {
                         neighbours: control.peering().map(|p| p.neighbours_handle()),
                         endpoints: served,
                         registry: Some(registry.clone()),
+                        peer_crls: peer_crls.as_ref().map(PeerCrls::view),
                     },
                 )
                 .map_err(|e| format!("metrics: {e}"))?;
@@ -786,6 +787,11 @@ impl Node {
             .as_ref()
             .map(PeerCrls::known)
             .unwrap_or_default()
+    }
+
+    /// What the metrics read of the peer domains' CRLs.
+    pub fn peer_crl_view(&self) -> Option<crate::peer_crls::PeerCrlView> {
+        self.peer_crls.as_ref().map(PeerCrls::view)
     }
 
     /// Receives a message after each revocation by the embedded authority.

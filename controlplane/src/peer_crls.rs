@@ -137,7 +137,23 @@ impl PeerCrls {
 
     /// The peer domains' CRLs as known now, by domain.
     pub fn known(&self) -> BTreeMap<String, PeerCrl> {
-        let Ok(domains) = self.domains.lock() else {
+        self.view().known()
+    }
+
+    /// A handle that reads them from any thread (the metrics endpoint's).
+    pub fn view(&self) -> PeerCrlView {
+        PeerCrlView(Arc::clone(&self.domains))
+    }
+}
+
+/// Reads the peer domains' CRLs as the fetcher knows them.
+#[derive(Debug, Clone)]
+pub struct PeerCrlView(Arc<Mutex<BTreeMap<String, Domain>>>);
+
+impl PeerCrlView {
+    /// The peer domains' CRLs as known now, by domain.
+    pub fn known(&self) -> BTreeMap<String, PeerCrl> {
+        let Ok(domains) = self.0.lock() else {
             return BTreeMap::new();
         };
         domains

@@ -352,6 +352,19 @@ fn a_revoked_peer_is_cut_off_within_a_second_of_its_crl() {
     }
     let cut_after = start.elapsed();
     assert_eq!(a.peer_crls()["b.example"].revoked, 1);
+    // Operators see it in the metrics.
+    let metrics = agw_controlplane::metrics::render(&agw_controlplane::metrics::MetricsSources {
+        counters: a.dataplane.counters_handle(),
+        neighbours: None,
+        endpoints: Vec::new(),
+        registry: None,
+        peer_crls: a.peer_crl_view(),
+    });
+    assert!(
+        metrics.contains("agw_peer_crl_revoked{domain=\"b.example\"} 1")
+            && metrics.contains("agw_peer_crl_fetch_failing{domain=\"b.example\"} 0"),
+        "{metrics}"
+    );
     // b keeps dialling with its revoked certificate: every handshake is refused.
     std::thread::sleep(Duration::from_secs(2));
     assert!(!b_up());
