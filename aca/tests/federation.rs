@@ -181,3 +181,46 @@ fn an_authority_vouches_for_its_own_domain_only() {
 fn alice_id() -> String {
     agent("alice").to_string()
 }
+
+#[test]
+fn a_peer_s_crl_is_checked_against_the_authority_that_issued_its_certificate() {
+    let work = tempfile::tempdir().unwrap();
+    let root = operator_root(work.path(), "root", 3650);
+    let a = domain_authority(&work.path().join("a"), &root, DOMAIN);
+    let b = domain_authority(&work.path().join("b"), &root, OTHER);
+    let now = SystemTime::now();
+    let gateway = GatewayId::parse(&format!("spiffe://{OTHER}/agw/b1")).unwrap();
+    let key = AgentKey::generate().unwrap();
+    let chain = b
+        .issue_gateway(&gateway, &key.csr(gateway.as_str()).unwrap(), now)
+        .unwrap()
+        .chain;
+    let b_ca = b.ca_chain()[0].clone();
+    let a_ca = a.ca_chain()[0].clone();
+    // The issuer is found wherever the peer puts it, and never a certificate that plays no
+    // part (another domain's authority slipped in first).
+    let reordered = vec![chain[0].clone(), a_ca.clone(), b_ca.clone()];
+    assert_eq!(agw_aca::tls::leaf_issuer(&reordered), Some(b_ca.clone()));
+    assert_eq!(
+        agw_aca::tls::leaf_issuer(&[chain[0].clone(), a_ca.clone()]),
+        None
+    );
+    // b's CRL verifies with b's authority, not a's; it lists what b revoked, by number.
+    let serial = agw_aca::tls::leaf_serial(&[chain[0].clone().into()]).unwrap();
+    b.revoke_by_operator(
+        &serial,
+        agw_proto::pb::RevocationReason::KeyCompromise as i32,
+        now,
+    )
+    .unwrap();
+    let crl = b.crl(now).unwrap().der;
+    let verified = agw_aca::tls::verify_crl(&crl, &b_ca).unwrap();
+    assert_eq!(verified.revoked, vec![serial]);
+    assert!(!verified.number.is_empty());
+    assert!(agw_aca::tls::verify_crl(&crl, &a_ca).is_err());
+    assert!(agw_aca::tls::verify_crl(b"not a crl", &b_ca).is_err());
+    assert_eq!(
+        agw_aca::tls::crl_distribution_points(&chain[0]),
+        vec!["http://127.0.0.1:1/crl".to_owned()]
+    );
+}

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agw_aca::tls::{Crls, VerifiedCrl, crl_distribution_points, verify_crl};
+use agw_aca::tls::{Crls, VerifiedCrl, crl_distribution_points, leaf_issuer, verify_crl};
 use agw_dataplane::PeerLinks;
 use agw_proto::identity::GatewayId;
 use tokio::{runtime::Handle, sync::Notify, task::JoinHandle};
@@ -259,13 +259,15 @@ impl Fetcher {
             return Vec::new();
         };
         for (gateway, chain) in chains {
+            // The authority that issued the peer's certificate, whatever the order it was sent
+            // in: its CRL is the one that counts, and it must have signed it.
             let (Ok(gateway), Some(leaf), Some(ca)) =
-                (GatewayId::parse(gateway), chain.first(), chain.get(1))
+                (GatewayId::parse(gateway), chain.first(), leaf_issuer(chain))
             else {
                 continue;
             };
             let d = domains.entry(gateway.domain().to_owned()).or_default();
-            d.ca.clone_from(ca);
+            d.ca = ca;
             let urls: Vec<String> = crl_distribution_points(leaf)
                 .into_iter()
                 .filter(|u| u.starts_with("http://"))

@@ -794,6 +794,22 @@ pub fn crl_distribution_points(certificate: &[u8]) -> Vec<String> {
     uris
 }
 
+/// The certificate in `chain` (leaf first, DER, as a peer presented it) that issued the leaf:
+/// the one named as its issuer whose key verifies the leaf's signature, wherever it stands in
+/// the chain (a peer chooses the order, and may add certificates that play no part).
+pub fn leaf_issuer(chain: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let (leaf, rest) = chain.split_first()?;
+    let (_, leaf) = X509Certificate::from_der(leaf).ok()?;
+    rest.iter()
+        .find(|der| {
+            X509Certificate::from_der(der).is_ok_and(|(_, ca)| {
+                ca.subject() == leaf.issuer()
+                    && leaf.verify_signature(Some(ca.public_key())).is_ok()
+            })
+        })
+        .cloned()
+}
+
 /// A CRL whose signature its issuer's key verifies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedCrl {
