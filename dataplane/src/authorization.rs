@@ -128,8 +128,8 @@ impl fmt::Display for Denial {
     }
 }
 
-/// The domain of an agent ID (`spiffe://<domain>/agent/<name>`), without allocating; empty if
-/// it is not one.
+/// The domain of an agent or gateway ID (`spiffe://<domain>/...`), without allocating; empty
+/// if it is not one.
 fn domain_of(agent: &str) -> &str {
     agent
         .strip_prefix("spiffe://")
@@ -241,13 +241,10 @@ impl PeerDomains {
 
     /// Whether `peer` (a gateway ID) may relay a frame from an agent of `domain`.
     pub fn allows(&self, peer: &str, domain: &str) -> bool {
-        let own = peer
-            .strip_prefix("spiffe://")
-            .and_then(|rest| rest.split_once('/'))
-            .map(|(d, _)| d);
+        // A gateway ID has the same `spiffe://<domain>/` prefix as an agent ID.
         self.0
             .get(peer)
-            .is_some_and(|d| own == Some(domain) || d.contains(domain))
+            .is_some_and(|d| domain_of(peer) == domain || d.contains(domain))
     }
 }
 

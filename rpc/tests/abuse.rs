@@ -498,6 +498,28 @@ fn a_port_moving_to_tls_tells_tls_from_plain_by_the_first_byte() {
         let mut tls = rustls::StreamOwned::new(conn, sock);
         tls.write_all(&query(1)).unwrap();
         assert!(matches!(next(&mut tls), Some(Message::StatusReply(r)) if r.request_id == 1));
+        // A client that never sends its first byte: closed at the handshake deadline, and
+        // counted, whichever it would have been.
+        let mut silent = TcpStream::connect(addr).unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let start = Instant::now();
+        let mut sink = Vec::new();
+        let _ = silent.read_to_end(&mut sink);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(sink.is_empty());
+        assert_eq!(
+            endpoint
+                .stats()
+                .timed_out
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         // A plain client: served where plain is allowed, else told TLS_REQUIRED.
         let mut sock = TcpStream::connect(addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use agw_proto::pb;
+use agw_proto::{identity::AgentId, pb};
 
 /// The best route to an agent changed.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,12 +131,11 @@ impl Rib {
     }
 
     fn count_domain(&mut self, peer: &str, agent: &str, added: bool) {
-        let Some((domain, _)) = agent
-            .strip_prefix("spiffe://")
-            .and_then(|rest| rest.split_once('/'))
-        else {
+        // Sessions let only valid agent IDs into summaries.
+        let Ok(agent) = AgentId::parse(agent) else {
             return;
         };
+        let domain = agent.domain();
         let domains = self.domains.entry(peer.to_owned()).or_default();
         if added {
             let count = domains.entry(domain.to_owned()).or_default();

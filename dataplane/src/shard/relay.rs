@@ -5,6 +5,7 @@
 
 use std::{
     rc::Rc,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -24,7 +25,7 @@ use super::{
     conn::{Conn, ConnKind, ConnState, Mark},
 };
 use crate::{
-    authorization::Authorization,
+    authorization::{Authorization, PeerDomains},
     routing::{Prepared, Route, RoutingSnapshot},
 };
 
@@ -160,6 +161,13 @@ impl Shard {
         let mut cache = self.routes.borrow_mut();
         let snapshot: &RoutingSnapshot = cache.load();
         let authorization = self.authorization.load();
+        // What a peer link may carry, loaded once per batch (agents' connections never read it).
+        let peer_domains =
+            matches!(conn.kind, ConnKind::Peer { .. }).then(|| self.peer_domains.load());
+        let policy = Policy {
+            authorization: &authorization,
+            peer_domains: peer_domains.as_deref().map(Arc::as_ref),
+        };
         let mut prepared = [None; BATCH];
         for (p, frame) in prepared.iter_mut().zip(frames.iter()) {
             if frame.header.kind.is_data()
@@ -174,7 +182,7 @@ impl Shard {
                 continue;
             }
             if frame.header.kind.is_data() {
-                self.relay(conn, frame, snapshot, &authorization, p, blocked, since);
+                self.relay(conn, frame, snapshot, policy, p, blocked, since);
             } else {
                 up |= self.control(conn, &frame);
             }
@@ -183,6 +191,7 @@ impl Shard {
     }
 
     /// The hot path: one data frame from an accessed agent to its destination's queue.
+    /// `policy`: who may message whom, and (on a peer link) which domains' frames it carries.
     /// `since`: when the read that brought it finished.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn relay(
@@ -190,7 +199,7 @@ impl Shard {
         conn: &Rc<Conn>,
         frame: Frame,
         snapshot: &RoutingSnapshot,
-        authorization: &Authorization,
+        policy: Policy<'_>,
         prepared: Option<Prepared>,
         blocked: &mut Blocked,
         since: Instant,
@@ -227,7 +236,9 @@ impl Shard {
                 None => view.kind == Kind::Nack,
                 Some(s) => AgentId::parse(s).is_ok_and(|a| {
                     a.domain() != self.config.gateway.domain()
-                        && self.peer_domains.load().allows(gateway, a.domain())
+                        && policy
+                            .peer_domains
+                            .is_some_and(|d| d.allows(gateway, a.domain()))
                 }),
             },
         };
@@ -254,7 +265,7 @@ impl Shard {
             return;
         }
         if view.kind == Kind::AgentMessage
-            && let Err(denial) = authorization.check(source, view.destination)
+            && let Err(denial) = policy.authorization.check(source, view.destination)
         {
             self.counter().nacked(ErrorCode::Unauthorized);
             let mut nack = nack_message(
@@ -593,4 +604,12 @@ impl Shard {
             _ => {}
         }
     }
+}
+
+/// The published policies a batch is checked against, loaded once per batch.
+#[derive(Clone, Copy)]
+pub(super) struct Policy<'a> {
+    authorization: &'a Authorization,
+    /// On a peer link: the domains each peer may relay frames of.
+    peer_domains: Option<&'a PeerDomains>,
 }
