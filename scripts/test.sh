@@ -5,9 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System tools the tests call, as Debian packages: openssl verifies what the certificate
-# authority issues, curl fetches its CRL over HTTP, and the load tool's own tests drive the
-# benchmark peers nats-server and nginx's stream proxy (started by the tool on free ports).
-scripts/install-packages.sh openssl curl nats-server nginx libnginx-mod-stream
+# authority issues, curl fetches its CRL over HTTP, mosquitto_pub and mosquitto_sub are MQTT
+# agents of the gateway, and the load tool's own tests drive the benchmark peers nats-server
+# and nginx's stream proxy (started by the tool on free ports).
+scripts/install-packages.sh openssl curl mosquitto-clients nats-server nginx \
+    libnginx-mod-stream
+# Python clients from PyPI: Eclipse paho-mqtt is an MQTT 5 agent in the MQTT adapter's tests.
+python3 -c 'import paho.mqtt' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt==2.1.0'
 
 # cargo test prints one result line per test binary, the last often for a crate with no
 # doctests; the total at the end is the line that says how the whole run went.

@@ -13,7 +13,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agw_aca::tls::CertificateChecker;
 use agw_dataplane::{
     LiveLimits,
     authorization::{Action, Authorization, Pattern, Rule},
@@ -635,7 +634,6 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
     );
     let _ = out.flush();
 
-    let mut revocations = Revocations::new(&node);
     let mut deadline = running.drain_deadline;
     loop {
         // The next deadline: the gateway certificate's renewal (at most a day ahead, so a
@@ -701,7 +699,7 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
                 };
                 let _ = asked.reply.send(reply);
         },
-            recv(node.revocations()) -> _ => revocations.check(&node),
+            recv(node.revocations()) -> _ => node.apply_revocations(),
             default(renewal) => {
                 match node.renew_certificate_if_due(SystemTime::now()) {
                     Ok(Some(renewed)) => {
@@ -932,55 +930,6 @@ fn signal_channel() -> Result<crossbeam_channel::Receiver<Signal>, String> {
         })
         .map_err(|e| format!("signals: {e}"))?;
     Ok(rx)
-}
-
-/// Revocations reach the relay and the registry: a new CRL replaces the checkers and closes
-/// the sessions of the certificates it revokes.
-struct Revocations {
-    number: u64,
-    revoked: Vec<Vec<u8>>,
-}
-
-impl Revocations {
-    fn new(node: &Node) -> Revocations {
-        Revocations {
-            number: node
-                .authority
-                .crl(SystemTime::now())
-                .map(|c| c.number)
-                .unwrap_or(0),
-            revoked: Vec::new(),
-        }
-    }
-
-    /// Looks at the authority's CRL (after a revocation).
-    fn check(&mut self, node: &Node) {
-        let authority = &node.authority;
-        let Ok(crl) = authority.crl(SystemTime::now()) else {
-            return;
-        };
-        if crl.number == self.number {
-            return;
-        }
-        self.number = crl.number;
-        let serials = agw_aca::revoked_serials(&crl.der).unwrap_or_default();
-        let new: Vec<Vec<u8>> = serials
-            .iter()
-            .filter(|s| !self.revoked.contains(s))
-            .cloned()
-            .collect();
-        self.revoked = serials;
-        // Handshakes (registry, peering) check this CRL from now on.
-        node.refresh_crls();
-        let anchor = authority.trust_anchor();
-        if let Ok(checker) = CertificateChecker::new(anchor, std::slice::from_ref(&crl.der)) {
-            node.dataplane.set_checker(checker, new);
-        }
-        if let Ok(checker) = CertificateChecker::new(anchor, std::slice::from_ref(&crl.der)) {
-            node.registry
-                .change(move |r| r.set_certificate_checker(checker));
-        }
-    }
 }
 
 #[cfg(test)]

@@ -149,6 +149,12 @@ pub fn render(sources: &MetricsSources) -> String {
     );
     counter(
         &mut registry,
+        "mqtt_connections",
+        "Agents' connections that turned out to speak MQTT",
+        &per(&|s| s.mqtt_connections),
+    );
+    counter(
+        &mut registry,
         "agents_accessed",
         "Agents that completed access",
         &per(&|s| s.agents_accessed),

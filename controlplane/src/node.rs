@@ -221,6 +221,8 @@ pub struct Node {
     endpoints: Vec<(&'static str, Endpoint)>,
     /// A message after each revocation by the embedded authority.
     revoked: crossbeam_channel::Receiver<()>,
+    /// The authority's CRL the relay and the registry check now: its number and serials.
+    applied_crl: Mutex<(u64, Vec<Vec<u8>>)>,
     /// Last: dropped after the endpoints that run on it.
     runtime: ControlRuntime,
 }
@@ -432,7 +434,9 @@ impl Node {
         let issued = authority
             .issue_gateway_named(&gateway, &csr, &config.server_names, now)
             .map_err(|e| format!("gateway certificate: {e}"))?;
-        let own_crl = authority.crl(now).map_err(|e| e.to_string())?.der;
+        let own_crl = authority.crl(now).map_err(|e| e.to_string())?;
+        let applied_crl_number = own_crl.number;
+        let own_crl = own_crl.der;
         let mut crls = vec![own_crl.clone()];
         crls.extend(config.peer_crls.iter().cloned());
         // Shared with every TLS configuration: the peers' CRLs fetched later replace these.
@@ -697,6 +701,7 @@ impl Node {
             policy,
             endpoints,
             revoked,
+            applied_crl: Mutex::new((applied_crl_number, Vec::new())),
             runtime: ControlRuntime(Some(runtime)),
         })
     }
@@ -794,9 +799,44 @@ impl Node {
         self.peer_crls.as_ref().map(PeerCrls::view)
     }
 
-    /// Receives a message after each revocation by the embedded authority.
+    /// Receives a message after each revocation by the embedded authority: call
+    /// [`apply_revocations`](Self::apply_revocations) then.
     pub fn revocations(&self) -> &crossbeam_channel::Receiver<()> {
         &self.revoked
+    }
+
+    /// Revocations reach the relay and the registry: the authority's CRL, if newer than the
+    /// one they check, replaces their checkers (the next access and handshake are refused)
+    /// and closes the live sessions of the certificates it newly revokes.
+    pub fn apply_revocations(&self) {
+        let authority = &self.authority;
+        let Ok(crl) = authority.crl(SystemTime::now()) else {
+            return;
+        };
+        let Ok(mut applied) = self.applied_crl.lock() else {
+            return;
+        };
+        if crl.number == applied.0 {
+            return;
+        }
+        let serials = agw_aca::revoked_serials(&crl.der).unwrap_or_default();
+        let new: Vec<Vec<u8>> = serials
+            .iter()
+            .filter(|s| !applied.1.contains(s))
+            .cloned()
+            .collect();
+        *applied = (crl.number, serials);
+        drop(applied);
+        // Handshakes (registry, peering) check this CRL from now on.
+        self.refresh_crls();
+        let anchor = authority.trust_anchor();
+        if let Ok(checker) = CertificateChecker::new(anchor, std::slice::from_ref(&crl.der)) {
+            self.dataplane.set_checker(checker, new);
+        }
+        if let Ok(checker) = CertificateChecker::new(anchor, std::slice::from_ref(&crl.der)) {
+            self.registry
+                .change(move |r| r.set_certificate_checker(checker));
+        }
     }
 
     /// When this gateway's certificate is next due for renewal.

@@ -121,6 +121,8 @@ pub struct AccessSession {
     /// The identity of the TLS client certificate the connection presented, if it is TLS:
     /// access is for that agent only.
     tls_identity: Option<String>,
+    /// That certificate's chain (DER, leaf first): the handshake proved its key.
+    tls_chain: Vec<bytes::Bytes>,
     checker: Arc<CertificateChecker>,
     config: AccessConfig,
     actions: VecDeque<Action>,
@@ -148,16 +150,30 @@ impl AccessSession {
             },
             gateway,
             tls_identity: None,
+            tls_chain: Vec::new(),
             checker,
             config,
             actions: VecDeque::from([Action::Send(challenge.into())]),
         }
     }
 
-    /// Binds the session to the agent its connection's TLS client certificate names: an
-    /// access request for another agent is refused `IDENTITY_MISMATCH`.
-    pub fn bind_tls_identity(&mut self, identity: String) {
+    /// Binds the session to the agent its connection's TLS client certificate names (`chain`,
+    /// leaf first): an access request for another agent is refused `IDENTITY_MISMATCH`, and
+    /// one that presents this very certificate needs no signature (the handshake proved the
+    /// key: what protocol adapters send, having no key to sign with).
+    pub fn bind_tls_identity(&mut self, identity: String, chain: Vec<bytes::Bytes>) {
         self.tls_identity = Some(identity);
+        self.tls_chain = chain;
+    }
+
+    /// The TLS client certificate's chain the session is bound to (empty on plaintext).
+    pub fn tls_chain(&self) -> &[bytes::Bytes] {
+        &self.tls_chain
+    }
+
+    /// The TLS client certificate's identity the session is bound to.
+    pub fn tls_identity(&self) -> Option<&str> {
+        self.tls_identity.as_deref()
     }
 
     /// The accessed agent, once access succeeded.
@@ -327,6 +343,13 @@ impl AccessSession {
                 ErrorCode::IdentityMismatch,
                 format!("this connection's TLS certificate is {tls}"),
             ));
+        }
+        let proved_by_tls = req.signature.is_empty()
+            && self.tls_identity.is_some()
+            && !req.certificate_chain.is_empty()
+            && req.certificate_chain.first() == self.tls_chain.first();
+        if proved_by_tls {
+            return Ok((agent, checked.serial));
         }
         let signed = signing::access_input(&self.gateway, nonce, &agent);
         if !keys::verify(&checked.spki_der, &signed, &req.signature) {

@@ -54,6 +54,7 @@ struct Inner {
     connections_open: AtomicU64,
     connections_refused: AtomicU64,
     tls_handshakes_failed: AtomicU64,
+    mqtt_connections: AtomicU64,
     agents_accessed: AtomicU64,
     accepted: AtomicU64,
     delivered: AtomicU64,
@@ -95,6 +96,9 @@ impl ShardCounters {
     }
     pub(crate) fn tls_handshake_failed(&self) {
         add(&self.0.tls_handshakes_failed, 1);
+    }
+    pub(crate) fn mqtt_connection(&self) {
+        add(&self.0.mqtt_connections, 1);
     }
     pub(crate) fn agent_accessed(&self) {
         add(&self.0.agents_accessed, 1);
@@ -142,6 +146,7 @@ impl ShardCounters {
             connections_open: c.connections_open.load(Relaxed),
             connections_refused: c.connections_refused.load(Relaxed),
             tls_handshakes_failed: c.tls_handshakes_failed.load(Relaxed),
+            mqtt_connections: c.mqtt_connections.load(Relaxed),
             agents_accessed: c.agents_accessed.load(Relaxed),
             accepted: c.accepted.load(Relaxed),
             delivered: c.delivered.load(Relaxed),
@@ -169,6 +174,8 @@ pub struct CounterSnapshot {
     /// Agents' TLS handshakes that failed or timed out (no certificate, untrusted, no ALPN
     /// in common, plaintext on a TLS port).
     pub tls_handshakes_failed: u64,
+    /// Connections that turned out to speak MQTT, since start.
+    pub mqtt_connections: u64,
     /// Agents that completed access since start.
     pub agents_accessed: u64,
     /// Data frames taken from agents.
@@ -220,6 +227,7 @@ impl CounterSnapshot {
         self.connections_open += o.connections_open;
         self.connections_refused += o.connections_refused;
         self.tls_handshakes_failed += o.tls_handshakes_failed;
+        self.mqtt_connections += o.mqtt_connections;
         self.agents_accessed += o.agents_accessed;
         self.accepted += o.accepted;
         self.delivered += o.delivered;

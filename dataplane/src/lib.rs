@@ -11,6 +11,7 @@ mod congestion;
 pub mod counters;
 pub mod events;
 pub mod hugepages;
+pub mod mqtt;
 pub mod routing;
 mod runtime;
 mod shard;

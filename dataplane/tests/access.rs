@@ -279,7 +279,10 @@ fn access_is_refused_with_the_reason() {
     // Over TLS as bob (his client certificate), a valid access request as alice: the
     // connection is bob's, so it is refused.
     let (mut s, challenge) = session(checker(&w.ca), now);
-    s.bind_tls_identity(alice.as_str().replace("/alice", "/bob"));
+    s.bind_tls_identity(
+        alice.as_str().replace("/alice", "/bob"),
+        bob_cert.chain.clone(),
+    );
     s.handle_message(
         &access_request(&challenge, &alice, &alice_cert, &alice_key)
             .unwrap()
@@ -290,7 +293,7 @@ fn access_is_refused_with_the_reason() {
     assert_eq!(refused(&mut s), ErrorCode::IdentityMismatch);
     // And over TLS as alice, the same request passes.
     let (mut s, challenge) = session(checker(&w.ca), now);
-    s.bind_tls_identity(alice.to_string());
+    s.bind_tls_identity(alice.to_string(), alice_cert.chain.clone());
     s.handle_message(
         &access_request(&challenge, &alice, &alice_cert, &alice_key)
             .unwrap()
@@ -299,6 +302,28 @@ fn access_is_refused_with_the_reason() {
         t0(),
     );
     assert_eq!(s.agent(), Some(&alice));
+
+    // Over TLS as alice, her very certificate needs no signature (the handshake proved the
+    // key: a protocol adapter's request)...
+    let unsigned = |held: &agw_sdk::certificates::HeldCertificate| pb::AccessRequest {
+        agent: alice.to_string(),
+        certificate_chain: held.chain.clone(),
+        ..Default::default()
+    };
+    let (mut s, _) = session(checker(&w.ca), now);
+    s.bind_tls_identity(alice.to_string(), alice_cert.chain.clone());
+    s.handle_message(&unsigned(&alice_cert).into(), now, t0());
+    assert_eq!(s.agent(), Some(&alice));
+    // ...but a certificate other than the handshake's does.
+    let (_, _, bob_cert) = certify(&w.ca, "bob-2");
+    let (mut s, _) = session(checker(&w.ca), now);
+    s.bind_tls_identity(alice.to_string(), bob_cert.chain.clone());
+    s.handle_message(&unsigned(&alice_cert).into(), now, t0());
+    assert_eq!(refused(&mut s), ErrorCode::BadSignature);
+    // And without TLS, an unsigned request is refused.
+    let (mut s, _) = session(checker(&w.ca), now);
+    s.handle_message(&unsigned(&alice_cert).into(), now, t0());
+    assert_eq!(refused(&mut s), ErrorCode::BadSignature);
 
     // A certificate from a foreign authority.
     let foreign = world();

@@ -339,6 +339,17 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// The bytes received and not yet decoded (a header waiting for its body not included).
+    pub fn unread(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Takes the bytes received and not yet decoded: for a connection found to speak another
+    /// protocol before any frame was decoded.
+    pub fn take_unread(&mut self) -> BytesMut {
+        self.buf.split()
+    }
+
     /// Bytes received and not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len()

@@ -20,13 +20,13 @@ fn agent_message() -> impl Strategy<Value = pb::AgentMessage> {
     (
         (text(), text(), any::<u64>(), any::<u64>()),
         (text(), text(), 0..7i32, text()),
-        payload(),
+        (payload(), vec(any::<u8>(), 0..16)),
     )
         .prop_map(
             |(
                 (destination, source, message_id, session_id),
                 (content_type, language, p, t),
-                payload,
+                (payload, correlation),
             )| {
                 pb::AgentMessage {
                     destination,
@@ -37,6 +37,7 @@ fn agent_message() -> impl Strategy<Value = pb::AgentMessage> {
                     language,
                     source_protocol: p,
                     translate_to: t,
+                    correlation: correlation.into(),
                     payload,
                 }
             },

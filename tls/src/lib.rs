@@ -41,6 +41,8 @@ use x509_parser::{extensions::GeneralName, prelude::FromDer, prelude::X509Certif
 /// The ALPN name of the native agent protocol: what an agent offers on a gateway's agent port,
 /// and what the port selects.
 pub const AGENT_ALPN: &[u8] = b"agw/1";
+/// The ALPN name of MQTT (the IANA registry's), which the agent port also speaks.
+pub const MQTT_ALPN: &[u8] = b"mqtt";
 
 /// What TLS needs to speak for one identity and trust one authority.
 #[derive(Clone)]
@@ -330,8 +332,8 @@ impl TlsIdentity {
     }
 
     /// The server of a gateway's agent port: a client certificate chaining to the trust
-    /// anchor is required, [`AGENT_ALPN`] selected (a client that offers other protocols only
-    /// is refused). Revocation is not checked here but by the agent access that follows,
+    /// anchor is required, [`AGENT_ALPN`] or [`MQTT_ALPN`] selected (a client that offers
+    /// other protocols only is refused; one that offers none is served). Revocation is not checked here but by the agent access that follows,
     /// against the CRL of the moment, so that a revoked agent is told `CERT_REVOKED` in a
     /// typed refusal rather than by a TLS alert, and a CRL issued after this configuration
     /// counts at once.
@@ -342,7 +344,7 @@ impl TlsIdentity {
             ..self.clone()
         };
         let mut config = without_crls.server_config()?;
-        config.alpn_protocols = vec![AGENT_ALPN.to_vec()];
+        config.alpn_protocols = vec![AGENT_ALPN.to_vec(), MQTT_ALPN.to_vec()];
         Ok(config)
     }
 

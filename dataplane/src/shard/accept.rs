@@ -15,7 +15,8 @@ use super::{
     serve,
 };
 use agw_proto::{FrameEncoder, pb, pb::ErrorCode, rate::Bucket};
-use agw_tls::peer_identity;
+use agw_tls::{AGENT_ALPN, MQTT_ALPN, peer_identity};
+use bytes::Bytes;
 use futures_rustls::TlsAcceptor;
 use glommio::{
     net::{TcpListener, TcpStream},
@@ -214,10 +215,18 @@ async fn agent_handshake(
         shard.counter().tls_handshake_failed();
         return;
     };
-    let Some(identity) = tls.get_ref().1.peer_certificates().and_then(peer_identity) else {
+    let session = tls.get_ref().1;
+    let Some(identity) = session.peer_certificates().and_then(peer_identity) else {
         shard.counter().tls_handshake_failed();
         return;
     };
+    let chain: Vec<Bytes> = session
+        .peer_certificates()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| Bytes::copy_from_slice(c))
+        .collect();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     if shard.conns.borrow().len() >= shard.limits.get().max_connections_per_shard {
         shard.counter().connection_refused();
         return;
@@ -226,7 +235,17 @@ async fn agent_handshake(
         return;
     };
     if let Some(session) = conn.session.borrow_mut().as_mut() {
-        session.bind_tls_identity(identity);
+        session.bind_tls_identity(identity.clone(), chain.clone());
+    }
+    // ALPN names the protocol; a client that named none (MQTT clients, usually) is told
+    // apart by its first bytes.
+    match alpn.as_deref() {
+        Some(AGENT_ALPN) => {}
+        Some(MQTT_ALPN) => shard.speak_mqtt(&conn),
+        _ => {
+            conn.identifying.set(true);
+            conn.hold.set(true);
+        }
     }
     if shard.draining.get() {
         shard.close_with(&conn, ErrorCode::Draining, "gateway draining");

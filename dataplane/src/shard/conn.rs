@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agw_proto::{Admission, FrameDecoder, Kind, WriteBatch, identity::AgentId, rate::Bucket};
+use agw_proto::{
+    Admission, FrameDecoder, HEADER_LEN, Kind, WriteBatch, identity::AgentId, rate::Bucket,
+};
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite, future::poll_fn};
 use futures_rustls::{client, server};
@@ -23,7 +25,7 @@ use nix::{
 };
 
 use super::Shard;
-use crate::access::AccessSession;
+use crate::{access::AccessSession, mqtt::MqttAdapter};
 /// A one-waiter wake-up flag.
 #[derive(Default)]
 pub(super) struct Notify {
@@ -164,6 +166,11 @@ pub(super) struct Conn {
     pub(super) space: RefCell<Vec<Waker>>,
     /// An agent's send allowance, made at its first message.
     pub(super) allowance: Cell<Option<Allowance>>,
+    /// Which protocol the client speaks is not known yet (a TLS client that named none in
+    /// ALPN): its first bytes tell, and writes wait for them.
+    pub(super) identifying: Cell<bool>,
+    /// An MQTT client's translation to and from native frames (`crate::mqtt`).
+    pub(super) mqtt: RefCell<Option<Box<MqttAdapter>>>,
 }
 
 /// An agent's send allowance: its bucket, when last taken from, and the (rate, burst) it was
@@ -202,6 +209,12 @@ impl Conn {
         self.out.borrow().batch.len()
     }
 
+    /// Nothing to write: no frame queued, no MQTT packet made.
+    fn nothing_to_write(&self) -> bool {
+        self.out.borrow().batch.is_empty()
+            && !self.mqtt.borrow().as_ref().is_some_and(|a| a.has_out())
+    }
+
     /// Ends the socket both ways: the reader sees end of file, the writer an error.
     pub(super) fn shut(&self) {
         let _ = shutdown(self.fd, Shutdown::Both);
@@ -219,7 +232,16 @@ pub(super) async fn read(
 ) -> io::Result<usize> {
     poll_fn(|cx| {
         let mut decoder = conn.decoder.borrow_mut();
-        let buf = decoder.read_buf(chunk);
+        let mut mqtt = conn.mqtt.borrow_mut();
+        // An MQTT client's bytes go to its adapter, which makes frames for the decoder.
+        let buf = match mqtt.as_mut() {
+            Some(adapter) => {
+                let input = adapter.input();
+                input.reserve(chunk);
+                input
+            }
+            None => decoder.read_buf(chunk),
+        };
         let start = buf.len();
         buf.resize(start + chunk, 0);
         let poll = match &mut *conn.stream.borrow_mut() {
@@ -331,7 +353,7 @@ pub(super) async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
 pub(super) async fn write_queue(shard: &Shard, conn: &Conn) {
     loop {
         loop {
-            let empty = conn.out.borrow().batch.is_empty();
+            let empty = conn.nothing_to_write();
             match conn.state.get() {
                 ConnState::Closed => return,
                 ConnState::Flushing(_) if empty => {
@@ -344,6 +366,18 @@ pub(super) async fn write_queue(shard: &Shard, conn: &Conn) {
                 break;
             }
             conn.writer.wait().await;
+        }
+        if conn.mqtt.borrow().is_some() {
+            match write_mqtt(shard, conn).await {
+                Ok(n) => {
+                    shard.wrote(conn, n);
+                    continue;
+                }
+                Err(_) => {
+                    conn.shut();
+                    return;
+                }
+            }
         }
         if !conn.plain {
             match write_tls(shard, conn).await {
@@ -418,16 +452,67 @@ pub(super) async fn write_tls(shard: &Shard, conn: &Conn) -> io::Result<usize> {
             buf.extend_from_slice(s);
         }
     }
+    write_all(conn, &buf).await?;
+    let n = buf.len();
+    *shard.tls_out.borrow_mut() = buf;
+    Ok(n)
+}
+
+/// An MQTT client's write: the whole frames queued (64 KiB of them, or one larger), made into
+/// MQTT packets by its adapter, then the adapter's own answers; encrypted and flushed.
+/// Returns the queued bytes written.
+async fn write_mqtt(shard: &Shard, conn: &Conn) -> io::Result<usize> {
+    let (consumed, packets) = {
+        let out = conn.out.borrow();
+        let mut frames = Vec::new();
+        let mut whole = 0;
+        for segment in out.batch.segments() {
+            frames.extend_from_slice(segment);
+            whole = whole_frames(&frames);
+            if whole >= 64 * 1024 && whole == frames.len() {
+                break;
+            }
+        }
+        let mut decoder = FrameDecoder::new(shard.config.limits);
+        decoder.extend_from_slice(&frames[..whole]);
+        let mut mqtt = conn.mqtt.borrow_mut();
+        let Some(adapter) = mqtt.as_mut() else {
+            return Ok(0);
+        };
+        while let Ok(Some(frame)) = decoder.decode() {
+            if let Ok(message) = frame.message() {
+                adapter.to_client(message);
+            }
+        }
+        (whole, adapter.take_out())
+    };
+    write_all(conn, &packets).await?;
+    Ok(consumed)
+}
+
+/// Writes `bytes` whole to the connection's stream (TLS encrypts them) and flushes.
+async fn write_all(conn: &Conn, bytes: &[u8]) -> io::Result<()> {
     let mut done = 0;
-    while done < buf.len() {
-        let n = poll_fn(|cx| conn.stream.borrow_mut().poll_write(cx, &buf[done..])).await?;
+    while done < bytes.len() {
+        let n = poll_fn(|cx| conn.stream.borrow_mut().poll_write(cx, &bytes[done..])).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         done += n;
     }
-    poll_fn(|cx| conn.stream.borrow_mut().poll_flush(cx)).await?;
-    let n = buf.len();
-    *shard.tls_out.borrow_mut() = buf;
-    Ok(n)
+    poll_fn(|cx| conn.stream.borrow_mut().poll_flush(cx)).await
+}
+
+/// How many leading bytes of `frames` are whole frames.
+fn whole_frames(frames: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(header) = frames.get(at..at + HEADER_LEN) {
+        let body = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        let end = at + HEADER_LEN + body;
+        if end > frames.len() {
+            break;
+        }
+        at = end;
+    }
+    at
 }

@@ -51,6 +51,7 @@ use crate::{
     congestion::Congestion,
     counters::ShardCounters,
     events::ShardEvent,
+    mqtt::{self, MqttAdapter},
     routing::{Route, RoutingReader, SnapshotCache},
 };
 
@@ -269,6 +270,14 @@ pub(crate) async fn run(setup: ShardSetup) {
     shard.housekeeping(setup.commands).await;
 }
 
+/// How long a TLS client that named no protocol in ALPN has to send its first bytes before
+/// it is taken for a native agent (MQTT clients send CONNECT at once; native agents wait for
+/// the challenge, and name `agw/1` in ALPN to skip this wait).
+const IDENTIFY_WAIT: Duration = Duration::from_millis(500);
+
+/// The first byte of an MQTT CONNECT packet.
+const MQTT_CONNECT: u8 = 0x10;
+
 /// The smallest read: a few messages of a connection that trickles.
 const MIN_READ: usize = 4096;
 
@@ -324,24 +333,63 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
         if !conn.is_open() {
             break;
         }
-        match read(&conn, chunk, &shard.tls_in).await {
+        let got = if conn.identifying.get() {
+            // A TLS client that named no protocol: its first bytes say which; silence says
+            // native (a native agent waits for the challenge).
+            let first = futures_lite::future::or(
+                async { Some(read(&conn, chunk, &shard.tls_in).await) },
+                async {
+                    sleep(IDENTIFY_WAIT).await;
+                    None
+                },
+            )
+            .await;
+            let Some(got) = first else {
+                shard.identify(&conn);
+                continue;
+            };
+            got
+        } else {
+            read(&conn, chunk, &shard.tls_in).await
+        };
+        match got {
             Ok(0) | Err(_) => break,
             Ok(got) => {
                 conn.active.set(true);
                 chunk = next_read(chunk, got, most);
             }
         }
+        if conn.identifying.get() {
+            shard.identify(&conn);
+        }
+        // An MQTT client's packets become frames in its decoder; what it sent last (a
+        // DISCONNECT) closes the connection after those frames are relayed.
+        let mut closing = shard.mqtt_in(&conn);
         let since = Instant::now();
         loop {
             let outcome = shard.process_batch(&conn, &mut blocked, since);
             if outcome.agent_up {
                 shard.await_route(&conn).await;
+                if shard.mqtt_accessed(&conn) {
+                    closing = closing.or(shard.mqtt_in(&conn));
+                    continue;
+                }
             }
             if !outcome.more {
                 break;
             }
         }
         shard.flush_cross().await;
+        if let Some(close) = closing {
+            tracing::debug!(
+                shard = shard.id,
+                connection = conn.id,
+                code = close.code.as_str_name(),
+                text = close.text,
+                "MQTT client closed"
+            );
+            shard.close_after_flush(&conn);
+        }
     }
     // Closing by our choice: what was queued (the reply, the notification) goes out first;
     // housekeeping cuts the wait at the linger time.
@@ -408,6 +456,8 @@ impl Shard {
             flushed: Notify::default(),
             space: RefCell::new(Vec::new()),
             allowance: Cell::new(None),
+            identifying: Cell::new(false),
+            mqtt: RefCell::new(None),
         });
         self.conns.borrow_mut().insert(id, conn.clone());
         Some(conn)
@@ -492,6 +542,66 @@ impl Shard {
                     self.close_after_flush(conn);
                 }
             }
+        }
+    }
+
+    /// A TLS client that named no protocol in ALPN sent its first bytes (or nothing within
+    /// [`IDENTIFY_WAIT`]): an MQTT CONNECT makes it an MQTT client, anything else native.
+    /// Writes (the challenge) go out from now on.
+    fn identify(&self, conn: &Conn) {
+        conn.identifying.set(false);
+        if conn.decoder.borrow().unread().first() == Some(&MQTT_CONNECT) {
+            self.speak_mqtt(conn);
+        }
+        conn.hold.set(false);
+        conn.writer.notify();
+    }
+
+    /// The connection speaks MQTT: what it sent so far goes to a new adapter.
+    fn speak_mqtt(&self, conn: &Conn) {
+        let (agent, chain) = conn
+            .session
+            .borrow()
+            .as_ref()
+            .map(|s| (s.tls_identity().map(str::to_owned), s.tls_chain().to_vec()))
+            .unwrap_or_default();
+        // A packet carries a message's body plus its topic and properties.
+        let max_packet = self.config.limits.max_data_body as usize + 8 * 1024;
+        let mut adapter = MqttAdapter::new(agent, chain, max_packet);
+        let sent = conn.decoder.borrow_mut().take_unread();
+        adapter.input().extend_from_slice(&sent);
+        *conn.mqtt.borrow_mut() = Some(Box::new(adapter));
+        self.counter().mqtt_connection();
+    }
+
+    /// Decodes what an MQTT client sent into frames for its decoder; `Some` when the
+    /// connection is to close (after what was decoded is relayed).
+    fn mqtt_in(&self, conn: &Conn) -> Option<mqtt::Close> {
+        let mut mqtt = conn.mqtt.borrow_mut();
+        let adapter = mqtt.as_mut()?;
+        let mut up = self.encoder.borrow_mut();
+        let result = adapter.from_client(Instant::now(), &mut up);
+        let frames = up.take();
+        let answered = adapter.has_out();
+        drop(up);
+        drop(mqtt);
+        if !frames.is_empty() {
+            conn.decoder.borrow_mut().extend_from_slice(&frames);
+        }
+        if answered {
+            conn.writer.notify();
+        }
+        result.err()
+    }
+
+    /// The access of an MQTT client succeeded: its adapter decodes what came after CONNECT.
+    fn mqtt_accessed(&self, conn: &Conn) -> bool {
+        match conn.mqtt.borrow_mut().as_mut() {
+            Some(adapter) => {
+                adapter.accessed();
+                true
+            }
+            None => false,
         }
     }
 
