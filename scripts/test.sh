@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 # System tools the tests call, as Debian packages: openssl verifies what the certificate
 # authority issues, curl fetches its CRL over HTTP, mosquitto_pub and mosquitto_sub are MQTT
 # agents of the gateway, and the load tool's own tests drive the benchmark peers nats-server
-# and nginx's stream proxy (started by the tool on free ports).
-scripts/install-packages.sh openssl curl mosquitto-clients nats-server nginx \
+# and nginx's stream proxy and the mosquitto broker (started by the tool on free ports).
+scripts/install-packages.sh openssl curl mosquitto-clients mosquitto nats-server nginx \
     libnginx-mod-stream
 # Python clients from PyPI: Eclipse paho-mqtt is an MQTT 5 agent in the MQTT adapter's tests.
 python3 -c 'import paho.mqtt' 2>/dev/null ||

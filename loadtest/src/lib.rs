@@ -5,12 +5,14 @@
 //!
 //! Relays ([`transport::Relay`]): this project's gateway in scenarios within one gateway and
 //! across two or three ([`agw`]), nats-server ([`nats`]) and nginx's stream proxy ([`nginx`]),
+//! MQTT agents through the gateway's MQTT adapter or mosquitto ([`mqtt`]),
 //! the same patterns over each ([`patterns`]); and the memory an idle agent connection costs a
 //! running `agw` ([`idle`]).
 
 pub mod agw;
 pub mod cpu;
 pub mod idle;
+pub mod mqtt;
 pub mod nats;
 pub mod nginx;
 pub mod patterns;

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, io::Write as _, path::PathBuf, process::ExitCod
 use agw_loadtest::{
     agw::{AgwRelay, Scenario},
     cpu::Affinity,
+    mqtt::{Broker, MqttRelay},
     nats::NatsRelay,
     nginx::NginxRelay,
     patterns::{self, HEADER, Pattern, Plan},
@@ -26,7 +27,8 @@ use serde::Serialize;
 struct Args {
     /// What relays the messages: this project's gateway (started here), nats-server (one
     /// subject per agent) or nginx's stream proxy (a port per agent, L4 pass-through), both
-    /// started here.
+    /// started here; or MQTT 5 agents at QoS 1 over mutual TLS (rumqttc) through the
+    /// gateway's MQTT adapter (`agw-mqtt`) or a mosquitto broker (`mosquitto`).
     #[arg(long, value_enum, default_value = "agw")]
     target: Target,
     /// Who sends to whom.
@@ -72,6 +74,9 @@ struct Args {
     /// The nginx binary.
     #[arg(long, default_value = "nginx")]
     nginx: String,
+    /// The mosquitto binary.
+    #[arg(long, default_value = "mosquitto")]
+    mosquitto: String,
     /// Instead of a load: memory per idle connection of an `agw` daemon (started from
     /// `--agw`) holding this many accessed agent connections.
     #[arg(long)]
@@ -96,6 +101,10 @@ enum Target {
     Agw,
     Nats,
     Nginx,
+    #[value(name = "agw-mqtt")]
+    #[serde(rename = "agw-mqtt")]
+    AgwMqtt,
+    Mosquitto,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,6 +169,9 @@ fn run(args: &Args) -> Result<(), Error> {
     if args.target != Target::Agw && args.scenario != Scenario::OneGateway {
         return Err("--scenario applies to --target agw only".into());
     }
+    if matches!(args.target, Target::AgwMqtt | Target::Mosquitto) && args.shards != 1 {
+        return Err("MQTT targets run one shard (or one broker process)".into());
+    }
     if args.target == Target::Nginx && args.pattern == Pattern::FanOut {
         return Err("an L4 proxy cannot fan out: one connection goes to one backend".into());
     }
@@ -179,11 +191,25 @@ fn run(args: &Args) -> Result<(), Error> {
         )?),
         Target::Nats => Box::new(NatsRelay::start(&args.nats_server, &affinity)?),
         Target::Nginx => Box::new(NginxRelay::new(&args.nginx, &affinity)?),
+        Target::AgwMqtt => Box::new(MqttRelay::start(
+            Broker::Agw,
+            &args.mosquitto,
+            affinity.pinned(),
+            &affinity,
+        )?),
+        Target::Mosquitto => Box::new(MqttRelay::start(
+            Broker::Mosquitto,
+            &args.mosquitto,
+            affinity.pinned(),
+            &affinity,
+        )?),
     };
     let described = match args.target {
         Target::Agw => format!("agw: {}", describe_agw(args)),
         Target::Nats => "nats-server".to_owned(),
         Target::Nginx => "nginx stream proxy, 1 worker".to_owned(),
+        Target::AgwMqtt => "agw MQTT adapter (QoS 1, end to end), 1 shard".to_owned(),
+        Target::Mosquitto => "mosquitto broker (QoS 1, per hop)".to_owned(),
     };
     let plan = Plan {
         pattern: args.pattern,

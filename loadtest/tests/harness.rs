@@ -104,6 +104,9 @@ fn the_peers_carry_the_same_patterns() {
         ("nats", "fan-out"),
         ("nginx", "stream"),
         ("nginx", "ping-pong"),
+        ("agw-mqtt", "stream"),
+        ("agw-mqtt", "ping-pong"),
+        ("mosquitto", "stream"),
     ] {
         let r = load(&["--target", target, "--pattern", pattern]);
         assert_delivered(&r, &format!("{target} {pattern}"));
