@@ -51,6 +51,11 @@ impl View {
         self.index.is_empty()
     }
 
+    /// `agent`'s profile, local or a peer's, if it has one here.
+    pub fn profile(&self, agent: &str) -> Option<&pb::AgentProfile> {
+        self.index.get(agent).map(|e| &e.profile)
+    }
+
     /// The status in `agent`'s profile, if it has one here.
     pub fn status_of(&self, agent: &str) -> Option<pb::Status> {
         self.index.get(agent).map(|e| e.profile.status())

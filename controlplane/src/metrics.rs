@@ -155,6 +155,12 @@ pub fn render(sources: &MetricsSources) -> String {
     );
     counter(
         &mut registry,
+        "a2a_connections",
+        "Agents' connections that turned out to speak A2A over HTTP",
+        &per(&|s| s.a2a_connections),
+    );
+    counter(
+        &mut registry,
         "agents_accessed",
         "Agents that completed access",
         &per(&|s| s.agents_accessed),

@@ -531,6 +531,7 @@ impl Node {
         let (on_changes, registry_changes) = crate::control::registry_changes();
         let registry = agw_ars::owner::spawn(registry, on_changes)
             .map_err(|e| format!("registry owner: {e}"))?;
+        dataplane.set_directory(Arc::new(Profiles(registry.clone())));
         let ars_listener = bind("registry listener", config.registry)?;
         let ars_addr = ars_listener.local_addr().map_err(|e| e.to_string())?;
         let ars_tls = Arc::new(
@@ -949,5 +950,14 @@ fn peer_spec(local: &GatewayId, relay_links: SocketAddr, p: &PeerEntry) -> PeerS
     PeerSpec {
         config: c,
         address: p.address,
+    }
+}
+
+/// A2A agent cards on the shards read the registry's last snapshot (lock-free).
+struct Profiles(RegistryHandle);
+
+impl agw_dataplane::a2a::Directory for Profiles {
+    fn profile(&self, agent: &str) -> Option<pb::AgentProfile> {
+        self.0.view().profile(agent).cloned()
     }
 }

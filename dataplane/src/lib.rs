@@ -4,7 +4,9 @@
 //! [`Dataplane::start`] runs the shards; [`events::spawn_local_routes`] keeps the routes of
 //! local agents from what the shards report. `docs/dataplane.md` tells the life of a frame.
 
+pub mod a2a;
 pub mod access;
+pub mod adapter;
 pub mod authorization;
 pub mod config;
 mod congestion;

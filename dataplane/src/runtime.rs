@@ -4,7 +4,7 @@
 use std::{
     io,
     net::SocketAddr,
-    sync::{Arc, mpsc},
+    sync::{Arc, OnceLock, mpsc},
     time::{Duration, Instant},
 };
 
@@ -15,6 +15,7 @@ use crossbeam_channel::Sender;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, channels::shared_channel};
 
 use crate::{
+    a2a::SharedDirectory,
     authorization::{Authorization, PeerDomains},
     config::{DataplaneConfig, LiveLimits},
     congestion::Congestion,
@@ -123,6 +124,7 @@ pub struct Dataplane {
     threads: Vec<ExecutorJoinHandle<()>>,
     routes: RoutingReader,
     checker: Arc<ArcSwap<CertificateChecker>>,
+    directory: Arc<OnceLock<SharedDirectory>>,
     authorization: Arc<ArcSwap<Authorization>>,
     peer_domains: Arc<ArcSwap<PeerDomains>>,
     /// How long a closing connection may take to flush.
@@ -155,6 +157,7 @@ impl Dataplane {
         let counters: Arc<[ShardCounters]> = (0..n).map(|_| ShardCounters::default()).collect();
         let congestion: Arc<[Congestion]> = (0..n).map(|_| Congestion::default()).collect();
         let checker = Arc::new(ArcSwap::from_pointee(checker));
+        let directory = Arc::new(OnceLock::new());
         let authorization = Arc::new(ArcSwap::from_pointee(config.authorization.clone()));
         let peer_domains = Arc::new(ArcSwap::from_pointee(PeerDomains::default()));
         // A full mesh of bounded channels: senders[from][to], receivers[to][..].
@@ -199,6 +202,7 @@ impl Dataplane {
             threads: Vec::new(),
             routes: routes.clone(),
             checker: checker.clone(),
+            directory: directory.clone(),
             authorization: authorization.clone(),
             peer_domains: peer_domains.clone(),
             linger: config.close_linger,
@@ -220,6 +224,7 @@ impl Dataplane {
                 congestion: congestion.clone(),
                 routes: routes.clone(),
                 checker: checker.clone(),
+                directory: directory.clone(),
                 authorization: authorization.clone(),
                 peer_domains: peer_domains.clone(),
                 events: events.clone(),
@@ -268,6 +273,11 @@ impl Dataplane {
         dataplane.addr = listen;
         dataplane.peer_addr = peer_listen;
         Ok(dataplane)
+    }
+
+    /// Gives A2A agent cards the registry's profiles (once; later calls change nothing).
+    pub fn set_directory(&self, directory: SharedDirectory) {
+        let _ = self.directory.set(directory);
     }
 
     /// Where agents connect.

@@ -15,7 +15,7 @@ use super::{
     serve,
 };
 use agw_proto::{FrameEncoder, pb, pb::ErrorCode, rate::Bucket};
-use agw_tls::{AGENT_ALPN, MQTT_ALPN, peer_identity};
+use agw_tls::{AGENT_ALPN, HTTP_ALPN, MQTT_ALPN, peer_identity};
 use bytes::Bytes;
 use futures_rustls::TlsAcceptor;
 use glommio::{
@@ -242,6 +242,7 @@ async fn agent_handshake(
     match alpn.as_deref() {
         Some(AGENT_ALPN) => {}
         Some(MQTT_ALPN) => shard.speak_mqtt(&conn),
+        Some(HTTP_ALPN) => shard.speak_a2a(&conn),
         _ => {
             conn.identifying.set(true);
             conn.hold.set(true);

@@ -25,7 +25,7 @@ use nix::{
 };
 
 use super::Shard;
-use crate::{access::AccessSession, mqtt::MqttAdapter};
+use crate::{access::AccessSession, adapter::Adapter};
 /// A one-waiter wake-up flag.
 #[derive(Default)]
 pub(super) struct Notify {
@@ -169,8 +169,11 @@ pub(super) struct Conn {
     /// Which protocol the client speaks is not known yet (a TLS client that named none in
     /// ALPN): its first bytes tell, and writes wait for them.
     pub(super) identifying: Cell<bool>,
-    /// An MQTT client's translation to and from native frames (`crate::mqtt`).
-    pub(super) mqtt: RefCell<Option<Box<MqttAdapter>>>,
+    /// An MQTT or A2A client's translation to and from native frames (`crate::adapter`).
+    pub(super) adapter: RefCell<Option<Box<Adapter>>>,
+    /// Frames an adapter made while writing (an A2A client's ACK of a reply) wait in the
+    /// decoder: this wakes the reader to relay them.
+    pub(super) upstream: Notify,
 }
 
 /// An agent's send allowance: its bucket, when last taken from, and the (rate, burst) it was
@@ -212,7 +215,7 @@ impl Conn {
     /// Nothing to write: no frame queued, no MQTT packet made.
     fn nothing_to_write(&self) -> bool {
         self.out.borrow().batch.is_empty()
-            && !self.mqtt.borrow().as_ref().is_some_and(|a| a.has_out())
+            && !self.adapter.borrow().as_ref().is_some_and(|a| a.has_out())
     }
 
     /// Ends the socket both ways: the reader sees end of file, the writer an error.
@@ -232,8 +235,8 @@ pub(super) async fn read(
 ) -> io::Result<usize> {
     poll_fn(|cx| {
         let mut decoder = conn.decoder.borrow_mut();
-        let mut mqtt = conn.mqtt.borrow_mut();
-        // An MQTT client's bytes go to its adapter, which makes frames for the decoder.
+        let mut mqtt = conn.adapter.borrow_mut();
+        // An adapted client's bytes go to its adapter, which makes frames for the decoder.
         let buf = match mqtt.as_mut() {
             Some(adapter) => {
                 let input = adapter.input();
@@ -367,8 +370,8 @@ pub(super) async fn write_queue(shard: &Shard, conn: &Conn) {
             }
             conn.writer.wait().await;
         }
-        if conn.mqtt.borrow().is_some() {
-            match write_mqtt(shard, conn).await {
+        if conn.adapter.borrow().is_some() {
+            match write_adapted(shard, conn).await {
                 Ok(n) => {
                     shard.wrote(conn, n);
                     continue;
@@ -458,10 +461,11 @@ pub(super) async fn write_tls(shard: &Shard, conn: &Conn) -> io::Result<usize> {
     Ok(n)
 }
 
-/// An MQTT client's write: the whole frames queued (64 KiB of them, or one larger), made into
-/// MQTT packets by its adapter, then the adapter's own answers; encrypted and flushed.
+/// An adapted client's write: the whole frames queued (64 KiB of them, or one larger), made
+/// into its protocol by its adapter, then the adapter's own answers; encrypted and flushed.
+/// Frames the adapter answers with go to the decoder, and the reader is woken to relay them.
 /// Returns the queued bytes written.
-async fn write_mqtt(shard: &Shard, conn: &Conn) -> io::Result<usize> {
+async fn write_adapted(shard: &Shard, conn: &Conn) -> io::Result<usize> {
     let (consumed, packets) = {
         let out = conn.out.borrow();
         let mut frames = Vec::new();
@@ -475,18 +479,33 @@ async fn write_mqtt(shard: &Shard, conn: &Conn) -> io::Result<usize> {
         }
         let mut decoder = FrameDecoder::new(shard.config.limits);
         decoder.extend_from_slice(&frames[..whole]);
-        let mut mqtt = conn.mqtt.borrow_mut();
-        let Some(adapter) = mqtt.as_mut() else {
+        let mut adapted = conn.adapter.borrow_mut();
+        let Some(adapter) = adapted.as_mut() else {
             return Ok(0);
         };
+        let mut up = shard.encoder.borrow_mut();
         while let Ok(Some(frame)) = decoder.decode() {
             if let Ok(message) = frame.message() {
-                adapter.to_client(message);
+                adapter.to_client(message, &mut up);
             }
+        }
+        let answers = up.take();
+        if !answers.is_empty() {
+            conn.decoder.borrow_mut().extend_from_slice(&answers);
+            conn.upstream.notify();
         }
         (whole, adapter.take_out())
     };
     write_all(conn, &packets).await?;
+    // An A2A client refused (or one that asked to close) is closed once answered.
+    if conn
+        .adapter
+        .borrow()
+        .as_ref()
+        .is_some_and(|a| a.is_closed())
+    {
+        shard.close_after_flush(conn);
+    }
     Ok(consumed)
 }
 

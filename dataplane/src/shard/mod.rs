@@ -10,7 +10,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd, RawFd},
     rc::Rc,
-    sync::{Arc, mpsc},
+    sync::{Arc, OnceLock, mpsc},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -45,7 +45,9 @@ use links::accept_peers;
 use relay::{Blocked, cross_receive};
 
 use crate::{
+    a2a::{self, A2aAdapter, SharedDirectory},
     access::{AccessSession, Action, DownReason},
+    adapter::Adapter,
     authorization::{Authorization, PeerDomains},
     config::{DataplaneConfig, LiveLimits},
     congestion::Congestion,
@@ -131,6 +133,8 @@ pub(crate) struct ShardSetup {
     pub congestion: Arc<[Congestion]>,
     pub routes: RoutingReader,
     pub checker: Arc<ArcSwap<CertificateChecker>>,
+    /// The registry's profiles, for A2A agent cards (set once the registry runs).
+    pub directory: Arc<OnceLock<SharedDirectory>>,
     pub authorization: Arc<ArcSwap<Authorization>>,
     pub peer_domains: Arc<ArcSwap<PeerDomains>>,
     pub events: Sender<ShardEvent>,
@@ -154,6 +158,7 @@ struct Shard {
     /// The routing snapshot, reloaded per batch without touching a shared counter.
     routes: RefCell<SnapshotCache>,
     checker: Arc<ArcSwap<CertificateChecker>>,
+    directory: Arc<OnceLock<SharedDirectory>>,
     /// Who may message whom, loaded once per batch.
     authorization: Arc<ArcSwap<Authorization>>,
     /// Which domains' frames each peer may relay, loaded per frame on peer links.
@@ -228,6 +233,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         routes: RefCell::new(setup.routes.cache()),
         batch: RefCell::new(Vec::with_capacity(BATCH)),
         checker: setup.checker,
+        directory: setup.directory,
         authorization: setup.authorization,
         peer_domains: setup.peer_domains,
         events: setup.events,
@@ -349,11 +355,20 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
                 continue;
             };
             got
+        } else if matches!(conn.adapter.borrow().as_deref(), Some(Adapter::A2a(_))) {
+            // An A2A client's adapter makes frames while writing too (its ACKs of replies):
+            // they wait in the decoder, relayed when the writer wakes this reader.
+            futures_lite::future::or(read(&conn, chunk, &shard.tls_in), async {
+                conn.upstream.wait().await;
+                Ok(usize::MAX)
+            })
+            .await
         } else {
             read(&conn, chunk, &shard.tls_in).await
         };
         match got {
             Ok(0) | Err(_) => break,
+            Ok(usize::MAX) => {}
             Ok(got) => {
                 conn.active.set(true);
                 chunk = next_read(chunk, got, most);
@@ -362,16 +377,16 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
         if conn.identifying.get() {
             shard.identify(&conn);
         }
-        // An MQTT client's packets become frames in its decoder; what it sent last (a
-        // DISCONNECT) closes the connection after those frames are relayed.
-        let mut closing = shard.mqtt_in(&conn);
+        // An adapted client's packets or requests become frames in its decoder; what it sent
+        // last (an MQTT DISCONNECT) closes the connection after those frames are relayed.
+        let mut closing = shard.adapter_in(&conn);
         let since = Instant::now();
         loop {
             let outcome = shard.process_batch(&conn, &mut blocked, since);
             if outcome.agent_up {
                 shard.await_route(&conn).await;
-                if shard.mqtt_accessed(&conn) {
-                    closing = closing.or(shard.mqtt_in(&conn));
+                if shard.adapter_accessed(&conn) {
+                    closing = closing.or(shard.adapter_in(&conn));
                     continue;
                 }
             }
@@ -386,7 +401,7 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
                 connection = conn.id,
                 code = close.code.as_str_name(),
                 text = close.text,
-                "MQTT client closed"
+                "adapted client closed"
             );
             shard.close_after_flush(&conn);
         }
@@ -457,7 +472,8 @@ impl Shard {
             space: RefCell::new(Vec::new()),
             allowance: Cell::new(None),
             identifying: Cell::new(false),
-            mqtt: RefCell::new(None),
+            adapter: RefCell::new(None),
+            upstream: Notify::default(),
         });
         self.conns.borrow_mut().insert(id, conn.clone());
         Some(conn)
@@ -550,8 +566,11 @@ impl Shard {
     /// Writes (the challenge) go out from now on.
     fn identify(&self, conn: &Conn) {
         conn.identifying.set(false);
-        if conn.decoder.borrow().unread().first() == Some(&MQTT_CONNECT) {
+        let first = conn.decoder.borrow().unread().first().copied();
+        if first == Some(MQTT_CONNECT) {
             self.speak_mqtt(conn);
+        } else if a2a::looks_like_http(conn.decoder.borrow().unread()) {
+            self.speak_a2a(conn);
         }
         conn.hold.set(false);
         conn.writer.notify();
@@ -559,25 +578,43 @@ impl Shard {
 
     /// The connection speaks MQTT: what it sent so far goes to a new adapter.
     fn speak_mqtt(&self, conn: &Conn) {
-        let (agent, chain) = conn
-            .session
+        let (agent, chain) = self.tls_agent(conn);
+        // A packet carries a message's body plus its topic and properties.
+        let max_packet = self.config.limits.max_data_body as usize + 8 * 1024;
+        let adapter = MqttAdapter::new(agent, chain, max_packet);
+        self.adapt(conn, Adapter::Mqtt(adapter));
+        self.counter().mqtt_connection();
+    }
+
+    /// The connection speaks A2A over HTTP/1.1: what it sent so far goes to a new adapter.
+    fn speak_a2a(&self, conn: &Conn) {
+        let (agent, chain) = self.tls_agent(conn);
+        let max_body = self.config.limits.max_data_body as usize + 64 * 1024;
+        let directory = self.directory.get().cloned();
+        let adapter = A2aAdapter::new(agent, chain, max_body, directory);
+        self.adapt(conn, Adapter::A2a(adapter));
+        self.counter().a2a_connection();
+    }
+
+    fn adapt(&self, conn: &Conn, mut adapter: Adapter) {
+        let sent = conn.decoder.borrow_mut().take_unread();
+        adapter.input().extend_from_slice(&sent);
+        *conn.adapter.borrow_mut() = Some(Box::new(adapter));
+    }
+
+    /// The agent the TLS client certificate names, and its chain.
+    fn tls_agent(&self, conn: &Conn) -> (Option<String>, Vec<Bytes>) {
+        conn.session
             .borrow()
             .as_ref()
             .map(|s| (s.tls_identity().map(str::to_owned), s.tls_chain().to_vec()))
-            .unwrap_or_default();
-        // A packet carries a message's body plus its topic and properties.
-        let max_packet = self.config.limits.max_data_body as usize + 8 * 1024;
-        let mut adapter = MqttAdapter::new(agent, chain, max_packet);
-        let sent = conn.decoder.borrow_mut().take_unread();
-        adapter.input().extend_from_slice(&sent);
-        *conn.mqtt.borrow_mut() = Some(Box::new(adapter));
-        self.counter().mqtt_connection();
+            .unwrap_or_default()
     }
 
     /// Decodes what an MQTT client sent into frames for its decoder; `Some` when the
     /// connection is to close (after what was decoded is relayed).
-    fn mqtt_in(&self, conn: &Conn) -> Option<mqtt::Close> {
-        let mut mqtt = conn.mqtt.borrow_mut();
+    fn adapter_in(&self, conn: &Conn) -> Option<mqtt::Close> {
+        let mut mqtt = conn.adapter.borrow_mut();
         let adapter = mqtt.as_mut()?;
         let mut up = self.encoder.borrow_mut();
         let result = adapter.from_client(Instant::now(), &mut up);
@@ -595,8 +632,8 @@ impl Shard {
     }
 
     /// The access of an MQTT client succeeded: its adapter decodes what came after CONNECT.
-    fn mqtt_accessed(&self, conn: &Conn) -> bool {
-        match conn.mqtt.borrow_mut().as_mut() {
+    fn adapter_accessed(&self, conn: &Conn) -> bool {
+        match conn.adapter.borrow_mut().as_mut() {
             Some(adapter) => {
                 adapter.accessed();
                 true

@@ -1,0 +1,299 @@
+//! A2A clients on the agent port, with a client we did not write: a2a-sdk 1.3.0 (its
+//! JSON-RPC binding over HTTPS, the agent's ACA certificate as client certificate) talking
+//! with a native SDK agent through one gateway: the agent card from the registry's profile,
+//! a blocking and a streaming (SSE) message answered by the native agent's reply, the task
+//! states, GetTask and CancelTask, and a message the gateway NACKs as a failed task with its
+//! reason. Also the raw bytes of the refusals, with curl.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use agw_controlplane::node::{Node, NodeConfig};
+use agw_proto::{
+    DEFAULT_HOP_LIMIT,
+    identity::{AgentId, Domain},
+    pb,
+};
+use agw_sdk::agent::{AgentConnection, AgentError, Credentials, Incoming};
+use bytes::Bytes;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn certify(node: &Node, name: &str) -> Arc<Credentials> {
+    let agent = AgentId::new(node.authority.domain(), name).unwrap();
+    let materials = pb::IdentityMaterials {
+        organization: "Example".into(),
+        ..Default::default()
+    };
+    let token = node.enrollment_token("Example").unwrap().to_owned();
+    let ask = |app: pb::CertificateApplication| {
+        node.authority
+            .handle(&app.into(), SystemTime::now())
+            .ok_or("no answer")
+    };
+    Arc::new(Credentials::enroll_with(agent, materials, &token, ask).unwrap())
+}
+
+/// The anchor, the agent's chain and its key, as PEM files.
+fn files(dir: &Path, data: &Path, who: &Credentials) -> [PathBuf; 3] {
+    let chain: String = who
+        .certificate
+        .chain
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+        .collect();
+    let cert = dir.join("client.pem");
+    std::fs::write(&cert, chain).unwrap();
+    let key = dir.join("client.key");
+    std::fs::write(&key, who.key.to_pem()).unwrap();
+    [data.join("aca/trust-anchor.pem"), cert, key]
+}
+
+fn register(node: &Node, who: &Credentials, capabilities: &[&str]) {
+    let profile = pb::AgentProfile {
+        agent: who.agent.to_string(),
+        description: "books rooms".into(),
+        capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+        protocols: vec![pb::Protocol::Native as i32],
+        languages: vec!["en".into(), "es".into()],
+        address: "unused".into(),
+        ..Default::default()
+    };
+    let request = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(profile),
+        certificate_chain: who.certificate.chain.clone(),
+    };
+    let registrant = who.agent.to_string();
+    node.registry
+        .ask(move |r| r.register(&request, Some(&registrant), SystemTime::now()))
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn a2a_sdk_client_talks_with_a_native_agent_through_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = Node::start(NodeConfig::on_loopback(
+        Domain::new("hotel.example").unwrap(),
+        "agw-1",
+        data.clone(),
+    ))
+    .unwrap();
+    let alice = certify(&node, "alice");
+    let bob = certify(&node, "bob");
+    register(&node, &bob, &["book-hotel"]);
+    let [ca, cert, key] = files(dir.path(), &data, &alice);
+    let native = AgentConnection::connect(node.addresses().agents, bob.clone(), WAIT).unwrap();
+    let (mut writer, mut reader) = native.split();
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/a2a/a2a_client.py");
+    let client = Command::new("python3")
+        .arg(script)
+        .args(["127.0.0.1", &node.addresses().agents.port().to_string()])
+        .args([&ca, &cert, &key])
+        .args(["hotel.example/bob", "hotel.example/nobody"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Bob answers two messages: ACK, then a reply whose correlation is the gateway's task ID.
+    let mut asked = Vec::new();
+    // The gateway ACKs each reply for the A2A client.
+    let mut acked = 0;
+    let start = Instant::now();
+    while asked.len() < 2 {
+        assert!(start.elapsed() < WAIT * 3, "bob was asked {asked:?}");
+        let m = match reader.recv() {
+            Ok(Incoming::Message(m, _)) => m,
+            Ok(Incoming::Ack(ack)) => {
+                assert!(ack.message_id >= 100);
+                acked += 1;
+                continue;
+            }
+            Ok(_) | Err(AgentError::Io(_)) => continue,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(m.source, alice.agent.to_string());
+        assert_eq!(m.source_protocol, pb::Protocol::A2a as i32);
+        assert!(!m.correlation.is_empty(), "a task ID as correlation");
+        assert_ne!(m.session_id, 0, "the context is a session");
+        writer.ack(&m).unwrap();
+        let answer: &[u8] = if asked.is_empty() {
+            b"Booked: room 12"
+        } else {
+            b"Breakfast included"
+        };
+        let reply = pb::AgentMessage {
+            destination: m.source.clone(),
+            source: bob.agent.to_string(),
+            message_id: 100 + asked.len() as u64,
+            session_id: m.session_id,
+            correlation: m.correlation.clone(),
+            content_type: "text/plain".into(),
+            payload: Bytes::from_static(answer),
+            ..Default::default()
+        };
+        writer.queue_raw(&reply, DEFAULT_HOP_LIMIT).unwrap();
+        writer.flush().unwrap();
+        asked.push(m);
+    }
+    // What the A2A client sent: a text part as text, a data part as JSON.
+    assert_eq!(&asked[0].payload[..], b"Book a twin room");
+    assert_eq!(asked[0].content_type, "text/plain");
+    assert_eq!(asked[1].content_type, "application/json");
+    let data_part: serde_json::Value = serde_json::from_slice(&asked[1].payload).unwrap();
+    assert_eq!(data_part, serde_json::json!({ "breakfast": true }));
+    assert_eq!(
+        asked[0].session_id, asked[1].session_id,
+        "one context, one session"
+    );
+
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // The card: generated from bob's registry profile, served at bob's URL.
+    let card = &seen["card"];
+    assert_eq!(card["name"], "bob", "{card}");
+    assert_eq!(card["description"], "books rooms");
+    assert_eq!(card["skills"][0]["id"], "book-hotel");
+    assert_eq!(card["capabilities"]["streaming"], true);
+    let interface = &card["supportedInterfaces"][0];
+    assert_eq!(interface["protocolBinding"], "JSONRPC");
+    assert!(
+        interface["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/a2a/hotel.example/bob"),
+        "{interface}"
+    );
+    assert!(card["securitySchemes"]["mtls"]["mtlsSecurityScheme"].is_object());
+
+    // Blocking: the task completed with bob's reply, as its status message and artifact.
+    let blocking = &seen["blocking"];
+    assert_eq!(blocking["state"], "TASK_STATE_COMPLETED", "{seen}");
+    assert_eq!(blocking["context"], "trip-1");
+    assert_eq!(blocking["reply"][0], "Booked: room 12");
+    assert_eq!(blocking["artifact"][0], "Booked: room 12");
+
+    // Streaming: every state as an SSE event, the last with the reply.
+    assert_eq!(
+        seen["streaming"]["states"],
+        serde_json::json!([
+            "TASK_STATE_SUBMITTED",
+            "TASK_STATE_WORKING",
+            "TASK_STATE_COMPLETED"
+        ]),
+        "{seen}"
+    );
+    assert_eq!(seen["streaming"]["reply"][0], "Breakfast included");
+
+    // The task table: the question and the reply in its history; errors a2a-sdk maps.
+    assert_eq!(seen["get_task"]["state"], "TASK_STATE_COMPLETED");
+    assert_eq!(seen["get_task"]["history"], 2);
+    assert_eq!(seen["cancel_finished"], "TaskNotCancelableError");
+    assert_eq!(seen["get_unknown"], "TaskNotFoundError");
+
+    // An agent nobody can reach: the gateway's NACK as a failed task, with its reason.
+    let nacked = &seen["nacked"];
+    assert_eq!(nacked["state"], "TASK_STATE_FAILED", "{seen}");
+    let reason = nacked["reason"].as_str().unwrap();
+    assert!(
+        reason == "NO_ROUTE" || reason == "DESTINATION_OFFLINE",
+        "{seen}"
+    );
+    assert!(nacked["text"][0].as_str().unwrap().starts_with(reason));
+
+    // Bob's replies were acknowledged by the gateway for the A2A client.
+    let start = Instant::now();
+    while acked < 2 && start.elapsed() < WAIT {
+        if let Ok(Incoming::Ack(ack)) = reader.recv() {
+            assert!(ack.message_id >= 100);
+            acked += 1;
+        }
+    }
+    assert_eq!(acked, 2, "bob's replies were ACKed");
+    assert!(node.dataplane.totals().a2a_connections >= 1);
+}
+
+#[test]
+fn curl_sees_http_answers_and_refusals_on_the_agent_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = Node::start(NodeConfig::on_loopback(
+        Domain::new("hotel.example").unwrap(),
+        "agw-1",
+        data.clone(),
+    ))
+    .unwrap();
+    let alice = certify(&node, "alice");
+    let [ca, cert, key] = files(dir.path(), &data, &alice);
+    let port = node.addresses().agents.port();
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-i", "--max-time", "10", "--cacert"])
+            .arg(&ca)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let base = format!("https://127.0.0.1:{port}");
+    // The gateway's own card, and an agent's (no profile: the route is all it knows).
+    let answer = curl(&[&format!("{base}/.well-known/agent-card.json")]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\"protocolBinding\":\"JSONRPC\""),
+        "{answer}"
+    );
+    let answer = curl(&[&format!(
+        "{base}/a2a/hotel.example/carol/.well-known/agent-card.json"
+    )]);
+    assert!(answer.contains("\"name\":\"carol\""), "{answer}");
+    // Not JSON, not JSON-RPC, no such method: JSON-RPC errors.
+    let post = |body: &str| {
+        curl(&[
+            "-H",
+            "content-type: application/json",
+            "--data",
+            body,
+            &format!("{base}/a2a/hotel.example/carol"),
+        ])
+    };
+    assert!(post("{not json").contains("\"code\":-32700"));
+    assert!(post("{\"id\":1}").contains("\"code\":-32600"));
+    assert!(post("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Fly\"}").contains("\"code\":-32601"));
+    assert!(
+        post("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"SendMessage\",\"params\":{}}")
+            .contains("\"code\":-32602")
+    );
+    // Not an agent's path.
+    let answer = curl(&[&format!("{base}/elsewhere")]);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    // Without a client certificate the TLS handshake itself is refused.
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert"])
+        .arg(&ca)
+        .arg(format!("{base}/.well-known/agent-card.json"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
