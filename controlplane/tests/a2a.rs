@@ -10,49 +10,30 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
+mod common;
+
 use agw_controlplane::node::{Node, NodeConfig};
-use agw_proto::{
-    DEFAULT_HOP_LIMIT,
-    identity::{AgentId, Domain},
-    pb,
-};
+use agw_proto::{DEFAULT_HOP_LIMIT, identity::Domain, pb};
 use agw_sdk::agent::{AgentConnection, AgentError, Credentials, Incoming};
 use bytes::Bytes;
+use common::{certify, pem_files};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn certify(node: &Node, name: &str) -> Arc<Credentials> {
-    let agent = AgentId::new(node.authority.domain(), name).unwrap();
-    let materials = pb::IdentityMaterials {
-        organization: "Example".into(),
-        ..Default::default()
-    };
-    let token = node.enrollment_token("Example").unwrap().to_owned();
-    let ask = |app: pb::CertificateApplication| {
-        node.authority
-            .handle(&app.into(), SystemTime::now())
-            .ok_or("no answer")
-    };
-    Arc::new(Credentials::enroll_with(agent, materials, &token, ask).unwrap())
-}
-
-/// The anchor, the agent's chain and its key, as PEM files.
-fn files(dir: &Path, data: &Path, who: &Credentials) -> [PathBuf; 3] {
-    let chain: String = who
-        .certificate
-        .chain
-        .iter()
-        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
-        .collect();
-    let cert = dir.join("client.pem");
-    std::fs::write(&cert, chain).unwrap();
-    let key = dir.join("client.key");
-    std::fs::write(&key, who.key.to_pem()).unwrap();
-    [data.join("aca/trust-anchor.pem"), cert, key]
+/// A gateway of `hotel.example` on loopback, its data directory inside the returned one.
+fn gateway() -> (tempfile::TempDir, PathBuf, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = Node::start(NodeConfig::on_loopback(
+        Domain::new("hotel.example").unwrap(),
+        "agw-1",
+        data.clone(),
+    ))
+    .unwrap();
+    (dir, data, node)
 }
 
 fn register(node: &Node, who: &Credentials, capabilities: &[&str]) {
@@ -79,18 +60,11 @@ fn register(node: &Node, who: &Credentials, capabilities: &[&str]) {
 
 #[test]
 fn a2a_sdk_client_talks_with_a_native_agent_through_the_gateway() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let node = Node::start(NodeConfig::on_loopback(
-        Domain::new("hotel.example").unwrap(),
-        "agw-1",
-        data.clone(),
-    ))
-    .unwrap();
-    let alice = certify(&node, "alice");
-    let bob = certify(&node, "bob");
+    let (dir, data, node) = gateway();
+    let alice = certify(&node, "alice", &[]);
+    let bob = certify(&node, "bob", &[]);
     register(&node, &bob, &["book-hotel"]);
-    let [ca, cert, key] = files(dir.path(), &data, &alice);
+    let common::PemFiles { ca, cert, key } = pem_files(dir.path(), &data, &alice, "alice");
     let native = AgentConnection::connect(node.addresses().agents, bob.clone(), WAIT).unwrap();
     let (mut writer, mut reader) = native.split();
 
@@ -232,16 +206,9 @@ fn a2a_sdk_client_talks_with_a_native_agent_through_the_gateway() {
 
 #[test]
 fn curl_sees_http_answers_and_refusals_on_the_agent_port() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let node = Node::start(NodeConfig::on_loopback(
-        Domain::new("hotel.example").unwrap(),
-        "agw-1",
-        data.clone(),
-    ))
-    .unwrap();
-    let alice = certify(&node, "alice");
-    let [ca, cert, key] = files(dir.path(), &data, &alice);
+    let (dir, data, node) = gateway();
+    let alice = certify(&node, "alice", &[]);
+    let common::PemFiles { ca, cert, key } = pem_files(dir.path(), &data, &alice, "alice");
     let port = node.addresses().agents.port();
     let curl = |args: &[&str]| {
         let out = Command::new("curl")

@@ -8,62 +8,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Output, Stdio},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
+mod common;
+
 use agw_controlplane::node::{Node, NodeConfig};
-use agw_proto::{
-    DEFAULT_HOP_LIMIT,
-    identity::{AgentId, Domain},
-    pb,
-};
+use agw_proto::{DEFAULT_HOP_LIMIT, identity::Domain, pb};
 use agw_sdk::agent::{AgentConnection, Credentials, Incoming};
 use bytes::Bytes;
+use common::{PemFiles as Files, certify, pem_files as files};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn certify(node: &Node, name: &str) -> Arc<Credentials> {
-    let agent = AgentId::new(node.authority.domain(), name).unwrap();
-    let materials = pb::IdentityMaterials {
-        organization: "Example".into(),
-        ..Default::default()
-    };
-    let token = node.enrollment_token("Example").unwrap().to_owned();
-    let ask = |app: pb::CertificateApplication| {
-        node.authority
-            .handle(&app.into(), SystemTime::now())
-            .ok_or("no answer")
-    };
-    Arc::new(Credentials::enroll_with(agent, materials, &token, ask).unwrap())
-}
-
-/// The files an MQTT client is given: the authority's anchor, the agent's chain and key.
-struct Files {
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn files(dir: &Path, data: &Path, who: &Credentials, name: &str) -> Files {
-    let chain: String = who
-        .certificate
-        .chain
-        .iter()
-        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
-        .collect();
-    let cert = dir.join(format!("{name}.pem"));
-    std::fs::write(&cert, chain).unwrap();
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&key, who.key.to_pem()).unwrap();
-    Files {
-        ca: data.join("aca/trust-anchor.pem"),
-        cert,
-        key,
-    }
-}
 
 /// mosquitto_pub/_sub's arguments for the gateway at `port` with `files`, MQTT `version`.
 fn mosquitto(program: &str, port: u16, f: &Files, version: &str) -> Command {
@@ -129,8 +88,8 @@ fn world() -> World {
         data.clone(),
     ))
     .unwrap();
-    let alice = certify(&node, "alice");
-    let bob = certify(&node, "bob");
+    let alice = certify(&node, "alice", &[]);
+    let bob = certify(&node, "bob", &[]);
     let f = files(dir.path(), &data, &alice, "alice");
     let native = AgentConnection::connect(node.addresses().agents, bob.clone(), WAIT).unwrap();
     World {
@@ -225,7 +184,7 @@ fn mosquitto_clients_talk_with_a_native_agent_through_the_gateway() {
     assert!(!out.status.success(), "{out:?}");
 
     // A revoked certificate: its MQTT connection is refused (CONNACK "not authorized").
-    let carol = certify(&node, "carol");
+    let carol = certify(&node, "carol", &[]);
     let fc = files(dir.path(), &data, &carol, "carol");
     node.authority
         .revoke_identity(

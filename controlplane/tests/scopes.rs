@@ -5,38 +5,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant, SystemTime};
+
+mod common;
 
 use agw_controlplane::node::{Node, NodeConfig};
 use agw_dataplane::authorization::{Action, Authorization, Pattern, Rule};
 use agw_proto::{
-    identity::{AgentId, Domain},
+    identity::Domain,
     pb::{self, ErrorCode},
 };
-use agw_sdk::agent::{AgentConnection, Credentials, Incoming};
+use agw_sdk::agent::{AgentConnection, Incoming};
 use bytes::Bytes;
+use common::certify;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-/// `name`, certified by `node`'s authority with `scopes`.
-fn certify(node: &Node, name: &str, scopes: &[&str]) -> Arc<Credentials> {
-    let agent = AgentId::new(node.authority.domain(), name).unwrap();
-    let materials = pb::IdentityMaterials {
-        organization: "Example".into(),
-        permission_scope: scopes.iter().map(|s| (*s).to_owned()).collect(),
-        ..Default::default()
-    };
-    let token = node.enrollment_token("Example").unwrap().to_owned();
-    let ask = |app: pb::CertificateApplication| {
-        node.authority
-            .handle(&app.into(), SystemTime::now())
-            .ok_or("no answer")
-    };
-    Arc::new(Credentials::enroll_with(agent, materials, &token, ask).unwrap())
-}
 
 /// What `to` hears of a message from `from`: its ID delivered, or the NACK `from` gets.
 fn outcome(

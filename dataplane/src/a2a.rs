@@ -205,6 +205,11 @@ pub struct A2aAdapter {
     last_heartbeat: Option<Instant>,
     /// The client asked to close after this response.
     close_after: bool,
+    /// The request that asked for the access, served once it succeeds.
+    first: Option<Request>,
+    /// The head of the request at the front of the input, once whole: the body's bytes are
+    /// then only counted, never the head parsed again.
+    head: Option<Head>,
     directory: Option<SharedDirectory>,
 }
 
@@ -214,7 +219,18 @@ impl std::fmt::Debug for dyn Directory {
     }
 }
 
+/// A parsed request head: its length, its body's, and what the adapter reads of it.
+#[derive(Debug)]
+struct Head {
+    len: usize,
+    body: usize,
+    method: String,
+    path: String,
+    host: String,
+}
+
 /// A parsed request, its head and body.
+#[derive(Debug)]
 struct Request {
     method: String,
     path: String,
@@ -255,6 +271,8 @@ impl A2aAdapter {
             sequence: 0,
             last_heartbeat: None,
             close_after: false,
+            first: None,
+            head: None,
             directory,
         }
     }
@@ -298,7 +316,11 @@ impl A2aAdapter {
                 State::Fresh | State::Ready if self.pending.is_some() => return self.bounded(),
                 State::Fresh | State::Ready => {}
             }
-            let request = match self.parse() {
+            let parsed = match self.first.take() {
+                Some(first) => Parsed::Request(first),
+                None => self.parse(),
+            };
+            let request = match parsed {
                 Parsed::Incomplete => return Ok(()),
                 Parsed::Refused(status, text) => {
                     self.error_page(status, text);
@@ -333,35 +355,64 @@ impl A2aAdapter {
         }
     }
 
-    /// Parses the request at the head of the input, leaving it there until it is whole.
+    /// Takes the request at the front of the input once it is whole: its head parsed until
+    /// whole, then kept while the body's bytes are only counted.
     fn parse(&mut self) -> Parsed {
+        let head = match self.head.take() {
+            Some(head) => head,
+            None => match self.parse_head() {
+                Ok(Some(head)) => head,
+                Ok(None) => return Parsed::Incomplete,
+                Err((status, text)) => return Parsed::Refused(status, text),
+            },
+        };
+        if self.input.len() < head.len + head.body {
+            self.head = Some(head);
+            return Parsed::Incomplete;
+        }
+        let mut whole = self.input.split_to(head.len + head.body);
+        let body = whole.split_off(head.len).freeze();
+        Parsed::Request(Request {
+            method: head.method,
+            path: head.path,
+            host: head.host,
+            body,
+        })
+    }
+
+    fn parse_head(&mut self) -> Result<Option<Head>, (u16, &'static str)> {
+        // Empty lines before a request line are ignored (RFC 9112, 2.2).
+        let blank = self
+            .input
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        let _ = self.input.split_to(blank);
+        // Parsed again at each read until whole (garbage is refused at its first byte); a
+        // head is at most MAX_HEAD bytes, so a client dripping it costs a bounded parse per
+        // read, and never more once the head is whole.
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
-        let head = match request.parse(&self.input) {
+        let len = match request.parse(&self.input) {
             Ok(httparse::Status::Complete(n)) => n,
+            Err(httparse::Error::TooManyHeaders) => return Err((431, "too many headers")),
             Ok(httparse::Status::Partial) if self.input.len() > MAX_HEAD => {
-                return Parsed::Refused(431, "request head too large");
+                return Err((431, "request head too large"));
             }
-            Ok(httparse::Status::Partial) => return Parsed::Incomplete,
-            Err(httparse::Error::TooManyHeaders) => {
-                return Parsed::Refused(431, "too many headers");
-            }
-            Err(_) => return Parsed::Refused(400, "not an HTTP/1.1 request"),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err((400, "not an HTTP/1.1 request")),
         };
-        if head > MAX_HEAD {
-            return Parsed::Refused(431, "request head too large");
+        if len > MAX_HEAD {
+            return Err((431, "request head too large"));
         }
-        let mut length = 0usize;
+        let mut body = 0usize;
         let mut host = String::new();
         for h in request.headers.iter() {
             let value = std::str::from_utf8(h.value).unwrap_or("").trim();
             if h.name.eq_ignore_ascii_case("content-length") {
-                match value.parse() {
-                    Ok(n) => length = n,
-                    Err(_) => return Parsed::Refused(400, "bad Content-Length"),
-                }
+                body = value.parse().map_err(|_| (400, "bad Content-Length"))?;
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                return Parsed::Refused(411, "a request body needs a Content-Length");
+                return Err((411, "a request body needs a Content-Length"));
             } else if h.name.eq_ignore_ascii_case("host") {
                 host = value.to_owned();
             } else if h.name.eq_ignore_ascii_case("connection")
@@ -373,22 +424,16 @@ impl A2aAdapter {
         if request.version == Some(0) {
             self.close_after = true;
         }
-        if length > self.max_body {
-            return Parsed::Refused(413, "request body too large");
+        if body > self.max_body {
+            return Err((413, "request body too large"));
         }
-        if self.input.len() < head + length {
-            return Parsed::Incomplete;
-        }
-        let method = request.method.unwrap_or("").to_owned();
-        let path = request.path.unwrap_or("/").to_owned();
-        let mut whole = self.input.split_to(head + length);
-        let body = whole.split_off(head).freeze();
-        Parsed::Request(Request {
-            method,
-            path,
-            host,
+        Ok(Some(Head {
+            len,
             body,
-        })
+            method: request.method.unwrap_or("").to_owned(),
+            path: request.path.unwrap_or("/").to_owned(),
+            host,
+        }))
     }
 
     /// The first request: access first, with the TLS chain; the request stays for later.
@@ -421,11 +466,7 @@ impl A2aAdapter {
                 heartbeat_interval_ms: HEARTBEAT_EVERY.as_millis() as u32,
             },
         );
-        // Served once the access succeeds.
-        let mut again = BytesMut::new();
-        write_request(&mut again, &request);
-        again.extend_from_slice(&self.input);
-        self.input = again;
+        self.first = Some(request);
         Ok(())
     }
 
@@ -1066,18 +1107,6 @@ fn rpc_error(id: &Value, code: i64, message: &str, reason: ErrorCode) -> Value {
     })
 }
 
-fn write_request(to: &mut BytesMut, request: &Request) {
-    let _ = write!(
-        Chunk(to),
-        "{} {} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n\r\n",
-        request.method,
-        request.path,
-        request.host,
-        request.body.len()
-    );
-    to.extend_from_slice(&request.body);
-}
-
 fn push<M: agw_proto::WireMessage>(up: &mut FrameEncoder, message: &M) {
     let _ = up.push(message);
 }
@@ -1244,6 +1273,39 @@ mod tests {
             parts_of("text/plain", &[0xff]),
             json!([{ "raw": "/w==", "mediaType": "text/plain" }])
         );
+    }
+
+    #[test]
+    fn a_request_dripped_a_byte_at_a_time_is_served_and_its_head_kept_while_the_body_comes() {
+        let (mut a, mut up) = accessed();
+        let request =
+            b"\r\nGET /a2a/a.example/bob/.well-known/agent-card.json HTTP/1.1\r\nHost: gw\r\n\r\n";
+        for (i, byte) in request.iter().enumerate() {
+            a.input().extend_from_slice(&[*byte]);
+            a.from_client(Instant::now(), &mut up).unwrap();
+            if i + 1 < request.len() {
+                assert!(!a.has_out(), "answered at byte {i}");
+            }
+        }
+        let out = String::from_utf8(a.take_out().to_vec()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("\"name\":\"bob\""), "{out}");
+        // A body dripped after its head: the head waits parsed, the body is only counted.
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"Fly"}"#;
+        let head = format!(
+            "POST /a2a/a.example/bob HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        a.input().extend_from_slice(head.as_bytes());
+        a.from_client(Instant::now(), &mut up).unwrap();
+        for byte in &body[..body.len() - 1] {
+            a.input().extend_from_slice(&[*byte]);
+            a.from_client(Instant::now(), &mut up).unwrap();
+            assert!(a.head.is_some() && !a.has_out());
+        }
+        a.input().extend_from_slice(&body[body.len() - 1..]);
+        a.from_client(Instant::now(), &mut up).unwrap();
+        assert!(String::from_utf8_lossy(&a.take_out()).contains("\"code\":-32601"));
     }
 
     #[test]

@@ -92,3 +92,52 @@ impl Authority {
         Arc::new(Credentials::enroll(agent, "Acme", "", ask).unwrap())
     }
 }
+
+/// An agent of `node`'s domain, enrolled with the node's own authority (organisation
+/// `Example`, with its enrollment token) and these permission scopes.
+pub fn certify(
+    node: &agw_controlplane::node::Node,
+    name: &str,
+    scopes: &[&str],
+) -> Arc<Credentials> {
+    let agent = AgentId::new(node.authority.domain(), name).unwrap();
+    let materials = pb::IdentityMaterials {
+        organization: "Example".into(),
+        permission_scope: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    };
+    let token = node.enrollment_token("Example").unwrap().to_owned();
+    let ask = |app: pb::CertificateApplication| {
+        node.authority
+            .handle(&app.into(), SystemTime::now())
+            .ok_or("no answer")
+    };
+    Arc::new(Credentials::enroll_with(agent, materials, &token, ask).unwrap())
+}
+
+/// The files a client we did not write is given: the domain's trust anchor (in the gateway's
+/// data directory `data`), the agent's chain and its key, as PEM.
+pub struct PemFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Writes `who`'s chain and key into `dir` as `<name>.pem` and `<name>.key`.
+pub fn pem_files(dir: &Path, data: &Path, who: &Credentials, name: &str) -> PemFiles {
+    let chain: String = who
+        .certificate
+        .chain
+        .iter()
+        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+        .collect();
+    let cert = dir.join(format!("{name}.pem"));
+    std::fs::write(&cert, chain).unwrap();
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&key, who.key.to_pem()).unwrap();
+    PemFiles {
+        ca: data.join("aca/trust-anchor.pem"),
+        cert,
+        key,
+    }
+}
