@@ -429,6 +429,8 @@ impl Registry {
                 domain: agent.domain().to_owned(),
                 version: s.version,
                 gateway: s.origin.clone(),
+                // Called by its own gateway only.
+                a2a_url: String::new(),
             },
             origin: Origin::Remote {
                 peer: peer.to_string(),
@@ -571,10 +573,15 @@ impl Registry {
         if p.capabilities
             .iter()
             .chain(&p.languages)
-            .chain([&p.address])
+            .chain([&p.address, &p.a2a_url])
             .any(|s| s.len() > l.max_field)
         {
             return Err(too("a field"));
+        }
+        if !p.a2a_url.is_empty()
+            && let Err(e) = agw_proto::a2a_url::A2aUrl::parse(&p.a2a_url)
+        {
+            return Err(RegistryError::new(ErrorCode::InvalidField, e));
         }
         if p.address.is_empty() {
             return Err(RegistryError::new(

@@ -698,7 +698,9 @@ impl State {
     }
 
     fn shard_event(&mut self, event: &ShardEvent, send: &impl Fn(usize, PeerCommand)) {
-        self.routes.apply(&mut self.table, event);
+        if !self.routes.apply(&mut self.table, event) {
+            return; // one of its connections left; another still holds its route
+        }
         let (agent, change) = match event {
             ShardEvent::AgentUp { agent, .. } => (agent, Some(pb::Status::Running)),
             ShardEvent::AgentStatus { agent, status } => (agent, Some(*status)),

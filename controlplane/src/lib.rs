@@ -8,7 +8,9 @@
 //! - [`admin`]: the operators' API over a Unix socket, which `agwctl` (`src/bin/agwctl.rs`)
 //!   speaks.
 //! - [`metrics`]: Prometheus metrics and health over HTTP.
+//! - [`a2a_servers`]: names the registry's A2A server agents to the relay, which calls them.
 
+pub mod a2a_servers;
 pub mod admin;
 pub mod control;
 pub mod daemon;

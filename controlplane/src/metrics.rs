@@ -161,6 +161,12 @@ pub fn render(sources: &MetricsSources) -> String {
     );
     counter(
         &mut registry,
+        "a2a_server_connections",
+        "Connections this gateway dialled to A2A server agents (again after each idle close)",
+        &per(&|s| s.a2a_server_connections),
+    );
+    counter(
+        &mut registry,
         "agents_accessed",
         "Agents that completed access",
         &per(&|s| s.agents_accessed),

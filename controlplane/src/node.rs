@@ -528,10 +528,21 @@ impl Node {
         let registry =
             Registry::open(registry_config, checker()?).map_err(|e| format!("registry: {e}"))?;
         // Its owner hands changes of local agents to the control plane, which tells the peers.
-        let (on_changes, registry_changes) = crate::control::registry_changes();
+        let (to_control, registry_changes) = crate::control::registry_changes();
+        // ... and names its A2A server agents to the relay, which calls them.
+        let (to_a2a, a2a_changes) = crate::a2a_servers::channel();
+        let on_changes = move |changes: Vec<agw_ars::Change>| {
+            let _ = to_a2a.send(crate::a2a_servers::changed_agents(&changes));
+            to_control(changes);
+        };
         let registry = agw_ars::owner::spawn(registry, on_changes)
             .map_err(|e| format!("registry owner: {e}"))?;
         dataplane.set_directory(Arc::new(Profiles(registry.clone())));
+        runtime.spawn(crate::a2a_servers::follow(
+            registry.clone(),
+            dataplane.a2a_servers(),
+            a2a_changes,
+        ));
         let ars_listener = bind("registry listener", config.registry)?;
         let ars_addr = ars_listener.local_addr().map_err(|e| e.to_string())?;
         let ars_tls = Arc::new(

@@ -264,3 +264,218 @@ fn curl_sees_http_answers_and_refusals_on_the_agent_port() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// An a2a-sdk server on loopback (tests/a2a/a2a_server.py), closing idle connections after
+/// `keep_alive` seconds; killed when dropped.
+struct A2aServer(std::process::Child);
+
+impl A2aServer {
+    fn start(port: u16, keep_alive: u32) -> A2aServer {
+        use std::io::BufRead as _;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/a2a/a2a_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args([port.to_string(), keep_alive.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the A2A server did not start");
+        A2aServer(child)
+    }
+}
+
+impl Drop for A2aServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What `to` got for the message it sent with `id`: the ACK and reply, or the NACK.
+fn outcome(reader: &mut agw_sdk::agent::Reader, id: u64) -> Result<pb::AgentMessage, pb::Nack> {
+    let start = Instant::now();
+    let mut acked = false;
+    loop {
+        assert!(start.elapsed() < WAIT * 2, "no answer to message {id}");
+        match reader.recv() {
+            Ok(Incoming::Ack(ack)) if ack.message_id == id => acked = true,
+            Ok(Incoming::Message(m, _)) => {
+                assert!(acked, "the reply came before the ACK");
+                return Ok(m);
+            }
+            Ok(Incoming::Nack(n)) if n.message_id == id => return Err(n),
+            Ok(_) | Err(AgentError::Io(_)) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_native_agent_and_an_a2a_client_reach_an_a2a_sdk_server_through_the_gateway() {
+    let (dir, data, node) = gateway();
+    let port = free_port();
+    let mut server = Some(A2aServer::start(port, 1));
+    // The hotel agent is an A2A server: it enrolls and registers its URL, and never connects.
+    let hotel = certify(&node, "hotel", &[]);
+    let request = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(pb::AgentProfile {
+            agent: hotel.agent.to_string(),
+            capabilities: vec!["book-hotel".into()],
+            protocols: vec![pb::Protocol::A2a as i32],
+            address: "unused".into(),
+            a2a_url: format!("http://127.0.0.1:{port}/"),
+            ..Default::default()
+        }),
+        certificate_chain: hotel.certificate.chain.clone(),
+    };
+    let registrant = hotel.agent.to_string();
+    node.registry
+        .ask(move |r| r.register(&request, Some(&registrant), SystemTime::now()))
+        .unwrap()
+        .unwrap();
+    let start = Instant::now();
+    while !matches!(
+        node.dataplane.route_of(hotel.agent.as_str()),
+        Some(agw_dataplane::routing::Route::Local { .. })
+    ) {
+        assert!(
+            start.elapsed() < WAIT,
+            "the gateway did not connect to the A2A server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let alice = certify(&node, "alice", &[]);
+    let native = AgentConnection::connect(node.addresses().agents, alice.clone(), WAIT).unwrap();
+    let (mut writer, mut reader) = native.split();
+    let mut send = |id: u64, content_type: &str, payload: &'static [u8]| {
+        let m = pb::AgentMessage {
+            destination: hotel.agent.to_string(),
+            source: alice.agent.to_string(),
+            message_id: id,
+            session_id: 42,
+            correlation: Bytes::from(format!("ask-{id}")),
+            content_type: content_type.into(),
+            payload: Bytes::from_static(payload),
+            ..Default::default()
+        };
+        writer.queue_raw(&m, DEFAULT_HOP_LIMIT).unwrap();
+        writer.flush().unwrap();
+    };
+
+    // A message answered by a message, a task's artifact, JSON as a data part.
+    send(1, "text/plain", b"hello");
+    let reply = outcome(&mut reader, 1).unwrap();
+    assert_eq!(&reply.payload[..], b"echo: hello");
+    assert_eq!(reply.source, hotel.agent.to_string());
+    assert_eq!(&reply.correlation[..], b"ask-1");
+    assert_eq!(reply.session_id, 42);
+    assert_eq!(reply.source_protocol, pb::Protocol::A2a as i32);
+    send(2, "text/plain", b"task one");
+    assert_eq!(
+        &outcome(&mut reader, 2).unwrap().payload[..],
+        b"booked: task one"
+    );
+    send(3, "application/json", br#"{"nights":2}"#);
+    let reply = outcome(&mut reader, 3).unwrap();
+    assert_eq!(reply.content_type, "application/json");
+    let nights: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    // a2a-sdk holds data parts as protobuf Structs: numbers come back as doubles.
+    assert_eq!(nights["nights"].as_f64(), Some(2.0), "{nights}");
+    // A failed task is a NACK with the server's words.
+    send(4, "text/plain", b"fail now");
+    let nack = outcome(&mut reader, 4).unwrap_err();
+    assert_eq!(nack.reason(), pb::ErrorCode::Internal);
+    assert!(nack.detail.contains("no rooms left"), "{}", nack.detail);
+
+    // The server closes idle connections after 1 s: the route stays, the next message is
+    // carried on a new connection.
+    std::thread::sleep(Duration::from_millis(2500));
+    send(5, "text/plain", b"still there?");
+    assert_eq!(
+        &outcome(&mut reader, 5).unwrap().payload[..],
+        b"echo: still there?"
+    );
+    assert!(node.dataplane.totals().a2a_server_connections >= 2);
+
+    // An A2A client of the gateway reaches the A2A server too (A2A to A2A, through the relay).
+    let common::PemFiles { ca, cert, key } = pem_files(dir.path(), &data, &alice, "alice2");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--cacert"])
+        .arg(&ca)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["-H", "content-type: application/json", "--data"])
+        .arg(r#"{"jsonrpc":"2.0","id":7,"method":"SendMessage","params":{"message":{"messageId":"c-1","role":"ROLE_USER","parts":[{"text":"from curl"}]}}}"#)
+        .arg(format!(
+            "https://127.0.0.1:{}/a2a/hotel.example/hotel",
+            node.addresses().agents.port()
+        ))
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        answer["result"]["task"]["status"]["state"], "TASK_STATE_COMPLETED",
+        "{answer}"
+    );
+    assert_eq!(
+        answer["result"]["task"]["status"]["message"]["parts"][0]["text"],
+        "echo: from curl"
+    );
+
+    // The server stops: the route turns offline, messages are NACKed; it comes back, and so
+    // does the route.
+    server.take();
+    let start = Instant::now();
+    let mut id = 10;
+    let refused = loop {
+        assert!(
+            start.elapsed() < WAIT,
+            "no refusal while the A2A server is down"
+        );
+        send(id, "text/plain", b"anyone?");
+        match outcome(&mut reader, id) {
+            Err(n) => break n,
+            Ok(_) => {
+                id += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    assert_eq!(
+        refused.reason(),
+        pb::ErrorCode::DestinationOffline,
+        "{}",
+        refused.detail
+    );
+    let _server = A2aServer::start(port, 1);
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < WAIT * 2,
+            "the A2A server's route did not come back"
+        );
+        id += 1;
+        send(id, "text/plain", b"back");
+        if let Ok(reply) = outcome(&mut reader, id) {
+            assert_eq!(&reply.payload[..], b"echo: back");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

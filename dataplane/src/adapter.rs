@@ -1,15 +1,17 @@
-//! The protocol adapters a connection of the agent port may speak instead of native frames:
-//! MQTT ([`crate::mqtt`]) and A2A over HTTP ([`crate::a2a`]). Both are sans-IO and alike: the
-//! client's bytes go to [`Adapter::input`], [`Adapter::from_client`] makes native frames of
-//! them for the connection's decoder, [`Adapter::to_client`] takes each frame the gateway
-//! queued for the client, and [`Adapter::take_out`] gives the bytes to write.
+//! The protocol adapters a connection may speak instead of native frames: on the agent port,
+//! MQTT ([`crate::mqtt`]) and A2A over HTTP ([`crate::a2a`]); dialled by a shard, the
+//! gateway's HTTP client of an A2A server agent ([`crate::a2a_client`]). All are sans-IO and
+//! alike: the other end's bytes go to [`Adapter::input`], [`Adapter::from_client`] makes
+//! native frames of them for the connection's decoder, [`Adapter::to_client`] takes each
+//! frame the gateway queued for the other end, and [`Adapter::take_out`] gives the bytes to
+//! write.
 
 use std::time::Instant;
 
 use agw_proto::{FrameEncoder, Message};
 use bytes::BytesMut;
 
-use crate::{a2a::A2aAdapter, mqtt::Close, mqtt::MqttAdapter};
+use crate::{a2a::A2aAdapter, a2a_client::A2aClient, mqtt::Close, mqtt::MqttAdapter};
 
 /// One connection's adapter.
 #[derive(Debug)]
@@ -18,6 +20,8 @@ pub enum Adapter {
     Mqtt(MqttAdapter),
     /// An A2A client (JSON-RPC over HTTP/1.1).
     A2a(A2aAdapter),
+    /// The gateway's connection to an A2A server agent (it is the client).
+    A2aServer(A2aClient),
 }
 
 impl Adapter {
@@ -26,6 +30,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.input(),
             Adapter::A2a(a) => a.input(),
+            Adapter::A2aServer(a) => a.input(),
         }
     }
 
@@ -34,6 +39,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.has_out(),
             Adapter::A2a(a) => a.has_out(),
+            Adapter::A2aServer(a) => a.has_out(),
         }
     }
 
@@ -42,6 +48,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.take_out(),
             Adapter::A2a(a) => a.take_out(),
+            Adapter::A2aServer(a) => a.take_out(),
         }
     }
 
@@ -50,6 +57,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.accessed(),
             Adapter::A2a(a) => a.accessed(),
+            Adapter::A2aServer(_) => {}
         }
     }
 
@@ -58,6 +66,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.from_client(now, up),
             Adapter::A2a(a) => a.from_client(now, up),
+            Adapter::A2aServer(a) => a.from_server(up),
         }
     }
 
@@ -67,14 +76,21 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.to_client(message),
             Adapter::A2a(a) => a.to_client(message, up),
+            Adapter::A2aServer(a) => a.to_server(message, up),
         }
     }
 
     /// Whether the connection is to close once the output is written.
     pub fn is_closed(&self) -> bool {
         match self {
-            Adapter::Mqtt(_) => false,
+            Adapter::Mqtt(_) | Adapter::A2aServer(_) => false,
             Adapter::A2a(a) => a.is_closed(),
         }
+    }
+
+    /// Whether frames are made while writing (an A2A client's ACKs of replies, an A2A server's
+    /// refusals), so the reader must be woken to relay them.
+    pub fn answers_while_writing(&self) -> bool {
+        matches!(self, Adapter::A2a(_) | Adapter::A2aServer(_))
     }
 }

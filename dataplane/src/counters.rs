@@ -56,6 +56,7 @@ struct Inner {
     tls_handshakes_failed: AtomicU64,
     mqtt_connections: AtomicU64,
     a2a_connections: AtomicU64,
+    a2a_server_connections: AtomicU64,
     agents_accessed: AtomicU64,
     accepted: AtomicU64,
     delivered: AtomicU64,
@@ -103,6 +104,9 @@ impl ShardCounters {
     }
     pub(crate) fn a2a_connection(&self) {
         add(&self.0.a2a_connections, 1);
+    }
+    pub(crate) fn a2a_server_connection(&self) {
+        add(&self.0.a2a_server_connections, 1);
     }
     pub(crate) fn agent_accessed(&self) {
         add(&self.0.agents_accessed, 1);
@@ -152,6 +156,7 @@ impl ShardCounters {
             tls_handshakes_failed: c.tls_handshakes_failed.load(Relaxed),
             mqtt_connections: c.mqtt_connections.load(Relaxed),
             a2a_connections: c.a2a_connections.load(Relaxed),
+            a2a_server_connections: c.a2a_server_connections.load(Relaxed),
             agents_accessed: c.agents_accessed.load(Relaxed),
             accepted: c.accepted.load(Relaxed),
             delivered: c.delivered.load(Relaxed),
@@ -183,6 +188,8 @@ pub struct CounterSnapshot {
     pub mqtt_connections: u64,
     /// Connections that turned out to speak A2A (HTTP), since start.
     pub a2a_connections: u64,
+    /// Connections this gateway dialled to A2A server agents, since start.
+    pub a2a_server_connections: u64,
     /// Agents that completed access since start.
     pub agents_accessed: u64,
     /// Data frames taken from agents.
@@ -236,6 +243,7 @@ impl CounterSnapshot {
         self.tls_handshakes_failed += o.tls_handshakes_failed;
         self.mqtt_connections += o.mqtt_connections;
         self.a2a_connections += o.a2a_connections;
+        self.a2a_server_connections += o.a2a_server_connections;
         self.agents_accessed += o.agents_accessed;
         self.accepted += o.accepted;
         self.delivered += o.delivered;

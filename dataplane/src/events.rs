@@ -57,8 +57,8 @@ pub enum ShardEvent {
 /// Local agents' routes: which connection each accessed agent is on.
 #[derive(Debug, Default)]
 pub struct LocalRoutes {
-    /// Agent -> the connection that holds its route now.
-    owners: HashMap<AgentId, (u16, u32)>,
+    /// Agent -> its live connections, oldest first; the route is the newest.
+    owners: HashMap<AgentId, Vec<(u16, u32)>>,
 }
 
 impl LocalRoutes {
@@ -67,9 +67,12 @@ impl LocalRoutes {
         LocalRoutes::default()
     }
 
-    /// Applies one event to `table` (not yet published). An agent that accessed again on a new
-    /// connection keeps that one: a late `AgentDown` from its old connection changes nothing.
-    pub fn apply(&mut self, table: &mut RoutingTable, event: &ShardEvent) {
+    /// Applies one event to `table` (not yet published); returns whether the agent's
+    /// presence changed (`false` for a connection that left while another of the agent's
+    /// stays). An agent that accessed again on a new connection is routed there; when that
+    /// one leaves, its route goes back to the newest connection still open, and turns
+    /// offline only when none is.
+    pub fn apply(&mut self, table: &mut RoutingTable, event: &ShardEvent) -> bool {
         match event {
             ShardEvent::AgentUp {
                 agent,
@@ -77,7 +80,10 @@ impl LocalRoutes {
                 connection,
                 ..
             } => {
-                self.owners.insert(agent.clone(), (*shard, *connection));
+                self.owners
+                    .entry(agent.clone())
+                    .or_default()
+                    .push((*shard, *connection));
                 table.set(
                     agent.as_str(),
                     Route::Local {
@@ -85,22 +91,35 @@ impl LocalRoutes {
                         connection: *connection,
                     },
                 );
+                true
             }
-            ShardEvent::AgentStatus { .. } => {}
+            ShardEvent::AgentStatus { .. } => true,
             ShardEvent::AgentDown {
                 agent,
                 shard,
                 connection,
                 reason,
             } => {
-                if self.owners.get(agent) != Some(&(*shard, *connection)) {
-                    return;
+                let Some(live) = self.owners.get_mut(agent) else {
+                    return false;
+                };
+                let Some(at) = live.iter().position(|c| *c == (*shard, *connection)) else {
+                    return false;
+                };
+                live.remove(at);
+                if let Some(&(shard, connection)) = live.last() {
+                    if *reason != DownReason::Deregistered {
+                        table.set(agent.as_str(), Route::Local { shard, connection });
+                        return false;
+                    }
+                    // Deregistered: its other connections close too; the route goes now.
                 }
                 self.owners.remove(agent);
                 match reason {
                     DownReason::Deregistered => table.remove(agent.as_str()),
                     _ => table.set(agent.as_str(), Route::Offline),
                 }
+                true
             }
         }
     }
@@ -118,7 +137,9 @@ pub fn spawn_local_routes(
             let mut routes = LocalRoutes::new();
             loop {
                 match events.recv_timeout(Duration::from_secs(1)) {
-                    Ok(event) => routes.apply(&mut table, &event),
+                    Ok(event) => {
+                        routes.apply(&mut table, &event);
+                    }
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return table,
                 }
@@ -133,4 +154,63 @@ pub fn spawn_local_routes(
                 table.publish();
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(connection: u32) -> ShardEvent {
+        ShardEvent::AgentUp {
+            agent: AgentId::parse("spiffe://a.example/agent/alice").unwrap(),
+            shard: 0,
+            connection,
+            serial: Vec::new(),
+        }
+    }
+
+    fn down(connection: u32, reason: DownReason) -> ShardEvent {
+        ShardEvent::AgentDown {
+            agent: AgentId::parse("spiffe://a.example/agent/alice").unwrap(),
+            shard: 0,
+            connection,
+            reason,
+        }
+    }
+
+    fn route(table: &mut RoutingTable) -> Option<Route> {
+        table.publish();
+        table
+            .reader()
+            .load()
+            .lookup("spiffe://a.example/agent/alice")
+    }
+
+    #[test]
+    fn a_route_goes_back_to_an_agents_older_connection_when_its_newest_leaves() {
+        let mut table = RoutingTable::new();
+        let mut routes = LocalRoutes::new();
+        assert!(routes.apply(&mut table, &up(1)));
+        assert!(routes.apply(&mut table, &up(2)));
+        let local = |connection| {
+            Some(Route::Local {
+                shard: 0,
+                connection,
+            })
+        };
+        assert_eq!(route(&mut table), local(2));
+        // The newest leaves: the older still holds the agent, no change of presence.
+        assert!(!routes.apply(&mut table, &down(2, DownReason::Disconnected)));
+        assert_eq!(route(&mut table), local(1));
+        // A late report of a connection already gone changes nothing.
+        assert!(!routes.apply(&mut table, &down(2, DownReason::Disconnected)));
+        assert!(routes.apply(&mut table, &down(1, DownReason::Disconnected)));
+        assert_eq!(route(&mut table), Some(Route::Offline));
+        // Deregistered from one connection: gone, whatever else it holds.
+        routes.apply(&mut table, &up(3));
+        routes.apply(&mut table, &up(4));
+        assert!(routes.apply(&mut table, &down(3, DownReason::Deregistered)));
+        assert_eq!(route(&mut table), None);
+        assert!(!routes.apply(&mut table, &down(4, DownReason::Disconnected)));
+    }
 }

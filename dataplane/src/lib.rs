@@ -5,6 +5,7 @@
 //! local agents from what the shards report. `docs/dataplane.md` tells the life of a frame.
 
 pub mod a2a;
+pub mod a2a_client;
 pub mod access;
 pub mod adapter;
 pub mod authorization;
@@ -20,4 +21,4 @@ mod shard;
 
 pub use config::{DataplaneConfig, LiveLimits};
 pub use counters::{CounterSnapshot, NACK_REASONS, ShardCounters};
-pub use runtime::{Dataplane, DataplaneError, DrainReport, PeerLinks};
+pub use runtime::{A2aServers, Dataplane, DataplaneError, DrainReport, PeerLinks};

@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agw_proto::identity::GatewayId;
+use agw_proto::{
+    a2a_url::A2aUrl,
+    identity::{AgentId, GatewayId},
+};
 use agw_tls::CertificateChecker;
 use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
@@ -100,6 +103,45 @@ impl PeerLinks {
                 serials: serials.to_vec(),
             });
         }
+    }
+}
+
+/// Tells the shards which agents are A2A servers to call; cheap to clone, usable from any
+/// thread.
+#[derive(Debug, Clone)]
+pub struct A2aServers {
+    commands: Vec<crossbeam_channel::Sender<ShardCommand>>,
+}
+
+impl A2aServers {
+    /// `agent` is an A2A server at `url` (`http://host:port/path`), dialled at `address`: the
+    /// shard it hashes to keeps a connection to it as its route.
+    pub fn set(&self, agent: AgentId, endpoint: A2aUrl, address: SocketAddr) {
+        if let Some(c) = self.shard_of(&agent) {
+            let _ = c.send(ShardCommand::A2aServer {
+                agent,
+                endpoint,
+                address,
+            });
+        }
+    }
+
+    /// `agent` is no longer called as an A2A server: its connection closes.
+    pub fn remove(&self, agent: AgentId) {
+        if let Some(c) = self.shard_of(&agent) {
+            let _ = c.send(ShardCommand::A2aServerGone { agent });
+        }
+    }
+
+    fn shard_of(&self, agent: &AgentId) -> Option<&crossbeam_channel::Sender<ShardCommand>> {
+        let hash = agent
+            .as_str()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let n = self.commands.len() as u64;
+        self.commands.get(usize::try_from(hash % n.max(1)).ok()?)
     }
 }
 
@@ -291,6 +333,13 @@ impl Dataplane {
     }
 
     /// A handle the control plane uses to open and drop links to peers.
+    /// The handle that names A2A server agents to the shards.
+    pub fn a2a_servers(&self) -> A2aServers {
+        A2aServers {
+            commands: self.commands.clone(),
+        }
+    }
+
     pub fn peer_links(&self) -> PeerLinks {
         PeerLinks {
             commands: self.commands.clone(),

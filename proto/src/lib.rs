@@ -11,6 +11,7 @@
 //! which kinds a connection may send and which errors close it; `docs/protocol.md` says what the
 //! gateway does.
 
+pub mod a2a_url;
 pub mod error;
 pub mod frame;
 pub mod fuzzing;

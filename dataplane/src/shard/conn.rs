@@ -142,7 +142,8 @@ pub(super) enum ConnKind {
 pub(super) struct Conn {
     pub(super) id: u32,
     pub(super) stream: RefCell<Stream>,
-    pub(super) fd: RawFd,
+    /// The socket's descriptor (an A2A server's connection is dialled again under it).
+    pub(super) fd: Cell<RawFd>,
     pub(super) plain: bool,
     pub(super) kind: ConnKind,
     pub(super) session: RefCell<Option<AccessSession>>,
@@ -166,6 +167,8 @@ pub(super) struct Conn {
     pub(super) space: RefCell<Vec<Waker>>,
     /// An agent's send allowance, made at its first message.
     pub(super) allowance: Cell<Option<Allowance>>,
+    /// An adapter's bytes are being written.
+    pub(super) writing: Cell<bool>,
     /// Which protocol the client speaks is not known yet (a TLS client that named none in
     /// ALPN): its first bytes tell, and writes wait for them.
     pub(super) identifying: Cell<bool>,
@@ -218,9 +221,18 @@ impl Conn {
             && !self.adapter.borrow().as_ref().is_some_and(|a| a.has_out())
     }
 
+    /// Whether a lost socket is dialled again under this connection (an A2A server agent's:
+    /// its route stays while the server closes idle connections).
+    pub(super) fn redials(&self) -> bool {
+        matches!(
+            self.adapter.borrow().as_deref(),
+            Some(Adapter::A2aServer(_))
+        )
+    }
+
     /// Ends the socket both ways: the reader sees end of file, the writer an error.
     pub(super) fn shut(&self) {
-        let _ = shutdown(self.fd, Shutdown::Both);
+        let _ = shutdown(self.fd.get(), Shutdown::Both);
     }
 }
 
@@ -371,16 +383,21 @@ pub(super) async fn write_queue(shard: &Shard, conn: &Conn) {
             conn.writer.wait().await;
         }
         if conn.adapter.borrow().is_some() {
-            match write_adapted(shard, conn).await {
-                Ok(n) => {
-                    shard.wrote(conn, n);
-                    continue;
-                }
-                Err(_) => {
-                    conn.shut();
-                    return;
-                }
+            let (n, written) = write_adapted(shard, conn).await;
+            if written.is_ok() {
+                shard.wrote(conn, n);
+                continue;
             }
+            conn.shut();
+            if !conn.redials() {
+                return;
+            }
+            // An A2A server's connection: its adapter took the frames and answers for them
+            // (NACKed when the connection is found gone); writes wait for the reader to dial
+            // again.
+            shard.wrote(conn, n);
+            conn.hold.set(true);
+            continue;
         }
         if !conn.plain {
             match write_tls(shard, conn).await {
@@ -404,7 +421,7 @@ pub(super) async fn write_queue(shard: &Shard, conn: &Conn) {
                 .map(|(slot, segment)| *slot = IoSlice::new(segment))
                 .count();
             sendmsg::<SockaddrStorage>(
-                conn.fd,
+                conn.fd.get(),
                 &slices[..n],
                 &[],
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
@@ -464,8 +481,8 @@ pub(super) async fn write_tls(shard: &Shard, conn: &Conn) -> io::Result<usize> {
 /// An adapted client's write: the whole frames queued (64 KiB of them, or one larger), made
 /// into its protocol by its adapter, then the adapter's own answers; encrypted and flushed.
 /// Frames the adapter answers with go to the decoder, and the reader is woken to relay them.
-/// Returns the queued bytes written.
-async fn write_adapted(shard: &Shard, conn: &Conn) -> io::Result<usize> {
+/// Returns the queued bytes the adapter took, and whether its bytes were written.
+async fn write_adapted(shard: &Shard, conn: &Conn) -> (usize, io::Result<()>) {
     let (consumed, packets) = {
         let out = conn.out.borrow();
         let mut frames = Vec::new();
@@ -481,7 +498,7 @@ async fn write_adapted(shard: &Shard, conn: &Conn) -> io::Result<usize> {
         decoder.extend_from_slice(&frames[..whole]);
         let mut adapted = conn.adapter.borrow_mut();
         let Some(adapter) = adapted.as_mut() else {
-            return Ok(0);
+            return (0, Ok(()));
         };
         let mut up = shard.encoder.borrow_mut();
         while let Ok(Some(frame)) = decoder.decode() {
@@ -496,7 +513,12 @@ async fn write_adapted(shard: &Shard, conn: &Conn) -> io::Result<usize> {
         }
         (whole, adapter.take_out())
     };
-    write_all(conn, &packets).await?;
+    conn.writing.set(true);
+    let written = write_all(conn, &packets).await;
+    conn.writing.set(false);
+    if let Err(e) = written {
+        return (consumed, Err(e));
+    }
     // An A2A client refused (or one that asked to close) is closed once answered.
     if conn
         .adapter
@@ -506,7 +528,7 @@ async fn write_adapted(shard: &Shard, conn: &Conn) -> io::Result<usize> {
     {
         shard.close_after_flush(conn);
     }
-    Ok(consumed)
+    (consumed, Ok(()))
 }
 
 /// Writes `bytes` whole to the connection's stream (TLS encrypts them) and flushes.

@@ -9,6 +9,7 @@ use glommio::{spawn_local, timer::sleep};
 
 use super::{
     Shard, ShardCommand,
+    a2a_servers::keep_a2a_server,
     conn::{Conn, ConnKind, ConnState},
     links::keep_link,
 };
@@ -34,6 +35,7 @@ impl Shard {
                     }
                     ShardCommand::Close => {
                         self.wanted.borrow_mut().clear();
+                        self.a2a_wanted.borrow_mut().clear();
                         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
                         for conn in conns {
                             self.close_with(&conn, ErrorCode::Draining, "gateway stopping");
@@ -57,6 +59,36 @@ impl Shard {
                             .is_none();
                         if new {
                             spawn_local(keep_link(self.clone(), index)).detach();
+                        }
+                    }
+                    ShardCommand::A2aServer {
+                        agent,
+                        endpoint,
+                        address,
+                    } => {
+                        let before = self
+                            .a2a_wanted
+                            .borrow_mut()
+                            .insert(agent.clone(), (endpoint, address));
+                        match before {
+                            None => {
+                                spawn_local(keep_a2a_server(self.clone(), agent)).detach();
+                            }
+                            // Moved: the connection closes, and is dialled again to the new URL.
+                            Some(old) if old != self.a2a_wanted.borrow()[&agent] => {
+                                let conn = self.a2a_conns.borrow().get(&agent).cloned();
+                                if let Some(conn) = conn {
+                                    self.close_after_flush(&conn);
+                                }
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    ShardCommand::A2aServerGone { agent } => {
+                        self.a2a_wanted.borrow_mut().remove(&agent);
+                        let conn = self.a2a_conns.borrow_mut().remove(&agent);
+                        if let Some(conn) = conn {
+                            self.close_after_flush(&conn);
                         }
                     }
                     ShardCommand::PeerGone { index } => {

@@ -16,6 +16,7 @@ use std::{
 
 use agw_proto::{
     Frame, FrameDecoder, FrameEncoder, FrameHeader,
+    a2a_url::A2aUrl,
     identity::{AgentId, GatewayId},
     pb::{self, ErrorCode},
     rate::Bucket,
@@ -34,6 +35,7 @@ use glommio::{
 use hashbrown::HashMap;
 use ring::rand::{SecureRandom, SystemRandom};
 
+mod a2a_servers;
 mod accept;
 mod conn;
 mod housekeeping;
@@ -111,6 +113,15 @@ pub(crate) enum ShardCommand {
     },
     /// Drop the link to peer `index`.
     PeerGone { index: u32 },
+    /// Keep a connection to `agent`'s A2A server (at `address`, served at `endpoint`) as its
+    /// route; sent to the one shard the agent hashes to.
+    A2aServer {
+        agent: AgentId,
+        endpoint: A2aUrl,
+        address: SocketAddr,
+    },
+    /// `agent` is no longer an A2A server agent here (deregistered, or its URL removed).
+    A2aServerGone { agent: AgentId },
 }
 
 /// How peer links authenticate: this gateway's TLS identity and the server side built from it.
@@ -179,6 +190,9 @@ struct Shard {
     links: RefCell<HashMap<u32, Rc<Conn>>>,
     /// Peers this shard should keep a link to (index -> gateway, address).
     wanted: RefCell<HashMap<u32, (GatewayId, SocketAddr)>>,
+    /// A2A server agents this shard keeps a connection to, and those connections.
+    a2a_wanted: RefCell<HashMap<AgentId, (A2aUrl, SocketAddr)>>,
+    a2a_conns: RefCell<HashMap<AgentId, Rc<Conn>>>,
     peer_tls: Option<Arc<PeerTls>>,
     /// A reusable buffer for TLS writes (TLS copies into records anyway).
     tls_out: RefCell<Vec<u8>>,
@@ -245,6 +259,8 @@ pub(crate) async fn run(setup: ShardSetup) {
         rng: SystemRandom::new(),
         links: RefCell::new(HashMap::new()),
         wanted: RefCell::new(HashMap::new()),
+        a2a_wanted: RefCell::new(HashMap::new()),
+        a2a_conns: RefCell::new(HashMap::new()),
         peer_tls: setup.peer_tls,
         tls_out: RefCell::new(Vec::new()),
         tls_in: RefCell::new(Vec::new()),
@@ -355,9 +371,15 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
                 continue;
             };
             got
-        } else if matches!(conn.adapter.borrow().as_deref(), Some(Adapter::A2a(_))) {
-            // An A2A client's adapter makes frames while writing too (its ACKs of replies):
-            // they wait in the decoder, relayed when the writer wakes this reader.
+        } else if conn
+            .adapter
+            .borrow()
+            .as_deref()
+            .is_some_and(Adapter::answers_while_writing)
+        {
+            // An A2A adapter makes frames while writing too (a client's ACKs of replies, a
+            // server's refusals): they wait in the decoder, relayed when the writer wakes
+            // this reader.
             futures_lite::future::or(read(&conn, chunk, &shard.tls_in), async {
                 conn.upstream.wait().await;
                 Ok(usize::MAX)
@@ -367,7 +389,12 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
             read(&conn, chunk, &shard.tls_in).await
         };
         match got {
-            Ok(0) | Err(_) => break,
+            // An A2A server's connection is dialled again under its route.
+            Ok(0) | Err(_) => {
+                if !shard.redial(&conn).await {
+                    break;
+                }
+            }
             Ok(usize::MAX) => {}
             Ok(got) => {
                 conn.active.set(true);
@@ -453,7 +480,7 @@ impl Shard {
         });
         let conn = Rc::new(Conn {
             id,
-            fd,
+            fd: Cell::new(fd),
             plain: matches!(stream, Stream::Plain(_)),
             kind,
             stream: RefCell::new(stream),
@@ -471,6 +498,7 @@ impl Shard {
             flushed: Notify::default(),
             space: RefCell::new(Vec::new()),
             allowance: Cell::new(None),
+            writing: Cell::new(false),
             identifying: Cell::new(false),
             adapter: RefCell::new(None),
             upstream: Notify::default(),
@@ -700,6 +728,7 @@ impl Shard {
         }
         self.set_congested(conn, false);
         conn.shut();
+        self.lose_calls(conn);
         self.conns.borrow_mut().remove(&conn.id);
         if let ConnKind::Peer {
             link: Some(index), ..

@@ -228,8 +228,11 @@ impl Shard {
         // Who NACKs go back to: the agent itself, or (on a peer link) the frame's source.
         let source = accessed.or(view.source()).unwrap_or_default();
         let allowed = match &conn.kind {
-            // An agent sends messages and ACKs as itself; NACKs are the gateways' to send.
-            ConnKind::Agent => view.kind != Kind::Nack && view.source() == accessed,
+            // An agent sends messages and ACKs as itself; NACKs are the gateways' to send,
+            // this gateway's adapters' included (an A2A server's failed task, a message an
+            // A2A client has no task for): their frames are made by the gateway, never read.
+            ConnKind::Agent if view.kind == Kind::Nack => conn.adapter.borrow().is_some(),
+            ConnKind::Agent => view.source() == accessed,
             // A peer relays frames of the agents of domains reachable through it, and NACKs;
             // never ours.
             ConnKind::Peer { gateway, .. } => match view.source() {
@@ -579,15 +582,21 @@ impl Shard {
         };
         let nack: Message =
             nack_message(&self.reporter, Target::of(&view), source, reason, None).into();
-        let route = self.routes.borrow_mut().load().lookup(source);
+        self.send_made(source, &nack);
+    }
+
+    /// A message this gateway made (a NACK) to agent `to`, wherever its connection is; dropped
+    /// when it has none.
+    pub(super) fn send_made(&self, to: &str, message: &Message) {
+        let route = self.routes.borrow_mut().load().lookup(to);
         match route {
             Some(Route::Local { shard, connection }) if shard == self.id => {
                 if let Some(c) = self.conns.borrow().get(&connection) {
-                    self.push_gateway(c, &nack);
+                    self.push_gateway(c, message);
                 }
             }
             Some(Route::Local { shard, connection }) => {
-                let Some(frame) = self.encode(&nack) else {
+                let Some(frame) = self.encode(message) else {
                     return;
                 };
                 if let Some(batch) = self.pending_cross.borrow_mut().get_mut(usize::from(shard)) {
@@ -597,10 +606,10 @@ impl Shard {
             Some(Route::Peer { peer }) => {
                 let link = self.links.borrow().get(&peer).cloned();
                 if let Some(link) = link {
-                    self.push_gateway(&link, &nack);
+                    self.push_gateway(&link, message);
                 }
             }
-            // The source left too: nobody to tell.
+            // The agent left too: nobody to tell.
             _ => {}
         }
     }
