@@ -1,7 +1,8 @@
 //! `agw-agent` against a real authority on loopback (the ACA protocol over TCP, as the gateway
 //! serves it): enroll with the organisation's token, show, renew with the same key and with a
 //! new one; the certificates it writes verify with openssl; a wrong token is refused and
-//! writes nothing.
+//! writes nothing. And against a real registry (mutual TLS, as the gateway serves it):
+//! register an A2A server agent's URL, refused a URL the gateway could not call, deregister.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -55,17 +56,48 @@ fn authority(dir: &Path) -> (Endpoint, String, String, tokio::runtime::Runtime) 
             SystemTime::now(),
         )
         .unwrap();
-    let tls = agw_aca::tls::TlsIdentity {
+    let identity = agw_aca::tls::TlsIdentity {
         chain: issued.chain,
         key_pkcs8: key.to_pkcs8_der(),
         trust_anchor: authority.trust_anchor().to_vec(),
         crls: Default::default(),
         allow_unknown_revocation: true,
         renewable: None,
-    }
-    .est_server_config()
-    .unwrap();
+    };
+    let tls = identity.est_server_config().unwrap();
     let runtime = agw_rpc::runtime("aca-test").unwrap();
+    // The registry, over mutual TLS with the same gateway certificate.
+    let checker = agw_aca::tls::CertificateChecker::new(authority.trust_anchor(), &[]).unwrap();
+    let registry = agw_ars::Registry::open(
+        agw_ars::RegistryConfig::new(Domain::new("travel.example").unwrap(), dir.join("ars")),
+        checker,
+    )
+    .unwrap();
+    let registry = agw_ars::owner::spawn(registry, |_| {}).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(
+        dir.join("registry.addr"),
+        listener.local_addr().unwrap().to_string(),
+    )
+    .unwrap();
+    let served = Endpoint::tcp(
+        runtime.handle(),
+        listener,
+        Some((
+            Arc::new(identity.server_config().unwrap()),
+            agw_aca::tls::peer_identity,
+        )),
+        Arc::new(
+            move |request: &agw_proto::Message, caller: &agw_rpc::Caller, now| {
+                let peer = caller.identity.as_deref()?;
+                registry.serve(request, peer, now)
+            },
+        ),
+        ServerLimits::default(),
+    )
+    .unwrap();
+    // Serving as long as the runtime runs.
+    std::mem::forget(served);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let handler = Arc::new(
@@ -213,4 +245,71 @@ fn an_agent_enrolls_renews_and_shows_its_certificate_from_a_shell() {
     assert!(openssl_verifies(&dir.path().join("anchor.pem"), &chain));
     let (_, out, _) = agent(&held, &["--json", "show"]);
     assert_eq!(json(&out)["serial"], third["serial"]);
+}
+
+#[test]
+fn an_a2a_server_agent_registers_its_url_from_a_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_endpoint, aca, token, _runtime) = authority(dir.path());
+    let registry = std::fs::read_to_string(dir.path().join("registry.addr")).unwrap();
+    let held = dir.path().join("hotel");
+    let anchor = dir.path().join("anchor.pem");
+    let (ok, _, err) = agent(
+        &held,
+        &[
+            "enroll",
+            "--aca",
+            &aca,
+            "--ca",
+            anchor.to_str().unwrap(),
+            "--agent",
+            "spiffe://travel.example/agent/hotel",
+            "--organization",
+            "Acme",
+            "--token",
+            &token,
+        ],
+    );
+    assert!(ok, "{err}");
+    let register = |url: &str| {
+        agent(
+            &held,
+            &[
+                "--json",
+                "register",
+                "--registry",
+                &registry,
+                "--capability",
+                "hotel booking",
+                "--a2a-url",
+                url,
+            ],
+        )
+    };
+    // A URL the gateway could not call: refused with the reason.
+    let (ok, _, err) = register("https://hotel.example/");
+    assert!(
+        !ok && err.contains("INVALID_FIELD") && err.contains("http://"),
+        "{err}"
+    );
+    let (ok, out, err) = register("http://127.0.0.1:9/a2a");
+    assert!(ok, "{err}");
+    let stored = json(&out);
+    assert_eq!(stored["agent"], "spiffe://travel.example/agent/hotel");
+    assert_eq!(stored["a2a_url"], "http://127.0.0.1:9/a2a");
+    let resource = stored["resource_id"].as_str().unwrap().to_owned();
+    assert!(!resource.is_empty());
+    let (ok, out, err) = agent(
+        &held,
+        &[
+            "--json",
+            "deregister",
+            "--registry",
+            &registry,
+            "--resource-id",
+            &resource,
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["deregistered"], resource.as_str());
 }

@@ -1,6 +1,7 @@
-//! `agw-agent`: an agent's certificate from a shell. Enrolls with the domain's authority
-//! (the gateway's ACA port) using the organisation's enrollment token, renews before expiry,
-//! and shows what is held. The key and the chain live in a directory: `key.pem` (0600) and
+//! `agw-agent`: an agent's certificate and registration from a shell. Enrolls with the
+//! domain's authority (the gateway's ACA port) using the organisation's enrollment token,
+//! renews before expiry, shows what is held, and registers the agent's profile with the
+//! registry (an A2A server agent with its URL, which its gateway then calls). The key and the chain live in a directory: `key.pem` (0600) and
 //! `chain.pem` (the certificate first, then the authority's chain). It speaks TLS to the
 //! authority, checking the gateway against the domain's trust anchor (`--ca` to enroll; to
 //! renew, the last certificate of the held chain).
@@ -92,6 +93,40 @@ enum Command {
     },
     /// Shows the held certificate: identity, serial, validity, when to renew.
     Show,
+    /// Registers the agent's profile with its domain's registry (draft 3.2.1), over mutual
+    /// TLS with the held certificate; prints the profile stored, with its resource ID. An
+    /// agent that is an A2A server (any a2a-sdk server) gives its URL: its gateway calls it
+    /// there as an A2A client, and the agent never connects to the gateway itself.
+    Register {
+        /// The registry's port (the gateway's --registry-listen).
+        #[arg(long, default_value = "127.0.0.1:7403")]
+        registry: String,
+        /// A capability it offers, e.g. "hotel booking" (at least one; repeat for more).
+        #[arg(long = "capability", required = true)]
+        capabilities: Vec<String>,
+        /// What it does, in a sentence.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A language it speaks (BCP 47, e.g. en); repeat for more.
+        #[arg(long = "language")]
+        languages: Vec<String>,
+        /// Its A2A endpoint, http://host:port/path (the JSON-RPC binding).
+        #[arg(long)]
+        a2a_url: Option<String>,
+        /// Where it is reached, as discovery shows it [default: the A2A URL].
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// Removes the agent's profile from the registry (draft 3.2.2); its certificate is
+    /// revoked with it, as the draft says.
+    Deregister {
+        /// The registry's port.
+        #[arg(long, default_value = "127.0.0.1:7403")]
+        registry: String,
+        /// The resource ID registration gave.
+        #[arg(long)]
+        resource_id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,6 +156,35 @@ fn main() -> ExitCode {
         }),
         Command::Renew { aca, new_key } => renew(&args.dir, aca, *new_key),
         Command::Show => held(&args.dir).map(|(held, _)| held),
+        Command::Register {
+            registry,
+            capabilities,
+            description,
+            languages,
+            a2a_url,
+            address,
+        } => {
+            let a2a_url = a2a_url.clone().unwrap_or_default();
+            let protocols = if a2a_url.is_empty() {
+                pb::Protocol::Native
+            } else {
+                pb::Protocol::A2a
+            };
+            let profile = pb::AgentProfile {
+                description: description.clone(),
+                capabilities: capabilities.clone(),
+                protocols: vec![protocols as i32],
+                languages: languages.clone(),
+                address: address.clone().unwrap_or_else(|| a2a_url.clone()),
+                a2a_url,
+                ..Default::default()
+            };
+            return finish(register(&args.dir, registry, profile), args.json);
+        }
+        Command::Deregister {
+            registry,
+            resource_id,
+        } => return finish(deregister(&args.dir, registry, resource_id), args.json),
     };
     match result {
         Ok(held) => {
@@ -209,6 +273,117 @@ fn renew(dir: &Path, aca: &str, new_key: bool) -> Result<HeldCertificate, String
     }
     write_chain(dir, &renewed)?;
     Ok(renewed)
+}
+
+/// Prints what the registry answered (a JSON document with --json), or the error.
+fn finish(result: Result<serde_json::Value, String>, json: bool) -> ExitCode {
+    match result {
+        Ok(doc) => {
+            let mut out = std::io::stdout();
+            if json {
+                let _ = writeln!(out, "{doc}");
+            } else if let Some(fields) = doc.as_object() {
+                for (k, v) in fields {
+                    let _ = writeln!(
+                        out,
+                        "{k:<12} {}",
+                        v.as_str().map_or(v.to_string(), str::to_owned)
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agw-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The registry's port over mutual TLS with the held certificate; the server must be a
+/// gateway of the agent's domain.
+fn connect_registry(
+    dir: &Path,
+    registry: &str,
+) -> Result<(TlsConnection, HeldCertificate), String> {
+    let (held, key) = held(dir)?;
+    let agent = identity_of(&held)?;
+    let identity = agw_tls::TlsIdentity {
+        chain: held.chain.iter().map(|c| c.to_vec()).collect(),
+        key_pkcs8: key.to_pkcs8_der(),
+        trust_anchor: held.chain.last().ok_or("an empty chain")?.to_vec(),
+        crls: Default::default(),
+        // The agent holds no CRL; the gateway is checked against its domain's anchor.
+        allow_unknown_revocation: true,
+        renewable: None,
+    };
+    let mut config = identity
+        .agent_client_config(agent.domain())
+        .map_err(|e| format!("TLS: {e}"))?;
+    config.alpn_protocols.clear();
+    let conn = Connection::connect_tls(registry, Duration::from_secs(10), Arc::new(config))
+        .map_err(|e| format!("{registry}: {e}"))?;
+    Ok((conn, held))
+}
+
+fn register(
+    dir: &Path,
+    registry: &str,
+    mut profile: pb::AgentProfile,
+) -> Result<serde_json::Value, String> {
+    let (mut conn, held) = connect_registry(dir, registry)?;
+    profile.agent = identity_of(&held)?.to_string();
+    let request = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(profile),
+        certificate_chain: held.chain.clone(),
+    };
+    match conn
+        .request(request)
+        .map_err(|e| format!("{registry}: {e}"))?
+    {
+        Message::RegisterReply(reply) => match (reply.error, reply.profile) {
+            (Some(e), _) => Err(format!(
+                "refused {}: {}",
+                e.error_code().as_str_name(),
+                e.detail
+            )),
+            (None, Some(p)) => Ok(serde_json::json!({
+                "resource_id": p.resource_id,
+                "agent": p.agent,
+                "capabilities": p.capabilities,
+                "a2a_url": p.a2a_url,
+                "version": p.version,
+            })),
+            (None, None) => Err(format!("{registry} answered without the profile")),
+        },
+        other => Err(format!("{registry} answered {}", other.kind().name())),
+    }
+}
+
+fn deregister(dir: &Path, registry: &str, resource_id: &str) -> Result<serde_json::Value, String> {
+    let (mut conn, held) = connect_registry(dir, registry)?;
+    let request = pb::DeregisterAgentRequest {
+        request_id: 1,
+        resource_id: resource_id.to_owned(),
+    };
+    match conn
+        .request(request)
+        .map_err(|e| format!("{registry}: {e}"))?
+    {
+        Message::DeregisterAgentReply(reply) => match reply.error {
+            Some(e) => Err(format!(
+                "refused {}: {}",
+                e.error_code().as_str_name(),
+                e.detail
+            )),
+            None => Ok(serde_json::json!({
+                "deregistered": resource_id,
+                "agent": identity_of(&held)?.to_string(),
+            })),
+        },
+        other => Err(format!("{registry} answered {}", other.kind().name())),
+    }
 }
 
 /// The authority's port over TLS: the server must be a gateway of `domain` under `anchor`.
