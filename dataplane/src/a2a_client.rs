@@ -44,6 +44,8 @@ pub const MAX_IN_FLIGHT: usize = 256;
 /// Sessions whose open (input-required) task is remembered, at most.
 const SESSIONS_KEPT: usize = 1024;
 const MAX_HEADERS: usize = 48;
+/// Bytes of a chunk's size line (with extensions), at most.
+const MAX_CHUNK_LINE: usize = 1024;
 
 /// A request sent and not yet answered: what its answer goes back to.
 #[derive(Debug)]
@@ -235,9 +237,11 @@ impl A2aClient {
     fn parse_head(&mut self) -> Result<Option<Head>, Close> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut headers);
-        let len = match response.parse(&self.input) {
+        // Only the first 16 KiB are ever parsed, so any split of the bytes ends alike.
+        let window = &self.input[..self.input.len().min(MAX_HEAD)];
+        let len = match response.parse(window) {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if self.input.len() > MAX_HEAD => {
+            Ok(httparse::Status::Partial) if window.len() == MAX_HEAD => {
                 return Err(close(ErrorCode::TooLarge, "a response head over 16 KiB"));
             }
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -277,9 +281,10 @@ impl A2aClient {
         loop {
             let at = self.chunk_at;
             let rest = &self.input[at..];
-            let (len, size) = match httparse::parse_chunk_size(rest) {
+            let window = &rest[..rest.len().min(MAX_CHUNK_LINE)];
+            let (len, size) = match httparse::parse_chunk_size(window) {
                 Ok(httparse::Status::Complete((len, size))) => (len, size),
-                Ok(httparse::Status::Partial) if rest.len() > 1024 => {
+                Ok(httparse::Status::Partial) if window.len() == MAX_CHUNK_LINE => {
                     return Err(close(ErrorCode::Malformed, "a chunk size line over 1 KiB"));
                 }
                 Ok(httparse::Status::Partial) => return Ok(None),
@@ -550,10 +555,22 @@ fn task_reason(task: &Value, state: &str) -> ErrorCode {
         })
 }
 
-/// What a client with four requests in flight makes of `responses` read `chunk` bytes at a
-/// time: the messages for the relay, and how it ended. For the fuzz
-/// target and its seeds: any split of the bytes must give the same.
-pub fn check_server_bytes(responses: &[u8], chunk: usize) -> (Vec<Message>, Result<(), Close>) {
+/// What the gateway makes of an A2A server's `responses` to four requests in flight (text to
+/// `spiffe://a.example/agent/server` from `.../client`), for the fuzz target and the test that
+/// replays its seeds on stable: the frames for the relay and how the connection ended. Read
+/// whole and in 7-byte reads; panics only if the two disagree (hostile bytes must be answered
+/// or closed, never panic, whatever the reads).
+pub fn check_server_bytes(responses: &[u8]) -> (Vec<Message>, Result<(), Close>) {
+    let whole = server_bytes(responses, responses.len());
+    let chunked = server_bytes(responses, 7);
+    assert_eq!(
+        whole, chunked,
+        "the same bytes read in chunks made something else"
+    );
+    whole
+}
+
+fn server_bytes(responses: &[u8], chunk: usize) -> (Vec<Message>, Result<(), Close>) {
     let limits = agw_proto::FrameLimits::default();
     let mut up = FrameEncoder::new(limits);
     let mut client = A2aClient::new(
@@ -650,7 +667,7 @@ mod tests {
     #[test]
     fn a_message_answer_is_acked_and_replied_with_the_correlation() {
         let body = r#"{"result":{"message":{"messageId":"x","role":"ROLE_AGENT","parts":[{"text":"echo: hello"}]}},"id":1,"jsonrpc":"2.0"}"#;
-        let (messages, end) = check_server_bytes(response(body).as_bytes(), 1);
+        let (messages, end) = server_bytes(response(body).as_bytes(), 1);
         assert!(end.is_ok());
         assert_eq!(kinds(&messages), ["Ack", "AgentMessage"]);
         let Message::AgentMessage(reply) = &messages[1] else {
@@ -674,7 +691,7 @@ mod tests {
             .map(|b| response(b))
             .collect::<String>();
         for chunk in [1, 7, all.len()] {
-            let (messages, end) = check_server_bytes(all.as_bytes(), chunk);
+            let (messages, end) = server_bytes(all.as_bytes(), chunk);
             assert!(end.is_ok());
             assert_eq!(
                 kinds(&messages),
@@ -725,7 +742,7 @@ mod tests {
             b.len()
         ));
         for chunk in [1, 3, bytes.len()] {
-            let (messages, end) = check_server_bytes(bytes.as_bytes(), chunk);
+            let (messages, end) = server_bytes(bytes.as_bytes(), chunk);
             assert!(end.is_ok());
             assert_eq!(kinds(&messages), ["Nack", "Ack", "AgentMessage"]);
             let Message::Nack(n) = &messages[0] else {
@@ -745,7 +762,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_owned(),
             format!("HTTP/1.1 200 OK\r\n{}", "x-a: b\r\n".repeat(3000)),
         ] {
-            let (messages, end) = check_server_bytes(bad.as_bytes(), 5);
+            let (messages, end) = server_bytes(bad.as_bytes(), 5);
             assert!(end.is_err(), "{bad:.60}");
             assert_eq!(kinds(&messages), ["Nack"; 4], "{bad:.60}");
             assert!(messages.iter().all(
@@ -756,7 +773,7 @@ mod tests {
         let many =
             response(r#"{"result":{"message":{"parts":[{"text":"a"}]}},"id":1,"jsonrpc":"2.0"}"#)
                 .repeat(5);
-        let (messages, end) = check_server_bytes(many.as_bytes(), 64);
+        let (messages, end) = server_bytes(many.as_bytes(), 64);
         assert_eq!(end.unwrap_err().code, ErrorCode::UnexpectedMessage);
         assert_eq!(messages.len(), 8);
     }
