@@ -300,19 +300,26 @@ struct AgwInbox {
 
 impl Inbox for AgwInbox {
     fn recv(&mut self) -> Result<Event, Error> {
-        match self.reader.recv() {
-            Ok(Incoming::Message(m, _)) => Ok(Event::Message(m.payload)),
-            Ok(Incoming::Nack(n)) => Ok(Event::Nack(n.reason().as_str_name())),
-            Ok(_) => Ok(Event::Other),
-            Err(agw_sdk::agent::AgentError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(Event::Idle)
-            }
-            Err(e) => Err(e.into()),
+        event_of(self.reader.recv())
+    }
+}
+
+/// What a native agent's reader brought, as the harness's event.
+pub(crate) fn event_of(
+    received: Result<Incoming, agw_sdk::agent::AgentError>,
+) -> Result<Event, Error> {
+    match received {
+        Ok(Incoming::Message(m, _)) => Ok(Event::Message(m.payload)),
+        Ok(Incoming::Nack(n)) => Ok(Event::Nack(n.reason().as_str_name())),
+        Ok(_) => Ok(Event::Other),
+        Err(agw_sdk::agent::AgentError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(Event::Idle)
         }
+        Err(e) => Err(e.into()),
     }
 }

@@ -119,6 +119,16 @@ impl Affinity {
         }
     }
 
+    /// A runtime for the load's async clients (two threads, on the load's CPUs).
+    pub fn client_runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let clients = self.clone();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(move || clients.pin_client())
+            .build()
+    }
+
     /// Moves the calling thread to the load's CPUs (all but CPU 0).
     pub fn pin_client(&self) {
         if !self.pinned {

@@ -5,10 +5,12 @@
 //!
 //! Relays ([`transport::Relay`]): this project's gateway in scenarios within one gateway and
 //! across two or three ([`agw`]), nats-server ([`nats`]) and nginx's stream proxy ([`nginx`]),
-//! MQTT agents through the gateway's MQTT adapter or mosquitto ([`mqtt`]),
+//! MQTT agents through the gateway's MQTT adapter or mosquitto ([`mqtt`]), A2A clients'
+//! round trips to native agents through the gateway's A2A adapter ([`a2a`]),
 //! the same patterns over each ([`patterns`]); and the memory an idle agent connection costs a
 //! running `agw` ([`idle`]).
 
+pub mod a2a;
 pub mod agw;
 pub mod cpu;
 pub mod idle;

@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, io::Write as _, path::PathBuf, process::ExitCode};
 
 use agw_loadtest::{
+    a2a::A2aRelay,
     agw::{AgwRelay, Scenario},
     cpu::Affinity,
     mqtt::{Broker, MqttRelay},
@@ -28,7 +29,9 @@ struct Args {
     /// What relays the messages: this project's gateway (started here), nats-server (one
     /// subject per agent) or nginx's stream proxy (a port per agent, L4 pass-through), both
     /// started here; or MQTT 5 agents at QoS 1 over mutual TLS (rumqttc) through the
-    /// gateway's MQTT adapter (`agw-mqtt`) or a mosquitto broker (`mosquitto`).
+    /// gateway's MQTT adapter (`agw-mqtt`) or a mosquitto broker (`mosquitto`); or A2A
+    /// clients' blocking SendMessage answered by native agents through the gateway's A2A
+    /// adapter (`agw-a2a`, ping-pong on one shard).
     #[arg(long, value_enum, default_value = "agw")]
     target: Target,
     /// Who sends to whom.
@@ -105,6 +108,9 @@ enum Target {
     #[serde(rename = "agw-mqtt")]
     AgwMqtt,
     Mosquitto,
+    #[value(name = "agw-a2a")]
+    #[serde(rename = "agw-a2a")]
+    AgwA2a,
 }
 
 #[derive(Debug, Serialize)]
@@ -172,6 +178,12 @@ fn run(args: &Args) -> Result<(), Error> {
     if matches!(args.target, Target::AgwMqtt | Target::Mosquitto) && args.shards != 1 {
         return Err("MQTT targets run one shard (or one broker process)".into());
     }
+    if args.target == Target::AgwA2a && (args.pattern != Pattern::PingPong || args.shards != 1) {
+        return Err(
+            "--target agw-a2a runs ping-pong on one shard (a blocking SendMessage waits for its answer)"
+                .into(),
+        );
+    }
     if args.target == Target::Nginx && args.pattern == Pattern::FanOut {
         return Err("an L4 proxy cannot fan out: one connection goes to one backend".into());
     }
@@ -203,6 +215,7 @@ fn run(args: &Args) -> Result<(), Error> {
             affinity.pinned(),
             &affinity,
         )?),
+        Target::AgwA2a => Box::new(A2aRelay::start(affinity.pinned(), &affinity)?),
     };
     let described = match args.target {
         Target::Agw => format!("agw: {}", describe_agw(args)),
@@ -210,6 +223,10 @@ fn run(args: &Args) -> Result<(), Error> {
         Target::Nginx => "nginx stream proxy, 1 worker".to_owned(),
         Target::AgwMqtt => "agw MQTT adapter (QoS 1, end to end), 1 shard".to_owned(),
         Target::Mosquitto => "mosquitto broker (QoS 1, per hop)".to_owned(),
+        Target::AgwA2a => {
+            "agw A2A adapter: a2a clients' SendMessage answered by native agents, 1 shard"
+                .to_owned()
+        }
     };
     let plan = Plan {
         pattern: args.pattern,

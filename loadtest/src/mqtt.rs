@@ -90,12 +90,7 @@ impl MqttRelay {
                 (Some((child, dir)), port)
             }
         };
-        let clients = affinity.clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .on_thread_start(move || clients.pin_client())
-            .build()?;
+        let runtime = affinity.client_runtime()?;
         Ok(MqttRelay {
             broker,
             gateway,

@@ -71,12 +71,7 @@ impl NatsRelay {
             .spawn()
             .map_err(|e| format!("{binary}: {e} (install nats-server)"))?;
         await_listening(port, "nats-server")?;
-        let clients = affinity.clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .on_thread_start(move || clients.pin_client())
-            .build()?;
+        let runtime = affinity.client_runtime()?;
         Ok(NatsRelay {
             server,
             url: format!("nats://127.0.0.1:{port}"),

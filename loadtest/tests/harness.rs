@@ -107,6 +107,7 @@ fn the_peers_carry_the_same_patterns() {
         ("agw-mqtt", "stream"),
         ("agw-mqtt", "ping-pong"),
         ("mosquitto", "stream"),
+        ("agw-a2a", "ping-pong"),
     ] {
         let r = load(&["--target", target, "--pattern", pattern]);
         assert_delivered(&r, &format!("{target} {pattern}"));
@@ -127,4 +128,10 @@ fn what_a_relay_cannot_do_is_refused_plainly() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --shards 2"));
+    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
+        .args(["--target", "agw-a2a", "--pattern", "stream"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runs ping-pong"));
 }
