@@ -479,3 +479,124 @@ fn a_native_agent_and_an_a2a_client_reach_an_a2a_sdk_server_through_the_gateway(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The scenario with clients we did not write: an MQTT agent of domain a (paho-mqtt)
+/// asks an A2A agent of domain c (an a2a-sdk server the c gateway calls) through gateway b;
+/// the A2A agent asks back (input required), and a native agent of b, in the same session,
+/// answers it and completes the very task.
+#[test]
+fn an_mqtt_agent_asks_an_a2a_agent_two_domains_away_and_a_native_agent_joins_its_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = agw_demo::chain(dir.path(), &["a", "b", "c"], 1)
+        .unwrap()
+        .into_iter();
+    let (a, b, c) = (
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+        nodes.next().unwrap(),
+    );
+    let port = free_port();
+    let _server = A2aServer::start(port, 5);
+    let concierge = agw_demo::certify(&c, "concierge").unwrap();
+    let register = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(pb::AgentProfile {
+            agent: concierge.agent.to_string(),
+            capabilities: vec!["book-hotel".into()],
+            protocols: vec![pb::Protocol::A2a as i32],
+            address: format!("http://127.0.0.1:{port}/"),
+            a2a_url: format!("http://127.0.0.1:{port}/"),
+            ..Default::default()
+        }),
+        certificate_chain: concierge.certificate.chain.clone(),
+    };
+    let mut registry = agw_demo::registry(&c, &concierge).unwrap();
+    let agw_proto::Message::RegisterReply(r) = registry.request(register).unwrap() else {
+        panic!("no registration reply")
+    };
+    assert_eq!(r.error, None);
+    // a and b route to the concierge through their peers once c advertised it.
+    let start = Instant::now();
+    for node in [&a, &b] {
+        while !matches!(
+            node.dataplane.route_of(concierge.agent.as_str()),
+            Some(agw_dataplane::routing::Route::Peer { .. })
+        ) {
+            assert!(start.elapsed() < WAIT * 2, "no route to the concierge");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // The MQTT guest of a asks, in session 77.
+    let guest = agw_demo::certify(&a, "guest").unwrap();
+    let anchor = dir.path().join("a-anchor.pem");
+    std::fs::write(
+        &anchor,
+        pem::encode(&pem::Pem::new(
+            "CERTIFICATE",
+            a.authority.trust_anchor().to_vec(),
+        )),
+    )
+    .unwrap();
+    let files = pem_files(dir.path(), dir.path(), &guest, "guest");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/a2a/mqtt_asks.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["127.0.0.1", &a.addresses().agents.port().to_string()])
+        .args([&anchor, &files.cert, &files.key])
+        .args([concierge.agent.as_str(), "77", "book a room for two"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["connack"], "Success", "{seen}");
+    // QoS 1 end to end: the concierge's gateway ACKed once the A2A server answered.
+    assert_eq!(seen["puback"]["code"], 0, "{seen}");
+    assert_eq!(seen["reply"]["topic"], "guest/replies", "{seen}");
+    assert_eq!(seen["reply"]["payload"], "which night?", "{seen}");
+    assert_eq!(seen["reply"]["correlation"], "ask-1", "{seen}");
+    assert_eq!(seen["reply"]["session"], "77", "{seen}");
+
+    // A native agent of b answers in the same session: the same A2A task completes.
+    let host = agw_demo::certify(&b, "host").unwrap();
+    let native = AgentConnection::connect(b.addresses().agents, host.clone(), WAIT).unwrap();
+    let (mut writer, mut reader) = native.split();
+    let start = Instant::now();
+    let reply = loop {
+        assert!(
+            start.elapsed() < WAIT * 2,
+            "the concierge never answered the host"
+        );
+        let id = start.elapsed().as_micros() as u64 + 1;
+        let m = pb::AgentMessage {
+            destination: concierge.agent.to_string(),
+            source: host.agent.to_string(),
+            message_id: id,
+            session_id: 77,
+            content_type: "text/plain".into(),
+            payload: Bytes::from_static(b"friday"),
+            ..Default::default()
+        };
+        writer.queue_raw(&m, DEFAULT_HOP_LIMIT).unwrap();
+        writer.flush().unwrap();
+        match outcome(&mut reader, id) {
+            Ok(reply) => break reply,
+            // The host's own route may not have reached c yet.
+            Err(n) if n.reason() == pb::ErrorCode::NoRoute => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(n) => panic!("{n:?}"),
+        }
+    };
+    assert_eq!(&reply.payload[..], b"booked: room 42 for friday");
+    assert_eq!(reply.session_id, 77);
+    assert_eq!(reply.source, concierge.agent.to_string());
+    for node in [c, b, a] {
+        node.stop();
+    }
+}

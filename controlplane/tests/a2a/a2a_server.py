@@ -2,6 +2,8 @@
 gateway to call as an A2A client. Its executor answers as a model agent would:
 - "fail ...": the task fails (TASK_STATE_FAILED, the reason in its status message);
 - "task ...": a task that completes with an artifact;
+- "book ...": a task that asks "which night?" (TASK_STATE_INPUT_REQUIRED); the next message
+  in that task completes it with "booked: room 42 for <text>";
 - anything else: one message, "echo: <text>" (data parts are echoed as data).
 
 Usage: a2a_server.py PORT [KEEP_ALIVE_S]   (prints "ready" once it listens; idle connections
@@ -26,6 +28,46 @@ class Echo(AgentExecutor):
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         text = context.get_user_input()
         message = context.message
+        current = context.current_task
+        if current is not None and current.status.state == pb.TASK_STATE_INPUT_REQUIRED:
+            await event_queue.enqueue_event(
+                pb.TaskArtifactUpdateEvent(
+                    task_id=context.task_id,
+                    context_id=context.context_id,
+                    artifact=pb.Artifact(
+                        artifact_id="booking", parts=[pb.Part(text="booked: room 42 for " + text)]
+                    ),
+                )
+            )
+            await event_queue.enqueue_event(
+                pb.TaskStatusUpdateEvent(
+                    task_id=context.task_id,
+                    context_id=context.context_id,
+                    status=pb.TaskStatus(state=pb.TASK_STATE_COMPLETED),
+                )
+            )
+            return
+        if text.startswith("book"):
+            await event_queue.enqueue_event(
+                pb.Task(
+                    id=context.task_id,
+                    context_id=context.context_id,
+                    status=pb.TaskStatus(state=pb.TASK_STATE_SUBMITTED),
+                )
+            )
+            await event_queue.enqueue_event(
+                pb.TaskStatusUpdateEvent(
+                    task_id=context.task_id,
+                    context_id=context.context_id,
+                    status=pb.TaskStatus(
+                        state=pb.TASK_STATE_INPUT_REQUIRED,
+                        message=new_text_message(
+                            "which night?", context_id=context.context_id, task_id=context.task_id
+                        ),
+                    ),
+                )
+            )
+            return
         if text.startswith("fail"):
             task = pb.Task(
                 id=context.task_id,
