@@ -1,7 +1,9 @@
 //! The demo (`agw-demo`): three domains on this machine, peered in a chain (a - b - c) under
 //! one federation root, and a conversation across them, step by step: a hotel agent of domain
 //! a gets a certificate and registers; a traveller agent of domain c gets one, discovers the
-//! hotel through c's registry, and books a room through the relays of c, b and a.
+//! hotel through c's registry, and books a room through the relays of c, b and a. Then
+//! protocol translation ([`translation`]): an MQTT agent of a asks an A2A agent of c through
+//! b, and a native agent of b completes the same A2A task in the session.
 //!
 //! Its helpers build federations of whole gateways for the tests and the load tool too
 //! ([`chain`], [`certify`], [`registry`]); none of this is in the `agw` daemon.
@@ -24,6 +26,8 @@ use agw_controlplane::{
     node::{Node, NodeConfig, PeerEntry},
     peering::session::{LimitAction, SessionState},
 };
+
+mod translation;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -318,6 +322,8 @@ pub fn run() -> Result<(), String> {
             None => return Err("the reply did not arrive".into()),
         }
     }
+
+    translation::run(&a, &b, &c)?;
 
     say("== what each relay counted");
     for n in [&a, &b, &c] {

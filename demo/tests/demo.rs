@@ -1,5 +1,6 @@
 //! The demo end to end, as a new user runs it: three domains, a registration, a discovery
-//! from the third domain, and a conversation through three relays.
+//! from the third domain, and a conversation through three relays; then an MQTT agent asking
+//! an A2A agent two domains away, whose task a native agent completes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,6 +22,8 @@ fn the_demo_books_a_room_across_three_domains() {
         "found spiffe://a.example/agent/hotel",
         "3 gateways crossed",
         "traveller received",
+        "the reply on its response topic: \"which night?\"",
+        "host received \"booked: room 42 for friday\"",
         "== done",
     ] {
         assert!(text.contains(step), "{step:?} missing from:\n{text}");
