@@ -60,6 +60,16 @@ fn register(node: &Node, who: &Credentials, capabilities: &[&str]) {
 
 #[test]
 fn a2a_sdk_client_talks_with_a_native_agent_through_the_gateway() {
+    a2a_sdk_client_talks_with_a_native_agent("JSONRPC");
+}
+
+#[test]
+fn a2a_sdk_client_talks_over_the_http_json_binding_too() {
+    a2a_sdk_client_talks_with_a_native_agent("HTTP+JSON");
+}
+
+/// a2a-sdk's client, let use only `binding`, against a native agent through the gateway.
+fn a2a_sdk_client_talks_with_a_native_agent(binding: &str) {
     let (dir, data, node) = gateway();
     let alice = certify(&node, "alice", &[]);
     let bob = certify(&node, "bob", &[]);
@@ -73,7 +83,7 @@ fn a2a_sdk_client_talks_with_a_native_agent_through_the_gateway() {
         .arg(script)
         .args(["127.0.0.1", &node.addresses().agents.port().to_string()])
         .args([&ca, &cert, &key])
-        .args(["hotel.example/bob", "hotel.example/nobody"])
+        .args(["hotel.example/bob", "hotel.example/nobody", binding])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -148,6 +158,10 @@ fn a2a_sdk_client_talks_with_a_native_agent_through_the_gateway() {
     assert_eq!(card["capabilities"]["streaming"], true);
     let interface = &card["supportedInterfaces"][0];
     assert_eq!(interface["protocolBinding"], "JSONRPC");
+    assert_eq!(
+        card["supportedInterfaces"][1]["protocolBinding"],
+        "HTTP+JSON"
+    );
     assert!(
         interface["url"]
             .as_str()
@@ -252,6 +266,32 @@ fn curl_sees_http_answers_and_refusals_on_the_agent_port() {
         post("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"SendMessage\",\"params\":{}}")
             .contains("\"code\":-32602")
     );
+    // The HTTP+JSON binding: the same operations below the agent's URL, errors as HTTP
+    // statuses with a google.rpc ErrorInfo carrying A2A's reason and the gateway's.
+    let rest = |method: &str, operation: &str, body: &str| {
+        let mut args = vec!["-X", method, "-H", "content-type: application/json"];
+        if !body.is_empty() {
+            args.extend(["--data", body]);
+        }
+        let url = format!("{base}/a2a/hotel.example/carol/{operation}");
+        args.push(&url);
+        curl(&args)
+    };
+    let answer = rest("POST", "message:send", "{}");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"reason\":\"INVALID_PARAMS\""), "{answer}");
+    assert!(
+        answer.contains("\"agw.reason\":\"MISSING_FIELD\""),
+        "{answer}"
+    );
+    // An answer like any other: the connection (and its tasks) stays.
+    assert!(!answer.contains("connection: close"), "{answer}");
+    let answer = rest("GET", "tasks/no-such-task", "");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("\"reason\":\"TASK_NOT_FOUND\""), "{answer}");
+    let answer = rest("GET", "tasks", "");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("UNSUPPORTED_OPERATION"), "{answer}");
     // Not an agent's path.
     let answer = curl(&[&format!("{base}/elsewhere")]);
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");

@@ -173,9 +173,18 @@ impl Task {
     }
 }
 
+/// How a request came, and so how it is answered: A2A's JSON-RPC binding (`POST` to the
+/// agent's URL) or its HTTP+JSON binding (`POST .../message:send` and the like).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Binding {
+    JsonRpc,
+    Rest,
+}
+
 /// The request being answered.
 #[derive(Debug)]
 struct Pending {
+    binding: Binding,
     rpc_id: Value,
     task: String,
     /// An SSE stream (`SendStreamingMessage`): every state is an event.
@@ -211,6 +220,8 @@ pub struct A2aAdapter {
     /// then only counted, never the head parsed again.
     head: Option<Head>,
     directory: Option<SharedDirectory>,
+    /// The binding of the request being served.
+    binding: Binding,
 }
 
 impl std::fmt::Debug for dyn Directory {
@@ -274,6 +285,7 @@ impl A2aAdapter {
             first: None,
             head: None,
             directory,
+            binding: Binding::JsonRpc,
         }
     }
 
@@ -502,111 +514,160 @@ impl A2aAdapter {
             Some(target) => (target, true),
             None => (rest.trim_end_matches('/'), false),
         };
-        let agent = target
-            .split_once('/')
+        // /a2a/<domain>/<name>, then (HTTP+JSON binding) the operation.
+        let mut parts = target.splitn(3, '/');
+        let (domain, name, operation) = (parts.next(), parts.next(), parts.next());
+        let agent = domain
+            .zip(name)
             .and_then(|(d, n)| AgentId::new(&Domain::new(d).ok()?, n).ok());
         let Some(agent) = agent else {
             self.error_page(404, "not an agent: /a2a/<domain>/<name>");
             return;
         };
-        match (request.method.as_str(), card) {
-            ("GET", true) => {
+        self.binding = if operation.is_some() {
+            Binding::Rest
+        } else {
+            Binding::JsonRpc
+        };
+        match (request.method.as_str(), card, operation) {
+            ("GET", true, None) => {
                 let card = self.agent_card(&agent, &request.host);
                 self.respond_json(200, &card);
             }
-            ("POST", false) => self.rpc(agent, &request.body, up),
+            ("POST", false, None) => self.rpc(agent, &request.body, up),
+            (method, false, Some(operation)) => {
+                self.rest(agent, method, operation, &request.body, up);
+            }
             _ => self.error_page(405, "GET the card, POST JSON-RPC to the agent's URL"),
+        }
+    }
+
+    /// A request of A2A's HTTP+JSON binding: the same operations as JSON-RPC's, the request
+    /// and the answer without the JSON-RPC envelope, errors as HTTP statuses.
+    fn rest(
+        &mut self,
+        agent: AgentId,
+        method: &str,
+        operation: &str,
+        body: &[u8],
+        up: &mut FrameEncoder,
+    ) {
+        let params = || serde_json::from_slice::<Value>(body);
+        let task = operation
+            .strip_prefix("tasks/")
+            .filter(|t| !t.is_empty() && !t.contains('/'));
+        match (method, operation, task) {
+            ("POST", "message:send" | "message:stream", _) => match params() {
+                Ok(params) => {
+                    let streaming = operation == "message:stream";
+                    self.send(agent, Value::Null, &params, streaming, up);
+                }
+                Err(_) => self.fail(&Value::Null, -32700, "invalid JSON", ErrorCode::Malformed),
+            },
+            ("POST", _, Some(t)) if t.ends_with(":cancel") => {
+                let id = json!({ "id": t.trim_end_matches(":cancel") });
+                self.cancel_task(&Value::Null, &id);
+            }
+            ("GET", _, Some(t)) if !t.contains(':') => {
+                self.get_task(&Value::Null, &json!({ "id": t }));
+            }
+            ("GET" | "POST", "tasks" | "extendedAgentCard", _) | ("GET" | "POST", _, Some(_)) => {
+                let text = format!("{operation} is not supported by the gateway");
+                self.fail(&Value::Null, -32004, &text, ErrorCode::UnexpectedMessage);
+            }
+            _ => {
+                let text = format!("no operation {method} {operation}");
+                self.fail(&Value::Null, -32601, &text, ErrorCode::UnexpectedMessage);
+            }
+        }
+    }
+
+    /// Answers the request being served with `result`, in its binding.
+    fn succeed(&mut self, id: &Value, result: Value) {
+        let answer = match self.binding {
+            Binding::JsonRpc => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
+            Binding::Rest => result,
+        };
+        self.respond_json(200, &answer);
+    }
+
+    /// Answers the request being served with an error, in its binding: a JSON-RPC error with
+    /// `code`, or the HTTP status and error body the HTTP+JSON binding gives it.
+    fn fail(&mut self, id: &Value, code: i64, message: &str, reason: ErrorCode) {
+        let error = rpc_error(id, code, message, reason);
+        match self.binding {
+            Binding::JsonRpc => self.respond_json(200, &error),
+            Binding::Rest => self.respond_rest_error(&error),
+        }
+    }
+
+    fn get_task(&mut self, id: &Value, params: &Value) {
+        match self.task_named(params).map(Task::to_json) {
+            Some(task) => self.succeed(id, task),
+            None => self.fail(
+                id,
+                -32001,
+                "no such task on this connection",
+                ErrorCode::InvalidField,
+            ),
+        }
+    }
+
+    fn cancel_task(&mut self, id: &Value, params: &Value) {
+        let answer = match self.task_named_mut(params) {
+            None => Err((
+                -32001,
+                "no such task on this connection",
+                ErrorCode::InvalidField,
+            )),
+            Some(task) if task.state.is_final() => {
+                Err((-32002, "the task is finished", ErrorCode::UnexpectedMessage))
+            }
+            Some(task) => {
+                task.state = TaskState::Canceled;
+                Ok(task.to_json())
+            }
+        };
+        match answer {
+            Ok(task) => self.succeed(id, task),
+            Err((code, text, reason)) => self.fail(id, code, text, reason),
         }
     }
 
     fn rpc(&mut self, agent: AgentId, body: &[u8], up: &mut FrameEncoder) {
         let request: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
-            Err(_) => {
-                let e = rpc_error(&Value::Null, -32700, "invalid JSON", ErrorCode::Malformed);
-                return self.respond_json(200, &e);
-            }
+            Err(_) => return self.fail(&Value::Null, -32700, "invalid JSON", ErrorCode::Malformed),
         };
         let id = request.get("id").cloned().unwrap_or(Value::Null);
         let (Some("2.0"), Some(method)) = (
             request.get("jsonrpc").and_then(Value::as_str),
             request.get("method").and_then(Value::as_str),
         ) else {
-            let e = rpc_error(
-                &id,
-                -32600,
-                "not a JSON-RPC 2.0 request",
-                ErrorCode::Malformed,
-            );
-            return self.respond_json(200, &e);
+            let text = "not a JSON-RPC 2.0 request";
+            return self.fail(&id, -32600, text, ErrorCode::Malformed);
         };
         let params = request.get("params").cloned().unwrap_or(Value::Null);
         match method {
             "SendMessage" | "SendStreamingMessage" => {
                 self.send(agent, id, &params, method == "SendStreamingMessage", up);
             }
-            "GetTask" => {
-                let answer = match self.task_named(&params) {
-                    Some(task) => json!({ "jsonrpc": "2.0", "id": id, "result": task.to_json() }),
-                    None => rpc_error(
-                        &id,
-                        -32001,
-                        "no such task on this connection",
-                        ErrorCode::InvalidField,
-                    ),
-                };
-                self.respond_json(200, &answer);
-            }
-            "CancelTask" => {
-                let answer = match self.task_named_mut(&params) {
-                    None => rpc_error(
-                        &id,
-                        -32001,
-                        "no such task on this connection",
-                        ErrorCode::InvalidField,
-                    ),
-                    Some(task) if task.state.is_final() => rpc_error(
-                        &id,
-                        -32002,
-                        "the task is finished",
-                        ErrorCode::UnexpectedMessage,
-                    ),
-                    Some(task) => {
-                        task.state = TaskState::Canceled;
-                        json!({ "jsonrpc": "2.0", "id": id, "result": task.to_json() })
-                    }
-                };
-                self.respond_json(200, &answer);
-            }
+            "GetTask" => self.get_task(&id, &params),
+            "CancelTask" => self.cancel_task(&id, &params),
             "CreateTaskPushNotificationConfig"
             | "GetTaskPushNotificationConfig"
             | "ListTaskPushNotificationConfigs"
             | "DeleteTaskPushNotificationConfig" => {
-                let e = rpc_error(
-                    &id,
-                    -32003,
-                    "push notifications are not supported",
-                    ErrorCode::UnexpectedMessage,
-                );
-                self.respond_json(200, &e);
+                let text = "push notifications are not supported";
+                self.fail(&id, -32003, text, ErrorCode::UnexpectedMessage);
             }
             "ListTasks" | "SubscribeToTask" | "GetExtendedAgentCard" => {
-                let e = rpc_error(
-                    &id,
-                    -32004,
-                    &format!("{method} is not supported by the gateway"),
-                    ErrorCode::UnexpectedMessage,
-                );
-                self.respond_json(200, &e);
+                let text = format!("{method} is not supported by the gateway");
+                self.fail(&id, -32004, &text, ErrorCode::UnexpectedMessage);
             }
             _ => {
-                let e = rpc_error(
-                    &id,
-                    -32601,
-                    &format!("no method {method}"),
-                    ErrorCode::UnexpectedMessage,
-                );
-                self.respond_json(200, &e);
+                let text = format!("no method {method}");
+                self.fail(&id, -32601, &text, ErrorCode::UnexpectedMessage);
             }
         }
     }
@@ -628,20 +689,12 @@ impl A2aAdapter {
         up: &mut FrameEncoder,
     ) {
         let Some(message) = params.get("message").filter(|m| m.is_object()) else {
-            let e = rpc_error(
-                &rpc_id,
-                -32602,
-                "params.message is required",
-                ErrorCode::MissingField,
-            );
-            return self.respond_json(200, &e);
+            let text = "params.message is required";
+            return self.fail(&rpc_id, -32602, text, ErrorCode::MissingField);
         };
         let (content_type, payload) = match payload_of(message) {
             Ok(p) => p,
-            Err(text) => {
-                let e = rpc_error(&rpc_id, -32005, text, ErrorCode::InvalidField);
-                return self.respond_json(200, &e);
-            }
+            Err(text) => return self.fail(&rpc_id, -32005, text, ErrorCode::InvalidField),
         };
         let n = self.next;
         self.next += 1;
@@ -675,13 +728,8 @@ impl A2aAdapter {
             payload,
         };
         if up.push_data(&native, DEFAULT_HOP_LIMIT).is_err() {
-            let e = rpc_error(
-                &rpc_id,
-                -32602,
-                "the message is larger than this gateway relays",
-                ErrorCode::TooLarge,
-            );
-            return self.respond_json(200, &e);
+            let text = "the message is larger than this gateway relays";
+            return self.fail(&rpc_id, -32602, text, ErrorCode::TooLarge);
         }
         let mut sent = message.clone();
         sent["taskId"] = json!(task_id);
@@ -700,6 +748,7 @@ impl A2aAdapter {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         self.pending = Some(Pending {
+            binding: self.binding,
             rpc_id,
             task: task_id.clone(),
             streaming,
@@ -863,7 +912,7 @@ impl A2aAdapter {
         }
     }
 
-    /// Answers the pending request: with its task, or `error`.
+    /// Answers the pending request: with its task, or `error` (a JSON-RPC error).
     fn finish_pending(&mut self, error: Option<Value>) {
         let Some(pending) = self.pending.take() else {
             return;
@@ -871,7 +920,7 @@ impl A2aAdapter {
         let answer = match error {
             Some(mut e) => {
                 e["id"] = pending.rpc_id.clone();
-                e
+                Err(e)
             }
             None => {
                 let task = self
@@ -879,31 +928,42 @@ impl A2aAdapter {
                     .get(&pending.task)
                     .map(Task::to_json)
                     .unwrap_or(Value::Null);
-                json!({ "jsonrpc": "2.0", "id": pending.rpc_id, "result": { "task": task } })
+                Ok(json!({ "task": task }))
             }
         };
-        if pending.streaming {
-            if answer.get("error").is_some() {
-                self.event(&answer);
+        match (pending.streaming, pending.binding, answer) {
+            (true, _, Ok(_)) => {}
+            (true, Binding::JsonRpc, Err(e)) => self.sse(None, &e),
+            (true, Binding::Rest, Err(e)) => self.sse(Some("error"), &rest_error(&e).1),
+            (false, Binding::JsonRpc, Ok(result)) => {
+                let answer = json!({ "jsonrpc": "2.0", "id": pending.rpc_id, "result": result });
+                self.respond_json(200, &answer);
             }
+            (false, Binding::Rest, Ok(result)) => self.respond_json(200, &result),
+            (false, Binding::JsonRpc, Err(e)) => self.respond_json(200, &e),
+            (false, Binding::Rest, Err(e)) => self.respond_rest_error(&e),
+        }
+        if pending.streaming {
             self.out.extend_from_slice(b"0\r\n\r\n");
-        } else {
-            self.respond_json(200, &answer);
         }
     }
 
-    /// One SSE event (a JSON-RPC response, or a `StreamResponse` wrapped in one) as a chunk.
+    /// One SSE event of the pending stream: a `StreamResponse`, wrapped in a JSON-RPC
+    /// response for that binding, as is for HTTP+JSON.
     fn event(&mut self, value: &Value) {
-        let body = if value.get("jsonrpc").is_some() {
-            value.clone()
-        } else {
-            let id = self
-                .pending
-                .as_ref()
-                .map_or(Value::Null, |p| p.rpc_id.clone());
-            json!({ "jsonrpc": "2.0", "id": id, "result": value })
+        let body = match self.pending.as_ref() {
+            Some(p) if p.binding == Binding::JsonRpc => {
+                json!({ "jsonrpc": "2.0", "id": p.rpc_id, "result": value })
+            }
+            _ => value.clone(),
         };
-        let data = format!("data: {body}\n\n");
+        self.sse(None, &body);
+    }
+
+    /// An SSE event (named `event`, if any) as a chunk of the response.
+    fn sse(&mut self, event: Option<&str>, data: &Value) {
+        let name = event.map(|e| format!("event: {e}\n")).unwrap_or_default();
+        let data = format!("{name}data: {data}\n\n");
         let _ = write!(Chunk(&mut self.out), "{:x}\r\n{data}\r\n", data.len());
     }
 
@@ -912,11 +972,30 @@ impl A2aAdapter {
         self.respond(status, "application/json", body.as_bytes());
     }
 
+    /// An HTTP+JSON binding's error: an answer like any other, the connection stays.
+    fn respond_rest_error(&mut self, error: &Value) {
+        let (status, body) = rest_error(error);
+        let body = body.to_string();
+        self.respond_as(
+            status,
+            "application/json",
+            body.as_bytes(),
+            self.close_after,
+        );
+    }
+
     fn error_page(&mut self, status: u16, text: &str) {
         self.respond(status, "text/plain; charset=utf-8", text.as_bytes());
     }
 
+    /// A response; one refusing the request at the HTTP level (400, 411, 413, 431...) closes
+    /// the connection after it.
     fn respond(&mut self, status: u16, content_type: &str, body: &[u8]) {
+        let close = self.close_after || status >= 400 && status != 404 && status != 405;
+        self.respond_as(status, content_type, body, close);
+    }
+
+    fn respond_as(&mut self, status: u16, content_type: &str, body: &[u8], close: bool) {
         let reason = match status {
             200 => "OK",
             400 => "Bad Request",
@@ -928,13 +1007,10 @@ impl A2aAdapter {
             413 => "Content Too Large",
             431 => "Request Header Fields Too Large",
             503 => "Service Unavailable",
+            500 => "Internal Server Error",
             _ => "Error",
         };
-        let close = if self.close_after || status >= 400 && status != 404 && status != 405 {
-            "connection: close\r\n"
-        } else {
-            ""
-        };
+        let close = if close { "connection: close\r\n" } else { "" };
         let _ = write!(
             Chunk(&mut self.out),
             "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{close}\r\n",
@@ -988,7 +1064,10 @@ fn card_shell(name: &str, description: &str, url: &str) -> Value {
         "name": name,
         "description": description,
         "version": env!("CARGO_PKG_VERSION"),
-        "supportedInterfaces": [{ "url": url, "protocolBinding": "JSONRPC", "protocolVersion": VERSION }],
+        "supportedInterfaces": [
+            { "url": url, "protocolBinding": "JSONRPC", "protocolVersion": VERSION },
+            { "url": url, "protocolBinding": "HTTP+JSON", "protocolVersion": VERSION },
+        ],
         "provider": { "organization": "agent gateway", "url": url },
         "capabilities": { "streaming": true, "pushNotifications": false },
         "securitySchemes": { "mtls": { "mtlsSecurityScheme": { "description": "mutual TLS with an ACA certificate of the gateway's domain or a peer's" } } },
@@ -1105,6 +1184,47 @@ fn rpc_error(id: &Value, code: i64, message: &str, reason: ErrorCode) -> Value {
             }],
         },
     })
+}
+
+/// A JSON-RPC error (from [`rpc_error`]) as the HTTP+JSON binding gives it: the HTTP status
+/// and `{"error": {code, status, message, details}}` with an `ErrorInfo` whose reason is
+/// A2A's (as a2a-sdk maps them) and whose metadata keeps the gateway's.
+fn rest_error(rpc: &Value) -> (u16, Value) {
+    let error = rpc.get("error").unwrap_or(rpc);
+    let code = error.get("code").and_then(Value::as_i64).unwrap_or(-32603);
+    let (status, grpc, reason) = match code {
+        -32700 | -32600 => (400, "INVALID_ARGUMENT", "INVALID_REQUEST"),
+        -32602 => (400, "INVALID_ARGUMENT", "INVALID_PARAMS"),
+        -32601 => (404, "NOT_FOUND", "METHOD_NOT_FOUND"),
+        -32001 => (404, "NOT_FOUND", "TASK_NOT_FOUND"),
+        -32002 => (400, "FAILED_PRECONDITION", "TASK_NOT_CANCELABLE"),
+        -32003 => (
+            400,
+            "FAILED_PRECONDITION",
+            "PUSH_NOTIFICATION_NOT_SUPPORTED",
+        ),
+        -32004 => (400, "FAILED_PRECONDITION", "UNSUPPORTED_OPERATION"),
+        -32005 => (400, "INVALID_ARGUMENT", "CONTENT_TYPE_NOT_SUPPORTED"),
+        _ => (500, "INTERNAL", "INTERNAL_ERROR"),
+    };
+    let gateway = error
+        .pointer("/data/0/metadata")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let body = json!({
+        "error": {
+            "code": status,
+            "status": grpc,
+            "message": error.get("message").cloned().unwrap_or_default(),
+            "details": [{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": "a2a-protocol.org",
+                "metadata": gateway,
+            }],
+        },
+    });
+    (status, body)
 }
 
 fn push<M: agw_proto::WireMessage>(up: &mut FrameEncoder, message: &M) {

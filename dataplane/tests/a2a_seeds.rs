@@ -54,6 +54,25 @@ fn seed_requests_are_answered_or_refused_as_named() {
                     assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
                 }
             }
+            "valid-rest-send" | "valid-rest-stream" => {
+                // The HTTP+JSON binding: the same translation, answers without JSON-RPC.
+                let k = kinds(&messages);
+                assert_eq!(&k[..2], ["AccessRequest", "AgentMessage"], "{name}");
+                assert!(!out.contains("jsonrpc"), "{name}: {out}");
+                assert!(out.contains("TASK_STATE_COMPLETED"), "{name}: {out}");
+                assert_eq!(closed, None, "{name}");
+                if name == "valid-rest-send" {
+                    assert!(out.contains("{\"task\":{"), "{out}");
+                } else {
+                    // The stream, the task, then a finished task that cannot be canceled: a
+                    // 400 with A2A's reason, the connection kept.
+                    assert!(out.contains("content-type: text/event-stream"), "{out}");
+                    assert!(out.contains("TASK_STATE_WORKING"), "{out}");
+                    assert!(out.contains("HTTP/1.1 400"), "{out}");
+                    assert!(out.contains("TASK_NOT_CANCELABLE"), "{out}");
+                    assert!(!out.contains("connection: close"), "{out}");
+                }
+            }
             "bad-not-http" => {
                 assert!(out.starts_with("HTTP/1.1 400"), "{out}");
                 assert_eq!(closed, Some(ErrorCode::Malformed));

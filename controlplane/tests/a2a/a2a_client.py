@@ -1,7 +1,8 @@
 """An A2A client we did not write (a2a-sdk 1.3.0, JSON-RPC over HTTPS with the agent's ACA
 certificate) talking with a native agent through the gateway. Prints what it saw as JSON.
 
-Usage: a2a_client.py HOST PORT CA CERT KEY BOB_PATH NOBODY_PATH
+Usage: a2a_client.py HOST PORT CA CERT KEY BOB_PATH NOBODY_PATH [BINDING]
+BINDING: JSONRPC (default) or HTTP+JSON, the A2A binding the client is let use.
 """
 
 import asyncio
@@ -27,6 +28,7 @@ def texts(message):
 
 async def main():
     host, port, ca, cert, key, bob_path, nobody_path = sys.argv[1:8]
+    binding = sys.argv[8] if len(sys.argv) > 8 else "JSONRPC"
     tls = ssl.create_default_context(cafile=ca)
     tls.load_cert_chain(cert, key)
     seen = {}
@@ -37,7 +39,7 @@ async def main():
         card = await A2ACardResolver(http, base + bob_path).get_agent_card()
         seen["card"] = json_format.MessageToDict(card)
 
-        blocking = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(card)
+        blocking = ClientFactory(ClientConfig(httpx_client=http, streaming=False, supported_protocol_bindings=[binding])).create(card)
         question = pb.Message(
             message_id="m-1",
             role=pb.ROLE_USER,
@@ -54,7 +56,7 @@ async def main():
             "artifact": [p.text for a in task.artifacts for p in a.parts],
         }
 
-        streaming = ClientFactory(ClientConfig(httpx_client=http, streaming=True)).create(card)
+        streaming = ClientFactory(ClientConfig(httpx_client=http, streaming=True, supported_protocol_bindings=[binding])).create(card)
         follow_up = pb.Message(
             message_id="m-2",
             role=pb.ROLE_USER,
@@ -84,7 +86,7 @@ async def main():
                 seen[name] = type(e).__name__
 
         nobody_card = await A2ACardResolver(http, base + nobody_path).get_agent_card()
-        nobody = ClientFactory(ClientConfig(httpx_client=http, streaming=False)).create(nobody_card)
+        nobody = ClientFactory(ClientConfig(httpx_client=http, streaming=False, supported_protocol_bindings=[binding])).create(nobody_card)
         lost = pb.Message(message_id="m-3", role=pb.ROLE_USER, parts=[pb.Part(text="anyone?")])
         events = [e async for e in nobody.send_message(pb.SendMessageRequest(message=lost))]
         failed = events[-1].task
