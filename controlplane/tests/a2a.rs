@@ -640,3 +640,52 @@ fn an_mqtt_agent_asks_an_a2a_agent_two_domains_away_and_a_native_agent_joins_its
         node.stop();
     }
 }
+
+/// HTTP/2 (a gRPC client) on the agent port: offering only `h2` in ALPN, the TLS handshake
+/// fails (no protocol in common); without ALPN, its connection preface is answered in
+/// HTTP/2's terms: SETTINGS, then GOAWAY `HTTP_1_1_REQUIRED`, then close.
+#[test]
+fn an_http2_client_is_refused_in_its_own_terms() {
+    use std::io::{Read as _, Write as _};
+    let (_dir, _data, node) = gateway();
+    let alice = certify(&node, "alice", &[]);
+    let connect = |alpn: Vec<Vec<u8>>| {
+        let identity = agw_aca::tls::TlsIdentity {
+            chain: alice.certificate.chain.iter().map(|c| c.to_vec()).collect(),
+            key_pkcs8: alice.key.to_pkcs8_der(),
+            trust_anchor: node.authority.trust_anchor().to_vec(),
+            crls: Default::default(),
+            allow_unknown_revocation: true,
+            renewable: None,
+        };
+        let mut config = identity.agent_client_config("hotel.example").unwrap();
+        config.alpn_protocols = alpn;
+        let tcp = std::net::TcpStream::connect(node.addresses().agents).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        rustls::StreamOwned::new(tls, tcp)
+    };
+    let mut h2 = connect(vec![b"h2".to_vec()]);
+    let refused = h2
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .and_then(|()| h2.flush());
+    let mut byte = [0u8; 1];
+    assert!(
+        refused.is_err() || h2.read(&mut byte).is_err(),
+        "a client offering only h2 got a session"
+    );
+
+    let mut preface = connect(Vec::new());
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    preface.flush().unwrap();
+    let mut answer = Vec::new();
+    let _ = preface.read_to_end(&mut answer);
+    assert!(answer.len() > 26, "{answer:?}");
+    assert_eq!(&answer[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0], "SETTINGS first");
+    assert_eq!(answer[12], 7, "then GOAWAY");
+    assert_eq!(&answer[22..26], &[0, 0, 0, 0xd], "HTTP_1_1_REQUIRED");
+    assert!(String::from_utf8_lossy(&answer[26..]).contains("gRPC"));
+}

@@ -251,6 +251,8 @@ struct Request {
 
 enum Parsed {
     Incomplete,
+    /// HTTP/2's connection preface: the client speaks HTTP/2 (gRPC).
+    Http2,
     Request(Request),
     /// A status and text to answer with, then close.
     Refused(u16, &'static str),
@@ -334,6 +336,11 @@ impl A2aAdapter {
             };
             let request = match parsed {
                 Parsed::Incomplete => return Ok(()),
+                Parsed::Http2 => {
+                    self.out.extend_from_slice(&http2_refusal());
+                    let text = "HTTP/2 (gRPC) is not served: GOAWAY HTTP_1_1_REQUIRED";
+                    return Err(self.close(ErrorCode::UnsupportedVersion, text));
+                }
                 Parsed::Refused(status, text) => {
                     self.error_page(status, text);
                     return Err(self.close(ErrorCode::Malformed, text));
@@ -370,6 +377,16 @@ impl A2aAdapter {
     /// Takes the request at the front of the input once it is whole: its head parsed until
     /// whole, then kept while the body's bytes are only counted.
     fn parse(&mut self) -> Parsed {
+        let preface = self.input.len().min(HTTP2_PREFACE.len());
+        if self.head.is_none() && self.input.starts_with(b"PRI ") {
+            if self.input[..preface] != HTTP2_PREFACE[..preface] {
+                return Parsed::Refused(400, "not an HTTP/1.1 request");
+            }
+            if preface < HTTP2_PREFACE.len() {
+                return Parsed::Incomplete;
+            }
+            return Parsed::Http2;
+        }
         let head = match self.head.take() {
             Some(head) => head,
             None => match self.parse_head() {
@@ -1243,15 +1260,36 @@ impl std::fmt::Write for Chunk<'_> {
 
 /// Whether a connection's first bytes are an HTTP/1.1 request (a method and a space).
 pub fn looks_like_http(first: &[u8]) -> bool {
-    const METHODS: [&[u8]; 6] = [
+    const METHODS: [&[u8]; 7] = [
         b"GET ",
         b"POST ",
         b"PUT ",
         b"HEAD ",
         b"DELETE ",
         b"OPTIONS ",
+        // HTTP/2's connection preface (gRPC): refused by the adapter in HTTP/2's own terms.
+        b"PRI ",
     ];
     METHODS.iter().any(|m| first.starts_with(m))
+}
+
+/// HTTP/2's client connection preface (RFC 9113, 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What an HTTP/2 client (gRPC) is answered: the server's preface (an empty SETTINGS frame)
+/// and a GOAWAY with `HTTP_1_1_REQUIRED` (0xd) saying why, as RFC 9113 has a server do that
+/// will not speak HTTP/2; then the connection closes.
+fn http2_refusal() -> Vec<u8> {
+    const WHY: &[u8] =
+        b"agw: A2A's gRPC binding is not served; use JSON-RPC or HTTP+JSON over HTTP/1.1";
+    let mut out = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let len = (8 + WHY.len()) as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&0xdu32.to_be_bytes());
+    out.extend_from_slice(WHY);
+    out
 }
 
 /// The adapter's fuzz check, shared by the cargo-fuzz target `a2a` (`fuzz/`) and the test
@@ -1479,6 +1517,37 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{out}");
         assert!(out.contains("CERT_REVOKED: serial 01"), "{out}");
         assert!(a.is_closed());
+    }
+
+    #[test]
+    fn an_http2_client_is_told_http_1_1_is_required_in_http2s_terms() {
+        for chunk in [1, 7, 100] {
+            let mut a = A2aAdapter::new(Some(ALICE.into()), Vec::new(), 8192, None);
+            let mut up = FrameEncoder::new(agw_proto::FrameLimits::default());
+            let mut end = Ok(());
+            for piece in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04".chunks(chunk) {
+                a.input().extend_from_slice(piece);
+                end = a.from_client(Instant::now(), &mut up);
+                if end.is_err() {
+                    break;
+                }
+            }
+            assert_eq!(end.unwrap_err().code, ErrorCode::UnsupportedVersion);
+            let out = a.take_out();
+            // An empty SETTINGS frame, then GOAWAY (type 7) with error code 0xd.
+            assert_eq!(&out[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+            assert_eq!(out[12], 7);
+            assert_eq!(&out[22..26], &[0, 0, 0, 0xd]);
+            let len = u32::from_be_bytes([0, out[9], out[10], out[11]]) as usize;
+            assert_eq!(out.len(), 9 + 9 + len);
+            assert!(up.take().is_empty(), "no access asked");
+        }
+        // Not the preface after all: an HTTP/1.1 refusal.
+        let mut a = A2aAdapter::new(Some(ALICE.into()), Vec::new(), 8192, None);
+        let mut up = FrameEncoder::new(agw_proto::FrameLimits::default());
+        a.input().extend_from_slice(b"PRI /x HTTP/1.1\r\n\r\n");
+        assert!(a.from_client(Instant::now(), &mut up).is_err());
+        assert!(String::from_utf8_lossy(&a.take_out()).starts_with("HTTP/1.1 400"));
     }
 
     #[test]

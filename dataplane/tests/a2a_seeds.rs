@@ -73,6 +73,12 @@ fn seed_requests_are_answered_or_refused_as_named() {
                     assert!(!out.contains("connection: close"), "{out}");
                 }
             }
+            "bad-http2-preface" => {
+                // SETTINGS, then GOAWAY HTTP_1_1_REQUIRED; no access asked.
+                assert!(messages.is_empty(), "{name}");
+                assert_eq!(closed, Some(ErrorCode::UnsupportedVersion));
+                assert!(out.contains("not served"), "{out}");
+            }
             "bad-not-http" => {
                 assert!(out.starts_with("HTTP/1.1 400"), "{out}");
                 assert_eq!(closed, Some(ErrorCode::Malformed));
