@@ -311,14 +311,22 @@ struct A2aServer(std::process::Child);
 
 impl A2aServer {
     fn start(port: u16, keep_alive: u32) -> A2aServer {
+        A2aServer::start_tls(port, keep_alive, None)
+    }
+
+    /// Over HTTPS with `tls`'s certificate chain and key, client certificates required under
+    /// its CA.
+    fn start_tls(port: u16, keep_alive: u32, tls: Option<&common::PemFiles>) -> A2aServer {
         use std::io::BufRead as _;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/a2a/a2a_server.py");
-        let mut child = Command::new("python3")
+        let mut command = Command::new("python3");
+        command
             .arg(script)
-            .args([port.to_string(), keep_alive.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .args([port.to_string(), keep_alive.to_string()]);
+        if let Some(f) = tls {
+            command.args([&f.cert, &f.key, &f.ca]);
+        }
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -688,4 +696,80 @@ fn an_http2_client_is_refused_in_its_own_terms() {
     assert_eq!(answer[12], 7, "then GOAWAY");
     assert_eq!(&answer[22..26], &[0, 0, 0, 0xd], "HTTP_1_1_REQUIRED");
     assert!(String::from_utf8_lossy(&answer[26..]).contains("gRPC"));
+}
+
+/// An A2A server agent registered with an `https://` URL: the gateway calls it over mutual
+/// TLS (uvicorn requires the gateway's certificate), and the server must prove with its ACA
+/// certificate that it is the agent registered: one presenting another agent's is never
+/// called.
+#[test]
+fn an_https_a2a_server_is_called_over_mutual_tls_and_must_be_the_agent_registered() {
+    let (dir, data, node) = gateway();
+    let hotel = certify(&node, "hotel", &[]);
+    let impostor = certify(&node, "impostor", &[]);
+    let (port, wrong_port) = (free_port(), free_port());
+    let hotel_files = pem_files(dir.path(), &data, &hotel, "hotel");
+    let _server = A2aServer::start_tls(port, 5, Some(&hotel_files));
+    // A server for "impostor" that presents hotel's certificate.
+    let _wrong = A2aServer::start_tls(wrong_port, 5, Some(&hotel_files));
+    for (who, port) in [(&hotel, port), (&impostor, wrong_port)] {
+        let request = pb::RegisterRequest {
+            request_id: 1,
+            profile: Some(pb::AgentProfile {
+                agent: who.agent.to_string(),
+                capabilities: vec!["book-hotel".into()],
+                address: "unused".into(),
+                a2a_url: format!("https://127.0.0.1:{port}/"),
+                ..Default::default()
+            }),
+            certificate_chain: who.certificate.chain.clone(),
+        };
+        let registrant = who.agent.to_string();
+        node.registry
+            .ask(move |r| r.register(&request, Some(&registrant), SystemTime::now()))
+            .unwrap()
+            .unwrap();
+    }
+    let start = Instant::now();
+    while !matches!(
+        node.dataplane.route_of(hotel.agent.as_str()),
+        Some(agw_dataplane::routing::Route::Local { .. })
+    ) {
+        assert!(
+            start.elapsed() < WAIT,
+            "the gateway did not reach the HTTPS A2A server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let alice = certify(&node, "alice", &[]);
+    let native = AgentConnection::connect(node.addresses().agents, alice.clone(), WAIT).unwrap();
+    let (mut writer, mut reader) = native.split();
+    let mut send = |id: u64, to: &Credentials| {
+        let m = pb::AgentMessage {
+            destination: to.agent.to_string(),
+            source: alice.agent.to_string(),
+            message_id: id,
+            content_type: "text/plain".into(),
+            payload: Bytes::from_static(b"hello"),
+            ..Default::default()
+        };
+        writer.queue_raw(&m, DEFAULT_HOP_LIMIT).unwrap();
+        writer.flush().unwrap();
+    };
+    send(1, &hotel);
+    assert_eq!(
+        &outcome(&mut reader, 1).unwrap().payload[..],
+        b"echo: hello"
+    );
+    send(2, &impostor);
+    // The impostor's server failed the handshake: it never became a route.
+    let refused = outcome(&mut reader, 2).unwrap_err();
+    assert!(
+        matches!(
+            refused.reason(),
+            pb::ErrorCode::NoRoute | pb::ErrorCode::DestinationOffline
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(node.dataplane.route_of(impostor.agent.as_str()), None);
 }

@@ -579,6 +579,7 @@ fn server_bytes(responses: &[u8], chunk: usize) -> (Vec<Message>, Result<(), Clo
             host: "server".into(),
             path: "/".into(),
             dial: "server:80".into(),
+            tls: false,
         },
         64 * 1024,
     );

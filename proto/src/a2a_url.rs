@@ -2,24 +2,31 @@
 //! calls it. Checked by the registry when the profile is stored, split by the gateway into
 //! what its requests need.
 
-/// An `http://host[:port][/path]` URL, split.
+/// An `http[s]://host[:port][/path]` URL, split.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct A2aUrl {
+    /// `https`: the gateway calls over mutual TLS, and the server must prove, with an ACA
+    /// certificate, that it is the agent registered.
+    pub tls: bool,
     /// The `Host` header: the URL's authority (`host` or `host:port`).
     pub host: String,
     /// The JSON-RPC endpoint's path (`/` when the URL has none).
     pub path: String,
-    /// `host:port` to dial (port 80 when the URL names none).
+    /// `host:port` to dial (port 80, or 443 for https, when the URL names none).
     pub dial: String,
 }
 
 impl A2aUrl {
-    /// Splits `url`; refuses anything but a plain `http://` URL whose authority and path are
-    /// visible ASCII without user information, query or fragment.
+    /// Splits `url`; refuses anything but a plain `http://` or `https://` URL whose authority
+    /// and path are visible ASCII without user information, query or fragment.
     pub fn parse(url: &str) -> Result<A2aUrl, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url}: only http:// URLs are called (https:// is not yet)"))?;
+        let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => {
+                return Err(format!("{url}: only http:// and https:// URLs are called"));
+            }
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, "/"),
@@ -31,17 +38,20 @@ impl A2aUrl {
             || authority.contains(['@', '?', '#'])
             || path.contains(['?', '#'])
         {
-            return Err(format!("{url}: not a plain http://host[:port][/path] URL"));
+            return Err(format!(
+                "{url}: not a plain http[s]://host[:port][/path] URL"
+            ));
         }
         let has_port = authority
             .rsplit_once(':')
             .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-        let dial = if has_port {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
+        let dial = match (has_port, tls) {
+            (true, _) => authority.to_owned(),
+            (false, false) => format!("{authority}:80"),
+            (false, true) => format!("{authority}:443"),
         };
         Ok(A2aUrl {
+            tls,
             host: authority.to_owned(),
             path: path.to_owned(),
             dial,
@@ -67,8 +77,11 @@ mod tests {
         );
         let u = A2aUrl::parse("http://[::1]:81/").unwrap();
         assert_eq!(u.dial, "[::1]:81");
+        assert!(!u.tls);
+        let u = A2aUrl::parse("https://hotel.example/a2a").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.dial, "hotel.example:443");
         for bad in [
-            "https://x/",
             "ftp://x/",
             "http://user@x/",
             "http:///",

@@ -287,7 +287,7 @@ fn an_a2a_server_agent_registers_its_url_from_a_shell() {
         )
     };
     // A URL the gateway could not call: refused with the reason.
-    let (ok, _, err) = register("https://hotel.example/");
+    let (ok, _, err) = register("ftp://hotel.example/");
     assert!(
         !ok && err.contains("INVALID_FIELD") && err.contains("http://"),
         "{err}"

@@ -6,11 +6,13 @@ gateway to call as an A2A client. Its executor answers as a model agent would:
   in that task completes it with "booked: room 42 for <text>";
 - anything else: one message, "echo: <text>" (data parts are echoed as data).
 
-Usage: a2a_server.py PORT [KEEP_ALIVE_S]   (prints "ready" once it listens; idle connections
-are closed after KEEP_ALIVE_S, uvicorn's 5 by default)
+Usage: a2a_server.py PORT [KEEP_ALIVE_S [CERT KEY CA]]   (prints "ready" once it listens; idle
+connections are closed after KEEP_ALIVE_S, uvicorn's 5 by default; with CERT, KEY and CA it
+serves HTTPS with that certificate chain and requires a client certificate under CA)
 """
 
 import asyncio
+import ssl
 import sys
 
 import uvicorn
@@ -140,8 +142,12 @@ async def main():
     handler = DefaultRequestHandler(Echo(), InMemoryTaskStore(), card)
     routes = create_agent_card_routes(card) + create_jsonrpc_routes(handler, "/")
     keep_alive = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    tls = {}
+    if len(sys.argv) > 5:
+        tls = dict(ssl_certfile=sys.argv[3], ssl_keyfile=sys.argv[4], ssl_ca_certs=sys.argv[5],
+                   ssl_cert_reqs=ssl.CERT_REQUIRED)
     config = uvicorn.Config(Starlette(routes=routes), host="127.0.0.1", port=port,
-                            log_level="warning", timeout_keep_alive=keep_alive)
+                            log_level="warning", timeout_keep_alive=keep_alive, **tls)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -1,5 +1,6 @@
-//! A2A server agents: the shard an agent hashes to keeps an HTTP connection to its A2A server
-//! and is its route (`Route::Local` on that connection), so whatever the relay routes to the
+//! A2A server agents: the shard an agent hashes to keeps an HTTP connection (over mutual TLS
+//! for an `https://` URL, the server proving it is the agent) to its A2A server and is its
+//! route (`Route::Local` on that connection), so whatever the relay routes to the
 //! agent goes through [`crate::a2a_client`] as `SendMessage` requests.
 //!
 //! A server closes idle connections (uvicorn after 5 s): the connection is dialled again
@@ -7,10 +8,12 @@
 //! server cannot be reached, the connection closes (the route turns `Offline`) and is dialled
 //! again with back-off while the agent stays registered.
 
-use std::{net::SocketAddr, os::fd::AsRawFd, rc::Rc, time::Duration};
+use std::{net::SocketAddr, rc::Rc, sync::Arc, time::Duration};
 
 use agw_proto::{FrameDecoder, Message, a2a_url::A2aUrl, identity::AgentId};
+use futures_rustls::TlsConnector;
 use glommio::{net::TcpStream, timer::sleep};
+use rustls::pki_types::ServerName;
 
 use super::{
     Shard,
@@ -53,6 +56,55 @@ pub(super) async fn keep_a2a_server(shard: Rc<Shard>, agent: AgentId) {
 }
 
 impl Shard {
+    /// Dials `agent`'s A2A server at `address`: plain TCP for `http://`; for `https://`, TLS
+    /// with this gateway's certificate, the server proving with its ACA certificate that it is
+    /// `agent`.
+    async fn connect_a2a(
+        &self,
+        agent: &AgentId,
+        url: &A2aUrl,
+        address: SocketAddr,
+    ) -> Option<Stream> {
+        let tcp = TcpStream::connect_timeout(address, DIAL_TIMEOUT)
+            .await
+            .ok()?;
+        let _ = tcp.set_nodelay(true);
+        if !url.tls {
+            return Some(Stream::Plain(tcp));
+        }
+        let identity = &self.peer_tls.as_ref()?.identity;
+        let mut config = match identity.client_config(agent.as_str()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%agent, error = %e, "no TLS client for the A2A server");
+                return None;
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // The verifier checks the certificate's URI (the agent ID); the name is for SNI.
+        let host = url
+            .host
+            .rsplit_once(':')
+            .map_or(url.host.as_str(), |(h, _)| h)
+            .trim_matches(['[', ']']);
+        let name = ServerName::try_from(host.to_owned())
+            .or_else(|_| ServerName::try_from("a2a.invalid"))
+            .ok()?;
+        let handshake = TlsConnector::from(Arc::new(config)).connect(name, tcp);
+        let tls = futures_lite::future::or(async { Some(handshake.await) }, async {
+            sleep(DIAL_TIMEOUT).await;
+            None
+        })
+        .await?;
+        match tls {
+            Ok(tls) => Some(Stream::Client(Box::new(tls))),
+            Err(e) => {
+                tracing::warn!(%agent, error = %e, "the A2A server's TLS handshake failed");
+                None
+            }
+        }
+    }
+
     /// Dials `agent`'s A2A server and makes the connection its route.
     async fn dial_a2a_server(
         &self,
@@ -60,11 +112,8 @@ impl Shard {
         endpoint: A2aUrl,
         address: SocketAddr,
     ) -> Option<Rc<Conn>> {
-        let stream = TcpStream::connect_timeout(address, DIAL_TIMEOUT)
-            .await
-            .ok()?;
-        let _ = stream.set_nodelay(true);
-        let conn = self.new_conn(Stream::Plain(stream), ConnKind::Agent)?;
+        let stream = self.connect_a2a(agent, &endpoint, address).await?;
+        let conn = self.new_conn(stream, ConnKind::Agent)?;
         // No access: the registry vouched for the agent when it registered the URL.
         *conn.session.borrow_mut() = None;
         conn.decoder
@@ -101,20 +150,20 @@ impl Shard {
         }
         self.lose_calls(conn);
         self.flush_cross().await;
-        let agent = conn.agent.borrow().clone();
-        let wanted = agent.and_then(|a| self.a2a_wanted.borrow().get(&a).cloned());
-        let Some((_, address)) = wanted else {
+        let Some(agent) = conn.agent.borrow().clone() else {
             return false;
         };
-        let Ok(stream) = TcpStream::connect_timeout(address, DIAL_TIMEOUT).await else {
+        let Some((url, address)) = self.a2a_wanted.borrow().get(&agent).cloned() else {
+            return false;
+        };
+        let Some(stream) = self.connect_a2a(&agent, &url, address).await else {
             return false;
         };
         if !conn.is_open() {
             return false;
         }
-        let _ = stream.set_nodelay(true);
-        conn.fd.set(stream.as_raw_fd());
-        *conn.stream.borrow_mut() = Stream::Plain(stream);
+        conn.fd.set(stream.raw_fd());
+        *conn.stream.borrow_mut() = stream;
         self.counter().a2a_server_connection();
         conn.hold.set(false);
         conn.writer.notify();

@@ -5,7 +5,7 @@ use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
     io::{self, IoSlice},
-    os::fd::RawFd,
+    os::fd::{AsRawFd, RawFd},
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
@@ -90,6 +90,15 @@ pub(super) enum Stream {
 }
 
 impl Stream {
+    /// The socket's descriptor.
+    pub(super) fn raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Server(s) => s.get_ref().0.as_raw_fd(),
+            Stream::Client(s) => s.get_ref().0.as_raw_fd(),
+        }
+    }
+
     pub(super) fn poll_write(
         &mut self,
         cx: &mut Context<'_>,

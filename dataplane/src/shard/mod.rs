@@ -8,7 +8,7 @@ use std::{
     cell::{Cell, RefCell},
     io,
     net::{IpAddr, SocketAddr},
-    os::fd::{AsRawFd, RawFd},
+    os::fd::RawFd,
     rc::Rc,
     sync::{Arc, OnceLock, mpsc},
     time::{Duration, Instant, SystemTime},
@@ -448,11 +448,7 @@ impl Shard {
     }
 
     fn new_conn(&self, stream: Stream, kind: ConnKind) -> Option<Rc<Conn>> {
-        let fd = match &stream {
-            Stream::Plain(s) => s.as_raw_fd(),
-            Stream::Server(s) => s.get_ref().0.as_raw_fd(),
-            Stream::Client(s) => s.get_ref().0.as_raw_fd(),
-        };
+        let fd = stream.raw_fd();
         self.new_conn_fd(stream, fd, kind)
     }
 

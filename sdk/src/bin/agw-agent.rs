@@ -25,7 +25,8 @@ use agw_sdk::{
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 
-/// An agent's certificate from a shell: enroll with the domain's authority, renew, show.
+/// An agent's certificate and registration from a shell: enroll with the domain's authority,
+/// renew, show; register its profile (an A2A server agent with its URL), deregister.
 /// Files live in a directory (--dir): key.pem (the private key, 0600, never sent) and
 /// chain.pem (the certificate, then its authority's chain).
 #[derive(Debug, Parser)]
@@ -110,7 +111,8 @@ enum Command {
         /// A language it speaks (BCP 47, e.g. en); repeat for more.
         #[arg(long = "language")]
         languages: Vec<String>,
-        /// Its A2A endpoint, http://host:port/path (the JSON-RPC binding).
+        /// Its A2A endpoint, http[s]://host[:port][/path] (the JSON-RPC binding); over https
+        /// the server presents this agent's certificate.
         #[arg(long)]
         a2a_url: Option<String>,
         /// Where it is reached, as discovery shows it [default: the A2A URL].
