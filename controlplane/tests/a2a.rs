@@ -46,6 +46,11 @@ fn register(node: &Node, who: &Credentials, capabilities: &[&str]) {
         address: "unused".into(),
         ..Default::default()
     };
+    register_profile(node, who, profile);
+}
+
+/// Registers `profile` for `who` with the registry of `node`.
+fn register_profile(node: &Node, who: &Credentials, profile: pb::AgentProfile) {
     let request = pb::RegisterRequest {
         request_id: 1,
         profile: Some(profile),
@@ -343,6 +348,34 @@ impl Drop for A2aServer {
     }
 }
 
+/// Registers `who` as an A2A server agent at `url`, with the registry of `node`.
+fn register_a2a_server(node: &Node, who: &Credentials, url: &str) {
+    let profile = pb::AgentProfile {
+        agent: who.agent.to_string(),
+        capabilities: vec!["book-hotel".into()],
+        protocols: vec![pb::Protocol::A2a as i32],
+        address: "unused".into(),
+        a2a_url: url.to_owned(),
+        ..Default::default()
+    };
+    register_profile(node, who, profile);
+}
+
+/// Waits until `node` routes to `who` on one of its own connections (its A2A server's).
+fn await_local_route(node: &Node, who: &Credentials) {
+    let start = Instant::now();
+    while !matches!(
+        node.dataplane.route_of(who.agent.as_str()),
+        Some(agw_dataplane::routing::Route::Local { .. })
+    ) {
+        assert!(
+            start.elapsed() < WAIT,
+            "the gateway did not connect to the A2A server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -377,34 +410,8 @@ fn a_native_agent_and_an_a2a_client_reach_an_a2a_sdk_server_through_the_gateway(
     let mut server = Some(A2aServer::start(port, 1));
     // The hotel agent is an A2A server: it enrolls and registers its URL, and never connects.
     let hotel = certify(&node, "hotel", &[]);
-    let request = pb::RegisterRequest {
-        request_id: 1,
-        profile: Some(pb::AgentProfile {
-            agent: hotel.agent.to_string(),
-            capabilities: vec!["book-hotel".into()],
-            protocols: vec![pb::Protocol::A2a as i32],
-            address: "unused".into(),
-            a2a_url: format!("http://127.0.0.1:{port}/"),
-            ..Default::default()
-        }),
-        certificate_chain: hotel.certificate.chain.clone(),
-    };
-    let registrant = hotel.agent.to_string();
-    node.registry
-        .ask(move |r| r.register(&request, Some(&registrant), SystemTime::now()))
-        .unwrap()
-        .unwrap();
-    let start = Instant::now();
-    while !matches!(
-        node.dataplane.route_of(hotel.agent.as_str()),
-        Some(agw_dataplane::routing::Route::Local { .. })
-    ) {
-        assert!(
-            start.elapsed() < WAIT,
-            "the gateway did not connect to the A2A server"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    register_a2a_server(&node, &hotel, &format!("http://127.0.0.1:{port}/"));
+    await_local_route(&node, &hotel);
 
     let alice = certify(&node, "alice", &[]);
     let native = AgentConnection::connect(node.addresses().agents, alice.clone(), WAIT).unwrap();
@@ -713,34 +720,9 @@ fn an_https_a2a_server_is_called_over_mutual_tls_and_must_be_the_agent_registere
     // A server for "impostor" that presents hotel's certificate.
     let _wrong = A2aServer::start_tls(wrong_port, 5, Some(&hotel_files));
     for (who, port) in [(&hotel, port), (&impostor, wrong_port)] {
-        let request = pb::RegisterRequest {
-            request_id: 1,
-            profile: Some(pb::AgentProfile {
-                agent: who.agent.to_string(),
-                capabilities: vec!["book-hotel".into()],
-                address: "unused".into(),
-                a2a_url: format!("https://127.0.0.1:{port}/"),
-                ..Default::default()
-            }),
-            certificate_chain: who.certificate.chain.clone(),
-        };
-        let registrant = who.agent.to_string();
-        node.registry
-            .ask(move |r| r.register(&request, Some(&registrant), SystemTime::now()))
-            .unwrap()
-            .unwrap();
+        register_a2a_server(&node, who, &format!("https://127.0.0.1:{port}/"));
     }
-    let start = Instant::now();
-    while !matches!(
-        node.dataplane.route_of(hotel.agent.as_str()),
-        Some(agw_dataplane::routing::Route::Local { .. })
-    ) {
-        assert!(
-            start.elapsed() < WAIT,
-            "the gateway did not reach the HTTPS A2A server"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_local_route(&node, &hotel);
     let alice = certify(&node, "alice", &[]);
     let native = AgentConnection::connect(node.addresses().agents, alice.clone(), WAIT).unwrap();
     let (mut writer, mut reader) = native.split();
