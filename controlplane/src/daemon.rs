@@ -70,6 +70,14 @@ pub struct DaemonArgs {
     /// Where agents register and discover, mutual TLS [default: 127.0.0.1:7403].
     #[arg(long)]
     pub registry_listen: Option<SocketAddr>,
+    /// A port of its own for MQTT clients (TLS with their ACA certificate, no protocol
+    /// detection), besides --listen, which serves them too [default: none].
+    #[arg(long)]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// A port of its own for A2A clients (HTTPS with their ACA certificate), besides --listen,
+    /// which serves them too [default: none].
+    #[arg(long)]
+    pub a2a_listen: Option<SocketAddr>,
     /// Where peer gateways' peering sessions dial in, mutual TLS [default: 127.0.0.1:7404].
     #[arg(long)]
     pub peering_listen: Option<SocketAddr>,
@@ -145,6 +153,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct ListenFile {
     agents: Option<SocketAddr>,
+    mqtt: Option<SocketAddr>,
+    a2a: Option<SocketAddr>,
     aca: Option<SocketAddr>,
     crl: Option<SocketAddr>,
     registry: Option<SocketAddr>,
@@ -497,6 +507,8 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                 shards: args.shards.or(file.shards),
                 pin_cores: true,
                 agents: addr(args.listen, listen.agents, "127.0.0.1:7400"),
+                mqtt: args.mqtt_listen.or(listen.mqtt),
+                a2a: args.a2a_listen.or(listen.a2a),
                 aca: aca_listen,
                 aca_plaintext: file
                     .aca_plaintext
@@ -589,6 +601,15 @@ pub fn run(args: DaemonArgs) -> Result<(), String> {
         "agw: enrollment tokens (hand each organisation its own) in {}",
         node.enrollment_tokens_path().display()
     );
+    if let Some(mqtt) = a.mqtt {
+        let _ = writeln!(out, "agw: MQTT clients also on {mqtt} (TLS, MQTT only)");
+    }
+    if let Some(a2a) = a.a2a {
+        let _ = writeln!(
+            out,
+            "agw: A2A clients also at https://{a2a}/a2a/ (HTTPS, A2A only)"
+        );
+    }
     let _ = writeln!(out, "agw: registry (mutual TLS) at {}", a.registry);
     let _ = writeln!(out, "agw: CRL at {}", a.crl_url);
     if let Some(est) = a.est {
@@ -836,6 +857,8 @@ fn reload(
         differs(key, was.to_string(), now.to_string());
     }
     for (key, was, now) in [
+        ("listen.mqtt", old.mqtt, next.mqtt),
+        ("listen.a2a", old.a2a, next.a2a),
         ("listen.metrics", old.metrics, next.metrics),
         ("listen.est", old.est, next.est),
     ] {

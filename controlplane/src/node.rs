@@ -87,6 +87,10 @@ pub struct NodeConfig {
     pub agent_address: Option<String>,
     /// Where agents connect.
     pub agents: SocketAddr,
+    /// A port of its own for MQTT clients (TLS), besides `agents`; `None`: none.
+    pub mqtt: Option<SocketAddr>,
+    /// A port of its own for A2A clients (HTTPS), besides `agents`; `None`: none.
+    pub a2a: Option<SocketAddr>,
     /// Where agents apply for certificates (TLS; plain TCP too with `aca_plaintext`).
     pub aca: SocketAddr,
     /// The authority's port also takes plain TCP (applications then carry their enrollment
@@ -150,6 +154,8 @@ impl NodeConfig {
             pin_cores: true,
             agent_address: None,
             agents: any,
+            mqtt: None,
+            a2a: None,
             aca: any,
             aca_plaintext: true,
             crl: any,
@@ -176,6 +182,10 @@ impl NodeConfig {
 pub struct NodeAddresses {
     /// Agents' relay.
     pub agents: SocketAddr,
+    /// MQTT clients' port of their own, when served.
+    pub mqtt: Option<SocketAddr>,
+    /// A2A clients' port of their own, when served.
+    pub a2a: Option<SocketAddr>,
     /// Certificate applications.
     pub aca: SocketAddr,
     /// The CRL's URL.
@@ -498,6 +508,8 @@ impl Node {
         dp_config.authorization = with_scopes(&authority, config.authorization.clone());
         dp_config.peer_listen = Some(config.relay_links);
         dp_config.peer_tls = Some(tls.clone());
+        dp_config.mqtt_listen = config.mqtt;
+        dp_config.a2a_listen = config.a2a;
         if config.agent_plaintext {
             if !config.agents.ip().is_loopback() {
                 tracing::warn!(listen = %config.agents, "agents speak plain TCP on a non-loopback address: every message crosses the network readable and alterable");
@@ -684,6 +696,8 @@ impl Node {
         tracing::info!(%gateway, agents = %dataplane.local_addr(), aca = %aca_addr, registry = %ars_addr, peers = config.peers.len(), "node started");
         let addresses = NodeAddresses {
             agents: dataplane.local_addr(),
+            mqtt: dataplane.mqtt_addr(),
+            a2a: dataplane.a2a_addr(),
             aca: aca_addr,
             crl_url,
             registry: ars_addr,

@@ -755,3 +755,95 @@ fn an_https_a2a_server_is_called_over_mutual_tls_and_must_be_the_agent_registere
     );
     assert_eq!(node.dataplane.route_of(impostor.agent.as_str()), None);
 }
+
+/// Ports of their own for MQTT and A2A (`listen.mqtt`, `listen.a2a`): each speaks its
+/// protocol without detection, with clients we did not write (mosquitto_pub, curl); a native
+/// agent dialling the A2A port is not taken for one.
+#[test]
+fn mqtt_and_a2a_can_have_ports_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let node = Node::start(NodeConfig {
+        mqtt: Some(any),
+        a2a: Some(any),
+        ..NodeConfig::on_loopback(Domain::new("hotel.example").unwrap(), "agw-1", data.clone())
+    })
+    .unwrap();
+    let (mqtt, a2a) = (
+        node.addresses().mqtt.unwrap(),
+        node.addresses().a2a.unwrap(),
+    );
+    assert!(mqtt.port() != 0 && a2a.port() != 0 && mqtt != a2a);
+    let alice = certify(&node, "alice", &[]);
+    let bob = certify(&node, "bob", &[]);
+    let f = pem_files(dir.path(), &data, &alice, "alice");
+    let native = AgentConnection::connect(node.addresses().agents, bob.clone(), WAIT).unwrap();
+    let (mut writer, mut reader) = native.split();
+
+    // MQTT on its port: mosquitto_pub's QoS 1 publish reaches bob, its PUBACK bob's ACK.
+    let publish = Command::new("timeout")
+        .args(["20", "mosquitto_pub"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt.port().to_string(),
+            "-V",
+            "mqttv5",
+        ])
+        .arg("--cafile")
+        .arg(&f.ca)
+        .arg("--cert")
+        .arg(&f.cert)
+        .arg("--key")
+        .arg(&f.key)
+        .args([
+            "-q",
+            "1",
+            "-t",
+            &format!("agw/to/{}", bob.agent),
+            "-m",
+            "hi",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let m = loop {
+        assert!(start.elapsed() < WAIT, "nothing came over the MQTT port");
+        match reader.recv() {
+            Ok(Incoming::Message(m, _)) => break m,
+            Ok(_) | Err(AgentError::Io(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(m.source_protocol, pb::Protocol::Mqtt as i32);
+    assert_eq!(&m.payload[..], b"hi");
+    writer.ack(&m).unwrap();
+    writer.flush().unwrap();
+    let out = publish.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // A2A on its port: curl gets bob's card.
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "10", "--cacert"])
+        .arg(&f.ca)
+        .arg("--cert")
+        .arg(&f.cert)
+        .arg("--key")
+        .arg(&f.key)
+        .arg(format!(
+            "https://127.0.0.1:{}/a2a/hotel.example/bob/.well-known/agent-card.json",
+            a2a.port()
+        ))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"name\":\"bob\""), "{answer}");
+
+    // A native agent on the A2A port speaks no HTTP: refused, never accessed.
+    assert!(AgentConnection::connect(a2a, alice.clone(), Duration::from_secs(3)).is_err());
+}

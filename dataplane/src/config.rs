@@ -19,6 +19,11 @@ pub struct DataplaneConfig {
     pub peer_listen: Option<SocketAddr>,
     /// This gateway's certificate for peer links (required with `peer_listen`, and to dial).
     pub peer_tls: Option<TlsIdentity>,
+    /// A port of its own for MQTT clients (TLS, no protocol detection), besides the agent
+    /// port that tells protocols apart; `None`: none. Needs `agent_tls`.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// A port of its own for A2A clients (HTTPS, no protocol detection); needs `agent_tls`.
+    pub a2a_listen: Option<SocketAddr>,
     /// Agent access over mutual TLS (ALPN `agw/1`) with this gateway's certificate: the client
     /// certificate must chain to the trust anchor, and access is for the agent it names
     /// (revocation is checked by the access session, against the live CRL). `None`: agents
@@ -152,6 +157,8 @@ impl DataplaneConfig {
             listen,
             peer_listen: None,
             peer_tls: None,
+            mqtt_listen: None,
+            a2a_listen: None,
             agent_tls: None,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_cores: true,
@@ -189,6 +196,13 @@ impl DataplaneConfig {
         }
         if self.peer_listen.is_some() && self.peer_tls.is_none() {
             return Err("peer_listen needs peer_tls (the gateway's certificate)".into());
+        }
+        if (self.mqtt_listen.is_some() || self.a2a_listen.is_some()) && self.agent_tls.is_none() {
+            return Err(
+                "a port of its own for MQTT or A2A needs agent TLS (their clients are known by \
+                 their certificates)"
+                    .into(),
+            );
         }
         if self.tick.is_zero() || self.tick > Duration::from_secs(1) {
             return Err("tick must be above 0 and at most 1 s".into());

@@ -161,6 +161,8 @@ pub struct DrainReport {
 pub struct Dataplane {
     addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
+    mqtt_addr: Option<SocketAddr>,
+    a2a_addr: Option<SocketAddr>,
     counters: Arc<[ShardCounters]>,
     commands: Vec<crossbeam_channel::Sender<ShardCommand>>,
     threads: Vec<ExecutorJoinHandle<()>>,
@@ -239,6 +241,8 @@ impl Dataplane {
         let mut dataplane = Dataplane {
             addr: config.listen,
             peer_addr: None,
+            mqtt_addr: None,
+            a2a_addr: None,
             counters: counters.clone(),
             commands: Vec::new(),
             threads: Vec::new(),
@@ -252,6 +256,7 @@ impl Dataplane {
         // Shard 0 binds first so that the others join its port when the configured one is 0.
         let mut listen = config.listen;
         let mut peer_listen = config.peer_listen;
+        let (mut mqtt_listen, mut a2a_listen) = (config.mqtt_listen, config.a2a_listen);
         for (id, (senders, receivers)) in senders.into_iter().zip(receivers).enumerate() {
             let (ready_tx, ready_rx) = mpsc::channel();
             let (command_tx, command_rx) = crossbeam_channel::unbounded();
@@ -260,6 +265,8 @@ impl Dataplane {
                 config: config.clone(),
                 listen,
                 peer_listen,
+                mqtt_listen,
+                a2a_listen,
                 peer_tls: peer_tls.clone(),
                 agent_tls: agent_tls.clone(),
                 counters: counters.clone(),
@@ -292,9 +299,11 @@ impl Dataplane {
             dataplane.threads.push(thread);
             // Each shard reports as soon as it listens (its channels connect afterwards).
             match ready_rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok((addr, peer))) if id == 0 => {
-                    listen = addr;
-                    peer_listen = peer;
+                Ok(Ok(bound)) if id == 0 => {
+                    listen = bound.agents;
+                    peer_listen = bound.peer;
+                    mqtt_listen = bound.mqtt;
+                    a2a_listen = bound.a2a;
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(source)) => {
@@ -314,6 +323,8 @@ impl Dataplane {
         }
         dataplane.addr = listen;
         dataplane.peer_addr = peer_listen;
+        dataplane.mqtt_addr = mqtt_listen;
+        dataplane.a2a_addr = a2a_listen;
         Ok(dataplane)
     }
 
@@ -325,6 +336,16 @@ impl Dataplane {
     /// Where agents connect.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The port of its own for MQTT clients, if configured.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    /// The port of its own for A2A clients, if configured.
+    pub fn a2a_addr(&self) -> Option<SocketAddr> {
+        self.a2a_addr
     }
 
     /// Where peer gateways' relay links connect, if peering.

@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{
-    Shard,
+    PortProtocol, Shard,
     conn::{ConnKind, Stream},
     serve,
 };
@@ -24,7 +24,8 @@ use glommio::{
     timer::sleep,
 };
 
-pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// Accepts agents' connections on `listener`, whose clients speak `protocol`.
+pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, protocol: PortProtocol) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -53,6 +54,7 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 acceptor.clone(),
                 stream,
                 slot,
+                protocol,
             ))
             .detach();
             continue;
@@ -192,6 +194,7 @@ async fn agent_handshake(
     acceptor: TlsAcceptor,
     stream: TcpStream,
     slot: Handshaking,
+    protocol: PortProtocol,
 ) {
     let starts_tls = starts_tls(&stream).await;
     if starts_tls != Some(true) {
@@ -237,13 +240,17 @@ async fn agent_handshake(
     if let Some(session) = conn.session.borrow_mut().as_mut() {
         session.bind_tls_identity(identity.clone(), chain.clone());
     }
-    // ALPN names the protocol; a client that named none (MQTT clients, usually) is told
-    // apart by its first bytes.
-    match alpn.as_deref() {
-        Some(AGENT_ALPN) => {}
-        Some(MQTT_ALPN) => shard.speak_mqtt(&conn),
-        Some(HTTP_ALPN) => shard.speak_a2a(&conn),
-        _ => {
+    // On a protocol's own port, that protocol; on the agent port, ALPN names it, and a client
+    // that named none (MQTT clients, usually) is told apart by its first bytes.
+    match (protocol, alpn.as_deref()) {
+        (PortProtocol::Mqtt, _) | (PortProtocol::Detect, Some(MQTT_ALPN)) => {
+            shard.speak_mqtt(&conn);
+        }
+        (PortProtocol::A2a, _) | (PortProtocol::Detect, Some(HTTP_ALPN)) => {
+            shard.speak_a2a(&conn);
+        }
+        (PortProtocol::Detect, Some(AGENT_ALPN)) => {}
+        (PortProtocol::Detect, _) => {
             conn.identifying.set(true);
             conn.hold.set(true);
         }

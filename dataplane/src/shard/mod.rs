@@ -137,6 +137,9 @@ pub(crate) struct ShardSetup {
     pub listen: SocketAddr,
     /// Where peer gateways' links connect (mutual TLS), if peering.
     pub peer_listen: Option<SocketAddr>,
+    /// The ports of their own for MQTT and A2A clients, if any.
+    pub mqtt_listen: Option<SocketAddr>,
+    pub a2a_listen: Option<SocketAddr>,
     pub peer_tls: Option<Arc<PeerTls>>,
     /// Agent access over mutual TLS; `None`: plain TCP.
     pub agent_tls: Option<Arc<rustls::ServerConfig>>,
@@ -153,7 +156,24 @@ pub(crate) struct ShardSetup {
     /// Indexed by destination shard; `None` at this shard's own index.
     pub senders: Vec<Option<SharedSender<CrossBatch>>>,
     pub receivers: Vec<SharedReceiver<CrossBatch>>,
-    pub ready: mpsc::Sender<io::Result<(SocketAddr, Option<SocketAddr>)>>,
+    pub ready: mpsc::Sender<io::Result<Listening>>,
+}
+
+/// Where a shard listens (the ports asked for, with 0 made the ones the kernel picked).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listening {
+    pub agents: SocketAddr,
+    pub peer: Option<SocketAddr>,
+    pub mqtt: Option<SocketAddr>,
+    pub a2a: Option<SocketAddr>,
+}
+
+/// What a listener's clients speak: told apart on the agent port, fixed on a protocol's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PortProtocol {
+    Detect,
+    Mqtt,
+    A2a,
 }
 
 struct Shard {
@@ -223,17 +243,32 @@ pub(crate) async fn run(setup: ShardSetup) {
             return;
         }
     };
-    let peer_listener = match setup.peer_listen.map(TcpListener::bind) {
-        None => None,
-        Some(Ok(l)) => Some(l),
-        Some(Err(e)) => {
-            let _ = setup.ready.send(Err(io::Error::other(e.to_string())));
+    let bind_extra = |addr: Option<SocketAddr>| -> io::Result<Option<(TcpListener, SocketAddr)>> {
+        let Some(addr) = addr else { return Ok(None) };
+        let listener = TcpListener::bind(addr).map_err(|e| io::Error::other(e.to_string()))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(Some((listener, bound)))
+    };
+    let (peer, mqtt, a2a) = match (
+        bind_extra(setup.peer_listen),
+        bind_extra(setup.mqtt_listen),
+        bind_extra(setup.a2a_listen),
+    ) {
+        (Ok(peer), Ok(mqtt), Ok(a2a)) => (peer, mqtt, a2a),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            let _ = setup.ready.send(Err(e));
             return;
         }
     };
-    let peer_addr = peer_listener.as_ref().and_then(|l| l.local_addr().ok());
     // Listening now; connections wait in the backlog until the mesh is up below.
-    let _ = setup.ready.send(Ok((addr, peer_addr)));
+    let _ = setup.ready.send(Ok(Listening {
+        agents: addr,
+        peer: peer.as_ref().map(|(_, a)| *a),
+        mqtt: mqtt.as_ref().map(|(_, a)| *a),
+        a2a: a2a.as_ref().map(|(_, a)| *a),
+    }));
     let shards = setup.senders.len();
     let shard = Rc::new(Shard {
         id: setup.id,
@@ -285,8 +320,18 @@ pub(crate) async fn run(setup: ShardSetup) {
             *slot = Some(Rc::new(tx));
         }
     }
-    spawn_local(accept::accept_loop(shard.clone(), listener)).detach();
-    if let Some(l) = peer_listener {
+    spawn_local(accept::accept_loop(
+        shard.clone(),
+        listener,
+        PortProtocol::Detect,
+    ))
+    .detach();
+    for (port, protocol) in [(mqtt, PortProtocol::Mqtt), (a2a, PortProtocol::A2a)] {
+        if let Some((l, _)) = port {
+            spawn_local(accept::accept_loop(shard.clone(), l, protocol)).detach();
+        }
+    }
+    if let Some((l, _)) = peer {
         spawn_local(accept_peers(shard.clone(), l)).detach();
     }
     shard.housekeeping(setup.commands).await;
