@@ -101,6 +101,10 @@ pub struct DaemonArgs {
     /// rest is NACKed DRAINING [default: 30].
     #[arg(long)]
     pub drain_deadline_s: Option<u64>,
+    /// Seconds an A2A server agent (one registered with its URL) has to answer a request
+    /// before it is NACKed REQUEST_TIMEOUT [default: 60].
+    #[arg(long)]
+    pub a2a_answer_within_s: Option<u64>,
     /// Organisations allowed certificates: ORG=SCOPE,SCOPE [default: Example]. Each
     /// enrolls with its token, which the gateway makes and keeps in
     /// DATA_DIR/aca/enrollment-tokens (0600): hand each organisation its own.
@@ -142,6 +146,7 @@ struct FileConfig {
     authorization: Option<AuthorizationFile>,
     shards: Option<usize>,
     drain_deadline_s: Option<u64>,
+    a2a_answer_within_s: Option<u64>,
     listen: Option<ListenFile>,
     limits: Option<LimitsFile>,
     federation: Option<FederationFile>,
@@ -432,6 +437,14 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
             .or(file.drain_deadline_s)
             .unwrap_or(30),
     );
+    let a2a_answer_within = Duration::from_secs(
+        args.a2a_answer_within_s
+            .or(file.a2a_answer_within_s)
+            .unwrap_or(60),
+    );
+    if a2a_answer_within.is_zero() {
+        problems.push("a2a_answer_within_s must be above 0".into());
+    }
     let allow = if !args.allow.is_empty() {
         args.allow.clone()
     } else {
@@ -509,6 +522,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                 agents: addr(args.listen, listen.agents, "127.0.0.1:7400"),
                 mqtt: args.mqtt_listen.or(listen.mqtt),
                 a2a: args.a2a_listen.or(listen.a2a),
+                a2a_answer_within,
                 aca: aca_listen,
                 aca_plaintext: file
                     .aca_plaintext
@@ -831,6 +845,11 @@ fn reload(
             "applications_per_minute_per_source",
             old.applications_per_minute_per_source,
             next.applications_per_minute_per_source,
+        ),
+        (
+            "a2a_answer_within_s",
+            old.a2a_answer_within.as_secs() as u32,
+            next.a2a_answer_within.as_secs() as u32,
         ),
     ] {
         differs(key, was.to_string(), now.to_string());

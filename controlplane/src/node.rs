@@ -91,6 +91,8 @@ pub struct NodeConfig {
     pub mqtt: Option<SocketAddr>,
     /// A port of its own for A2A clients (HTTPS), besides `agents`; `None`: none.
     pub a2a: Option<SocketAddr>,
+    /// How long an A2A server agent has to answer a request (then `REQUEST_TIMEOUT`).
+    pub a2a_answer_within: Duration,
     /// Where agents apply for certificates (TLS; plain TCP too with `aca_plaintext`).
     pub aca: SocketAddr,
     /// The authority's port also takes plain TCP (applications then carry their enrollment
@@ -156,6 +158,7 @@ impl NodeConfig {
             agents: any,
             mqtt: None,
             a2a: None,
+            a2a_answer_within: agw_dataplane::a2a_client::ANSWER_WITHIN,
             aca: any,
             aca_plaintext: true,
             crl: any,
@@ -510,6 +513,7 @@ impl Node {
         dp_config.peer_tls = Some(tls.clone());
         dp_config.mqtt_listen = config.mqtt;
         dp_config.a2a_listen = config.a2a;
+        dp_config.a2a_answer_within = config.a2a_answer_within;
         if config.agent_plaintext {
             if !config.agents.ip().is_loopback() {
                 tracing::warn!(listen = %config.agents, "agents speak plain TCP on a non-loopback address: every message crosses the network readable and alterable");

@@ -847,3 +847,54 @@ fn mqtt_and_a2a_can_have_ports_of_their_own() {
     // A native agent on the A2A port speaks no HTTP: refused, never accessed.
     assert!(AgentConnection::connect(a2a, alice.clone(), Duration::from_secs(3)).is_err());
 }
+
+/// An A2A server agent that takes requests and never answers: each is NACKed
+/// `REQUEST_TIMEOUT` once the server's time to answer passed (here 1 s), and the gateway
+/// dials it again; nothing waits forever.
+#[test]
+fn an_a2a_server_that_never_answers_has_its_requests_nacked_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(NodeConfig {
+        a2a_answer_within: Duration::from_secs(1),
+        ..NodeConfig::on_loopback(
+            Domain::new("hotel.example").unwrap(),
+            "agw-1",
+            dir.path().join("data"),
+        )
+    })
+    .unwrap();
+    // A server that reads and says nothing (a real TCP server on loopback, not an A2A one).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let hotel = certify(&node, "hotel", &[]);
+    register_a2a_server(&node, &hotel, &format!("http://127.0.0.1:{port}/"));
+    await_local_route(&node, &hotel);
+    let alice = certify(&node, "alice", &[]);
+    let native = AgentConnection::connect(node.addresses().agents, alice.clone(), WAIT).unwrap();
+    let (mut writer, mut reader) = native.split();
+    let m = pb::AgentMessage {
+        destination: hotel.agent.to_string(),
+        source: alice.agent.to_string(),
+        message_id: 1,
+        content_type: "text/plain".into(),
+        payload: Bytes::from_static(b"anyone?"),
+        ..Default::default()
+    };
+    let sent = Instant::now();
+    writer.queue_raw(&m, DEFAULT_HOP_LIMIT).unwrap();
+    writer.flush().unwrap();
+    let nack = outcome(&mut reader, 1).unwrap_err();
+    assert_eq!(nack.reason(), pb::ErrorCode::RequestTimeout, "{nack:?}");
+    assert!(sent.elapsed() >= Duration::from_secs(1));
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+}

@@ -59,6 +59,10 @@ pub const TASKS_KEPT: usize = 1024;
 /// The heartbeat interval an A2A connection asks for; a request sends a heartbeat when half of
 /// it passed since the last.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
+/// A blocking `SendMessage` whose task is not finished after this long is answered with the
+/// task as it stands (working, or submitted), as A2A lets a blocking call return; the client
+/// follows it with `GetTask`. A stream stays open.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 /// What the gateway knows of agents, for their cards: the registry's profiles.
 pub trait Directory: Send + Sync {
@@ -191,6 +195,8 @@ struct Pending {
     streaming: bool,
     /// `returnImmediately`: answer once the destination acknowledged.
     immediate: bool,
+    /// When the request was taken.
+    since: Instant,
 }
 
 /// One HTTP connection's translation state.
@@ -770,6 +776,7 @@ impl A2aAdapter {
             task: task_id.clone(),
             streaming,
             immediate,
+            since: Instant::now(),
         });
         if streaming {
             self.out.extend_from_slice(
@@ -927,6 +934,18 @@ impl A2aAdapter {
         } else if state.is_final() || pending.immediate {
             self.finish_pending(None);
         }
+    }
+
+    /// Time passes: a blocking request that waited [`ANSWER_WITHIN`] is answered with its task
+    /// as it stands. Returns whether anything was written.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let due = self.pending.as_ref().is_some_and(|p| {
+            !p.streaming && now.saturating_duration_since(p.since) >= ANSWER_WITHIN
+        });
+        if due {
+            self.finish_pending(None);
+        }
+        due
     }
 
     /// Answers the pending request: with its task, or `error` (a JSON-RPC error).
@@ -1559,6 +1578,31 @@ mod tests {
         assert_eq!(close.code, ErrorCode::TlsRequired);
         assert!(String::from_utf8_lossy(&a.take_out()).starts_with("HTTP/1.1 401"));
         assert!(up.take().is_empty(), "no access request");
+    }
+
+    #[test]
+    fn a_blocking_request_is_answered_with_its_task_as_it_stands_after_a_while() {
+        let (mut a, mut up) = accessed();
+        let send = json!({"jsonrpc":"2.0","id":1,"method":"SendMessage","params":{"message":{"parts":[{"text":"x"}]}}}).to_string();
+        let head = format!(
+            "POST /a2a/a.example/bob HTTP/1.1\r\nHost: gw\r\nContent-Length: {}\r\n\r\n",
+            send.len()
+        );
+        a.input().extend_from_slice(head.as_bytes());
+        a.input().extend_from_slice(send.as_bytes());
+        a.from_client(Instant::now(), &mut up).unwrap();
+        let now = Instant::now();
+        assert!(!a.tick(now));
+        assert!(
+            a.take_out().is_empty(),
+            "the destination has not answered yet"
+        );
+        assert!(a.tick(now + ANSWER_WITHIN));
+        let out = String::from_utf8(a.take_out().to_vec()).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("TASK_STATE_SUBMITTED"), "{out}");
+        // The task goes on: its reply completes it, for GetTask.
+        assert!(!a.tick(now + ANSWER_WITHIN * 2));
     }
 
     #[test]

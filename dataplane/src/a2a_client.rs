@@ -23,7 +23,10 @@
 //! ([`A2aClient::lost`]). Response heads are parsed by `httparse`; bodies are bounded before
 //! they are buffered.
 
-use std::collections::VecDeque;
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use agw_proto::{
     DEFAULT_HOP_LIMIT, FrameEncoder, Message,
@@ -41,6 +44,10 @@ use crate::{
 
 /// Requests sent and not yet answered, at most.
 pub const MAX_IN_FLIGHT: usize = 256;
+/// How long an A2A server has to answer, by default (`DataplaneConfig::a2a_answer_within`): a
+/// request unanswered that long is NACKed `REQUEST_TIMEOUT`, with every one behind it (an
+/// HTTP/1.1 connection answers in order), and the connection is dialled again.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
 /// Sessions whose open (input-required) task is remembered, at most.
 const SESSIONS_KEPT: usize = 1024;
 const MAX_HEADERS: usize = 48;
@@ -50,6 +57,8 @@ const MAX_CHUNK_LINE: usize = 1024;
 /// A request sent and not yet answered: what its answer goes back to.
 #[derive(Debug)]
 struct Call {
+    /// When it was written.
+    since: Instant,
     source: String,
     message_id: u64,
     session_id: u64,
@@ -89,6 +98,8 @@ pub struct A2aClient {
     open_tasks: HashMap<u64, String>,
     next_rpc: u64,
     next_message: u64,
+    /// How long the server has to answer a request.
+    answer_within: Duration,
 }
 
 impl A2aClient {
@@ -107,7 +118,14 @@ impl A2aClient {
             open_tasks: HashMap::new(),
             next_rpc: 1,
             next_message: 1,
+            answer_within: ANSWER_WITHIN,
         }
+    }
+
+    /// Gives the server `within` to answer each request (instead of [`ANSWER_WITHIN`]).
+    pub fn answer_within(mut self, within: Duration) -> A2aClient {
+        self.answer_within = within;
+        self
     }
 
     /// The buffer responses are read into.
@@ -183,6 +201,7 @@ impl A2aClient {
         self.out.extend_from_slice(head.as_bytes());
         self.out.extend_from_slice(body.as_bytes());
         self.calls.push_back(Call {
+            since: Instant::now(),
             source: m.source,
             message_id: m.message_id,
             session_id: m.session_id,
@@ -477,6 +496,33 @@ impl A2aClient {
             detail: detail.to_owned(),
             retry_after_ms: 0,
         });
+    }
+
+    /// Time passes: when the oldest request waited its time to answer, it and every one behind
+    /// it are NACKed `REQUEST_TIMEOUT`; `true` then, and the connection is to be dialled again
+    /// (its answers, if they ever come, would answer nobody).
+    pub fn tick(&mut self, now: Instant, up: &mut FrameEncoder) -> bool {
+        let late = self
+            .calls
+            .front()
+            .is_some_and(|c| now.saturating_duration_since(c.since) >= self.answer_within);
+        if !late {
+            return false;
+        }
+        while let Some(call) = self.calls.pop_front() {
+            let detail = format!(
+                "the A2A server did not answer within {} ms",
+                self.answer_within.as_millis()
+            );
+            self.nack(
+                &call.source,
+                call.message_id,
+                ErrorCode::RequestTimeout,
+                &detail,
+                up,
+            );
+        }
+        true
     }
 
     /// The connection ended: every request not answered is NACKed `DESTINATION_OFFLINE`, and
@@ -777,6 +823,40 @@ mod tests {
         let (messages, end) = server_bytes(many.as_bytes(), 64);
         assert_eq!(end.unwrap_err().code, ErrorCode::UnexpectedMessage);
         assert_eq!(messages.len(), 8);
+    }
+
+    #[test]
+    fn a_server_that_does_not_answer_in_time_has_its_requests_nacked() {
+        let mut up = FrameEncoder::new(Default::default());
+        let endpoint = A2aUrl::parse("http://127.0.0.1:9000/").unwrap();
+        let mut client = A2aClient::new("spiffe://a/agent/s".into(), endpoint, 1024);
+        for i in 0..3 {
+            let m = pb::AgentMessage {
+                source: "spiffe://a/agent/c".into(),
+                message_id: i,
+                ..Default::default()
+            };
+            client.to_server(Message::AgentMessage(m), &mut up);
+        }
+        let now = Instant::now();
+        assert!(!client.tick(now, &mut up));
+        assert!(up.take().is_empty());
+        assert!(client.tick(now + ANSWER_WITHIN, &mut up));
+        assert_eq!(client.in_flight(), 0);
+        let mut decoder = agw_proto::FrameDecoder::new(Default::default());
+        decoder.extend_from_slice(&up.take());
+        let mut nacked = Vec::new();
+        while let Ok(Some(frame)) = decoder.decode() {
+            if let Ok(Message::Nack(n)) = frame.message() {
+                nacked.push((n.message_id, n.reason()));
+            }
+        }
+        assert_eq!(
+            nacked,
+            (0..3)
+                .map(|i| (i, ErrorCode::RequestTimeout))
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -13,8 +13,20 @@ use bytes::BytesMut;
 
 use crate::{a2a::A2aAdapter, a2a_client::A2aClient, mqtt::Close, mqtt::MqttAdapter};
 
-/// One connection's adapter.
+/// What a tick asks of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ticked {
+    /// Nothing.
+    Nothing,
+    /// Write what the adapter answered.
+    Write,
+    /// Relay the frames it made and dial the connection again.
+    Redial,
+}
+
+/// One connection's adapter (boxed in the connection, so its variants' sizes may differ).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Adapter {
     /// An MQTT 3.1.1 or 5 client.
     Mqtt(MqttAdapter),
@@ -85,6 +97,29 @@ impl Adapter {
         match self {
             Adapter::Mqtt(_) | Adapter::A2aServer(_) => false,
             Adapter::A2a(a) => a.is_closed(),
+        }
+    }
+
+    /// Time passes (each housekeeping tick): an A2A client's blocking request that waited
+    /// too long is answered with its task as it stands; an A2A server's requests unanswered
+    /// too long are NACKed into `up`. Returns what the connection must do.
+    pub fn tick(&mut self, now: Instant, up: &mut FrameEncoder) -> Ticked {
+        match self {
+            Adapter::Mqtt(_) => Ticked::Nothing,
+            Adapter::A2a(a) => {
+                if a.tick(now) {
+                    Ticked::Write
+                } else {
+                    Ticked::Nothing
+                }
+            }
+            Adapter::A2aServer(a) => {
+                if a.tick(now, up) {
+                    Ticked::Redial
+                } else {
+                    Ticked::Nothing
+                }
+            }
         }
     }
 

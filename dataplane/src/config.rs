@@ -24,6 +24,9 @@ pub struct DataplaneConfig {
     pub mqtt_listen: Option<SocketAddr>,
     /// A port of its own for A2A clients (HTTPS, no protocol detection); needs `agent_tls`.
     pub a2a_listen: Option<SocketAddr>,
+    /// How long an A2A server agent has to answer a request before it is NACKed
+    /// `REQUEST_TIMEOUT` (and the connection dialled again). Default 60 s.
+    pub a2a_answer_within: Duration,
     /// Agent access over mutual TLS (ALPN `agw/1`) with this gateway's certificate: the client
     /// certificate must chain to the trust anchor, and access is for the agent it names
     /// (revocation is checked by the access session, against the live CRL). `None`: agents
@@ -159,6 +162,7 @@ impl DataplaneConfig {
             peer_tls: None,
             mqtt_listen: None,
             a2a_listen: None,
+            a2a_answer_within: crate::a2a_client::ANSWER_WITHIN,
             agent_tls: None,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_cores: true,
@@ -203,6 +207,9 @@ impl DataplaneConfig {
                  their certificates)"
                     .into(),
             );
+        }
+        if self.a2a_answer_within.is_zero() {
+            return Err("a2a_answer_within must be above 0".into());
         }
         if self.tick.is_zero() || self.tick > Duration::from_secs(1) {
             return Err("tick must be above 0 and at most 1 s".into());

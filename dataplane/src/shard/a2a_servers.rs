@@ -120,7 +120,8 @@ impl Shard {
             .borrow_mut()
             .set_admission(super::conn::ACCESSED);
         let max_body = self.config.limits.max_data_body as usize + 64 * 1024;
-        let client = A2aClient::new(agent.to_string(), endpoint, max_body);
+        let client = A2aClient::new(agent.to_string(), endpoint, max_body)
+            .answer_within(self.config.a2a_answer_within);
         *conn.adapter.borrow_mut() = Some(Box::new(Adapter::A2aServer(client)));
         *conn.agent.borrow_mut() = Some(agent.clone());
         self.counter().a2a_server_connection();

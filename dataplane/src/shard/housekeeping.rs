@@ -13,7 +13,7 @@ use super::{
     conn::{Conn, ConnKind, ConnState},
     links::keep_link,
 };
-use crate::access::AccessSession;
+use crate::{access::AccessSession, adapter::Ticked};
 
 impl Shard {
     /// Timers, idle buffers, lingering closes and orders, every tick, until told to stop.
@@ -122,6 +122,7 @@ impl Shard {
                 if agent_revoked || peer_revoked(&conn, &peers_revoked) {
                     self.close_with(&conn, ErrorCode::CertRevoked, "certificate revoked");
                 }
+                self.tick_adapter(&conn, now);
                 if !conn.active.replace(false) {
                     conn.decoder.borrow_mut().release_if_idle();
                 }
@@ -132,6 +133,29 @@ impl Shard {
                 }
             }
             self.flush_cross().await;
+        }
+    }
+
+    /// An adapted connection's timers: an answer written, or frames relayed and the
+    /// connection dialled again.
+    fn tick_adapter(&self, conn: &Conn, now: Instant) {
+        let (ticked, made) = {
+            let mut adapter = conn.adapter.borrow_mut();
+            let Some(adapter) = adapter.as_mut() else {
+                return;
+            };
+            let mut up = self.encoder.borrow_mut();
+            (adapter.tick(now, &mut up), up.take())
+        };
+        match ticked {
+            Ticked::Nothing => {}
+            Ticked::Write => conn.writer.notify(),
+            Ticked::Redial => {
+                // The NACKs wait in the decoder; the reader relays them once it sees the
+                // socket end, and dials again.
+                conn.decoder.borrow_mut().extend_from_slice(&made);
+                conn.shut();
+            }
         }
     }
 
