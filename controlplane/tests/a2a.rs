@@ -49,8 +49,8 @@ fn register(node: &Node, who: &Credentials, capabilities: &[&str]) {
     register_profile(node, who, profile);
 }
 
-/// Registers `profile` for `who` with the registry of `node`.
-fn register_profile(node: &Node, who: &Credentials, profile: pb::AgentProfile) {
+/// Registers `profile` for `who` with the registry of `node`; returns its resource ID.
+fn register_profile(node: &Node, who: &Credentials, profile: pb::AgentProfile) -> String {
     let request = pb::RegisterRequest {
         request_id: 1,
         profile: Some(profile),
@@ -60,7 +60,8 @@ fn register_profile(node: &Node, who: &Credentials, profile: pb::AgentProfile) {
     node.registry
         .ask(move |r| r.register(&request, Some(&registrant), SystemTime::now()))
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .resource_id
 }
 
 #[test]
@@ -349,7 +350,7 @@ impl Drop for A2aServer {
 }
 
 /// Registers `who` as an A2A server agent at `url`, with the registry of `node`.
-fn register_a2a_server(node: &Node, who: &Credentials, url: &str) {
+fn register_a2a_server(node: &Node, who: &Credentials, url: &str) -> String {
     let profile = pb::AgentProfile {
         agent: who.agent.to_string(),
         capabilities: vec!["book-hotel".into()],
@@ -358,7 +359,7 @@ fn register_a2a_server(node: &Node, who: &Credentials, url: &str) {
         a2a_url: url.to_owned(),
         ..Default::default()
     };
-    register_profile(node, who, profile);
+    register_profile(node, who, profile)
 }
 
 /// Waits until `node` routes to `who` on one of its own connections (its A2A server's).
@@ -410,7 +411,7 @@ fn a_native_agent_and_an_a2a_client_reach_an_a2a_sdk_server_through_the_gateway(
     let mut server = Some(A2aServer::start(port, 1));
     // The hotel agent is an A2A server: it enrolls and registers its URL, and never connects.
     let hotel = certify(&node, "hotel", &[]);
-    register_a2a_server(&node, &hotel, &format!("http://127.0.0.1:{port}/"));
+    let resource = register_a2a_server(&node, &hotel, &format!("http://127.0.0.1:{port}/"));
     await_local_route(&node, &hotel);
 
     let alice = certify(&node, "alice", &[]);
@@ -532,6 +533,21 @@ fn a_native_agent_and_an_a2a_client_reach_an_a2a_sdk_server_through_the_gateway(
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Deregistered: the gateway stops calling it, and its route goes (not left offline).
+    let owner = hotel.agent.to_string();
+    node.registry
+        .ask(move |r| r.deregister(&resource, &owner))
+        .unwrap()
+        .unwrap();
+    let start = Instant::now();
+    while node.dataplane.route_of(hotel.agent.as_str()).is_some() {
+        assert!(
+            start.elapsed() < WAIT,
+            "the deregistered A2A server kept its route"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

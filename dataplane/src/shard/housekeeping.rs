@@ -13,7 +13,11 @@ use super::{
     conn::{Conn, ConnKind, ConnState},
     links::keep_link,
 };
-use crate::{access::AccessSession, adapter::Ticked};
+use crate::{
+    access::{AccessSession, DownReason},
+    adapter::Ticked,
+    events::ShardEvent,
+};
 
 impl Shard {
     /// Timers, idle buffers, lingering closes and orders, every tick, until told to stop.
@@ -88,6 +92,16 @@ impl Shard {
                         self.a2a_wanted.borrow_mut().remove(&agent);
                         let conn = self.a2a_conns.borrow_mut().remove(&agent);
                         if let Some(conn) = conn {
+                            // Gone from the registry: its route goes, as a native agent's
+                            // does when it deregisters (not left offline).
+                            if !conn.down_reported.replace(true) {
+                                let _ = self.events.send(ShardEvent::AgentDown {
+                                    agent,
+                                    shard: self.id,
+                                    connection: conn.id,
+                                    reason: DownReason::Deregistered,
+                                });
+                            }
                             self.close_after_flush(&conn);
                         }
                     }
