@@ -18,7 +18,7 @@ use std::{
 
 use agw_proto::{Message, identity::AgentId, pb};
 use agw_sdk::{
-    agent::Credentials,
+    agent::{AgentConnection, AgentError, Credentials, Incoming},
     certificates::{AgentKey, CertificateRequests, HeldCertificate},
     connection::{Connection, TlsConnection},
 };
@@ -115,9 +115,63 @@ enum Command {
         /// the server presents this agent's certificate.
         #[arg(long)]
         a2a_url: Option<String>,
-        /// Where it is reached, as discovery shows it [default: the A2A URL].
+        /// Where it is reached, as discovery shows it (e.g. its gateway's agent port)
+        /// [default: the A2A URL; one of the two is needed].
         #[arg(long)]
         address: Option<String>,
+    },
+    /// Finds agents by capability through the registry (draft 3.2.3), in this domain and
+    /// those the gateway peers with; prints one line (or JSON document) per agent.
+    Discover {
+        /// The registry's port.
+        #[arg(long, default_value = "127.0.0.1:7403")]
+        registry: String,
+        /// A capability they must all have (repeat for more; "book*" matches by prefix).
+        #[arg(long = "capability", required = true)]
+        capabilities: Vec<String>,
+        /// A language any of them speaks (repeat for more).
+        #[arg(long = "language")]
+        languages: Vec<String>,
+        /// Only agents running now.
+        #[arg(long)]
+        online: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+    },
+    /// Sends one message to an agent through the gateway (mutual TLS, the signed challenge)
+    /// and waits for its acknowledgement, or the NACK and its reason; with --wait-reply, for
+    /// its reply too.
+    Send {
+        /// The gateway's agent port.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        gateway: String,
+        /// The destination, spiffe://<domain>/agent/<name>.
+        #[arg(long)]
+        to: String,
+        /// What to say.
+        #[arg(long)]
+        text: String,
+        /// Its media type.
+        #[arg(long, default_value = "text/plain")]
+        content_type: String,
+        /// The conversation it belongs to.
+        #[arg(long, default_value_t = 0)]
+        session: u64,
+        /// Seconds to wait for a reply after the ACK (0: none).
+        #[arg(long, default_value_t = 0)]
+        wait_reply_s: u64,
+    },
+    /// Connects to the gateway and prints each message that comes for the agent (one JSON
+    /// line each with --json), acknowledging it, until --count messages came or it is
+    /// interrupted.
+    Listen {
+        /// The gateway's agent port.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        gateway: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
     },
     /// Removes the agent's profile from the registry (draft 3.2.2); its certificate is
     /// revoked with it, as the draft says.
@@ -172,12 +226,25 @@ fn main() -> ExitCode {
             } else {
                 pb::Protocol::A2a
             };
+            let Some(address) = address
+                .clone()
+                .or_else(|| (!a2a_url.is_empty()).then(|| a2a_url.clone()))
+            else {
+                return finish(
+                    Err(
+                        "give --address (where the agent is reached, e.g. its gateway's agent \
+                         port) or --a2a-url"
+                            .into(),
+                    ),
+                    args.json,
+                );
+            };
             let profile = pb::AgentProfile {
                 description: description.clone(),
                 capabilities: capabilities.clone(),
                 protocols: vec![protocols as i32],
                 languages: languages.clone(),
-                address: address.clone().unwrap_or_else(|| a2a_url.clone()),
+                address,
                 a2a_url,
                 ..Default::default()
             };
@@ -187,6 +254,50 @@ fn main() -> ExitCode {
             registry,
             resource_id,
         } => return finish(deregister(&args.dir, registry, resource_id), args.json),
+        Command::Discover {
+            registry,
+            capabilities,
+            languages,
+            online,
+            limit,
+        } => {
+            let request = pb::DiscoverRequest {
+                request_id: 1,
+                capabilities: capabilities.clone(),
+                languages: languages.clone(),
+                online_only: *online,
+                limit: *limit,
+                ..Default::default()
+            };
+            return finish(discover(&args.dir, registry, request), args.json);
+        }
+        Command::Send {
+            gateway,
+            to,
+            text,
+            content_type,
+            session,
+            wait_reply_s,
+        } => {
+            let message = pb::AgentMessage {
+                destination: to.clone(),
+                session_id: *session,
+                content_type: content_type.clone(),
+                payload: Bytes::from(text.clone().into_bytes()),
+                ..Default::default()
+            };
+            let wait = Duration::from_secs(*wait_reply_s);
+            return finish(send(&args.dir, gateway, message, wait), args.json);
+        }
+        Command::Listen { gateway, count } => {
+            return match listen(&args.dir, gateway, *count, args.json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("agw-agent: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(held) => {
@@ -386,6 +497,149 @@ fn deregister(dir: &Path, registry: &str, resource_id: &str) -> Result<serde_jso
         },
         other => Err(format!("{registry} answered {}", other.kind().name())),
     }
+}
+
+fn discover(
+    dir: &Path,
+    registry: &str,
+    request: pb::DiscoverRequest,
+) -> Result<serde_json::Value, String> {
+    let (mut conn, _) = connect_registry(dir, registry)?;
+    match conn
+        .request(request)
+        .map_err(|e| format!("{registry}: {e}"))?
+    {
+        Message::DiscoverReply(reply) => match reply.error {
+            Some(e) => Err(format!(
+                "refused {}: {}",
+                e.error_code().as_str_name(),
+                e.detail
+            )),
+            None => {
+                let agents: Vec<serde_json::Value> = reply
+                    .agents
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "agent": p.agent,
+                            "capabilities": p.capabilities,
+                            "languages": p.languages,
+                            "status": p.status().as_str_name(),
+                            "gateway": p.gateway,
+                        })
+                    })
+                    .collect();
+                Ok(serde_json::json!({ "found": agents.len(), "agents": agents }))
+            }
+        },
+        other => Err(format!("{registry} answered {}", other.kind().name())),
+    }
+}
+
+/// The held certificate and key as the SDK's credentials.
+fn credentials(dir: &Path) -> Result<Arc<Credentials>, String> {
+    let (held, key) = held(dir)?;
+    let agent = identity_of(&held)?;
+    Ok(Arc::new(Credentials {
+        agent,
+        certificate: held,
+        key,
+    }))
+}
+
+fn send(
+    dir: &Path,
+    gateway: &str,
+    mut message: pb::AgentMessage,
+    wait_reply: Duration,
+) -> Result<serde_json::Value, String> {
+    let creds = credentials(dir)?;
+    let conn = AgentConnection::connect(gateway, creds.clone(), Duration::from_secs(10))
+        .map_err(|e| format!("{gateway}: {e}"))?;
+    let id = 1;
+    message.source = creds.agent.to_string();
+    message.message_id = id;
+    let (mut writer, mut reader) = conn.split();
+    writer
+        .queue_raw(&message, agw_proto::DEFAULT_HOP_LIMIT)
+        .and_then(|()| writer.flush())
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10) + wait_reply;
+    let mut acked = false;
+    loop {
+        if std::time::Instant::now() > deadline {
+            return Err(if acked {
+                "acknowledged, but no reply came in time".into()
+            } else {
+                "no acknowledgement in time".into()
+            });
+        }
+        match reader.recv() {
+            Ok(Incoming::Ack(a)) if a.message_id == id => {
+                acked = true;
+                if wait_reply.is_zero() {
+                    return Ok(serde_json::json!({ "acknowledged": message.destination }));
+                }
+            }
+            Ok(Incoming::Nack(n)) if n.message_id == id => {
+                return Err(format!(
+                    "refused {}: {} (reported by {})",
+                    n.reason().as_str_name(),
+                    n.detail,
+                    n.reporter
+                ));
+            }
+            Ok(Incoming::Message(m, _)) if acked && m.source == message.destination => {
+                let _ = writer.ack(&m).and_then(|()| writer.flush());
+                return Ok(serde_json::json!({
+                    "acknowledged": message.destination,
+                    "reply": String::from_utf8_lossy(&m.payload),
+                    "content_type": m.content_type,
+                    "session": m.session_id,
+                }));
+            }
+            Ok(_) | Err(AgentError::Io(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn listen(dir: &Path, gateway: &str, count: Option<usize>, json: bool) -> Result<(), String> {
+    let creds = credentials(dir)?;
+    let conn = AgentConnection::connect(gateway, creds, Duration::from_secs(10))
+        .map_err(|e| format!("{gateway}: {e}"))?;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening at {gateway}");
+    let _ = out.flush();
+    let (mut writer, mut reader) = conn.split();
+    let mut seen = 0;
+    while count.is_none_or(|c| seen < c) {
+        match reader.recv() {
+            Ok(Incoming::Message(m, _)) => {
+                writer
+                    .ack(&m)
+                    .and_then(|()| writer.flush())
+                    .map_err(|e| e.to_string())?;
+                seen += 1;
+                let text = String::from_utf8_lossy(&m.payload);
+                if json {
+                    let doc = serde_json::json!({
+                        "from": m.source,
+                        "text": text,
+                        "content_type": m.content_type,
+                        "session": m.session_id,
+                    });
+                    let _ = writeln!(out, "{doc}");
+                } else {
+                    let _ = writeln!(out, "{}: {text}", m.source);
+                }
+                let _ = out.flush();
+            }
+            Ok(_) | Err(AgentError::Io(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 /// The authority's port over TLS: the server must be a gateway of `domain` under `anchor`.
