@@ -19,7 +19,7 @@ use agw_controlplane::node::{Node, NodeConfig};
 use agw_proto::{DEFAULT_HOP_LIMIT, identity::Domain, pb};
 use agw_sdk::agent::{AgentConnection, AgentError, Credentials, Incoming};
 use bytes::Bytes;
-use common::{certify, pem_files};
+use common::{A2aServer, certify, free_port, pem_files};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -311,44 +311,6 @@ fn curl_sees_http_answers_and_refusals_on_the_agent_port() {
     assert!(!out.status.success());
 }
 
-/// An a2a-sdk server on loopback (tests/a2a/a2a_server.py), closing idle connections after
-/// `keep_alive` seconds; killed when dropped.
-struct A2aServer(std::process::Child);
-
-impl A2aServer {
-    fn start(port: u16, keep_alive: u32) -> A2aServer {
-        A2aServer::start_tls(port, keep_alive, None)
-    }
-
-    /// Over HTTPS with `tls`'s certificate chain and key, client certificates required under
-    /// its CA.
-    fn start_tls(port: u16, keep_alive: u32, tls: Option<&common::PemFiles>) -> A2aServer {
-        use std::io::BufRead as _;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/a2a/a2a_server.py");
-        let mut command = Command::new("python3");
-        command
-            .arg(script)
-            .args([port.to_string(), keep_alive.to_string()]);
-        if let Some(f) = tls {
-            command.args([&f.cert, &f.key, &f.ca]);
-        }
-        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "the A2A server did not start");
-        A2aServer(child)
-    }
-}
-
-impl Drop for A2aServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Registers `who` as an A2A server agent at `url`, with the registry of `node`.
 fn register_a2a_server(node: &Node, who: &Credentials, url: &str) -> String {
     let profile = pb::AgentProfile {
@@ -375,14 +337,6 @@ fn await_local_route(node: &Node, who: &Credentials) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// What `to` got for the message it sent with `id`: the ACK and reply, or the NACK.
@@ -681,15 +635,7 @@ fn an_http2_client_is_refused_in_its_own_terms() {
     let (_dir, _data, node) = gateway();
     let alice = certify(&node, "alice", &[]);
     let connect = |alpn: Vec<Vec<u8>>| {
-        let identity = agw_aca::tls::TlsIdentity {
-            chain: alice.certificate.chain.iter().map(|c| c.to_vec()).collect(),
-            key_pkcs8: alice.key.to_pkcs8_der(),
-            trust_anchor: node.authority.trust_anchor().to_vec(),
-            crls: Default::default(),
-            allow_unknown_revocation: true,
-            renewable: None,
-        };
-        let mut config = identity.agent_client_config("hotel.example").unwrap();
+        let mut config = (*alice.tls_config().unwrap()).clone();
         config.alpn_protocols = alpn;
         let tcp = std::net::TcpStream::connect(node.addresses().agents).unwrap();
         tcp.set_read_timeout(Some(WAIT)).unwrap();

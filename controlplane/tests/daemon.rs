@@ -13,6 +13,8 @@ use std::{
     time::Duration,
 };
 
+mod common;
+
 use agw_aca::tls::TlsIdentity;
 use agw_proto::{Message, identity::AgentId, pb, pb::ErrorCode};
 use agw_sdk::{
@@ -1314,4 +1316,75 @@ fn the_authority_port_speaks_tls_and_plain_only_where_allowed() {
         Connection::connect_tls(&daemon.aca, Duration::from_secs(5), Arc::new(tls)).unwrap();
     let alice = Credentials::enroll(agent, "Acme", &token, |app| conn.request(app)).unwrap();
     assert_eq!(alice.agent.as_str(), "spiffe://travel.example/agent/alice");
+}
+
+/// An A2A server agent (an a2a-sdk server) registered with its URL is called again by a
+/// daemon restarted on the same data, with no one registering anew.
+#[test]
+fn a_restarted_daemon_calls_its_a2a_server_agents_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut daemon = start(&data, None);
+    let hotel = certify(&daemon.aca, &data, "hotel");
+    let alice = certify(&daemon.aca, &data, "alice");
+    let port = common::free_port();
+    let _server = common::A2aServer::start(port, 5);
+    let url = format!("http://127.0.0.1:{port}/");
+    let register = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(pb::AgentProfile {
+            agent: hotel.agent.to_string(),
+            capabilities: vec!["hotel booking".into()],
+            address: url.clone(),
+            a2a_url: url,
+            ..Default::default()
+        }),
+        certificate_chain: hotel.certificate.chain.clone(),
+    };
+    let Message::RegisterReply(r) = registry(&daemon, &data, &hotel).request(register).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(r.error, None);
+    daemon.signal("-TERM");
+    daemon.child.wait().unwrap();
+    drop(daemon);
+
+    let daemon = start(&data, None);
+    let (mut writer, mut reader) =
+        AgentConnection::connect(&daemon.agents, alice.clone(), Duration::from_secs(5))
+            .unwrap()
+            .split();
+    // Until the restarted gateway has dialled the server, the hotel is offline (or unknown).
+    let start = std::time::Instant::now();
+    let mut id = 0;
+    let answer = 'ask: loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never called again"
+        );
+        id += 1;
+        let m = pb::AgentMessage {
+            destination: hotel.agent.to_string(),
+            source: alice.agent.to_string(),
+            message_id: id,
+            content_type: "text/plain".into(),
+            payload: Bytes::from_static(b"still there?"),
+            ..Default::default()
+        };
+        writer.queue_raw(&m, agw_proto::DEFAULT_HOP_LIMIT).unwrap();
+        writer.flush().unwrap();
+        loop {
+            match reader.recv() {
+                Ok(Incoming::Message(m, _)) => break 'ask m,
+                Ok(Incoming::Nack(n)) if n.message_id == id => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue 'ask;
+                }
+                Ok(_) | Err(AgentError::Io(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(&answer.payload[..], b"echo: still there?");
 }

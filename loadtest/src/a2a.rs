@@ -12,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use agw_aca::tls::TlsIdentity;
 use agw_proto::{DEFAULT_HOP_LIMIT, pb};
 use agw_sdk::agent::{AgentConnection, Credentials, Incoming, Reader, Writer};
 use base64::Engine as _;
@@ -54,15 +53,7 @@ impl A2aRelay {
 
     /// One A2A client's HTTP connection: TLS with the agent's certificate, ALPN http/1.1.
     fn client(&self, creds: &Credentials) -> Result<SendRequest<Full<Bytes>>, Error> {
-        let identity = TlsIdentity {
-            chain: creds.certificate.chain.iter().map(|c| c.to_vec()).collect(),
-            key_pkcs8: creds.key.to_pkcs8_der(),
-            trust_anchor: self.gateway.node.authority.trust_anchor().to_vec(),
-            crls: Default::default(),
-            allow_unknown_revocation: true,
-            renewable: None,
-        };
-        let mut tls = identity.agent_client_config(DOMAIN)?;
+        let mut tls = (*creds.tls_config()?).clone();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let addr = self.gateway.node.addresses().agents;
         self.runtime.block_on(async {

@@ -13,7 +13,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use agw_aca::tls::TlsIdentity;
 use agw_proto::identity::GatewayId;
 use agw_sdk::{agent::Credentials, certificates::AgentKey};
 use bytes::Bytes;
@@ -110,15 +109,7 @@ impl MqttRelay {
 
     /// One agent's client, connected and subscribed.
     fn client(&self, creds: &Credentials) -> Result<(AsyncClient, EventLoop), Error> {
-        let identity = TlsIdentity {
-            chain: creds.certificate.chain.iter().map(|c| c.to_vec()).collect(),
-            key_pkcs8: creds.key.to_pkcs8_der(),
-            trust_anchor: self.gateway.node.authority.trust_anchor().to_vec(),
-            crls: Default::default(),
-            allow_unknown_revocation: true,
-            renewable: None,
-        };
-        let mut tls = identity.agent_client_config("load.example")?;
+        let mut tls = (*creds.tls_config()?).clone();
         tls.alpn_protocols = vec![b"mqtt".to_vec()];
         let name = creds.agent.as_str().rsplit('/').next().unwrap_or("agent");
         let mut options = MqttOptions::new(name, "127.0.0.1", self.port);

@@ -6,6 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{agent, json};
+
 use std::{
     net::TcpListener,
     path::Path,
@@ -115,25 +119,6 @@ fn authority(dir: &Path) -> (Endpoint, String, String, tokio::runtime::Runtime) 
     )
     .unwrap();
     (endpoint, addr, token, runtime)
-}
-
-/// Runs agw-agent; its success, stdout and stderr.
-fn agent(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_agw-agent"))
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 fn openssl_verifies(anchor: &Path, chain: &Path) -> bool {

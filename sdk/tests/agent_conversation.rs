@@ -4,33 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{agent, json};
+
 use std::{
     io::{BufRead as _, BufReader},
-    path::Path,
     process::{Command, Stdio},
 };
 
 use agw_controlplane::node::{Node, NodeConfig};
 use agw_proto::identity::Domain;
-
-/// Runs agw-agent with the agent directory `dir`; its success, stdout and stderr.
-fn agent(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_agw-agent"))
-        .arg("--dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
 
 #[test]
 fn two_agents_discover_and_talk_from_a_shell() {

@@ -141,3 +141,54 @@ pub fn pem_files(dir: &Path, data: &Path, who: &Credentials, name: &str) -> PemF
         key,
     }
 }
+
+/// An a2a-sdk server on loopback (tests/a2a/a2a_server.py), closing idle connections after
+/// `keep_alive` seconds; killed when dropped.
+pub struct A2aServer(std::process::Child);
+
+impl A2aServer {
+    pub fn start(port: u16, keep_alive: u32) -> A2aServer {
+        A2aServer::start_tls(port, keep_alive, None)
+    }
+
+    /// Over HTTPS with `tls`'s certificate chain and key, client certificates required under
+    /// its CA.
+    pub fn start_tls(port: u16, keep_alive: u32, tls: Option<&PemFiles>) -> A2aServer {
+        use std::io::BufRead as _;
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/a2a/a2a_server.py");
+        let mut command = std::process::Command::new("python3");
+        command
+            .arg(script)
+            .args([port.to_string(), keep_alive.to_string()]);
+        if let Some(f) = tls {
+            command.args([&f.cert, &f.key, &f.ca]);
+        }
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the A2A server did not start");
+        A2aServer(child)
+    }
+}
+
+impl Drop for A2aServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

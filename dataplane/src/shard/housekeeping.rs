@@ -153,21 +153,18 @@ impl Shard {
     /// An adapted connection's timers: an answer written, or frames relayed and the
     /// connection dialled again.
     fn tick_adapter(&self, conn: &Conn, now: Instant) {
-        let (ticked, made) = {
-            let mut adapter = conn.adapter.borrow_mut();
-            let Some(adapter) = adapter.as_mut() else {
-                return;
-            };
-            let mut up = self.encoder.borrow_mut();
-            (adapter.tick(now, &mut up), up.take())
+        let mut adapter = conn.adapter.borrow_mut();
+        let Some(adapter) = adapter.as_mut() else {
+            return;
         };
-        match ticked {
+        let mut up = self.encoder.borrow_mut();
+        match adapter.tick(now, &mut up) {
             Ticked::Nothing => {}
             Ticked::Write => conn.writer.notify(),
             Ticked::Redial => {
                 // The NACKs wait in the decoder; the reader relays them once it sees the
                 // socket end, and dials again.
-                conn.decoder.borrow_mut().extend_from_slice(&made);
+                conn.decoder.borrow_mut().extend_from_slice(&up.take());
                 conn.shut();
             }
         }

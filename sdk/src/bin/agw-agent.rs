@@ -419,24 +419,12 @@ fn connect_registry(
     dir: &Path,
     registry: &str,
 ) -> Result<(TlsConnection, HeldCertificate), String> {
-    let (held, key) = held(dir)?;
-    let agent = identity_of(&held)?;
-    let identity = agw_tls::TlsIdentity {
-        chain: held.chain.iter().map(|c| c.to_vec()).collect(),
-        key_pkcs8: key.to_pkcs8_der(),
-        trust_anchor: held.chain.last().ok_or("an empty chain")?.to_vec(),
-        crls: Default::default(),
-        // The agent holds no CRL; the gateway is checked against its domain's anchor.
-        allow_unknown_revocation: true,
-        renewable: None,
-    };
-    let mut config = identity
-        .agent_client_config(agent.domain())
-        .map_err(|e| format!("TLS: {e}"))?;
+    let creds = credentials(dir)?;
+    let mut config = (*creds.tls_config().map_err(|e| format!("TLS: {e}"))?).clone();
     config.alpn_protocols.clear();
     let conn = Connection::connect_tls(registry, Duration::from_secs(10), Arc::new(config))
         .map_err(|e| format!("{registry}: {e}"))?;
-    Ok((conn, held))
+    Ok((conn, creds.certificate.clone()))
 }
 
 fn register(
