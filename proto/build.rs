@@ -32,6 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `bytes` fields become `bytes::Bytes`: decoding from a `Bytes` buffer then slices it
         // instead of copying (payloads, certificates, nonces).
         .bytes(["."])
+        // Rare on the wire (only a translated message has one): boxed, so that every
+        // `AgentMessage` does not carry its size.
+        .boxed(".agw.v1.AgentMessage.translation")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 # authority issues, curl fetches its CRL over HTTP, mosquitto_pub and mosquitto_sub are MQTT
 # agents of the gateway, and the load tool's own tests drive the benchmark peers nats-server
 # and nginx's stream proxy and the mosquitto broker (started by the tool on free ports).
+# Apertium's APy service with its English <-> Spanish pair is the translation engine of the
+# natural-language translation tests (started by them on free ports).
 scripts/install-packages.sh openssl curl mosquitto-clients mosquitto nats-server nginx \
-    libnginx-mod-stream
+    libnginx-mod-stream apertium-apy apertium-eng-spa
 # Python clients from PyPI: Eclipse paho-mqtt is an MQTT 5 agent in the MQTT adapter's tests,
 # a2a-sdk's client an A2A agent in the A2A adapter's, and its server (Starlette on uvicorn) an
 # A2A server agent the gateway calls.

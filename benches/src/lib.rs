@@ -15,6 +15,7 @@ pub fn agent_message(seq: u64, payload_len: usize) -> pb::AgentMessage {
         language: "en".into(),
         source_protocol: pb::Protocol::Native as i32,
         translate_to: String::new(),
+        translation: None,
         correlation: Bytes::new(),
         payload: Bytes::from(vec![b'x'; payload_len]),
     }

@@ -125,6 +125,12 @@ pub struct DaemonArgs {
     /// Relay shards (threads, one per core) [default: one per CPU].
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Translate messages into the languages their destination agents understand with
+    /// Apertium's APy service at this URL (e.g. http://127.0.0.1:2737); the [translation]
+    /// section of --config names other engines and the policy (docs/translation.md)
+    /// [default: no translation].
+    #[arg(long, value_name = "URL")]
+    pub translate_apertium: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +158,7 @@ struct FileConfig {
     federation: Option<FederationFile>,
     #[serde(default, rename = "peer")]
     peers: Vec<PeerFile>,
+    translation: Option<crate::translation::TranslationConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -497,6 +504,13 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
         file.authorization.unwrap_or_default(),
         &mut problems,
     );
+    let translation = match (&args.translate_apertium, file.translation) {
+        (Some(url), _) => Some(crate::translation::TranslationConfig::apertium(url)),
+        (None, t) => t,
+    };
+    if let Some(Err(e)) = translation.as_ref().map(|t| t.validate()) {
+        problems.push(e);
+    }
     match (domain, problems.is_empty()) {
         (Some(domain), true) => Ok(DaemonConfig {
             drain_deadline,
@@ -546,6 +560,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                 limits,
                 gateway_validity: Duration::from_secs(90 * 86_400),
                 agent_address,
+                translation,
             },
         }),
         _ => Err(ConfigError { problems }),
@@ -807,6 +822,11 @@ fn reload(
         }
     };
     differs("domain", old.domain.to_string(), next.domain.to_string());
+    differs(
+        "translation",
+        crate::translation::describe(old.translation.as_ref()),
+        crate::translation::describe(next.translation.as_ref()),
+    );
     differs("name", old.name.clone(), next.name.clone());
     differs(
         "data_dir",
@@ -1067,5 +1087,47 @@ mod tests {
         assert_eq!(c.peers.len(), 1);
         assert_eq!(c.peers[0].hold_time, Duration::from_secs(90));
         assert_eq!(c.allow, ["Example"]);
+    }
+
+    #[test]
+    fn the_translation_section_names_engines_and_policy_or_its_problems() {
+        let (_f, args) = args_with(
+            "[translation]\non_failure = \"deliver\"\ndeadline_ms = 500\noff = [\"b.example\"]\n\
+             [[translation.engine]]\nkind = \"apertium\"\nurl = \"http://127.0.0.1:2737\"\n\
+             [[translation.engine]]\nkind = \"openai\"\nurl = \"http://127.0.0.1:8000/v1\"\n\
+             model = \"m\"\npairs = [\"en-zh\"]\n",
+        );
+        let t = daemon_config(&args).unwrap().node.translation.unwrap();
+        assert_eq!(t.on_failure, crate::translation::OnFailure::Deliver);
+        assert_eq!(
+            (t.deadline_ms, t.lanes, t.off.as_slice()),
+            (500, 16, &["b.example".to_owned()][..])
+        );
+        assert_eq!(t.engines.len(), 2);
+        // The flag alone: Apertium at its URL.
+        let (_f, mut args) = args_with("");
+        args.translate_apertium = Some("http://127.0.0.1:2737".into());
+        let t = daemon_config(&args).unwrap().node.translation.unwrap();
+        assert_eq!(t.engines[0].kind, crate::translation::EngineKind::Apertium);
+        // An engine over https, a bad pair, no engine: refused before anything starts.
+        for (file, problem) in [
+            (
+                "[[translation.engine]]\nkind = \"apertium\"\nurl = \"https://x\"\n",
+                "only http://",
+            ),
+            (
+                "[[translation.engine]]\nkind = \"openai\"\nurl = \"http://x\"\npairs = [\"en\"]\n",
+                "from-to",
+            ),
+            ("[translation]\n", "at least one"),
+        ] {
+            let (_f, args) = args_with(file);
+            let e = daemon_config(&args).unwrap_err();
+            assert!(
+                e.problems.iter().any(|p| p.contains(problem)),
+                "{file}: {:?}",
+                e.problems
+            );
+        }
     }
 }

@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod node;
 pub mod peer_crls;
 pub mod peering;
+pub mod translation;

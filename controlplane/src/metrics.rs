@@ -38,6 +38,8 @@ pub struct MetricsSources {
     pub registry: Option<agw_ars::RegistryHandle>,
     /// The peer domains' CRLs, when peering.
     pub peer_crls: Option<crate::peer_crls::PeerCrlView>,
+    /// The translation pool's figures, when translation is on.
+    pub translation: Option<Arc<crate::translation::TranslationStats>>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -68,6 +70,80 @@ impl EncodeMetric for Residence {
 
 fn shard(i: usize) -> Labels {
     vec![("shard".into(), i.to_string())]
+}
+
+/// The translation pool's counters, and its latencies as histograms of 2^k microseconds.
+fn translation_metrics(registry: &mut Registry, t: &crate::translation::TranslationStats) {
+    let translated = Family::<Labels, Counter>::default();
+    if let Ok(list) = t.translated.lock() {
+        for ((from, to, engine), n) in list.iter() {
+            let labels = vec![
+                ("from".into(), from.clone()),
+                ("to".into(), to.clone()),
+                ("engine".into(), engine.clone()),
+            ];
+            translated.get_or_create(&labels).inc_by(*n);
+        }
+    }
+    registry.register(
+        "translations",
+        "Messages translated, by language pair and engine",
+        translated,
+    );
+    for (name, help, value) in [
+        (
+            "translation_unchanged",
+            "Messages handed to the translation pool and delivered as they were",
+            &t.unchanged,
+        ),
+        (
+            "translation_failures",
+            "Messages that could not be translated (NACKed or delivered marked)",
+            &t.failed,
+        ),
+        (
+            "translation_cache_hits",
+            "Text segments found among recent translations",
+            &t.cache_hits,
+        ),
+        (
+            "translation_engine_calls",
+            "Text segments sent to a translation engine",
+            &t.engine_calls,
+        ),
+    ] {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value.load(Ordering::Relaxed));
+        registry.register(name, help, counter);
+    }
+    for (name, help, histogram) in [
+        (
+            "translation_engine_seconds",
+            "Time engines took per translated message",
+            &t.engine_us,
+        ),
+        (
+            "translation_added_seconds",
+            "Time the pool added to a translated message beyond its engine's",
+            &t.added_us,
+        ),
+    ] {
+        let metric = Residence::default();
+        if let (Ok(h), Ok(mut m)) = (histogram.lock(), metric.0.lock()) {
+            let mut buckets = Vec::new();
+            let mut below = 0;
+            for k in 0..=24u32 {
+                let bound = 1u64 << k;
+                let n = h.count_between(below, bound.saturating_sub(1));
+                buckets.push((bound as f64 * 1e-6, n));
+                below = bound;
+            }
+            buckets.push((f64::INFINITY, h.count_between(below, u64::MAX)));
+            let sum = h.mean() * h.len() as f64 * 1e-6;
+            *m = (buckets, sum);
+        }
+        registry.register(name, help, metric);
+    }
 }
 
 /// The exposition text for the current values.
@@ -229,6 +305,9 @@ pub fn render(sources: &MetricsSources) -> String {
          write that finished them",
         residence,
     );
+    if let Some(t) = &sources.translation {
+        translation_metrics(&mut registry, t);
+    }
     let per_endpoint = |f: &dyn Fn(&EndpointStats) -> u64| -> Vec<(Labels, u64)> {
         sources
             .endpoints

@@ -133,6 +133,9 @@ pub struct NodeConfig {
     /// Lifetime of the gateway certificates its authority issues, its own included (renewed
     /// at 70% of it). Default 90 days.
     pub gateway_validity: Duration,
+    /// Natural-language translation for agents that name their languages; `None`: off
+    /// (docs/translation.md).
+    pub translation: Option<crate::translation::TranslationConfig>,
 }
 
 impl NodeConfig {
@@ -176,6 +179,7 @@ impl NodeConfig {
             authorization: Authorization::allow_all(&domain_text),
             limits: LiveLimits::default(),
             gateway_validity: Duration::from_secs(90 * 86_400),
+            translation: None,
         }
     }
 }
@@ -236,6 +240,8 @@ pub struct Node {
     revoked: crossbeam_channel::Receiver<()>,
     /// The authority's CRL the relay and the registry check now: its number and serials.
     applied_crl: Mutex<(u64, Vec<Vec<u8>>)>,
+    /// The translation pool, when translation is on.
+    translation: Option<crate::translation::TranslationPool>,
     /// Last: dropped after the endpoints that run on it.
     runtime: ControlRuntime,
 }
@@ -514,6 +520,7 @@ impl Node {
         dp_config.mqtt_listen = config.mqtt;
         dp_config.a2a_listen = config.a2a;
         dp_config.a2a_answer_within = config.a2a_answer_within;
+        dp_config.translation = config.translation.is_some();
         if config.agent_plaintext {
             if !config.agents.ip().is_loopback() {
                 tracing::warn!(listen = %config.agents, "agents speak plain TCP on a non-loopback address: every message crosses the network readable and alterable");
@@ -526,6 +533,13 @@ impl Node {
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let dataplane = Dataplane::start(dp_config, reader, checker()?, events_tx)
             .map_err(|e| e.to_string())?;
+        let translation = match (config.translation.clone(), dataplane.translation_port()) {
+            (Some(settings), Some(port)) => Some(
+                crate::translation::TranslationPool::start(runtime.handle(), port, settings)
+                    .map_err(|e| format!("translation: {e}"))?,
+            ),
+            _ => None,
+        };
 
         // The registry, over mutual TLS.
         let mut registry_config =
@@ -688,6 +702,7 @@ impl Node {
                         endpoints: served,
                         registry: Some(registry.clone()),
                         peer_crls: peer_crls.as_ref().map(PeerCrls::view),
+                        translation: translation.as_ref().map(|t| t.stats.clone()),
                     },
                 )
                 .map_err(|e| format!("metrics: {e}"))?;
@@ -732,8 +747,14 @@ impl Node {
             endpoints,
             revoked,
             applied_crl: Mutex::new((applied_crl_number, Vec::new())),
+            translation,
             runtime: ControlRuntime(Some(runtime)),
         })
+    }
+
+    /// The translation pool, when translation is on.
+    pub fn translation(&self) -> Option<&crate::translation::TranslationPool> {
+        self.translation.as_ref()
     }
 
     /// The control plane's runtime (the admin socket is served on it too).

@@ -359,6 +359,7 @@ fn a_revoked_peer_is_cut_off_within_a_second_of_its_crl() {
         endpoints: Vec::new(),
         registry: None,
         peer_crls: a.peer_crl_view(),
+        translation: None,
     });
     assert!(
         metrics.contains("agw_peer_crl_revoked{domain=\"b.example\"} 1")

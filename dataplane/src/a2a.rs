@@ -499,6 +499,7 @@ impl A2aAdapter {
                 protocols: vec![pb::Protocol::A2a as i32],
                 languages: Vec::new(),
                 heartbeat_interval_ms: HEARTBEAT_EVERY.as_millis() as u32,
+                translation_originals: false,
             },
         );
         self.first = Some(request);
@@ -747,6 +748,7 @@ impl A2aAdapter {
             language,
             source_protocol: pb::Protocol::A2a as i32,
             translate_to: String::new(),
+            translation: None,
             correlation: Bytes::from(task_id.clone().into_bytes()),
             payload,
         };
@@ -893,6 +895,9 @@ impl A2aAdapter {
         );
         if !m.language.is_empty() {
             reply["metadata"] = json!({ "language": m.language });
+        }
+        if let Some(t) = &m.translation {
+            reply["metadata"]["agw.translation"] = crate::translation::a2a_metadata(t);
         }
         if let Some(t) = self.tasks.get_mut(&task) {
             t.history.push(reply.clone());

@@ -182,6 +182,9 @@ impl A2aClient {
         if !m.language.is_empty() {
             message["metadata"]["language"] = json!(m.language);
         }
+        if let Some(t) = &m.translation {
+            message["metadata"]["agw.translation"] = crate::translation::a2a_metadata(t);
+        }
         let body = json!({
             "jsonrpc": "2.0",
             "id": id,
@@ -454,6 +457,7 @@ impl A2aClient {
             language,
             source_protocol: pb::Protocol::A2a as i32,
             translate_to: String::new(),
+            translation: None,
             correlation: call.correlation,
             payload,
         };

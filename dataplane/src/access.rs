@@ -79,6 +79,10 @@ pub enum Action {
         agent: AgentId,
         /// Its certificate's serial, to close the session if it is revoked.
         serial: Vec<u8>,
+        /// The languages it says it understands (BCP 47), for translation.
+        languages: Vec<String>,
+        /// It wants the original of what the gateway translates for it.
+        originals: bool,
     },
     /// The agent reported another status.
     AgentStatus {
@@ -210,6 +214,8 @@ impl AccessSession {
                         self.actions.push_back(Action::AgentUp {
                             agent: agent.clone(),
                             serial,
+                            languages: req.languages.clone(),
+                            originals: req.translation_originals,
                         });
                         self.send(pb::AccessReply {
                             error: None,

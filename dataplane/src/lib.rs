@@ -18,6 +18,7 @@ pub mod mqtt;
 pub mod routing;
 mod runtime;
 mod shard;
+pub mod translation;
 
 pub use config::{DataplaneConfig, LiveLimits};
 pub use counters::{CounterSnapshot, NACK_REASONS, ShardCounters};

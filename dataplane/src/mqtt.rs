@@ -401,6 +401,7 @@ impl MqttAdapter {
                 protocols: vec![pb::Protocol::Mqtt as i32],
                 languages: Vec::new(),
                 heartbeat_interval_ms: u32::from(keep_alive).saturating_mul(1000),
+                translation_originals: false,
             },
         );
         Ok(())
@@ -470,6 +471,7 @@ impl MqttAdapter {
             language: p.language.unwrap_or_default(),
             source_protocol: pb::Protocol::Mqtt as i32,
             translate_to: String::new(),
+            translation: None,
             correlation: p.correlation.unwrap_or_default(),
             payload: p.payload,
         };
@@ -713,6 +715,9 @@ impl MqttAdapter {
                 }
                 if m.session_id != 0 {
                     user_properties.push(("session-id".to_owned(), m.session_id.to_string()));
+                }
+                if let Some(t) = &m.translation {
+                    user_properties.extend(crate::translation::mqtt_properties(t));
                 }
                 let properties = v5::PublishProperties {
                     content_type: (!m.content_type.is_empty()).then_some(m.content_type),

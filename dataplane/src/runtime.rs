@@ -4,7 +4,7 @@
 use std::{
     io,
     net::SocketAddr,
-    sync::{Arc, OnceLock, mpsc},
+    sync::{Arc, Mutex, OnceLock, mpsc},
     time::{Duration, Instant},
 };
 
@@ -26,6 +26,7 @@ use crate::{
     events::ShardEvent,
     routing::{Route, RoutingReader},
     shard::{self, CrossBatch, PeerTls, ShardCommand, ShardSetup},
+    translation::{self, TranslationPort},
 };
 
 /// glommio's registered I/O memory per shard. The relay does no file I/O, and the default
@@ -171,6 +172,8 @@ pub struct Dataplane {
     directory: Arc<OnceLock<SharedDirectory>>,
     authorization: Arc<ArcSwap<Authorization>>,
     peer_domains: Arc<ArcSwap<PeerDomains>>,
+    /// The translation pool's side of the way off the shards, until it is taken.
+    translation: Mutex<Option<TranslationPort>>,
     /// How long a closing connection may take to flush.
     linger: Duration,
 }
@@ -238,6 +241,12 @@ impl Dataplane {
             }
             None => None,
         };
+        let (translation, mut shard_ports) = if config.translation {
+            let (port, sides) = translation::ports(n, config.limits.max_data_body as usize);
+            (Some(port), sides.into_iter().map(Some).collect())
+        } else {
+            (None, (0..n).map(|_| None).collect::<Vec<_>>())
+        };
         let mut dataplane = Dataplane {
             addr: config.listen,
             peer_addr: None,
@@ -251,6 +260,7 @@ impl Dataplane {
             directory: directory.clone(),
             authorization: authorization.clone(),
             peer_domains: peer_domains.clone(),
+            translation: Mutex::new(translation),
             linger: config.close_linger,
         };
         // Shard 0 binds first so that the others join its port when the configured one is 0.
@@ -277,6 +287,7 @@ impl Dataplane {
                 authorization: authorization.clone(),
                 peer_domains: peer_domains.clone(),
                 events: events.clone(),
+                translation: shard_ports.get_mut(id).and_then(Option::take),
                 commands: command_rx,
                 senders,
                 receivers,
@@ -353,7 +364,6 @@ impl Dataplane {
         self.peer_addr
     }
 
-    /// A handle the control plane uses to open and drop links to peers.
     /// The handle that names A2A server agents to the shards.
     pub fn a2a_servers(&self) -> A2aServers {
         A2aServers {
@@ -361,6 +371,14 @@ impl Dataplane {
         }
     }
 
+    /// The translation pool's side of the way off the shards (`config.translation`): the
+    /// messages to translate, and the way back to each shard. Taken once; `None` after, or
+    /// when translation is off.
+    pub fn translation_port(&self) -> Option<TranslationPort> {
+        self.translation.lock().ok()?.take()
+    }
+
+    /// A handle the control plane uses to open and drop links to peers.
     pub fn peer_links(&self) -> PeerLinks {
         PeerLinks {
             commands: self.commands.clone(),

@@ -125,7 +125,12 @@ fn an_agent_accesses_heartbeats_and_goes_offline_when_silent() {
     s.handle_message(&req.into(), start + Duration::from_secs(1), wall);
     let a = actions(&mut s);
     let [
-        Action::AgentUp { agent, serial },
+        Action::AgentUp {
+            agent,
+            serial,
+            languages,
+            originals: false,
+        },
         Action::Send(Message::AccessReply(reply)),
     ] = a.as_slice()
     else {
@@ -137,6 +142,7 @@ fn an_agent_accesses_heartbeats_and_goes_offline_when_silent() {
         (30_000, 90_000)
     );
     assert_eq!((agent, serial.as_slice()), (&id, held.serial.as_ref()));
+    assert!(languages.is_empty());
     assert_eq!(s.next_timeout(), Some(start + Duration::from_secs(91)));
 
     // A heartbeat 60 s later acknowledges and pushes the hold time.

@@ -57,9 +57,10 @@ fn node(
     name: &str,
     peers: Vec<PeerEntry>,
     shards: usize,
+    configure: &dyn Fn(&str, &mut NodeConfig),
 ) -> Result<Node, String> {
     let domain = Domain::new(&format!("{name}.example")).map_err(|e| e.to_string())?;
-    Node::start(NodeConfig {
+    let mut config = NodeConfig {
         shards: Some(shards),
         root: Some(root.clone()),
         // Peer CRLs are not known before the peers start: the demo's gateways check the leaf
@@ -67,7 +68,9 @@ fn node(
         peer_crls: Default::default(),
         peers,
         ..NodeConfig::on_loopback(domain, &format!("{name}1"), dir.join(name))
-    })
+    };
+    configure(name, &mut config);
+    Node::start(config)
 }
 
 fn peer(node: &Node, dial: bool) -> PeerEntry {
@@ -85,6 +88,17 @@ fn peer(node: &Node, dial: bool) -> PeerEntry {
 /// before it), `shards` relay shards each; returns once every session is up. The demo runs
 /// three; the load tool runs two or three to measure hops between gateways.
 pub fn chain(dir: &Path, names: &[&str], shards: usize) -> Result<Vec<Node>, String> {
+    chain_with(dir, names, shards, &|_, _| {})
+}
+
+/// [`chain`], each gateway's configuration changed by `configure` (given its name) before it
+/// starts.
+pub fn chain_with(
+    dir: &Path,
+    names: &[&str],
+    shards: usize,
+    configure: &dyn Fn(&str, &mut NodeConfig),
+) -> Result<Vec<Node>, String> {
     let root = root(dir)?;
     // Each waits for the next to dial it: a peer's ID is known in advance, an address only
     // once that gateway listens.
@@ -107,7 +121,7 @@ pub fn chain(dir: &Path, names: &[&str], shards: usize) -> Result<Vec<Node>, Str
         if let Some(next) = names.get(i + 1) {
             peers.push(accept(next)?);
         }
-        nodes.push(node(dir, &root, name, peers, shards)?);
+        nodes.push(node(dir, &root, name, peers, shards, configure)?);
     }
     let deadline = std::time::Instant::now() + WAIT;
     for n in &nodes {

@@ -15,6 +15,7 @@ impl ErrorCode {
                 | ErrorCode::Unreachable
                 | ErrorCode::RateLimited
                 | ErrorCode::Draining
+                | ErrorCode::TranslationFailed
                 | ErrorCode::HoldTimerExpired
                 | ErrorCode::SendHoldTimerExpired
         )

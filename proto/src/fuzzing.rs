@@ -3,12 +3,12 @@
 //!
 //! [`check_frame_stream`] panics only when the codec contradicts itself: the same bytes framed
 //! differently when read in chunks, a decoded message that does not survive re-encoding, or the
-//! relay's [`DataView`] disagreeing with the full decode. Hostile input must produce errors,
+//! relay's [`DataView`] or [`LanguageView`] disagreeing with the full decode. Hostile input must produce errors,
 //! never panics, so any panic here is a bug.
 
 use crate::{
-    Admission, DataView, FrameDecoder, FrameEncoder, FrameError, FrameLimits, Kind, Message,
-    frame::Frame,
+    Admission, DataView, FrameDecoder, FrameEncoder, FrameError, FrameLimits, Kind, LanguageView,
+    Message, frame::Frame,
 };
 
 /// The admission the fuzzer tries beside [`Admission::ALL`]: what an accessed agent may send.
@@ -85,9 +85,26 @@ fn decode_all(
 
 fn check_frame(frame: &Frame, limits: FrameLimits) {
     let kind = frame.header.kind;
+    // What a shard reads before translation: never a panic, and (below) the decode's fields.
+    let language = (kind == Kind::AgentMessage)
+        .then(|| LanguageView::parse(&frame.body))
+        .flatten();
     let Ok(message) = frame.message() else {
         return;
     };
+    if let Message::AgentMessage(m) = &message {
+        let expected = LanguageView {
+            content_type: &m.content_type,
+            language: &m.language,
+            translate_to: &m.translate_to,
+            translated: m.translation.is_some(),
+        };
+        assert_eq!(
+            language,
+            Some(expected),
+            "the language view disagrees with the decode"
+        );
+    }
     if kind.is_data() {
         let view = frame.data_view();
         let destination = match &message {

@@ -26,7 +26,7 @@ pub use frame::{
     FrameLimits, HARD_MAX_BODY, HEADER_LEN, PROTOCOL_VERSION, WriteBatch,
 };
 pub use kind::{DecodeError, EncodeError, Kind, Message, WireMessage};
-pub use view::{DataView, ViewError};
+pub use view::{DataView, LanguageView, ViewError};
 
 /// The generated protobuf types of package `agw.v1`.
 #[allow(clippy::all, missing_docs, unreachable_pub)]

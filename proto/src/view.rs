@@ -120,6 +120,53 @@ impl<'a> DataView<'a> {
     }
 }
 
+/// The fields of an `AgentMessage` that say whether its natural language may need translating,
+/// borrowed from its body: what a shard reads before it hands a message to the translation
+/// pool (docs/translation.md), without decoding the rest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LanguageView<'a> {
+    /// Field 5: the payload's media type.
+    pub content_type: &'a str,
+    /// Field 6: the payload's natural language (BCP 47), empty when the source did not say.
+    pub language: &'a str,
+    /// Field 8: the language the source asks for, empty for none.
+    pub translate_to: &'a str,
+    /// Field 10 is present: a gateway already translated (or tried to) this message.
+    pub translated: bool,
+}
+
+impl<'a> LanguageView<'a> {
+    /// Reads the language fields of an `AgentMessage` body; `None` when it is malformed or a
+    /// field is not UTF-8 (such a message is relayed as it is, never translated).
+    pub fn parse(body: &'a [u8]) -> Option<LanguageView<'a>> {
+        let mut view = LanguageView::default();
+        let mut buf = body;
+        while !buf.is_empty() {
+            let (tag, wire_type) = key(&mut buf)?;
+            match wire_type {
+                WireType::LengthDelimited => {
+                    let field = length_delimited(&mut buf)?;
+                    let text = || std::str::from_utf8(field).ok();
+                    match tag {
+                        5 => view.content_type = text()?,
+                        6 => view.language = text()?,
+                        8 => view.translate_to = text()?,
+                        10 => view.translated = true,
+                        _ => {}
+                    }
+                }
+                WireType::Varint => {
+                    varint(&mut buf)?;
+                }
+                WireType::SixtyFourBit => buf = buf.get(8..)?,
+                WireType::ThirtyTwoBit => buf = buf.get(4..)?,
+                _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?,
+            }
+        }
+        Some(view)
+    }
+}
+
 /// A varint, with the one-byte case (field keys, short lengths) inline.
 #[inline(always)]
 fn varint(buf: &mut &[u8]) -> Option<u64> {

@@ -7,7 +7,7 @@ mod common;
 
 use agw_proto::{
     Admission, DataView, FrameDecoder, FrameEncoder, FrameError, FrameHeader, FrameLimits,
-    HARD_MAX_BODY, Kind, Message, ViewError, WriteBatch, pb, pb::ErrorCode,
+    HARD_MAX_BODY, Kind, LanguageView, Message, ViewError, WriteBatch, pb, pb::ErrorCode,
 };
 use bytes::Bytes;
 use common::bytes;
@@ -501,4 +501,33 @@ fn data_view_skips_unknown_fields_and_takes_the_last_destination() {
         None,
         "a source that is not UTF-8 cannot be answered"
     );
+}
+
+#[test]
+fn the_language_view_reads_what_translation_needs_and_refuses_what_it_cannot_read() {
+    // content_type (5), language (6), translate_to (8), translation (10), among others.
+    let body = bytes("0a 01 'y'  2a 0a 'text/plain'  32 02 'en'  38 01  42 02 'es'  7a 02 'hi'");
+    assert_eq!(
+        LanguageView::parse(&body),
+        Some(LanguageView {
+            content_type: "text/plain",
+            language: "en",
+            translate_to: "es",
+            translated: false,
+        })
+    );
+    // A translation present, fixed-width fields skipped, the last language wins.
+    let body = bytes("32 02 'en'  52 00  25 01020304  31 0102030405060708  32 02 'es'");
+    let view = LanguageView::parse(&body).expect("valid");
+    assert_eq!((view.language, view.translated), ("es", true));
+    assert_eq!(LanguageView::parse(&[]), Some(LanguageView::default()));
+    for bad in [
+        "32 02 c3 28", // a language that is not UTF-8
+        "32 05 'en'",  // a length past the end
+        "38",          // a key without its varint
+        "00",          // field 0
+        "25 0102",     // a fixed32 cut short
+    ] {
+        assert_eq!(LanguageView::parse(&bytes(bad)), None, "{bad}");
+    }
 }

@@ -5,7 +5,7 @@
 
 use agw_proto::{FrameDecoder, FrameEncoder, FrameHeader, FrameLimits, Kind, Message, fuzzing, pb};
 use bytes::Bytes;
-use proptest::{collection::vec, prelude::*};
+use proptest::{collection::vec, option, prelude::*};
 
 fn text() -> impl Strategy<Value = String> {
     // Any Unicode, including multi-byte characters, at bounded length.
@@ -20,14 +20,28 @@ fn agent_message() -> impl Strategy<Value = pb::AgentMessage> {
     (
         (text(), text(), any::<u64>(), any::<u64>()),
         (text(), text(), 0..7i32, text()),
-        (payload(), vec(any::<u8>(), 0..16)),
+        (
+            payload(),
+            vec(any::<u8>(), 0..16),
+            option::of((text(), text(), any::<bool>())),
+        ),
     )
         .prop_map(
             |(
                 (destination, source, message_id, session_id),
                 (content_type, language, p, t),
-                (payload, correlation),
+                (payload, correlation, translated),
             )| {
+                let translation = translated.map(|(from, engine, failed)| {
+                    Box::new(pb::Translation {
+                        from,
+                        to: language.clone(),
+                        engine,
+                        original: payload.clone(),
+                        failed,
+                        detail: String::new(),
+                    })
+                });
                 pb::AgentMessage {
                     destination,
                     source,
@@ -38,6 +52,7 @@ fn agent_message() -> impl Strategy<Value = pb::AgentMessage> {
                     source_protocol: p,
                     translate_to: t,
                     correlation: correlation.into(),
+                    translation,
                     payload,
                 }
             },

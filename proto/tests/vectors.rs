@@ -110,6 +110,7 @@ fn vectors() -> Vec<Vector> {
                 protocols: vec![P::Native as i32, P::Mqtt as i32],
                 languages: vec!["en".into()],
                 heartbeat_interval_ms: 0,
+                translation_originals: false,
             }
             .into(),
         ),

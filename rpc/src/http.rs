@@ -323,6 +323,32 @@ async fn respond(
 /// Fetches `url` (`http://host:port/path`: CRLs are published over plain HTTP) with one GET;
 /// the body when the answer is `200`, within `deadline` and at most `max_body` bytes.
 pub async fn get(url: &str, deadline: Duration, max_body: usize) -> Result<Bytes, String> {
+    let (status, body) = exchange(
+        hyper::Method::GET,
+        url,
+        &[],
+        Bytes::new(),
+        deadline,
+        max_body,
+    )
+    .await?;
+    if status != 200 {
+        return Err(format!("{url}: HTTP {status}"));
+    }
+    Ok(body)
+}
+
+/// One HTTP/1.1 request to `url` (`http://host[:port]/path`) with `headers` and `body`, on a
+/// connection of its own: the answer's status and body (at most `max_body` bytes), all
+/// within `deadline`.
+pub async fn exchange(
+    method: hyper::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    deadline: Duration,
+    max_body: usize,
+) -> Result<(u16, Bytes), String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("{url}: only http:// URLs are fetched"))?;
@@ -336,29 +362,33 @@ pub async fn get(url: &str, deadline: Duration, max_body: usize) -> Result<Bytes
         let stream = tokio::net::TcpStream::connect(&address)
             .await
             .map_err(|e| format!("{url}: {e}"))?;
+        let _ = stream.set_nodelay(true);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("{url}: {e}"))?;
         let driver = tokio::spawn(connection);
-        let request = Request::get(path)
-            .header(header::HOST, authority)
-            .body(Full::new(Bytes::new()))
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, authority);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(body))
             .map_err(|e| format!("{url}: {e}"))?;
         let response = sender
             .send_request(request)
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-        if response.status() != hyper::StatusCode::OK {
-            driver.abort();
-            return Err(format!("{url}: HTTP {}", response.status()));
-        }
+        let status = response.status().as_u16();
         let body = Limited::new(response.into_body(), max_body)
             .collect()
             .await
             .map_err(|e| format!("{url}: {e}"))?
             .to_bytes();
         driver.abort();
-        Ok(body)
+        Ok((status, body))
     };
     timeout(deadline, exchange)
         .await

@@ -180,11 +180,22 @@ pub struct AccessTerms {
     pub hold_time: Duration,
 }
 
+/// What an agent tells its gateway at access besides who it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessOptions {
+    /// The natural languages it understands (BCP 47, in its order of preference). Its gateway
+    /// translates text in other languages into the first (docs/translation.md); empty: never.
+    pub languages: Vec<String>,
+    /// Messages its gateway translates carry their original payload too.
+    pub translation_originals: bool,
+}
+
 /// An accessed connection to a gateway.
 #[derive(Debug)]
 pub struct AgentConnection {
     addr: SocketAddr,
     credentials: Arc<Credentials>,
+    options: AccessOptions,
     timeout: Duration,
     link: Link,
     reader: Reader,
@@ -223,7 +234,17 @@ impl AgentConnection {
         credentials: Arc<Credentials>,
         timeout: Duration,
     ) -> Result<AgentConnection, AgentError> {
-        AgentConnection::open(addr, credentials, timeout, true)
+        AgentConnection::open(addr, credentials, timeout, true, AccessOptions::default())
+    }
+
+    /// As [`AgentConnection::connect`], telling the gateway `options` at access.
+    pub fn connect_with(
+        addr: impl ToSocketAddrs,
+        credentials: Arc<Credentials>,
+        timeout: Duration,
+        options: AccessOptions,
+    ) -> Result<AgentConnection, AgentError> {
+        AgentConnection::open(addr, credentials, timeout, true, options)
     }
 
     /// As [`AgentConnection::connect`], over plain TCP: only for a gateway whose operator
@@ -233,7 +254,7 @@ impl AgentConnection {
         credentials: Arc<Credentials>,
         timeout: Duration,
     ) -> Result<AgentConnection, AgentError> {
-        AgentConnection::open(addr, credentials, timeout, false)
+        AgentConnection::open(addr, credentials, timeout, false, AccessOptions::default())
     }
 
     fn open(
@@ -241,6 +262,7 @@ impl AgentConnection {
         credentials: Arc<Credentials>,
         timeout: Duration,
         tls: bool,
+        options: AccessOptions,
     ) -> Result<AgentConnection, AgentError> {
         let addr = addr
             .to_socket_addrs()?
@@ -273,12 +295,14 @@ impl AgentConnection {
                 "a challenge from another gateway than the TLS server",
             ));
         }
-        let request = access_request(
+        let mut request = access_request(
             &challenge,
             &credentials.agent,
             &credentials.certificate,
             &credentials.key,
         )?;
+        request.languages = options.languages.clone();
+        request.translation_originals = options.translation_originals;
         let mut encoder = FrameEncoder::new(FrameLimits::default());
         encoder.push(&request)?;
         link.write_all(&encoder.take())?;
@@ -308,6 +332,7 @@ impl AgentConnection {
         Ok(AgentConnection {
             addr,
             credentials,
+            options,
             timeout,
             link,
             reader,
@@ -325,6 +350,7 @@ impl AgentConnection {
             self.credentials.clone(),
             self.timeout,
             self.link.is_tls(),
+            self.options.clone(),
         )?;
         fresh.writer.next_message_id = self.writer.next_message_id;
         *self = fresh;
@@ -356,6 +382,14 @@ impl AgentConnection {
     /// Queues a message without writing it (see [`flush`](Self::flush)).
     pub fn queue(&mut self, destination: &str, payload: Bytes) -> Result<u64, AgentError> {
         self.writer.queue(destination, payload)
+    }
+
+    /// Sends `message` now as this agent (its source and message ID are filled in; its media
+    /// type, language, session and the rest are as given); returns its message ID.
+    pub fn send_message(&mut self, message: pb::AgentMessage) -> Result<u64, AgentError> {
+        let id = self.writer.queue_message(message)?;
+        self.writer.flush()?;
+        Ok(id)
     }
 
     /// Writes what is queued, with a heartbeat first if one is due.
@@ -429,14 +463,18 @@ impl AgentConnection {
 impl Writer {
     /// Queues a message to `destination`; returns its message ID.
     pub fn queue(&mut self, destination: &str, payload: Bytes) -> Result<u64, AgentError> {
-        let id = self.next_message_id;
-        let message = pb::AgentMessage {
+        self.queue_message(pb::AgentMessage {
             destination: destination.to_owned(),
-            source: self.source.clone(),
-            message_id: id,
             payload,
             ..Default::default()
-        };
+        })
+    }
+
+    /// Queues `message` as this agent: its source and message ID are filled in.
+    pub fn queue_message(&mut self, mut message: pb::AgentMessage) -> Result<u64, AgentError> {
+        let id = self.next_message_id;
+        message.source.clone_from(&self.source);
+        message.message_id = id;
         self.encoder.push_data(&message, DEFAULT_HOP_LIMIT)?;
         self.next_message_id += 1;
         Ok(id)

@@ -653,11 +653,44 @@ fn stats(client: &mut Client, interval: f64) -> Result<Printed, String> {
         let list: Vec<String> = reasons.iter().map(|(r, c)| format!("{r} {c}")).collect();
         text.push_str(&format!("NACKs by reason: {}\n", list.join(", ")));
     }
+    if let Some(t) = &last.translation {
+        let pairs: Vec<String> = t
+            .translated
+            .iter()
+            .map(|c| format!("{}->{} by {} {}", c.from, c.to, c.engine, c.count))
+            .collect();
+        text.push_str(&format!(
+            "Translation: {} translated ({}), {} unchanged, {} failed; cache hits {}, engine calls {}; engine p50 {} us p99 {} us; added p50 {} us p99 {} us p99.9 {} us\n",
+            t.translated.iter().map(|c| c.count).sum::<u64>(),
+            if pairs.is_empty() { "none".to_owned() } else { pairs.join(", ") },
+            t.unchanged,
+            t.failed,
+            t.cache_hits,
+            t.engine_calls,
+            t.engine_p50_us,
+            t.engine_p99_us,
+            t.added_p50_us,
+            t.added_p99_us,
+            t.added_p999_us,
+        ));
+    }
     if seconds == 0.0 {
         text.push_str("(rates need --interval above 0)\n");
     }
+    let translation = last.translation.as_ref().map(|t| {
+        json!({
+            "translated": t.translated.iter().map(|c| json!({
+                "from": c.from, "to": c.to, "engine": c.engine, "count": c.count,
+            })).collect::<Vec<_>>(),
+            "unchanged": t.unchanged, "failed": t.failed, "cache_hits": t.cache_hits,
+            "engine_calls": t.engine_calls, "engine_p50_us": t.engine_p50_us,
+            "engine_p99_us": t.engine_p99_us, "added_p50_us": t.added_p50_us,
+            "added_p99_us": t.added_p99_us, "added_p999_us": t.added_p999_us,
+        })
+    });
     let json = json!({
         "gateway": last.gateway, "uptime_ms": last.uptime_ms, "shards": shards_json,
+        "translation": translation,
     });
     Ok(Printed { text, json })
 }

@@ -192,3 +192,73 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Apertium's APy translation service (Debian's `apertium-apy`, with the pairs Debian's
+/// `apertium-*` packages installed, English <-> Spanish among them) on a free loopback port;
+/// killed when dropped.
+pub struct Apy {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Apy {
+    pub fn start() -> Apy {
+        let port = free_port();
+        let child = std::process::Command::new("apertium-apy")
+            .args(["-p", &port.to_string(), "/usr/share/apertium/modes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("apertium-apy is not installed: scripts/test.sh installs it");
+        let apy = Apy {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        // Ready when it lists its pairs.
+        let start = std::time::Instant::now();
+        loop {
+            let listed = std::process::Command::new("curl")
+                .args(["-sf", &format!("{}/listPairs", apy.url)])
+                .output()
+                .is_ok_and(|o| o.status.success() && o.stdout.windows(3).any(|w| w == b"spa"));
+            if listed {
+                return apy;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "APy did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// What APy itself answers for `text` from `pair` ("eng|spa"), asked with curl.
+    pub fn translate(&self, pair: &str, text: &str) -> String {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                "--data-urlencode",
+                &format!("langpair={pair}"),
+                "--data-urlencode",
+                &format!("q={text}"),
+                "--data-urlencode",
+                "markUnknown=no",
+                &format!("{}/translate", self.url),
+            ])
+            .output()
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        answer["responseData"]["translatedText"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for Apy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -123,6 +123,7 @@ impl Shard {
         let client = A2aClient::new(agent.to_string(), endpoint, max_body)
             .answer_within(self.config.a2a_answer_within);
         *conn.adapter.borrow_mut() = Some(Box::new(Adapter::A2aServer(client)));
+        *conn.recipient.borrow_mut() = self.recipient(agent, &[], false);
         *conn.agent.borrow_mut() = Some(agent.clone());
         self.counter().a2a_server_connection();
         let _ = self.events.send(ShardEvent::AgentUp {

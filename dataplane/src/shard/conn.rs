@@ -8,6 +8,7 @@ use std::{
     os::fd::{AsRawFd, RawFd},
     pin::Pin,
     rc::Rc,
+    sync::Arc,
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
@@ -25,7 +26,7 @@ use nix::{
 };
 
 use super::Shard;
-use crate::{access::AccessSession, adapter::Adapter};
+use crate::{access::AccessSession, adapter::Adapter, translation::Recipient};
 /// A one-waiter wake-up flag.
 #[derive(Default)]
 pub(super) struct Notify {
@@ -186,6 +187,11 @@ pub(super) struct Conn {
     /// Frames an adapter made while writing (an A2A client's ACK of a reply) wait in the
     /// decoder: this wakes the reader to relay them.
     pub(super) upstream: Notify,
+    /// What the accessed agent understands, when it said (and translation is on).
+    pub(super) recipient: RefCell<Option<Arc<Recipient>>>,
+    /// Messages for this connection in the translation pool: while any is, the next ones
+    /// follow them through it, so the order holds.
+    pub(super) translating: Cell<u32>,
 }
 
 /// An agent's send allowance: its bucket, when last taken from, and the (rate, burst) it was

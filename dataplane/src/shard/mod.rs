@@ -41,6 +41,7 @@ mod conn;
 mod housekeeping;
 mod links;
 mod relay;
+mod translation;
 
 use conn::{Conn, ConnKind, ConnState, Notify, Outbound, Stream, read, wait_for_space, write_loop};
 use links::accept_peers;
@@ -57,6 +58,7 @@ use crate::{
     events::ShardEvent,
     mqtt::{self, MqttAdapter},
     routing::{Route, RoutingReader, SnapshotCache},
+    translation::ShardPort,
 };
 
 /// Frames decoded and routed together: their destinations are looked up as one batch, so the
@@ -152,6 +154,8 @@ pub(crate) struct ShardSetup {
     pub authorization: Arc<ArcSwap<Authorization>>,
     pub peer_domains: Arc<ArcSwap<PeerDomains>>,
     pub events: Sender<ShardEvent>,
+    /// The way to the translation pool and back, when translation is on.
+    pub translation: Option<ShardPort>,
     pub commands: Receiver<ShardCommand>,
     /// Indexed by destination shard; `None` at this shard's own index.
     pub senders: Vec<Option<SharedSender<CrossBatch>>>,
@@ -195,6 +199,8 @@ struct Shard {
     /// Which domains' frames each peer may relay, loaded per frame on peer links.
     peer_domains: Arc<ArcSwap<PeerDomains>>,
     events: Sender<ShardEvent>,
+    /// The way to the translation pool and back, when translation is on.
+    translation: Option<ShardPort>,
     /// A reusable vector for a batch of frames.
     batch: RefCell<Vec<Frame>>,
     conns: RefCell<HashMap<u32, Rc<Conn>>>,
@@ -286,6 +292,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         authorization: setup.authorization,
         peer_domains: setup.peer_domains,
         events: setup.events,
+        translation: setup.translation,
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),
         queued: Cell::new(0),
@@ -333,6 +340,9 @@ pub(crate) async fn run(setup: ShardSetup) {
     }
     if let Some((l, _)) = peer {
         spawn_local(accept_peers(shard.clone(), l)).detach();
+    }
+    if shard.translation.is_some() {
+        spawn_local(translation::returns(shard.clone())).detach();
     }
     shard.housekeeping(setup.commands).await;
 }
@@ -543,6 +553,8 @@ impl Shard {
             identifying: Cell::new(false),
             adapter: RefCell::new(None),
             upstream: Notify::default(),
+            recipient: RefCell::new(None),
+            translating: Cell::new(0),
         });
         self.conns.borrow_mut().insert(id, conn.clone());
         Some(conn)
@@ -587,7 +599,12 @@ impl Shard {
             };
             match action {
                 Action::Send(message) => self.push_gateway(conn, &message),
-                Action::AgentUp { agent, serial } => {
+                Action::AgentUp {
+                    agent,
+                    serial,
+                    languages,
+                    originals,
+                } => {
                     tracing::debug!(shard = self.id, connection = conn.id, %agent, "agent up");
                     up = true;
                     conn.hold.set(true);
@@ -599,6 +616,7 @@ impl Shard {
                         connection: conn.id,
                         serial: serial.clone(),
                     });
+                    *conn.recipient.borrow_mut() = self.recipient(&agent, &languages, originals);
                     *conn.agent.borrow_mut() = Some(agent);
                     *conn.serial.borrow_mut() = serial;
                 }
@@ -794,7 +812,7 @@ impl Shard {
         let mut out = std::mem::take(&mut *conn.out.borrow_mut());
         self.queued_sub(out.batch.len());
         for mark in out.marks.drain(..) {
-            self.undeliverable(mark.kind, &mark.body, reason);
+            self.undeliverable(mark.kind, &mark.body, reason, String::new());
         }
         for w in conn.space.borrow_mut().drain(..) {
             w.wake();

@@ -392,8 +392,28 @@ impl Shard {
         self.push_gateway(conn, &nack.into());
     }
 
-    /// Queues a relayed frame for `dest` (read at `since`), or says why not.
+    /// Queues a relayed frame for `dest` (read at `since`), or hands it to the translation
+    /// pool first, or says why not.
     pub(super) fn push_relayed(
+        &self,
+        dest: &Conn,
+        header: FrameHeader,
+        body: Bytes,
+        since: Instant,
+    ) -> Result<(), ErrorCode> {
+        if !dest.is_open() {
+            return Err(ErrorCode::DestinationOffline);
+        }
+        if header.kind == Kind::AgentMessage
+            && let Some(handed) = self.hand_over(dest, header, &body, since)
+        {
+            return handed;
+        }
+        self.enqueue(dest, header, body, since)
+    }
+
+    /// Queues a relayed frame for `dest` as it is, or says why not.
+    pub(super) fn enqueue(
         &self,
         dest: &Conn,
         header: FrameHeader,
@@ -532,7 +552,7 @@ impl Shard {
             // The other shard is gone (stopping): these frames cannot be delivered.
             for frame in refused {
                 if let CrossFrame::Relayed { header, body, .. } = frame {
-                    self.undeliverable(header.kind, &body, ErrorCode::Unreachable);
+                    self.undeliverable(header.kind, &body, ErrorCode::Unreachable, String::new());
                 }
             }
         }
@@ -559,7 +579,7 @@ impl Shard {
                     None => Err(ErrorCode::DestinationOffline),
                 };
                 if let Err(code) = result {
-                    self.undeliverable(header.kind, &body, code);
+                    self.undeliverable(header.kind, &body, code, String::new());
                 }
             }
         }
@@ -567,7 +587,7 @@ impl Shard {
 
     /// An accepted frame that cannot reach its destination: NACK it to its source, wherever
     /// the source's connection is.
-    pub(super) fn undeliverable(&self, kind: Kind, body: &[u8], reason: ErrorCode) {
+    pub(super) fn undeliverable(&self, kind: Kind, body: &[u8], reason: ErrorCode, detail: String) {
         let Ok(view) = DataView::parse(kind, body) else {
             self.counter().discarded();
             return;
@@ -580,9 +600,9 @@ impl Shard {
         let Some(source) = view.source() else {
             return;
         };
-        let nack: Message =
-            nack_message(&self.reporter, Target::of(&view), source, reason, None).into();
-        self.send_made(source, &nack);
+        let mut nack = nack_message(&self.reporter, Target::of(&view), source, reason, None);
+        nack.detail = detail;
+        self.send_made(source, &nack.into());
     }
 
     /// A message this gateway made (a NACK) to agent `to`, wherever its connection is; dropped
