@@ -3,7 +3,9 @@
 //! a gets a certificate and registers; a traveller agent of domain c gets one, discovers the
 //! hotel through c's registry, and books a room through the relays of c, b and a. Then
 //! protocol translation ([`translation`]): an MQTT agent of a asks an A2A agent of c through
-//! b, and a native agent of b completes the same A2A task in the session.
+//! b, and a native agent of b completes the same A2A task in the session. Last, natural-language
+//! translation ([`languages`]): an English agent of a and a Spanish agent of c book a room,
+//! each reading the other in its own language.
 //!
 //! Its helpers build federations of whole gateways for the tests and the load tool too
 //! ([`chain`], [`certify`], [`registry`]); none of this is in the `agw` daemon.
@@ -27,6 +29,7 @@ use agw_controlplane::{
     peering::session::{LimitAction, SessionState},
 };
 
+mod languages;
 mod translation;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -191,7 +194,15 @@ fn say(text: impl AsRef<str>) {
 pub fn run() -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     say("== three domains, peered a - b - c, under one federation root");
-    let mut nodes = chain(dir.path(), &["a", "b", "c"], 1)?.into_iter();
+    // Gateways a and c translate natural language for their agents (the last act).
+    let apy = languages::Apy::start();
+    let translating = apy.as_ref().map(languages::Apy::config);
+    let configure = move |name: &str, config: &mut NodeConfig| {
+        if name != "b" {
+            config.translation.clone_from(&translating);
+        }
+    };
+    let mut nodes = chain_with(dir.path(), &["a", "b", "c"], 1, &configure)?.into_iter();
     let (Some(a), Some(b), Some(c)) = (nodes.next(), nodes.next(), nodes.next()) else {
         return Err("three gateways did not start".into());
     };
@@ -338,6 +349,7 @@ pub fn run() -> Result<(), String> {
     }
 
     translation::run(&a, &b, &c)?;
+    languages::run(&a, &c, apy.as_ref())?;
 
     say("== what each relay counted");
     for n in [&a, &b, &c] {

@@ -1,6 +1,8 @@
 //! The demo end to end, as a new user runs it: three domains, a registration, a discovery
 //! from the third domain, and a conversation through three relays; then an MQTT agent asking
-//! an A2A agent two domains away, whose task a native agent completes.
+//! an A2A agent two domains away, whose task a native agent completes; last an English and a
+//! Spanish agent of two domains reading each other through Apertium (the test command
+//! installs apertium-apy and apertium-eng-spa).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,6 +26,9 @@ fn the_demo_books_a_room_across_three_domains() {
         "traveller received",
         "the reply on its response topic: \"which night?\"",
         "host received \"booked: room 42 for friday\"",
+        "recepcion (es) received (es) \"Me gustaría reservar",
+        "translated from en into es by apertium",
+        "tourist (en) received (en) \"The room is reserved.",
         "== done",
     ] {
         assert!(text.contains(step), "{step:?} missing from:\n{text}");
