@@ -7,14 +7,17 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agw_controlplane::node::{Node, NodeConfig};
+use agw_controlplane::{
+    node::{Node, NodeConfig},
+    translation::{EngineConfig, EngineKind, TranslationConfig},
+};
 use agw_dataplane::routing::Route;
 use agw_demo as demo;
 use agw_proto::{
     identity::{AgentId, Domain},
     pb,
 };
-use agw_sdk::agent::{AgentConnection, Credentials, Incoming, Reader, Writer};
+use agw_sdk::agent::{AccessOptions, AgentConnection, Credentials, Incoming, Reader, Writer};
 use bytes::Bytes;
 
 use crate::{
@@ -36,6 +39,52 @@ pub enum Scenario {
     TwoGateways,
     /// Senders at the first of three gateways in a chain, receivers at the last.
     Chain,
+}
+
+/// Whether the gateway under load translates natural language (docs/translation.md), and
+/// whether its agents name a language: what translation costs messages that need none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Translation {
+    /// No translation configured.
+    #[default]
+    Off,
+    /// No translation configured; every agent understands English and every message is
+    /// English text: the same bytes as `understood`, its baseline.
+    Tagged,
+    /// Translation on; agents name no language (their messages are never looked at).
+    Idle,
+    /// Translation on; every agent understands English and every message is English text
+    /// (each one's language fields are read on the shard, none goes to the pool).
+    Understood,
+}
+
+impl Translation {
+    /// The gateway's translation: an engine that is never reached (no message needs it).
+    fn config(self) -> Option<TranslationConfig> {
+        matches!(self, Translation::Idle | Translation::Understood).then(|| TranslationConfig {
+            engines: vec![EngineConfig {
+                kind: EngineKind::LibreTranslate,
+                url: "http://127.0.0.1:9".into(),
+                name: None,
+                pairs: Vec::new(),
+                model: None,
+                api_key_env: None,
+                api_key_file: None,
+            }],
+            ..TranslationConfig::apertium("http://127.0.0.1:9")
+        })
+    }
+
+    fn options(self) -> AccessOptions {
+        AccessOptions {
+            languages: match self {
+                Translation::Tagged | Translation::Understood => vec!["en".into()],
+                Translation::Off | Translation::Idle => Vec::new(),
+            },
+            translation_originals: false,
+        }
+    }
 }
 
 /// A gateway in this process, for load: a whole node, wired as the daemon wires it.
@@ -63,12 +112,24 @@ impl InProcessGateway {
         pin: bool,
         plaintext: bool,
     ) -> Result<InProcessGateway, Error> {
+        InProcessGateway::start_translating(domain, shards, pin, plaintext, None)
+    }
+
+    /// [`InProcessGateway::start`] with `translation`.
+    pub fn start_translating(
+        domain: &str,
+        shards: usize,
+        pin: bool,
+        plaintext: bool,
+        translation: Option<TranslationConfig>,
+    ) -> Result<InProcessGateway, Error> {
         let dir = tempfile::tempdir()?;
         let node = Node::start(NodeConfig {
             shards: Some(shards),
             pin_cores: pin,
             agent_plaintext: plaintext,
             allow: vec!["Load".into()],
+            translation,
             ..NodeConfig::on_loopback(Domain::new(domain)?, "load-1", dir.path().join("node"))
         })?;
         Ok(InProcessGateway { node, _dir: dir })
@@ -104,6 +165,7 @@ pub struct AgwRelay {
     gateways: Gateways,
     /// Agents speak plain TCP instead of mutual TLS.
     plaintext: bool,
+    translation: Translation,
 }
 
 impl std::fmt::Debug for AgwRelay {
@@ -122,17 +184,19 @@ impl AgwRelay {
         shards: usize,
         pin: bool,
         plaintext: bool,
+        translation: Translation,
     ) -> Result<AgwRelay, Error> {
         if scenario == Scenario::CrossShard && shards < 2 {
             return Err("--scenario cross-shard needs --shards 2 or more".into());
         }
         let gateways = match scenario {
             Scenario::OneGateway | Scenario::SameShard | Scenario::CrossShard => {
-                Gateways::One(Box::new(InProcessGateway::start(
+                Gateways::One(Box::new(InProcessGateway::start_translating(
                     "load.example",
                     shards,
                     pin,
                     plaintext,
+                    translation.config(),
                 )?))
             }
             Scenario::TwoGateways | Scenario::Chain => {
@@ -146,10 +210,14 @@ impl AgwRelay {
                 Gateways::Chain { _dir: dir, nodes }
             }
         };
+        if translation != Translation::Off && matches!(gateways, Gateways::Chain { .. }) {
+            return Err("--translation applies to one gateway".into());
+        }
         Ok(AgwRelay {
             scenario,
             gateways,
             plaintext,
+            translation,
         })
     }
 
@@ -182,7 +250,8 @@ impl AgwRelay {
                     let conn = if self.plaintext {
                         AgentConnection::connect_plaintext(addr, creds.clone(), timeout)?
                     } else {
-                        AgentConnection::connect(addr, creds.clone(), timeout)?
+                        let options = self.translation.options();
+                        AgentConnection::connect_with(addr, creds.clone(), timeout, options)?
                     };
                     let shard = match g.node.dataplane.route_of(creds.agent.as_str()) {
                         Some(Route::Local { shard, .. }) => Some(shard),
@@ -263,6 +332,10 @@ impl Relay for AgwRelay {
                 outbox: Box::new(AgwOutbox {
                     writer,
                     ids: ids.clone(),
+                    english: matches!(
+                        self.translation,
+                        Translation::Tagged | Translation::Understood
+                    ),
                 }),
                 inbox: Box::new(AgwInbox { reader }),
             });
@@ -280,12 +353,24 @@ impl Relay for AgwRelay {
 struct AgwOutbox {
     writer: Writer,
     ids: Arc<Vec<String>>,
+    /// Messages say they are English text.
+    english: bool,
 }
 
 impl Outbox for AgwOutbox {
     fn queue(&mut self, to: usize, payload: Bytes) -> Result<(), Error> {
         let id = self.ids.get(to).ok_or("no such agent")?;
-        self.writer.queue(id, payload)?;
+        if self.english {
+            self.writer.queue_message(pb::AgentMessage {
+                destination: id.clone(),
+                content_type: "text/plain".into(),
+                language: "en".into(),
+                payload,
+                ..Default::default()
+            })?;
+        } else {
+            self.writer.queue(id, payload)?;
+        }
         Ok(())
     }
 

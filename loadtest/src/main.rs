@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, io::Write as _, path::PathBuf, process::ExitCod
 
 use agw_loadtest::{
     a2a::A2aRelay,
-    agw::{AgwRelay, Scenario},
+    agw::{AgwRelay, Scenario, Translation},
     cpu::Affinity,
     mqtt::{Broker, MqttRelay},
     nats::NatsRelay,
@@ -56,6 +56,13 @@ struct Args {
     /// the TLS agent leg's cost is the difference.
     #[arg(long)]
     agent_plaintext: bool,
+    /// The gateway translates natural language (agw, one gateway): `idle`, agents name no
+    /// language; `understood`, every agent understands English and every message is English
+    /// text (read on the shard, never translated): what translation costs the messages that
+    /// need none. `tagged`: the same messages as `understood` without translation, its
+    /// baseline.
+    #[arg(long, value_enum, default_value = "off")]
+    translation: Translation,
     /// Seconds of measurement (after `--warmup` seconds).
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -187,6 +194,9 @@ fn run(args: &Args) -> Result<(), Error> {
     if args.target == Target::Nginx && args.pattern == Pattern::FanOut {
         return Err("an L4 proxy cannot fan out: one connection goes to one backend".into());
     }
+    if args.translation != Translation::Off && args.target != Target::Agw {
+        return Err("--translation applies to --target agw".into());
+    }
     if args.agent_plaintext
         && (args.target != Target::Agw
             || matches!(args.scenario, Scenario::TwoGateways | Scenario::Chain))
@@ -200,6 +210,7 @@ fn run(args: &Args) -> Result<(), Error> {
             args.shards,
             affinity.pinned(),
             args.agent_plaintext,
+            args.translation,
         )?),
         Target::Nats => Box::new(NatsRelay::start(&args.nats_server, &affinity)?),
         Target::Nginx => Box::new(NginxRelay::new(&args.nginx, &affinity)?),
@@ -344,7 +355,15 @@ fn describe_agw(args: &Args) -> String {
         ),
         Scenario::Chain => format!("a chain of three gateways, {} shard(s) each", args.shards),
     };
-    format!("{placement}, {agents}")
+    let translation = match args.translation {
+        Translation::Off => "",
+        Translation::Tagged => ", no translation (English text to agents that understand English)",
+        Translation::Idle => ", translation on (agents name no language)",
+        Translation::Understood => {
+            ", translation on (English text to agents that understand English)"
+        }
+    };
+    format!("{placement}, {agents}{translation}")
 }
 
 fn print_report(args: &Args, report: &Report) -> Result<(), Error> {

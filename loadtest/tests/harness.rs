@@ -98,6 +98,36 @@ fn shards_and_gateways_in_every_scenario() {
 }
 
 #[test]
+fn the_gateway_translating_carries_what_needs_no_translation() {
+    for mode in ["idle", "tagged", "understood"] {
+        let r = load(&["--translation", mode]);
+        assert_delivered(&r, mode);
+        assert_eq!(r["nacked"], serde_json::json!({}), "{mode}: {r}");
+    }
+}
+
+#[test]
+fn translation_latency_is_measured_through_a_translating_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("latency.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_agw-translation-latency"))
+        .args(["--messages", "200", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // 180 measured, half translated (every one checked to be), half not.
+    assert_eq!(r["translated_us"]["samples"], 90, "{r}");
+    assert_eq!(r["untranslated_us"]["samples"], 90, "{r}");
+    assert_eq!(r["engine_own_us"]["samples"], 100, "{r}");
+}
+
+#[test]
 fn the_peers_carry_the_same_patterns() {
     for (target, pattern) in [
         ("nats", "stream"),
@@ -134,4 +164,10 @@ fn what_a_relay_cannot_do_is_refused_plainly() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("runs ping-pong"));
+    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
+        .args(["--target", "nats", "--translation", "idle"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("applies to --target agw"));
 }

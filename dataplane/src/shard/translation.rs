@@ -62,13 +62,15 @@ impl Shard {
         since: Instant,
     ) -> Option<Result<(), ErrorCode>> {
         let port = self.translation.as_ref()?;
-        let recipient = dest.recipient.borrow().clone()?;
-        let translate = LanguageView::parse(body).is_some_and(|v| recipient.may_translate(&v));
+        let recipient = dest.recipient.borrow();
+        let r = recipient.as_ref()?;
+        let translate = LanguageView::parse(body).is_some_and(|v| r.may_translate(&v));
         // Needs none, but an earlier message for `dest` is in the pool: it follows.
         let follow = !translate && dest.translating.get() > 0;
         if !translate && !follow {
             return None;
         }
+        let recipient = r.clone();
         let job = Job {
             shard: self.id,
             connection: dest.id,
