@@ -431,6 +431,8 @@ impl Registry {
                 gateway: s.origin.clone(),
                 // Called by its own gateway only.
                 a2a_url: String::new(),
+                // Translated for by its own gateway only.
+                text_fields: Vec::new(),
             },
             origin: Origin::Remote {
                 peer: peer.to_string(),
@@ -561,8 +563,17 @@ impl Registry {
                 ),
             ));
         }
-        if p.protocols.len() > l.max_list || p.languages.len() > l.max_list {
-            return Err(too("protocol or language list"));
+        if p.protocols.len() > l.max_list
+            || p.languages.len() > l.max_list
+            || p.text_fields.len() > l.max_list
+        {
+            return Err(too("protocol, language or text field list"));
+        }
+        if p.text_fields.iter().any(|f| !f.starts_with('/')) {
+            return Err(RegistryError::new(
+                ErrorCode::InvalidField,
+                "a text field is a JSON pointer: /name[/name...]",
+            ));
         }
         if p.capabilities.iter().any(|c| normalise(c).is_empty()) {
             return Err(RegistryError::new(
@@ -573,6 +584,7 @@ impl Registry {
         if p.capabilities
             .iter()
             .chain(&p.languages)
+            .chain(&p.text_fields)
             .chain([&p.address, &p.a2a_url])
             .any(|s| s.len() > l.max_field)
         {

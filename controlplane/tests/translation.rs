@@ -130,6 +130,20 @@ fn english_becomes_spanish_on_its_way_to_an_agent_of_another_domain() {
         assert!(start.elapsed() < WAIT, "a never learnt y's route");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The relay link from a to b may still be coming up (a message is NACKed UNREACHABLE
+    // meanwhile): a greeting in Spanish, needing no translation, until one arrives.
+    loop {
+        assert!(start.elapsed() < WAIT, "the relay link never came up");
+        cx.send_message(text(&y, "es", 0, "Hola")).unwrap();
+        if let Some(Incoming::Message(..)) = cy.recv(Duration::from_millis(300)).unwrap() {
+            break;
+        }
+        while let Some(Incoming::Nack(n)) = cx.recv(Duration::from_millis(10)).unwrap() {
+            assert_eq!(n.reason(), ErrorCode::Unreachable);
+        }
+    }
+    // A greeting sent twice may arrive twice.
+    while cy.recv(Duration::from_millis(200)).unwrap().is_some() {}
 
     // Tagged English: translated as APy itself translates it, and said so.
     let english = "Book a twin room for two nights.";
@@ -464,5 +478,81 @@ fn an_engine_that_is_down_or_slow_costs_a_nack_or_a_mark_and_nothing_else() {
         other => panic!("{other:?}"),
     }
     drop((cx, cz));
+    node.stop();
+}
+
+/// Registers `who` with a profile naming `languages` and `text_fields`.
+fn register(node: &Node, who: &Credentials, languages: &[&str], text_fields: &[&str]) {
+    let request = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(pb::AgentProfile {
+            agent: who.agent.to_string(),
+            capabilities: vec!["reception".into()],
+            protocols: vec![pb::Protocol::Native as i32],
+            languages: languages.iter().map(|l| (*l).to_owned()).collect(),
+            text_fields: text_fields.iter().map(|f| (*f).to_owned()).collect(),
+            address: "unused".into(),
+            ..Default::default()
+        }),
+        certificate_chain: who.certificate.chain.clone(),
+    };
+    let registrant = who.agent.to_string();
+    node.registry
+        .ask(move |r| r.register(&request, Some(&registrant), std::time::SystemTime::now()))
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn a_profile_names_languages_and_json_text_fields_and_the_operator_switches_it_off() {
+    let libre = Engine::start(Duration::ZERO, libretranslate);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = translating(
+        EngineKind::LibreTranslate,
+        &libre.url,
+        OnFailure::Nack,
+        2_000,
+    );
+    config.off = vec!["spiffe://a.example/agent/quiet".into()];
+    let (node, x, y) = one_gateway(dir.path(), config);
+    // y names no language at access: its profile says Spanish, and which JSON fields are
+    // natural language.
+    register(&node, &y, &["es"], &["/note", "/extras"]);
+    let mut cx = connect(&node, &x, AccessOptions::default());
+    let mut cy = connect(&node, &y, AccessOptions::default());
+    let order = serde_json::json!({
+        "room": "twin", "nights": 2, "note": "Near the lift, please.",
+        "extras": ["breakfast", 3], "code": "B-17",
+    });
+    cx.send_message(pb::AgentMessage {
+        content_type: "application/json".into(),
+        payload: Bytes::from(order.to_string()),
+        ..text(&y, "en", 0, "")
+    })
+    .unwrap();
+    let got = message(&mut cy);
+    let back: serde_json::Value = serde_json::from_slice(&got.payload).unwrap();
+    assert_eq!(
+        back,
+        serde_json::json!({
+            "room": "twin", "nights": 2, "note": "<es>Near the lift, please.</en>",
+            "extras": ["<es>breakfast</en>", 3], "code": "B-17",
+        })
+    );
+    assert_eq!(got.translation.unwrap().to, "es");
+
+    // The operator switched translation off for agent quiet: what it sends arrives as sent.
+    let quiet = demo::certify(&node, "quiet").unwrap();
+    let mut cq = connect(&node, &quiet, AccessOptions::default());
+    cq.send_message(text(&y, "en", 0, "Hello")).unwrap();
+    let got = message(&mut cy);
+    assert_eq!((got.payload, got.translation), (Bytes::from("Hello"), None));
+    let stats = node.translation().unwrap().stats.to_wire();
+    assert_eq!(
+        (stats.unchanged, libre.asked.lock().unwrap().len()),
+        (1, 2),
+        "{stats:?}"
+    );
+    drop((cx, cy, cq));
     node.stop();
 }

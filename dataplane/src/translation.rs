@@ -38,6 +38,8 @@ pub struct Recipient {
     pub languages: Vec<String>,
     /// Translated messages carry their original payload too.
     pub originals: bool,
+    /// Its profile's natural-language fields of JSON payloads (JSON pointers).
+    pub text_fields: Vec<String>,
 }
 
 impl Recipient {
@@ -50,11 +52,13 @@ impl Recipient {
     }
 
     /// Whether a message with these fields goes to the pool: natural text (see
-    /// [`is_natural`], or A2A parts) that is in no language this agent understands, whose language is not
+    /// [`is_natural`], A2A parts, or JSON when this agent's profile names text fields) that is in no language this agent understands, whose language is not
     /// known (the pool detects it), or whose source asked for another language. A message a
     /// gateway translated already is never translated again.
     pub fn may_translate(&self, view: &LanguageView<'_>) -> bool {
-        let text = is_natural(view.content_type) || media(view.content_type) == PARTS_TYPE;
+        let text = is_natural(view.content_type)
+            || media(view.content_type) == PARTS_TYPE
+            || (is_json(view.content_type) && !self.text_fields.is_empty());
         if view.translated || !text {
             return false;
         }
@@ -100,6 +104,13 @@ pub fn mqtt_properties(t: &pb::Translation) -> Vec<(String, String)> {
         p.push(("translation-failed".to_owned(), t.detail.clone()));
     }
     p
+}
+
+/// Whether `content_type` is JSON (`application/json`, `application/*+json`).
+pub fn is_json(content_type: &str) -> bool {
+    let media = media(content_type);
+    media.eq_ignore_ascii_case("application/json")
+        || (media.starts_with("application/") && media.ends_with("+json") && media != PARTS_TYPE)
 }
 
 /// A language tag's primary subtag: "zh" of "zh-CN".
@@ -264,6 +275,7 @@ mod tests {
             agent: "spiffe://b.example/agent/y".into(),
             languages: languages.iter().map(|l| (*l).to_owned()).collect(),
             originals: false,
+            text_fields: Vec::new(),
         }
     }
 
@@ -290,8 +302,16 @@ mod tests {
         assert!(es.may_translate(&view("text/plain", "", "")));
         assert!(es.may_translate(&view("", "", "")));
         assert!(es.may_translate(&view(PARTS_TYPE, "en", "")));
-        // Structured data and bytes are never touched.
+        // Structured data and bytes are never touched, JSON only where the profile names
+        // text fields.
         assert!(!es.may_translate(&view("application/json", "en", "")));
+        let fields = Recipient {
+            text_fields: vec!["/note".into()],
+            ..es.clone()
+        };
+        assert!(fields.may_translate(&view("application/json", "en", "")));
+        assert!(fields.may_translate(&view("application/ld+json", "", "")));
+        assert!(!fields.may_translate(&view("application/json", "es", "")));
         assert!(!es.may_translate(&view("application/octet-stream", "en", "")));
         assert!(!es.may_translate(&view("text/x-python", "en", "")));
         assert!(!es.may_translate(&view("text/csv", "en", "")));

@@ -256,7 +256,7 @@ fn an_a2a_server_agent_registers_its_url_from_a_shell() {
         ],
     );
     assert!(ok, "{err}");
-    let register = |url: &str| {
+    let register = |url: &str, text_field: &str| {
         agent(
             &held,
             &[
@@ -268,20 +268,37 @@ fn an_a2a_server_agent_registers_its_url_from_a_shell() {
                 "hotel booking",
                 "--a2a-url",
                 url,
+                "--language",
+                "es",
+                "--text-field",
+                text_field,
             ],
         )
     };
-    // A URL the gateway could not call: refused with the reason.
-    let (ok, _, err) = register("ftp://hotel.example/");
+    // A URL the gateway could not call, a text field that is no JSON pointer: refused with
+    // the reason.
+    let (ok, _, err) = register("ftp://hotel.example/", "/note");
     assert!(
         !ok && err.contains("INVALID_FIELD") && err.contains("http://"),
         "{err}"
     );
-    let (ok, out, err) = register("http://127.0.0.1:9/a2a");
+    let (ok, _, err) = register("http://127.0.0.1:9/a2a", "note");
+    assert!(
+        !ok && err.contains("INVALID_FIELD") && err.contains("JSON pointer"),
+        "{err}"
+    );
+    let (ok, out, err) = register("http://127.0.0.1:9/a2a", "/note");
     assert!(ok, "{err}");
     let stored = json(&out);
     assert_eq!(stored["agent"], "spiffe://travel.example/agent/hotel");
     assert_eq!(stored["a2a_url"], "http://127.0.0.1:9/a2a");
+    assert_eq!(
+        (
+            stored["languages"][0].as_str(),
+            stored["text_fields"][0].as_str()
+        ),
+        (Some("es"), Some("/note"))
+    );
     let resource = stored["resource_id"].as_str().unwrap().to_owned();
     assert!(!resource.is_empty());
     let (ok, out, err) = agent(

@@ -395,7 +395,8 @@ impl Shared {
         if self.off(&message.source) || self.off(&message.destination) {
             return unchanged(job);
         }
-        let Some(text) = Text::of(&message.content_type, &message.payload) else {
+        let fields = &job.recipient.text_fields;
+        let Some(text) = Text::of(&message.content_type, &message.payload, fields) else {
             return unchanged(job);
         };
         let from = if message.language.is_empty() {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use agw_dataplane::{
     a2a::PARTS_TYPE,
-    translation::{is_natural, media},
+    translation::{is_json, is_natural, media},
 };
 use serde_json::Value;
 
@@ -63,15 +63,25 @@ pub enum Text {
         parts: Vec<Value>,
         texts: Vec<String>,
     },
+    /// JSON: the strings at the destination's text fields, in order, and where each is.
+    Json {
+        value: Value,
+        places: Vec<String>,
+        texts: Vec<String>,
+    },
 }
 
 impl Text {
-    /// The text of a payload of `content_type`; `None` when there is none to translate
-    /// (structured data, bytes, text that is not UTF-8).
-    pub fn of(content_type: &str, payload: &[u8]) -> Option<Text> {
+    /// The text of a payload of `content_type`, for a destination whose profile names
+    /// `text_fields` (JSON pointers); `None` when there is none to translate (structured data
+    /// elsewhere, bytes, text that is not UTF-8).
+    pub fn of(content_type: &str, payload: &[u8], text_fields: &[String]) -> Option<Text> {
         if is_natural(content_type) {
             let text = std::str::from_utf8(payload).ok()?;
             return (!text.trim().is_empty()).then(|| Text::Plain(text.to_owned()));
+        }
+        if is_json(content_type) && !text_fields.is_empty() {
+            return Text::json(payload, text_fields);
         }
         if media(content_type) != PARTS_TYPE {
             return None;
@@ -87,11 +97,39 @@ impl Text {
         (!texts.is_empty()).then_some(Text::Parts { parts, texts })
     }
 
+    /// The strings at `fields` of a JSON payload (a field naming an array: each string in it).
+    fn json(payload: &[u8], fields: &[String]) -> Option<Text> {
+        let value: Value = serde_json::from_slice(payload).ok()?;
+        let (mut places, mut texts) = (Vec::new(), Vec::new());
+        for field in fields {
+            match value.pointer(field) {
+                Some(Value::String(text)) => {
+                    places.push(field.clone());
+                    texts.push(text.clone());
+                }
+                Some(Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        if let Value::String(text) = item {
+                            places.push(format!("{field}/{i}"));
+                            texts.push(text.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        (!texts.is_empty()).then_some(Text::Json {
+            value,
+            places,
+            texts,
+        })
+    }
+
     /// The segments to translate.
     pub fn segments(&self) -> &[String] {
         match self {
             Text::Plain(text) => std::slice::from_ref(text),
-            Text::Parts { texts, .. } => texts,
+            Text::Parts { texts, .. } | Text::Json { texts, .. } => texts,
         }
     }
 
@@ -119,6 +157,15 @@ impl Text {
                     })
                     .collect();
                 Value::Array(parts).to_string().into_bytes()
+            }
+            Text::Json { value, places, .. } => {
+                let mut value = value.clone();
+                for (place, text) in places.iter().zip(translated) {
+                    if let Some(slot) = value.pointer_mut(place) {
+                        *slot = Value::String(text.clone());
+                    }
+                }
+                value.to_string().into_bytes()
             }
         }
     }
@@ -211,20 +258,33 @@ mod tests {
     #[test]
     fn only_text_is_translated() {
         assert_eq!(
-            Text::of("text/plain; charset=utf-8", b"hello"),
+            Text::of("text/plain; charset=utf-8", b"hello", &[]),
             Some(Text::Plain("hello".into()))
         );
-        assert_eq!(Text::of("application/json", br#"{"a":"hello"}"#), None);
-        assert_eq!(Text::of("text/plain", &[0xff, 0xfe]), None);
-        assert_eq!(Text::of("text/plain", b"  "), None);
+        assert_eq!(Text::of("application/json", br#"{"a":"hello"}"#, &[]), None);
+        assert_eq!(Text::of("text/plain", &[0xff, 0xfe], &[]), None);
+        assert_eq!(Text::of("text/plain", b"  ", &[]), None);
         let parts = br#"[{"text":"hello"},{"data":{"n":1}},{"text":"print(1)","mediaType":"text/x-python"},{"text":"code","mediaType":"application/x-sh"}]"#;
-        let text = Text::of(PARTS_TYPE, parts).unwrap();
+        let text = Text::of(PARTS_TYPE, parts, &[]).unwrap();
         assert_eq!(text.segments(), ["hello"]);
         let back: Value = serde_json::from_slice(&text.payload(&["hola".into()])).unwrap();
         assert_eq!(back[0]["text"], "hola");
         assert_eq!(back[1]["data"]["n"], 1);
         assert_eq!(back[2]["text"], "print(1)");
         assert_eq!(back[3]["text"], "code");
+        // JSON: only the fields the profile names, strings or arrays of strings.
+        let fields = ["/note", "/tags", "/id", "/missing"].map(str::to_owned);
+        let order = br#"{"id":17,"note":"two nights","tags":["quiet","sea view",3],"room":"twin"}"#;
+        let text = Text::of("application/json", order, &fields).unwrap();
+        assert_eq!(text.segments(), ["two nights", "quiet", "sea view"]);
+        let translated = ["dos noches", "tranquila", "vista al mar"].map(str::to_owned);
+        let back: Value = serde_json::from_slice(&text.payload(&translated)).unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({"id":17,"note":"dos noches","tags":["tranquila","vista al mar",3],"room":"twin"})
+        );
+        assert_eq!(Text::of("application/json", br#"{"id":1}"#, &fields), None);
+        assert_eq!(Text::of("application/json", b"not json", &fields), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ const MAX_TAG: usize = 35;
 
 impl Shard {
     /// What `agent` understands: the languages it named at access (`told`), then its
-    /// profile's. `None` when translation is off or it named none: its messages are then
+    /// profile's, and its profile's text fields. `None` when translation is off or it named none: its messages are then
     /// never looked at.
     pub(super) fn recipient(
         &self,
@@ -28,10 +28,9 @@ impl Shard {
             .directory
             .get()
             .and_then(|d| d.profile(agent.as_str()))
-            .map(|p| p.languages)
             .unwrap_or_default();
         let mut languages: Vec<String> = Vec::new();
-        for tag in told.iter().chain(&profile) {
+        for tag in told.iter().chain(&profile.languages) {
             let tag = tag.trim();
             let valid = !tag.is_empty()
                 && tag.len() <= MAX_TAG
@@ -47,6 +46,7 @@ impl Shard {
                 agent: agent.to_string(),
                 languages,
                 originals,
+                text_fields: profile.text_fields,
             })
         })
     }

@@ -111,6 +111,10 @@ enum Command {
         /// A language it speaks (BCP 47, e.g. en); repeat for more.
         #[arg(long = "language")]
         languages: Vec<String>,
+        /// A natural-language string field of the JSON it receives, as a JSON pointer (e.g.
+        /// /note), which its gateway translates into its language; repeat for more.
+        #[arg(long = "text-field")]
+        text_fields: Vec<String>,
         /// Its A2A endpoint, http[s]://host[:port][/path] (the JSON-RPC binding); over https
         /// the server presents this agent's certificate.
         #[arg(long)]
@@ -217,6 +221,7 @@ fn main() -> ExitCode {
             capabilities,
             description,
             languages,
+            text_fields,
             a2a_url,
             address,
         } => {
@@ -244,6 +249,7 @@ fn main() -> ExitCode {
                 capabilities: capabilities.clone(),
                 protocols: vec![protocols as i32],
                 languages: languages.clone(),
+                text_fields: text_fields.clone(),
                 address,
                 a2a_url,
                 ..Default::default()
@@ -453,6 +459,8 @@ fn register(
                 "resource_id": p.resource_id,
                 "agent": p.agent,
                 "capabilities": p.capabilities,
+                "languages": p.languages,
+                "text_fields": p.text_fields,
                 "a2a_url": p.a2a_url,
                 "version": p.version,
             })),
