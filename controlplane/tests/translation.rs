@@ -556,3 +556,122 @@ fn a_profile_names_languages_and_json_text_fields_and_the_operator_switches_it_o
     drop((cx, cy, cq));
     node.stop();
 }
+
+#[test]
+fn an_mqtt_agent_whose_profile_says_spanish_reads_translations_with_their_user_properties() {
+    let libre = Engine::start(Duration::ZERO, libretranslate);
+    let dir = tempfile::tempdir().unwrap();
+    let config = translating(
+        EngineKind::LibreTranslate,
+        &libre.url,
+        OnFailure::Nack,
+        2_000,
+    );
+    let (node, x, y) = one_gateway(dir.path(), config);
+    register(&node, &y, &["es"], &[]);
+    let data = dir.path().to_owned();
+    let files = common::pem_files(dir.path(), &data, &y, "y");
+    // y is mosquitto_sub over MQTT 5, subscribed to its inbox.
+    let subscribe = std::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p"])
+        .arg(node.addresses().agents.port().to_string())
+        .args(["-V", "mqttv5", "--cafile"])
+        .arg(&files.ca)
+        .arg("--cert")
+        .arg(&files.cert)
+        .arg("--key")
+        .arg(&files.key)
+        .args([
+            "-q",
+            "1",
+            "-t",
+            "agw/inbox/#",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-F",
+            "%p|%P",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cx = connect(&node, &x, AccessOptions::default());
+    // Until y's MQTT session is up, x's messages are NACKed: send until one is ACKed.
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < WAIT,
+            "mosquitto_sub never got x's message"
+        );
+        let id = cx
+            .send_message(text(&y, "en", 0, "Book a twin room"))
+            .unwrap();
+        match cx.recv(Duration::from_millis(500)).unwrap() {
+            Some(Incoming::Ack(a)) if a.message_id == id => break,
+            Some(Incoming::Nack(_)) => std::thread::sleep(Duration::from_millis(100)),
+            _ => {}
+        }
+    }
+    let out = subscribe.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let (payload, properties) = printed.trim().split_once('|').unwrap();
+    assert_eq!(payload, "<es>Book a twin room</en>", "{printed}");
+    for property in [
+        "language:es",
+        "translated-from:en",
+        "translation-engine:libretranslate",
+    ] {
+        assert!(
+            properties.contains(property),
+            "{property} missing: {printed}"
+        );
+    }
+    drop(cx);
+    node.stop();
+}
+
+#[test]
+fn a_full_translation_queue_refuses_with_overloaded_and_the_rest_flows() {
+    // An engine that takes 30 s, one lane: the pool's queue (4,096) fills behind it.
+    let stuck = Engine::start(Duration::from_secs(30), libretranslate);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = translating(
+        EngineKind::LibreTranslate,
+        &stuck.url,
+        OnFailure::Nack,
+        60_000,
+    );
+    config.lanes = 1;
+    let (node, x, y) = one_gateway(dir.path(), config);
+    let z = demo::certify(&node, "z").unwrap();
+    let mut cx = connect(&node, &x, AccessOptions::default());
+    let _cy = connect(&node, &y, speaking(&["es"], false));
+    let mut cz = connect(&node, &z, AccessOptions::default());
+    let total = agw_dataplane::translation::QUEUE + 200;
+    let mut first = 0;
+    for i in 0..total {
+        let id = cx
+            .send_message(text(&y, "en", 1, &format!("Message number {i}")))
+            .unwrap();
+        if i == 0 {
+            first = id;
+        }
+    }
+    let mut overloaded = 0;
+    while let Some(event) = cx.recv(Duration::from_millis(500)).unwrap() {
+        if let Incoming::Nack(n) = event {
+            assert_eq!(n.reason(), ErrorCode::Overloaded, "{n:?}");
+            assert!(n.retry_after_ms > 0 && n.message_id > first, "{n:?}");
+            overloaded += 1;
+        }
+    }
+    // What the queue and the lane hold waits; the rest is refused at once, never dropped.
+    assert!((1..=200).contains(&overloaded), "{overloaded} refused");
+    // Messages that need no translation, to another agent, still flow.
+    cx.send_message(text(&z, "en", 0, "Still here?")).unwrap();
+    assert_eq!(message(&mut cz).payload, "Still here?".as_bytes());
+    drop((cx, cz));
+    node.stop();
+}
