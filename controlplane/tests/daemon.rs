@@ -256,7 +256,12 @@ fn the_daemon_relays_and_its_operator_sees_and_changes_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = dir.path().join("agw.toml");
-    std::fs::write(&config, "name = \"edge-1\"\n").unwrap();
+    // Translation on, with an engine nobody asks here (no agent names a language).
+    std::fs::write(
+        &config,
+        "name = \"edge-1\"\n[[translation.engine]]\nkind = \"libretranslate\"\nurl = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
     let daemon = start(&data, Some(&config));
     // A squatter without the organisation's token gets nothing, not even alice's name.
     let squat = CertificateRequests::default()
@@ -318,6 +323,11 @@ fn the_daemon_relays_and_its_operator_sees_and_changes_it() {
         text.contains("agw_frames_nacked_total{shard=\"0\",reason=\"NO_ROUTE\"} 0"),
         "{text}"
     );
+    assert!(
+        text.contains("agw_translation_failures_total 0")
+            && text.contains("agw_translation_added_seconds_count 0"),
+        "{text}"
+    );
     assert_eq!(
         scrape(&daemon.metrics.replace("/metrics", "/health")),
         "ok\n"
@@ -336,9 +346,14 @@ fn the_daemon_relays_and_its_operator_sees_and_changes_it() {
         .map(|n| n.as_u64().unwrap())
         .sum();
     assert_eq!(resided, 1);
+    assert_eq!(stats["translation"]["failed"], 0, "{stats}");
     let (ok, table, _) = agwctl(&data, &["stats", "--interval", "0"]);
     assert!(
         ok && table.contains("DELIVERED") && table.contains("edge-1"),
+        "{table}"
+    );
+    assert!(
+        table.contains("Translation: 0 translated (none), 0 unchanged, 0 failed"),
         "{table}"
     );
 
