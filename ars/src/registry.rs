@@ -431,8 +431,11 @@ impl Registry {
                 gateway: s.origin.clone(),
                 // Called by its own gateway only.
                 a2a_url: String::new(),
-                // Translated for by its own gateway only.
+                // Translated and converted for by its own gateway only.
                 text_fields: Vec::new(),
+                accepts: Vec::new(),
+                descriptor_set: Default::default(),
+                message_type: String::new(),
             },
             origin: Origin::Remote {
                 peer: peer.to_string(),
@@ -566,8 +569,33 @@ impl Registry {
         if p.protocols.len() > l.max_list
             || p.languages.len() > l.max_list
             || p.text_fields.len() > l.max_list
+            || p.accepts.len() > l.max_list
         {
-            return Err(too("protocol, language or text field list"));
+            return Err(too("protocol, language, text field or media type list"));
+        }
+        if p.accepts
+            .iter()
+            .any(|m| !m.contains('/') || m.chars().any(char::is_whitespace))
+        {
+            return Err(RegistryError::new(
+                ErrorCode::InvalidField,
+                "accepts: media types, type/subtype",
+            ));
+        }
+        if !p.descriptor_set.is_empty() || !p.message_type.is_empty() {
+            let schema =
+                prost_reflect::DescriptorPool::decode(p.descriptor_set.as_ref()).map_err(|e| {
+                    RegistryError::new(ErrorCode::InvalidField, format!("descriptor_set: {e}"))
+                })?;
+            if !p.message_type.is_empty() && schema.get_message_by_name(&p.message_type).is_none() {
+                return Err(RegistryError::new(
+                    ErrorCode::InvalidField,
+                    format!(
+                        "message_type {} is not in the descriptor set",
+                        p.message_type
+                    ),
+                ));
+            }
         }
         if p.text_fields.iter().any(|f| !f.starts_with('/')) {
             return Err(RegistryError::new(
@@ -585,7 +613,8 @@ impl Registry {
             .iter()
             .chain(&p.languages)
             .chain(&p.text_fields)
-            .chain([&p.address, &p.a2a_url])
+            .chain(&p.accepts)
+            .chain([&p.address, &p.a2a_url, &p.message_type])
             .any(|s| s.len() > l.max_field)
         {
             return Err(too("a field"));

@@ -395,7 +395,7 @@ pub fn stats(node: &Node, started: Instant) -> pb::Stats {
             .collect(),
         gateway: node.gateway.to_string(),
         uptime_ms: started.elapsed().as_millis() as u64,
-        translation: node.translation().map(|t| t.stats.to_wire()),
+        translation: Some(node.translation().stats.to_wire()),
     }
 }
 

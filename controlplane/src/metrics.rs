@@ -111,6 +111,16 @@ fn translation_metrics(registry: &mut Registry, t: &crate::translation::Translat
             "Text segments sent to a translation engine",
             &t.engine_calls,
         ),
+        (
+            "formats_converted",
+            "Structured payloads converted into a format their destination accepts",
+            &t.converted,
+        ),
+        (
+            "formats_refused",
+            "Structured payloads that could not be converted (FORMAT_UNSUPPORTED)",
+            &t.conversion_failed,
+        ),
     ] {
         let counter = Counter::<u64>::default();
         counter.inc_by(value.load(Ordering::Relaxed));

@@ -240,8 +240,8 @@ pub struct Node {
     revoked: crossbeam_channel::Receiver<()>,
     /// The authority's CRL the relay and the registry check now: its number and serials.
     applied_crl: Mutex<(u64, Vec<Vec<u8>>)>,
-    /// The translation pool, when translation is on.
-    translation: Option<crate::translation::TranslationPool>,
+    /// The translation pool (formats always, languages when configured).
+    translation: crate::translation::TranslationPool,
     /// Last: dropped after the endpoints that run on it.
     runtime: ControlRuntime,
 }
@@ -520,7 +520,10 @@ impl Node {
         dp_config.mqtt_listen = config.mqtt;
         dp_config.a2a_listen = config.a2a;
         dp_config.a2a_answer_within = config.a2a_answer_within;
-        dp_config.translation = config.translation.is_some();
+        // The pool off the shards always runs: it converts formats for agents that say which
+        // they accept, and translates languages when an engine is configured.
+        dp_config.translation = true;
+        dp_config.translate_languages = config.translation.is_some();
         if config.agent_plaintext {
             if !config.agents.ip().is_loopback() {
                 tracing::warn!(listen = %config.agents, "agents speak plain TCP on a non-loopback address: every message crosses the network readable and alterable");
@@ -533,13 +536,6 @@ impl Node {
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let dataplane = Dataplane::start(dp_config, reader, checker()?, events_tx)
             .map_err(|e| e.to_string())?;
-        let translation = match (config.translation.clone(), dataplane.translation_port()) {
-            (Some(settings), Some(port)) => Some(
-                crate::translation::TranslationPool::start(runtime.handle(), port, settings)
-                    .map_err(|e| format!("translation: {e}"))?,
-            ),
-            _ => None,
-        };
 
         // The registry, over mutual TLS.
         let mut registry_config =
@@ -567,7 +563,21 @@ impl Node {
         };
         let registry = agw_ars::owner::spawn(registry, on_changes)
             .map_err(|e| format!("registry owner: {e}"))?;
-        dataplane.set_directory(Arc::new(Profiles(registry.clone())));
+        let profiles: agw_dataplane::a2a::SharedDirectory = Arc::new(Profiles(registry.clone()));
+        dataplane.set_directory(profiles.clone());
+        let translation = dataplane
+            .translation_port()
+            .ok_or("the relay has no translation port")?;
+        let translation = crate::translation::TranslationPool::start(
+            runtime.handle(),
+            translation,
+            config
+                .translation
+                .clone()
+                .unwrap_or_else(crate::translation::TranslationConfig::formats_only),
+            profiles,
+        )
+        .map_err(|e| format!("translation: {e}"))?;
         runtime.spawn(crate::a2a_servers::follow(
             registry.clone(),
             dataplane.a2a_servers(),
@@ -702,7 +712,7 @@ impl Node {
                         endpoints: served,
                         registry: Some(registry.clone()),
                         peer_crls: peer_crls.as_ref().map(PeerCrls::view),
-                        translation: translation.as_ref().map(|t| t.stats.clone()),
+                        translation: Some(translation.stats.clone()),
                     },
                 )
                 .map_err(|e| format!("metrics: {e}"))?;
@@ -752,9 +762,9 @@ impl Node {
         })
     }
 
-    /// The translation pool, when translation is on.
-    pub fn translation(&self) -> Option<&crate::translation::TranslationPool> {
-        self.translation.as_ref()
+    /// The translation pool: languages translated (when configured), formats converted.
+    pub fn translation(&self) -> &crate::translation::TranslationPool {
+        &self.translation
     }
 
     /// The control plane's runtime (the admin socket is served on it too).

@@ -27,26 +27,9 @@ use agw_proto::{
 };
 use agw_sdk::agent::{AccessOptions, AgentConnection, Credentials, Incoming};
 use bytes::Bytes;
-use common::Apy;
+use common::{Apy, message, next};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn next(conn: &mut AgentConnection) -> Incoming {
-    loop {
-        match conn.recv(WAIT).unwrap() {
-            Some(Incoming::HeartbeatAck(_)) => continue,
-            Some(other) => return other,
-            None => panic!("nothing arrived"),
-        }
-    }
-}
-
-fn message(conn: &mut AgentConnection) -> pb::AgentMessage {
-    match next(conn) {
-        Incoming::Message(m, _) => m,
-        other => panic!("{other:?} instead of a message"),
-    }
-}
 
 fn text(to: &Credentials, language: &str, session: u64, words: &str) -> pb::AgentMessage {
     pb::AgentMessage {
@@ -223,7 +206,7 @@ fn english_becomes_spanish_on_its_way_to_an_agent_of_another_domain() {
     }
 
     // Operators see it.
-    let stats = gb.translation().unwrap().stats.to_wire();
+    let stats = gb.translation().stats.to_wire();
     let en_es = stats
         .translated
         .iter()
@@ -361,7 +344,7 @@ fn the_openai_compatible_and_libretranslate_clients_ask_as_their_apis_say() {
         "<es>Book a twin room</es>"
     );
     assert_eq!(llm.asked.lock().unwrap().len(), 1);
-    assert_eq!(node.translation().unwrap().stats.to_wire().cache_hits, 1);
+    assert_eq!(node.translation().stats.to_wire().cache_hits, 1);
     drop((cx, cy));
     node.stop();
 
@@ -443,7 +426,7 @@ fn an_engine_that_is_down_or_slow_costs_a_nack_or_a_mark_and_nothing_else() {
         // What needs no translation still arrives.
         cx.send_message(text(&y, "es", 4, "Hola")).unwrap();
         assert_eq!(message(&mut cy).payload, "Hola".as_bytes());
-        assert_eq!(node.translation().unwrap().stats.to_wire().failed, 1);
+        assert_eq!(node.translation().stats.to_wire().failed, 1);
         drop((cx, cy));
         node.stop();
     }
@@ -465,7 +448,7 @@ fn an_engine_that_is_down_or_slow_costs_a_nack_or_a_mark_and_nothing_else() {
     cx.send_message(text(&z, "en", 0, "Are you there?"))
         .unwrap();
     assert_eq!(message(&mut cz).payload, "Are you there?".as_bytes());
-    let pending = node.translation().unwrap().stats.to_wire();
+    let pending = node.translation().stats.to_wire();
     assert_eq!(pending.failed, 0, "{pending:?}");
     match next(&mut cx) {
         Incoming::Nack(n) => {
@@ -547,7 +530,7 @@ fn a_profile_names_languages_and_json_text_fields_and_the_operator_switches_it_o
     cq.send_message(text(&y, "en", 0, "Hello")).unwrap();
     let got = message(&mut cy);
     assert_eq!((got.payload, got.translation), (Bytes::from("Hello"), None));
-    let stats = node.translation().unwrap().stats.to_wire();
+    let stats = node.translation().stats.to_wire();
     assert_eq!(
         (stats.unchanged, libre.asked.lock().unwrap().len()),
         (1, 2),

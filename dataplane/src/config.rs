@@ -27,11 +27,15 @@ pub struct DataplaneConfig {
     /// How long an A2A server agent has to answer a request before it is NACKed
     /// `REQUEST_TIMEOUT` (and the connection dialled again). Default 60 s.
     pub a2a_answer_within: Duration,
-    /// Messages that may need translating into a language their destination understands go
-    /// to a translation pool off the shards, whose side is taken with
-    /// [`Dataplane::translation_port`](crate::Dataplane::translation_port) (docs/translation.md).
-    /// `false`: no message is ever translated, and no shard reads a language field.
+    /// Messages that may need translating into a language their destination understands, or
+    /// converting into a format it accepts, go to a translation pool off the shards, whose
+    /// side is taken with [`Dataplane::translation_port`](crate::Dataplane::translation_port)
+    /// (docs/translation.md). `false`: no message is ever translated or converted, and no
+    /// shard reads a language field.
     pub translation: bool,
+    /// The pool translates natural language (an engine is configured): agents' languages
+    /// count. `false`: only formats are converted.
+    pub translate_languages: bool,
     /// Agent access over mutual TLS (ALPN `agw/1`) with this gateway's certificate: the client
     /// certificate must chain to the trust anchor, and access is for the agent it names
     /// (revocation is checked by the access session, against the live CRL). `None`: agents
@@ -169,6 +173,7 @@ impl DataplaneConfig {
             a2a_listen: None,
             a2a_answer_within: crate::a2a_client::ANSWER_WITHIN,
             translation: false,
+            translate_languages: false,
             agent_tls: None,
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             pin_cores: true,

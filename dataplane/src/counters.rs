@@ -14,7 +14,7 @@ use agw_proto::pb::ErrorCode;
 use crossbeam_utils::CachePadded;
 
 /// The reasons a relay NACKs a frame, in the order of [`CounterSnapshot::nacked`].
-pub const NACK_REASONS: [ErrorCode; 10] = [
+pub const NACK_REASONS: [ErrorCode; 11] = [
     ErrorCode::NoRoute,
     ErrorCode::DestinationOffline,
     ErrorCode::TtlExpired,
@@ -24,6 +24,7 @@ pub const NACK_REASONS: [ErrorCode; 10] = [
     ErrorCode::Unreachable,
     ErrorCode::Malformed,
     ErrorCode::TranslationFailed,
+    ErrorCode::FormatUnsupported,
     ErrorCode::Draining,
 ];
 

@@ -40,6 +40,8 @@ pub struct Recipient {
     pub originals: bool,
     /// Its profile's natural-language fields of JSON payloads (JSON pointers).
     pub text_fields: Vec<String>,
+    /// The media types of structured payloads it accepts (its profile's); empty: any.
+    pub accepts: Vec<String>,
 }
 
 impl Recipient {
@@ -51,7 +53,25 @@ impl Recipient {
             .any(|l| primary.eq_ignore_ascii_case(self::primary(l)))
     }
 
-    /// Whether a message with these fields goes to the pool: natural text (see
+    /// Whether a message with these fields goes to the pool: its format needs converting
+    /// ([`Recipient::needs_conversion`]) or its language translating
+    /// ([`Recipient::may_translate`]).
+    pub fn needs_pool(&self, view: &LanguageView<'_>) -> bool {
+        self.needs_conversion(view.content_type) || self.may_translate(view)
+    }
+
+    /// Whether a payload of `content_type` is structured (JSON or protobuf) and not of a media
+    /// type this agent accepts: the pool converts it, or refuses it.
+    pub fn needs_conversion(&self, content_type: &str) -> bool {
+        !self.accepts.is_empty()
+            && (is_json(content_type) || is_protobuf(content_type))
+            && !self
+                .accepts
+                .iter()
+                .any(|a| media(a).eq_ignore_ascii_case(media(content_type)))
+    }
+
+    /// Whether a message with these fields may need its language translated: natural text (see
     /// [`is_natural`], A2A parts, or JSON when this agent's profile names text fields) that is in no language this agent understands, whose language is not
     /// known (the pool detects it), or whose source asked for another language. A message a
     /// gateway translated already is never translated again.
@@ -59,7 +79,7 @@ impl Recipient {
         let text = is_natural(view.content_type)
             || media(view.content_type) == PARTS_TYPE
             || (is_json(view.content_type) && !self.text_fields.is_empty());
-        if view.translated || !text {
+        if self.languages.is_empty() || view.translated || !text {
             return false;
         }
         if !view.translate_to.is_empty() {
@@ -111,6 +131,13 @@ pub fn is_json(content_type: &str) -> bool {
     let media = media(content_type);
     media.eq_ignore_ascii_case("application/json")
         || (media.starts_with("application/") && media.ends_with("+json") && media != PARTS_TYPE)
+}
+
+/// Whether `content_type` is protobuf (`application/x-protobuf`, `application/protobuf`).
+pub fn is_protobuf(content_type: &str) -> bool {
+    let media = media(content_type);
+    media.eq_ignore_ascii_case("application/x-protobuf")
+        || media.eq_ignore_ascii_case("application/protobuf")
 }
 
 /// A language tag's primary subtag: "zh" of "zh-CN".
@@ -276,6 +303,7 @@ mod tests {
             languages: languages.iter().map(|l| (*l).to_owned()).collect(),
             originals: false,
             text_fields: Vec::new(),
+            accepts: Vec::new(),
         }
     }
 
@@ -323,6 +351,28 @@ mod tests {
         let mut done = view("text/plain", "en", "");
         done.translated = true;
         assert!(!es.may_translate(&done));
+        // No language named: never translated.
+        assert!(!recipient(&[]).may_translate(&view("text/plain", "en", "")));
+    }
+
+    #[test]
+    fn structured_payloads_in_a_format_the_recipient_does_not_accept_go_to_the_pool() {
+        let protobuf = Recipient {
+            accepts: vec!["application/x-protobuf".into()],
+            ..recipient(&[])
+        };
+        assert!(protobuf.needs_conversion("application/json"));
+        assert!(protobuf.needs_pool(&view("application/json; charset=utf-8", "", "")));
+        assert!(!protobuf.needs_conversion("application/x-protobuf; messageType=a.B"));
+        assert!(!protobuf.needs_conversion("text/plain"));
+        assert!(!protobuf.needs_conversion(PARTS_TYPE));
+        let json = Recipient {
+            accepts: vec!["application/json".into()],
+            ..recipient(&[])
+        };
+        assert!(json.needs_conversion("application/protobuf; messageType=a.B"));
+        assert!(!json.needs_conversion("APPLICATION/JSON"));
+        assert!(!recipient(&["es"]).needs_conversion("application/json"));
     }
 
     #[test]

@@ -182,15 +182,13 @@ pub(crate) fn run(a: &Node, c: &Node, apy: Option<&Apy>) -> Result<(), String> {
     let got = message(&mut guest_conn)?;
     show("tourist (en)", &got);
     for (name, node) in [("a", a), ("c", c)] {
-        if let Some(t) = node.translation() {
-            let s = t.stats.to_wire();
-            say(format!(
-                "   {name}'s translation pool: {} translated, engine p50 {} us, added by the pool p50 {} us",
-                s.translated.iter().map(|c| c.count).sum::<u64>(),
-                s.engine_p50_us,
-                s.added_p50_us
-            ));
-        }
+        let s = node.translation().stats.to_wire();
+        say(format!(
+            "   {name}'s translation pool: {} translated, engine p50 {} us, added by the pool p50 {} us",
+            s.translated.iter().map(|c| c.count).sum::<u64>(),
+            s.engine_p50_us,
+            s.added_p50_us
+        ));
     }
     Ok(())
 }

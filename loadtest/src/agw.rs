@@ -46,7 +46,8 @@ pub enum Scenario {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Translation {
-    /// No translation configured.
+    /// No translation engine configured (the pool off the shards still runs, converting
+    /// formats; no agent names a language or a format).
     #[default]
     Off,
     /// No translation configured; every agent understands English and every message is

@@ -299,6 +299,34 @@ fn an_a2a_server_agent_registers_its_url_from_a_shell() {
         ),
         (Some("es"), Some("/note"))
     );
+    // A protobuf schema from a file: one that is not a descriptor set is refused by the
+    // registry, a file that is not there before anything is sent.
+    let garbage = dir.path().join("garbage.pb");
+    std::fs::write(&garbage, b"not a descriptor set").unwrap();
+    for (file, why) in [
+        (garbage.to_str().unwrap(), "descriptor_set"),
+        ("/nonexistent/schema.pb", "/nonexistent/schema.pb"),
+    ] {
+        let (ok, _, err) = agent(
+            &held,
+            &[
+                "register",
+                "--registry",
+                &registry,
+                "--capability",
+                "hotel booking",
+                "--address",
+                "127.0.0.1:7400",
+                "--accept",
+                "application/x-protobuf",
+                "--descriptor-set",
+                file,
+                "--message-type",
+                "travel.v1.Booking",
+            ],
+        );
+        assert!(!ok && err.contains(why), "{err}");
+    }
     let resource = stored["resource_id"].as_str().unwrap().to_owned();
     assert!(!resource.is_empty());
     let (ok, out, err) = agent(

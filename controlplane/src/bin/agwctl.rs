@@ -660,7 +660,7 @@ fn stats(client: &mut Client, interval: f64) -> Result<Printed, String> {
             .map(|c| format!("{}->{} by {} {}", c.from, c.to, c.engine, c.count))
             .collect();
         text.push_str(&format!(
-            "Translation: {} translated ({}), {} unchanged, {} failed; cache hits {}, engine calls {}; engine p50 {} us p99 {} us; added p50 {} us p99 {} us p99.9 {} us\n",
+            "Translation: {} translated ({}), {} unchanged, {} failed; cache hits {}, engine calls {}; engine p50 {} us p99 {} us; added p50 {} us p99 {} us p99.9 {} us; formats converted {}, refused {}\n",
             t.translated.iter().map(|c| c.count).sum::<u64>(),
             if pairs.is_empty() { "none".to_owned() } else { pairs.join(", ") },
             t.unchanged,
@@ -672,6 +672,8 @@ fn stats(client: &mut Client, interval: f64) -> Result<Printed, String> {
             t.added_p50_us,
             t.added_p99_us,
             t.added_p999_us,
+            t.converted,
+            t.conversion_failed,
         ));
     }
     if seconds == 0.0 {
@@ -686,6 +688,7 @@ fn stats(client: &mut Client, interval: f64) -> Result<Printed, String> {
             "engine_calls": t.engine_calls, "engine_p50_us": t.engine_p50_us,
             "engine_p99_us": t.engine_p99_us, "added_p50_us": t.added_p50_us,
             "added_p99_us": t.added_p99_us, "added_p999_us": t.added_p999_us,
+            "converted": t.converted, "conversion_failed": t.conversion_failed,
         })
     });
     let json = json!({

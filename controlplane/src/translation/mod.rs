@@ -3,6 +3,9 @@
 //! language (the `language` field, or detected), translates their text into a language the
 //! destination understands with the first configured engine that serves the pair, and sends
 //! them back to the destination's shard. docs/translation.md tells what is translated when.
+//! The same lanes convert structured payloads between JSON and protobuf for destinations
+//! whose profile says which they accept, by the schemas agents registered (prost-reflect;
+//! docs/protocols.md, formats): what cannot be converted is NACKed `FORMAT_UNSUPPORTED`.
 //!
 //! Lanes keep order: a message goes to the lane its destination's connection hashes to, and a
 //! lane finishes one message before the next. A failure or an engine past the deadline NACKs
@@ -19,13 +22,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agw_dataplane::translation::{Done, Job, Returns, TranslationPort};
+use std::collections::HashMap;
+
+use agw_dataplane::{
+    a2a::SharedDirectory,
+    translation::{Done, Job, Recipient, Returns, TranslationPort, is_json, is_protobuf, media},
+};
 use agw_proto::{
     identity::AgentId,
     pb::{self, ErrorCode},
 };
 use bytes::Bytes;
 use prost::Message as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -98,6 +107,14 @@ impl TranslationConfig {
         }
     }
 
+    /// No engine: languages are never translated; the pool converts formats only.
+    pub fn formats_only() -> TranslationConfig {
+        TranslationConfig {
+            engines: Vec::new(),
+            ..TranslationConfig::apertium("http://127.0.0.1:9")
+        }
+    }
+
     pub fn deadline(&self) -> Duration {
         Duration::from_millis(self.deadline_ms)
     }
@@ -157,6 +174,10 @@ pub struct TranslationStats {
     /// Segments found in the cache, and asked of an engine.
     pub cache_hits: AtomicU64,
     pub engine_calls: AtomicU64,
+    /// Structured payloads converted into a format their destination accepts, and refused
+    /// (`FORMAT_UNSUPPORTED`).
+    pub converted: AtomicU64,
+    pub conversion_failed: AtomicU64,
     /// Microseconds engines took per translated message, and what the pool added to that
     /// (from taking the message off the queue to sending it back).
     pub engine_us: Mutex<hdrhistogram::Histogram<u64>>,
@@ -176,6 +197,8 @@ impl TranslationStats {
             failed: AtomicU64::default(),
             cache_hits: AtomicU64::default(),
             engine_calls: AtomicU64::default(),
+            converted: AtomicU64::default(),
+            conversion_failed: AtomicU64::default(),
             engine_us: histogram()?,
             added_us: histogram()?,
         })
@@ -237,6 +260,8 @@ impl TranslationStats {
             added_p50_us: added_p50,
             added_p99_us: added_p99,
             added_p999_us: added_p999,
+            converted: self.converted.load(Relaxed),
+            conversion_failed: self.conversion_failed.load(Relaxed),
         }
     }
 }
@@ -249,6 +274,7 @@ pub struct TranslationPool {
 
 struct Shared {
     config: TranslationConfig,
+    schemas: Schemas,
     engines: Vec<Engine>,
     cache: Mutex<Cache>,
     stats: Arc<TranslationStats>,
@@ -263,8 +289,12 @@ impl TranslationPool {
         runtime: &tokio::runtime::Handle,
         port: TranslationPort,
         config: TranslationConfig,
+        directory: SharedDirectory,
     ) -> Result<TranslationPool, String> {
-        config.validate()?;
+        // Without an engine the pool converts formats only.
+        if !config.engines.is_empty() {
+            config.validate()?;
+        }
         let engines = config
             .engines
             .iter()
@@ -272,6 +302,10 @@ impl TranslationPool {
             .collect::<Result<Vec<_>, _>>()?;
         let stats = Arc::new(TranslationStats::new()?);
         let shared = Arc::new(Shared {
+            schemas: Schemas {
+                directory,
+                parsed: Mutex::new(HashMap::new()),
+            },
             cache: Mutex::new(Cache::new(config.cache_entries)),
             engines,
             stats: stats.clone(),
@@ -341,8 +375,119 @@ fn lane_of(shard: u16, connection: u32, lanes: usize) -> usize {
 /// A message's way through the pool, for the figures.
 enum Outcome {
     Unchanged,
-    Translated { engine_time: Duration },
+    Translated {
+        engine_time: Duration,
+    },
+    /// Its language could not be translated (NACKed or delivered marked).
     Failed,
+    /// Only its format was converted.
+    Converted,
+    /// Its format could not be converted (NACKed).
+    Refused,
+}
+
+/// What the language stage did.
+enum Stage {
+    Unchanged,
+    Translated {
+        engine_time: Duration,
+        /// (from, to, engine), counted once the message is sent back.
+        counted: (Language, Language, String),
+    },
+    Failed(Failure),
+}
+
+/// Why a message's language could not be translated, and what was tried.
+struct Failure {
+    from: String,
+    to: String,
+    engine: String,
+    why: String,
+}
+
+/// The job's message, delivered as it came.
+fn unchanged(job: Job) -> (Done, Outcome) {
+    let done = Done::Deliver {
+        connection: job.connection,
+        header: job.header,
+        body: job.body,
+        since: job.since,
+    };
+    (done, Outcome::Unchanged)
+}
+
+/// The job's message NACKed to its source with `reason`.
+fn refuse(job: Job, reason: ErrorCode, detail: String, outcome: Outcome) -> (Done, Outcome) {
+    let done = Done::Refuse {
+        connection: job.connection,
+        body: job.body,
+        reason,
+        detail,
+    };
+    (done, outcome)
+}
+
+/// The `messageType` parameter of a protobuf media type (`application/x-protobuf;
+/// messageType=travel.v1.Booking`).
+fn message_type(content_type: &str) -> Option<&str> {
+    content_type.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("messagetype")
+            .then(|| v.trim().trim_matches('"'))
+            .filter(|v| !v.is_empty())
+    })
+}
+
+/// Agents' registered protobuf schemas, parsed once per profile version.
+struct Schemas {
+    directory: SharedDirectory,
+    parsed: Mutex<HashMap<String, (u64, DescriptorPool)>>,
+}
+
+/// Schemas kept parsed; past this many the cache starts again.
+const SCHEMAS: usize = 1024;
+
+impl Schemas {
+    fn profile(&self, agent: &str) -> Option<pb::AgentProfile> {
+        self.directory.profile(agent)
+    }
+
+    /// The message `name` in the first of `agents`' descriptor sets that has it.
+    fn message(&self, name: &str, agents: &[&str]) -> Result<MessageDescriptor, String> {
+        for agent in agents {
+            let Some(profile) = self.profile(agent) else {
+                continue;
+            };
+            if profile.descriptor_set.is_empty() {
+                continue;
+            }
+            let pool = {
+                let Ok(mut parsed) = self.parsed.lock() else {
+                    return Err("schema cache poisoned".into());
+                };
+                match parsed.get(*agent) {
+                    Some((version, pool)) if *version == profile.version => pool.clone(),
+                    _ => {
+                        let pool = DescriptorPool::decode(profile.descriptor_set.as_ref())
+                            .map_err(|e| format!("{agent}'s descriptor set: {e}"))?;
+                        if parsed.len() >= SCHEMAS {
+                            parsed.clear();
+                        }
+                        parsed.insert((*agent).to_owned(), (profile.version, pool.clone()));
+                        pool
+                    }
+                }
+            };
+            if let Some(m) = pool.get_message_by_name(name) {
+                return Ok(m);
+            }
+        }
+        Err(format!(
+            "no registered schema has {name} ({})",
+            agents.join(", ")
+        ))
+    }
 }
 
 impl Shared {
@@ -355,6 +500,7 @@ impl Shared {
             Outcome::Failed => {
                 self.stats.failed.fetch_add(1, Relaxed);
             }
+            Outcome::Converted | Outcome::Refused => {}
             Outcome::Translated { engine_time } => {
                 let added = taken.elapsed().saturating_sub(engine_time);
                 if let Ok(mut h) = self.stats.engine_us.lock() {
@@ -377,27 +523,78 @@ impl Shared {
     }
 
     async fn translate(&self, job: Job, taken: Instant) -> (Done, Outcome) {
-        let unchanged = |job: Job| {
-            let done = Done::Deliver {
-                connection: job.connection,
-                header: job.header,
-                body: job.body,
-                since: job.since,
-            };
-            (done, Outcome::Unchanged)
+        let Ok(mut message) = pb::AgentMessage::decode(job.body.clone()) else {
+            return unchanged(job);
         };
         if job.follow {
             return unchanged(job);
         }
-        let Ok(mut message) = pb::AgentMessage::decode(job.body.clone()) else {
-            return unchanged(job);
-        };
-        if self.off(&message.source) || self.off(&message.destination) {
+        let mut outcome = Outcome::Unchanged;
+        let mut translated = None;
+        let switched_off = self.off(&message.source) || self.off(&message.destination);
+        if !switched_off && !job.recipient.languages.is_empty() {
+            match self.language(&job, &mut message, taken).await {
+                Stage::Unchanged => {}
+                Stage::Translated {
+                    engine_time,
+                    counted,
+                } => {
+                    outcome = Outcome::Translated { engine_time };
+                    translated = Some(counted);
+                }
+                Stage::Failed(failure) => {
+                    tracing::debug!(source = %message.source, destination = %message.destination, error = %failure.why, "translation failed");
+                    if self.config.on_failure == OnFailure::Nack {
+                        return refuse(
+                            job,
+                            ErrorCode::TranslationFailed,
+                            failure.why,
+                            Outcome::Failed,
+                        );
+                    }
+                    message.translation = Some(Box::new(pb::Translation {
+                        from: failure.from,
+                        to: failure.to,
+                        engine: failure.engine,
+                        original: Bytes::new(),
+                        failed: true,
+                        detail: failure.why,
+                    }));
+                    outcome = Outcome::Failed;
+                }
+            }
+        }
+        match self.convert(&job.recipient, &mut message) {
+            Ok(false) => {}
+            Ok(true) => {
+                self.stats.converted.fetch_add(1, Relaxed);
+                if matches!(outcome, Outcome::Unchanged) {
+                    outcome = Outcome::Converted;
+                }
+            }
+            Err(why) => {
+                self.stats.conversion_failed.fetch_add(1, Relaxed);
+                return refuse(job, ErrorCode::FormatUnsupported, why, Outcome::Refused);
+            }
+        }
+        if matches!(outcome, Outcome::Unchanged) {
             return unchanged(job);
         }
+        let Some(done) = rewritten(&job, &message, self.max_body) else {
+            let why = "translated or converted, it is larger than the relay carries".to_owned();
+            return refuse(job, ErrorCode::TranslationFailed, why, Outcome::Failed);
+        };
+        if let Some((from, to, engine)) = translated {
+            self.stats.count_translated(from, to, &engine);
+        }
+        (done, outcome)
+    }
+
+    /// Translates `message`'s natural language for its destination, when it needs it.
+    async fn language(&self, job: &Job, message: &mut pb::AgentMessage, taken: Instant) -> Stage {
         let fields = &job.recipient.text_fields;
         let Some(text) = Text::of(&message.content_type, &message.payload, fields) else {
-            return unchanged(job);
+            return Stage::Unchanged;
         };
         let from = if message.language.is_empty() {
             detect(&text.joined())
@@ -405,29 +602,37 @@ impl Shared {
             Language::from_tag(&message.language)
         };
         let Some(from) = from else {
-            return unchanged(job);
+            return Stage::Unchanged;
         };
         let to_tag = if message.translate_to.is_empty() {
             if job.recipient.understands(from.tag()) {
-                return unchanged(job);
+                return Stage::Unchanged;
             }
             job.recipient.languages.first().cloned().unwrap_or_default()
         } else {
             message.translate_to.clone()
         };
-        let failed = |job: Job, message: pb::AgentMessage, to: &str, engine: &str, why: String| {
-            self.failed(job, message, from, to, engine, why)
+        let failed = |to: &str, engine: &str, why: String| {
+            Stage::Failed(Failure {
+                from: from.tag().to_owned(),
+                to: to.to_owned(),
+                engine: engine.to_owned(),
+                why,
+            })
         };
         let Some(to) = Language::from_tag(&to_tag) else {
-            let why = format!("{to_tag} is not a language this gateway knows");
-            return failed(job, message, &to_tag, "", why);
+            return failed(
+                &to_tag,
+                "",
+                format!("{to_tag} is not a language this gateway knows"),
+            );
         };
         if from == to {
-            return unchanged(job);
+            return Stage::Unchanged;
         }
         let Some(engine) = self.engines.iter().find(|e| e.serves(from, to)) else {
             let why = format!("no engine translates {} into {}", from.tag(), to.tag());
-            return failed(job, message, &to_tag, "", why);
+            return failed(&to_tag, "", why);
         };
         let deadline = taken + self.config.deadline();
         let mut translated = Vec::with_capacity(text.segments().len());
@@ -463,7 +668,7 @@ impl Shared {
                     }
                     translated.push(t);
                 }
-                Err(why) => return failed(job, message, &to_tag, &engine.name, why),
+                Err(why) => return failed(&to_tag, &engine.name, why),
             }
         }
         let original =
@@ -481,45 +686,65 @@ impl Shared {
             detail: String::new(),
         }));
         message.language = to_tag;
-        let Some(done) = rewritten(&job, &message, self.max_body) else {
-            let why = "the translation is larger than the relay carries".to_owned();
-            return failed(job, message, to.tag(), &engine.name, why);
-        };
-        self.stats.count_translated(from, to, &engine.name);
-        (done, Outcome::Translated { engine_time })
+        Stage::Translated {
+            engine_time,
+            counted: (from, to, engine.name.clone()),
+        }
     }
 
-    /// A message that could not be translated: NACKed, or delivered marked, per the policy.
-    fn failed(
+    /// Converts `message`'s structured payload into a format its destination accepts, when it
+    /// is in another: `Ok(true)` converted, `Ok(false)` nothing to do, `Err` why it cannot be.
+    fn convert(
         &self,
-        job: Job,
-        mut message: pb::AgentMessage,
-        from: Language,
-        to: &str,
-        engine: &str,
-        why: String,
-    ) -> (Done, Outcome) {
-        tracing::debug!(source = %message.source, destination = %message.destination, error = %why, "translation failed");
-        if self.config.on_failure == OnFailure::Deliver {
-            message.translation = Some(Box::new(pb::Translation {
-                from: from.tag().to_owned(),
-                to: to.to_owned(),
-                engine: engine.to_owned(),
-                original: Bytes::new(),
-                failed: true,
-                detail: why.clone(),
-            }));
-            if let Some(done) = rewritten(&job, &message, self.max_body) {
-                return (done, Outcome::Failed);
-            }
+        recipient: &Recipient,
+        message: &mut pb::AgentMessage,
+    ) -> Result<bool, String> {
+        if !recipient.needs_conversion(&message.content_type) {
+            return Ok(false);
         }
-        let done = Done::Refuse {
-            connection: job.connection,
-            body: job.body,
-            reason: ErrorCode::TranslationFailed,
-            detail: why,
+        let accepts = |f: fn(&str) -> bool| recipient.accepts.iter().any(|a| f(a));
+        let refused = || {
+            format!(
+                "{} accepts {}, not {}",
+                recipient.agent,
+                recipient.accepts.join(", "),
+                media(&message.content_type)
+            )
         };
-        (done, Outcome::Failed)
+        if is_json(&message.content_type) {
+            if !accepts(is_protobuf) {
+                return Err(refused());
+            }
+            let name = self
+                .schemas
+                .profile(&message.destination)
+                .map(|p| p.message_type)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| format!("{} registered no message_type", recipient.agent))?;
+            let schema = self.schemas.message(&name, &[&message.destination])?;
+            let mut json = serde_json::Deserializer::from_slice(&message.payload);
+            let dynamic = DynamicMessage::deserialize(schema, &mut json)
+                .and_then(|m| json.end().map(|()| m))
+                .map_err(|e| format!("the JSON is not a {name}: {e}"))?;
+            message.payload = Bytes::from(dynamic.encode_to_vec());
+            message.content_type = format!("application/x-protobuf; messageType={name}");
+        } else {
+            if !accepts(is_json) {
+                return Err(refused());
+            }
+            let name = message_type(&message.content_type).ok_or_else(|| {
+                "a protobuf payload whose media type names no messageType".to_owned()
+            })?;
+            let schema = self
+                .schemas
+                .message(name, &[&message.destination, &message.source])?;
+            let dynamic = DynamicMessage::decode(schema, message.payload.clone())
+                .map_err(|e| format!("the payload is not a {name}: {e}"))?;
+            let json = serde_json::to_vec(&dynamic).map_err(|e| e.to_string())?;
+            message.payload = Bytes::from(json);
+            message.content_type = "application/json".into();
+        }
+        Ok(true)
     }
 }
 

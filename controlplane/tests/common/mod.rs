@@ -262,3 +262,23 @@ impl Drop for Apy {
         let _ = self.child.wait();
     }
 }
+
+/// What `conn` receives next within 10 s, heartbeat answers skipped.
+pub fn next(conn: &mut agw_sdk::agent::AgentConnection) -> agw_sdk::agent::Incoming {
+    use agw_sdk::agent::Incoming;
+    loop {
+        match conn.recv(std::time::Duration::from_secs(10)).unwrap() {
+            Some(Incoming::HeartbeatAck(_)) => continue,
+            Some(other) => return other,
+            None => panic!("nothing arrived"),
+        }
+    }
+}
+
+/// The next message `conn` receives (anything else first is a failure).
+pub fn message(conn: &mut agw_sdk::agent::AgentConnection) -> pb::AgentMessage {
+    match next(conn) {
+        agw_sdk::agent::Incoming::Message(m, _) => m,
+        other => panic!("{other:?} instead of a message"),
+    }
+}

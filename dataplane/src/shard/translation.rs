@@ -15,8 +15,9 @@ const MAX_TAG: usize = 35;
 
 impl Shard {
     /// What `agent` understands: the languages it named at access (`told`), then its
-    /// profile's, and its profile's text fields. `None` when translation is off or it named none: its messages are then
-    /// never looked at.
+    /// profile's, and its profile's text fields (where the gateway translates languages), and
+    /// the media types it accepts. `None` when it names neither: its messages are then never
+    /// looked at.
     pub(super) fn recipient(
         &self,
         agent: &AgentId,
@@ -30,7 +31,18 @@ impl Shard {
             .and_then(|d| d.profile(agent.as_str()))
             .unwrap_or_default();
         let mut languages: Vec<String> = Vec::new();
-        for tag in told.iter().chain(&profile.languages) {
+        // Languages only where the gateway translates them.
+        let named: &[String] = if self.config.translate_languages {
+            &profile.languages
+        } else {
+            &[]
+        };
+        let told = if self.config.translate_languages {
+            told
+        } else {
+            &[]
+        };
+        for tag in told.iter().chain(named) {
             let tag = tag.trim();
             let valid = !tag.is_empty()
                 && tag.len() <= MAX_TAG
@@ -41,12 +53,13 @@ impl Shard {
                 languages.push(tag.to_owned());
             }
         }
-        (!languages.is_empty()).then(|| {
+        (!languages.is_empty() || !profile.accepts.is_empty()).then(|| {
             Arc::new(Recipient {
                 agent: agent.to_string(),
                 languages,
                 originals,
                 text_fields: profile.text_fields,
+                accepts: profile.accepts,
             })
         })
     }
@@ -64,7 +77,7 @@ impl Shard {
         let port = self.translation.as_ref()?;
         let recipient = dest.recipient.borrow();
         let r = recipient.as_ref()?;
-        let translate = LanguageView::parse(body).is_some_and(|v| r.may_translate(&v));
+        let translate = LanguageView::parse(body).is_some_and(|v| r.needs_pool(&v));
         // Needs none, but an earlier message for `dest` is in the pool: it follows.
         let follow = !translate && dest.translating.get() > 0;
         if !translate && !follow {

@@ -115,6 +115,18 @@ enum Command {
         /// /note), which its gateway translates into its language; repeat for more.
         #[arg(long = "text-field")]
         text_fields: Vec<String>,
+        /// A media type of structured payloads it accepts (application/json,
+        /// application/x-protobuf), in order of preference; its gateway converts JSON and
+        /// protobuf into it; repeat for more.
+        #[arg(long = "accept")]
+        accepts: Vec<String>,
+        /// Its protobuf schema: a descriptor set file (`protoc --descriptor_set_out`).
+        #[arg(long)]
+        descriptor_set: Option<PathBuf>,
+        /// The message it takes as a protobuf payload, in the descriptor set (e.g.
+        /// travel.v1.Booking).
+        #[arg(long)]
+        message_type: Option<String>,
         /// Its A2A endpoint, http[s]://host[:port][/path] (the JSON-RPC binding); over https
         /// the server presents this agent's certificate.
         #[arg(long)]
@@ -222,9 +234,21 @@ fn main() -> ExitCode {
             description,
             languages,
             text_fields,
+            accepts,
+            descriptor_set,
+            message_type,
             a2a_url,
             address,
         } => {
+            let descriptor_set = match descriptor_set {
+                Some(path) => match std::fs::read(path) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        return finish(Err(format!("{}: {e}", path.display())), args.json);
+                    }
+                },
+                None => Vec::new(),
+            };
             let a2a_url = a2a_url.clone().unwrap_or_default();
             let protocols = if a2a_url.is_empty() {
                 pb::Protocol::Native
@@ -250,6 +274,9 @@ fn main() -> ExitCode {
                 protocols: vec![protocols as i32],
                 languages: languages.clone(),
                 text_fields: text_fields.clone(),
+                accepts: accepts.clone(),
+                descriptor_set: descriptor_set.into(),
+                message_type: message_type.clone().unwrap_or_default(),
                 address,
                 a2a_url,
                 ..Default::default()
@@ -461,6 +488,8 @@ fn register(
                 "capabilities": p.capabilities,
                 "languages": p.languages,
                 "text_fields": p.text_fields,
+                "accepts": p.accepts,
+                "message_type": p.message_type,
                 "a2a_url": p.a2a_url,
                 "version": p.version,
             })),
