@@ -12,6 +12,8 @@
 //! the message `TRANSLATION_FAILED`, or delivers it untranslated and marked, per the policy.
 
 mod engines;
+pub mod formats;
+pub mod fuzzing;
 mod text;
 
 use std::{
@@ -34,7 +36,7 @@ use agw_proto::{
 };
 use bytes::Bytes;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use prost_reflect::{DescriptorPool, MessageDescriptor};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -427,18 +429,6 @@ fn refuse(job: Job, reason: ErrorCode, detail: String, outcome: Outcome) -> (Don
     (done, outcome)
 }
 
-/// The `messageType` parameter of a protobuf media type (`application/x-protobuf;
-/// messageType=travel.v1.Booking`).
-fn message_type(content_type: &str) -> Option<&str> {
-    content_type.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case("messagetype")
-            .then(|| v.trim().trim_matches('"'))
-            .filter(|v| !v.is_empty())
-    })
-}
-
 /// Agents' registered protobuf schemas, parsed once per profile version.
 struct Schemas {
     directory: SharedDirectory,
@@ -722,25 +712,19 @@ impl Shared {
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| format!("{} registered no message_type", recipient.agent))?;
             let schema = self.schemas.message(&name, &[&message.destination])?;
-            let mut json = serde_json::Deserializer::from_slice(&message.payload);
-            let dynamic = DynamicMessage::deserialize(schema, &mut json)
-                .and_then(|m| json.end().map(|()| m))
-                .map_err(|e| format!("the JSON is not a {name}: {e}"))?;
-            message.payload = Bytes::from(dynamic.encode_to_vec());
+            message.payload = Bytes::from(formats::json_to_protobuf(schema, &message.payload)?);
             message.content_type = format!("application/x-protobuf; messageType={name}");
         } else {
             if !accepts(is_json) {
                 return Err(refused());
             }
-            let name = message_type(&message.content_type).ok_or_else(|| {
+            let name = formats::message_type(&message.content_type).ok_or_else(|| {
                 "a protobuf payload whose media type names no messageType".to_owned()
             })?;
             let schema = self
                 .schemas
                 .message(name, &[&message.destination, &message.source])?;
-            let dynamic = DynamicMessage::decode(schema, message.payload.clone())
-                .map_err(|e| format!("the payload is not a {name}: {e}"))?;
-            let json = serde_json::to_vec(&dynamic).map_err(|e| e.to_string())?;
+            let json = formats::protobuf_to_json(schema, message.payload.clone())?;
             message.payload = Bytes::from(json);
             message.content_type = "application/json".into();
         }
