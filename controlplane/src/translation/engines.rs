@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -62,12 +63,19 @@ pub struct EngineConfig {
     pub api_key_file: Option<std::path::PathBuf>,
 }
 
+/// An HTTP/1.1 client that keeps its connections to an engine open between requests.
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
 /// A configured engine, ready to be asked.
 #[derive(Debug)]
 pub struct Engine {
     pub kind: EngineKind,
     pub name: String,
     base: String,
+    client: Client,
     model: String,
     api_key: Option<String>,
     /// The pairs configured; empty: per the kind.
@@ -111,7 +119,14 @@ impl Engine {
             }
             (None, None) => None,
         };
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector);
         Ok(Engine {
+            client,
             kind: config.kind,
             name: config
                 .name
@@ -148,9 +163,9 @@ impl Engine {
             return Ok(0);
         }
         let url = format!("{}/listPairs", self.base);
-        let (status, body) =
-            agw_rpc::http::exchange(Method::GET, &url, &[], Bytes::new(), deadline, MAX_ANSWER)
-                .await?;
+        let (status, body) = self
+            .exchange(Method::GET, &url, &[], Bytes::new(), deadline)
+            .await?;
         if status != 200 {
             return Err(format!("{url}: HTTP {status}"));
         }
@@ -170,6 +185,42 @@ impl Engine {
             *listed = Some(pairs);
         }
         Ok(n)
+    }
+
+    /// One request on a kept connection (a new one when none is idle): the answer's status and
+    /// body (at most [`MAX_ANSWER`] bytes), all within `deadline`.
+    async fn exchange(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+        deadline: Duration,
+    ) -> Result<(u16, Bytes), String> {
+        let mut request = hyper::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| format!("{url}: {e}"))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(deadline, exchange)
+            .await
+            .map_err(|_| format!("{url}: no answer within {deadline:?}"))?
     }
 
     /// `text` in `from`, translated into `to`, within `deadline`.
@@ -236,16 +287,10 @@ impl Engine {
         if let Some(b) = &bearer {
             headers.push(("authorization", b));
         }
-        let (status, answer) = agw_rpc::http::exchange(
-            Method::POST,
-            &url,
-            &headers,
-            Bytes::from(body),
-            deadline,
-            MAX_ANSWER,
-        )
-        .await
-        .map_err(|e| format!("{}: {e}", self.name))?;
+        let (status, answer) = self
+            .exchange(Method::POST, &url, &headers, Bytes::from(body), deadline)
+            .await
+            .map_err(|e| format!("{}: {e}", self.name))?;
         let answer: Value = serde_json::from_slice(&answer)
             .map_err(|_| format!("{}: HTTP {status}, not JSON", self.name))?;
         let translated = match self.kind {

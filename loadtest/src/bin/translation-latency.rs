@@ -45,8 +45,9 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
-/// The engine: LibreTranslate's `POST /translate`, one connection at a time (the gateway's
-/// client opens one per request); its own time per request, in nanoseconds.
+/// The engine: LibreTranslate's `POST /translate`, HTTP/1.1 with keep-alive (as APy and
+/// LibreTranslate serve), one connection at a time (the pool asks one lane's requests in
+/// turn); its own time per request, in nanoseconds.
 fn engine(listener: TcpListener, own: Arc<Mutex<Histogram<u64>>>) {
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
@@ -55,33 +56,38 @@ fn engine(listener: TcpListener, own: Arc<Mutex<Histogram<u64>>>) {
             continue;
         };
         let mut reader = BufReader::new(read_half);
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        // Requests on this connection until the client closes it.
+        'requests: loop {
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break 'requests;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
                 break;
             }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-            if line == "\r\n" {
+            let started = Instant::now();
+            let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let answer = json!({ "translatedText": request["q"] }).to_string();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            if stream.write_all(reply.as_bytes()).is_err() {
                 break;
             }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            continue;
-        }
-        let started = Instant::now();
-        let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let answer = json!({ "translatedText": request["q"] }).to_string();
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-            answer.len()
-        );
-        let _ = stream.write_all(reply.as_bytes());
-        if let Ok(mut h) = own.lock() {
-            let _ = h.record(started.elapsed().as_nanos().max(1) as u64);
+            if let Ok(mut h) = own.lock() {
+                let _ = h.record(started.elapsed().as_nanos().max(1) as u64);
+            }
         }
     }
 }
