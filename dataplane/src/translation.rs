@@ -60,15 +60,18 @@ impl Recipient {
         self.needs_conversion(view.content_type) || self.may_translate(view)
     }
 
-    /// Whether a payload of `content_type` is structured (JSON or protobuf) and not of a media
-    /// type this agent accepts: the pool converts it, or refuses it.
+    /// Whether a payload of `content_type` is structured (JSON or protobuf) and in neither a
+    /// media type this agent accepts nor its family (an agent that accepts `application/json`
+    /// takes `application/ld+json` as it is): the pool converts it, or refuses it.
     pub fn needs_conversion(&self, content_type: &str) -> bool {
+        let (json, protobuf) = (is_json(content_type), is_protobuf(content_type));
         !self.accepts.is_empty()
-            && (is_json(content_type) || is_protobuf(content_type))
-            && !self
-                .accepts
-                .iter()
-                .any(|a| media(a).eq_ignore_ascii_case(media(content_type)))
+            && (json || protobuf)
+            && !self.accepts.iter().any(|a| {
+                media(a).eq_ignore_ascii_case(media(content_type))
+                    || (json && is_json(a))
+                    || (protobuf && is_protobuf(a))
+            })
     }
 
     /// Whether a message with these fields may need its language translated: natural text (see
@@ -372,6 +375,9 @@ mod tests {
         };
         assert!(json.needs_conversion("application/protobuf; messageType=a.B"));
         assert!(!json.needs_conversion("APPLICATION/JSON"));
+        // The same family is accepted as it is.
+        assert!(!json.needs_conversion("application/ld+json"));
+        assert!(!protobuf.needs_conversion("application/protobuf; messageType=a.B"));
         assert!(!recipient(&["es"]).needs_conversion("application/json"));
     }
 

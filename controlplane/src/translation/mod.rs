@@ -713,7 +713,13 @@ impl Shared {
                 .ok_or_else(|| format!("{} registered no message_type", recipient.agent))?;
             let schema = self.schemas.message(&name, &[&message.destination])?;
             message.payload = Bytes::from(formats::json_to_protobuf(schema, &message.payload)?);
-            message.content_type = format!("application/x-protobuf; messageType={name}");
+            // In the protobuf media type it named (application/x-protobuf or /protobuf).
+            let media_type = recipient
+                .accepts
+                .iter()
+                .find(|a| is_protobuf(a))
+                .map_or("application/x-protobuf", |a| media(a));
+            message.content_type = format!("{media_type}; messageType={name}");
         } else {
             if !accepts(is_json) {
                 return Err(refused());
