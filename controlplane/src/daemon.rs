@@ -561,6 +561,7 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                 gateway_validity: Duration::from_secs(90 * 86_400),
                 agent_address,
                 translation,
+                access: agw_dataplane::access::AccessConfig::default(),
             },
         }),
         _ => Err(ConfigError { problems }),

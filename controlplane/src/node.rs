@@ -136,6 +136,9 @@ pub struct NodeConfig {
     /// Natural-language translation for agents that name their languages; `None`: off
     /// (docs/translation.md).
     pub translation: Option<crate::translation::TranslationConfig>,
+    /// Agents' access timers: the heartbeat interval asked of them and the hold time after
+    /// which a silent one is offline (default 30 s and 90 s, the draft's example).
+    pub access: agw_dataplane::access::AccessConfig,
 }
 
 impl NodeConfig {
@@ -180,6 +183,7 @@ impl NodeConfig {
             limits: LiveLimits::default(),
             gateway_validity: Duration::from_secs(90 * 86_400),
             translation: None,
+            access: agw_dataplane::access::AccessConfig::default(),
         }
     }
 }
@@ -513,6 +517,7 @@ impl Node {
             dp_config.shards = shards;
         }
         dp_config.pin_cores = config.pin_cores;
+        dp_config.access = config.access;
         dp_config.set_live_limits(config.limits);
         dp_config.authorization = with_scopes(&authority, config.authorization.clone());
         dp_config.peer_listen = Some(config.relay_links);

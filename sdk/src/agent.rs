@@ -142,8 +142,8 @@ pub enum AgentError {
     /// Signing the challenge failed.
     #[error(transparent)]
     Certificate(#[from] CertificateError),
-    /// The gateway refused access.
-    #[error("access refused: {code:?}: {detail}")]
+    /// The gateway refused access, or the registry a request.
+    #[error("refused: {code:?}: {detail}")]
     Refused {
         /// Why.
         code: ErrorCode,
@@ -156,6 +156,19 @@ pub enum AgentError {
     /// The gateway sent something out of turn.
     #[error("unexpected {0} from the gateway")]
     Unexpected(&'static str),
+}
+
+/// A request to the authority or the registry that got no reply fails as a connection does.
+impl From<crate::connection::ConnectionError> for AgentError {
+    fn from(e: crate::connection::ConnectionError) -> AgentError {
+        use crate::connection::ConnectionError as C;
+        match e {
+            C::Io(e) => AgentError::Io(e),
+            C::Frame(e) => AgentError::Frame(e),
+            C::Decode(e) => AgentError::Decode(e),
+            C::Encode(e) => AgentError::Encode(e),
+        }
+    }
 }
 
 /// What arrives from the gateway.

@@ -6,11 +6,14 @@
 //! - [`agent`]: the connection to a gateway: access with a signed challenge, heartbeats,
 //!   sending and receiving messages, NACKs, reconnecting.
 //! - [`connection`]: a blocking request/reply connection for the ACA and ARS protocols.
+//! - [`lifecycle`]: one [`lifecycle::Agent`] for all of it: enrollment, renewal while
+//!   connected, registration, updates, discovery, deregistration, heartbeats on their own.
 //!
-//! Discovery, sessions and task orchestration come with the registry and daemon issues.
+//! Sessions and task orchestration are issue 18's next parts.
 
 pub mod access;
 pub mod agent;
 pub mod certificates;
 pub mod connection;
+pub mod lifecycle;
 mod link;
