@@ -658,3 +658,43 @@ fn a_full_translation_queue_refuses_with_overloaded_and_the_rest_flows() {
     drop((cx, cz));
     node.stop();
 }
+
+#[test]
+fn a_drain_waits_for_the_messages_in_the_pool_and_delivers_them() {
+    // Each translation takes the engine 300 ms; one destination, one lane: the three
+    // messages are in the pool for about 0.9 s when the drain starts.
+    let slow = Engine::start(Duration::from_millis(300), libretranslate);
+    let dir = tempfile::tempdir().unwrap();
+    let config = translating(
+        EngineKind::LibreTranslate,
+        &slow.url,
+        OnFailure::Nack,
+        5_000,
+    );
+    let (mut node, x, y) = one_gateway(dir.path(), config);
+    let mut cx = connect(&node, &x, AccessOptions::default());
+    let mut cy = connect(&node, &y, speaking(&["es"], false));
+    let ids: Vec<u64> = (0..3)
+        .map(|i| {
+            cx.send_message(text(&y, "en", 1, &format!("Message {i}")))
+                .unwrap()
+        })
+        .collect();
+    // Accepted (so in flight) before the drain starts.
+    let start = Instant::now();
+    while node.dataplane.totals().accepted < 3 {
+        assert!(start.elapsed() < WAIT, "the messages were never read");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let report = node.drain(Duration::from_secs(10), |_, _| {});
+    assert!(!report.abandoned, "{report:?}");
+    assert_eq!(report.totals.in_flight(), 0, "{report:?}");
+    // y got all three, translated, in order, before the drain closed its connection.
+    for id in ids {
+        let m = message(&mut cy);
+        assert_eq!(m.message_id, id);
+        assert_eq!(m.translation.unwrap().to, "es");
+    }
+    drop((cx, cy));
+    node.stop();
+}
