@@ -392,13 +392,13 @@ fn profiles_survive_a_restart_and_the_index_is_rebuilt() {
     let rid = {
         let mut reg = registry(&dir.path().join("ars"), &ca);
         let (alice, cert) = certified(&ca, "alice");
-        reg.register(
-            &register_request(&cert, profile(&alice, &["hotel booking"])),
-            None,
-            t0(),
-        )
-        .unwrap()
-        .resource_id
+        // What its gateway translates and converts for it is kept with the rest.
+        let mut p = profile(&alice, &["hotel booking"]);
+        p.text_fields = vec!["/note".into()];
+        p.accepts = vec!["application/json".into()];
+        reg.register(&register_request(&cert, p), None, t0())
+            .unwrap()
+            .resource_id
     };
     let mut reg = registry(&dir.path().join("ars"), &ca);
     let found = reg
@@ -410,6 +410,13 @@ fn profiles_survive_a_restart_and_the_index_is_rebuilt() {
         .unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].resource_id, rid);
+    assert_eq!(
+        (found[0].text_fields.as_slice(), found[0].accepts.as_slice()),
+        (
+            &["/note".to_owned()][..],
+            &["application/json".to_owned()][..]
+        )
+    );
     // Ownership survives too.
     assert_eq!(
         code(reg.deregister(&rid, "spiffe://travel.example/agent/x")),

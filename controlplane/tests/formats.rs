@@ -10,7 +10,7 @@
 mod common;
 
 use std::{
-    process::{Command, Stdio},
+    process::Stdio,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -212,15 +212,8 @@ fn json_and_protobuf_agents_read_each_other_by_the_schema_registered() {
     // the protobuf agent as protobuf; its PUBACK waits for hotel's ACK.
     let guest = common::certify(&node, "guest", &[]);
     let files = common::pem_files(dir.path(), &dir.path().join("data"), &guest, "guest");
-    let publish = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p"])
-        .arg(node.addresses().agents.port().to_string())
-        .args(["-V", "mqttv5", "--cafile"])
-        .arg(&files.ca)
-        .arg("--cert")
-        .arg(&files.cert)
-        .arg("--key")
-        .arg(&files.key)
+    let port = node.addresses().agents.port();
+    let publish = common::mosquitto("mosquitto_pub", port, &files, "mqttv5")
         .args(["-q", "1", "-t", &format!("agw/to/{}", hotel.agent)])
         .args(["-D", "publish", "content-type", "application/json"])
         .args(["-m", r#"{"room":"suite","nights":1}"#])

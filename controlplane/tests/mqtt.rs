@@ -20,22 +20,9 @@ use agw_controlplane::node::{Node, NodeConfig};
 use agw_proto::{DEFAULT_HOP_LIMIT, identity::Domain, pb};
 use agw_sdk::agent::{AgentConnection, Credentials, Incoming};
 use bytes::Bytes;
-use common::{PemFiles as Files, certify, pem_files as files};
+use common::{PemFiles as Files, certify, mosquitto, pem_files as files};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// mosquitto_pub/_sub's arguments for the gateway at `port` with `files`, MQTT `version`.
-fn mosquitto(program: &str, port: u16, f: &Files, version: &str) -> Command {
-    let mut c = Command::new(program);
-    c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
-        .arg("--cafile")
-        .arg(&f.ca)
-        .arg("--cert")
-        .arg(&f.cert)
-        .arg("--key")
-        .arg(&f.key);
-    c
-}
 
 fn finish(child: Child, within: Duration) -> Output {
     let start = Instant::now();

@@ -63,15 +63,10 @@ fn translating(
         on_failure,
         deadline_ms,
         engines: vec![EngineConfig {
-            kind: engine,
-            url: url.to_owned(),
-            name: None,
-            pairs: Vec::new(),
             model: Some("translator-1".into()),
-            api_key_env: None,
-            api_key_file: None,
+            ..EngineConfig::new(engine, url)
         }],
-        ..TranslationConfig::apertium(url)
+        ..TranslationConfig::formats_only()
     }
 }
 
@@ -555,15 +550,8 @@ fn an_mqtt_agent_whose_profile_says_spanish_reads_translations_with_their_user_p
     let data = dir.path().to_owned();
     let files = common::pem_files(dir.path(), &data, &y, "y");
     // y is mosquitto_sub over MQTT 5, subscribed to its inbox.
-    let subscribe = std::process::Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p"])
-        .arg(node.addresses().agents.port().to_string())
-        .args(["-V", "mqttv5", "--cafile"])
-        .arg(&files.ca)
-        .arg("--cert")
-        .arg(&files.cert)
-        .arg("--key")
-        .arg(&files.key)
+    let port = node.addresses().agents.port();
+    let subscribe = common::mosquitto("mosquitto_sub", port, &files, "mqttv5")
         .args([
             "-q",
             "1",

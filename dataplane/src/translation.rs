@@ -1,8 +1,10 @@
-//! Natural-language translation's way off the shards and back (docs/translation.md).
+//! The way off the shards and back for natural-language translation (docs/translation.md) and
+//! format conversion (docs/protocols.md, formats).
 //!
-//! A shard never translates. A message whose destination declared the languages it understands,
-//! and whose text may not be in one of them (or whose source asked for another), is copied into
-//! a [`Job`] on a bounded queue that the translation pool (in the control plane) reads; the
+//! A shard never translates or converts. A message whose destination declared the languages it
+//! understands, and whose text may not be in one of them (or whose source asked for another),
+//! or whose JSON or protobuf payload is in a format the destination does not accept, is copied
+//! into a [`Job`] on a bounded queue that the translation pool (in the control plane) reads; the
 //! shard goes on. The pool sends the message back as [`Done`] (translated, marked untranslated,
 //! or refused) to the shard that owns the destination's connection, and wakes it. While any
 //! message for a connection is in the pool, the next ones for it follow through the pool

@@ -64,16 +64,11 @@ impl Translation {
     /// The gateway's translation: an engine that is never reached (no message needs it).
     fn config(self) -> Option<TranslationConfig> {
         matches!(self, Translation::Idle | Translation::Understood).then(|| TranslationConfig {
-            engines: vec![EngineConfig {
-                kind: EngineKind::LibreTranslate,
-                url: "http://127.0.0.1:9".into(),
-                name: None,
-                pairs: Vec::new(),
-                model: None,
-                api_key_env: None,
-                api_key_file: None,
-            }],
-            ..TranslationConfig::apertium("http://127.0.0.1:9")
+            engines: vec![EngineConfig::new(
+                EngineKind::LibreTranslate,
+                "http://127.0.0.1:9",
+            )],
+            ..TranslationConfig::formats_only()
         })
     }
 

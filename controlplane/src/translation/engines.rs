@@ -69,6 +69,21 @@ type Client = hyper_util::client::legacy::Client<
     Full<Bytes>,
 >;
 
+impl EngineConfig {
+    /// An engine of `kind` at `url`, every other setting its default.
+    pub fn new(kind: EngineKind, url: &str) -> EngineConfig {
+        EngineConfig {
+            kind,
+            url: url.to_owned(),
+            name: None,
+            pairs: Vec::new(),
+            model: None,
+            api_key_env: None,
+            api_key_file: None,
+        }
+    }
+}
+
 /// A configured engine, ready to be asked.
 #[derive(Debug)]
 pub struct Engine {

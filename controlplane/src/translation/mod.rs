@@ -92,28 +92,21 @@ impl TranslationConfig {
     /// Translation by Apertium's APy at `url`, every other setting its default.
     pub fn apertium(url: &str) -> TranslationConfig {
         TranslationConfig {
-            engines: vec![EngineConfig {
-                kind: EngineKind::Apertium,
-                url: url.to_owned(),
-                name: None,
-                pairs: Vec::new(),
-                model: None,
-                api_key_env: None,
-                api_key_file: None,
-            }],
+            engines: vec![EngineConfig::new(EngineKind::Apertium, url)],
+            ..TranslationConfig::formats_only()
+        }
+    }
+
+    /// No engine: languages are never translated; the pool converts formats only. Every
+    /// other setting its default.
+    pub fn formats_only() -> TranslationConfig {
+        TranslationConfig {
+            engines: Vec::new(),
             on_failure: OnFailure::Nack,
             deadline_ms: default_deadline_ms(),
             lanes: default_lanes(),
             cache_entries: default_cache(),
             off: Vec::new(),
-        }
-    }
-
-    /// No engine: languages are never translated; the pool converts formats only.
-    pub fn formats_only() -> TranslationConfig {
-        TranslationConfig {
-            engines: Vec::new(),
-            ..TranslationConfig::apertium("http://127.0.0.1:9")
         }
     }
 
@@ -513,12 +506,12 @@ impl Shared {
     }
 
     async fn translate(&self, job: Job, taken: Instant) -> (Done, Outcome) {
-        let Ok(mut message) = pb::AgentMessage::decode(job.body.clone()) else {
-            return unchanged(job);
-        };
         if job.follow {
             return unchanged(job);
         }
+        let Ok(mut message) = pb::AgentMessage::decode(job.body.clone()) else {
+            return unchanged(job);
+        };
         let mut outcome = Outcome::Unchanged;
         let mut translated = None;
         let switched_off = self.off(&message.source) || self.off(&message.destination);

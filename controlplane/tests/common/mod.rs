@@ -282,3 +282,16 @@ pub fn message(conn: &mut agw_sdk::agent::AgentConnection) -> pb::AgentMessage {
         other => panic!("{other:?} instead of a message"),
     }
 }
+
+/// mosquitto_pub/_sub's arguments for the gateway at `port` with `files`, MQTT `version`.
+pub fn mosquitto(program: &str, port: u16, f: &PemFiles, version: &str) -> std::process::Command {
+    let mut c = std::process::Command::new(program);
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
+        .arg("--cafile")
+        .arg(&f.ca)
+        .arg("--cert")
+        .arg(&f.cert)
+        .arg("--key")
+        .arg(&f.key);
+    c
+}

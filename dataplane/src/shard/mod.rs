@@ -154,7 +154,7 @@ pub(crate) struct ShardSetup {
     pub authorization: Arc<ArcSwap<Authorization>>,
     pub peer_domains: Arc<ArcSwap<PeerDomains>>,
     pub events: Sender<ShardEvent>,
-    /// The way to the translation pool and back, when translation is on.
+    /// The way to the translation pool and back (`DataplaneConfig::translation`).
     pub translation: Option<ShardPort>,
     pub commands: Receiver<ShardCommand>,
     /// Indexed by destination shard; `None` at this shard's own index.
@@ -199,7 +199,7 @@ struct Shard {
     /// Which domains' frames each peer may relay, loaded per frame on peer links.
     peer_domains: Arc<ArcSwap<PeerDomains>>,
     events: Sender<ShardEvent>,
-    /// The way to the translation pool and back, when translation is on.
+    /// The way to the translation pool and back (`DataplaneConfig::translation`).
     translation: Option<ShardPort>,
     /// A reusable vector for a batch of frames.
     batch: RefCell<Vec<Frame>>,

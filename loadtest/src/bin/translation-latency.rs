@@ -106,17 +106,9 @@ fn main() -> Result<(), Error> {
     let engine_own = own.clone();
     std::thread::spawn(move || engine(listener, engine_own));
     let config = TranslationConfig {
-        engines: vec![EngineConfig {
-            kind: EngineKind::LibreTranslate,
-            url,
-            name: None,
-            pairs: Vec::new(),
-            model: None,
-            api_key_env: None,
-            api_key_file: None,
-        }],
+        engines: vec![EngineConfig::new(EngineKind::LibreTranslate, &url)],
         cache_entries: 0,
-        ..TranslationConfig::apertium("http://127.0.0.1:9")
+        ..TranslationConfig::formats_only()
     };
     let gateway =
         InProcessGateway::start_translating("load.example", 1, false, false, Some(config))?;
