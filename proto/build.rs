@@ -15,6 +15,7 @@ const FILES: &[&str] = &[
     "agw/v1/registry.proto",
     "agw/v1/certificate.proto",
     "agw/v1/admin.proto",
+    "agw/v1/tasks.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Rare on the wire (only a translated message has one): boxed, so that every
         // `AgentMessage` does not carry its size.
         .boxed(".agw.v1.AgentMessage.translation")
+        .boxed(".agw.v1.AgentMessage.session_header")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -16,6 +16,7 @@ pub fn agent_message(seq: u64, payload_len: usize) -> pb::AgentMessage {
         source_protocol: pb::Protocol::Native as i32,
         translate_to: String::new(),
         translation: None,
+        session_header: None,
         correlation: Bytes::new(),
         payload: Bytes::from(vec![b'x'; payload_len]),
     }

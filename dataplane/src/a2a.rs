@@ -749,6 +749,7 @@ impl A2aAdapter {
             source_protocol: pb::Protocol::A2a as i32,
             translate_to: String::new(),
             translation: None,
+            session_header: None,
             correlation: Bytes::from(task_id.clone().into_bytes()),
             payload,
         };

@@ -458,6 +458,7 @@ impl A2aClient {
             source_protocol: pb::Protocol::A2a as i32,
             translate_to: String::new(),
             translation: None,
+            session_header: None,
             correlation: call.correlation,
             payload,
         };

@@ -472,6 +472,7 @@ impl MqttAdapter {
             source_protocol: pb::Protocol::Mqtt as i32,
             translate_to: String::new(),
             translation: None,
+            session_header: None,
             correlation: p.correlation.unwrap_or_default(),
             payload: p.payload,
         };

@@ -24,14 +24,24 @@ fn agent_message() -> impl Strategy<Value = pb::AgentMessage> {
             payload(),
             vec(any::<u8>(), 0..16),
             option::of((text(), text(), any::<bool>())),
+            option::of((any::<u64>(), any::<u64>(), vec(any::<u8>(), 0..64))),
         ),
     )
         .prop_map(
             |(
                 (destination, source, message_id, session_id),
                 (content_type, language, p, t),
-                (payload, correlation, translated),
+                (payload, correlation, translated, in_session),
             )| {
+                let session_header = in_session.map(|(sequence, in_reply_to, context)| {
+                    Box::new(pb::SessionHeader {
+                        sequence,
+                        in_reply_to,
+                        deadline_unix_ms: sequence / 2,
+                        context: context.into(),
+                        context_type: "application/json".into(),
+                    })
+                });
                 let translation = translated.map(|(from, engine, failed)| {
                     Box::new(pb::Translation {
                         from,
@@ -53,6 +63,7 @@ fn agent_message() -> impl Strategy<Value = pb::AgentMessage> {
                     translate_to: t,
                     correlation: correlation.into(),
                     translation,
+                    session_header,
                     payload,
                 }
             },

@@ -527,6 +527,16 @@ impl Writer {
         Ok(())
     }
 
+    /// The message ID the next message gets.
+    pub(crate) fn next_message_id(&self) -> u64 {
+        self.next_message_id
+    }
+
+    /// Numbers messages from `id` on.
+    pub(crate) fn set_next_message_id(&mut self, id: u64) {
+        self.next_message_id = id;
+    }
+
     /// Bytes queued and not yet written.
     pub fn queued(&self) -> usize {
         self.encoder.len()
@@ -547,6 +557,13 @@ impl Writer {
 }
 
 impl Reader {
+    /// How long [`Reader::recv`] waits from now on.
+    pub(crate) fn set_wait(&self, wait: Duration) -> io::Result<()> {
+        self.link
+            .socket()
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+    }
+
     /// The next data frame or heartbeat acknowledgement; blocks up to the read timeout.
     pub fn recv(&mut self) -> Result<Incoming, AgentError> {
         loop {

@@ -8,8 +8,11 @@
 //! - [`connection`]: a blocking request/reply connection for the ACA and ARS protocols.
 //! - [`lifecycle`]: one [`lifecycle::Agent`] for all of it: enrollment, renewal while
 //!   connected, registration, updates, discovery, deregistration, heartbeats on their own.
-//!
-//! Sessions and task orchestration are issue 18's next parts.
+//! - [`session`]: conversations between agents that survive reconnects and restarts: ordered,
+//!   stored, resent until acknowledged, request/response with deadlines, context carried.
+//! - [`task`]: tasks in the draft's states; an orchestrator that runs a plan of subtasks on
+//!   agents found by capability, moving a subtask when its agent fails it; a worker's side.
+//! - [`store`]: the agent's embedded database of sessions and tasks.
 
 pub mod access;
 pub mod agent;
@@ -17,3 +20,6 @@ pub mod certificates;
 pub mod connection;
 pub mod lifecycle;
 mod link;
+pub mod session;
+pub mod store;
+pub mod task;

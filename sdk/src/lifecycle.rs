@@ -130,7 +130,10 @@ impl Agent {
             options.clone(),
         )?;
         let interval = conn.terms().heartbeat_interval;
-        let (writer, reader) = conn.split();
+        let (mut writer, reader) = conn.split();
+        // Message IDs from the clock (microseconds): an ACK or NACK of a message sent on an
+        // earlier connection (before a reconnect or a restart) never matches a new message.
+        writer.set_next_message_id(crate::store::unix_ms(SystemTime::now()).saturating_mul(1000));
         let writer = Arc::new(Mutex::new(writer));
         Ok(Agent {
             _heartbeats: Heartbeats::start(writer.clone(), interval),
@@ -195,15 +198,31 @@ impl Agent {
         }
     }
 
+    /// [`Agent::recv`], waiting at most `wait` this once (a deadline nearer than the
+    /// agent's timeout).
+    pub fn recv_within(&mut self, wait: Duration) -> Result<Option<Incoming>, AgentError> {
+        self.reader.set_wait(wait.min(self.timeout))?;
+        let got = self.recv();
+        self.reader.set_wait(self.timeout)?;
+        got
+    }
+
     /// Connects again (after the gateway closed the connection, or to present a renewed
-    /// certificate). Message IDs start again at 1: correlate by ID within one connection.
+    /// certificate). Message IDs go on from where they were: an ACK or NACK that arrives
+    /// late for the old connection's message matches none of the new one's.
     pub fn reconnect(&mut self) -> Result<(), AgentError> {
+        let next = self.writer()?.next_message_id();
         let fresh = Agent::connect(
             self.credentials.clone(),
             self.domain,
             self.options.clone(),
             self.timeout,
         )?;
+        {
+            let mut w = fresh.writer()?;
+            let from_clock = w.next_message_id();
+            w.set_next_message_id(next.max(from_clock));
+        }
         *self = fresh;
         Ok(())
     }
