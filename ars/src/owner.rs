@@ -37,7 +37,7 @@ type Answer = Box<dyn FnOnce() + Send>;
 type Command = Box<dyn FnOnce(&mut Registry) -> Option<Answer> + Send>;
 
 /// A registry on its own thread: send it commands, read its snapshot. Cheap to clone; the
-/// thread ends when the last handle is dropped.
+/// thread ends when the last handle is dropped, or at [`RegistryHandle::stop`].
 #[derive(Clone)]
 pub struct RegistryHandle {
     commands: Sender<Command>,
@@ -50,6 +50,10 @@ struct Shared {
     view: ArcSwap<View>,
     /// Discoveries per requester: a lock held for one bucket's arithmetic, never for a query.
     limiter: Mutex<DiscoveryLimiter>,
+    /// Asked to stop: the owner ends after its batch.
+    stopping: AtomicBool,
+    /// The owner's thread, joined by [`RegistryHandle::stop`].
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for RegistryHandle {
@@ -71,15 +75,22 @@ pub fn spawn(
         running: AtomicBool::new(true),
         view: ArcSwap::from_pointee(registry.snapshot()),
         limiter: Mutex::new(DiscoveryLimiter::new(registry.discovery_per_minute())),
+        stopping: AtomicBool::new(false),
+        thread: Mutex::new(None),
     });
     let published = Arc::clone(&shared);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("agw-registry".into())
         .spawn(move || {
-            // Whatever ends the thread (its handles gone, a command that panicked) says so.
+            // Whatever ends the thread (its handles gone, a stop, a command that panicked)
+            // says so; the registry, and its store, are closed before.
             let _stopped = Stopped(&published);
             own(&mut registry, &queue, &published, &on_changes);
+            drop(registry);
         })?;
+    if let Ok(mut t) = shared.thread.lock() {
+        *t = Some(thread);
+    }
     Ok(RegistryHandle { commands, shared })
 }
 
@@ -112,6 +123,9 @@ fn own(
         if !changes.is_empty() {
             on_changes(changes);
         }
+        if shared.stopping.load(Ordering::Relaxed) {
+            return;
+        }
     }
 }
 
@@ -124,6 +138,22 @@ impl RegistryHandle {
     /// writes get `INTERNAL` and only discovery from the last snapshot answers.
     pub fn is_running(&self) -> bool {
         self.shared.running.load(Ordering::Relaxed)
+    }
+
+    /// Stops the owner after the commands sent before, closes the registry's store and waits
+    /// for it, whoever else holds a handle: later writes get `INTERNAL` ("the registry
+    /// stopped"), discovery answers from the last snapshot. A gateway stopping calls it, so
+    /// that its data directory can be opened again at once.
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        // Wakes the owner if it waits for a command.
+        let _ = self.commands.send(Box::new(|_: &mut Registry| None));
+        let thread = self.shared.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
     }
 
     /// The registry as of its last batch of changes.

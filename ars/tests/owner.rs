@@ -165,3 +165,22 @@ fn commands_after_the_owner_stops_are_refused_not_lost_silently() {
     // Discovery still answers from the last snapshot.
     assert!(handle.discover(&discover(&["x"]), "x", t0()).is_ok());
 }
+
+#[test]
+fn a_stopped_owner_closes_its_store_though_handles_remain() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = authority(&dir.path().join("aca"));
+    let handle = owner::spawn(registry(&dir.path().join("ars"), &ca), |_| {}).unwrap();
+    // Someone still holds a handle (a server's task, a directory on the shards).
+    let held = handle.clone();
+    handle.stop();
+    assert!(!held.is_running());
+    assert_eq!(
+        held.ask(|r| r.view().len()).unwrap_err().code,
+        ErrorCode::Internal
+    );
+    // The store is free: a gateway that stopped starts again on its data directory.
+    let again = owner::spawn(registry(&dir.path().join("ars"), &ca), |_| {}).unwrap();
+    assert!(again.is_running());
+    again.stop();
+}

@@ -994,12 +994,14 @@ impl Node {
         self.dataplane.drain(deadline, progress)
     }
 
-    /// Leaves the peers (DISCONNECT) and stops the relay.
+    /// Leaves the peers (DISCONNECT), stops the relay and closes the registry's store (the
+    /// data directory can be opened again at once, in this process too).
     pub fn stop(mut self) {
         if let Some(c) = self.control.take() {
             c.stop();
         }
         self.dataplane.stop();
+        self.registry.stop();
     }
 }
 

@@ -265,6 +265,9 @@ impl TranslationStats {
 #[derive(Debug)]
 pub struct TranslationPool {
     pub stats: Arc<TranslationStats>,
+    /// Dropped with the pool: its thread ends (shards that stopped may not have let their
+    /// end of the queue go).
+    _stop: crossbeam_channel::Sender<()>,
 }
 
 struct Shared {
@@ -343,11 +346,17 @@ impl TranslationPool {
             lanes.push(tx);
         }
         let jobs = port.jobs;
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         std::thread::Builder::new()
             .name("agw-translation".into())
             .spawn(move || {
-                // Ends when every shard has stopped (their senders dropped).
-                for job in jobs {
+                // Ends with the pool, or when every shard has let its end of the queue go.
+                loop {
+                    let job = crossbeam_channel::select! {
+                        recv(jobs) -> job => job,
+                        recv(stopped) -> _ => return,
+                    };
+                    let Ok(job) = job else { return };
                     let lane = lane_of(job.shard, job.connection, lanes.len());
                     if let Some(tx) = lanes.get(lane)
                         && tx.blocking_send(job).is_err()
@@ -357,7 +366,7 @@ impl TranslationPool {
                 }
             })
             .map_err(|e| format!("translation thread: {e}"))?;
-        Ok(TranslationPool { stats })
+        Ok(TranslationPool { stats, _stop: stop })
     }
 }
 

@@ -327,24 +327,31 @@ pub(crate) async fn run(setup: ShardSetup) {
             *slot = Some(Rc::new(tx));
         }
     }
-    spawn_local(accept::accept_loop(
+    // The listeners live in their accept loops, which end with the shard.
+    let mut accepting = vec![spawn_local(accept::accept_loop(
         shard.clone(),
         listener,
         PortProtocol::Detect,
-    ))
-    .detach();
+    ))];
     for (port, protocol) in [(mqtt, PortProtocol::Mqtt), (a2a, PortProtocol::A2a)] {
         if let Some((l, _)) = port {
-            spawn_local(accept::accept_loop(shard.clone(), l, protocol)).detach();
+            accepting.push(spawn_local(accept::accept_loop(shard.clone(), l, protocol)));
         }
     }
     if let Some((l, _)) = peer {
-        spawn_local(accept_peers(shard.clone(), l)).detach();
+        accepting.push(spawn_local(accept_peers(shard.clone(), l)));
     }
     if shard.translation.is_some() {
         spawn_local(translation::returns(shard.clone())).detach();
     }
     shard.housekeeping(setup.commands).await;
+    // Stopped: the accept loops are cancelled and dropped (closing their listeners) before
+    // the shard's thread ends, so the ports refuse connections at once and
+    // a gateway started again on them gets every connection (SO_REUSEPORT would otherwise
+    // share them with listeners nobody accepts on).
+    for task in accepting {
+        task.cancel().await;
+    }
 }
 
 /// How long a TLS client that named no protocol in ALPN has to send its first bytes before
