@@ -7,7 +7,9 @@
 //! - a message is stored (and in the outbox) before it is sent, and leaves the outbox when the
 //!   peer acknowledges it; what was not acknowledged is sent again after [`Sessions::reconnect`]
 //!   and when [`Sessions::open`] starts on the same store after a restart, and after a NACK for
-//!   a temporary reason when [`Sessions::resend`] is called;
+//!   a temporary reason (the destination offline, a gateway overloaded) once a backoff has
+//!   passed (from [`FIRST_RETRY`], doubling to [`MAX_RETRY`] while refusals go on), during
+//!   [`Sessions::next`] and [`Sessions::request`];
 //! - a received message is stored before it is acknowledged, and a copy already stored is
 //!   acknowledged again and not delivered twice;
 //! - [`Sessions::request`] sends and waits for the answer until its deadline, keeping what else
@@ -15,6 +17,11 @@
 //! - the context set with [`Sessions::set_context`] travels with every later message, and the
 //!   peer's latest is kept with the session, so an agent that restarted reads where the
 //!   conversation is from its own store.
+//!
+//! The connection is made again on its own: when it is lost (the gateway restarted, the
+//! network failed), the next [`Sessions::next`] or [`Sessions::request`] connects again, from
+//! [`FIRST_RETRY`] doubling to [`MAX_RECONNECT_WAIT`] between tries, and sends what was not
+//! acknowledged; a message sent while it is down waits in the outbox.
 //!
 //! The gateways keep a session's order: its messages leave one connection and arrive on one,
 //! through the same relays (docs/agents.md).
@@ -98,7 +105,9 @@ impl Received {
             .session_header
             .as_ref()
             .filter(|h| h.deadline_unix_ms != 0)
-            .map(|h| SystemTime::UNIX_EPOCH + Duration::from_millis(h.deadline_unix_ms))
+            .and_then(|h| {
+                SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(h.deadline_unix_ms))
+            })
     }
 
     pub fn payload(&self) -> &Bytes {
@@ -169,6 +178,11 @@ pub fn temporary(reason: ErrorCode) -> bool {
     )
 }
 
+/// The first wait before messages refused for a temporary reason are sent again; it doubles
+/// while they keep being refused, up to [`MAX_RETRY`].
+pub const FIRST_RETRY: Duration = Duration::from_millis(250);
+pub const MAX_RETRY: Duration = Duration::from_secs(30);
+
 /// An agent with its sessions.
 #[derive(Debug)]
 pub struct Sessions {
@@ -178,6 +192,22 @@ pub struct Sessions {
     in_flight: HashMap<u64, (u64, u64)>,
     /// What arrived while [`Sessions::request`] waited.
     backlog: VecDeque<Event>,
+    /// When refused messages are sent again, and the wait after that.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// The connection is gone: made again by the next call that waits.
+    broken: bool,
+    /// When to try that next, and the wait after that.
+    reconnect_at: Option<Instant>,
+    reconnect_backoff: Duration,
+}
+
+/// The longest wait between two tries to connect again.
+pub const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether `e` says the connection is gone (the gateway closed it, the socket failed).
+fn connection_lost(e: &AgentError) -> bool {
+    matches!(e, AgentError::Io(_) | AgentError::Closed(_))
 }
 
 impl Sessions {
@@ -189,6 +219,11 @@ impl Sessions {
             store: Store::open(path)?,
             in_flight: HashMap::new(),
             backlog: VecDeque::new(),
+            retry_at: None,
+            backoff: FIRST_RETRY,
+            broken: false,
+            reconnect_at: None,
+            reconnect_backoff: FIRST_RETRY,
         };
         sessions.resend()?;
         Ok(sessions)
@@ -315,8 +350,28 @@ impl Sessions {
     /// certificate) and sends what was not acknowledged.
     pub fn reconnect(&mut self) -> Result<(), SessionError> {
         self.agent.reconnect()?;
+        self.broken = false;
+        self.reconnect_at = None;
+        self.reconnect_backoff = FIRST_RETRY;
         self.in_flight.clear();
         self.resend()
+    }
+
+    /// Connects again when the connection is gone and a try is due; `Err` with why when the
+    /// try failed.
+    fn mend(&mut self) -> Result<(), SessionError> {
+        if !self.broken || self.reconnect_at.is_some_and(|at| at > Instant::now()) {
+            return Ok(());
+        }
+        match self.reconnect() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.broken = true;
+                self.reconnect_at = Some(Instant::now() + self.reconnect_backoff);
+                self.reconnect_backoff = (self.reconnect_backoff * 2).min(MAX_RECONNECT_WAIT);
+                Err(e)
+            }
+        }
     }
 
     /// Sends again, in order, every message the store holds unacknowledged that is not on its
@@ -345,7 +400,7 @@ impl Sessions {
             context: record.context.clone(),
             context_type: record.context_type.clone(),
         };
-        let message_id = self.agent.send(pb::AgentMessage {
+        let sent = self.agent.send(pb::AgentMessage {
             destination: record.peer.clone(),
             session_id: record.id,
             content_type: entry.content_type,
@@ -353,18 +408,56 @@ impl Sessions {
             session_header: Some(Box::new(header)),
             payload: entry.payload,
             ..Default::default()
-        })?;
-        self.in_flight
-            .insert(message_id, (record.id, entry.sequence));
-        Ok(())
+        });
+        match sent {
+            Ok(message_id) => {
+                self.in_flight
+                    .insert(message_id, (record.id, entry.sequence));
+                Ok(())
+            }
+            // It stays in the outbox: sent again once the connection is made again.
+            Err(e) if connection_lost(&e) => {
+                self.broken = true;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn receive(&mut self, within: Duration) -> Result<Option<Event>, SessionError> {
         let deadline = Instant::now() + within;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(incoming) = self.agent.recv_within(left)? else {
-                return Ok(None);
+            if let Err(e) = self.mend() {
+                if Instant::now() >= deadline {
+                    return Err(e);
+                }
+            }
+            if self.broken {
+                // Down: wait for the next try, or the end of this call.
+                let until = self.reconnect_at.map_or(deadline, |at| at.min(deadline));
+                std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                if Instant::now() >= deadline && self.mend().is_err() {
+                    return Err(SessionError::Agent(AgentError::Closed(None)));
+                }
+                continue;
+            }
+            if self.retry_at.is_some_and(|at| at <= Instant::now()) {
+                self.retry_at = None;
+                self.resend()?;
+            }
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if let Some(at) = self.retry_at {
+                left = left.min(at.saturating_duration_since(Instant::now()));
+            }
+            let incoming = match self.agent.recv_within(left) {
+                Ok(Some(incoming)) => incoming,
+                Ok(None) if Instant::now() >= deadline => return Ok(None),
+                Ok(None) => continue,
+                Err(e) if connection_lost(&e) => {
+                    self.broken = true;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             };
             if let Some(event) = self.handle(incoming)? {
                 return Ok(Some(event));
@@ -384,7 +477,10 @@ impl Sessions {
                     .as_deref()
                     .filter(|_| message.session_id != 0)
                 else {
-                    self.agent.ack(&message)?;
+                    match self.agent.ack(&message) {
+                        Err(e) if connection_lost(&e) => self.broken = true,
+                        other => other?,
+                    }
                     return Ok(Some(Event::Message(Received {
                         session: None,
                         message,
@@ -405,8 +501,12 @@ impl Sessions {
                 let arrival =
                     self.store
                         .receive(message.session_id, &message.source, &entry, context)?;
-                // Stored first: an ACK means the message is safe.
-                self.agent.ack(&message)?;
+                // Stored first: an ACK means the message is safe. One lost with the
+                // connection is sent again for the copy the peer sends again.
+                match self.agent.ack(&message) {
+                    Err(e) if connection_lost(&e) => self.broken = true,
+                    other => other?,
+                }
                 Ok(match arrival {
                     Arrival::Duplicate => None,
                     Arrival::Stored(_) => Some(Event::Message(Received {
@@ -423,6 +523,7 @@ impl Sessions {
                 Some((session, sequence)) => {
                     self.store
                         .outcome(session, sequence, Delivery::Delivered, "", false)?;
+                    self.backoff = FIRST_RETRY;
                     Ok(Some(Event::Delivered { session, sequence }))
                 }
                 None => Ok(Some(Event::Other(Incoming::Ack(ack)))),
@@ -430,13 +531,16 @@ impl Sessions {
             Incoming::Nack(nack) => match self.in_flight.remove(&nack.message_id) {
                 Some((session, sequence)) => {
                     let detail = format!("{:?}: {}", nack.reason(), nack.detail);
-                    self.store.outcome(
-                        session,
-                        sequence,
-                        Delivery::Refused,
-                        &detail,
-                        temporary(nack.reason()),
-                    )?;
+                    let again = temporary(nack.reason());
+                    self.store
+                        .outcome(session, sequence, Delivery::Refused, &detail, again)?;
+                    if again && self.retry_at.is_none() {
+                        let wait = self
+                            .backoff
+                            .max(Duration::from_millis(u64::from(nack.retry_after_ms)));
+                        self.retry_at = Some(Instant::now() + wait);
+                        self.backoff = (self.backoff * 2).min(MAX_RETRY);
+                    }
                     Ok(Some(Event::Refused {
                         session,
                         sequence,

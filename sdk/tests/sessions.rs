@@ -6,91 +6,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use agw_controlplane::node::{Node, NodeConfig};
-use agw_proto::{
-    identity::{AgentId, Domain},
-    pb::ErrorCode,
-};
+use agw_proto::pb::ErrorCode;
 use agw_sdk::{
-    agent::{AccessOptions, Credentials},
-    lifecycle::{self, Agent},
     session::{Event, Outgoing, Received, SessionError, Sessions},
     store::{Delivery, Store},
 };
 
-const WAIT: Duration = Duration::from_secs(5);
+mod common;
+use common::{Gateway, WAIT};
 
-struct Gateway {
-    node: Node,
-    domain: lifecycle::Domain,
-    token: String,
-}
-
-impl Gateway {
-    fn start(dir: &Path) -> Gateway {
-        let node = Node::start(NodeConfig::on_loopback(
-            Domain::new("travel.example").unwrap(),
-            "agw-1",
-            dir.join("data"),
-        ))
-        .unwrap();
-        let domain = lifecycle::Domain {
-            gateway: node.dataplane.local_addr(),
-            registry: node.addresses().registry,
-            aca: node.addresses().aca,
-        };
-        let token = node.enrollment_token("Example").unwrap().to_owned();
-        Gateway {
-            node,
-            domain,
-            token,
-        }
-    }
-
-    fn enroll(&self, name: &str) -> Agent {
-        let id = AgentId::parse(&format!("spiffe://travel.example/agent/{name}")).unwrap();
-        Agent::enroll(
-            id,
-            "Example",
-            &self.token,
-            self.domain,
-            AccessOptions::default(),
-            WAIT,
-        )
-        .unwrap()
-    }
-
-    fn connect(&self, credentials: &Arc<Credentials>) -> Agent {
-        Agent::connect(
-            credentials.clone(),
-            self.domain,
-            AccessOptions::default(),
-            WAIT,
-        )
-        .unwrap()
-    }
-
-    /// Waits until the gateway routes `agent` locally (or no longer does).
-    fn wait_online(&self, agent: &AgentId, online: bool) {
-        let start = Instant::now();
-        while matches!(
-            self.node.dataplane.route_of(agent.as_str()),
-            Some(agw_dataplane::routing::Route::Local { .. })
-        ) != online
-        {
-            assert!(start.elapsed() < WAIT, "{agent} online: {online}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// The next event that is not `skip`, within a few seconds.
+/// The next event, within a few seconds.
 fn next(sessions: &mut Sessions) -> Event {
     let start = Instant::now();
     while start.elapsed() < WAIT * 2 {
@@ -116,6 +43,17 @@ fn delivered(sessions: &mut Sessions) -> u64 {
         Event::Delivered { sequence, .. } => sequence,
         other => panic!("{other:?}"),
     }
+}
+
+/// A traveller and a hotel (stores a.redb and b.redb in `dir`), and a session the
+/// traveller started with the hotel.
+fn traveller_and_hotel(gw: &Gateway, dir: &std::path::Path) -> (Sessions, Sessions, u64) {
+    let mut a = Sessions::open(gw.enroll("traveller"), &dir.join("a.redb")).unwrap();
+    let hotel = gw.enroll("hotel");
+    let b_id = hotel.id().clone();
+    let b = Sessions::open(hotel, &dir.join("b.redb")).unwrap();
+    let session = a.start(&b_id, "booking").unwrap();
+    (a, b, session)
 }
 
 fn texts(store: &Store, session: u64) -> Vec<(bool, u64, String)> {
@@ -280,11 +218,7 @@ fn a_session_survives_restarts_and_reconnects_in_order_and_exactly_once() {
 fn a_session_carries_on_through_a_renewal_and_the_reconnect_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(dir.path());
-    let mut a = Sessions::open(gw.enroll("traveller"), &dir.path().join("a.redb")).unwrap();
-    let hotel = gw.enroll("hotel");
-    let b_id = hotel.id().clone();
-    let mut b = Sessions::open(hotel, &dir.path().join("b.redb")).unwrap();
-    let session = a.start(&b_id, "booking").unwrap();
+    let (mut a, mut b, session) = traveller_and_hotel(&gw, dir.path());
     a.send(session, Outgoing::text("one")).unwrap();
     assert_eq!(message(&mut b).sequence(), 1);
 
@@ -304,4 +238,60 @@ fn a_session_carries_on_through_a_renewal_and_the_reconnect_after_it() {
     let answer = message(&mut a);
     assert_eq!(answer.in_reply_to(), 3);
     gw.node.stop();
+}
+
+#[test]
+fn sessions_connect_again_on_their_own_when_the_gateway_restarts_on_its_data() {
+    use agw_controlplane::node::{Node, NodeConfig};
+    use agw_proto::identity::Domain;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path());
+    let (mut a, mut b, session) = traveller_and_hotel(&gw, dir.path());
+    a.send(session, Outgoing::text("before")).unwrap();
+    assert_eq!(message(&mut b).sequence(), 1);
+    assert_eq!(delivered(&mut a), 1);
+
+    // The gateway stops; the traveller sends while it is down (kept in its outbox).
+    let addresses = gw.node.addresses().clone();
+    gw.node.stop();
+    assert_eq!(a.send(session, Outgoing::text("while down")).unwrap(), 2);
+    assert!(matches!(
+        a.next(Duration::from_millis(300)),
+        Err(SessionError::Agent(_))
+    ));
+    // It starts again on its data, on the same ports.
+    let node = Node::start(NodeConfig {
+        agents: addresses.agents,
+        registry: addresses.registry,
+        aca: addresses.aca,
+        ..NodeConfig::on_loopback(
+            Domain::new("travel.example").unwrap(),
+            "agw-1",
+            dir.path().join("data"),
+        )
+    })
+    .unwrap();
+    // Both agents connect again by themselves; the message sent while the gateway was down
+    // arrives once (refused while the hotel was not back yet, sent again after a backoff).
+    let start = Instant::now();
+    let second = loop {
+        assert!(start.elapsed() < WAIT * 4, "the message never arrived");
+        let _ = a.next(Duration::from_millis(50));
+        if let Ok(Some(Event::Message(m))) = b.next(Duration::from_millis(50)) {
+            break m;
+        }
+    };
+    assert_eq!(
+        (second.sequence(), &second.payload()[..]),
+        (2, &b"while down"[..])
+    );
+    let start = Instant::now();
+    while !a.store().outbox().unwrap().is_empty() {
+        assert!(start.elapsed() < WAIT * 2, "never acknowledged");
+        let _ = a.next(Duration::from_millis(50));
+        let _ = b.next(Duration::from_millis(50));
+    }
+    b.reply(&second, Outgoing::text("welcome back")).unwrap();
+    assert_eq!(message(&mut a).in_reply_to(), 2);
+    node.stop();
 }
