@@ -80,6 +80,19 @@ pub enum Delivery {
     Abandoned = 4,
 }
 
+impl Delivery {
+    /// Its name, in lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::Pending => "pending",
+            Delivery::Delivered => "delivered",
+            Delivery::Refused => "refused",
+            Delivery::Received => "received",
+            Delivery::Abandoned => "abandoned",
+        }
+    }
+}
+
 /// One message of a session's history.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Entry {

@@ -9,6 +9,7 @@
 //! (input required, canceled, rejected): [`pb::TaskState`]. On the wire, a [`pb::TaskMessage`]
 //! is the payload of media type [`TASK_CONTENT_TYPE`].
 
+pub mod fuzzing;
 pub mod orchestrator;
 pub mod worker;
 
@@ -300,6 +301,8 @@ impl TaskRun {
             state @ (TaskState::InProgress | TaskState::InputRequired) => {
                 let sub = &mut self.subs[i];
                 sub.status.state = state as i32;
+                // Why it moved here is history now (`tried` keeps who had it).
+                sub.status.error.clear();
                 sub.deadline = Some(now + self.policy.silence);
                 steps.push(Step::Changed(sub.status.clone()));
             }

@@ -13,10 +13,10 @@ use std::{
 
 use agw_proto::{
     identity::AgentId,
-    pb::{self, task_message::Kind},
+    pb::{self, ErrorCode, task_message::Kind},
 };
 
-use super::{Plan, Policy, Step, TASK_CONTENT_TYPE, TaskRun, decode, encode};
+use super::{Plan, Policy, Step, TASK_CONTENT_TYPE, TaskRun, decode, encode, terminal};
 use crate::session::{Event, Outgoing, Received, SessionError, Sessions};
 
 /// What the orchestrator shows its caller while it runs.
@@ -29,14 +29,22 @@ pub enum Happening {
     Message(Received),
 }
 
+/// What the caller wants after a [`Happening`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Cancel this subtask (and what depends on it), or the whole task (`None`), for `reason`.
+    Cancel(Option<String>, String),
+}
+
 /// Runs `plan` to its end with `sessions`' agent as the requester; `on` sees every change and
-/// every other message as it happens (and may answer with the sessions it is handed). Returns
-/// the task's last status, which the store keeps too.
+/// every other message as it happens (it may answer with the sessions it is handed, and
+/// cancel). Returns the task's last status, which the store keeps too.
 pub fn run(
     sessions: &mut Sessions,
     plan: Plan,
     policy: Policy,
-    mut on: impl FnMut(&mut Sessions, Happening) -> Result<(), SessionError>,
+    mut on: impl FnMut(&mut Sessions, Happening) -> Result<Flow, SessionError>,
 ) -> Result<pb::TaskStatus, SessionError> {
     let context = plan.context.clone();
     let mut run =
@@ -65,6 +73,10 @@ pub fn run(
             .clamp(Duration::from_millis(1), Duration::from_secs(1));
         let now_steps = match sessions.next(wait)? {
             Some(Event::Message(m)) => driver.message(sessions, &mut run, m, &mut on)?,
+            // A gateway that is busy or a link coming up: the sessions send it again after a
+            // backoff (the silence bounds how long). An agent offline, unknown or refused: the
+            // subtask moves.
+            Some(Event::Refused { nack, .. }) if !agent_specific(nack.reason()) => Vec::new(),
             Some(Event::Refused { session, nack, .. }) => match driver.subtask_of.get(&session) {
                 Some((subtask, agent)) => {
                     let why = format!("{:?} {}", nack.reason(), nack.detail);
@@ -76,6 +88,26 @@ pub fn run(
         };
         steps.extend(now_steps);
         steps.extend(run.tick(Instant::now()));
+    }
+}
+
+/// Whether a NACK says something about the agent (offline, unknown, not allowed), rather
+/// than about the gateways on the way (busy, draining, a link not up).
+fn agent_specific(reason: ErrorCode) -> bool {
+    !matches!(
+        reason,
+        ErrorCode::Overloaded
+            | ErrorCode::RateLimited
+            | ErrorCode::Unreachable
+            | ErrorCode::Draining
+            | ErrorCode::TranslationFailed
+    )
+}
+
+fn flow_steps(run: &mut TaskRun, flow: Flow) -> Vec<Step> {
+    match flow {
+        Flow::Continue => Vec::new(),
+        Flow::Cancel(subtask, reason) => run.cancel(subtask.as_deref(), &reason, Instant::now()),
     }
 }
 
@@ -93,7 +125,7 @@ impl Driver {
         sessions: &mut Sessions,
         run: &mut TaskRun,
         step: Step,
-        on: &mut impl FnMut(&mut Sessions, Happening) -> Result<(), SessionError>,
+        on: &mut impl FnMut(&mut Sessions, Happening) -> Result<Flow, SessionError>,
     ) -> Result<Vec<Step>, SessionError> {
         match step {
             Step::Discover {
@@ -159,12 +191,25 @@ impl Driver {
                 Ok(Vec::new())
             }
             Step::Changed(subtask) => {
+                // A subtask given up: its assignment is never sent again.
+                if terminal(subtask.state())
+                    && subtask.state() != pb::TaskState::Completed
+                    && let Some(session) = self.session_of.remove(&subtask.id)
+                {
+                    self.subtask_of.remove(&session);
+                    sessions.close(session)?;
+                }
                 let status = run.status();
                 sessions.store().put_task(&status)?;
-                on(sessions, Happening::Changed(subtask, status))?;
-                Ok(Vec::new())
+                let flow = on(sessions, Happening::Changed(subtask, status))?;
+                Ok(flow_steps(run, flow))
             }
             Step::Finished(_) => {
+                // Nothing of the task is sent again; what its agents still send is stored.
+                for (_, session) in self.session_of.drain() {
+                    sessions.close(session)?;
+                }
+                self.subtask_of.clear();
                 sessions.store().put_task(&run.status())?;
                 Ok(Vec::new())
             }
@@ -178,7 +223,7 @@ impl Driver {
         sessions: &mut Sessions,
         run: &mut TaskRun,
         m: Received,
-        on: &mut impl FnMut(&mut Sessions, Happening) -> Result<(), SessionError>,
+        on: &mut impl FnMut(&mut Sessions, Happening) -> Result<Flow, SessionError>,
     ) -> Result<Vec<Step>, SessionError> {
         let ours =
             m.session.and_then(|s| self.subtask_of.get(&s)).is_some() || run.involves(m.peer());
@@ -203,8 +248,8 @@ impl Driver {
                 Ok(Vec::new())
             }
             _ => {
-                on(sessions, Happening::Message(m))?;
-                Ok(Vec::new())
+                let flow = on(sessions, Happening::Message(m))?;
+                Ok(flow_steps(run, flow))
             }
         }
     }

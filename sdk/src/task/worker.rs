@@ -119,16 +119,38 @@ pub enum Served {
     Other(Event),
 }
 
-/// Waits up to `within` for the next event; an assignment is reported in progress, done by
-/// `work`, and reported completed or failed.
+/// Waits up to `within` for the next event and [`handle`]s it.
 pub fn serve(
     sessions: &mut Sessions,
     within: Duration,
     work: impl FnOnce(&mut Job<'_>) -> Outcome,
 ) -> Result<Served, SessionError> {
-    let Some(event) = sessions.next(within)? else {
-        return Ok(Served::Idle);
-    };
+    match sessions.next(within)? {
+        Some(event) => handle(sessions, event, work),
+        None => Ok(Served::Idle),
+    }
+}
+
+/// The assignment `event` carries, if it is one.
+pub fn assignment(event: &Event) -> Option<pb::Assignment> {
+    match event {
+        Event::Message(m) if m.session.is_some() => {
+            match decode(m.content_type(), m.payload()).and_then(|t| t.kind) {
+                Some(Kind::Assign(a)) => Some(a),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// An assignment is reported in progress, done by `work`, and reported completed or failed;
+/// anything else is returned as it is.
+pub fn handle(
+    sessions: &mut Sessions,
+    event: Event,
+    work: impl FnOnce(&mut Job<'_>) -> Outcome,
+) -> Result<Served, SessionError> {
     let Event::Message(received) = event else {
         return Ok(Served::Other(event));
     };
