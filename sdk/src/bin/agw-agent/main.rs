@@ -1,8 +1,10 @@
-//! `agw-agent`: an agent's certificate and registration from a shell. Enrolls with the
-//! domain's authority (the gateway's ACA port) using the organisation's enrollment token,
-//! renews before expiry, shows what is held, and registers the agent's profile with the
-//! registry (an A2A server agent with its URL, which its gateway then calls). The key and the chain live in a directory: `key.pem` (0600) and
-//! `chain.pem` (the certificate first, then the authority's chain). It speaks TLS to the
+//! `agw-agent`: an agent from a shell. Enrolls with the domain's authority (the gateway's ACA
+//! port) using the organisation's enrollment token, renews before expiry, shows what is held,
+//! registers the agent's profile with the registry (an A2A server agent with its URL, which
+//! its gateway then calls), discovers, sends and listens, talks in sessions (`chat`), runs
+//! tasks and shows their status ([`conversation`]). The key and the chain live in a directory:
+//! `key.pem` (0600) and `chain.pem` (the certificate first, then the authority's chain); the
+//! sessions and tasks in `sessions.redb` beside them. It speaks TLS to the
 //! authority, checking the gateway against the domain's trust anchor (`--ca` to enroll; to
 //! renew, the last certificate of the held chain).
 
@@ -25,10 +27,13 @@ use agw_sdk::{
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 
-/// An agent's certificate and registration from a shell: enroll with the domain's authority,
-/// renew, show; register its profile (an A2A server agent with its URL), deregister.
-/// Files live in a directory (--dir): key.pem (the private key, 0600, never sent) and
-/// chain.pem (the certificate, then its authority's chain).
+mod conversation;
+
+/// An agent from a shell: enroll with the domain's authority, renew, show; register its
+/// profile (an A2A server agent with its URL), discover, deregister; send, listen, chat in a
+/// session; run a task and show its status. Files live in a directory (--dir): key.pem (the
+/// private key, 0600, never sent), chain.pem (the certificate, then its authority's chain) and
+/// sessions.redb (its sessions and tasks).
 #[derive(Debug, Parser)]
 #[command(name = "agw-agent", version)]
 struct Args {
@@ -189,6 +194,34 @@ enum Command {
         #[arg(long)]
         count: Option<usize>,
     },
+    /// Talks with an agent in a session (docs/agents.md): each line typed is sent, each
+    /// message that comes is printed with its sequence; a line answers the peer's last
+    /// message if it is unanswered. Kept in <dir>/sessions.redb: what is not delivered when
+    /// the input ends is sent again the next time. Ends when the input ends (Ctrl-D).
+    Chat {
+        /// The gateway's agent port.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        gateway: String,
+        /// The registry's port.
+        #[arg(long, default_value = "127.0.0.1:7403")]
+        registry: String,
+        /// Start a session with this agent, spiffe://<domain>/agent/<name>.
+        #[arg(long, conflicts_with = "session")]
+        to: Option<String>,
+        /// Go on with this session (its ID as `session list` prints it).
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// The sessions in the agent's store (<dir>/sessions.redb), and their histories.
+    Session {
+        #[command(subcommand)]
+        action: SessionAction,
+    },
+    /// Tasks (draft 2.4): run a plan with this agent as the requester, or show their status.
+    Task {
+        #[command(subcommand)]
+        action: TaskAction,
+    },
     /// Removes the agent's profile from the registry (draft 3.2.2); its certificate is
     /// revoked with it, as the draft says.
     Deregister {
@@ -198,6 +231,45 @@ enum Command {
         /// The resource ID registration gave.
         #[arg(long)]
         resource_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionAction {
+    /// Every session: ID, peer, messages.
+    List,
+    /// One session's messages in order, each with its sequence, what it answers and whether
+    /// it was delivered; and the peer's context.
+    Show {
+        /// The session's ID.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskAction {
+    /// Runs a plan (a JSON file: {"task_id", "context", "subtasks": [{"id", "capability",
+    /// "input", "after": [...]}]}): agents found by capability, progress printed as it
+    /// happens, an agent's question answered by the next line typed. Fails unless the task
+    /// completes.
+    Run {
+        /// The gateway's agent port.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        gateway: String,
+        /// The registry's port (agents are discovered there).
+        #[arg(long, default_value = "127.0.0.1:7403")]
+        registry: String,
+        /// The plan.
+        #[arg(long)]
+        plan: PathBuf,
+        /// Seconds of silence from an agent before its subtask moves to another.
+        #[arg(long, default_value_t = 30)]
+        silence_s: u64,
+    },
+    /// The status of the tasks this agent requested, as its store kept it (one, or all).
+    Status {
+        /// The task's ID.
+        id: Option<String>,
     },
 }
 
@@ -322,14 +394,52 @@ fn main() -> ExitCode {
             let wait = Duration::from_secs(*wait_reply_s);
             return finish(send(&args.dir, gateway, message, wait), args.json);
         }
-        Command::Listen { gateway, count } => {
-            return match listen(&args.dir, gateway, *count, args.json) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("agw-agent: {e}");
-                    ExitCode::FAILURE
+        Command::Chat {
+            gateway,
+            registry,
+            to,
+            session,
+        } => {
+            let done = conversation::chat(
+                &args.dir,
+                gateway,
+                registry,
+                to.as_deref(),
+                session.as_deref(),
+                args.json,
+            );
+            return done_or_fail(done);
+        }
+        Command::Session { action } => {
+            let done = match action {
+                SessionAction::List => conversation::list(&args.dir, args.json),
+                SessionAction::Show { id } => conversation::show(&args.dir, id, args.json),
+            };
+            return done_or_fail(done);
+        }
+        Command::Task { action } => {
+            let done = match action {
+                TaskAction::Run {
+                    gateway,
+                    registry,
+                    plan,
+                    silence_s,
+                } => conversation::run_task(
+                    &args.dir,
+                    gateway,
+                    registry,
+                    plan,
+                    Duration::from_secs(*silence_s),
+                    args.json,
+                ),
+                TaskAction::Status { id } => {
+                    conversation::task_status(&args.dir, id.as_deref(), args.json)
                 }
             };
+            return done_or_fail(done);
+        }
+        Command::Listen { gateway, count } => {
+            return done_or_fail(listen(&args.dir, gateway, *count, args.json));
         }
     };
     match result {
@@ -337,6 +447,16 @@ fn main() -> ExitCode {
             print(&held, args.json);
             ExitCode::SUCCESS
         }
+        Err(e) => {
+            eprintln!("agw-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn done_or_fail(done: Result<(), String>) -> ExitCode {
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agw-agent: {e}");
             ExitCode::FAILURE
