@@ -1,7 +1,9 @@
 //! The demo (`agw-demo`): three domains on this machine, peered in a chain (a - b - c) under
 //! one federation root, and a conversation across them, step by step: a hotel agent of domain
 //! a gets a certificate and registers; a traveller agent of domain c gets one, discovers the
-//! hotel through c's registry, and books a room through the relays of c, b and a. Then
+//! hotel through c's registry, and books a room through the relays of c, b and a. Then the
+//! draft's travel scenario ([`travel`]): a task of three subtasks across the three domains,
+//! one moved when its agent goes offline, a follow-up question in a session. Then
 //! protocol translation ([`translation`]): an MQTT agent of a asks an A2A agent of c through
 //! b, and a native agent of b completes the same A2A task in the session. Last, natural-language
 //! translation ([`languages`]): an English agent of a and a Spanish agent of c book a room,
@@ -31,6 +33,7 @@ use agw_controlplane::{
 
 mod languages;
 mod translation;
+pub mod travel;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -348,6 +351,9 @@ pub fn run() -> Result<(), String> {
         }
     }
 
+    // The first act's agents leave: the scenario's hotel is another.
+    drop((hotel_conn, traveller_conn));
+    travel::run(&a, &b, &c, dir.path(), Duration::from_secs(2))?;
     translation::run(&a, &b, &c)?;
     languages::run(&a, &c, apy.as_ref())?;
 
@@ -362,7 +368,6 @@ pub fn run() -> Result<(), String> {
             t.nacked_total()
         ));
     }
-    drop((hotel_conn, traveller_conn));
     for n in [c, b, a] {
         n.stop();
     }

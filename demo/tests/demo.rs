@@ -1,5 +1,6 @@
 //! The demo end to end, as a new user runs it: three domains, a registration, a discovery
-//! from the third domain, and a conversation through three relays; then an MQTT agent asking
+//! from the third domain, and a conversation through three relays; then the draft's travel
+//! scenario (a task across three domains, one subtask moved); then an MQTT agent asking
 //! an A2A agent two domains away, whose task a native agent completes; last an English and a
 //! Spanish agent of two domains reading each other through Apertium (the test command
 //! installs apertium-apy and apertium-eng-spa).
@@ -24,6 +25,11 @@ fn the_demo_books_a_room_across_three_domains() {
         "found spiffe://a.example/agent/hotel",
         "3 gateways crossed",
         "traveller received",
+        "took flight and went offline",
+        "spiffe://b.example/agent/hotel asks \"Double or twin beds?\"",
+        "recorded hotel: {\"beds\":\"twin, please\"",
+        "recorded visa: {\"visa\":\"VISA-PT-0001\"}",
+        "recorded flight: {\"airline\":",
         "the reply on its response topic: \"which night?\"",
         "host received \"booked: room 42 for friday\"",
         "recepcion (es) received (es) \"Me gustaría reservar",
