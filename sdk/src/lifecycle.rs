@@ -47,8 +47,51 @@ pub struct Agent {
     timeout: Duration,
     writer: Arc<Mutex<Writer>>,
     reader: Reader,
+    renewal: RenewalTimer,
     /// Held for its `Drop`: the thread ends with the agent's connection.
     _heartbeats: Heartbeats,
+}
+
+/// The first wait after a renewal on its own failed; it doubles up to [`MAX_RENEWAL_WAIT`].
+pub const FIRST_RENEWAL_WAIT: Duration = Duration::from_secs(60);
+pub const MAX_RENEWAL_WAIT: Duration = Duration::from_secs(3600);
+
+/// When an agent renews its certificate on its own: from 70% of its lifetime on (its
+/// `renew_at`), at the first [`Agent::recv`] then; after a failure (the authority down), again
+/// after [`FIRST_RENEWAL_WAIT`], doubling to [`MAX_RENEWAL_WAIT`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenewalTimer {
+    retry_at: Option<SystemTime>,
+    wait: Duration,
+    last_error: Option<String>,
+}
+
+impl RenewalTimer {
+    /// Whether to renew at `now` a certificate due at `renew_at`.
+    pub fn due(&self, renew_at: SystemTime, now: SystemTime) -> bool {
+        now >= renew_at && self.retry_at.is_none_or(|at| now >= at)
+    }
+
+    /// A renewal at `now` failed for `why`.
+    pub fn failed(&mut self, now: SystemTime, why: String) {
+        self.wait = if self.wait.is_zero() {
+            FIRST_RENEWAL_WAIT
+        } else {
+            (self.wait * 2).min(MAX_RENEWAL_WAIT)
+        };
+        self.retry_at = Some(now + self.wait);
+        self.last_error = Some(why);
+    }
+
+    /// A renewal succeeded.
+    pub fn renewed(&mut self) {
+        *self = RenewalTimer::default();
+    }
+
+    /// Why the last renewal on its own failed, while no renewal has succeeded since.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
 }
 
 /// The thread that sends heartbeats when due; stopped when dropped.
@@ -136,6 +179,7 @@ impl Agent {
         writer.set_next_message_id(crate::store::unix_ms(SystemTime::now()).saturating_mul(1000));
         let writer = Arc::new(Mutex::new(writer));
         Ok(Agent {
+            renewal: RenewalTimer::default(),
             _heartbeats: Heartbeats::start(writer.clone(), interval),
             credentials,
             domain,
@@ -179,8 +223,17 @@ impl Agent {
     }
 
     /// What the gateway sent next (a message, an ACK, a NACK), heartbeat answers skipped;
-    /// `None` when nothing came within the timeout.
+    /// `None` when nothing came within the timeout. Renews the certificate first when it is
+    /// due ([`RenewalTimer`]); the connection stays up.
     pub fn recv(&mut self) -> Result<Option<Incoming>, AgentError> {
+        let now = SystemTime::now();
+        if self
+            .renewal
+            .due(self.credentials.certificate.renew_at(), now)
+            && let Err(e) = self.renew()
+        {
+            self.renewal.failed(now, e.to_string());
+        }
         loop {
             match self.reader.recv() {
                 Ok(Incoming::HeartbeatAck(_)) => continue,
@@ -223,7 +276,9 @@ impl Agent {
             let from_clock = w.next_message_id();
             w.set_next_message_id(next.max(from_clock));
         }
+        let renewal = std::mem::take(&mut self.renewal);
         *self = fresh;
+        self.renewal = renewal;
         Ok(())
     }
 
@@ -302,6 +357,11 @@ impl Agent {
         }
     }
 
+    /// When it renews its certificate on its own, and why the last try failed.
+    pub fn renewal(&self) -> &RenewalTimer {
+        &self.renewal
+    }
+
     /// Whether the certificate is due for renewal at `now` (70% of its lifetime).
     pub fn renewal_due(&self, now: SystemTime) -> bool {
         now >= self.credentials.certificate.renew_at()
@@ -337,6 +397,7 @@ impl Agent {
             certificate: renewed,
             key,
         });
+        self.renewal.renewed();
         Ok(())
     }
 
@@ -366,4 +427,43 @@ fn refused(error: Option<pb::Error>) -> Result<bool, AgentError> {
 
 fn unexpected(message: &Message) -> AgentError {
     AgentError::Unexpected(message.kind().name())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::{FIRST_RENEWAL_WAIT, MAX_RENEWAL_WAIT, RenewalTimer};
+
+    #[test]
+    fn renewal_on_its_own_waits_for_its_time_and_backs_off_after_failures() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let renew_at = t0 + Duration::from_secs(100);
+        let mut timer = RenewalTimer::default();
+        assert!(!timer.due(renew_at, t0));
+        assert!(timer.due(renew_at, renew_at));
+        // The authority is down: not again for a minute, then two, then up to an hour.
+        timer.failed(renew_at, "refused".into());
+        assert_eq!(timer.last_error(), Some("refused"));
+        assert!(!timer.due(
+            renew_at,
+            renew_at + FIRST_RENEWAL_WAIT - Duration::from_secs(1)
+        ));
+        let t1 = renew_at + FIRST_RENEWAL_WAIT;
+        assert!(timer.due(renew_at, t1));
+        timer.failed(t1, "refused".into());
+        assert!(!timer.due(renew_at, t1 + FIRST_RENEWAL_WAIT));
+        assert!(timer.due(renew_at, t1 + FIRST_RENEWAL_WAIT * 2));
+        let mut t = t1;
+        for _ in 0..20 {
+            timer.failed(t, "refused".into());
+            t += MAX_RENEWAL_WAIT;
+        }
+        assert!(timer.due(renew_at, t));
+        assert!(!timer.due(renew_at, t - Duration::from_secs(1)));
+        // Renewed: the next is due at the new certificate's time, with no error kept.
+        timer.renewed();
+        assert_eq!(timer, RenewalTimer::default());
+        assert!(!timer.due(t + Duration::from_secs(10), t));
+    }
 }

@@ -51,15 +51,21 @@ fn addr(what: &str, text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{what} {text}: no address"))
 }
 
-/// The held agent connected to `gateway`, with its session store.
-fn open(dir: &Path, gateway: &str, registry: &str) -> Result<Sessions, String> {
+/// Where the agent's domain serves it, as given on the command line.
+pub(crate) struct Ports<'a> {
+    pub(crate) gateway: &'a str,
+    pub(crate) registry: &'a str,
+    pub(crate) aca: &'a str,
+}
+
+/// The held agent connected to its gateway, with its session store.
+fn open(dir: &Path, ports: &Ports<'_>) -> Result<Sessions, String> {
     let credentials = super::credentials(dir)?;
-    let gateway = addr("--gateway", gateway)?;
+    let gateway = addr("--gateway", ports.gateway)?;
     let domain = lifecycle::Domain {
         gateway,
-        registry: addr("--registry", registry)?,
-        // Not reached by these commands.
-        aca: gateway,
+        registry: addr("--registry", ports.registry)?,
+        aca: addr("--aca", ports.aca)?,
     };
     let agent = Agent::connect(
         credentials,
@@ -69,6 +75,15 @@ fn open(dir: &Path, gateway: &str, registry: &str) -> Result<Sessions, String> {
     )
     .map_err(|e| format!("{gateway}: {e}"))?;
     Sessions::open(agent, &store_path(dir)).map_err(|e| e.to_string())
+}
+
+/// A certificate the agent renewed on its own while the command ran replaces the held one.
+fn keep_renewal(dir: &Path, sessions: &Sessions, held_serial: &[u8]) -> Result<(), String> {
+    let certificate = &sessions.agent().credentials().certificate;
+    if certificate.serial[..] == *held_serial {
+        return Ok(());
+    }
+    super::write_chain(dir, certificate)
 }
 
 /// A session ID as printed (16 hex digits).
@@ -92,13 +107,24 @@ fn text_of(content_type: &str, payload: &Bytes) -> String {
 /// printed. Ends when the input ends and what was sent is delivered (or [`LINGER`] passed).
 pub(crate) fn chat(
     dir: &Path,
-    gateway: &str,
-    registry: &str,
+    ports: &Ports<'_>,
     to: Option<&str>,
     session: Option<&str>,
     json: bool,
 ) -> Result<(), String> {
-    let mut sessions = open(dir, gateway, registry)?;
+    let mut sessions = open(dir, ports)?;
+    let held = sessions.agent().credentials().certificate.serial.clone();
+    let talked = talk(&mut sessions, to, session, json);
+    keep_renewal(dir, &sessions, &held)?;
+    talked
+}
+
+fn talk(
+    sessions: &mut Sessions,
+    to: Option<&str>,
+    session: Option<&str>,
+    json: bool,
+) -> Result<(), String> {
     let id = match (session, to) {
         (Some(s), _) => {
             let id = session_id(s)?;
@@ -416,14 +442,14 @@ pub(crate) fn read_plan(path: &Path) -> Result<Plan, String> {
 /// printed and the next line of standard input is its answer.
 pub(crate) fn run_task(
     dir: &Path,
-    gateway: &str,
-    registry: &str,
+    ports: &Ports<'_>,
     path: &Path,
     silence: Duration,
     json: bool,
 ) -> Result<(), String> {
     let plan = read_plan(path)?;
-    let mut sessions = open(dir, gateway, registry)?;
+    let mut sessions = open(dir, ports)?;
+    let held = sessions.agent().credentials().certificate.serial.clone();
     let policy = Policy {
         silence,
         ..Policy::default()
@@ -462,6 +488,7 @@ pub(crate) fn run_task(
         Ok(Flow::Continue)
     })
     .map_err(|e| e.to_string())?;
+    keep_renewal(dir, &sessions, &held)?;
     if json {
         say(status_json(&status).to_string());
     } else {

@@ -205,6 +205,10 @@ enum Command {
         /// The registry's port.
         #[arg(long, default_value = "127.0.0.1:7403")]
         registry: String,
+        /// The authority's port: the certificate is renewed there on its own when due (and
+        /// chain.pem replaced).
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        aca: String,
         /// Start a session with this agent, spiffe://<domain>/agent/<name>.
         #[arg(long, conflicts_with = "session")]
         to: Option<String>,
@@ -259,6 +263,9 @@ enum TaskAction {
         /// The registry's port (agents are discovered there).
         #[arg(long, default_value = "127.0.0.1:7403")]
         registry: String,
+        /// The authority's port: the certificate is renewed there on its own when due.
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        aca: String,
         /// The plan.
         #[arg(long)]
         plan: PathBuf,
@@ -397,13 +404,18 @@ fn main() -> ExitCode {
         Command::Chat {
             gateway,
             registry,
+            aca,
             to,
             session,
         } => {
-            let done = conversation::chat(
-                &args.dir,
+            let ports = conversation::Ports {
                 gateway,
                 registry,
+                aca,
+            };
+            let done = conversation::chat(
+                &args.dir,
+                &ports,
                 to.as_deref(),
                 session.as_deref(),
                 args.json,
@@ -422,12 +434,16 @@ fn main() -> ExitCode {
                 TaskAction::Run {
                     gateway,
                     registry,
+                    aca,
                     plan,
                     silence_s,
                 } => conversation::run_task(
                     &args.dir,
-                    gateway,
-                    registry,
+                    &conversation::Ports {
+                        gateway,
+                        registry,
+                        aca,
+                    },
                     plan,
                     Duration::from_secs(*silence_s),
                     args.json,
