@@ -184,13 +184,22 @@ impl Drop for A2aServer {
     }
 }
 
-/// A port free on loopback now.
+/// A port free on loopback now, and never handed out before in this process: a test that
+/// stops its server and starts it again on the same port does not find another test's server
+/// there (the tests of a binary run in parallel in one process).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Apertium's APy translation service (Debian's `apertium-apy`, with the pairs Debian's
