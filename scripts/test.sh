@@ -13,14 +13,14 @@ cd "$(dirname "$0")/.."
 scripts/install-packages.sh openssl curl mosquitto-clients mosquitto nats-server nginx \
     libnginx-mod-stream apertium-apy apertium-eng-spa
 # Python clients from PyPI: Eclipse paho-mqtt is an MQTT 5 agent in the MQTT adapter's tests,
-# a2a-sdk's client an A2A agent in the A2A adapter's, and its server (Starlette on uvicorn) an
-# A2A server agent the gateway calls.
+# a2a-sdk's client an A2A agent in the A2A adapter's (JSON-RPC, HTTP+JSON, and gRPC with
+# grpcio), and its server (Starlette on uvicorn) an A2A server agent the gateway calls.
 python3 -c 'import paho.mqtt' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt==2.1.0'
-python3 -c 'import a2a.client, a2a.server.routes, httpx, starlette, sse_starlette, uvicorn' \
+python3 -c 'import a2a.client, a2a.server.routes, httpx, starlette, sse_starlette, uvicorn, grpc' \
     2>/dev/null ||
-    python3 -m pip install --quiet --disable-pip-version-check 'a2a-sdk[http-server]==1.3.0' \
-        'uvicorn==0.55.0'
+    python3 -m pip install --quiet --disable-pip-version-check 'a2a-sdk[http-server,grpc]==1.3.0' \
+        'uvicorn==0.55.0' 'grpcio==1.85.3'
 
 # cargo test prints one result line per test binary, the last often for a crate with no
 # doctests; the total at the end is the line that says how the whole run went.

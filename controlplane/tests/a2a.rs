@@ -74,6 +74,11 @@ fn a2a_sdk_client_talks_over_the_http_json_binding_too() {
     a2a_sdk_client_talks_with_a_native_agent("HTTP+JSON");
 }
 
+#[test]
+fn a2a_sdk_client_talks_over_the_grpc_binding_too() {
+    a2a_sdk_client_talks_with_a_native_agent("GRPC");
+}
+
 /// a2a-sdk's client, let use only `binding`, against a native agent through the gateway.
 fn a2a_sdk_client_talks_with_a_native_agent(binding: &str) {
     let (dir, data, node) = gateway();
@@ -168,6 +173,10 @@ fn a2a_sdk_client_talks_with_a_native_agent(binding: &str) {
         card["supportedInterfaces"][1]["protocolBinding"],
         "HTTP+JSON"
     );
+    // gRPC: the gateway's address, the agent as the tenant of every request.
+    let grpc = &card["supportedInterfaces"][2];
+    assert_eq!(grpc["protocolBinding"], "GRPC");
+    assert_eq!(grpc["tenant"], "hotel.example/bob");
     assert!(
         interface["url"]
             .as_str()
@@ -626,45 +635,40 @@ fn an_mqtt_agent_asks_an_a2a_agent_two_domains_away_and_a_native_agent_joins_its
     }
 }
 
-/// HTTP/2 (a gRPC client) on the agent port: offering only `h2` in ALPN, the TLS handshake
-/// fails (no protocol in common); without ALPN, its connection preface is answered in
-/// HTTP/2's terms: SETTINGS, then GOAWAY `HTTP_1_1_REQUIRED`, then close.
+/// A2A's gRPC binding refuses in gRPC's terms what it cannot serve (grpcio as the client):
+/// an unknown method UNIMPLEMENTED, a request that does not decode or names no agent in its
+/// tenant INVALID_ARGUMENT, an unknown task NOT_FOUND, an operation the gateway does not
+/// support FAILED_PRECONDITION; a client without a certificate gets no session (UNAVAILABLE).
 #[test]
-fn an_http2_client_is_refused_in_its_own_terms() {
-    use std::io::{Read as _, Write as _};
-    let (_dir, _data, node) = gateway();
+fn the_grpc_binding_refuses_in_grpc_terms() {
+    let (dir, data, node) = gateway();
     let alice = certify(&node, "alice", &[]);
-    let connect = |alpn: Vec<Vec<u8>>| {
-        let mut config = (*alice.tls_config().unwrap()).clone();
-        config.alpn_protocols = alpn;
-        let tcp = std::net::TcpStream::connect(node.addresses().agents).unwrap();
-        tcp.set_read_timeout(Some(WAIT)).unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-        rustls::StreamOwned::new(tls, tcp)
-    };
-    let mut h2 = connect(vec![b"h2".to_vec()]);
-    let refused = h2
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .and_then(|()| h2.flush());
-    let mut byte = [0u8; 1];
-    assert!(
-        refused.is_err() || h2.read(&mut byte).is_err(),
-        "a client offering only h2 got a session"
-    );
-
-    let mut preface = connect(Vec::new());
-    preface
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+    let common::PemFiles { ca, cert, key } = pem_files(dir.path(), &data, &alice, "alice");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/a2a/a2a_grpc_refusals.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(format!("127.0.0.1:{}", node.addresses().agents.port()))
+        .args([&ca, &cert, &key])
+        .arg("hotel.example/bob")
+        .output()
         .unwrap();
-    preface.flush().unwrap();
-    let mut answer = Vec::new();
-    let _ = preface.read_to_end(&mut answer);
-    assert!(answer.len() > 26, "{answer:?}");
-    assert_eq!(&answer[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0], "SETTINGS first");
-    assert_eq!(answer[12], 7, "then GOAWAY");
-    assert_eq!(&answer[22..26], &[0, 0, 0, 0xd], "HTTP_1_1_REQUIRED");
-    assert!(String::from_utf8_lossy(&answer[26..]).contains("gRPC"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "unknown_method": "UNIMPLEMENTED",
+            "garbage": "INVALID_ARGUMENT",
+            "no_tenant": "INVALID_ARGUMENT",
+            "unknown_task": "NOT_FOUND",
+            "unsupported": "FAILED_PRECONDITION",
+            "anonymous": "UNAVAILABLE",
+        })
+    );
 }
 
 /// An A2A server agent registered with an `https://` URL: the gateway calls it over mutual

@@ -183,6 +183,22 @@ impl Task {
 enum Binding {
     JsonRpc,
     Rest,
+    /// gRPC ([`crate::a2a_grpc`]): answers go to [`A2aAdapter::take_grpc`], not to HTTP/1.1.
+    Grpc,
+}
+
+/// An answer to the gRPC call being served, in A2A's JSON (the proto's JSON mapping), for
+/// [`crate::a2a_grpc`] to encode.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GrpcAnswer {
+    /// The call's one response.
+    Reply(Value),
+    /// One response of a stream.
+    Event(Value),
+    /// The stream ended well.
+    Done,
+    /// The call failed: a JSON-RPC error object (`code`, `message`, `data`).
+    Error(Value),
 }
 
 /// The request being answered.
@@ -228,6 +244,8 @@ pub struct A2aAdapter {
     directory: Option<SharedDirectory>,
     /// The binding of the request being served.
     binding: Binding,
+    /// Answers of gRPC calls, in order.
+    grpc: VecDeque<GrpcAnswer>,
 }
 
 impl std::fmt::Debug for dyn Directory {
@@ -294,6 +312,7 @@ impl A2aAdapter {
             head: None,
             directory,
             binding: Binding::JsonRpc,
+            grpc: VecDeque::new(),
         }
     }
 
@@ -362,6 +381,55 @@ impl A2aAdapter {
                 return Err(self.close(ErrorCode::Unspecified, "the client asked to close"));
             }
         }
+    }
+
+    /// A connection of A2A's gRPC binding: access now, with the TLS chain (the calls wait for
+    /// [`is_ready`](Self::is_ready)).
+    pub fn grpc_access(&mut self, now: Instant, up: &mut FrameEncoder) -> Result<(), Close> {
+        self.binding = Binding::Grpc;
+        if self.state != State::Fresh {
+            return Ok(());
+        }
+        let Some(agent) = self.agent.clone() else {
+            return Err(self.close(
+                ErrorCode::TlsRequired,
+                "A2A through the gateway needs TLS with the agent's ACA certificate as client certificate",
+            ));
+        };
+        self.state = State::Accessing;
+        self.last_heartbeat = Some(now);
+        push(up, &self.access_request(agent));
+        Ok(())
+    }
+
+    /// Whether a call can be served now: accessed, and none waiting for its answer.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready && self.pending.is_none()
+    }
+
+    /// Serves one gRPC call: `method` of `lf.a2a.v1.A2AService` with its request in A2A's
+    /// JSON. The agent is the request's `tenant`, `<domain>/<name>` (the tenant of the
+    /// interface its card names). Answers come from [`take_grpc`](Self::take_grpc).
+    pub fn grpc_call(&mut self, method: &str, params: &Value, now: Instant, up: &mut FrameEncoder) {
+        self.binding = Binding::Grpc;
+        self.heartbeat_if_due(now, up);
+        let tenant = params
+            .get("tenant")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let agent = tenant
+            .split_once('/')
+            .and_then(|(d, n)| AgentId::new(&Domain::new(d).ok()?, n).ok());
+        let Some(agent) = agent else {
+            let text = "the request's tenant names the agent: <domain>/<name>";
+            return self.fail(&Value::Null, -32602, text, ErrorCode::InvalidField);
+        };
+        self.dispatch(agent, Value::Null, method, params, up);
+    }
+
+    /// The next answer to a gRPC call.
+    pub fn take_grpc(&mut self) -> Option<GrpcAnswer> {
+        self.grpc.pop_front()
     }
 
     /// Bytes that wait behind an unanswered request are bounded.
@@ -490,20 +558,21 @@ impl A2aAdapter {
         };
         self.state = State::Accessing;
         self.last_heartbeat = Some(now);
-        push(
-            up,
-            &pb::AccessRequest {
-                agent,
-                certificate_chain: self.chain.clone(),
-                signature: Bytes::new(),
-                protocols: vec![pb::Protocol::A2a as i32],
-                languages: Vec::new(),
-                heartbeat_interval_ms: HEARTBEAT_EVERY.as_millis() as u32,
-                translation_originals: false,
-            },
-        );
+        push(up, &self.access_request(agent));
         self.first = Some(request);
         Ok(())
+    }
+
+    fn access_request(&self, agent: String) -> pb::AccessRequest {
+        pb::AccessRequest {
+            agent,
+            certificate_chain: self.chain.clone(),
+            signature: Bytes::new(),
+            protocols: vec![pb::Protocol::A2a as i32],
+            languages: Vec::new(),
+            heartbeat_interval_ms: HEARTBEAT_EVERY.as_millis() as u32,
+            translation_originals: false,
+        }
     }
 
     fn heartbeat_if_due(&mut self, now: Instant, up: &mut FrameEncoder) {
@@ -611,6 +680,7 @@ impl A2aAdapter {
         let answer = match self.binding {
             Binding::JsonRpc => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
             Binding::Rest => result,
+            Binding::Grpc => return self.grpc.push_back(GrpcAnswer::Reply(result)),
         };
         self.respond_json(200, &answer);
     }
@@ -622,6 +692,9 @@ impl A2aAdapter {
         match self.binding {
             Binding::JsonRpc => self.respond_json(200, &error),
             Binding::Rest => self.respond_rest_error(&error),
+            Binding::Grpc => self
+                .grpc
+                .push_back(GrpcAnswer::Error(error["error"].clone())),
         }
     }
 
@@ -672,12 +745,24 @@ impl A2aAdapter {
             return self.fail(&id, -32600, text, ErrorCode::Malformed);
         };
         let params = request.get("params").cloned().unwrap_or(Value::Null);
+        self.dispatch(agent, id, method, &params, up);
+    }
+
+    /// One A2A operation, by its JSON-RPC method name (the gRPC method's too).
+    fn dispatch(
+        &mut self,
+        agent: AgentId,
+        id: Value,
+        method: &str,
+        params: &Value,
+        up: &mut FrameEncoder,
+    ) {
         match method {
             "SendMessage" | "SendStreamingMessage" => {
-                self.send(agent, id, &params, method == "SendStreamingMessage", up);
+                self.send(agent, id, params, method == "SendStreamingMessage", up);
             }
-            "GetTask" => self.get_task(&id, &params),
-            "CancelTask" => self.cancel_task(&id, &params),
+            "GetTask" => self.get_task(&id, params),
+            "CancelTask" => self.cancel_task(&id, params),
             "CreateTaskPushNotificationConfig"
             | "GetTaskPushNotificationConfig"
             | "ListTaskPushNotificationConfigs"
@@ -782,9 +867,11 @@ impl A2aAdapter {
             since: Instant::now(),
         });
         if streaming {
-            self.out.extend_from_slice(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n",
-            );
+            if self.binding != Binding::Grpc {
+                self.out.extend_from_slice(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n",
+                );
+            }
             if let Some(task) = self.tasks.get(&task_id) {
                 let first = json!({ "task": task.to_json() });
                 self.event(&first);
@@ -822,7 +909,13 @@ impl A2aAdapter {
                         _ => 403,
                     };
                     let text = format!("{}: {}", code.as_str_name(), e.detail);
-                    self.respond_json(status, &rpc_error(&Value::Null, -32600, &text, code));
+                    let error = rpc_error(&Value::Null, -32600, &text, code);
+                    if self.binding == Binding::Grpc {
+                        self.grpc
+                            .push_back(GrpcAnswer::Error(error["error"].clone()));
+                    } else {
+                        self.respond_json(status, &error);
+                    }
                     self.state = State::Closed;
                 }
             },
@@ -846,13 +939,15 @@ impl A2aAdapter {
             }
             Message::AgentMessage(m) => self.reply(m, up),
             Message::Notification(n) => {
-                if self.pending.is_none() {
-                    self.state = State::Closed;
-                } else {
-                    let text = format!("{}: {}", n.code().as_str_name(), n.text);
-                    self.finish_pending(Some(rpc_error(&Value::Null, -32603, &text, n.code())));
-                    self.state = State::Closed;
+                let text = format!("{}: {}", n.code().as_str_name(), n.text);
+                let error = rpc_error(&Value::Null, -32603, &text, n.code());
+                if self.pending.is_some() {
+                    self.finish_pending(Some(error));
+                } else if self.binding == Binding::Grpc {
+                    self.grpc
+                        .push_back(GrpcAnswer::Error(error["error"].clone()));
                 }
+                self.state = State::Closed;
             }
             _ => {}
         }
@@ -974,6 +1069,13 @@ impl A2aAdapter {
             }
         };
         match (pending.streaming, pending.binding, answer) {
+            (true, Binding::Grpc, Ok(_)) => return self.grpc.push_back(GrpcAnswer::Done),
+            (_, Binding::Grpc, Err(e)) => {
+                return self.grpc.push_back(GrpcAnswer::Error(e["error"].clone()));
+            }
+            (false, Binding::Grpc, Ok(result)) => {
+                return self.grpc.push_back(GrpcAnswer::Reply(result));
+            }
             (true, _, Ok(_)) => {}
             (true, Binding::JsonRpc, Err(e)) => self.sse(None, &e),
             (true, Binding::Rest, Err(e)) => self.sse(Some("error"), &rest_error(&e).1),
@@ -996,6 +1098,9 @@ impl A2aAdapter {
         let body = match self.pending.as_ref() {
             Some(p) if p.binding == Binding::JsonRpc => {
                 json!({ "jsonrpc": "2.0", "id": p.rpc_id, "result": value })
+            }
+            Some(p) if p.binding == Binding::Grpc => {
+                return self.grpc.push_back(GrpcAnswer::Event(value.clone()));
             }
             _ => value.clone(),
         };
@@ -1080,6 +1185,15 @@ impl A2aAdapter {
             None => (format!("{agent}, reached through the agent gateway"), Vec::new()),
         };
         let mut card = card_shell(agent.name(), &description, &url);
+        // gRPC: the gateway's address, the agent named by the tenant of every request.
+        if let Some(interfaces) = card["supportedInterfaces"].as_array_mut() {
+            interfaces.push(json!({
+                "url": host,
+                "protocolBinding": "GRPC",
+                "protocolVersion": VERSION,
+                "tenant": format!("{}/{}", agent.domain(), agent.name()),
+            }));
+        }
         card["skills"] = json!(skills);
         if let Some(p) = profile {
             card["metadata"] = json!({ "agw.agent": agent.as_str(), "agw.languages": p.languages, "agw.status": p.status().as_str_name() });
@@ -1231,7 +1345,7 @@ fn rpc_error(id: &Value, code: i64, message: &str, reason: ErrorCode) -> Value {
 /// A JSON-RPC error (from [`rpc_error`]) as the HTTP+JSON binding gives it: the HTTP status
 /// and `{"error": {code, status, message, details}}` with an `ErrorInfo` whose reason is
 /// A2A's (as a2a-sdk maps them) and whose metadata keeps the gateway's.
-fn rest_error(rpc: &Value) -> (u16, Value) {
+pub(crate) fn rest_error(rpc: &Value) -> (u16, Value) {
     let error = rpc.get("error").unwrap_or(rpc);
     let code = error.get("code").and_then(Value::as_i64).unwrap_or(-32603);
     let (status, grpc, reason) = match code {
@@ -1390,7 +1504,8 @@ fn client_bytes(data: &[u8], chunk: usize) -> (Vec<Message>, Vec<u8>, Result<(),
     (messages, adapter.take_out().to_vec(), result)
 }
 
-fn decode_all(up: &mut FrameEncoder, limits: agw_proto::FrameLimits) -> Vec<Message> {
+/// The frames `up` holds, decoded (for the adapters' fuzz checks).
+pub(crate) fn decode_all(up: &mut FrameEncoder, limits: agw_proto::FrameLimits) -> Vec<Message> {
     let mut decoder = agw_proto::FrameDecoder::new(limits);
     decoder.extend_from_slice(&up.take());
     let mut messages = Vec::new();

@@ -11,7 +11,9 @@ use std::time::Instant;
 use agw_proto::{FrameEncoder, Message};
 use bytes::BytesMut;
 
-use crate::{a2a::A2aAdapter, a2a_client::A2aClient, mqtt::Close, mqtt::MqttAdapter};
+use crate::{
+    a2a::A2aAdapter, a2a_client::A2aClient, a2a_grpc::GrpcAdapter, mqtt::Close, mqtt::MqttAdapter,
+};
 
 /// What a tick asks of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +32,10 @@ pub enum Ticked {
 pub enum Adapter {
     /// An MQTT 3.1.1 or 5 client.
     Mqtt(MqttAdapter),
-    /// An A2A client (JSON-RPC over HTTP/1.1).
+    /// An A2A client (JSON-RPC or HTTP+JSON over HTTP/1.1).
     A2a(A2aAdapter),
+    /// An A2A client of the gRPC binding (HTTP/2).
+    A2aGrpc(Box<GrpcAdapter>),
     /// The gateway's connection to an A2A server agent (it is the client).
     A2aServer(A2aClient),
 }
@@ -42,6 +46,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.input(),
             Adapter::A2a(a) => a.input(),
+            Adapter::A2aGrpc(a) => a.input(),
             Adapter::A2aServer(a) => a.input(),
         }
     }
@@ -51,6 +56,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.has_out(),
             Adapter::A2a(a) => a.has_out(),
+            Adapter::A2aGrpc(a) => a.has_out(),
             Adapter::A2aServer(a) => a.has_out(),
         }
     }
@@ -60,6 +66,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.take_out(),
             Adapter::A2a(a) => a.take_out(),
+            Adapter::A2aGrpc(a) => a.take_out(),
             Adapter::A2aServer(a) => a.take_out(),
         }
     }
@@ -69,6 +76,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.accessed(),
             Adapter::A2a(a) => a.accessed(),
+            Adapter::A2aGrpc(a) => a.accessed(),
             Adapter::A2aServer(_) => {}
         }
     }
@@ -78,6 +86,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.from_client(now, up),
             Adapter::A2a(a) => a.from_client(now, up),
+            Adapter::A2aGrpc(a) => a.from_client(now, up),
             Adapter::A2aServer(a) => a.from_server(up),
         }
     }
@@ -88,6 +97,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(a) => a.to_client(message),
             Adapter::A2a(a) => a.to_client(message, up),
+            Adapter::A2aGrpc(a) => a.to_client(message, up),
             Adapter::A2aServer(a) => a.to_server(message, up),
         }
     }
@@ -97,6 +107,7 @@ impl Adapter {
         match self {
             Adapter::Mqtt(_) | Adapter::A2aServer(_) => false,
             Adapter::A2a(a) => a.is_closed(),
+            Adapter::A2aGrpc(a) => a.is_closed(),
         }
     }
 
@@ -108,6 +119,13 @@ impl Adapter {
             Adapter::Mqtt(_) => Ticked::Nothing,
             Adapter::A2a(a) => {
                 if a.tick(now) {
+                    Ticked::Write
+                } else {
+                    Ticked::Nothing
+                }
+            }
+            Adapter::A2aGrpc(a) => {
+                if a.tick(now, up) {
                     Ticked::Write
                 } else {
                     Ticked::Nothing

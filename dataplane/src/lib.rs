@@ -6,6 +6,7 @@
 
 pub mod a2a;
 pub mod a2a_client;
+pub mod a2a_grpc;
 pub mod access;
 pub mod adapter;
 pub mod authorization;

@@ -45,6 +45,8 @@ pub const AGENT_ALPN: &[u8] = b"agw/1";
 pub const MQTT_ALPN: &[u8] = b"mqtt";
 /// The ALPN name of HTTP/1.1: an A2A client on the agent port.
 pub const HTTP_ALPN: &[u8] = b"http/1.1";
+/// The ALPN name of HTTP/2: an A2A client of its gRPC binding on the agent port.
+pub const H2_ALPN: &[u8] = b"h2";
 
 /// What TLS needs to speak for one identity and trust one authority.
 #[derive(Clone)]
@@ -334,7 +336,7 @@ impl TlsIdentity {
     }
 
     /// The server of a gateway's agent port: a client certificate chaining to the trust
-    /// anchor is required, [`AGENT_ALPN`], [`MQTT_ALPN`] or [`HTTP_ALPN`] (A2A) selected (a client that offers
+    /// anchor is required, [`AGENT_ALPN`], [`MQTT_ALPN`], [`HTTP_ALPN`] or [`H2_ALPN`] (A2A, JSON or gRPC) selected (a client that offers
     /// other protocols only is refused; one that offers none is served). Revocation is not checked here but by the agent access that follows,
     /// against the CRL of the moment, so that a revoked agent is told `CERT_REVOKED` in a
     /// typed refusal rather than by a TLS alert, and a CRL issued after this configuration
@@ -346,7 +348,12 @@ impl TlsIdentity {
             ..self.clone()
         };
         let mut config = without_crls.server_config()?;
-        config.alpn_protocols = vec![AGENT_ALPN.to_vec(), MQTT_ALPN.to_vec(), HTTP_ALPN.to_vec()];
+        config.alpn_protocols = vec![
+            AGENT_ALPN.to_vec(),
+            MQTT_ALPN.to_vec(),
+            HTTP_ALPN.to_vec(),
+            H2_ALPN.to_vec(),
+        ];
         Ok(config)
     }
 

@@ -2,7 +2,8 @@
 certificate) talking with a native agent through the gateway. Prints what it saw as JSON.
 
 Usage: a2a_client.py HOST PORT CA CERT KEY BOB_PATH NOBODY_PATH [BINDING]
-BINDING: JSONRPC (default) or HTTP+JSON, the A2A binding the client is let use.
+BINDING: JSONRPC (default), HTTP+JSON or GRPC, the A2A binding the client is let use (gRPC:
+over HTTP/2 with the same certificate, the agent named by the card's tenant).
 """
 
 import asyncio
@@ -10,6 +11,7 @@ import json
 import ssl
 import sys
 
+import grpc
 import httpx
 from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
 from a2a.client.errors import A2AClientError
@@ -34,12 +36,34 @@ async def main():
     seen = {}
     # One connection at a time: the gateway routes the client's replies to its latest one.
     limits = httpx.Limits(max_connections=1)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=open(ca, "rb").read(),
+        private_key=open(key, "rb").read(),
+        certificate_chain=open(cert, "rb").read(),
+    )
+
+    # One gRPC channel (one HTTP/2 connection) too, for the same reason.
+    channels = {}
+
+    def channel(url):
+        if url not in channels:
+            channels[url] = grpc.aio.secure_channel(url, credentials)
+        return channels[url]
+
+    def config(http, streaming):
+        return ClientConfig(
+            httpx_client=http,
+            streaming=streaming,
+            supported_protocol_bindings=[binding],
+            grpc_channel_factory=channel,
+        )
+
     async with httpx.AsyncClient(verify=tls, timeout=20, limits=limits) as http:
         base = f"https://{host}:{port}/a2a/"
         card = await A2ACardResolver(http, base + bob_path).get_agent_card()
         seen["card"] = json_format.MessageToDict(card)
 
-        blocking = ClientFactory(ClientConfig(httpx_client=http, streaming=False, supported_protocol_bindings=[binding])).create(card)
+        blocking = ClientFactory(config(http, False)).create(card)
         question = pb.Message(
             message_id="m-1",
             role=pb.ROLE_USER,
@@ -56,7 +80,7 @@ async def main():
             "artifact": [p.text for a in task.artifacts for p in a.parts],
         }
 
-        streaming = ClientFactory(ClientConfig(httpx_client=http, streaming=True, supported_protocol_bindings=[binding])).create(card)
+        streaming = ClientFactory(config(http, True)).create(card)
         follow_up = pb.Message(
             message_id="m-2",
             role=pb.ROLE_USER,
@@ -86,7 +110,7 @@ async def main():
                 seen[name] = type(e).__name__
 
         nobody_card = await A2ACardResolver(http, base + nobody_path).get_agent_card()
-        nobody = ClientFactory(ClientConfig(httpx_client=http, streaming=False, supported_protocol_bindings=[binding])).create(nobody_card)
+        nobody = ClientFactory(config(http, False)).create(nobody_card)
         lost = pb.Message(message_id="m-3", role=pb.ROLE_USER, parts=[pb.Part(text="anyone?")])
         events = [e async for e in nobody.send_message(pb.SendMessageRequest(message=lost))]
         failed = events[-1].task

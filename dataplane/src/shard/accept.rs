@@ -15,7 +15,7 @@ use super::{
     serve,
 };
 use agw_proto::{FrameEncoder, pb, pb::ErrorCode, rate::Bucket};
-use agw_tls::{AGENT_ALPN, HTTP_ALPN, MQTT_ALPN, peer_identity};
+use agw_tls::{AGENT_ALPN, H2_ALPN, HTTP_ALPN, MQTT_ALPN, peer_identity};
 use bytes::Bytes;
 use futures_rustls::TlsAcceptor;
 use glommio::{
@@ -246,6 +246,7 @@ async fn agent_handshake(
         (PortProtocol::Mqtt, _) | (PortProtocol::Detect, Some(MQTT_ALPN)) => {
             shard.speak_mqtt(&conn);
         }
+        (PortProtocol::A2a | PortProtocol::Detect, Some(H2_ALPN)) => shard.speak_grpc(&conn),
         (PortProtocol::A2a, _) | (PortProtocol::Detect, Some(HTTP_ALPN)) => {
             shard.speak_a2a(&conn);
         }

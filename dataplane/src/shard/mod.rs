@@ -49,6 +49,7 @@ use relay::{Blocked, cross_receive};
 
 use crate::{
     a2a::{self, A2aAdapter, SharedDirectory},
+    a2a_grpc::GrpcAdapter,
     access::{AccessSession, Action, DownReason},
     adapter::Adapter,
     authorization::{Authorization, PeerDomains},
@@ -663,6 +664,8 @@ impl Shard {
         let first = conn.decoder.borrow().unread().first().copied();
         if first == Some(MQTT_CONNECT) {
             self.speak_mqtt(conn);
+        } else if conn.decoder.borrow().unread().starts_with(b"PRI ") {
+            self.speak_grpc(conn);
         } else if a2a::looks_like_http(conn.decoder.borrow().unread()) {
             self.speak_a2a(conn);
         }
@@ -687,6 +690,17 @@ impl Shard {
         let directory = self.directory.get().cloned();
         let adapter = A2aAdapter::new(agent, chain, max_body, directory);
         self.adapt(conn, Adapter::A2a(adapter));
+        self.counter().a2a_connection();
+    }
+
+    /// The connection speaks HTTP/2, A2A's gRPC binding: what it sent so far goes to a new
+    /// adapter.
+    fn speak_grpc(&self, conn: &Conn) {
+        let (agent, chain) = self.tls_agent(conn);
+        let max_message = self.config.limits.max_data_body as usize + 64 * 1024;
+        let directory = self.directory.get().cloned();
+        let adapter = GrpcAdapter::new(agent, chain, max_message, directory);
+        self.adapt(conn, Adapter::A2aGrpc(Box::new(adapter)));
         self.counter().a2a_connection();
     }
 
