@@ -503,6 +503,14 @@ enum AnswerIs {
 
 /// A request's gRPC framing taken off and its protobuf read into A2A's JSON.
 fn request_json(method: &MethodDescriptor, framed: &[u8]) -> Result<Value, String> {
+    message_json(&method.input(), framed)
+}
+
+/// One framed gRPC message of type `descriptor` read into A2A's JSON.
+fn message_json(
+    descriptor: &prost_reflect::MessageDescriptor,
+    framed: &[u8],
+) -> Result<Value, String> {
     let (flag, len) = match framed {
         [flag, a, b, c, d, ..] => (*flag, u32::from_be_bytes([*a, *b, *c, *d]) as usize),
         _ => return Err("a gRPC request without its message".into()),
@@ -513,12 +521,8 @@ fn request_json(method: &MethodDescriptor, framed: &[u8]) -> Result<Value, Strin
     let Some(message) = framed.get(5..5 + len).filter(|_| framed.len() == 5 + len) else {
         return Err("one gRPC message per request".into());
     };
-    let decoded = DynamicMessage::decode(method.input(), message).map_err(|e| {
-        format!(
-            "the request does not decode as {}: {e}",
-            method.input().full_name()
-        )
-    })?;
+    let decoded = DynamicMessage::decode(descriptor.clone(), message)
+        .map_err(|e| format!("it does not decode as {}: {e}", descriptor.full_name()))?;
     let options = SerializeOptions::new().skip_default_fields(true);
     decoded
         .serialize_with_options(serde_json::value::Serializer, &options)
@@ -539,6 +543,19 @@ fn response_bytes(
     framed.put_u32(u32::try_from(body.len()).map_err(|_| "an answer too large")?);
     framed.extend_from_slice(&body);
     Ok(framed.freeze())
+}
+
+/// A request of `method` (its name in [`SERVICE`]) from A2A's JSON, framed as gRPC sends it:
+/// what a client of the binding writes (the load tool's).
+pub fn encode_request(method: &str, request: &Value) -> Result<Bytes, String> {
+    let method = method_of(&format!("/{SERVICE}/{method}")).ok_or("no such method")?;
+    response_bytes(&method.input(), request)
+}
+
+/// A framed response of `method` read into A2A's JSON: what a client of the binding reads.
+pub fn decode_response(method: &str, framed: &[u8]) -> Result<Value, String> {
+    let method = method_of(&format!("/{SERVICE}/{method}")).ok_or("no such method")?;
+    message_json(&method.output(), framed)
 }
 
 fn headers_sent(call: &mut Call) -> Option<&mut SendStream<Bytes>> {

@@ -1,6 +1,7 @@
 //! A2A clients under load: `SendMessage` round trips through the gateway's A2A adapter to
 //! native agents that answer. Side A agents are A2A clients (hyper's HTTP/1.1 client over
-//! rustls with their ACA certificate, one connection each, as a2a-sdk's would be); side B
+//! rustls with their ACA certificate, one connection each, as a2a-sdk's would be; or, for the
+//! gRPC binding, hyper's HTTP/2 client with the request framed as gRPC); side B
 //! agents are native SDK agents that reply to each message with its correlation (the gateway's
 //! task ID), which completes the client's task. So a round trip is: an HTTP request, a native
 //! message to B, B's reply, the gateway's ACK of it, the HTTP answer.
@@ -18,8 +19,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::runtime::{Handle, Runtime};
 
 use crate::{
@@ -30,10 +30,26 @@ use crate::{
 
 const DOMAIN: &str = "load.example";
 
+/// Which of A2A's bindings the clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// JSON-RPC over HTTP/1.1.
+    JsonRpc,
+    /// gRPC over HTTP/2.
+    Grpc,
+}
+
 /// The gateway (one shard) and the runtime of the A2A clients.
 pub struct A2aRelay {
     gateway: InProcessGateway,
     runtime: Runtime,
+    binding: Binding,
+}
+
+/// One client's connection.
+enum Connection {
+    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
 impl std::fmt::Debug for A2aRelay {
@@ -45,16 +61,24 @@ impl std::fmt::Debug for A2aRelay {
 impl A2aRelay {
     /// Starts the gateway (one shard, pinned per `pin`) and the clients' runtime, placed by
     /// `affinity`.
-    pub fn start(pin: bool, affinity: &Affinity) -> Result<A2aRelay, Error> {
+    pub fn start(pin: bool, affinity: &Affinity, binding: Binding) -> Result<A2aRelay, Error> {
         let gateway = InProcessGateway::start(DOMAIN, 1, pin, false)?;
         let runtime = affinity.client_runtime()?;
-        Ok(A2aRelay { gateway, runtime })
+        Ok(A2aRelay {
+            gateway,
+            runtime,
+            binding,
+        })
     }
 
     /// One A2A client's HTTP connection: TLS with the agent's certificate, ALPN http/1.1.
-    fn client(&self, creds: &Credentials) -> Result<SendRequest<Full<Bytes>>, Error> {
+    fn client(&self, creds: &Credentials) -> Result<Connection, Error> {
         let mut tls = (*creds.tls_config()?).clone();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tls.alpn_protocols = match self.binding {
+            Binding::JsonRpc => vec![b"http/1.1".to_vec()],
+            Binding::Grpc => vec![b"h2".to_vec()],
+        };
+        let binding = self.binding;
         let addr = self.gateway.node.addresses().agents;
         self.runtime.block_on(async {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
@@ -63,10 +87,20 @@ impl A2aRelay {
             let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
                 .connect(name, tcp)
                 .await?;
-            let (sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(connection);
-            Ok::<_, Error>(sender)
+            let io = TokioIo::new(stream);
+            Ok::<_, Error>(match binding {
+                Binding::JsonRpc => {
+                    let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+                    tokio::spawn(connection);
+                    Connection::Http1(sender)
+                }
+                Binding::Grpc => {
+                    let (sender, connection) =
+                        hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+                    tokio::spawn(connection);
+                    Connection::Http2(sender)
+                }
+            })
         })
     }
 }
@@ -77,10 +111,14 @@ impl Relay for A2aRelay {
         for i in 0..sides.len() {
             certified.push(self.gateway.certify(&format!("agent-{i}"))?);
         }
+        // Where each agent is: its URL's path (JSON-RPC), its tenant (gRPC).
         let paths: Arc<Vec<String>> = Arc::new(
             certified
                 .iter()
-                .map(|c| format!("/a2a/{DOMAIN}/{}", c.agent.name()))
+                .map(|c| match self.binding {
+                    Binding::JsonRpc => format!("/a2a/{DOMAIN}/{}", c.agent.name()),
+                    Binding::Grpc => format!("{DOMAIN}/{}", c.agent.name()),
+                })
                 .collect(),
         );
         let ids: Arc<Vec<String>> =
@@ -133,7 +171,7 @@ impl Relay for A2aRelay {
 /// An A2A client: each queued message is a blocking `SendMessage`, its answer (the reply's
 /// payload, or the failed task's reason) goes to the inbox.
 struct A2aOutbox {
-    sender: SendRequest<Full<Bytes>>,
+    sender: Connection,
     handle: Handle,
     paths: Arc<Vec<String>>,
     queued: Vec<(usize, Bytes)>,
@@ -153,33 +191,66 @@ impl Outbox for A2aOutbox {
             let id = self.next;
             self.next += 1;
             let raw = base64::engine::general_purpose::STANDARD.encode(&payload);
-            let body = format!(
-                r#"{{"jsonrpc":"2.0","id":{id},"method":"SendMessage","params":{{"message":{{"messageId":"m-{id}","role":"ROLE_USER","parts":[{{"raw":"{raw}","mediaType":"application/octet-stream"}}]}}}}}}"#
-            );
-            let request = hyper::Request::post(path.as_str())
-                .header("host", "localhost")
-                .header("content-type", "application/json")
-                .header("a2a-version", "1.0")
-                .body(Full::new(Bytes::from(body)))?;
-            let answer = self.handle.block_on(async {
-                self.sender.ready().await?;
-                let response = self.sender.send_request(request).await?;
-                let body = response.into_body().collect().await?.to_bytes();
-                Ok::<_, Error>(body)
-            })?;
-            let _ = self.answers.send(answer_event(&answer));
+            let event = match &mut self.sender {
+                Connection::Http1(sender) => {
+                    let body = format!(
+                        r#"{{"jsonrpc":"2.0","id":{id},"method":"SendMessage","params":{{"message":{{"messageId":"m-{id}","role":"ROLE_USER","parts":[{{"raw":"{raw}","mediaType":"application/octet-stream"}}]}}}}}}"#
+                    );
+                    let request = hyper::Request::post(path.as_str())
+                        .header("host", "localhost")
+                        .header("content-type", "application/json")
+                        .header("a2a-version", "1.0")
+                        .body(Full::new(Bytes::from(body)))?;
+                    let answer = self.handle.block_on(async {
+                        sender.ready().await?;
+                        let response = sender.send_request(request).await?;
+                        let body = response.into_body().collect().await?.to_bytes();
+                        Ok::<_, Error>(body)
+                    })?;
+                    match serde_json::from_slice::<serde_json::Value>(&answer) {
+                        Ok(v) => task_event(&v["result"]["task"]),
+                        Err(_) => Event::Nack("MALFORMED"),
+                    }
+                }
+                Connection::Http2(sender) => {
+                    let request = serde_json::json!({
+                        "tenant": path,
+                        "message": {
+                            "messageId": format!("m-{id}"),
+                            "role": "ROLE_USER",
+                            "parts": [{ "raw": raw, "mediaType": "application/octet-stream" }],
+                        },
+                    });
+                    let body = agw_dataplane::a2a_grpc::encode_request("SendMessage", &request)?;
+                    let uri = format!(
+                        "https://localhost/{}/SendMessage",
+                        agw_dataplane::a2a_grpc::SERVICE
+                    );
+                    let request = hyper::Request::post(uri)
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers")
+                        .body(Full::new(body))?;
+                    let answer = self.handle.block_on(async {
+                        sender.ready().await?;
+                        let response = sender.send_request(request).await?;
+                        let body = response.into_body().collect().await?.to_bytes();
+                        Ok::<_, Error>(body)
+                    })?;
+                    match agw_dataplane::a2a_grpc::decode_response("SendMessage", &answer) {
+                        Ok(v) => task_event(&v["task"]),
+                        Err(_) => Event::Nack("A2A_GRPC_FAILED"),
+                    }
+                }
+            };
+            let _ = self.answers.send(event);
         }
         Ok(())
     }
 }
 
-/// A `SendMessage` answer as the harness's event: a completed task's reply payload, or the
-/// reason of a failed one.
-fn answer_event(answer: &[u8]) -> Event {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(answer) else {
-        return Event::Nack("MALFORMED");
-    };
-    let task = &v["result"]["task"];
+/// A `SendMessage` answer's task as the harness's event: a completed task's reply payload,
+/// or the reason of a failed one.
+fn task_event(task: &serde_json::Value) -> Event {
     if task["status"]["state"] != "TASK_STATE_COMPLETED" {
         return Event::Nack("A2A_TASK_NOT_COMPLETED");
     }

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, io::Write as _, path::PathBuf, process::ExitCode};
 
 use agw_loadtest::{
-    a2a::A2aRelay,
+    a2a::{A2aRelay, Binding},
     agw::{AgwRelay, Scenario, Translation},
     cpu::Affinity,
     mqtt::{Broker, MqttRelay},
@@ -31,7 +31,7 @@ struct Args {
     /// started here; or MQTT 5 agents at QoS 1 over mutual TLS (rumqttc) through the
     /// gateway's MQTT adapter (`agw-mqtt`) or a mosquitto broker (`mosquitto`); or A2A
     /// clients' blocking SendMessage answered by native agents through the gateway's A2A
-    /// adapter (`agw-a2a`, ping-pong on one shard).
+    /// adapter (`agw-a2a`; `agw-a2a-grpc` over the gRPC binding; ping-pong on one shard).
     #[arg(long, value_enum, default_value = "agw")]
     target: Target,
     /// Who sends to whom.
@@ -118,6 +118,9 @@ enum Target {
     #[value(name = "agw-a2a")]
     #[serde(rename = "agw-a2a")]
     AgwA2a,
+    #[value(name = "agw-a2a-grpc")]
+    #[serde(rename = "agw-a2a-grpc")]
+    AgwA2aGrpc,
 }
 
 #[derive(Debug, Serialize)]
@@ -185,9 +188,11 @@ fn run(args: &Args) -> Result<(), Error> {
     if matches!(args.target, Target::AgwMqtt | Target::Mosquitto) && args.shards != 1 {
         return Err("MQTT targets run one shard (or one broker process)".into());
     }
-    if args.target == Target::AgwA2a && (args.pattern != Pattern::PingPong || args.shards != 1) {
+    if matches!(args.target, Target::AgwA2a | Target::AgwA2aGrpc)
+        && (args.pattern != Pattern::PingPong || args.shards != 1)
+    {
         return Err(
-            "--target agw-a2a runs ping-pong on one shard (a blocking SendMessage waits for its answer)"
+            "--target agw-a2a and agw-a2a-grpc run ping-pong on one shard (a blocking SendMessage waits for its answer)"
                 .into(),
         );
     }
@@ -226,7 +231,16 @@ fn run(args: &Args) -> Result<(), Error> {
             affinity.pinned(),
             &affinity,
         )?),
-        Target::AgwA2a => Box::new(A2aRelay::start(affinity.pinned(), &affinity)?),
+        Target::AgwA2a => Box::new(A2aRelay::start(
+            affinity.pinned(),
+            &affinity,
+            Binding::JsonRpc,
+        )?),
+        Target::AgwA2aGrpc => Box::new(A2aRelay::start(
+            affinity.pinned(),
+            &affinity,
+            Binding::Grpc,
+        )?),
     };
     let described = match args.target {
         Target::Agw => format!("agw: {}", describe_agw(args)),
@@ -236,6 +250,10 @@ fn run(args: &Args) -> Result<(), Error> {
         Target::Mosquitto => "mosquitto broker (QoS 1, per hop)".to_owned(),
         Target::AgwA2a => {
             "agw A2A adapter: a2a clients' SendMessage answered by native agents, 1 shard"
+                .to_owned()
+        }
+        Target::AgwA2aGrpc => {
+            "agw A2A adapter, gRPC binding: SendMessage over HTTP/2 answered by native agents, 1 shard"
                 .to_owned()
         }
     };

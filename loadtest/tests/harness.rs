@@ -138,6 +138,7 @@ fn the_peers_carry_the_same_patterns() {
         ("agw-mqtt", "ping-pong"),
         ("mosquitto", "stream"),
         ("agw-a2a", "ping-pong"),
+        ("agw-a2a-grpc", "ping-pong"),
     ] {
         let r = load(&["--target", target, "--pattern", pattern]);
         assert_delivered(&r, &format!("{target} {pattern}"));
