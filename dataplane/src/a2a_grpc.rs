@@ -243,7 +243,7 @@ impl GrpcAdapter {
 
     /// Whether the connection is to close once the output is written.
     pub fn is_closed(&self) -> bool {
-        self.closed
+        self.closed || self.inner.is_closed()
     }
 
     /// The access succeeded: calls are served from now on.
@@ -453,6 +453,15 @@ impl GrpcAdapter {
                 _ => AnswerIs::Other,
             };
             let Some(call) = self.calls.front_mut().filter(|_| self.serving) else {
+                // No call served: the access was refused (or the gateway closed the
+                // connection). Every call waiting is answered with why, then it closes.
+                if let GrpcAnswer::Error(error) = &answer {
+                    let (code, message, info) = status_of(error);
+                    for mut call in self.calls.drain(..) {
+                        refuse(&mut call.respond, code, &message, Some(&info));
+                    }
+                    self.closed = true;
+                }
                 continue;
             };
             let output = call.method.output();
@@ -478,11 +487,8 @@ impl GrpcAdapter {
                     true
                 }
                 GrpcAnswer::Error(error) => {
-                    let (_, rest) = crate::a2a::rest_error(&serde_json::json!({ "error": error }));
-                    let status = rest["error"]["status"].as_str().unwrap_or("INTERNAL");
-                    let message = error["message"].as_str().unwrap_or_default().to_owned();
-                    let info = &rest["error"]["details"][0];
-                    finish(call, grpc_code(status), &message, Some(info));
+                    let (code, message, info) = status_of(&error);
+                    finish(call, code, &message, Some(&info));
                     true
                 }
             };
@@ -493,6 +499,19 @@ impl GrpcAdapter {
         }
         moved
     }
+}
+
+/// A JSON-RPC error object as a gRPC status: its code, message and A2A's `ErrorInfo` (the
+/// HTTP+JSON binding's table).
+fn status_of(error: &Value) -> (i32, String, Value) {
+    let (_, rest) = crate::a2a::rest_error(&serde_json::json!({ "error": error }));
+    let status = rest["error"]["status"].as_str().unwrap_or("INTERNAL");
+    let message = error["message"].as_str().unwrap_or_default().to_owned();
+    (
+        grpc_code(status),
+        message,
+        rest["error"]["details"][0].clone(),
+    )
 }
 
 /// A stream's event leaves the call open; any other answer ends it.
@@ -755,6 +774,43 @@ mod tests {
         v.extend_from_slice(&(body.len() as u32).to_be_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn a_refused_access_answers_the_waiting_call_with_why_then_closes() {
+        // What grpcio sends for a GetTask (captured: the fuzz target's seed), up to the
+        // RST_STREAM it sent when its deadline passed.
+        let call = &include_bytes!("../../fuzz/seeds/a2a_grpc/get-task")[..410];
+        let mut adapter = GrpcAdapter::new(
+            Some("spiffe://a.example/agent/alice".into()),
+            Vec::new(),
+            8192,
+            None,
+        );
+        let mut up = FrameEncoder::new(agw_proto::FrameLimits::default());
+        adapter.input().extend_from_slice(call);
+        adapter.from_client(Instant::now(), &mut up).unwrap();
+        let asked = crate::a2a::decode_all(&mut up, agw_proto::FrameLimits::default());
+        assert!(
+            matches!(&asked[..], [Message::AccessRequest(_)]),
+            "{asked:?}"
+        );
+        assert!(!adapter.is_closed());
+        assert_eq!(adapter.calls.len(), 1, "the call waits for the access");
+        adapter.take_out();
+        let refused = agw_proto::pb::AccessReply {
+            error: Some(agw_proto::pb::Error {
+                code: ErrorCode::CertRevoked as i32,
+                detail: "revoked".into(),
+                retry_after_ms: 0,
+            }),
+            ..Default::default()
+        };
+        adapter.to_client(Message::AccessReply(refused), &mut up);
+        assert!(adapter.is_closed());
+        // The call's answer (a trailers-only response) went out.
+        assert!(!adapter.take_out().is_empty(), "nothing written");
+        assert!(adapter.calls.is_empty());
     }
 
     #[test]

@@ -192,7 +192,7 @@ fn run(args: &Args) -> Result<(), Error> {
         && (args.pattern != Pattern::PingPong || args.shards != 1)
     {
         return Err(
-            "--target agw-a2a and agw-a2a-grpc run ping-pong on one shard (a blocking SendMessage waits for its answer)"
+            "--target agw-a2a (or agw-a2a-grpc) runs ping-pong on one shard (a blocking SendMessage waits for its answer)"
                 .into(),
         );
     }
