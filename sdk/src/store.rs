@@ -144,6 +144,60 @@ fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(err)
 }
 
+/// Session `id` of `table`, decoded.
+fn session_in(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Option<SessionRecord>, StoreError> {
+    table
+        .get(id)
+        .map_err(err)?
+        .map(|v| decode(v.value()))
+        .transpose()
+}
+
+/// Session `id` of `table`, which must be there.
+fn existing_in(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<SessionRecord, StoreError> {
+    session_in(table, id)?.ok_or_else(|| StoreError(format!("no session {id:016x}")))
+}
+
+/// Entry `index` of session `id` in `table`, decoded.
+fn entry_in(
+    table: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    id: u64,
+    index: u64,
+) -> Result<Option<Entry>, StoreError> {
+    table
+        .get((id, index))
+        .map_err(err)?
+        .map(|v| decode(v.value()))
+        .transpose()
+}
+
+/// Records what became of entry `index` of session `id` (if it is there), and why when
+/// `detail` says (else the last reason stays).
+fn mark(
+    entries: &mut redb::Table<'_, (u64, u64), &'static [u8]>,
+    id: u64,
+    index: u64,
+    delivery: Delivery,
+    detail: Option<&str>,
+) -> Result<(), StoreError> {
+    if let Some(mut entry) = entry_in(entries, id, index)? {
+        entry.delivery = delivery as i32;
+        if let Some(detail) = detail {
+            detail.clone_into(&mut entry.detail);
+        }
+        entries
+            .insert((id, index), entry.encode_to_vec().as_slice())
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
@@ -158,8 +212,11 @@ pub struct Store {
 
 impl Store {
     /// Opens or creates the database at `path`.
+    /// The file is readable by its owner only: it holds the agent's conversations.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = Database::create(path).map_err(err)?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(err)?;
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(SESSIONS).map_err(err)?;
         tx.open_table(ENTRIES).map_err(err)?;
@@ -201,12 +258,7 @@ impl Store {
     /// The session `id`.
     pub fn session(&self, id: u64) -> Result<Option<SessionRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(SESSIONS).map_err(err)?;
-        table
-            .get(id)
-            .map_err(err)?
-            .map(|v| decode(v.value()))
-            .transpose()
+        session_in(&tx.open_table(SESSIONS).map_err(err)?, id)
     }
 
     /// Every session, oldest first.
@@ -239,12 +291,7 @@ impl Store {
         let tx = self.db.begin_write().map_err(err)?;
         {
             let mut sessions = tx.open_table(SESSIONS).map_err(err)?;
-            let Some(mut record) = sessions
-                .get(id)
-                .map_err(err)?
-                .map(|v| decode::<SessionRecord>(v.value()))
-                .transpose()?
-            else {
+            let Some(mut record) = session_in(&sessions, id)? else {
                 return Ok(());
             };
             record.closed = true;
@@ -261,17 +308,7 @@ impl Store {
                 .map_err(err)?;
             for (key, index) in pending {
                 outbox.remove(key).map_err(err)?;
-                let entry = entries
-                    .get((id, index))
-                    .map_err(err)?
-                    .map(|v| decode::<Entry>(v.value()))
-                    .transpose()?;
-                if let Some(mut entry) = entry {
-                    entry.delivery = Delivery::Abandoned as i32;
-                    entries
-                        .insert((id, index), entry.encode_to_vec().as_slice())
-                        .map_err(err)?;
-                }
+                mark(&mut entries, id, index, Delivery::Abandoned, None)?;
             }
         }
         tx.commit().map_err(err)
@@ -283,12 +320,7 @@ impl Store {
         let tx = self.db.begin_write().map_err(err)?;
         let record = {
             let mut sessions = tx.open_table(SESSIONS).map_err(err)?;
-            let mut record: SessionRecord = sessions
-                .get(id)
-                .map_err(err)?
-                .map(|v| decode(v.value()))
-                .transpose()?
-                .ok_or_else(|| StoreError(format!("no session {id:016x}")))?;
+            let mut record = existing_in(&sessions, id)?;
             if record.closed {
                 return Err(StoreError(format!("session {id:016x} is closed")));
             }
@@ -331,11 +363,7 @@ impl Store {
         let tx = self.db.begin_write().map_err(err)?;
         let arrival = {
             let mut sessions = tx.open_table(SESSIONS).map_err(err)?;
-            let known = sessions
-                .get(id)
-                .map_err(err)?
-                .map(|v| decode::<SessionRecord>(v.value()))
-                .transpose()?;
+            let known = session_in(&sessions, id)?;
             let mut record = match known {
                 Some(r) if r.peer != peer => return Ok(Arrival::NotThePeers),
                 Some(r) => r,
@@ -401,19 +429,13 @@ impl Store {
             else {
                 return Ok(());
             };
-            let mut entries = tx.open_table(ENTRIES).map_err(err)?;
-            let entry = entries
-                .get((id, index))
-                .map_err(err)?
-                .map(|v| decode::<Entry>(v.value()))
-                .transpose()?;
-            if let Some(mut entry) = entry {
-                entry.delivery = delivery as i32;
-                detail.clone_into(&mut entry.detail);
-                entries
-                    .insert((id, index), entry.encode_to_vec().as_slice())
-                    .map_err(err)?;
-            }
+            mark(
+                &mut tx.open_table(ENTRIES).map_err(err)?,
+                id,
+                index,
+                delivery,
+                Some(detail),
+            )?;
             if !resend {
                 tx.open_table(OUTBOX)
                     .map_err(err)?
@@ -434,10 +456,9 @@ impl Store {
         for row in outbox.iter().map_err(err)? {
             let (key, index) = row.map_err(err)?;
             let (id, _) = key.value();
-            let record = sessions.get(id).map_err(err)?;
-            let entry = entries.get((id, index.value())).map_err(err)?;
-            if let (Some(r), Some(e)) = (record, entry) {
-                out.push((decode(r.value())?, decode(e.value())?));
+            let record = session_in(&sessions, id)?;
+            if let (Some(r), Some(e)) = (record, entry_in(&entries, id, index.value())?) {
+                out.push((r, e));
             }
         }
         Ok(out)
@@ -452,26 +473,6 @@ impl Store {
             out.push(decode(row.map_err(err)?.1.value())?);
         }
         Ok(out)
-    }
-
-    /// The message this agent sent as `sequence` in session `id`.
-    pub fn sent(&self, id: u64, sequence: u64) -> Result<Option<Entry>, StoreError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let Some(index) = tx
-            .open_table(SEQUENCES)
-            .map_err(err)?
-            .get((id, SENT, sequence))
-            .map_err(err)?
-            .map(|v| v.value())
-        else {
-            return Ok(None);
-        };
-        let entries = tx.open_table(ENTRIES).map_err(err)?;
-        entries
-            .get((id, index))
-            .map_err(err)?
-            .map(|v| decode(v.value()))
-            .transpose()
     }
 
     /// Stores a task's status (replacing the last).
@@ -514,12 +515,7 @@ impl Store {
         let tx = self.db.begin_write().map_err(err)?;
         let record = {
             let mut sessions = tx.open_table(SESSIONS).map_err(err)?;
-            let mut record: SessionRecord = sessions
-                .get(id)
-                .map_err(err)?
-                .map(|v| decode(v.value()))
-                .transpose()?
-                .ok_or_else(|| StoreError(format!("no session {id:016x}")))?;
+            let mut record = existing_in(&sessions, id)?;
             change(&mut record);
             sessions
                 .insert(id, record.encode_to_vec().as_slice())

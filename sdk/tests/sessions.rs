@@ -192,6 +192,10 @@ fn a_session_survives_restarts_and_reconnects_in_order_and_exactly_once() {
 
     // Both histories, in order, each message once; nothing waits in either outbox.
     drop((a, b));
+    // The stores hold conversations: their owner reads them, nobody else.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&a_store).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     let a_store = Store::open(&a_store).unwrap();
     let b_store = Store::open(&b_store).unwrap();
     let on_b = texts(&b_store, session);

@@ -52,20 +52,28 @@ fn addr(what: &str, text: &str) -> Result<SocketAddr, String> {
 }
 
 /// Where the agent's domain serves it, as given on the command line.
-pub(crate) struct Ports<'a> {
-    pub(crate) gateway: &'a str,
-    pub(crate) registry: &'a str,
-    pub(crate) aca: &'a str,
+#[derive(Debug, clap::Args)]
+pub(crate) struct Ports {
+    /// The gateway's agent port.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    gateway: String,
+    /// The registry's port (agents are discovered there).
+    #[arg(long, default_value = "127.0.0.1:7403")]
+    registry: String,
+    /// The authority's port: the certificate is renewed there on its own when due (and
+    /// chain.pem replaced).
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    aca: String,
 }
 
 /// The held agent connected to its gateway, with its session store.
-fn open(dir: &Path, ports: &Ports<'_>) -> Result<Sessions, String> {
+fn open(dir: &Path, ports: &Ports) -> Result<Sessions, String> {
     let credentials = super::credentials(dir)?;
-    let gateway = addr("--gateway", ports.gateway)?;
+    let gateway = addr("--gateway", &ports.gateway)?;
     let domain = lifecycle::Domain {
         gateway,
-        registry: addr("--registry", ports.registry)?,
-        aca: addr("--aca", ports.aca)?,
+        registry: addr("--registry", &ports.registry)?,
+        aca: addr("--aca", &ports.aca)?,
     };
     let agent = Agent::connect(
         credentials,
@@ -107,7 +115,7 @@ fn text_of(content_type: &str, payload: &Bytes) -> String {
 /// printed. Ends when the input ends and what was sent is delivered (or [`LINGER`] passed).
 pub(crate) fn chat(
     dir: &Path,
-    ports: &Ports<'_>,
+    ports: &Ports,
     to: Option<&str>,
     session: Option<&str>,
     json: bool,
@@ -442,7 +450,7 @@ pub(crate) fn read_plan(path: &Path) -> Result<Plan, String> {
 /// printed and the next line of standard input is its answer.
 pub(crate) fn run_task(
     dir: &Path,
-    ports: &Ports<'_>,
+    ports: &Ports,
     path: &Path,
     silence: Duration,
     json: bool,

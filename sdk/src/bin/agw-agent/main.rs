@@ -199,16 +199,8 @@ enum Command {
     /// message if it is unanswered. Kept in <dir>/sessions.redb: what is not delivered when
     /// the input ends is sent again the next time. Ends when the input ends (Ctrl-D).
     Chat {
-        /// The gateway's agent port.
-        #[arg(long, default_value = "127.0.0.1:7400")]
-        gateway: String,
-        /// The registry's port.
-        #[arg(long, default_value = "127.0.0.1:7403")]
-        registry: String,
-        /// The authority's port: the certificate is renewed there on its own when due (and
-        /// chain.pem replaced).
-        #[arg(long, default_value = "127.0.0.1:7401")]
-        aca: String,
+        #[command(flatten)]
+        ports: conversation::Ports,
         /// Start a session with this agent, spiffe://<domain>/agent/<name>.
         #[arg(long, conflicts_with = "session")]
         to: Option<String>,
@@ -257,15 +249,8 @@ enum TaskAction {
     /// happens, an agent's question answered by the next line typed. Fails unless the task
     /// completes.
     Run {
-        /// The gateway's agent port.
-        #[arg(long, default_value = "127.0.0.1:7400")]
-        gateway: String,
-        /// The registry's port (agents are discovered there).
-        #[arg(long, default_value = "127.0.0.1:7403")]
-        registry: String,
-        /// The authority's port: the certificate is renewed there on its own when due.
-        #[arg(long, default_value = "127.0.0.1:7401")]
-        aca: String,
+        #[command(flatten)]
+        ports: conversation::Ports,
         /// The plan.
         #[arg(long)]
         plan: PathBuf,
@@ -401,21 +386,10 @@ fn main() -> ExitCode {
             let wait = Duration::from_secs(*wait_reply_s);
             return finish(send(&args.dir, gateway, message, wait), args.json);
         }
-        Command::Chat {
-            gateway,
-            registry,
-            aca,
-            to,
-            session,
-        } => {
-            let ports = conversation::Ports {
-                gateway,
-                registry,
-                aca,
-            };
+        Command::Chat { ports, to, session } => {
             let done = conversation::chat(
                 &args.dir,
-                &ports,
+                ports,
                 to.as_deref(),
                 session.as_deref(),
                 args.json,
@@ -432,18 +406,12 @@ fn main() -> ExitCode {
         Command::Task { action } => {
             let done = match action {
                 TaskAction::Run {
-                    gateway,
-                    registry,
-                    aca,
+                    ports,
                     plan,
                     silence_s,
                 } => conversation::run_task(
                     &args.dir,
-                    &conversation::Ports {
-                        gateway,
-                        registry,
-                        aca,
-                    },
+                    ports,
                     plan,
                     Duration::from_secs(*silence_s),
                     args.json,
