@@ -1,86 +1,64 @@
-//! CPU time of this process's threads, from `/proc/self/task/*/stat` (Linux).
+//! CPU time of threads and processes, from `/proc` (Linux): each thread's time on a CPU in
+//! nanoseconds (`schedstat`), so that light loads, where a relay runs milliseconds a second,
+//! are measured as exactly as saturated ones (`stat`'s ticks are 10 ms).
 
-use std::{fs, time::Duration};
+use std::{fs, path::Path, time::Duration};
 
-/// CPU time (user + system) used so far by this process's threads whose name starts with
-/// `prefix`; `None` where `/proc` cannot be read.
-pub fn threads_cpu(prefix: &str) -> Option<Duration> {
-    let ticks_per_second = 100.0; // USER_HZ, 100 on every Linux ABI in use.
-    let mut ticks: u64 = 0;
-    for entry in fs::read_dir("/proc/self/task").ok()? {
-        let path = entry.ok()?.path();
-        let Ok(comm) = fs::read_to_string(path.join("comm")) else {
-            continue;
-        };
-        if !comm.trim_end().starts_with(prefix) {
-            continue;
-        }
-        let Ok(stat) = fs::read_to_string(path.join("stat")) else {
-            continue;
-        };
-        // Fields after the parenthesised name: state is field 3; utime 14, stime 15.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        ticks += utime + stime;
+/// Time on a CPU of one thread (`/proc/.../task/<tid>`), in nanoseconds: `schedstat`'s first
+/// field, or `stat`'s user + system ticks where the kernel keeps no schedstat.
+fn task_ns(task: &Path) -> Option<u64> {
+    if let Some(ns) = fs::read_to_string(task.join("schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+    {
+        return Some(ns);
     }
-    Some(Duration::from_secs_f64(ticks as f64 / ticks_per_second))
+    let stat = fs::read_to_string(task.join("stat")).ok()?;
+    // Fields after the parenthesised name: state is field 3; utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10_000_000) // USER_HZ is 100 on every Linux ABI in use.
 }
 
-/// CPU time (user + system) used so far by the process with this name (its `comm`), found in
-/// `/proc`: the relay peer (nats-server, nginx) measured the same way as the gateway.
-pub fn process_cpu(name: &str) -> Option<Duration> {
-    let mut ticks: u64 = 0;
-    let mut found = false;
-    for entry in fs::read_dir("/proc").ok()? {
-        let Ok(entry) = entry else { continue };
+/// Time on a CPU of a process's live threads whose name starts with `prefix`, nanoseconds.
+fn tasks_ns(process: &Path, prefix: &str) -> Option<u64> {
+    let mut ns = 0;
+    for entry in fs::read_dir(process.join("task")).ok()?.flatten() {
         let path = entry.path();
         let Ok(comm) = fs::read_to_string(path.join("comm")) else {
             continue;
         };
-        if comm.trim_end() != name {
-            continue;
+        if comm.trim_end().starts_with(prefix) {
+            ns += task_ns(&path).unwrap_or(0);
         }
-        let Ok(stat) = fs::read_to_string(path.join("stat")) else {
-            continue;
-        };
-        let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        found = true;
     }
-    found.then(|| Duration::from_secs_f64(ticks as f64 / 100.0))
+    Some(ns)
 }
 
-/// (parent pid, user + system ticks) of a process, from `/proc/<pid>/stat`.
-fn stat_of(pid: &str) -> Option<(u32, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ppid = fields.get(1)?.parse().ok()?;
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some((ppid, ticks))
+/// CPU time used so far by this process's threads whose name starts with `prefix`; `None`
+/// where `/proc` cannot be read.
+pub fn threads_cpu(prefix: &str) -> Option<Duration> {
+    tasks_ns(Path::new("/proc/self"), prefix).map(Duration::from_nanos)
 }
 
-/// CPU time (user + system) used so far by process `pid` and its children (nginx's workers).
+/// CPU time used so far by process `pid` and its children (nginx's workers), all threads.
 pub fn process_tree_cpu(pid: u32) -> Option<Duration> {
-    let (_, mut ticks) = stat_of(&pid.to_string())?;
+    let mut ns = tasks_ns(&Path::new("/proc").join(pid.to_string()), "")?;
     for entry in fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        if let Some((ppid, t)) = stat_of(name)
-            && ppid == pid
-        {
-            ticks += t;
+        let path = entry.path();
+        let is_child = fs::read_to_string(path.join("stat"))
+            .ok()
+            .is_some_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            });
+        if is_child {
+            ns += tasks_ns(&path, "").unwrap_or(0);
         }
     }
-    Some(Duration::from_secs_f64(ticks as f64 / 100.0))
+    Some(Duration::from_nanos(ns))
 }
 
 /// Where the relay and the load run. Pinned (on a machine with at least two CPUs), the relay
@@ -100,6 +78,15 @@ impl Affinity {
         Affinity {
             pinned: pin && cpus >= 2,
             cpus,
+        }
+    }
+
+    /// CPUs the load generator's threads may run on: all but CPU 0 when pinned.
+    pub fn load_cpus(&self) -> usize {
+        if self.pinned {
+            self.cpus - 1
+        } else {
+            self.cpus
         }
     }
 
@@ -124,6 +111,8 @@ impl Affinity {
         let clients = self.clone();
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Counted as the load's CPU (`load-` threads), beside the relay's.
+            .thread_name("load-client")
             .enable_all()
             .on_thread_start(move || clients.pin_client())
             .build()

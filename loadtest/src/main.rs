@@ -141,9 +141,44 @@ struct Report {
     nacked: BTreeMap<String, u64>,
     relay_cpu_seconds: Option<f64>,
     delivered_per_relay_cpu_second: Option<f64>,
+    /// CPUs the relay may use: its pinned cores, or all.
+    relay_cpus: usize,
+    /// The load generator's own CPU time over the window, and the CPUs it may use.
+    load_cpu_seconds: Option<f64>,
+    load_cpus: usize,
+    /// What held the figure: `relay` or `load`, the busier side when it used at least 80% of
+    /// its CPUs (`load`: the figure is the load generator's, not the relay's), or `neither`
+    /// (round trips, a schedule, or the loopback itself).
+    bound: Bound,
     /// "one-way", or "round-trip" for ping-pong.
     latency: &'static str,
     latency_us: Latency,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Bound {
+    Relay,
+    Load,
+    Neither,
+}
+
+impl Bound {
+    /// The busier side (its CPU time over what its CPUs could give in `seconds`), when it was
+    /// at least 80% busy.
+    fn of(seconds: f64, relay: (Option<f64>, usize), load: (Option<f64>, usize)) -> Bound {
+        let busy = |(cpu, cpus): (Option<f64>, usize)| {
+            cpu.map_or(0.0, |c| c / (seconds * cpus.max(1) as f64))
+        };
+        let (relay, load) = (busy(relay), busy(load));
+        if relay.max(load) < 0.8 {
+            Bound::Neither
+        } else if relay >= load {
+            Bound::Relay
+        } else {
+            Bound::Load
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -290,6 +325,13 @@ fn run(args: &Args) -> Result<(), Error> {
         );
     })?;
     let agents = args.pattern.sides(args.pairs).len();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let relay_cpus = match (affinity.pinned(), args.target) {
+        (false, _) => cpus,
+        (true, Target::Agw) => args.shards.min(cpus),
+        (true, _) => 1,
+    };
+    let load_cpus = affinity.load_cpus();
     let report = Report {
         target: args.target,
         pattern: args.pattern,
@@ -314,6 +356,14 @@ fn run(args: &Args) -> Result<(), Error> {
             .relay_cpu
             .filter(|c| *c > 0.0)
             .map(|c| measured.delivered as f64 / c),
+        relay_cpus,
+        load_cpu_seconds: measured.load_cpu,
+        load_cpus,
+        bound: Bound::of(
+            measured.seconds,
+            (measured.relay_cpu, relay_cpus),
+            (measured.load_cpu, load_cpus),
+        ),
         latency: if args.pattern == Pattern::PingPong {
             "round-trip"
         } else {
@@ -424,7 +474,23 @@ fn print_report(args: &Args, report: &Report) -> Result<(), Error> {
     ) {
         writeln!(
             out,
-            "relay cpu      {cpu:.2} s = {per:.0} msg per relay CPU-second"
+            "relay cpu      {cpu:.2} s = {per:.0} msg per relay CPU-second ({} CPU(s) for it)",
+            report.relay_cpus
+        )?;
+    }
+    if let Some(load) = report.load_cpu_seconds {
+        writeln!(
+            out,
+            "load cpu       {load:.2} s ({} CPU(s) for it): {}",
+            report.load_cpus,
+            match report.bound {
+                Bound::Relay => "the relay was the limit",
+                Bound::Load => {
+                    "the LOAD GENERATOR was the limit (busier than the relay): the figure is \
+                     the load's, not the relay's"
+                }
+                Bound::Neither => "neither was busy (round trips, a schedule or the loopback)",
+            }
         )?;
     }
     let l = &report.latency_us;
@@ -449,5 +515,25 @@ fn latency(h: &Histogram<u64>) -> Latency {
         p99: us(0.99),
         p999: us(0.999),
         max: h.max() as f64 / 1000.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bound;
+
+    #[test]
+    fn the_busier_side_is_the_limit_once_it_is_80_percent_busy() {
+        // 4 s on one relay CPU and one load CPU.
+        assert_eq!(Bound::of(4.0, (Some(3.9), 1), (Some(2.0), 1)), Bound::Relay);
+        assert_eq!(Bound::of(4.0, (Some(1.8), 1), (Some(3.4), 1)), Bound::Load);
+        assert_eq!(
+            Bound::of(4.0, (Some(1.8), 1), (Some(3.0), 1)),
+            Bound::Neither
+        );
+        // Two relay CPUs half busy against one load CPU nearly full.
+        assert_eq!(Bound::of(4.0, (Some(4.0), 2), (Some(3.8), 1)), Bound::Load);
+        // Nothing measured of the relay (no /proc): only the load can be told busy.
+        assert_eq!(Bound::of(4.0, (None, 1), (Some(3.9), 1)), Bound::Load);
     }
 }

@@ -17,7 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 
 use crate::{
-    cpu::Affinity,
+    cpu::{Affinity, threads_cpu},
     transport::{Agent, Error, Event, Inbox, Outbox, Relay, Side},
 };
 
@@ -85,6 +85,9 @@ pub struct Measured {
     pub histogram: Histogram<u64>,
     /// The relay's CPU time.
     pub relay_cpu: Option<f64>,
+    /// The load generator's own CPU time (its `load-` threads: agents' senders and
+    /// receivers, async clients' runtime).
+    pub load_cpu: Option<f64>,
 }
 
 struct Shared {
@@ -212,13 +215,18 @@ pub fn run(
     };
     std::thread::sleep(plan.warmup);
     shared.measuring.store(true, Ordering::Relaxed);
-    let (started, cpu_start) = (Instant::now(), relay.cpu());
+    let (started, cpu_start, load_start) = (Instant::now(), relay.cpu(), threads_cpu("load-"));
     for s in 1..=plan.seconds {
         std::thread::sleep(Duration::from_secs(1));
         progress(s, delivered());
     }
     shared.measuring.store(false, Ordering::Relaxed);
-    let (seconds, cpu_end, total) = (started.elapsed().as_secs_f64(), relay.cpu(), delivered());
+    let (seconds, cpu_end, load_end, total) = (
+        started.elapsed().as_secs_f64(),
+        relay.cpu(),
+        threads_cpu("load-"),
+        delivered(),
+    );
     shared.stop.store(true, Ordering::Relaxed);
     // Receivers see the stop at their next event or idle second and merge what they recorded;
     // senders may be blocked on a relay that stopped reading: they are left behind.
@@ -235,11 +243,13 @@ pub fn run(
         delivered: total,
         nacked,
         histogram,
-        relay_cpu: match (cpu_start, cpu_end) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
-            _ => None,
-        },
+        relay_cpu: spent(cpu_start, cpu_end),
+        load_cpu: spent(load_start, load_end),
     })
+}
+
+fn spent(start: Option<Duration>, end: Option<Duration>) -> Option<f64> {
+    Some(end?.saturating_sub(start?).as_secs_f64())
 }
 
 /// Streams to `targets` in turn: batches as fast as the relay takes them, or on schedule.
@@ -252,10 +262,15 @@ fn send(mut outbox: Box<dyn Outbox>, targets: Vec<usize>, me: usize, plan: &Plan
     while !shared.stop.load(Ordering::Relaxed) {
         let due = match plan.rate {
             0 => sent + plan.batch as u64,
-            r => (shared.epoch.elapsed().saturating_sub(start).as_secs_f64() * r as f64) as u64,
+            // Every message whose intended time has come: message k is due at k / r.
+            r => (shared.epoch.elapsed().saturating_sub(start).as_secs_f64() * r as f64) as u64 + 1,
         };
         if due <= sent {
-            std::thread::sleep(Duration::from_micros(200));
+            // Asleep until the next message is due (at most 10 ms, to see the stop): a
+            // sender at a light rate costs its CPU nothing between messages, as a real one.
+            let next = start + Duration::from_secs_f64(sent as f64 / plan.rate as f64);
+            let wait = next.saturating_sub(shared.epoch.elapsed());
+            std::thread::sleep(wait.clamp(Duration::from_micros(20), Duration::from_millis(10)));
             continue;
         }
         for k in sent..due {

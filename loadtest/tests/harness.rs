@@ -56,6 +56,15 @@ fn assert_delivered(report: &Value, what: &str) {
         report["relay_cpu_seconds"].as_f64().is_some(),
         "{what}: {report}"
     );
+    // The load generator's own CPU beside the relay's, and which of the two held the figure.
+    assert!(
+        report["load_cpu_seconds"].as_f64().is_some_and(|c| c > 0.0),
+        "{what}: {report}"
+    );
+    assert!(
+        ["relay", "load", "neither"].contains(&report["bound"].as_str().unwrap_or("")),
+        "{what}: {report}"
+    );
 }
 
 #[test]
@@ -81,6 +90,17 @@ fn open_loop_at_a_rate_sends_on_schedule() {
     // schedule holds if the warm-up's sends land late (a closed loop would be ~1M).
     let delivered = r["delivered"].as_u64().unwrap();
     assert!((2_000..=6_000).contains(&delivered), "{r}");
+}
+
+#[test]
+fn a_light_rate_is_timed_from_when_each_message_was_due() {
+    // 100 messages/s per sender: a message is sent when it is due, so its latency is the
+    // relay's, well under the 10 ms between messages (the tool once sent each message one
+    // interval after its intended time, and every latency at a light rate read 10 ms more).
+    let r = load(&["--rate", "100"]);
+    assert_delivered(&r, "light open loop");
+    let p50 = r["latency_us"]["p50"].as_f64().unwrap();
+    assert!(p50 < 5_000.0, "p50 {p50} us: {r}");
 }
 
 #[test]
