@@ -259,5 +259,7 @@ async fn agent_handshake(
     if shard.draining.get() {
         shard.close_with(&conn, ErrorCode::Draining, "gateway draining");
     }
-    serve(shard, conn).await;
+    // A task of its own: this one, sized for the handshake's state (rustls's included), ends
+    // here instead of being carried for the connection's life.
+    spawn_local(serve(shard, conn)).detach();
 }

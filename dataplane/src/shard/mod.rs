@@ -454,7 +454,9 @@ async fn serve(shard: Rc<Shard>, conn: Rc<Conn>) {
         match got {
             // An A2A server's connection is dialled again under its route.
             Ok(0) | Err(_) => {
-                if !shard.redial(&conn).await {
+                // Boxed: a dial's state (TLS included) would otherwise sit in every
+                // connection's task, though only A2A servers' connections ever dial.
+                if !Box::pin(shard.redial(&conn)).await {
                     break;
                 }
             }
