@@ -3,7 +3,7 @@
 # library, builds, runs every figure of docs/benchmarks.md's harness section side by side
 # (runs of different relays interleaved, the relay pinned to CPU 0 and the load to the other
 # CPUs), then writes the tables and the plots (docs/bench/*.svg) into docs/benchmarks.md.
-# About 4 minutes on 2 cores. Raw results: target/bench/runs/*.json.
+# About 9 minutes on 2 cores. Raw results: target/bench/runs/*.json.
 #
 #   scripts/bench.sh            # the whole matrix
 #   QUICK=1 scripts/bench.sh    # one repetition, shorter runs (a smoke test of the script)
@@ -73,6 +73,22 @@ for r in $(seq 1 "$reps"); do
     done
 done
 
+echo "== light load: open loop, 16 senders at 10 to 10,000 messages/s each, 256 B (x$reps, interleaved)"
+for r in $(seq 1 "$reps"); do
+    for rate in 10 100 1000 10000; do
+        for t in agw nats nginx; do
+            run "light-$rate-$t-$r" --target "$t" --pairs 16 --size 256 --rate "$rate" --seconds "$short"
+        done
+    done
+done
+
+echo "== ping-pong, one pair: the round trip (x$reps, interleaved)"
+for r in $(seq 1 "$reps"); do
+    for t in agw nats nginx; do
+        run "rtt-$t-$r" --target "$t" --pattern ping-pong --pairs 1 --size 256 --seconds "$short"
+    done
+done
+
 echo "== scenarios (x$reps, interleaved)"
 for r in $(seq 1 "$reps"); do
     run "scenario-one-gateway-1k-$r" --scenario one-gateway --pairs 16 --size 1024 --seconds "$short"
@@ -88,9 +104,13 @@ for r in $(seq 1 "$reps"); do
     run "agent-plain-1k-$r" --pairs 16 --size 1024 --seconds "$short" --agent-plaintext
 done
 
-echo "== idle agent connections: the daemon's memory"
+echo "== connections' memory: the daemon's resident memory per connection"
 printf '[%3ds] %-40s ' "$(($(date +%s) - started))" "idle-10000"
 "$load" --idle 10000 --json "$out/idle-10000.json" 2>"$out/idle-10000.log" | tail -1
+printf '[%3ds] %-40s ' "$(($(date +%s) - started))" "idle-plain-10000"
+"$load" --idle 10000 --agent-plaintext --json "$out/idle-plain-10000.json" 2>"$out/idle-plain-10000.log" | tail -1
+printf '[%3ds] %-40s ' "$(($(date +%s) - started))" "partial-frame-5000"
+(ulimit -n 20000; /usr/bin/python3 scripts/partial-frame-memory.py target/release/agw 5000 --json "$out/partial-frame-5000.json" 2>"$out/partial-frame-5000.log") | tail -1
 
 echo "== report"
 /usr/bin/python3 scripts/bench_report.py "$out" docs/benchmarks.md docs/bench

@@ -103,19 +103,35 @@ def headline(r, lines, plots):
             "cpu": med(x["relay_cpu_seconds"] / x["seconds"] for x in runs),
             "runs": [x["delivered_per_second"] for x in runs],
             "runs_cpu": [x["delivered_per_relay_cpu_second"] for x in runs],
+            "load": med(
+                x["load_cpu_seconds"] / x["seconds"] if x.get("load_cpu_seconds") is not None else None
+                for x in runs
+            ),
+            "bound": [x.get("bound", "?") for x in runs],
         }
     lines += [
         "### Relay throughput: stream, 16 pairs, 256 B payloads, one relay core",
         "",
-        "| relay | messages/s (median) | relay CPU (s/s) | messages per relay CPU-second | runs (messages/s) |",
-        "| --- | --- | --- | --- | --- |",
+        "| relay | messages/s (median) | relay CPU (s/s) | messages per relay CPU-second | load generator CPU (s/s) | limit (runs) | runs (messages/s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for t, v in rows.items():
         lines.append(
             f"| {NAMES[t]} | {fmt(v['tput'])} | {v['cpu']:.2f} | {fmt(v['per_cpu'])} | "
+            + (f"{v['load']:.2f}" if v["load"] is not None else "-")
+            + " | "
+            + ", ".join(v["bound"])
+            + " | "
             + ", ".join(fmt(x) for x in v["runs"])
             + " |"
         )
+    lines.append("")
+    lines.append(
+        "The limit says which side was busier when one used at least 80% of its CPUs: where it is "
+        "`load`, the load generator (one CPU on a 2-CPU machine) could not drive the relay "
+        "harder, and the relay's messages/s is the load's figure, not the relay's; its "
+        "messages per relay CPU-second still hold."
+    )
     lines.append("")
     if "agw" in rows and "nats" in rows:
         ratio = rows["agw"]["per_cpu"] / rows["nats"]["per_cpu"]
@@ -187,6 +203,90 @@ def open_loop(r, lines, plots):
     fig.tight_layout()
     fig.savefig(os.path.join(plots, "open-loop-latency.svg"))
     plots_made.append(("open-loop-latency.svg", "Open-loop latency percentiles"))
+
+
+def light_load(r, lines, plots):
+    rates = [10, 100, 1000, 10000]
+    cells = {}
+    for rate in rates:
+        for t in RELAYS:
+            runs = [v for k, v in r.items() if k.startswith(f"light-{rate}-{t}-")]
+            per = med(
+                1e6 * x["relay_cpu_seconds"] / x["delivered"] if x["delivered"] else None for x in runs
+            )
+            if per is not None:
+                cells[(rate, t)] = (per, med(x["delivered_per_second"] for x in runs), len(runs))
+    if not cells:
+        return
+    lines += [
+        "### Light load: relay CPU per message from 10 to 10,000 messages/s per sender",
+        "",
+        "Open loop, 16 senders each at the rate, 256 B, one relay core; microseconds of relay CPU "
+        "per message delivered (medians of the runs; lower is better). Target (issue 20): at most "
+        "nats-server's and at most 1.5x nginx's.",
+        "",
+        "| per sender (total) | " + " | ".join(NAMES[t] for t in RELAYS) + " | agw / nats-server | agw / nginx |",
+        "| --- | " + " | ".join("---" for _ in RELAYS) + " | --- | --- |",
+    ]
+    for rate in rates:
+        row = [f"{rate:,}/s ({16 * rate:,}/s)"]
+        for t in RELAYS:
+            c = cells.get((rate, t))
+            row.append(f"{c[0]:.1f} us" if c else "-")
+        agw, nats, nginx = (cells.get((rate, t)) for t in RELAYS)
+        for other, limit in ((nats, 1.0), (nginx, 1.5)):
+            if agw and other:
+                ratio = agw[0] / other[0]
+                row.append(f"{ratio:.2f}x ({'met' if ratio <= limit else 'not met'})")
+            else:
+                row.append("-")
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for t in RELAYS:
+        xs = [16 * rate for rate in rates if (rate, t) in cells]
+        ys = [cells[(rate, t)][0] for rate in rates if (rate, t) in cells]
+        ax.plot(xs, ys, marker="o", label=NAMES[t], color=COLOURS[t])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("messages/s through the relay (16 senders, log)")
+    ax.set_ylabel("relay CPU per message (us, log)")
+    ax.set_title("CPU per message against load, 256 B")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(plots, "light-load-cpu.svg"))
+    plots_made.append(("light-load-cpu.svg", "Relay CPU per message against load"))
+
+
+def round_trip(r, lines):
+    rows = {}
+    for t in RELAYS:
+        runs = [v for k, v in r.items() if k.startswith(f"rtt-{t}-")]
+        if runs:
+            rows[t] = {k: med(x["latency_us"][k] for x in runs) for k in ("p50", "p99")}
+            rows[t]["per_cpu"] = med(x["delivered_per_relay_cpu_second"] for x in runs)
+    if not rows:
+        return
+    lines += [
+        "### Ping-pong, one pair: the round trip",
+        "",
+        "One message in flight, sent back by the receiver; 256 B; medians of the runs' "
+        "percentiles, microseconds. Target (issue 20): p50 and p99 within 1.1x nginx's.",
+        "",
+        "| relay | p50 | p99 | messages per relay CPU-second |",
+        "| --- | --- | --- | --- |",
+    ]
+    for t, v in rows.items():
+        lines.append(f"| {NAMES[t]} | {v['p50']:.0f} | {v['p99']:.0f} | {fmt(v['per_cpu'])} |")
+    lines.append("")
+    if "agw" in rows and "nginx" in rows:
+        p50 = rows["agw"]["p50"] / rows["nginx"]["p50"]
+        p99 = rows["agw"]["p99"] / rows["nginx"]["p99"]
+        lines.append(
+            f"- Against nginx: p50 {p50:.2f}x ({verdict(p50 <= 1.1)}), p99 {p99:.2f}x ({verdict(p99 <= 1.1)})."
+        )
+        lines.append("")
 
 
 def sizes(r, head, lines, plots):
@@ -306,20 +406,31 @@ def scenarios(r, lines):
         lines.append("")
 
 
-def idle(r, lines):
-    x = r.get("idle-10000")
-    if not x:
-        return
-    per = x["bytes_per_connection"]
-    lines += [
-        "### Idle agent connections",
-        "",
-        f"An `agw` daemon (one shard) holding {x['connections']:,} accessed, idle agent connections: "
-        f"resident memory {x['rss_before'] / 1048576:.1f} MiB before, {x['rss_after'] / 1048576:.1f} MiB after, "
-        f"**{per / 1024:.1f} KiB per connection** (target <= 16 KiB: {verdict(per <= 16 * 1024)}). "
-        "User-space memory only: the kernel's socket buffers are not in the process's RSS.",
-        "",
+def memory(r, lines):
+    states = [
+        ("idle-10000", "accessed and idle, mutual TLS"),
+        ("idle-plain-10000", "accessed and idle, plain TCP"),
+        ("partial-frame-5000", "one byte of a frame sent, never finished (plain TCP)"),
     ]
+    found = [(r[k], name) for k, name in states if k in r]
+    if not found:
+        return
+    lines += [
+        "### Memory per connection",
+        "",
+        "An `agw` daemon (one shard) holding the connections; its resident memory before and "
+        "after, divided by their number. User-space memory only: the kernel's socket buffers "
+        "are not in the process's RSS. Target (issue 20): at most 16 KiB in every state.",
+        "",
+        "| state | connections | per connection | target |",
+        "| --- | --- | --- | --- |",
+    ]
+    for x, name in found:
+        per = x["bytes_per_connection"]
+        lines.append(
+            f"| {name} | {x['connections']:,} | {per / 1024:.1f} KiB | {verdict(per <= 16 * 1024)} |"
+        )
+    lines.append("")
 
 
 plots_made = []
@@ -340,10 +451,12 @@ def main():
     ]
     head = headline(r, lines, plots)
     open_loop(r, lines, plots)
+    light_load(r, lines, plots)
+    round_trip(r, lines)
     sizes(r, head, lines, plots)
     patterns(r, lines, plots)
     scenarios(r, lines)
-    idle(r, lines)
+    memory(r, lines)
     for name, title in plots_made:
         lines.append(f"![{title}](bench/{name})")
         lines.append("")

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-# usage: scripts/partial-frame-memory.py target/release/agw 5000   (ulimit -n above N first)
+# usage: scripts/partial-frame-memory.py target/release/agw 5000 [--json OUT]   (ulimit -n above N first)
 # Opens N plain connections to an agw daemon's agent port, each sending one byte (a frame
 # begun, never finished), and reports the daemon's RSS growth per connection.
-import os, socket, subprocess, sys, tempfile, time
+import json, os, socket, subprocess, sys, tempfile, time
 binary, n = sys.argv[1], int(sys.argv[2])
 d = tempfile.mkdtemp()
 p = subprocess.Popen([binary, "--data-dir", d, "--agent-plaintext", "--shards", "1",
@@ -24,5 +24,8 @@ for i in range(n):
     s = socket.create_connection(addr); s.send(b"\x01"); socks.append(s)
 time.sleep(2); after = rss()
 print(f"{os.path.basename(binary)}: {n} connections that sent one byte: +{(after-before)/2**20:.1f} MiB, {(after-before)/n/1024:.1f} KiB each")
+if sys.argv[3:4] == ["--json"]:
+    json.dump({"connections": n, "rss_before": before, "rss_after": after,
+               "bytes_per_connection": (after - before) / n}, open(sys.argv[4], "w"))
 for s in socks: s.close()
 p.terminate(); p.wait()
