@@ -16,7 +16,7 @@ use std::{
 use agw_proto::{
     Admission, FrameDecoder, HEADER_LEN, Kind, WriteBatch, identity::AgentId, rate::Bucket,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite, future::poll_fn};
 use futures_rustls::{client, server};
 use glommio::net::TcpStream;
@@ -251,7 +251,6 @@ impl Conn {
     }
 }
 
-/// Reads once into the connection's decoder.
 /// Reads what the connection has into its decoder's buffer (at most `chunk` bytes). A TLS
 /// connection's records are read off the socket into `records` (the shard's, shared by its
 /// connections) in one large read and decrypted into the buffer (see [`poll_read_tls`]).
@@ -262,9 +261,9 @@ pub(super) async fn read(
 ) -> io::Result<usize> {
     poll_fn(|cx| {
         let mut decoder = conn.decoder.borrow_mut();
-        let mut mqtt = conn.adapter.borrow_mut();
+        let mut adapted = conn.adapter.borrow_mut();
         // An adapted client's bytes go to its adapter, which makes frames for the decoder.
-        let buf = match mqtt.as_mut() {
+        let buf = match adapted.as_mut() {
             Some(adapter) => {
                 let input = adapter.input();
                 input.reserve(chunk);
@@ -272,49 +271,53 @@ pub(super) async fn read(
             }
             None => decoder.read_buf(chunk),
         };
-        let start = buf.len();
-        buf.resize(start + chunk, 0);
-        let poll = match &mut *conn.stream.borrow_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, &mut buf[start..]),
+        match &mut *conn.stream.borrow_mut() {
+            Stream::Plain(s) => {
+                let start = buf.len();
+                buf.resize(start + chunk, 0);
+                let poll = Pin::new(s).poll_read(cx, &mut buf[start..]);
+                let got = match &poll {
+                    Poll::Ready(Ok(n)) => *n,
+                    _ => 0,
+                };
+                buf.truncate(start + got);
+                poll
+            }
             Stream::Server(s) => {
                 let (io, tls) = s.get_mut();
-                poll_read_tls(io, tls, cx, &mut buf[start..], &mut records.borrow_mut())
+                poll_read_tls(io, tls, cx, buf, chunk, &mut records.borrow_mut())
             }
             Stream::Client(s) => {
                 let (io, tls) = s.get_mut();
-                poll_read_tls(io, tls, cx, &mut buf[start..], &mut records.borrow_mut())
+                poll_read_tls(io, tls, cx, buf, chunk, &mut records.borrow_mut())
             }
-        };
-        let got = match &poll {
-            Poll::Ready(Ok(n)) => *n,
-            _ => 0,
-        };
-        buf.truncate(start + got);
-        poll
+        }
     })
     .await
 }
 
-/// Reads TLS records off `io` into `records` in reads as large as `out` can take decrypted
-/// (plaintext is never longer than its records), hands them to TLS and decrypts them into
-/// `out`, until the socket has nothing more or `out` is full. rustls's own reader would read
-/// the socket 4 KiB at a time: a system call per four 1 KiB messages.
+/// Reads TLS records off `io` into `records` in reads as large as `most` bytes of plaintext
+/// can come from (plaintext is never longer than its records), hands them to TLS and appends
+/// what they decrypt to to `out`, until the socket has nothing more or `most` bytes came.
+/// rustls's own reader would read the socket 4 KiB at a time (a system call per four 1 KiB
+/// messages), and reading through it would need `out` cleared first.
 fn poll_read_tls<D>(
     io: &mut TcpStream,
     tls: &mut rustls::ConnectionCommon<D>,
     cx: &mut Context<'_>,
-    out: &mut [u8],
+    out: &mut BytesMut,
+    most: usize,
     records: &mut Vec<u8>,
 ) -> Poll<io::Result<usize>> {
     if records.len() < RECORDS_READ {
         records.resize(RECORDS_READ, 0);
     }
-    let mut filled = match plaintext(tls, out) {
+    let mut filled = match plaintext(tls, out, most) {
         Ok(n) => n,
         Err(e) => return Poll::Ready(Err(e)),
     };
     loop {
-        let room = (out.len() - filled).min(records.len());
+        let room = (most - filled).min(records.len());
         if room == 0 {
             return Poll::Ready(Ok(filled));
         }
@@ -337,7 +340,7 @@ fn poll_read_tls<D>(
             if let Err(e) = tls.process_new_packets() {
                 return Poll::Ready(Err(io::Error::other(e)));
             }
-            match plaintext(tls, &mut out[filled..]) {
+            match plaintext(tls, out, most - filled) {
                 Ok(got) => filled += got,
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -348,18 +351,28 @@ fn poll_read_tls<D>(
 /// Bytes of records asked of the socket at once: four full TLS records.
 const RECORDS_READ: usize = 64 * 1024;
 
-/// The plaintext TLS holds, into `out`: how much.
-fn plaintext<D>(tls: &mut rustls::ConnectionCommon<D>, out: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < out.len() {
-        match std::io::Read::read(&mut tls.reader(), &mut out[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
+/// Appends the plaintext TLS holds to `out`, at most `most` bytes: how much.
+fn plaintext<D>(
+    tls: &mut rustls::ConnectionCommon<D>,
+    out: &mut BytesMut,
+    most: usize,
+) -> io::Result<usize> {
+    let mut reader = tls.reader();
+    let mut got = 0;
+    while got < most {
+        let held = match std::io::BufRead::fill_buf(&mut reader) {
+            // Empty: the peer closed (close_notify).
+            Ok([]) => break,
+            Ok(held) => held,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
-        }
+        };
+        let n = held.len().min(most - got);
+        out.extend_from_slice(&held[..n]);
+        std::io::BufRead::consume(&mut reader, n);
+        got += n;
     }
-    Ok(filled)
+    Ok(got)
 }
 
 pub(super) async fn wait_for_space(conn: &Conn, soft: usize) {
