@@ -8,7 +8,7 @@ use std::{
     cell::{Cell, RefCell},
     io,
     net::{IpAddr, SocketAddr},
-    os::fd::RawFd,
+    os::fd::{AsRawFd, RawFd},
     rc::Rc,
     sync::{Arc, OnceLock, mpsc},
     time::{Duration, Instant, SystemTime},
@@ -329,6 +329,7 @@ pub(crate) async fn run(setup: ShardSetup) {
         }
     }
     // The listeners live in their accept loops, which end with the shard.
+    let mut listening = vec![listener.as_raw_fd()];
     let mut accepting = vec![spawn_local(accept::accept_loop(
         shard.clone(),
         listener,
@@ -336,20 +337,27 @@ pub(crate) async fn run(setup: ShardSetup) {
     ))];
     for (port, protocol) in [(mqtt, PortProtocol::Mqtt), (a2a, PortProtocol::A2a)] {
         if let Some((l, _)) = port {
+            listening.push(l.as_raw_fd());
             accepting.push(spawn_local(accept::accept_loop(shard.clone(), l, protocol)));
         }
     }
     if let Some((l, _)) = peer {
+        listening.push(l.as_raw_fd());
         accepting.push(spawn_local(accept_peers(shard.clone(), l)));
     }
     if shard.translation.is_some() {
         spawn_local(translation::returns(shard.clone())).detach();
     }
     shard.housekeeping(setup.commands).await;
-    // Stopped: the accept loops are cancelled and dropped (closing their listeners) before
-    // the shard's thread ends, so the ports refuse connections at once and
-    // a gateway started again on them gets every connection (SO_REUSEPORT would otherwise
-    // share them with listeners nobody accepts on).
+    // Stopped: the listening sockets are shut down, then their accept loops cancelled and
+    // dropped, before the shard's thread ends, so the ports refuse connections at once and a
+    // gateway started again on them gets every connection (SO_REUSEPORT would otherwise share
+    // them with listeners nobody accepts on). Shut down first: closing the descriptor alone
+    // leaves the socket listening while io_uring still holds it for an accept, until the
+    // ring's cancellation is submitted or the ring torn down after the thread ends.
+    for fd in listening {
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+    }
     for task in accepting {
         task.cancel().await;
     }

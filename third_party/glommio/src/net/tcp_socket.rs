@@ -77,6 +77,14 @@ pub struct TcpListener {
     listener: net::TcpListener,
 }
 
+// Patched (agw): the listening socket's descriptor, so that its owner can shut it down
+// (refusing connections at once) while an accept is in flight in io_uring.
+impl AsRawFd for TcpListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+}
+
 impl FromRawFd for TcpListener {
     /// Convert an already bound and listening RawFd into a TcpListener
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
