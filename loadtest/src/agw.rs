@@ -35,6 +35,12 @@ pub enum Scenario {
     SameShard,
     /// One gateway; senders on shard 0, receivers on shard 1 (needs 2 shards).
     CrossShard,
+    /// One gateway; pair i on shard i mod shards, sender and receiver alike: every shard
+    /// carries its share and nothing crosses shards (how the relay scales with shards).
+    Spread,
+    /// One gateway; pair i's sender on shard i mod shards, its receiver on the same shard for
+    /// even i and on the next for odd i: half the traffic crosses shards (needs 2 shards).
+    HalfCross,
     /// Senders at one gateway, receivers at another, a mutual-TLS peer link between them.
     TwoGateways,
     /// Senders at the first of three gateways in a chain, receivers at the last.
@@ -182,19 +188,21 @@ impl AgwRelay {
         plaintext: bool,
         translation: Translation,
     ) -> Result<AgwRelay, Error> {
-        if scenario == Scenario::CrossShard && shards < 2 {
-            return Err("--scenario cross-shard needs --shards 2 or more".into());
+        if matches!(scenario, Scenario::CrossShard | Scenario::HalfCross) && shards < 2 {
+            return Err("--scenario cross-shard and half-cross need --shards 2 or more".into());
         }
         let gateways = match scenario {
-            Scenario::OneGateway | Scenario::SameShard | Scenario::CrossShard => {
-                Gateways::One(Box::new(InProcessGateway::start_translating(
-                    "load.example",
-                    shards,
-                    pin,
-                    plaintext,
-                    translation.config(),
-                )?))
-            }
+            Scenario::OneGateway
+            | Scenario::SameShard
+            | Scenario::CrossShard
+            | Scenario::Spread
+            | Scenario::HalfCross => Gateways::One(Box::new(InProcessGateway::start_translating(
+                "load.example",
+                shards,
+                pin,
+                plaintext,
+                translation.config(),
+            )?)),
             Scenario::TwoGateways | Scenario::Chain => {
                 let dir = tempfile::tempdir()?;
                 let names: &[&str] = if scenario == Scenario::Chain {
@@ -229,15 +237,27 @@ impl AgwRelay {
         }
     }
 
-    /// Connects `credentials` where side `side` belongs, on the shard the scenario wants.
-    fn connect_one(&self, creds: &Arc<Credentials>, side: Side) -> Result<AgentConnection, Error> {
+    /// Connects `credentials` where side `side` belongs, on the shard the scenario wants;
+    /// `rank`: the agent's place among its side's (pair `rank` in a stream).
+    fn connect_one(
+        &self,
+        creds: &Arc<Credentials>,
+        side: Side,
+        rank: usize,
+    ) -> Result<AgentConnection, Error> {
         let timeout = Duration::from_secs(1);
         match &self.gateways {
             Gateways::One(g) => {
                 let addr = g.node.dataplane.local_addr();
+                let shards = g.node.dataplane.shards();
                 let want = match (self.scenario, side) {
                     (Scenario::SameShard, _) | (Scenario::CrossShard, Side::A) => Some(0),
                     (Scenario::CrossShard, Side::B) => Some(1),
+                    (Scenario::Spread | Scenario::HalfCross, Side::A)
+                    | (Scenario::Spread, Side::B) => u16::try_from(rank % shards).ok(),
+                    (Scenario::HalfCross, Side::B) => {
+                        u16::try_from((rank + rank % 2) % shards).ok()
+                    }
                     _ => None,
                 };
                 // The kernel spreads connections over the shards' listeners: reconnect until
@@ -322,8 +342,11 @@ impl Relay for AgwRelay {
         let ids: Arc<Vec<String>> =
             Arc::new(certified.iter().map(|(c, _)| c.agent.to_string()).collect());
         let mut agents = Vec::new();
+        let mut ranks = [0, 0];
         for (creds, side) in &certified {
-            let (writer, reader) = self.connect_one(creds, *side)?.split();
+            let rank = &mut ranks[usize::from(*side == Side::B)];
+            let (writer, reader) = self.connect_one(creds, *side, *rank)?.split();
+            *rank += 1;
             agents.push(Agent {
                 outbox: Box::new(AgwOutbox {
                     writer,

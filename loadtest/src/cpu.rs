@@ -63,28 +63,36 @@ pub fn process_tree_cpu(pid: u32) -> Option<Duration> {
 
 /// Where the relay and the load run. Pinned (on a machine with at least two CPUs), the relay
 /// takes CPU 0 (the gateway's shard `i` takes CPU `i`; a peer server is started under
-/// `taskset -c 0`) and the load generator's threads the other CPUs, so every relay measured
-/// gets the same one core and never shares it with its clients.
+/// `taskset -c 0`) and the load generator's threads the CPUs after the relay's, so every
+/// relay measured gets the same cores and never shares them with its clients.
 #[derive(Debug, Clone)]
 pub struct Affinity {
     pinned: bool,
     cpus: usize,
+    /// The first CPU of the load's: after the relay's, unless the relay takes them all.
+    first_load: usize,
 }
 
 impl Affinity {
-    /// Pinned or not; pinning needs two CPUs or more.
-    pub fn new(pin: bool) -> Affinity {
+    /// Pinned or not (pinning needs two CPUs or more); the relay takes `relay_cores` CPUs
+    /// from CPU 0, and the load the rest (all but CPU 0 when the relay would leave none).
+    pub fn new(pin: bool, relay_cores: usize) -> Affinity {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Affinity {
             pinned: pin && cpus >= 2,
             cpus,
+            first_load: if relay_cores.max(1) < cpus {
+                relay_cores.max(1)
+            } else {
+                1
+            },
         }
     }
 
-    /// CPUs the load generator's threads may run on: all but CPU 0 when pinned.
+    /// CPUs the load generator's threads may run on.
     pub fn load_cpus(&self) -> usize {
         if self.pinned {
-            self.cpus - 1
+            self.cpus - self.first_load
         } else {
             self.cpus
         }
@@ -118,13 +126,13 @@ impl Affinity {
             .build()
     }
 
-    /// Moves the calling thread to the load's CPUs (all but CPU 0).
+    /// Moves the calling thread to the load's CPUs.
     pub fn pin_client(&self) {
         if !self.pinned {
             return;
         }
         let mut set = nix::sched::CpuSet::new();
-        for cpu in 1..self.cpus {
+        for cpu in self.first_load..self.cpus {
             let _ = set.set(cpu);
         }
         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);

@@ -243,7 +243,14 @@ fn run(args: &Args) -> Result<(), Error> {
     {
         return Err("--agent-plaintext applies to --target agw with one gateway".into());
     }
-    let affinity = Affinity::new(args.pin);
+    // The relay's CPUs: the gateway's shards (every gateway's shard i shares CPU i), or the
+    // one a peer server runs on; the load takes the others.
+    let relay_cores = if args.target == Target::Agw {
+        args.shards
+    } else {
+        1
+    };
+    let affinity = Affinity::new(args.pin, relay_cores);
     let mut relay: Box<dyn Relay> = match args.target {
         Target::Agw => Box::new(AgwRelay::start(
             args.scenario,
@@ -415,6 +422,14 @@ fn describe_agw(args: &Args) -> String {
         Scenario::SameShard => format!("one gateway, {} shard(s), agents on shard 0", args.shards),
         Scenario::CrossShard => format!(
             "one gateway, {} shard(s), senders on shard 0, receivers on shard 1",
+            args.shards
+        ),
+        Scenario::Spread => format!(
+            "one gateway, {} shard(s), pairs spread over the shards, none crossing",
+            args.shards
+        ),
+        Scenario::HalfCross => format!(
+            "one gateway, {} shard(s), pairs spread over the shards, half crossing",
             args.shards
         ),
         Scenario::TwoGateways => format!(

@@ -108,6 +108,8 @@ fn shards_and_gateways_in_every_scenario() {
     for (scenario, shards) in [
         ("same-shard", "2"),
         ("cross-shard", "2"),
+        ("spread", "2"),
+        ("half-cross", "2"),
         ("two-gateways", "1"),
         ("chain", "1"),
     ] {
