@@ -189,7 +189,12 @@ impl AgwRelay {
         translation: Translation,
     ) -> Result<AgwRelay, Error> {
         if matches!(scenario, Scenario::CrossShard | Scenario::HalfCross) && shards < 2 {
-            return Err("--scenario cross-shard and half-cross need --shards 2 or more".into());
+            let name = if scenario == Scenario::CrossShard {
+                "cross-shard"
+            } else {
+                "half-cross"
+            };
+            return Err(format!("--scenario {name} needs --shards 2 or more").into());
         }
         let gateways = match scenario {
             Scenario::OneGateway

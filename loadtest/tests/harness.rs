@@ -182,6 +182,12 @@ fn what_a_relay_cannot_do_is_refused_plainly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --shards 2"));
     let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
+        .args(["--scenario", "half-cross", "--shards", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("half-cross needs --shards 2"));
+    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
         .args(["--target", "agw-a2a", "--pattern", "stream"])
         .output()
         .unwrap();
