@@ -406,6 +406,30 @@ def scenarios(r, lines):
         lines.append("")
 
 
+def tls_leg(r, lines):
+    tls = [v for k, v in r.items() if k.startswith("agent-tls-1k-")]
+    plain = [v for k, v in r.items() if k.startswith("agent-plain-1k-")]
+    if not tls or not plain:
+        return
+    per = lambda runs: [x["delivered_per_relay_cpu_second"] for x in runs]
+    t, p = med(per(tls)), med(per(plain))
+    lines += [
+        "### The TLS agent leg: stream, 16 pairs, 1 KiB",
+        "",
+        "Agents over mutual TLS beside the same agents over plain TCP (the shard decrypts every "
+        "message in and encrypts it out); messages per relay CPU-second, runs interleaved. "
+        "Target (issue 15): at least 0.7x plain.",
+        "",
+        "| agents | median | runs |",
+        "| --- | --- | --- |",
+        f"| mutual TLS | {fmt(t)} | " + ", ".join(fmt(x) for x in per(tls)) + " |",
+        f"| plain TCP | {fmt(p)} | " + ", ".join(fmt(x) for x in per(plain)) + " |",
+        "",
+        f"- TLS / plain: {t / p:.2f}x ({verdict(t / p >= 0.7)}).",
+        "",
+    ]
+
+
 def memory(r, lines):
     states = [
         ("idle-10000", "accessed and idle, mutual TLS"),
@@ -456,6 +480,7 @@ def main():
     sizes(r, head, lines, plots)
     patterns(r, lines, plots)
     scenarios(r, lines)
+    tls_leg(r, lines)
     memory(r, lines)
     for name, title in plots_made:
         lines.append(f"![{title}](bench/{name})")
