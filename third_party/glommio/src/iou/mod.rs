@@ -92,9 +92,6 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
-        /// Patched (agw): completions run at the task's next kernel transition instead of
-        /// interrupting it (no IPI). Linux 5.19.
-        const COOP_TASKRUN = 1 << 8;
     }
 }
 

@@ -903,17 +903,8 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
-        // Patched (agw): one thread submits and waits on this ring, so its completions need
-        // not interrupt it: they run at its next kernel transition (COOP_TASKRUN, Linux
-        // 5.19; a kernel that refuses the flag gets the ring as upstream makes it).
-        let ring = iou::IoUring::new_with_flags(
-            size as _,
-            iou::SetupFlags::COOP_TASKRUN,
-            iou::SetupFeatures::empty(),
-        )
-        .or_else(|_| iou::IoUring::new(size as _))?;
         Ok(SleepableRing {
-            ring,
+            ring: iou::IoUring::new(size as _)?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
