@@ -167,36 +167,37 @@ fn the_peers_carry_the_same_patterns() {
     }
 }
 
+/// Runs the tool with `args`, which it must refuse, saying `why` on stderr.
+fn refused(args: &[&str], why: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(why), "{args:?}: {stderr}");
+}
+
 #[test]
 fn what_a_relay_cannot_do_is_refused_plainly() {
-    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
-        .args(["--target", "nginx", "--pattern", "fan-out"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot fan out"));
-    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
-        .args(["--scenario", "cross-shard", "--shards", "1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --shards 2"));
-    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
-        .args(["--scenario", "half-cross", "--shards", "1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("half-cross needs --shards 2"));
-    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
-        .args(["--target", "agw-a2a", "--pattern", "stream"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("runs ping-pong"));
-    let out = Command::new(env!("CARGO_BIN_EXE_agw-loadtest"))
-        .args(["--target", "nats", "--translation", "idle"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("applies to --target agw"));
+    refused(
+        &["--target", "nginx", "--pattern", "fan-out"],
+        "cannot fan out",
+    );
+    refused(
+        &["--scenario", "cross-shard", "--shards", "1"],
+        "needs --shards 2",
+    );
+    refused(
+        &["--scenario", "half-cross", "--shards", "1"],
+        "half-cross needs --shards 2",
+    );
+    refused(
+        &["--target", "agw-a2a", "--pattern", "stream"],
+        "runs ping-pong",
+    );
+    refused(
+        &["--target", "nats", "--translation", "idle"],
+        "applies to --target agw",
+    );
 }
