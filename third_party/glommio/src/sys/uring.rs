@@ -1222,8 +1222,6 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    /// Patched (agw): when the latency timer above fires.
-    latency_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1355,7 +1353,6 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            latency_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1817,54 +1814,22 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Patched (agw): the latency ring's timer is kept while it has not fired and still
-        // serves: as the preempt timer when it fires no later than a new one would, as the
-        // sleep's timer when it fires when the next user timer is due (within a
-        // millisecond before it). Upstream cancels it here at every call and arms a new
-        // one: two submissions and a cancellation per wake-up, at light load one per
-        // message. Otherwise, as upstream: cancel the old timer (if we sleep it must not
-        // wake us; if we don't, the new value is registered below).
-        let preempt = preempt_timer();
-        let now = Instant::now();
-        let kept = match (
-            self.latency_preemption_timeout_src.take(),
-            self.latency_deadline.get(),
-        ) {
-            (Some(timer), Some(deadline)) if timer.result().is_none() => {
-                let serves = match (preempt, user_timer) {
-                    (Some(p), _) => deadline <= now + p,
-                    (None, Some(u)) => {
-                        deadline <= now + u && deadline + Duration::from_millis(1) >= now + u
-                    }
-                    (None, None) => false,
-                };
-                if serves {
-                    self.latency_preemption_timeout_src.set(Some(timer));
-                }
-                serves
-            }
-            _ => false,
-        };
-        if !kept {
-            self.latency_deadline.set(None);
-        }
+        // Cancel the old timer regardless of whether we can sleep:
+        // if we won't sleep, we will register the new timer with its new
+        // value.
+        //
+        // But if we will sleep, there might be a timer registered that needs
+        // to be removed otherwise we'll wake up when it expires.
+        drop(self.latency_preemption_timeout_src.take());
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping. Patched (agw): kept while it has not fired (it counts completions
-        // from when it was armed, so it fires a little sooner than a fresh one would).
-        match self.throughput_preemption_timeout_src.take() {
-            Some(timer) if timer.result().is_none() => {
-                self.throughput_preemption_timeout_src.set(Some(timer));
-            }
-            _ => {
-                self.throughput_preemption_timeout_src.set(Some(
-                    main_ring.prepare_throughput_preemption_timer(
-                        self.ring_depth() as u32,
-                        self.eventfd_src.raw(),
-                    ),
-                ));
-            }
-        }
+        // up sleeping.
+        self.throughput_preemption_timeout_src.replace(Some(
+            main_ring.prepare_throughput_preemption_timer(
+                self.ring_depth() as u32,
+                self.eventfd_src.raw(),
+            ),
+        ));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1876,7 +1841,7 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt.is_none()
+        let should_sleep = preempt_timer().is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
@@ -1885,10 +1850,9 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer.filter(|_| !kept) {
+            if let Some(dur) = user_timer {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                self.latency_deadline.set(Some(now + dur));
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1917,10 +1881,9 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt.filter(|_| !kept) {
+        if let Some(preempt) = preempt_timer() {
             self.latency_preemption_timeout_src
                 .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            self.latency_deadline.set(Some(Instant::now() + preempt));
             flush_rings!(lat_ring, main_ring)?;
         }
 
