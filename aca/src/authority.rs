@@ -21,8 +21,8 @@ use agw_proto::{
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, CrlDistributionPoint,
-    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, RevocationReason, RevokedCertParams, SanType,
+    CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
+    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, RevocationReason, RevokedCertParams, SanType,
     SerialNumber, SubjectPublicKeyInfo,
 };
 use ring::rand::{SecureRandom, SystemRandom};
@@ -40,8 +40,8 @@ use crate::{
 /// is a little behind the authority's accepts them at once.
 const BACKDATE: Duration = Duration::from_secs(5 * 60);
 /// Limits on identity materials, checked before anything is stored.
-const MAX_MATERIAL_FIELD: usize = 256;
-const MAX_MATERIAL_ITEMS: usize = 64;
+const MAX_MATERIAL_FIELD: usize = agw_tls::materials::MAX_FIELD;
+const MAX_MATERIAL_ITEMS: usize = agw_tls::materials::MAX_ITEMS;
 /// A proof of possession for a revocation must be this fresh.
 const PROOF_WINDOW: Duration = Duration::from_secs(300);
 
@@ -1106,6 +1106,17 @@ impl CertificateAuthority {
             uris: vec![self.config.crl_url.clone()],
         }];
         params.use_authority_key_identifier_extension = true;
+        // The materials checked before issue, in the certificate for whoever verifies it.
+        if let Some(m) = &materials {
+            let value = agw_tls::materials::encode(m)
+                .ok_or_else(|| internal("materials past their sizes reached issue"))?;
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_der_content(
+                    agw_tls::materials::MATERIALS_OID_DER,
+                    value,
+                ));
+        }
         let spki = SubjectPublicKeyInfo::from_der(&csr.spki_der).map_err(internal)?;
         let cert = params.signed_by(&spki, &self.issuer).map_err(internal)?;
         let der = cert.der().to_vec();
@@ -1329,18 +1340,7 @@ fn server_names_of(der: &[u8]) -> Vec<SanType> {
 }
 
 fn check_materials(m: &pb::IdentityMaterials) -> Result<(), AcaError> {
-    let fields = [
-        &m.organization,
-        &m.qualification_ref,
-        &m.developer,
-        &m.function_type,
-    ];
-    let lists = [&m.permission_scope, &m.skills];
-    if fields.iter().any(|f| f.len() > MAX_MATERIAL_FIELD)
-        || lists
-            .iter()
-            .any(|l| l.len() > MAX_MATERIAL_ITEMS || l.iter().any(|s| s.len() > MAX_MATERIAL_FIELD))
-    {
+    if !agw_tls::materials::within_limits(m) {
         return Err(AcaError::new(
             ErrorCode::InvalidField,
             format!(

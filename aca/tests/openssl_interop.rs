@@ -90,6 +90,47 @@ fn openssl_verifies_issued_certificates_and_honours_the_crl() {
         "{text}"
     );
     assert!(text.contains("O = Acme Travel"), "{text}");
+    // The materials checked before issue, in their extension (OID under X.667's UUID arc):
+    // openssl finds it, non-critical, and parses its value as the strings the authority
+    // checked.
+    assert!(
+        text.contains(&format!("{}: \n", agw_tls::materials::MATERIALS_OID)),
+        "{text}"
+    );
+    let (ok, parsed) = openssl(&["asn1parse", "-in", leaf.to_str().unwrap()]);
+    assert!(ok, "{parsed}");
+    let lines: Vec<&str> = parsed.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.ends_with(&format!(":{}", agw_tls::materials::MATERIALS_OID)))
+        .unwrap_or_else(|| panic!("{parsed}"));
+    let value = lines[at + 1];
+    assert!(value.contains("OCTET STRING"), "{value}");
+    let offset = value.split(':').next().unwrap().trim();
+    let (ok, inner) = openssl(&[
+        "asn1parse",
+        "-in",
+        leaf.to_str().unwrap(),
+        "-strparse",
+        offset,
+    ]);
+    assert!(ok, "{inner}");
+    let strings: Vec<&str> = inner
+        .lines()
+        .filter_map(|l| l.split("UTF8STRING        :").nth(1))
+        .collect();
+    assert_eq!(
+        strings,
+        [
+            "Acme Travel",
+            "dev@acme.example",
+            "booking",
+            "REG-2026-001",
+            "hotel booking",
+            "booking"
+        ],
+        "{inner}"
+    );
 
     // Alice revokes her certificate: her key leaked.
     let request = alice

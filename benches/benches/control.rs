@@ -43,6 +43,7 @@ fn control(c: &mut Criterion) {
                     shard: 0,
                     connection: n as u32,
                     serial: Vec::new(),
+                    scopes: Vec::new(),
                 }
             } else {
                 ShardEvent::AgentDown {

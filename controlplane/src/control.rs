@@ -198,6 +198,8 @@ struct State {
     links: Option<PeerLinks>,
     /// The embedded registry: local profiles go to peers, peers' summaries come to it.
     registry: Option<RegistryHandle>,
+    /// The scopes attached agents' certificates grant.
+    access_scopes: Option<AccessScopes>,
 }
 
 /// What the control plane is wired to besides the routing table.
@@ -209,6 +211,54 @@ pub struct Wiring {
     pub links: Option<PeerLinks>,
     /// The embedded registry (ARS).
     pub registry: Option<RegistryWiring>,
+    /// Where the permission scopes of the agents attached here are kept.
+    pub access_scopes: Option<AccessScopes>,
+}
+
+/// The permission scopes each agent attached to this gateway presented in its certificate at
+/// access (the authority wrote them in it), kept while it stays attached: authorization rules
+/// on scopes match these holders as well as those of the authority's records, so an agent
+/// whose certificate another gateway's authority issued is known by its scopes here too.
+#[derive(Debug, Clone, Default)]
+pub struct AccessScopes {
+    held: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl AccessScopes {
+    /// Kept scopes that wake `changed` whenever who holds which changes.
+    pub fn new(changed: Arc<tokio::sync::Notify>) -> AccessScopes {
+        AccessScopes {
+            held: Arc::default(),
+            changed,
+        }
+    }
+
+    /// Each attached agent and the scopes its certificate grants.
+    pub fn holders(&self) -> Vec<(String, Vec<String>)> {
+        self.held
+            .lock()
+            .map(|held| held.iter().map(|(a, s)| (a.clone(), s.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    fn attached(&self, agent: &str, scopes: &[String]) {
+        let Ok(mut held) = self.held.lock() else {
+            return;
+        };
+        let changed = if scopes.is_empty() {
+            held.remove(agent).is_some()
+        } else if held.get(agent).map(Vec::as_slice) != Some(scopes) {
+            held.insert(agent.to_owned(), scopes.to_vec());
+            true
+        } else {
+            false
+        };
+        drop(held);
+        if changed {
+            self.changed.notify_one();
+        }
+    }
 }
 
 /// The embedded registry as the control plane sees it: its handle, and the batches of changes
@@ -247,6 +297,7 @@ impl ControlPlane {
             peering,
             links,
             registry,
+            access_scopes,
         } = wiring;
         let (peer_tx, peer_rx) = crossbeam_channel::unbounded();
         let peer_ids: Vec<String> = peering
@@ -274,6 +325,7 @@ impl ControlPlane {
             peer_up: vec![false; peer_count],
             links,
             registry,
+            access_scopes,
         };
         let commander = peering.as_ref().map(Peering::commander);
         let thread = std::thread::Builder::new()
@@ -701,6 +753,13 @@ impl State {
         if !self.routes.apply(&mut self.table, event) {
             return; // one of its connections left; another still holds its route
         }
+        if let Some(kept) = &self.access_scopes {
+            match event {
+                ShardEvent::AgentUp { agent, scopes, .. } => kept.attached(agent.as_str(), scopes),
+                ShardEvent::AgentDown { agent, .. } => kept.attached(agent.as_str(), &[]),
+                ShardEvent::AgentStatus { .. } => {}
+            }
+        }
         let (agent, change) = match event {
             ShardEvent::AgentUp { agent, .. } => (agent, Some(pb::Status::Running)),
             ShardEvent::AgentStatus { agent, status } => (agent, Some(*status)),
@@ -1029,6 +1088,72 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+
+    #[test]
+    fn scopes_presented_at_access_are_held_while_the_agent_stays_attached() {
+        let local = GatewayId::parse("spiffe://a.example/agw/a1").unwrap();
+        let (shards, events) = crossbeam_channel::unbounded();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let kept = AccessScopes::new(Arc::clone(&changed));
+        let control = ControlPlane::start(
+            local,
+            RoutingTable::new(),
+            events,
+            Wiring {
+                access_scopes: Some(kept.clone()),
+                ..Wiring::default()
+            },
+        )
+        .unwrap();
+        let alice = agw_proto::identity::AgentId::parse("spiffe://a.example/agent/alice").unwrap();
+        let up = |connection: u32, scopes: &[&str]| ShardEvent::AgentUp {
+            agent: alice.clone(),
+            shard: 0,
+            connection,
+            serial: vec![1],
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        };
+        let down = |connection: u32| ShardEvent::AgentDown {
+            agent: alice.clone(),
+            shard: 0,
+            connection,
+            reason: DownReason::Disconnected,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // Each change wakes whoever applies the policy, within the test's patience.
+        let woken = || {
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), changed.notified())
+                    .await
+                    .is_ok()
+            })
+        };
+        let holders = || kept.holders();
+
+        shards.send(up(1, &["payments", "booking"])).unwrap();
+        assert!(woken());
+        assert_eq!(
+            holders(),
+            [(alice.to_string(), vec!["payments".into(), "booking".into()])]
+        );
+        // A second connection with the same certificate's scopes: the same holders.
+        shards.send(up(2, &["payments", "booking"])).unwrap();
+        // The first connection leaves; the second still holds the route and the scopes.
+        shards.send(down(1)).unwrap();
+        // Renewed with fewer scopes and attached again: they are replaced.
+        shards.send(up(3, &["booking"])).unwrap();
+        assert!(woken());
+        assert_eq!(holders(), [(alice.to_string(), vec!["booking".into()])]);
+        // Gone from every connection: held no more.
+        shards.send(down(2)).unwrap();
+        shards.send(down(3)).unwrap();
+        assert!(woken());
+        assert!(holders().is_empty());
+        drop(control);
+    }
 
     #[test]
     fn refusals_are_typed_with_their_wire_code() {

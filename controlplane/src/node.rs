@@ -32,7 +32,7 @@ use agw_sdk::certificates::AgentKey;
 
 use crate::peer_crls::{PeerCrl, PeerCrlConfig, PeerCrls};
 use crate::{
-    control::{ControlError, ControlPlane, RegistryWiring, Wiring},
+    control::{AccessScopes, ControlError, ControlPlane, RegistryWiring, Wiring},
     peering::{
         driver::{PeerSpec, PeeringConfig},
         session::{LimitAction, PeerConfig},
@@ -239,6 +239,8 @@ pub struct Node {
     server_names: Vec<String>,
     /// The authorization policy as configured (without its scopes' holders).
     policy: Arc<Mutex<Authorization>>,
+    /// The permission scopes attached agents presented in their certificates.
+    attached_scopes: AccessScopes,
     endpoints: Vec<(&'static str, Endpoint)>,
     /// A message after each revocation by the embedded authority.
     revoked: crossbeam_channel::Receiver<()>,
@@ -322,23 +324,31 @@ fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
 /// not certify one identity to two keys, re-issues its certificate at every start.
 /// `policy` with the holders of the scopes it names, from `authority`'s valid certificates
 /// (as is when it names none: no scan).
-fn with_scopes(authority: &CertificateAuthority, policy: Authorization) -> Authorization {
+/// Beside them, the scopes that agents attached here presented in their certificates at
+/// access (`attached`).
+fn with_scopes(
+    authority: &CertificateAuthority,
+    attached: &AccessScopes,
+    policy: Authorization,
+) -> Authorization {
     if !policy.uses_scopes() {
         return policy;
     }
+    let mut holders = attached.holders();
     match authority.agent_scopes(SystemTime::now()) {
-        Ok(holders) => policy.with_scopes(&holders),
+        Ok(issued) => holders.extend(issued),
         Err(e) => {
-            tracing::warn!(error = %e, "permission scopes unknown: rules on scopes match no one");
-            policy
+            tracing::warn!(error = %e, "the authority's records of scopes unreadable: only attached agents' certificates count");
         }
     }
+    policy.with_scopes(&holders)
 }
 
 /// Applies the policy again, with its scopes' holders read anew, after each issuance and
 /// revocation (a burst is one scan).
 async fn follow_scopes(
     authority: Arc<CertificateAuthority>,
+    attached: AccessScopes,
     policy: Arc<Mutex<Authorization>>,
     relay: Arc<arc_swap::ArcSwap<Authorization>>,
     changed: Arc<tokio::sync::Notify>,
@@ -351,13 +361,14 @@ async fn follow_scopes(
         if !current.uses_scopes() {
             continue;
         }
-        let (authority, policy, relay) = (
+        let (authority, attached, policy, relay) = (
             Arc::clone(&authority),
+            attached.clone(),
             Arc::clone(&policy),
             Arc::clone(&relay),
         );
         let _ = tokio::task::spawn_blocking(move || {
-            let resolved = with_scopes(&authority, current.clone());
+            let resolved = with_scopes(&authority, &attached, current.clone());
             // Only if the operator did not set another policy meanwhile.
             if let Ok(configured) = policy.lock()
                 && *configured == current
@@ -444,6 +455,8 @@ impl Node {
         });
         let on_change = Arc::clone(&scopes_changed);
         authority.on_issue(move || on_change.notify_one());
+        // And with every agent attaching with scopes in its certificate, or leaving.
+        let attached_scopes = AccessScopes::new(Arc::clone(&scopes_changed));
         let crl_server = CrlHttpServer::from_listener(
             runtime.handle(),
             crl_listener,
@@ -519,7 +532,8 @@ impl Node {
         dp_config.pin_cores = config.pin_cores;
         dp_config.access = config.access;
         dp_config.set_live_limits(config.limits);
-        dp_config.authorization = with_scopes(&authority, config.authorization.clone());
+        dp_config.authorization =
+            with_scopes(&authority, &attached_scopes, config.authorization.clone());
         dp_config.peer_listen = Some(config.relay_links);
         dp_config.peer_tls = Some(tls.clone());
         dp_config.mqtt_listen = config.mqtt;
@@ -656,6 +670,7 @@ impl Node {
                     handle: registry.clone(),
                     changes: registry_changes,
                 }),
+                access_scopes: Some(attached_scopes.clone()),
             },
         )
         .map_err(|e| format!("control plane: {e}"))?;
@@ -664,6 +679,7 @@ impl Node {
         let policy = Arc::new(Mutex::new(config.authorization.clone()));
         runtime.spawn(follow_scopes(
             Arc::clone(&authority),
+            attached_scopes.clone(),
             Arc::clone(&policy),
             dataplane.authorization_handle(),
             scopes_changed,
@@ -759,6 +775,7 @@ impl Node {
             certificate: Mutex::new(certificate),
             server_names: config.server_names,
             policy,
+            attached_scopes,
             endpoints,
             revoked,
             applied_crl: Mutex::new((applied_crl_number, Vec::new())),
@@ -840,8 +857,11 @@ impl Node {
             return;
         };
         configured.clone_from(&policy);
-        self.dataplane
-            .set_authorization(with_scopes(&self.authority, policy));
+        self.dataplane.set_authorization(with_scopes(
+            &self.authority,
+            &self.attached_scopes,
+            policy,
+        ));
     }
 
     /// Fetches the peers' CRLs now (and puts this domain's CRL of the moment beside them in

@@ -133,6 +133,7 @@ fn routes_follow_the_best_path_and_move_when_a_gateway_hangs_or_leaves() {
             shard: 0,
             connection: 7,
             serial: vec![1],
+            scopes: Vec::new(),
         })
         .unwrap();
     wait_until("a's local route", Duration::from_secs(2), || {
@@ -196,6 +197,7 @@ fn a_triangle_prefers_the_direct_path_lists_its_neighbours_and_forgets_a_deregis
             shard: 0,
             connection: 1,
             serial: vec![1],
+            scopes: Vec::new(),
         })
         .unwrap();
     // c hears x from a directly (one hop) and through b (two): the direct path wins.
@@ -254,6 +256,7 @@ fn two_gateways_dialling_each_other_end_up_with_one_session() {
             shard: 0,
             connection: 1,
             serial: vec![1],
+            scopes: Vec::new(),
         })
         .unwrap();
     wait_until("b's route to x", Duration::from_secs(10), || {
@@ -289,6 +292,7 @@ fn a_peer_that_drops_misses_changes_and_returns_leaves_nothing_stale() {
                 shard: 0,
                 connection: i as u32,
                 serial: vec![1],
+                scopes: Vec::new(),
             })
             .unwrap();
     }

@@ -79,6 +79,8 @@ pub enum Action {
         agent: AgentId,
         /// Its certificate's serial, to close the session if it is revoked.
         serial: Vec<u8>,
+        /// The permission scopes its certificate grants (the authority wrote them in it).
+        scopes: Vec<String>,
         /// The languages it says it understands (BCP 47), for translation.
         languages: Vec<String>,
         /// It wants the original of what the gateway translates for it.
@@ -208,12 +210,13 @@ impl AccessSession {
         self.state = match (state, message) {
             (State::Challenged { nonce, .. }, Message::AccessRequest(req)) => {
                 match self.verify(&nonce, req, wall) {
-                    Ok((agent, serial)) => {
+                    Ok((agent, serial, scopes)) => {
                         // The agent comes up before the reply is sent, so the connection
                         // can make its route visible first: a reply means reachable.
                         self.actions.push_back(Action::AgentUp {
                             agent: agent.clone(),
                             serial,
+                            scopes,
                             languages: req.languages.clone(),
                             originals: req.translation_originals,
                         });
@@ -329,7 +332,7 @@ impl AccessSession {
         nonce: &[u8; 32],
         req: &pb::AccessRequest,
         wall: SystemTime,
-    ) -> Result<(AgentId, Vec<u8>), pb::Error> {
+    ) -> Result<(AgentId, Vec<u8>, Vec<String>), pb::Error> {
         let agent = AgentId::parse(&req.agent)
             .map_err(|e| pb::Error::new(ErrorCode::InvalidField, e.to_string()))?;
         let checked = self
@@ -354,8 +357,12 @@ impl AccessSession {
             && self.tls_identity.is_some()
             && !req.certificate_chain.is_empty()
             && req.certificate_chain.first() == self.tls_chain.first();
+        let scopes = checked
+            .materials
+            .map(|m| m.permission_scope)
+            .unwrap_or_default();
         if proved_by_tls {
-            return Ok((agent, checked.serial));
+            return Ok((agent, checked.serial, scopes));
         }
         let signed = signing::access_input(&self.gateway, nonce, &agent);
         if !keys::verify(&checked.spki_der, &signed, &req.signature) {
@@ -364,7 +371,7 @@ impl AccessSession {
                 "the signature does not verify",
             ));
         }
-        Ok((agent, checked.serial))
+        Ok((agent, checked.serial, scopes))
     }
 }
 

@@ -33,6 +33,9 @@ pub enum ShardEvent {
         connection: u32,
         /// Its certificate's serial, to close the session if it is revoked.
         serial: Vec<u8>,
+        /// The permission scopes its certificate grants, read at access: authorization
+        /// rules on scopes match it by these as well as by the authority's records.
+        scopes: Vec<String>,
     },
     /// The agent reported another status.
     AgentStatus {
@@ -166,6 +169,7 @@ mod tests {
             shard: 0,
             connection,
             serial: Vec::new(),
+            scopes: Vec::new(),
         }
     }
 

@@ -42,7 +42,7 @@ fn world() -> World {
     );
     let ca = CertificateAuthority::bootstrap(
         config,
-        Box::new(AllowListPolicy::default().allow("Acme", [])),
+        Box::new(AllowListPolicy::default().allow("Acme", ["bookings"])),
         t0(),
     )
     .unwrap();
@@ -54,6 +54,7 @@ fn certify(ca: &CertificateAuthority, name: &str) -> (AgentId, AgentKey, HeldCer
     let key = AgentKey::generate().unwrap();
     let materials = pb::IdentityMaterials {
         organization: "Acme".into(),
+        permission_scope: vec!["bookings".into()],
         ..Default::default()
     };
     let app = CertificateRequests::default()
@@ -128,6 +129,7 @@ fn an_agent_accesses_heartbeats_and_goes_offline_when_silent() {
         Action::AgentUp {
             agent,
             serial,
+            scopes,
             languages,
             originals: false,
         },
@@ -142,6 +144,8 @@ fn an_agent_accesses_heartbeats_and_goes_offline_when_silent() {
         (30_000, 90_000)
     );
     assert_eq!((agent, serial.as_slice()), (&id, held.serial.as_ref()));
+    // The scopes come from the certificate presented, where the authority wrote them.
+    assert_eq!(scopes, &["bookings".to_string()]);
     assert!(languages.is_empty());
     assert_eq!(s.next_timeout(), Some(start + Duration::from_secs(91)));
 

@@ -213,6 +213,11 @@ fn an_agent_enrolls_renews_and_shows_its_certificate_from_a_shell() {
     let (ok, out, _) = agent(&held, &["show"]);
     assert!(ok);
     assert!(out.contains(agent_id) && out.contains("days left"), "{out}");
+    // The materials read back from the certificate itself, where the authority wrote them.
+    assert!(
+        out.contains("scopes     payments") && out.contains("skills     book-hotel"),
+        "{out}"
+    );
 
     // Renewal with the same key, then with a new one: new serials, same identity.
     let key_before = std::fs::read(held.join("key.pem")).unwrap();
@@ -229,7 +234,14 @@ fn an_agent_enrolls_renews_and_shows_its_certificate_from_a_shell() {
     assert_ne!(std::fs::read(held.join("key.pem")).unwrap(), key_before);
     assert!(openssl_verifies(&dir.path().join("anchor.pem"), &chain));
     let (_, out, _) = agent(&held, &["--json", "show"]);
-    assert_eq!(json(&out)["serial"], third["serial"]);
+    let shown = json(&out);
+    assert_eq!(shown["serial"], third["serial"]);
+    // Renewed certificates carry the same materials.
+    assert_eq!(shown["materials"]["organization"], "Acme");
+    assert_eq!(
+        shown["materials"]["permission_scopes"],
+        serde_json::json!(["payments"])
+    );
 }
 
 #[test]

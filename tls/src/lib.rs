@@ -20,6 +20,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub mod keys;
+pub mod materials;
 
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, RootCertStore, ServerConfig,
@@ -645,10 +646,12 @@ impl CertificateChecker {
         }
         let identity = peer_identity(&chain).ok_or(ChainError::NoIdentity)?;
         let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| ChainError::Malformed)?;
+        let materials = materials::materials_in(&cert).map_err(|_| ChainError::Malformed)?;
         Ok(CheckedCertificate {
             identity,
             serial: cert.raw_serial().to_vec(),
             spki_der: cert.public_key().raw.to_vec(),
+            materials,
         })
     }
 }
@@ -780,6 +783,8 @@ pub struct CheckedCertificate {
     pub serial: Vec<u8>,
     /// Its public key, DER SubjectPublicKeyInfo, to verify what it signs.
     pub spki_der: Vec<u8>,
+    /// The materials its issuer checked and wrote into it ([`materials`]), if any.
+    pub materials: Option<agw_proto::pb::IdentityMaterials>,
 }
 
 /// The URIs of a certificate's CRL distribution points (RFC 5280 4.2.1.13): where its

@@ -131,6 +131,7 @@ impl Shard {
             shard: self.id,
             connection: conn.id,
             serial: Vec::new(),
+            scopes: Vec::new(),
         });
         Some(conn)
     }

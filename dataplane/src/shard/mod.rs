@@ -620,6 +620,7 @@ impl Shard {
                 Action::AgentUp {
                     agent,
                     serial,
+                    scopes,
                     languages,
                     originals,
                 } => {
@@ -633,6 +634,7 @@ impl Shard {
                         shard: self.id,
                         connection: conn.id,
                         serial: serial.clone(),
+                        scopes,
                     });
                     *conn.recipient.borrow_mut() = self.recipient(&agent, &languages, originals);
                     *conn.agent.borrow_mut() = Some(agent);

@@ -838,6 +838,11 @@ fn print(held: &HeldCertificate, json: bool) {
         .not_after
         .duration_since(SystemTime::now())
         .unwrap_or_default();
+    // What the authority checked and wrote into the certificate (absent from older ones).
+    let materials = held
+        .chain
+        .first()
+        .and_then(|leaf| agw_tls::materials::materials_of(leaf).ok().flatten());
     let mut out = std::io::stdout();
     if json {
         let doc = serde_json::json!({
@@ -847,6 +852,14 @@ fn print(held: &HeldCertificate, json: bool) {
             "not_after_unix_s": unix(held.not_after),
             "renew_at_unix_s": unix(held.renew_at()),
             "chain_length": held.chain.len(),
+            "materials": materials.as_ref().map(|m| serde_json::json!({
+                "organization": m.organization,
+                "developer": m.developer,
+                "function_type": m.function_type,
+                "qualification_ref": m.qualification_ref,
+                "skills": m.skills,
+                "permission_scopes": m.permission_scope,
+            })),
         });
         let _ = writeln!(out, "{doc}");
         return;
@@ -861,4 +874,11 @@ fn print(held: &HeldCertificate, json: bool) {
         left.as_secs_f64() / 86_400.0
     );
     let _ = writeln!(out, "renew at   {} (unix s)", unix(held.renew_at()));
+    if let Some(m) = materials {
+        let _ = writeln!(out, "organisation {}", m.organization);
+        let _ = writeln!(out, "developer  {}", m.developer);
+        let _ = writeln!(out, "function   {}", m.function_type);
+        let _ = writeln!(out, "skills     {}", m.skills.join(", "));
+        let _ = writeln!(out, "scopes     {}", m.permission_scope.join(", "));
+    }
 }
