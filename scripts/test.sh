@@ -17,6 +17,9 @@ scripts/install-packages.sh openssl curl mosquitto-clients mosquitto nats-server
 # grpcio), and its server (Starlette on uvicorn) an A2A server agent the gateway calls.
 python3 -c 'import paho.mqtt' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt==2.1.0'
+# pyca/cryptography reads the certificates the authority issues (strict DER) in its tests.
+python3 -c 'import cryptography.x509' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check 'cryptography==48.0.0'
 python3 -c 'import a2a.client, a2a.server.routes, httpx, starlette, sse_starlette, uvicorn, grpc' \
     2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check 'a2a-sdk[http-server,grpc]==1.3.0' \

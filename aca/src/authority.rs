@@ -1096,7 +1096,10 @@ impl CertificateAuthority {
             dn.push(DnType::OrganizationName, org.as_str());
         }
         params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
+        // No basicConstraints: a leaf's is optional (RFC 5280 4.2.1.9), and rcgen's explicit
+        // `cA FALSE` encodes the default, which DER forbids (pyca/cryptography refuses the
+        // whole certificate).
+        params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -1112,8 +1115,8 @@ impl CertificateAuthority {
                 .ok_or_else(|| internal("materials past their sizes reached issue"))?;
             params
                 .custom_extensions
-                .push(CustomExtension::from_oid_der_content(
-                    agw_tls::materials::MATERIALS_OID_DER,
+                .push(CustomExtension::from_oid_content(
+                    agw_tls::materials::EXTENSION_OID,
                     value,
                 ));
         }

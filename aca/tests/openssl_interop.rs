@@ -90,19 +90,37 @@ fn openssl_verifies_issued_certificates_and_honours_the_crl() {
         "{text}"
     );
     assert!(text.contains("O = Acme Travel"), "{text}");
-    // The materials checked before issue, in their extension (OID under X.667's UUID arc):
-    // openssl finds it, non-critical, and parses its value as the strings the authority
-    // checked.
+    // The materials checked before issue, in the Subject Directory Attributes extension
+    // (2.5.29.9, non-critical): openssl finds it and parses its value down to the strings the
+    // authority checked, under the materials' attribute type.
+    // pyca/cryptography (Python's X.509 library, strict DER) reads every extension; the
+    // materials' one opaque to it, as to any library that does not know the attribute.
+    let python = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from cryptography import x509\n\
+             c = x509.load_pem_x509_certificate(open(sys.argv[1], 'rb').read())\n\
+             print(' '.join(e.oid.dotted_string for e in c.extensions))",
+            leaf.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&python.stdout);
     assert!(
-        text.contains(&format!("{}: \n", agw_tls::materials::MATERIALS_OID)),
-        "{text}"
+        python.status.success(),
+        "{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    assert!(
+        listed.split_whitespace().any(|oid| oid == "2.5.29.9"),
+        "{listed}"
     );
     let (ok, parsed) = openssl(&["asn1parse", "-in", leaf.to_str().unwrap()]);
     assert!(ok, "{parsed}");
     let lines: Vec<&str> = parsed.lines().collect();
     let at = lines
         .iter()
-        .position(|l| l.ends_with(&format!(":{}", agw_tls::materials::MATERIALS_OID)))
+        .position(|l| l.ends_with(":X509v3 Subject Directory Attributes"))
         .unwrap_or_else(|| panic!("{parsed}"));
     let value = lines[at + 1];
     assert!(value.contains("OCTET STRING"), "{value}");
@@ -115,6 +133,10 @@ fn openssl_verifies_issued_certificates_and_honours_the_crl() {
         offset,
     ]);
     assert!(ok, "{inner}");
+    assert!(
+        inner.contains(&format!(":{}", agw_tls::materials::MATERIALS_OID)),
+        "{inner}"
+    );
     let strings: Vec<&str> = inner
         .lines()
         .filter_map(|l| l.split("UTF8STRING        :").nth(1))

@@ -1191,7 +1191,12 @@ fn an_agent_enrolls_and_renews_over_est_with_curl_and_openssl() {
         "alice.csr.b64",
         "alice.p7.b64",
     );
-    assert_eq!(status, 200);
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        std::fs::read_to_string(file("alice.p7.b64")).unwrap_or_default()
+    );
     assert!(
         headers.contains("content-type: application/pkcs7-mime; smime-type=certs-only"),
         "{headers}"

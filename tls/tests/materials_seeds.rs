@@ -1,5 +1,6 @@
-//! Replays the materials fuzz target's seeds (`fuzz/seeds/materials/`) on stable: each
-//! decodes or is refused as its name says, and every one passes the fuzz check.
+//! Replays the materials fuzz target's seeds (`fuzz/seeds/materials/`, Subject Directory
+//! Attributes extension values) on stable: each decodes or is refused as its name says, and
+//! every one passes the fuzz check.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,23 +18,26 @@ fn seed_extensions_decode_or_are_refused_as_named() {
         let result = decode(&bytes);
         let malformed = matches!(result, Err(MaterialsError::Malformed(_)));
         match name.as_str() {
-            "valid-full" => {
-                let m = result.unwrap();
+            "valid-full" | "valid-beside-another-attribute" => {
+                let m = result.unwrap().unwrap();
                 assert_eq!(m.organization, "Acme Travel");
                 assert_eq!(m.permission_scope, ["booking"]);
                 assert_eq!(m.skills, ["hotel booking"]);
             }
-            "valid-empty" => assert_eq!(result.unwrap(), Default::default()),
-            "valid-at-limits" => assert_eq!(result.unwrap().permission_scope.len(), MAX_ITEMS),
-            "field-too-long" | "too-many-scopes" => {
+            "valid-empty" => assert_eq!(result.unwrap(), Some(Default::default())),
+            "valid-at-limits" => {
+                assert_eq!(result.unwrap().unwrap().permission_scope.len(), MAX_ITEMS)
+            }
+            "none-only-another-attribute" => assert_eq!(result, Ok(None)),
+            "field-too-long" | "too-many-scopes" | "two-values" | "too-many-attributes" => {
                 assert_eq!(result, Err(MaterialsError::TooBig), "{name}")
             }
             "truncated" | "wrong-tag" | "trailing-byte" | "bad-utf8" | "huge-length"
-            | "indefinite-length" => assert!(malformed, "{name}: {result:?}"),
+            | "indefinite-length" | "no-attribute" => assert!(malformed, "{name}: {result:?}"),
             // Inputs saved from fuzzing runs: any typed outcome, no panic.
             _ => {}
         }
         seen += 1;
     }
-    assert!(seen >= 11, "{seen} seeds in {}", dir.display());
+    assert!(seen >= 16, "{seen} seeds in {}", dir.display());
 }
