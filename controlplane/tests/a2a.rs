@@ -600,6 +600,16 @@ fn an_mqtt_agent_asks_an_a2a_agent_two_domains_away_and_a_native_agent_joins_its
     let host = agw_demo::certify(&b, "host").unwrap();
     let native = AgentConnection::connect(b.addresses().agents, host.clone(), WAIT).unwrap();
     let (mut writer, mut reader) = native.split();
+    // The concierge's answer goes back to the host: c must route to it first (b advertises
+    // it within the peers' advertisement interval).
+    let start = Instant::now();
+    while !matches!(
+        c.dataplane.route_of(host.agent.as_str()),
+        Some(agw_dataplane::routing::Route::Peer { .. })
+    ) {
+        assert!(start.elapsed() < WAIT * 2, "no route to the host at c");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let start = Instant::now();
     let reply = loop {
         assert!(

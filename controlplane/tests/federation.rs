@@ -184,8 +184,12 @@ fn a_gateway_in_maintenance_is_routed_around_and_its_agents_shown_so() {
     wait_until("b holds the hotel", || {
         route(&b, hotel.agent.as_str()) == Some(Route::Offline)
     });
-    let found = discover(&b, &traveller, "book-hotel");
-    assert_eq!(found[0].status(), pb::Status::TemporarilyOffline);
+    // The hotel's registration reaches b within the peers' advertisement interval.
+    wait_until("b discovers the hotel, temporarily offline", || {
+        discover(&b, &traveller, "book-hotel")
+            .first()
+            .is_some_and(|p| p.status() == pb::Status::TemporarilyOffline)
+    });
     let (views, _) = b
         .control()
         .unwrap()

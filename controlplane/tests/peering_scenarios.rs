@@ -235,6 +235,9 @@ fn load_config(text: &str) -> Scenario {
     let local = GatewayId::parse(&get("local").expect("local")).unwrap();
     let peer = GatewayId::parse(&get("peer").expect("peer")).unwrap();
     let mut config = PeerConfig::new(local, peer);
+    // Updates at once: the recorded transcripts predate the advertisement interval, which
+    // the session's own tests cover.
+    config.advertisement_interval = Duration::ZERO;
     let secs = |v: String| Duration::from_secs(v.parse().unwrap());
     let millis = |v: String| Duration::from_millis(v.parse().unwrap());
     if let Some(v) = get("dial") {
@@ -343,7 +346,7 @@ fn run(dir: &Path) -> (String, String) {
             }
             Some("advertise") => {
                 let table: Vec<_> = rest[1..].iter().map(|s| summary(s, &local)).collect();
-                session.advertise(&table, &[]);
+                session.advertise(&table, &[], now);
             }
             Some("set-status") => session.set_local_status(status(rest[1]), now),
             Some("malformed") => session.handle(
@@ -355,7 +358,7 @@ fn run(dir: &Path) -> (String, String) {
             ),
             Some("withdraw-local") => {
                 let agents: Vec<String> = rest[1..].iter().map(|s| (*s).to_owned()).collect();
-                session.advertise(&[], &agents);
+                session.advertise(&[], &agents, now);
             }
             other => panic!("unknown event {other:?} in {}", dir.display()),
         }

@@ -687,7 +687,7 @@ impl PeerTask {
                 Wake::Command(None) => return,
                 Wake::Command(Some(command)) => match command {
                     PeerCommand::FullSync(table) => self.session.full_sync(&table),
-                    PeerCommand::Advertise(a, w) => self.session.advertise(&a, &w),
+                    PeerCommand::Advertise(a, w) => self.session.advertise(&a, &w, Instant::now()),
                     PeerCommand::SetStatus(s) => self.session.set_local_status(s, now),
                     PeerCommand::Revoked => {
                         if let Some(link) = self.link.take() {

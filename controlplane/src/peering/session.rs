@@ -72,6 +72,13 @@ pub struct PeerConfig {
     pub retry_min: Duration,
     /// Longest reconnection delay. Default 60 s.
     pub retry_max: Duration,
+    /// The least time between two RESOURCE_UPDATEs of changes to the peer (BGP's MRAI):
+    /// changes made meanwhile wait, the newest for each agent, and go together when it has
+    /// passed; an agent never advertised to the peer in this session goes at once. Without
+    /// it a failure makes every gateway try each alternative path in turn, and the updates
+    /// grow with the number of paths (a federation of 40 gateways sent 1.9M for 80 agents;
+    /// docs/scale.md). Default [`DEFAULT_ADVERTISEMENT_INTERVAL`]; zero sends each at once.
+    pub advertisement_interval: Duration,
     /// Most summaries accepted from the peer, and what happens past it; `None` for no limit.
     /// Default [`DEFAULT_MAX_SUMMARIES`], refusing the excess: a peer's table is bounded
     /// unless an operator says otherwise.
@@ -99,6 +106,7 @@ impl PeerConfig {
             agent_access_address: String::new(),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            advertisement_interval: DEFAULT_ADVERTISEMENT_INTERVAL,
             max_summaries: Some((DEFAULT_MAX_SUMMARIES, LimitAction::Refuse)),
             export_domains: None,
             certificate_chain: Vec::new(),
@@ -246,10 +254,34 @@ impl SessionState {
     }
 }
 
+/// An agent ID's hash, for [`PeerSession`]'s record of what the peer holds.
+fn agent_hash(agent: &str) -> u64 {
+    use std::hash::BuildHasher as _;
+    // One hasher for the process: an agent hashes the same in every session.
+    static HASHER: std::sync::OnceLock<hashbrown::DefaultHashBuilder> = std::sync::OnceLock::new();
+    HASHER
+        .get_or_init(hashbrown::DefaultHashBuilder::default)
+        .hash_one(agent)
+}
+
+/// Default [`PeerConfig::advertisement_interval`].
+pub const DEFAULT_ADVERTISEMENT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// One peering session.
 #[derive(Debug)]
 pub struct PeerSession {
     config: PeerConfig,
+    /// Changes waiting for the advertisement interval: each agent's newest summary (as sent,
+    /// this gateway prepended), or `None` to withdraw it. Ordered, so updates are the same
+    /// from run to run.
+    pending: std::collections::BTreeMap<String, Option<pb::AgentSummary>>,
+    /// When the last RESOURCE_UPDATE of changes went, in this session.
+    last_update: Option<Instant>,
+    /// The agents advertised to the peer in this session, as hashes: an agent never
+    /// advertised goes at once, whatever the interval (a collision only makes one wait).
+    sent: hashbrown::HashSet<u64>,
+    /// When the pending changes go.
+    flush_at: Option<Instant>,
     state: State,
     backoff: Duration,
     backlog_since: Option<Instant>,
@@ -270,6 +302,10 @@ impl PeerSession {
             backoff: config.retry_min,
             config,
             state: State::Idle { next_attempt: None },
+            pending: std::collections::BTreeMap::new(),
+            last_update: None,
+            sent: hashbrown::HashSet::new(),
+            flush_at: None,
             backlog_since: None,
             learned: HashSet::new(),
             advertised: 0,
@@ -340,7 +376,11 @@ impl PeerSession {
         let state = match &self.state {
             State::Idle { next_attempt } => *next_attempt,
             State::OpenSent { deadline } | State::OpenWait { deadline } => Some(*deadline),
-            State::Established(t) => Some(t.hold_deadline.min(t.next_keepalive)),
+            State::Established(t) => Some(
+                t.hold_deadline
+                    .min(t.next_keepalive)
+                    .min(self.flush_at.unwrap_or(t.next_keepalive)),
+            ),
             State::Connecting | State::Stopped => None,
         };
         match (state, send_hold) {
@@ -354,37 +394,87 @@ impl PeerSession {
         self.outputs.pop_front()
     }
 
-    /// Advertises local or other peers' summaries to this peer, if established and the export
+    /// Advertises local or other peers' summaries to this peer at `now`, or at the end of the
+    /// advertisement interval since the last update (a timer), if established and the export
     /// policy allows; `summaries` carry their path as received (this gateway is prepended). A
     /// route that came through this peer cannot go back to it (split horizon): the peer is told
     /// to withdraw what it may have had from us for that agent instead.
-    pub fn advertise(&mut self, summaries: &[pb::AgentSummary], withdraw: &[String]) {
+    pub fn advertise(&mut self, summaries: &[pb::AgentSummary], withdraw: &[String], now: Instant) {
         if !matches!(self.state, State::Established(_)) {
             return;
         }
-        let mut advertise = Vec::new();
-        let mut withdraw: Vec<String> = withdraw
-            .iter()
-            .filter(|a| AgentId::parse(a).is_ok_and(|id| self.config.exports(id.domain())))
-            .cloned()
-            .collect();
+        let mut new = Vec::new();
+        for agent in withdraw {
+            if AgentId::parse(agent).is_ok_and(|id| self.config.exports(id.domain())) {
+                self.pending.insert(agent.clone(), None);
+            }
+        }
         for s in summaries {
             if !AgentId::parse(&s.agent).is_ok_and(|id| self.config.exports(id.domain())) {
                 continue;
             }
             if s.path.iter().any(|g| g == self.config.peer.as_str()) {
-                withdraw.push(s.agent.clone());
+                self.pending.insert(s.agent.clone(), None);
+            } else if !self.sent.contains(&agent_hash(&s.agent))
+                && !self.pending.contains_key(&s.agent)
+            {
+                // New to the peer: a first route is never a path being explored, and an
+                // agent that just connected may be answered at once.
+                new.push(self.outgoing(s));
             } else {
-                advertise.push(self.outgoing(s));
+                self.pending.insert(s.agent.clone(), Some(self.outgoing(s)));
+            }
+        }
+        for chunk in new.chunks(512) {
+            self.sent.extend(chunk.iter().map(|s| agent_hash(&s.agent)));
+            self.send_update(&mut chunk.to_vec(), &mut Vec::new());
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        // Within the interval since the last update: wait for its end (the timer), gathering.
+        match self.last_update {
+            Some(last) if now < last + self.config.advertisement_interval => {
+                self.flush_at = Some(last + self.config.advertisement_interval);
+            }
+            _ => self.flush(now),
+        }
+    }
+
+    /// Sends the pending changes (in updates of at most 512 each).
+    fn flush(&mut self, now: Instant) {
+        self.flush_at = None;
+        if self.pending.is_empty() {
+            return;
+        }
+        self.last_update = Some(now);
+        let pending = std::mem::take(&mut self.pending);
+        let (mut advertise, mut withdraw) = (Vec::new(), Vec::new());
+        for (agent, change) in pending {
+            match change {
+                Some(summary) => {
+                    self.sent.insert(agent_hash(&agent));
+                    advertise.push(summary);
+                }
+                // Still counted as sent: a withdrawn agent's next route waits for the
+                // interval, or withdrawals and new paths would explore at full speed.
+                None => withdraw.push(agent),
+            }
+            if advertise.len() + withdraw.len() == 512 {
+                self.send_update(&mut advertise, &mut withdraw);
             }
         }
         if !advertise.is_empty() || !withdraw.is_empty() {
-            self.advertised += advertise.len();
-            self.send(pb::ResourceUpdate {
-                advertise,
-                withdraw,
-            });
+            self.send_update(&mut advertise, &mut withdraw);
         }
+    }
+
+    fn send_update(&mut self, advertise: &mut Vec<pb::AgentSummary>, withdraw: &mut Vec<String>) {
+        self.advertised += advertise.len();
+        self.send(pb::ResourceUpdate {
+            advertise: std::mem::take(advertise),
+            withdraw: std::mem::take(withdraw),
+        });
     }
 
     /// Sends the whole table, then END-OF-SYNC; call it after [`Output::PeerUp`].
@@ -399,6 +489,7 @@ impl PeerSession {
             .collect();
         let count = table.len() as u64;
         self.advertised = table.len();
+        self.sent = table.iter().map(|s| agent_hash(&s.agent)).collect();
         for chunk in table.chunks(512) {
             self.send(pb::ResourceUpdate {
                 advertise: chunk.to_vec(),
@@ -769,6 +860,10 @@ impl PeerSession {
     /// (its agents kept as unreachable until it returns) from one that left.
     fn down(&mut self, code: ErrorCode, disconnected: bool) {
         self.learned.clear();
+        self.pending.clear();
+        self.sent.clear();
+        self.last_update = None;
+        self.flush_at = None;
         self.warned = false;
         self.peer_status = pb::Status::Running;
         self.outputs
@@ -814,6 +909,11 @@ impl PeerSession {
             }
             State::OpenSent { deadline } | State::OpenWait { deadline } if now >= *deadline => {
                 self.fail(ErrorCode::HoldTimerExpired, "no OPEN in time", now);
+            }
+            State::Established(_) if self.flush_at.is_some_and(|at| now >= at) => {
+                self.flush(now);
+                // Other timers may be due as well.
+                self.tick(now);
             }
             State::Established(t) if now >= t.hold_deadline => {
                 self.fail(
@@ -865,13 +965,13 @@ mod tests {
         params.self_signed(&key).unwrap().der().to_vec().into()
     }
 
-    fn opened_with(chain: Vec<bytes::Bytes>) -> Vec<Output> {
+    /// A session that accepted a transport and heard the peer's OPEN (carrying `chain`) at `t`.
+    fn opened(chain: Vec<bytes::Bytes>, t: Instant) -> PeerSession {
         let local = GatewayId::parse("spiffe://a.example/agw/a1").unwrap();
         let peer = GatewayId::parse("spiffe://b.example/agw/b1").unwrap();
         let mut config = PeerConfig::new(local, peer.clone());
         config.dial = false;
         let mut s = PeerSession::new(config);
-        let t = Instant::now();
         s.handle(Input::Start, t);
         s.handle(
             Input::TransportUp {
@@ -889,6 +989,11 @@ mod tests {
             ..Default::default()
         };
         s.handle(Input::Received(Box::new(open.into())), t);
+        s
+    }
+
+    fn opened_with(chain: Vec<bytes::Bytes>) -> Vec<Output> {
+        let mut s = opened(chain, Instant::now());
         std::iter::from_fn(|| s.poll_output()).collect()
     }
 
@@ -908,5 +1013,84 @@ mod tests {
             ),
             "{accepted:?}"
         );
+    }
+
+    /// An established session (accepted, OPEN answered) at `t`, its outputs drained.
+    fn established_at(t: Instant) -> PeerSession {
+        let mut s = opened(Vec::new(), t);
+        while s.poll_output().is_some() {}
+        assert_eq!(s.state(), SessionState::Established);
+        s
+    }
+
+    fn summary(agent: &str, version: u64) -> pb::AgentSummary {
+        pb::AgentSummary {
+            agent: format!("spiffe://a.example/agent/{agent}"),
+            origin: "spiffe://a.example/agw/a1".into(),
+            version,
+            ..Default::default()
+        }
+    }
+
+    /// One RESOURCE_UPDATE: agents advertised (their names) with their versions, withdrawn.
+    type Update = (Vec<(String, u64)>, Vec<String>);
+
+    /// The RESOURCE_UPDATEs sent so far.
+    fn updates(s: &mut PeerSession) -> Vec<Update> {
+        std::iter::from_fn(|| s.poll_output())
+            .filter_map(|o| match o {
+                Output::Send(Message::ResourceUpdate(u)) => Some((
+                    u.advertise
+                        .iter()
+                        .map(|a| (a.agent.rsplit('/').next().unwrap().to_owned(), a.version))
+                        .collect(),
+                    u.withdraw
+                        .iter()
+                        .map(|w| w.rsplit('/').next().unwrap().to_owned())
+                        .collect(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn changes_within_the_advertisement_interval_go_together_the_newest_for_each_agent() {
+        let t = Instant::now();
+        let mut s = established_at(t);
+        let gap = DEFAULT_ADVERTISEMENT_INTERVAL;
+        let ms = Duration::from_millis;
+        let y = ["spiffe://a.example/agent/y".to_owned()];
+        // An agent new to the peer goes at once; so does the first change after a quiet spell.
+        s.advertise(&[summary("x", 1)], &[], t);
+        assert_eq!(updates(&mut s), [(vec![("x".into(), 1)], vec![])]);
+        s.advertise(&[summary("x", 2)], &[], t + ms(5));
+        assert_eq!(updates(&mut s), [(vec![("x".into(), 2)], vec![])]);
+        // Within the interval: x changes twice and waits; y and z are new and go at once;
+        // y is withdrawn and that waits.
+        s.advertise(&[summary("x", 3)], &[], t + ms(10));
+        s.advertise(&[summary("y", 1)], &[], t + ms(20));
+        assert_eq!(updates(&mut s), [(vec![("y".into(), 1)], vec![])]);
+        s.advertise(&[summary("x", 4), summary("z", 1)], &y, t + ms(30));
+        assert_eq!(updates(&mut s), [(vec![("z".into(), 1)], vec![])]);
+        assert_eq!(s.next_timeout(), Some(t + ms(5) + gap));
+        // A tick before the interval's end sends nothing; at it, one update: the newest x,
+        // y withdrawn.
+        s.handle(Input::Tick, t + ms(4) + gap);
+        assert!(updates(&mut s).is_empty());
+        s.handle(Input::Tick, t + ms(5) + gap);
+        assert_eq!(updates(&mut s), [(vec![("x".into(), 4)], vec!["y".into()])]);
+        assert_eq!(s.advertised(), 5);
+        // y was advertised in this session: its next route waits for the interval like any
+        // change (withdrawals and new paths would otherwise explore at full speed).
+        s.advertise(&[summary("y", 2)], &[], t + ms(6) + gap);
+        assert!(updates(&mut s).is_empty());
+        s.handle(Input::Tick, t + ms(5) + 2 * gap);
+        assert_eq!(updates(&mut s), [(vec![("y".into(), 2)], vec![])]);
+        // Pending changes die with the session: a new one starts from its full sync.
+        s.advertise(&[summary("z", 2)], &[], t + ms(7) + 2 * gap);
+        s.handle(Input::TransportDown, t + ms(8) + 2 * gap);
+        s.handle(Input::Tick, t + 5 * gap);
+        assert!(updates(&mut s).is_empty());
     }
 }
