@@ -177,9 +177,12 @@ enum Request {
     },
 }
 
-struct State {
+/// The control plane's route state: local agents, what peers advertised, the routing table
+/// the relay reads. Driven by one thread in the daemon ([`ControlPlane`]), and by the
+/// federation simulation ([`crate::simulation`]) on simulated time.
+pub(crate) struct State {
     local: GatewayId,
-    table: RoutingTable,
+    pub(crate) table: RoutingTable,
     routes: LocalRoutes,
     /// Summaries of local agents without a registry profile, by agent ID.
     summaries: HashMap<String, pb::AgentSummary>,
@@ -311,22 +314,10 @@ impl ControlPlane {
             Some(RegistryWiring { handle, changes }) => (Some(handle), changes),
             None => (None, crossbeam_channel::never()),
         };
-        let peer_count = peer_ids.len();
-        let mut state = State {
-            local,
-            table,
-            routes: LocalRoutes::new(),
-            summaries: HashMap::new(),
-            version: 0,
-            versions: HashMap::new(),
-            rib: Rib::new(),
-            unreachable: HashMap::new(),
-            peer_ids,
-            peer_up: vec![false; peer_count],
-            links,
-            registry,
-            access_scopes,
-        };
+        let mut state = State::new(local, table, peer_ids);
+        state.links = links;
+        state.registry = registry;
+        state.access_scopes = access_scopes;
         let commander = peering.as_ref().map(Peering::commander);
         let thread = std::thread::Builder::new()
             .name("agw-control".into())
@@ -559,6 +550,36 @@ impl State {
         }
     }
 
+    /// The state of gateway `local` with peers `peer_ids` (by index), wired to nothing else.
+    pub(crate) fn new(local: GatewayId, table: RoutingTable, peer_ids: Vec<String>) -> State {
+        let peer_count = peer_ids.len();
+        State {
+            local,
+            table,
+            routes: LocalRoutes::new(),
+            summaries: HashMap::new(),
+            version: 0,
+            versions: HashMap::new(),
+            rib: Rib::new(),
+            unreachable: HashMap::new(),
+            peer_ids,
+            peer_up: vec![false; peer_count],
+            links: None,
+            registry: None,
+            access_scopes: None,
+        }
+    }
+
+    /// Summaries held from peers, every path counted.
+    pub(crate) fn rib_len(&self) -> usize {
+        self.rib.len()
+    }
+
+    /// The gateways the best learned path to `agent` crosses, nearest first.
+    pub(crate) fn best_path(&self, agent: &str) -> Option<Vec<String>> {
+        self.rib.best(agent).map(|(_, s)| s.path.clone())
+    }
+
     /// A version for a local agent's summary, above every one given before: at least the
     /// Unix time in microseconds, so that a restarted gateway's versions are newer too.
     fn stamp(&mut self, agent: &str) -> u64 {
@@ -749,7 +770,7 @@ impl State {
             .map(|(i, _)| i)
     }
 
-    fn shard_event(&mut self, event: &ShardEvent, send: &impl Fn(usize, PeerCommand)) {
+    pub(crate) fn shard_event(&mut self, event: &ShardEvent, send: &impl Fn(usize, PeerCommand)) {
         if !self.routes.apply(&mut self.table, event) {
             return; // one of its connections left; another still holds its route
         }
@@ -813,7 +834,12 @@ impl State {
         }
     }
 
-    fn peer_event(&mut self, index: usize, event: PeerEvent, send: &impl Fn(usize, PeerCommand)) {
+    pub(crate) fn peer_event(
+        &mut self,
+        index: usize,
+        event: PeerEvent,
+        send: &impl Fn(usize, PeerCommand),
+    ) {
         let up_or_down = matches!(event, PeerEvent::Up { .. } | PeerEvent::Down { .. });
         self.handle_peer_event(index, event, send);
         // Which domains' frames each peer may relay: its own and those it advertised agents

@@ -18,4 +18,5 @@ pub mod metrics;
 pub mod node;
 pub mod peer_crls;
 pub mod peering;
+pub mod simulation;
 pub mod translation;
