@@ -178,11 +178,38 @@ enum What {
     Timer { gateway: usize, index: usize },
 }
 
+/// Something due at `at`; events due at once happen in the order they were queued.
+#[derive(Debug)]
+struct Event {
+    at: Duration,
+    sequence: u64,
+    what: What,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.sequence) == (other.at, other.sequence)
+    }
+}
+
+impl Eq for Event {}
+
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Event {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.sequence).cmp(&(other.at, other.sequence))
+    }
+}
+
 /// The federation and its network.
 pub struct Federation {
     gateways: Vec<Gateway>,
-    queue: BinaryHeap<Reverse<(Duration, u64)>>,
-    events: hashbrown::HashMap<u64, What>,
+    queue: BinaryHeap<Reverse<Event>>,
     sequence: u64,
     now: Duration,
     epoch: Instant,
@@ -278,7 +305,6 @@ impl Federation {
         Federation {
             gateways,
             queue: BinaryHeap::new(),
-            events: hashbrown::HashMap::new(),
             sequence: 0,
             now: Duration::ZERO,
             epoch: Instant::now(),
@@ -297,7 +323,6 @@ impl Federation {
     /// of frames in flight): call before measuring what the gateways hold.
     pub fn compact(&mut self) {
         self.queue.shrink_to_fit();
-        self.events.shrink_to_fit();
     }
 
     /// Gateways not failed.
@@ -316,15 +341,12 @@ impl Federation {
 
     /// Runs until simulated time `until`.
     pub fn run_until(&mut self, until: Duration) {
-        while let Some(Reverse((at, sequence))) = self.queue.peek().copied() {
-            if at > until {
+        while self.queue.peek().is_some_and(|Reverse(e)| e.at <= until) {
+            let Some(Reverse(event)) = self.queue.pop() else {
                 break;
-            }
-            self.queue.pop();
-            self.now = at;
-            if let Some(what) = self.events.remove(&sequence) {
-                self.happen(what);
-            }
+            };
+            self.now = event.at;
+            self.happen(event.what);
         }
         self.now = until;
     }
@@ -428,8 +450,11 @@ impl Federation {
 
     fn at(&mut self, after: Duration, what: What) {
         self.sequence += 1;
-        self.events.insert(self.sequence, what);
-        self.queue.push(Reverse((self.now + after, self.sequence)));
+        self.queue.push(Reverse(Event {
+            at: self.now + after,
+            sequence: self.sequence,
+            what,
+        }));
     }
 
     fn happen(&mut self, what: What) {
