@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README): installs what the tests need on a fresh machine, then
-# runs every test of the workspace. Needs only a Rust toolchain; no system protoc.
+# runs every test of the workspace, the gateway built with its etcd support. Needs only a Rust
+# toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,8 +11,11 @@ cd "$(dirname "$0")/.."
 # and nginx's stream proxy and the mosquitto broker (started by the tool on free ports).
 # Apertium's APy service with its English <-> Spanish pair is the translation engine of the
 # natural-language translation tests (started by them on free ports).
+# etcd-server and etcd-client (etcdctl) are the real 3-member clusters that the gateways of one
+# domain share in the etcd tests; protobuf-compiler is protoc, which the etcd client crate's
+# build needs (the gateway's own protocol compiles without it).
 scripts/install-packages.sh openssl curl mosquitto-clients mosquitto nats-server nginx \
-    libnginx-mod-stream apertium-apy apertium-eng-spa
+    libnginx-mod-stream apertium-apy apertium-eng-spa etcd-server etcd-client protobuf-compiler
 # Python clients from PyPI: Eclipse paho-mqtt is an MQTT 5 agent in the MQTT adapter's tests,
 # a2a-sdk's client an A2A agent in the A2A adapter's (JSON-RPC, HTTP+JSON, and gRPC with
 # grpcio), and its server (Starlette on uvicorn) an A2A server agent the gateway calls.
@@ -30,6 +34,6 @@ python3 -c 'import a2a.client, a2a.server.routes, httpx, starlette, sse_starlett
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --locked 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --features agw-controlplane/etcd 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"
