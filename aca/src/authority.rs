@@ -33,7 +33,7 @@ use crate::{
     csr::{CsrError, VerifiedCsr, verify_csr},
     keys::{self, KeyError, key_fingerprint},
     policy::{Application, ApplicationPolicy},
-    store::{CertRecord, CertStore, Revocation},
+    store::{CertRecord, CertStore, Embedded, Revocation, StoreError},
 };
 
 /// Certificates start this long before they are issued, so that a relying party whose clock
@@ -84,6 +84,11 @@ pub struct AuthorityConfig {
     /// Applications one source address may make per minute (as many at once), counted before
     /// anything is checked ([`CertificateAuthority::handle_from`]). Default 600.
     pub applications_per_minute_per_source: u32,
+    /// The domain's etcd mirror (issue 19): the authority's state is kept there, shared by
+    /// every gateway of the domain, instead of in `aca.redb`. Every gateway must hold the
+    /// same authority (its files copied from the first gateway's `aca` directory).
+    #[cfg(feature = "etcd")]
+    pub shared: Option<agw_etcd::Shared>,
 }
 
 impl AuthorityConfig {
@@ -99,6 +104,8 @@ impl AuthorityConfig {
             root: RootMode::SelfSigned,
             applications_per_minute: 6_000,
             applications_per_minute_per_source: 600,
+            #[cfg(feature = "etcd")]
+            shared: None,
         }
     }
 }
@@ -153,7 +160,7 @@ pub struct CertificateAuthority {
     ca_chain: Vec<Vec<u8>>,
     /// The certificate that relying parties trust: our root, or the operator's.
     trust_anchor: Vec<u8>,
-    store: CertStore,
+    store: Box<dyn CertStore>,
     /// Serialises issuance and revocation, so the checks and the write are one step; also
     /// holds the current CRL.
     crl: Mutex<Crl>,
@@ -229,6 +236,38 @@ fn internal(e: impl std::fmt::Display) -> AcaError {
     AcaError::new(ErrorCode::Internal, e.to_string())
 }
 
+/// A store's failure as the applicant hears it: a conflict with another gateway of the domain
+/// and a shared store that takes no writes have codes of their own (both: try again).
+fn stored(e: StoreError) -> AcaError {
+    let code = match e {
+        StoreError::Conflict => ErrorCode::StoreConflict,
+        StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
+        StoreError::Failed(_) => ErrorCode::Internal,
+    };
+    AcaError::new(code, e.to_string())
+}
+
+/// The domain's etcd when configured, else the embedded database in the data directory.
+fn open_store(config: &AuthorityConfig, ca: &[u8]) -> Result<Box<dyn CertStore>, AcaError> {
+    #[cfg(feature = "etcd")]
+    if let Some(mirror) = &config.shared {
+        let shared = crate::store::shared::Shared::new(mirror.clone(), ca).map_err(stored)?;
+        return Ok(Box::new(shared));
+    }
+    let _ = ca;
+    let embedded = Embedded::open(&config.data_dir.join("aca.redb")).map_err(stored)?;
+    Ok(Box::new(embedded))
+}
+
+/// What the identity holds when the authority decides on an application.
+struct Decision {
+    /// Its live certificate, when it is of the applying key (or the one being renewed).
+    live: Option<CertRecord>,
+    /// The serial of its newest certificate, live or not: the issue replaces it only if it
+    /// is still the newest when stored.
+    replacing: Option<Vec<u8>>,
+}
+
 impl CertificateAuthority {
     /// Loads the authority from `config.data_dir`, creating its key and certificate on first
     /// start, and issues a fresh CRL.
@@ -242,6 +281,17 @@ impl CertificateAuthority {
         let anchor_path = config.data_dir.join("trust-anchor.pem");
 
         if !key_path.exists() {
+            #[cfg(feature = "etcd")]
+            if let Some(mirror) = &config.shared
+                && crate::store::shared::Shared::has_authority(mirror)
+            {
+                return Err(internal(format!(
+                    "the domain's etcd records an authority and {} holds none: copy \
+                     ca.key.pem, ca.chain.pem and trust-anchor.pem from the domain's first \
+                     gateway's aca directory",
+                    config.data_dir.display()
+                )));
+            }
             create_ca(&config, now, &key_path, &chain_path, &anchor_path)?;
         }
         crate::private::private_dir(&config.data_dir).map_err(internal)?;
@@ -267,7 +317,7 @@ impl CertificateAuthority {
         .into_iter()
         .next()
         .ok_or_else(|| internal("no trust anchor certificate"))?;
-        let store = CertStore::open(&config.data_dir.join("aca.redb")).map_err(internal)?;
+        let store = open_store(&config, ca_cert)?;
 
         let authority = CertificateAuthority {
             config,
@@ -300,6 +350,63 @@ impl CertificateAuthority {
         let _ = self.on_revoke.0.set(Box::new(notify));
     }
 
+    /// Follows what the domain's other gateways do in the shared store: their revocations
+    /// reissue this gateway's CRL and call the revocation hook (so sessions of revoked
+    /// certificates close here too), their issues call the issue hook. Without a shared
+    /// store, nothing to follow. The thread it starts ends with the mirror.
+    #[cfg(feature = "etcd")]
+    pub fn follow_domain(self: &std::sync::Arc<Self>) -> std::io::Result<()> {
+        use crate::store::shared;
+        let Some(mirror) = self.config.shared.clone() else {
+            return Ok(());
+        };
+        let (told, heard) = std::sync::mpsc::channel::<bool>();
+        let revoked = told.clone();
+        mirror.subscribe(shared::REVOCATIONS, move |changes| {
+            if changes.iter().any(|c| !c.local) {
+                let _ = revoked.send(true);
+            }
+        });
+        mirror.subscribe(shared::ISSUED, move |changes| {
+            if changes.iter().any(|c| !c.local) {
+                let _ = told.send(false);
+            }
+        });
+        let authority = std::sync::Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("agw-aca-domain".into())
+            .spawn(move || {
+                while let Ok(first) = heard.recv() {
+                    // Whatever else arrived meanwhile is handled with it.
+                    let revoked = heard.try_iter().fold(first, |any, r| any || r);
+                    let Some(authority) = authority.upgrade() else {
+                        return;
+                    };
+                    if revoked {
+                        authority.revoked_elsewhere(SystemTime::now());
+                    } else if let Some(notify) = authority.on_issue.0.get() {
+                        notify();
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Another gateway of the domain revoked: the CRL is issued again with it, then whoever
+    /// follows revocations hears of it.
+    #[cfg(feature = "etcd")]
+    fn revoked_elsewhere(&self, now: SystemTime) {
+        let reissued = self
+            .lock_crl()
+            .and_then(|mut crl| self.reissue_crl(&mut crl, now));
+        if let Err(e) = reissued {
+            tracing::warn!(error = %e, "CRL not reissued after another gateway's revocation");
+        }
+        if let Some(notify) = self.on_revoke.0.get() {
+            notify();
+        }
+    }
+
     /// Calls `notify` after every certificate issued (set once; later calls are ignored).
     pub fn on_issue(&self, notify: impl Fn() + Send + Sync + 'static) {
         let _ = self.on_issue.0.set(Box::new(notify));
@@ -310,7 +417,7 @@ impl CertificateAuthority {
     /// (`scope:<name>`) match. Reads every identity's record: a scan of the store.
     pub fn agent_scopes(&self, now: SystemTime) -> Result<Vec<(String, Vec<String>)>, AcaError> {
         let mut out = Vec::new();
-        for record in self.store.current_all().map_err(internal)? {
+        for record in self.store.current_all().map_err(stored)? {
             let scopes = record
                 .materials
                 .as_ref()
@@ -427,7 +534,8 @@ impl CertificateAuthority {
             self.approved(&identity, &csr, materials, now)?;
         }
         let _guard = self.lock_crl()?;
-        if let Some(current) = self.check_key_and_identity(&csr, identity.as_str(), None, now)?
+        let decision = self.check_key_and_identity(&csr, identity.as_str(), None, now)?;
+        if let Some(current) = decision.live
             && current.materials.as_ref() == Some(materials)
             && !past_renewal_point(&current, now)
         {
@@ -439,7 +547,7 @@ impl CertificateAuthority {
             &csr,
             Some(materials.clone()),
             self.config.agent_validity,
-            now,
+            (decision.replacing.as_deref(), now),
         )
     }
 
@@ -493,7 +601,7 @@ impl CertificateAuthority {
         let known = self
             .store
             .applications()
-            .map_err(internal)?
+            .map_err(stored)?
             .into_iter()
             .rev()
             .find(|a| a.identity == identity.as_str() && a.key_fingerprint == fingerprint);
@@ -523,7 +631,7 @@ impl CertificateAuthority {
                         state: pb::ApplicationState::ApplicationPending as i32,
                         received_unix_s: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                     })
-                    .map_err(internal)?;
+                    .map_err(stored)?;
                 Err(pending(id))
             }
         }
@@ -535,7 +643,7 @@ impl CertificateAuthority {
         Ok(self
             .store
             .applications()
-            .map_err(internal)?
+            .map_err(stored)?
             .into_iter()
             .filter(|a| all || a.state() == pb::ApplicationState::ApplicationPending)
             .collect())
@@ -547,7 +655,7 @@ impl CertificateAuthority {
         let mut application = self
             .store
             .applications()
-            .map_err(internal)?
+            .map_err(stored)?
             .into_iter()
             .find(|a| a.id == id)
             .ok_or_else(|| {
@@ -564,7 +672,7 @@ impl CertificateAuthority {
         } else {
             pb::ApplicationState::ApplicationDeniedByOperator
         });
-        self.store.put_application(&application).map_err(internal)?;
+        self.store.put_application(&application).map_err(stored)?;
         Ok(application)
     }
 
@@ -616,7 +724,8 @@ impl CertificateAuthority {
             }
         }
         let _guard = self.lock_crl()?;
-        if let Some(current) = self.check_key_and_identity(&csr, gateway.as_str(), None, now)?
+        let decision = self.check_key_and_identity(&csr, gateway.as_str(), None, now)?;
+        if let Some(current) = decision.live
             && !past_renewal_point(&current, now)
             && server_names_of(&current.der) == names
         {
@@ -629,7 +738,7 @@ impl CertificateAuthority {
             None,
             &names,
             self.config.gateway_validity,
-            now,
+            (decision.replacing.as_deref(), now),
         )
     }
 
@@ -744,8 +853,8 @@ impl CertificateAuthority {
             )
         };
         let _guard = self.lock_crl()?;
-        if let Some(current) =
-            self.check_key_and_identity(&csr, &old.identity, Some(&old.serial), now)?
+        let decision = self.check_key_and_identity(&csr, &old.identity, Some(&old.serial), now)?;
+        if let Some(current) = decision.live
             && current.serial != old.serial
         {
             // The old certificate was renewed already: one renewal per certificate, so that
@@ -755,7 +864,14 @@ impl CertificateAuthority {
                 format!("{} was renewed already", old.identity),
             ));
         }
-        self.issue(&old.identity, &name, &csr, materials, validity, now)
+        self.issue(
+            &old.identity,
+            &name,
+            &csr,
+            materials,
+            validity,
+            (decision.replacing.as_deref(), now),
+        )
     }
 
     /// Revocation requested by the holder: `proof` signs the serial and `signed_at` with the
@@ -819,7 +935,7 @@ impl CertificateAuthority {
         }
         let compromise = reason_code == RevocationReason::KeyCompromise;
         let mut crl = self.lock_crl()?;
-        let at = match self.store.revocation(&record.serial).map_err(internal)? {
+        let at = match self.store.revocation(&record.serial).map_err(stored)? {
             None => unix(now),
             Some(existing)
                 if compromise && existing.reason != RevocationReason::KeyCompromise as i32 =>
@@ -838,11 +954,11 @@ impl CertificateAuthority {
         // A compromised key compromises every certificate of it: the other live ones go too.
         let mut also = Vec::new();
         if let Some(fp) = &fingerprint {
-            for serial in self.store.serials_of_key(fp).map_err(internal)? {
+            for serial in self.store.serials_of_key(fp).map_err(stored)? {
                 if serial == record.serial {
                     continue;
                 }
-                let Some(other) = self.store.cert(&serial).map_err(internal)? else {
+                let Some(other) = self.store.cert(&serial).map_err(stored)? else {
                     continue;
                 };
                 if matches!(
@@ -862,7 +978,7 @@ impl CertificateAuthority {
         }
         self.store
             .revoke(&revocations, fingerprint)
-            .map_err(internal)?;
+            .map_err(stored)?;
         self.reissue_crl(&mut crl, now)?;
         drop(crl);
         if let Some(notify) = self.on_revoke.0.get() {
@@ -892,7 +1008,7 @@ impl CertificateAuthority {
         identity: &str,
         now: SystemTime,
     ) -> Result<Option<CertRecord>, AcaError> {
-        let Some(current) = self.store.current_for(identity).map_err(internal)? else {
+        let Some(current) = self.store.current_for(identity).map_err(stored)? else {
             return Ok(None);
         };
         let live = matches!(
@@ -904,7 +1020,7 @@ impl CertificateAuthority {
 
     /// Status query (draft 3.1.2).
     pub fn status(&self, serial: &[u8], now: SystemTime) -> Result<CertificateStatus, AcaError> {
-        match self.store.cert(serial).map_err(internal)? {
+        match self.store.cert(serial).map_err(stored)? {
             Some(record) => self.status_of(&record, now),
             None => Ok(CertificateStatus::Unknown),
         }
@@ -915,7 +1031,7 @@ impl CertificateAuthority {
         record: &CertRecord,
         now: SystemTime,
     ) -> Result<CertificateStatus, AcaError> {
-        if let Some(r) = self.store.revocation(&record.serial).map_err(internal)? {
+        if let Some(r) = self.store.revocation(&record.serial).map_err(stored)? {
             return Ok(CertificateStatus::Revoked(r));
         }
         let now = unix(now);
@@ -940,9 +1056,9 @@ impl CertificateAuthority {
     }
 
     fn reissue_crl(&self, crl: &mut Crl, now: SystemTime) -> Result<(), AcaError> {
-        let number = self.store.next_crl_number().map_err(internal)?;
+        let number = self.store.next_crl_number().map_err(stored)?;
         let mut revoked_certs = Vec::new();
-        for (serial, r) in self.store.revocations().map_err(internal)? {
+        for (serial, r) in self.store.revocations().map_err(stored)? {
             revoked_certs.push(RevokedCertParams {
                 serial_number: SerialNumber::from_slice(&serial),
                 revocation_time: OffsetDateTime::from_unix_timestamp(r.at).map_err(internal)?,
@@ -970,7 +1086,7 @@ impl CertificateAuthority {
     fn record(&self, serial: &[u8]) -> Result<CertRecord, AcaError> {
         self.store
             .cert(serial)
-            .map_err(internal)?
+            .map_err(stored)?
             .ok_or_else(|| AcaError::new(ErrorCode::CertUnknown, "no certificate has this serial"))
     }
 
@@ -1011,30 +1127,46 @@ impl CertificateAuthority {
     }
 
     /// The key was never revoked for compromise, and no certificate of another key holds the
-    /// identity; returns the identity's live certificate when it holds this very key (or is
-    /// the one being renewed, `renewing`).
+    /// identity; says which certificate the identity has now, and whether it is a live one of
+    /// this very key (or the one being renewed, `renewing`).
     fn check_key_and_identity(
         &self,
         csr: &VerifiedCsr,
         identity: &str,
         renewing: Option<&[u8]>,
         now: SystemTime,
-    ) -> Result<Option<CertRecord>, AcaError> {
+    ) -> Result<Decision, AcaError> {
         if self
             .store
             .is_compromised(&key_fingerprint(&csr.spki_der))
-            .map_err(internal)?
+            .map_err(stored)?
         {
             return Err(AcaError::new(
                 ErrorCode::KeyCompromised,
                 "this key was revoked for key compromise",
             ));
         }
-        let Some(current) = self.live_certificate(identity, now)? else {
-            return Ok(None);
+        let Some(current) = self.store.current_for(identity).map_err(stored)? else {
+            return Ok(Decision {
+                live: None,
+                replacing: None,
+            });
         };
+        let replacing = Some(current.serial.clone());
+        if !matches!(
+            self.status_of(&current, now)?,
+            CertificateStatus::Valid { .. }
+        ) {
+            return Ok(Decision {
+                live: None,
+                replacing,
+            });
+        }
         if current.spki_der == csr.spki_der || renewing == Some(current.serial.as_slice()) {
-            return Ok(Some(current));
+            return Ok(Decision {
+                live: Some(current),
+                replacing,
+            });
         }
         Err(AcaError::new(
             ErrorCode::IdentityTaken,
@@ -1052,6 +1184,8 @@ impl CertificateAuthority {
         }
     }
 
+    /// Issues `identity` a certificate, if its current one is still `replacing` (the serial
+    /// the decision saw; `None`: it had none) when the issue is stored.
     fn issue(
         &self,
         identity: &str,
@@ -1059,9 +1193,9 @@ impl CertificateAuthority {
         csr: &VerifiedCsr,
         materials: Option<pb::IdentityMaterials>,
         validity: Duration,
-        now: SystemTime,
+        at: (Option<&[u8]>, SystemTime),
     ) -> Result<Issued, AcaError> {
-        self.issue_with_names(identity, name, csr, materials, &[], validity, now)
+        self.issue_with_names(identity, name, csr, materials, &[], validity, at)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1073,7 +1207,7 @@ impl CertificateAuthority {
         materials: Option<pb::IdentityMaterials>,
         server_names: &[SanType],
         validity: Duration,
-        now: SystemTime,
+        (replacing, now): (Option<&[u8]>, SystemTime),
     ) -> Result<Issued, AcaError> {
         let serial = self.fresh_serial()?;
         let not_before = now - BACKDATE;
@@ -1125,16 +1259,19 @@ impl CertificateAuthority {
         let der = cert.der().to_vec();
 
         self.store
-            .insert_issued(&CertRecord {
-                serial: serial.clone(),
-                identity: identity.to_owned(),
-                spki_der: csr.spki_der.clone(),
-                not_before: unix(not_before),
-                not_after: unix(not_after),
-                der: der.clone(),
-                materials,
-            })
-            .map_err(internal)?;
+            .insert_issued(
+                &CertRecord {
+                    serial: serial.clone(),
+                    identity: identity.to_owned(),
+                    spki_der: csr.spki_der.clone(),
+                    not_before: unix(not_before),
+                    not_after: unix(not_after),
+                    der: der.clone(),
+                    materials,
+                },
+                replacing,
+            )
+            .map_err(stored)?;
         if let Some(notify) = self.on_issue.0.get() {
             notify();
         }
@@ -1151,7 +1288,7 @@ impl CertificateAuthority {
                 .fill(&mut serial)
                 .map_err(|_| internal("no randomness"))?;
             serial[0] = (serial[0] & 0x7f) | 0x01;
-            if !self.store.serial_exists(&serial).map_err(internal)? {
+            if !self.store.serial_exists(&serial).map_err(stored)? {
                 return Ok(serial);
             }
         }

@@ -1,7 +1,11 @@
-//! The authority's durable state in an embedded, crash-safe redb database: issued
-//! certificates, the current certificate of each identity, revocations, compromised keys and
-//! the CRL number. Every change is one transaction, committed (fsync) before the caller
-//! acknowledges it, so a `kill -9` loses nothing that was acknowledged.
+//! The authority's durable state: issued certificates, the current certificate of each
+//! identity, revocations, compromised keys, applications and the CRL number. [`CertStore`] is
+//! what the authority asks of it; two places keep it:
+//! - [`Embedded`], the default for one gateway: an embedded, crash-safe redb database. Every
+//!   change is one transaction, committed (fsync) before the caller acknowledges it, so a
+//!   `kill -9` loses nothing that was acknowledged.
+//! - `shared::Shared` (feature `etcd`): the domain's etcd cluster, shared by every gateway of
+//!   the domain, so that they issue from one set of identities and serials and publish one CRL.
 
 use std::path::Path;
 
@@ -66,14 +70,22 @@ pub struct Revocation {
 
 /// The store failed; the operation was not applied.
 #[derive(Debug, thiserror::Error)]
-#[error("certificate store: {0}")]
-pub struct StoreError(String);
+pub enum StoreError {
+    /// Another gateway of the domain changed the same record first: decide again.
+    #[error("certificate store: another gateway of the domain changed this record first")]
+    Conflict,
+    /// The shared store cannot take writes now (etcd: no quorum, unreachable).
+    #[error("certificate store: {0}")]
+    Unavailable(String),
+    #[error("certificate store: {0}")]
+    Failed(String),
+}
 
 macro_rules! store_err {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError(e.to_string())
+                StoreError::Failed(e.to_string())
             }
         }
     )*};
@@ -87,18 +99,60 @@ store_err!(
     prost::DecodeError
 );
 
-/// The authority's database.
+/// What the authority keeps and asks. Writes are durable (and, shared, seen by the domain's
+/// other gateways) when they return.
+pub trait CertStore: Send + Sync + std::fmt::Debug {
+    /// Serials of every certificate issued for the key with this fingerprint.
+    fn serials_of_key(&self, fingerprint: &[u8; 32]) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The certificate with this serial.
+    fn cert(&self, serial: &[u8]) -> Result<Option<CertRecord>, StoreError>;
+    /// The newest certificate issued for `identity`.
+    fn current_for(&self, identity: &str) -> Result<Option<CertRecord>, StoreError>;
+    /// The newest certificate of every identity.
+    fn current_all(&self) -> Result<Vec<CertRecord>, StoreError>;
+    /// Whether a serial is taken.
+    fn serial_exists(&self, serial: &[u8]) -> Result<bool, StoreError>;
+    /// The revocation of `serial`, if revoked.
+    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError>;
+    /// Whether a key (by fingerprint) was revoked for key compromise.
+    fn is_compromised(&self, fingerprint: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Every revocation, for the CRL.
+    fn revocations(&self) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError>;
+    /// Records an issued certificate as its identity's current one, if the identity's
+    /// current certificate is still `replacing` (its serial; `None`: it had none), which is
+    /// what the authority decided on ([`StoreError::Conflict`] otherwise).
+    fn insert_issued(
+        &self,
+        record: &CertRecord,
+        replacing: Option<&[u8]>,
+    ) -> Result<(), StoreError>;
+    /// Records revocations (new ones, or a change of reason) and, for key compromise, the
+    /// key's fingerprint, in one transaction.
+    fn revoke(
+        &self,
+        revocations: &[(Vec<u8>, Revocation)],
+        compromised_key: Option<[u8; 32]>,
+    ) -> Result<(), StoreError>;
+    /// Every application awaiting or having had the operator's decision, oldest first.
+    fn applications(&self) -> Result<Vec<pb::Application>, StoreError>;
+    /// Stores `application`; with id 0, as a new one under the next ID (returned).
+    fn put_application(&self, application: &pb::Application) -> Result<u64, StoreError>;
+    /// Takes the next CRL number, so numbers never repeat.
+    fn next_crl_number(&self) -> Result<u64, StoreError>;
+}
+
+/// The authority's database, embedded.
 #[derive(Debug)]
-pub struct CertStore {
+pub struct Embedded {
     db: Database,
 }
 
-impl CertStore {
+impl Embedded {
     /// Opens the database at `path` (readable by its owner only), creating it and its tables
     /// if needed. A database from before the key index gets the index built once.
-    pub fn open(path: &Path) -> Result<CertStore, StoreError> {
+    pub fn open(path: &Path) -> Result<Embedded, StoreError> {
         let db = Database::create(path)?;
-        crate::private::restrict_file(path).map_err(|e| StoreError(e.to_string()))?;
+        crate::private::restrict_file(path).map_err(|e| StoreError::Failed(e.to_string()))?;
         let tx = db.begin_write()?;
         {
             let certs = tx.open_table(CERTS)?;
@@ -117,11 +171,12 @@ impl CertStore {
             }
         }
         tx.commit()?;
-        Ok(CertStore { db })
+        Ok(Embedded { db })
     }
+}
 
-    /// Serials of every certificate issued for the key with this fingerprint.
-    pub fn serials_of_key(&self, fingerprint: &[u8; 32]) -> Result<Vec<Vec<u8>>, StoreError> {
+impl CertStore for Embedded {
+    fn serials_of_key(&self, fingerprint: &[u8; 32]) -> Result<Vec<Vec<u8>>, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_multimap_table(BY_KEY)?;
         let mut out = Vec::new();
@@ -131,8 +186,7 @@ impl CertStore {
         Ok(out)
     }
 
-    /// The certificate with this serial.
-    pub fn cert(&self, serial: &[u8]) -> Result<Option<CertRecord>, StoreError> {
+    fn cert(&self, serial: &[u8]) -> Result<Option<CertRecord>, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(CERTS)?;
         let Some(bytes) = table.get(serial)? else {
@@ -141,8 +195,7 @@ impl CertStore {
         Ok(Some(CertRecord::decode(bytes.value())?))
     }
 
-    /// The newest certificate issued for `identity`.
-    pub fn current_for(&self, identity: &str) -> Result<Option<CertRecord>, StoreError> {
+    fn current_for(&self, identity: &str) -> Result<Option<CertRecord>, StoreError> {
         let serial = {
             let tx = self.db.begin_read()?;
             let table = tx.open_table(IDENTITIES)?;
@@ -154,8 +207,7 @@ impl CertStore {
         self.cert(&serial)
     }
 
-    /// The newest certificate of every identity.
-    pub fn current_all(&self) -> Result<Vec<CertRecord>, StoreError> {
+    fn current_all(&self) -> Result<Vec<CertRecord>, StoreError> {
         let tx = self.db.begin_read()?;
         let identities = tx.open_table(IDENTITIES)?;
         let certs = tx.open_table(CERTS)?;
@@ -169,14 +221,12 @@ impl CertStore {
         Ok(out)
     }
 
-    /// Whether a serial is taken.
-    pub fn serial_exists(&self, serial: &[u8]) -> Result<bool, StoreError> {
+    fn serial_exists(&self, serial: &[u8]) -> Result<bool, StoreError> {
         let tx = self.db.begin_read()?;
         Ok(tx.open_table(CERTS)?.get(serial)?.is_some())
     }
 
-    /// The revocation of `serial`, if revoked.
-    pub fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError> {
+    fn revocation(&self, serial: &[u8]) -> Result<Option<Revocation>, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(REVOKED)?;
         Ok(table.get(serial)?.map(|v| {
@@ -185,14 +235,12 @@ impl CertStore {
         }))
     }
 
-    /// Whether a key (by fingerprint) was revoked for key compromise.
-    pub fn is_compromised(&self, fingerprint: &[u8; 32]) -> Result<bool, StoreError> {
+    fn is_compromised(&self, fingerprint: &[u8; 32]) -> Result<bool, StoreError> {
         let tx = self.db.begin_read()?;
         Ok(tx.open_table(COMPROMISED)?.get(&fingerprint[..])?.is_some())
     }
 
-    /// Every revocation, for the CRL.
-    pub fn revocations(&self) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError> {
+    fn revocations(&self) -> Result<Vec<(Vec<u8>, Revocation)>, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(REVOKED)?;
         let mut out = Vec::new();
@@ -204,14 +252,26 @@ impl CertStore {
         Ok(out)
     }
 
-    /// Records an issued certificate as its identity's current one; durable on return.
-    pub fn insert_issued(&self, record: &CertRecord) -> Result<(), StoreError> {
+    fn insert_issued(
+        &self,
+        record: &CertRecord,
+        replacing: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
-            let mut certs = tx.open_table(CERTS)?;
-            certs.insert(record.serial.as_slice(), record.encode_to_vec().as_slice())?;
             let mut ids = tx.open_table(IDENTITIES)?;
+            let current = ids
+                .get(record.identity.as_str())?
+                .map(|s| s.value().to_vec());
+            if current.as_deref() != replacing {
+                return Err(StoreError::Conflict);
+            }
             ids.insert(record.identity.as_str(), record.serial.as_slice())?;
+            let mut certs = tx.open_table(CERTS)?;
+            if certs.get(record.serial.as_slice())?.is_some() {
+                return Err(StoreError::Conflict);
+            }
+            certs.insert(record.serial.as_slice(), record.encode_to_vec().as_slice())?;
             let mut by_key = tx.open_multimap_table(BY_KEY)?;
             by_key.insert(
                 &key_fingerprint(&record.spki_der)[..],
@@ -222,9 +282,7 @@ impl CertStore {
         Ok(())
     }
 
-    /// Records revocations (new ones, or a change of reason) and, for key compromise, the
-    /// key's fingerprint, in one transaction; durable on return.
-    pub fn revoke(
+    fn revoke(
         &self,
         revocations: &[(Vec<u8>, Revocation)],
         compromised_key: Option<[u8; 32]>,
@@ -244,8 +302,7 @@ impl CertStore {
         Ok(())
     }
 
-    /// Every application awaiting or having had the operator's decision, oldest first.
-    pub fn applications(&self) -> Result<Vec<pb::Application>, StoreError> {
+    fn applications(&self) -> Result<Vec<pb::Application>, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(APPLICATIONS)?;
         let mut out = Vec::new();
@@ -256,9 +313,7 @@ impl CertStore {
         Ok(out)
     }
 
-    /// Stores `application`; with id 0, as a new one under the next ID (returned). Durable on
-    /// return.
-    pub fn put_application(&self, application: &pb::Application) -> Result<u64, StoreError> {
+    fn put_application(&self, application: &pb::Application) -> Result<u64, StoreError> {
         let tx = self.db.begin_write()?;
         let id = {
             let mut meta = tx.open_table(META)?;
@@ -282,8 +337,7 @@ impl CertStore {
         Ok(id)
     }
 
-    /// Takes the next CRL number; durable on return, so numbers never repeat.
-    pub fn next_crl_number(&self) -> Result<u64, StoreError> {
+    fn next_crl_number(&self) -> Result<u64, StoreError> {
         let tx = self.db.begin_write()?;
         let next = {
             let mut meta = tx.open_table(META)?;
@@ -295,3 +349,6 @@ impl CertStore {
         Ok(next)
     }
 }
+
+#[cfg(feature = "etcd")]
+pub mod shared;

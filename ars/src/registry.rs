@@ -16,7 +16,7 @@ use crate::{
     RegistryError,
     index::{Entry, Origin, normalise},
     limits::DiscoveryLimiter,
-    store::{ProfileStore, StoredProfile},
+    store::{Embedded, ProfileStore, StoreError, StoredProfile},
     view::{View, summary},
 };
 
@@ -64,6 +64,10 @@ pub struct RegistryConfig {
     /// for agents of other domains, which the relay reaches for them (by agent ID). Default
     /// empty (a registry without a relay).
     pub agent_access: String,
+    /// The domain's etcd mirror (issue 19): profiles are kept there, shared by every gateway
+    /// of the domain, instead of in `ars.redb`.
+    #[cfg(feature = "etcd")]
+    pub shared: Option<agw_etcd::Shared>,
 }
 
 impl RegistryConfig {
@@ -77,6 +81,8 @@ impl RegistryConfig {
             default_discovery_limit: 20,
             limits: ProfileLimits::default(),
             agent_access: String::new(),
+            #[cfg(feature = "etcd")]
+            shared: None,
         }
     }
 }
@@ -97,7 +103,7 @@ pub enum Change {
 #[derive(Debug)]
 pub struct Registry {
     config: RegistryConfig,
-    store: ProfileStore,
+    store: Box<dyn ProfileStore>,
     /// Profiles and peers' states: what readers see, published by the owner.
     view: View,
     checker: CertificateChecker,
@@ -114,6 +120,27 @@ fn internal(e: impl std::fmt::Display) -> RegistryError {
     RegistryError::new(ErrorCode::Internal, e.to_string())
 }
 
+/// A store's failure as the requester hears it: a conflict with another gateway of the
+/// domain and a shared store that takes no writes have codes of their own (both: try again).
+fn store_failed(e: StoreError) -> RegistryError {
+    let code = match e {
+        StoreError::Conflict => ErrorCode::StoreConflict,
+        StoreError::Unavailable(_) => ErrorCode::StoreUnavailable,
+        StoreError::Failed(_) => ErrorCode::Internal,
+    };
+    RegistryError::new(code, e.to_string())
+}
+
+/// The domain's etcd when configured, else the embedded database in the data directory.
+fn open_store(config: &RegistryConfig) -> Result<Box<dyn ProfileStore>, RegistryError> {
+    #[cfg(feature = "etcd")]
+    if let Some(mirror) = &config.shared {
+        return Ok(Box::new(crate::store::shared::Shared::new(mirror.clone())));
+    }
+    let embedded = Embedded::open(&config.data_dir.join("ars.redb")).map_err(store_failed)?;
+    Ok(Box::new(embedded))
+}
+
 impl Registry {
     /// Opens the registry, rebuilding the index from the stored profiles. `checker` verifies
     /// certificates against the authority's trust anchor and current CRL.
@@ -122,7 +149,7 @@ impl Registry {
         checker: CertificateChecker,
     ) -> Result<Registry, RegistryError> {
         agw_aca::private::private_dir(&config.data_dir).map_err(internal)?;
-        let store = ProfileStore::open(&config.data_dir.join("ars.redb")).map_err(internal)?;
+        let store = open_store(&config)?;
         let mut registry = Registry {
             view: View::new(config.limits, config.default_discovery_limit),
             limiter: DiscoveryLimiter::new(config.discovery_per_minute),
@@ -134,7 +161,7 @@ impl Registry {
             changes: Vec::new(),
             rng: SystemRandom::new(),
         };
-        for stored in registry.store.all().map_err(internal)? {
+        for stored in registry.store.all().map_err(store_failed)? {
             if let Some(profile) = stored.profile {
                 registry.resources.insert(
                     profile.resource_id.clone(),
@@ -216,7 +243,7 @@ impl Registry {
         let made = self
             .store
             .registrations(&checked.serial)
-            .map_err(internal)?;
+            .map_err(store_failed)?;
         if made >= self.config.max_registrations_per_certificate {
             return Err(RegistryError::new(
                 ErrorCode::RegistrationLimit,
@@ -234,7 +261,7 @@ impl Registry {
             profile: Some(profile.clone()),
             certificate_serial: checked.serial.clone(),
         };
-        self.store.put(&stored, true).map_err(internal)?;
+        self.store.put(&stored, true).map_err(store_failed)?;
         self.resources.insert(
             profile.resource_id.clone(),
             (profile.agent.clone(), checked.serial),
@@ -277,7 +304,7 @@ impl Registry {
                 },
                 false,
             )
-            .map_err(internal)?;
+            .map_err(store_failed)?;
         self.publish_local(profile.clone());
         Ok(profile)
     }
@@ -285,7 +312,7 @@ impl Registry {
     /// Deregistration (draft 3.2.2) by the owner: the profile leaves the discoverable pool.
     pub fn deregister(&mut self, resource_id: &str, requester: &str) -> Result<(), RegistryError> {
         let current = self.owned(resource_id, requester)?;
-        self.store.delete(resource_id).map_err(internal)?;
+        self.store.delete(resource_id).map_err(store_failed)?;
         self.resources.remove(resource_id);
         self.view.index.remove(&current.agent);
         self.view.departed.remove(&current.agent);
@@ -496,6 +523,25 @@ impl Registry {
         self.view.inapplicable.remove(peer.as_str());
         self.view.offline_peers.remove(peer.as_str());
         self.resyncing.remove(peer.as_str());
+    }
+
+    /// A change another gateway of the domain made in the shared store (issue 19): its
+    /// agents are this domain's, discoverable and advertised here as they are there.
+    pub fn apply_shared(&mut self, resource_id: &str, stored: Option<StoredProfile>) {
+        match stored.and_then(|s| Some((s.profile?, s.certificate_serial))) {
+            Some((profile, serial)) => {
+                self.resources
+                    .insert(resource_id.to_owned(), (profile.agent.clone(), serial));
+                self.publish_local(profile);
+            }
+            None => {
+                if let Some((agent, _)) = self.resources.remove(resource_id) {
+                    self.view.index.remove(&agent);
+                    self.view.departed.remove(&agent);
+                    self.push_change(Change::Withdraw(agent));
+                }
+            }
+        }
     }
 
     /// Changes of local agents since the last call, oldest first.

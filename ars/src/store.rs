@@ -1,7 +1,11 @@
-//! Registered profiles in an embedded, crash-safe redb database. Every change is one
-//! transaction, committed before the registry acknowledges it; the discovery index is rebuilt
-//! from here at start. Profiles from other domains are not stored: peers send them again when
-//! their sessions come up.
+//! Registered profiles, durable: [`ProfileStore`] is what the registry asks of them; the
+//! discovery index is rebuilt from here at start. Profiles from other domains are not stored:
+//! peers send them again when their sessions come up. Two places keep them:
+//! - [`Embedded`], the default for one gateway: an embedded, crash-safe redb database; every
+//!   change is one transaction, committed before the registry acknowledges it.
+//! - `shared::Shared` (feature `etcd`): the domain's etcd cluster, shared by the domain's
+//!   gateways, so that an agent registered at one is discoverable at all (draft 2.3: an ARS
+//!   serves several AGws).
 
 use std::path::Path;
 
@@ -26,33 +30,57 @@ pub struct StoredProfile {
 
 /// The store failed; nothing was changed.
 #[derive(Debug, thiserror::Error)]
-#[error("profile store: {0}")]
-pub struct StoreError(String);
-
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+pub enum StoreError {
+    /// Another gateway of the domain changed the same record first.
+    #[error("profile store: another gateway of the domain changed this record first")]
+    Conflict,
+    /// The shared store takes no writes now (etcd: no quorum, unreachable).
+    #[error("profile store: {0}")]
+    Unavailable(String),
+    #[error("profile store: {0}")]
+    Failed(String),
 }
 
-/// The registry's database.
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Failed(e.to_string())
+}
+
+/// What the registry keeps and asks. Writes are durable (and, shared, seen by the domain's
+/// other gateways) when they return.
+pub trait ProfileStore: Send + std::fmt::Debug {
+    /// Every stored profile.
+    fn all(&self) -> Result<Vec<StoredProfile>, StoreError>;
+    /// Registrations made with a certificate.
+    fn registrations(&self, serial: &[u8]) -> Result<u32, StoreError>;
+    /// Stores a profile; `count_registration` also counts a registration for its
+    /// certificate (a new registration: refused with [`StoreError::Conflict`] if the agent
+    /// was registered meanwhile by another gateway).
+    fn put(&self, stored: &StoredProfile, count_registration: bool) -> Result<(), StoreError>;
+    /// Deletes a profile.
+    fn delete(&self, resource_id: &str) -> Result<(), StoreError>;
+}
+
+/// The registry's database, embedded.
 #[derive(Debug)]
-pub struct ProfileStore {
+pub struct Embedded {
     db: Database,
 }
 
-impl ProfileStore {
+impl Embedded {
     /// Opens or creates the database at `path`.
-    pub fn open(path: &Path) -> Result<ProfileStore, StoreError> {
+    pub fn open(path: &Path) -> Result<Embedded, StoreError> {
         let db = Database::create(path).map_err(err)?;
         agw_aca::private::restrict_file(path).map_err(err)?;
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(PROFILES).map_err(err)?;
         tx.open_table(REGISTRATIONS).map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(ProfileStore { db })
+        Ok(Embedded { db })
     }
+}
 
-    /// Every stored profile.
-    pub fn all(&self) -> Result<Vec<StoredProfile>, StoreError> {
+impl ProfileStore for Embedded {
+    fn all(&self) -> Result<Vec<StoredProfile>, StoreError> {
         let tx = self.db.begin_read().map_err(err)?;
         let table = tx.open_table(PROFILES).map_err(err)?;
         let mut out = Vec::new();
@@ -63,15 +91,13 @@ impl ProfileStore {
         Ok(out)
     }
 
-    /// Registrations made with a certificate.
-    pub fn registrations(&self, serial: &[u8]) -> Result<u32, StoreError> {
+    fn registrations(&self, serial: &[u8]) -> Result<u32, StoreError> {
         let tx = self.db.begin_read().map_err(err)?;
         let table = tx.open_table(REGISTRATIONS).map_err(err)?;
         Ok(table.get(serial).map_err(err)?.map_or(0, |v| v.value()))
     }
 
-    /// Stores a profile; `count_registration` also counts a registration for its certificate.
-    pub fn put(&self, stored: &StoredProfile, count_registration: bool) -> Result<(), StoreError> {
+    fn put(&self, stored: &StoredProfile, count_registration: bool) -> Result<(), StoreError> {
         let id = stored
             .profile
             .as_ref()
@@ -92,8 +118,7 @@ impl ProfileStore {
         tx.commit().map_err(err)
     }
 
-    /// Deletes a profile.
-    pub fn delete(&self, resource_id: &str) -> Result<(), StoreError> {
+    fn delete(&self, resource_id: &str) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(err)?;
         tx.open_table(PROFILES)
             .map_err(err)?
@@ -102,3 +127,6 @@ impl ProfileStore {
         tx.commit().map_err(err)
     }
 }
+
+#[cfg(feature = "etcd")]
+pub mod shared;

@@ -131,6 +131,12 @@ pub struct DaemonArgs {
     /// [default: no translation].
     #[arg(long, value_name = "URL")]
     pub translate_apertium: Option<String>,
+    /// A client URL of the domain's etcd cluster (repeat for each member): the authority and
+    /// the registry keep their state there, shared with the domain's other gateways
+    /// (docs/operations.md, "A domain of several gateways"); needs a build with `--features
+    /// etcd` [default: embedded stores in the data directory].
+    #[arg(long = "etcd", value_name = "URL")]
+    pub etcd: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +165,14 @@ struct FileConfig {
     #[serde(default, rename = "peer")]
     peers: Vec<PeerFile>,
     translation: Option<crate::translation::TranslationConfig>,
+    etcd: Option<EtcdFile>,
+}
+
+/// `[etcd]`: the domain's shared store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EtcdFile {
+    endpoints: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -562,6 +576,11 @@ fn daemon_config(args: &DaemonArgs) -> Result<DaemonConfig, ConfigError> {
                 agent_address,
                 translation,
                 access: agw_dataplane::access::AccessConfig::default(),
+                etcd: match (&args.etcd, file.etcd) {
+                    (flags, _) if !flags.is_empty() => flags.clone(),
+                    (_, Some(f)) => f.endpoints,
+                    _ => Vec::new(),
+                },
             },
         }),
         _ => Err(ConfigError { problems }),
@@ -847,6 +866,7 @@ fn reload(
             &next.enrollment_approval,
         ),
         ("server_names", &old.server_names, &next.server_names),
+        ("etcd", &old.etcd, &next.etcd),
     ] {
         differs(key, was.join(","), now.join(","));
     }

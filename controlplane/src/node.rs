@@ -139,6 +139,11 @@ pub struct NodeConfig {
     /// Agents' access timers: the heartbeat interval asked of them and the hold time after
     /// which a silent one is offline (default 30 s and 90 s, the draft's example).
     pub access: agw_dataplane::access::AccessConfig,
+    /// Client URLs of the domain's etcd cluster (issue 19): the authority and the registry
+    /// keep their state there, shared with the domain's other gateways (each holding the
+    /// same authority files). Empty: the embedded stores in `data_dir` (the default). Needs
+    /// a build with the `etcd` feature.
+    pub etcd: Vec<String>,
 }
 
 impl NodeConfig {
@@ -184,8 +189,32 @@ impl NodeConfig {
             gateway_validity: Duration::from_secs(90 * 86_400),
             translation: None,
             access: agw_dataplane::access::AccessConfig::default(),
+            etcd: Vec::new(),
         }
     }
+}
+
+/// The domain's etcd mirror, when the node is configured for one.
+#[cfg(feature = "etcd")]
+fn domain_store(config: &NodeConfig) -> Result<Option<agw_etcd::Shared>, String> {
+    if config.etcd.is_empty() {
+        return Ok(None);
+    }
+    let etcd = agw_etcd::EtcdConfig::new(config.etcd.clone(), config.domain.as_str());
+    tracing::info!(endpoints = ?etcd.endpoints, prefix = %etcd.prefix, "the domain's state is in etcd");
+    agw_etcd::Shared::connect(etcd)
+        .map(Some)
+        .map_err(|e| format!("the domain's store: {e}"))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn domain_store(config: &NodeConfig) -> Result<Option<std::convert::Infallible>, String> {
+    if config.etcd.is_empty() {
+        return Ok(None);
+    }
+    Err("etcd is configured but this agw was built without it: \
+         cargo build --release --features etcd (needs protoc: apt install protobuf-compiler)"
+        .into())
 }
 
 /// Where a running node listens.
@@ -405,6 +434,7 @@ impl Node {
         agw_aca::private::private_dir(&config.data_dir)
             .map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
         let aca_dir = config.data_dir.join("aca");
+        let shared = domain_store(&config)?;
         // Every organisation not opened by the operator enrolls with its token.
         let (policy, mut enrollment) = operator_policy(
             &config.allow,
@@ -434,6 +464,10 @@ impl Node {
                 root_key: root_key.clone(),
             };
         }
+        #[cfg(feature = "etcd")]
+        {
+            aca_config.shared = shared.clone();
+        }
         let now = SystemTime::now();
         let authority = Arc::new(
             CertificateAuthority::bootstrap(aca_config, Box::new(policy), now)
@@ -455,6 +489,11 @@ impl Node {
         });
         let on_change = Arc::clone(&scopes_changed);
         authority.on_issue(move || on_change.notify_one());
+        // The domain's other gateways' issues and revocations count as this one's.
+        #[cfg(feature = "etcd")]
+        authority
+            .follow_domain()
+            .map_err(|e| format!("following the domain's authority: {e}"))?;
         // And with every agent attaching with scopes in its certificate, or leaving.
         let attached_scopes = AccessScopes::new(Arc::clone(&scopes_changed));
         let crl_server = CrlHttpServer::from_listener(
@@ -570,6 +609,10 @@ impl Node {
                 bound.to_string()
             }
         };
+        #[cfg(feature = "etcd")]
+        {
+            registry_config.shared = shared.clone();
+        }
         let registry =
             Registry::open(registry_config, checker()?).map_err(|e| format!("registry: {e}"))?;
         // Its owner hands changes of local agents to the control plane, which tells the peers.
@@ -582,6 +625,13 @@ impl Node {
         };
         let registry = agw_ars::owner::spawn(registry, on_changes)
             .map_err(|e| format!("registry owner: {e}"))?;
+        // What the domain's other gateways register reaches this registry.
+        #[cfg(feature = "etcd")]
+        if let Some(mirror) = &shared {
+            agw_ars::store::shared::follow(mirror, &registry);
+        }
+        #[cfg(not(feature = "etcd"))]
+        let _ = shared;
         let profiles: agw_dataplane::a2a::SharedDirectory = Arc::new(Profiles(registry.clone()));
         dataplane.set_directory(profiles.clone());
         let translation = dataplane

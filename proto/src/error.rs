@@ -10,6 +10,8 @@ impl ErrorCode {
             self,
             ErrorCode::Internal
                 | ErrorCode::RequestTimeout
+                | ErrorCode::StoreUnavailable
+                | ErrorCode::StoreConflict
                 | ErrorCode::DestinationOffline
                 | ErrorCode::Overloaded
                 | ErrorCode::Unreachable
