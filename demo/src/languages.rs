@@ -25,6 +25,9 @@ pub(crate) struct Apy {
     url: String,
 }
 
+/// How long APy may take to take connections.
+const APY_START: Duration = Duration::from_secs(60);
+
 impl Apy {
     /// Starts `apertium-apy` with the pairs Debian's packages installed; `None` (said why)
     /// when it is not installed or has no English-Spanish pair.
@@ -57,10 +60,11 @@ impl Apy {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
-        // Ready once it takes connections.
+        // Ready once it takes connections: its first start on a fresh machine compiles its
+        // Python modules, which took more than 10 s once in CI.
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if start.elapsed() > WAIT {
+            if start.elapsed() > APY_START {
                 say("   (APy did not start: the translation act is skipped)");
                 return None;
             }
