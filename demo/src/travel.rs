@@ -40,6 +40,7 @@ pub fn agent(node: &Node, name: &str, dir: &Path) -> Result<Sessions, String> {
         gateway: node.addresses().agents,
         registry: node.addresses().registry,
         aca: node.addresses().aca,
+        other_gateways: Vec::new(),
     };
     let token = node
         .enrollment_token("Example")

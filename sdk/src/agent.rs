@@ -206,6 +206,8 @@ pub struct AccessOptions {
 /// An accessed connection to a gateway.
 #[derive(Debug)]
 pub struct AgentConnection {
+    /// Every address it was given (the gateways of its domain), and the one it reached.
+    addrs: Vec<SocketAddr>,
     addr: SocketAddr,
     credentials: Arc<Credentials>,
     options: AccessOptions,
@@ -241,7 +243,9 @@ impl AgentConnection {
     /// Connects to the gateway at `addr` over mutual TLS (its certificate must name a gateway
     /// of the agent's domain and chain to the last certificate of the agent's own chain: see
     /// [`Credentials::tls_config`]) and completes access with `credentials`; every later
-    /// blocking read or write times out after `timeout`.
+    /// blocking read or write times out after `timeout`. Given several addresses (a slice,
+    /// or a name with one address per gateway of the domain), it tries them in turn until one
+    /// answers, and so does [`AgentConnection::reconnect`].
     pub fn connect(
         addr: impl ToSocketAddrs,
         credentials: Arc<Credentials>,
@@ -277,10 +281,46 @@ impl AgentConnection {
         tls: bool,
         options: AccessOptions,
     ) -> Result<AgentConnection, AgentError> {
-        let addr = addr
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        AgentConnection::open_first(addrs, 0, &credentials, timeout, tls, &options)
+    }
+
+    /// Tries the addresses in turn from `start`, as the gateways of one domain (issue 19):
+    /// one that does not answer, or closes before access, is skipped; a gateway that answers
+    /// and refuses access is the answer.
+    fn open_first(
+        addrs: Vec<SocketAddr>,
+        start: usize,
+        credentials: &Arc<Credentials>,
+        timeout: Duration,
+        tls: bool,
+        options: &AccessOptions,
+    ) -> Result<AgentConnection, AgentError> {
+        let mut last = AgentError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no gateway address",
+        ));
+        for k in 0..addrs.len() {
+            let at = addrs[(start + k) % addrs.len()];
+            match AgentConnection::open_at(at, credentials.clone(), timeout, tls, options.clone()) {
+                Ok(mut connection) => {
+                    connection.addrs = addrs;
+                    return Ok(connection);
+                }
+                Err(e @ (AgentError::Io(_) | AgentError::Closed(None))) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    fn open_at(
+        addr: SocketAddr,
+        credentials: Arc<Credentials>,
+        timeout: Duration,
+        tls: bool,
+        options: AccessOptions,
+    ) -> Result<AgentConnection, AgentError> {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
@@ -343,6 +383,7 @@ impl AgentConnection {
             last_heartbeat: Instant::now(),
         };
         Ok(AgentConnection {
+            addrs: vec![addr],
             addr,
             credentials,
             options,
@@ -354,16 +395,23 @@ impl AgentConnection {
         })
     }
 
-    /// Connects again to the same gateway with the same credentials, after the connection
-    /// broke. Message IDs keep increasing across reconnections.
+    /// Connects again with the same credentials, after the connection broke: to the same
+    /// gateway, or, when it does not answer, to the next address it was given (the other
+    /// gateways of its domain). Message IDs keep increasing across reconnections.
     pub fn reconnect(&mut self) -> Result<(), AgentError> {
         let _ = self.link.socket().shutdown(std::net::Shutdown::Both);
-        let mut fresh = AgentConnection::open(
-            self.addr,
-            self.credentials.clone(),
+        let start = self
+            .addrs
+            .iter()
+            .position(|a| *a == self.addr)
+            .unwrap_or_default();
+        let mut fresh = AgentConnection::open_first(
+            self.addrs.clone(),
+            start,
+            &self.credentials,
             self.timeout,
             self.link.is_tls(),
-            self.options.clone(),
+            &self.options,
         )?;
         fresh.writer.next_message_id = self.writer.next_message_id;
         *self = fresh;

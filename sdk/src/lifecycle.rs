@@ -30,12 +30,14 @@ use crate::{
 };
 
 /// Where an agent's domain serves it: its gateway's agent port, the registry and the
-/// authority's protocol port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// authority's protocol port; and the agent ports of the domain's other gateways, tried in
+/// turn when `gateway` does not answer (a domain of several gateways: issue 19).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Domain {
     pub gateway: SocketAddr,
     pub registry: SocketAddr,
     pub aca: SocketAddr,
+    pub other_gateways: Vec<SocketAddr>,
 }
 
 /// An agent connected to its gateway (mutual TLS), with its certificate and its domain.
@@ -166,8 +168,11 @@ impl Agent {
         options: AccessOptions,
         timeout: Duration,
     ) -> Result<Agent, AgentError> {
+        let gateways: Vec<SocketAddr> = std::iter::once(domain.gateway)
+            .chain(domain.other_gateways.iter().copied())
+            .collect();
         let conn = AgentConnection::connect_with(
-            domain.gateway,
+            gateways.as_slice(),
             credentials.clone(),
             timeout,
             options.clone(),
@@ -267,7 +272,7 @@ impl Agent {
         let next = self.writer()?.next_message_id();
         let fresh = Agent::connect(
             self.credentials.clone(),
-            self.domain,
+            self.domain.clone(),
             self.options.clone(),
             self.timeout,
         )?;

@@ -53,11 +53,12 @@ fn an_agent_lives_its_whole_life_through_one_type() {
         gateway: node.dataplane.local_addr(),
         registry: node.addresses().registry,
         aca: node.addresses().aca,
+        other_gateways: Vec::new(),
     };
     let token = node.enrollment_token("Example").unwrap().to_owned();
     let enroll = |name: &str, options: AccessOptions| {
         let id = AgentId::parse(&format!("spiffe://travel.example/agent/{name}")).unwrap();
-        Agent::enroll(id, "Example", &token, domain, options, WAIT).unwrap()
+        Agent::enroll(id, "Example", &token, domain.clone(), options, WAIT).unwrap()
     };
     let mut hotel = enroll("hotel", AccessOptions::default());
     let mut traveller = enroll("traveller", AccessOptions::default());
@@ -66,7 +67,7 @@ fn an_agent_lives_its_whole_life_through_one_type() {
         AgentId::parse("spiffe://travel.example/agent/squatter").unwrap(),
         "Example",
         "not-the-token",
-        domain,
+        domain.clone(),
         AccessOptions::default(),
         WAIT,
     );
@@ -140,7 +141,7 @@ fn an_agent_lives_its_whole_life_through_one_type() {
         bare_id.clone(),
         "Example",
         &token,
-        domain,
+        domain.clone(),
         AccessOptions::default(),
         WAIT,
     )

@@ -69,6 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         gateway: args.gateway,
         registry: args.registry,
         aca: args.aca,
+        other_gateways: Vec::new(),
     };
     let timeout = Duration::from_secs(10);
     let agent = lifecycle::Agent::enroll(

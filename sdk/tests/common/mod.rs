@@ -37,6 +37,7 @@ impl Gateway {
             gateway: node.dataplane.local_addr(),
             registry: node.addresses().registry,
             aca: node.addresses().aca,
+            other_gateways: Vec::new(),
         };
         let token = node.enrollment_token("Example").unwrap().to_owned();
         Gateway {
@@ -52,7 +53,7 @@ impl Gateway {
             id,
             "Example",
             &self.token,
-            self.domain,
+            self.domain.clone(),
             AccessOptions::default(),
             WAIT,
         )
@@ -62,7 +63,7 @@ impl Gateway {
     pub fn connect(&self, credentials: &Arc<Credentials>) -> Agent {
         Agent::connect(
             credentials.clone(),
-            self.domain,
+            self.domain.clone(),
             AccessOptions::default(),
             WAIT,
         )

@@ -74,6 +74,7 @@ fn open(dir: &Path, ports: &Ports) -> Result<Sessions, String> {
         gateway,
         registry: addr("--registry", &ports.registry)?,
         aca: addr("--aca", &ports.aca)?,
+        other_gateways: Vec::new(),
     };
     let agent = Agent::connect(
         credentials,
