@@ -45,7 +45,10 @@ use agw_dataplane::{
     events::{LocalRoutes, ShardEvent},
     routing::{Route, RoutingTable},
 };
-use agw_proto::{identity::GatewayId, pb};
+use agw_proto::{
+    identity::{AgentId, GatewayId},
+    pb,
+};
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::peering::{
@@ -753,6 +756,63 @@ impl State {
         }
     }
 
+    /// Whether `peer` is a gateway of this domain (a sibling: issue 19, part 2).
+    fn is_sibling(&self, peer: &str) -> bool {
+        GatewayId::parse(peer).is_ok_and(|g| g.domain() == self.local.domain())
+    }
+
+    fn is_ours(&self, agent: &str) -> bool {
+        AgentId::parse(agent).is_ok_and(|a| a.domain() == self.local.domain())
+    }
+
+    /// What peer `index` hears of `command`. A sibling hears of this domain's agents only
+    /// those attached here (a summary of one that is not becomes a withdrawal): the domain's
+    /// shared registry gives it their profiles, and a route to an agent that is not here would
+    /// send its messages back and forth between the domain's gateways. Others hear all.
+    fn to_peer(&self, index: usize, command: PeerCommand) -> PeerCommand {
+        if !self.peer_ids.get(index).is_some_and(|p| self.is_sibling(p)) {
+            return command;
+        }
+        let local = self.local.as_str();
+        let heard = |s: &pb::AgentSummary| {
+            !self.is_ours(&s.agent) || (s.origin == local && self.routes.is_attached(&s.agent))
+        };
+        match command {
+            PeerCommand::Advertise(advertise, mut withdraw) => {
+                let (keep, gone): (Vec<_>, Vec<_>) = advertise.into_iter().partition(heard);
+                withdraw.extend(gone.into_iter().map(|s| s.agent));
+                PeerCommand::Advertise(keep, withdraw)
+            }
+            PeerCommand::FullSync(table) => {
+                PeerCommand::FullSync(table.into_iter().filter(heard).collect())
+            }
+            other => other,
+        }
+    }
+
+    /// An agent of this domain attached at a sibling is routed to it (and told to nobody:
+    /// the sibling's own peers hear of it from it); the route to one attached here, or
+    /// learned from anyone else, is not taken. Returns whether `apply` is done.
+    fn route_ours(&mut self, agent: &str, via: Option<&str>) -> bool {
+        if !self.is_ours(agent) {
+            return false;
+        }
+        if self.routes.is_attached(agent) {
+            return true;
+        }
+        let sibling = via
+            .filter(|v| self.is_sibling(v))
+            .and_then(|v| self.peer_ids.iter().position(|p| p == v));
+        match sibling {
+            Some(index) => self.table.set(agent, Route::Peer { peer: index as u32 }),
+            None if via.is_some() => {}
+            // Gone from the sibling, attached nowhere known: offline if registered.
+            None if self.is_local(agent) => self.table.set(agent, Route::Offline),
+            None => self.table.remove(agent),
+        }
+        true
+    }
+
     fn is_local(&self, agent: &str) -> bool {
         self.summaries.contains_key(agent) || self.view().is_some_and(|r| r.is_local(agent))
     }
@@ -774,6 +834,12 @@ impl State {
         if !self.routes.apply(&mut self.table, event) {
             return; // one of its connections left; another still holds its route
         }
+        // Left here while attached at a sibling of the domain: routed there again.
+        if let ShardEvent::AgentDown { agent, .. } = event
+            && let Some(via) = self.rib.best(agent.as_str()).map(|(via, _)| via.to_owned())
+        {
+            self.route_ours(agent.as_str(), Some(&via));
+        }
         if let Some(kept) = &self.access_scopes {
             match event {
                 ShardEvent::AgentUp { agent, scopes, .. } => kept.attached(agent.as_str(), scopes),
@@ -789,11 +855,37 @@ impl State {
                 _ => (agent, Some(pb::Status::Offline)),
             },
         };
-        if let Some(registry) = &self.registry
-            && registry.view().is_local(agent.as_str())
-        {
+        let registered = self
+            .registry
+            .as_ref()
+            .is_some_and(|r| r.view().is_local(agent.as_str()));
+        if registered {
             // Registered: its profile (with capabilities) carries the status to the peers;
-            // one that left the gateway is withdrawn from them.
+            // one that left the gateway is withdrawn from them. The domain's other gateways
+            // (which share the registry) hear where it is attached, or that it left here.
+            let presence = match event {
+                ShardEvent::AgentUp { .. } => Some(true),
+                ShardEvent::AgentDown { .. } => Some(false),
+                ShardEvent::AgentStatus { .. } => None,
+            };
+            let siblings: Vec<usize> = self
+                .established()
+                .filter(|i| self.peer_ids.get(*i).is_some_and(|p| self.is_sibling(p)))
+                .collect();
+            if let (Some(up), false) = (presence, siblings.is_empty()) {
+                let command = if up {
+                    let here = self.local_summary(agent.as_str(), pb::Status::Running);
+                    PeerCommand::Advertise(vec![here], Vec::new())
+                } else {
+                    PeerCommand::Advertise(Vec::new(), vec![agent.to_string()])
+                };
+                for i in siblings {
+                    send(i, self.to_peer(i, command.clone()));
+                }
+            }
+            let Some(registry) = &self.registry else {
+                return;
+            };
             let agent = agent.to_string();
             self.summaries.remove(&agent);
             registry.change(move |r| match change {
@@ -808,14 +900,20 @@ impl State {
                 let summary = self.local_summary(agent.as_str(), status);
                 self.summaries.insert(agent.to_string(), summary.clone());
                 for i in peers {
-                    send(i, PeerCommand::Advertise(vec![summary.clone()], Vec::new()));
+                    send(
+                        i,
+                        self.to_peer(i, PeerCommand::Advertise(vec![summary.clone()], Vec::new())),
+                    );
                 }
             }
             (_, Some(status)) if self.summaries.contains_key(agent.as_str()) => {
                 let summary = self.local_summary(agent.as_str(), status);
                 self.summaries.insert(agent.to_string(), summary.clone());
                 for i in peers {
-                    send(i, PeerCommand::Advertise(vec![summary.clone()], Vec::new()));
+                    send(
+                        i,
+                        self.to_peer(i, PeerCommand::Advertise(vec![summary.clone()], Vec::new())),
+                    );
                 }
             }
             // Neither accessed here since it was withdrawn (it deregistered from the
@@ -827,7 +925,10 @@ impl State {
                 for i in peers {
                     send(
                         i,
-                        PeerCommand::Advertise(Vec::new(), vec![agent.to_string()]),
+                        self.to_peer(
+                            i,
+                            PeerCommand::Advertise(Vec::new(), vec![agent.to_string()]),
+                        ),
                     );
                 }
             }
@@ -900,7 +1001,7 @@ impl State {
                         .filter(|(via, _)| *via != peer)
                         .map(|(_, s)| s.clone()),
                 );
-                send(index, PeerCommand::FullSync(table));
+                send(index, self.to_peer(index, PeerCommand::FullSync(table)));
             }
             PeerEvent::Down { disconnected, code } => {
                 tracing::warn!(%peer, code = code.as_str_name(), disconnected, "peer down");
@@ -977,6 +1078,19 @@ impl State {
         let (Some(registry), Ok(id)) = (&self.registry, GatewayId::parse(peer)) else {
             return;
         };
+        // A sibling's routes to this domain's agents are not profiles: the shared registry
+        // holds those.
+        let (advertise, withdraw) = if self.is_sibling(peer) {
+            (
+                advertise
+                    .into_iter()
+                    .filter(|s| !self.is_ours(&s.agent))
+                    .collect(),
+                withdraw.into_iter().filter(|a| !self.is_ours(a)).collect(),
+            )
+        } else {
+            (advertise, withdraw)
+        };
         let update = pb::ResourceUpdate {
             advertise,
             withdraw,
@@ -1030,7 +1144,10 @@ impl State {
         for i in self.established().collect::<Vec<_>>() {
             send(
                 i,
-                PeerCommand::Advertise(advertise.clone(), withdraw.clone()),
+                self.to_peer(
+                    i,
+                    PeerCommand::Advertise(advertise.clone(), withdraw.clone()),
+                ),
             );
         }
     }
@@ -1048,7 +1165,7 @@ impl State {
         let peers: Vec<usize> = self.established().collect();
         match change {
             BestChange::Via { peer, summary } => {
-                if self.is_local(&summary.agent) {
+                if self.route_ours(&summary.agent, Some(&peer)) || self.is_local(&summary.agent) {
                     return; // ours: the local route wins
                 }
                 self.unreachable.remove(&summary.agent);
@@ -1057,11 +1174,14 @@ impl State {
                         .set(&summary.agent, Route::Peer { peer: index as u32 });
                 }
                 for i in peers {
-                    send(i, PeerCommand::Advertise(vec![summary.clone()], Vec::new()));
+                    send(
+                        i,
+                        self.to_peer(i, PeerCommand::Advertise(vec![summary.clone()], Vec::new())),
+                    );
                 }
             }
             BestChange::Gone { agent } => {
-                if self.is_local(&agent) {
+                if self.route_ours(&agent, None) || self.is_local(&agent) {
                     return;
                 }
                 if failed {
@@ -1072,11 +1192,14 @@ impl State {
                     self.unreachable.remove(&agent);
                 }
                 for i in peers {
-                    send(i, PeerCommand::Advertise(Vec::new(), vec![agent.clone()]));
+                    send(
+                        i,
+                        self.to_peer(i, PeerCommand::Advertise(Vec::new(), vec![agent.clone()])),
+                    );
                 }
             }
             BestChange::Held { agent } => {
-                if self.is_local(&agent) {
+                if self.route_ours(&agent, None) || self.is_local(&agent) {
                     return;
                 }
                 // Its gateway is in maintenance: known, not routed to (NACKed as offline),
@@ -1084,7 +1207,10 @@ impl State {
                 self.table.set(&agent, Route::Offline);
                 self.unreachable.remove(&agent);
                 for i in peers {
-                    send(i, PeerCommand::Advertise(Vec::new(), vec![agent.clone()]));
+                    send(
+                        i,
+                        self.to_peer(i, PeerCommand::Advertise(Vec::new(), vec![agent.clone()])),
+                    );
                 }
             }
         }

@@ -252,7 +252,7 @@ pub struct Node {
     pub registry: RegistryHandle,
     /// The relay.
     pub dataplane: Dataplane,
-    control: Option<ControlPlane>,
+    control: Option<Arc<ControlPlane>>,
     /// The peers' CRLs, fetched; dropped before the control plane.
     peer_crls: Option<PeerCrls>,
     peers: Vec<PeerEntry>,
@@ -809,6 +809,19 @@ impl Node {
             metrics,
             est,
         };
+        let control = Arc::new(control);
+        // The domain's other gateways, linked as they come (issue 19, part 2).
+        #[cfg(feature = "etcd")]
+        if let Some(mirror) = &shared {
+            follow_siblings(
+                mirror,
+                &gateway,
+                addresses.peering,
+                relay_links,
+                Arc::downgrade(&control),
+            )
+            .map_err(|e| format!("following the domain's gateways: {e}"))?;
+        }
         Ok(Node {
             gateway,
             authority,
@@ -1009,7 +1022,7 @@ impl Node {
 
     /// The control plane (peers, neighbours).
     pub fn control(&self) -> Option<&ControlPlane> {
-        self.control.as_ref()
+        self.control.as_deref()
     }
 
     /// The peers as configured now.
@@ -1059,7 +1072,7 @@ impl Node {
     /// delivers what it accepted, bounded by `deadline` (see [`Dataplane::drain`]).
     pub fn drain(&mut self, deadline: Duration, progress: impl FnMut(i128, u64)) -> DrainReport {
         if let Some(c) = self.control.take() {
-            c.stop();
+            stop_control(c);
         }
         self.dataplane.drain(deadline, progress)
     }
@@ -1068,11 +1081,98 @@ impl Node {
     /// data directory can be opened again at once, in this process too).
     pub fn stop(mut self) {
         if let Some(c) = self.control.take() {
-            c.stop();
+            stop_control(c);
         }
         self.dataplane.stop();
         self.registry.stop();
     }
+}
+
+/// Stops the control plane: at once when this is its last holder; otherwise (the sibling
+/// follower holds it for a moment) when that holder lets go.
+fn stop_control(control: Arc<ControlPlane>) {
+    if let Ok(control) = Arc::try_unwrap(control) {
+        control.stop();
+    }
+}
+
+/// Where the domain's gateways list themselves in its etcd (held while each lives, see
+/// [`agw_etcd::Shared::hold`]): `gateways/<gateway ID>` = its peering address.
+#[cfg(feature = "etcd")]
+const GATEWAYS: &str = "gateways/";
+
+/// Hold time of a session between two gateways of the domain (keepalives every 3 s); a
+/// gateway that dies closes its connections, which ends the session sooner.
+#[cfg(feature = "etcd")]
+const SIBLING_HOLD: Duration = Duration::from_secs(9);
+
+/// Lists this gateway among the domain's (issue 19, part 2) and peers with every other one
+/// listed, as they come and go: the gateway with the lower ID dials, the other waits for it,
+/// so that each pair has one session. Runs on a thread of its own until the control plane
+/// stops.
+#[cfg(feature = "etcd")]
+fn follow_siblings(
+    mirror: &agw_etcd::Shared,
+    me: &GatewayId,
+    peering: SocketAddr,
+    relay_links: SocketAddr,
+    control: std::sync::Weak<ControlPlane>,
+) -> std::io::Result<()> {
+    mirror.hold(&format!("{GATEWAYS}{me}"), peering.to_string().into_bytes());
+    let (changed, heard) = crossbeam_channel::bounded(1);
+    let _ = changed.try_send(());
+    mirror.subscribe(GATEWAYS, move |_| {
+        let _ = changed.try_send(());
+    });
+    let (mirror, me) = (mirror.clone(), me.clone());
+    std::thread::Builder::new()
+        .name("agw-siblings".into())
+        .spawn(move || {
+            let mut linked: std::collections::BTreeMap<GatewayId, Option<SocketAddr>> =
+                std::collections::BTreeMap::new();
+            loop {
+                let woken = heard.recv_timeout(Duration::from_secs(1));
+                let Some(control) = control.upgrade() else {
+                    return;
+                };
+                if woken.is_err() {
+                    continue;
+                }
+                let wanted: std::collections::BTreeMap<GatewayId, Option<SocketAddr>> = mirror
+                    .scan(GATEWAYS)
+                    .into_iter()
+                    .filter_map(|(key, entry)| {
+                        let id = GatewayId::parse(&key[GATEWAYS.len()..]).ok()?;
+                        let address: SocketAddr =
+                            std::str::from_utf8(&entry.value).ok()?.parse().ok()?;
+                        let dial = me.as_str() < id.as_str();
+                        (id != me && id.domain() == me.domain())
+                            .then_some((id, dial.then_some(address)))
+                    })
+                    .collect();
+                for (id, _) in linked.iter().filter(|(id, a)| wanted.get(*id) != Some(*a)) {
+                    match control.remove_peer(id.as_str()) {
+                        Ok(()) => tracing::info!(gateway = %id, "the domain's gateway left"),
+                        Err(e) => tracing::warn!(gateway = %id, error = %e, "unlinking"),
+                    }
+                }
+                for (id, address) in wanted.iter().filter(|(id, a)| linked.get(*id) != Some(*a)) {
+                    let entry = PeerEntry {
+                        gateway: id.clone(),
+                        address: *address,
+                        export: None,
+                        max_summaries: None,
+                        hold_time: SIBLING_HOLD,
+                    };
+                    match control.add_peer(peer_spec(&me, relay_links, &entry)) {
+                        Ok(_) => tracing::info!(gateway = %id, dial = address.is_some(), "linking with the domain's gateway"),
+                        Err(e) => tracing::warn!(gateway = %id, error = %e, "not linked"),
+                    }
+                }
+                linked = wanted;
+            }
+        })?;
+    Ok(())
 }
 
 /// A configured peer as the peering driver takes it.

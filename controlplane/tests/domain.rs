@@ -12,11 +12,16 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agw_controlplane::node::{Node, NodeConfig};
+use agw_controlplane::{
+    node::{Node, NodeConfig},
+    peering::session::SessionState,
+};
+use agw_dataplane::routing::Route;
 use agw_demo as demo;
 use agw_etcd::cluster::Cluster;
 use agw_proto::{Message, identity::Domain, pb};
-use agw_sdk::agent::{AgentConnection, Credentials};
+use agw_sdk::agent::{AgentConnection, Credentials, Incoming};
+use bytes::Bytes;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -43,6 +48,139 @@ fn discover(node: &Node, who: &Credentials, capability: &str) -> Vec<String> {
     }
 }
 
+/// Registers `who` at `node`'s registry with one capability.
+fn register(node: &Node, who: &Credentials, capability: &str) {
+    let mut registry = demo::registry(node, who).unwrap();
+    let register = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(pb::AgentProfile {
+            agent: who.agent.to_string(),
+            capabilities: vec![capability.into()],
+            address: node.addresses().agents.to_string(),
+            ..Default::default()
+        }),
+        certificate_chain: who.certificate.chain.clone(),
+    };
+    match registry.request(register).unwrap() {
+        Message::RegisterReply(r) => assert_eq!(r.error, None),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Gateway 1, then gateway 2 holding its authority's files.
+fn two_gateways(dir: &Path, cluster: &Cluster) -> (Node, Node) {
+    let (data_1, data_2) = (dir.join("gw-1"), dir.join("gw-2"));
+    let one = gateway(&data_1, "gw-1", cluster).expect("gateway 1");
+    std::fs::create_dir_all(data_2.join("aca")).unwrap();
+    for f in ["ca.key.pem", "ca.chain.pem", "trust-anchor.pem"] {
+        std::fs::copy(data_1.join("aca").join(f), data_2.join("aca").join(f)).unwrap();
+    }
+    let two = gateway(&data_2, "gw-2", cluster).expect("gateway 2");
+    (one, two)
+}
+
+fn linked(node: &Node, other: &Node) -> bool {
+    let peering = node.control().unwrap().peering().unwrap();
+    peering
+        .neighbours()
+        .iter()
+        .any(|n| n.gateway == other.gateway.as_str() && n.state == SessionState::Established)
+}
+
+fn route(node: &Node, agent: &str) -> Option<Route> {
+    let (routes, _) = node.control().unwrap().routes(Some(agent), 1).unwrap();
+    routes.first().map(|r| r.route)
+}
+
+/// Sends `payload` from `from` to `to`'s agent and returns it as `to` receives it. A link that
+/// is still coming up NACKs `UNREACHABLE` (as between any two gateways): sent again then.
+fn deliver(
+    from: &mut AgentConnection,
+    to: &mut AgentConnection,
+    payload: &'static [u8],
+) -> pb::AgentMessage {
+    let deadline = Instant::now() + WAIT;
+    let destination = to.agent().to_string();
+    from.send(&destination, Bytes::from_static(payload))
+        .unwrap();
+    loop {
+        assert!(Instant::now() < deadline, "no message");
+        if let Some(Incoming::Message(m, _)) = to.recv(Duration::from_millis(50)).unwrap() {
+            return m;
+        }
+        match from.recv(Duration::from_millis(50)).unwrap() {
+            Some(Incoming::Nack(n)) if n.reason() == pb::ErrorCode::Unreachable => {
+                std::thread::sleep(Duration::from_millis(50));
+                from.send(&destination, Bytes::from_static(payload))
+                    .unwrap();
+            }
+            Some(Incoming::Nack(n)) => panic!("NACK {n:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn gateways_of_one_domain_find_each_other_and_relay_between_them() {
+    let cluster = Cluster::start(3).expect("etcd cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = two_gateways(dir.path(), &cluster);
+
+    // Nothing configured: they find each other in etcd and link.
+    wait_until("the two gateways linked", Duration::from_secs(5), || {
+        linked(&one, &two) && linked(&two, &one)
+    });
+
+    // Alice registered and attached at gateway 1, bob at gateway 2.
+    let alice = demo::certify(&one, "alice").unwrap();
+    let bob = demo::certify(&two, "bob").unwrap();
+    register(&one, &alice, "book-hotel");
+    // Alice knows both gateways of her domain, gateway 1 first.
+    let gateways = [one.addresses().agents, two.addresses().agents];
+    let mut at_one = AgentConnection::connect(&gateways[..], alice.clone(), WAIT).unwrap();
+    assert_eq!(at_one.gateway(), &one.gateway);
+    let mut at_two = AgentConnection::connect(two.addresses().agents, bob.clone(), WAIT).unwrap();
+    wait_until("routes across the link", Duration::from_secs(2), || {
+        matches!(route(&two, alice.agent.as_str()), Some(Route::Peer { .. }))
+            && matches!(route(&one, bob.agent.as_str()), Some(Route::Peer { .. }))
+    });
+
+    // A message entering at gateway 2 for alice at gateway 1 crosses the link, and back.
+    let got = deliver(&mut at_two, &mut at_one, b"a room for two");
+    assert_eq!(got.source, bob.agent.as_str());
+    assert_eq!(&got.payload[..], b"a room for two");
+    assert_eq!(
+        &deliver(&mut at_one, &mut at_two, b"booked").payload[..],
+        b"booked"
+    );
+
+    // Gateway 1 goes: alice's reconnection finds gateway 2 (gateway 1 no longer answers),
+    // and bob's next message reaches her there, within 2 s of the failure.
+    let failed_at = Instant::now();
+    one.stop();
+    at_one.reconnect().expect("alice fails over");
+    assert_eq!(at_one.gateway(), &two.gateway);
+    wait_until(
+        "alice routed locally at gateway 2",
+        Duration::from_secs(2),
+        || matches!(route(&two, alice.agent.as_str()), Some(Route::Local { .. })),
+    );
+    let got = deliver(&mut at_two, &mut at_one, b"still there?");
+    assert_eq!(&got.payload[..], b"still there?");
+    let converged = failed_at.elapsed();
+    eprintln!("gateway 1 failed: alice reached at gateway 2 after {converged:?}");
+    assert!(converged < Duration::from_secs(2), "{converged:?}");
+    two.stop();
+}
+
 #[test]
 fn two_gateways_of_one_domain_share_authority_and_registry() {
     let cluster = Cluster::start(3).expect("etcd cluster");
@@ -62,21 +200,7 @@ fn two_gateways_of_one_domain_share_authority_and_registry() {
     // Certified and registered at gateway 1: discovered at gateway 2.
     let alice = demo::certify(&one, "alice").unwrap();
     let bob = demo::certify(&two, "bob").unwrap();
-    let mut registry = demo::registry(&one, &alice).unwrap();
-    let register = pb::RegisterRequest {
-        request_id: 1,
-        profile: Some(pb::AgentProfile {
-            agent: alice.agent.to_string(),
-            capabilities: vec!["book-hotel".into()],
-            address: one.addresses().agents.to_string(),
-            ..Default::default()
-        }),
-        certificate_chain: alice.certificate.chain.clone(),
-    };
-    match registry.request(register).unwrap() {
-        Message::RegisterReply(r) => assert_eq!(r.error, None),
-        other => panic!("{other:?}"),
-    }
+    register(&one, &alice, "book-hotel");
     let deadline = Instant::now() + Duration::from_secs(1);
     while discover(&two, &bob, "book-hotel") != vec![alice.agent.to_string()] {
         assert!(Instant::now() < deadline, "gateway 2 never found alice");

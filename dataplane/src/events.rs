@@ -70,6 +70,11 @@ impl LocalRoutes {
         LocalRoutes::default()
     }
 
+    /// Whether `agent` holds a connection here now.
+    pub fn is_attached(&self, agent: &str) -> bool {
+        AgentId::parse(agent).is_ok_and(|a| self.owners.contains_key(&a))
+    }
+
     /// Applies one event to `table` (not yet published); returns whether the agent's
     /// presence changed (`false` for a connection that left while another of the agent's
     /// stays). An agent that accessed again on a new connection is routed there; when that

@@ -10,7 +10,10 @@
 //!   [`CommitError::Conflict`] and decides again on the newer state); without quorum a write
 //!   fails within the configured timeout ([`CommitError::Unavailable`]), never half-applied;
 //! - **changes** that other gateways commit reach [`Shared::subscribe`]rs, in revision order,
-//!   on the mirror's thread.
+//!   on the mirror's thread;
+//! - **held keys** ([`Shared::hold`]) say what is true only while this gateway lives (that it
+//!   is a member of the domain, and where it listens): written with a lease the mirror keeps
+//!   alive, so that etcd deletes them [`LEASE_TTL_S`] seconds after the gateway dies.
 //!
 //! The etcd client is async (tokio, tonic); the mirror runs it on a thread of its own, so the
 //! authority and the registry, which are synchronous, call [`Shared::commit`] and wait for the
@@ -27,8 +30,12 @@ use std::{
 };
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
 };
+
+/// Seconds a held key outlives its gateway (the mirror renews its lease every second).
+pub const LEASE_TTL_S: i64 = 3;
 
 pub mod cluster;
 
@@ -90,13 +97,16 @@ pub struct Change {
     pub local: bool,
 }
 
-/// Why a write was not applied. Nothing was changed in either case.
+/// Why a write was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommitError {
-    /// A guard failed: another gateway changed the key since this one read it.
+    /// A guard failed: another gateway changed the key since this one read it. Nothing was
+    /// changed.
     #[error("another gateway of the domain changed the same record first")]
     Conflict,
-    /// etcd did not answer in time or refused: no quorum, unreachable, stopped.
+    /// etcd did not answer in time or refused: no quorum, unreachable, stopped. As with any
+    /// timed-out request to a replicated store, a write that reached a member may still be
+    /// applied when quorum returns (the mirror then hears it like any other change).
     #[error("the domain's etcd cluster cannot take writes now: {0}")]
     Unavailable(String),
 }
@@ -137,6 +147,9 @@ struct Inner {
     /// The watch is up (false while etcd is unreachable and the mirror retries).
     following: AtomicBool,
     listeners: Mutex<Vec<(String, Listener)>>,
+    /// Keys held while this gateway lives, and a wake-up for the task that writes them.
+    held: Mutex<BTreeMap<String, Vec<u8>>>,
+    held_changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Shared {
@@ -168,6 +181,8 @@ impl Shared {
             revision: AtomicI64::new(0),
             following: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
+            held: Mutex::new(BTreeMap::new()),
+            held_changed: tokio::sync::Notify::new(),
         });
         let client = runtime
             .block_on(async {
@@ -245,6 +260,19 @@ impl Shared {
             .map_err(|_| CommitError::Unavailable("no answer in time".into()))?
     }
 
+    /// Keeps `key` = `value` in etcd while this gateway lives (see [`LEASE_TTL_S`]); written
+    /// again after a lost lease. Returns at once: the mirror's thread writes it.
+    pub fn hold(&self, key: &str, value: Vec<u8>) {
+        self.inner.held().insert(key.to_owned(), value);
+        self.inner.held_changed.notify_one();
+    }
+
+    /// Stops holding `key`: it is deleted from etcd (at once, or when the lease ends).
+    pub fn release(&self, key: &str) {
+        self.inner.held().remove(key);
+        self.inner.held_changed.notify_one();
+    }
+
     /// Calls `listener` with every change of keys under `prefix` made by any gateway
     /// (this one's writes included, once each), in revision order, on the mirror's thread.
     pub fn subscribe(&self, prefix: &str, listener: impl Fn(&[Change]) + Send + Sync + 'static) {
@@ -255,6 +283,62 @@ impl Shared {
 }
 
 impl Inner {
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the held keys with a lease and keeps it alive; on a lost lease (etcd
+    /// unreachable past its TTL), takes a new one and writes them all again.
+    async fn keep_held(self: Arc<Self>, mut client: Client) {
+        loop {
+            let lease = match client.lease_grant(LEASE_TTL_S, None).await {
+                Ok(granted) => granted.id(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "etcd lease: retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            };
+            let Ok((mut keeper, mut replies)) = client.lease_keep_alive(lease).await else {
+                continue;
+            };
+            let mut written: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            'lease: loop {
+                let wanted = self.held().clone();
+                for (key, value) in &wanted {
+                    if written.get(key) == Some(value) {
+                        continue;
+                    }
+                    let options = PutOptions::new().with_lease(lease);
+                    if client
+                        .put(self.full_key(key), value.clone(), Some(options))
+                        .await
+                        .is_err()
+                    {
+                        break 'lease;
+                    }
+                }
+                for key in written.keys().filter(|k| !wanted.contains_key(*k)) {
+                    let _ = client.delete(self.full_key(key), None).await;
+                }
+                written = wanted;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if keeper.keep_alive().await.is_err() {
+                            break 'lease;
+                        }
+                        match replies.message().await {
+                            Ok(Some(reply)) if reply.ttl() > 0 => {}
+                            _ => break 'lease,
+                        }
+                    }
+                    () = self.held_changed.notified() => {}
+                }
+            }
+            tracing::warn!("etcd lease lost: holding this gateway's keys again");
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
         self.entries.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -404,6 +488,8 @@ impl Inner {
         client: Client,
         mut queue: tokio::sync::mpsc::UnboundedReceiver<Request>,
     ) {
+        // Ends with the runtime, when the last `Shared` is gone.
+        tokio::spawn(Arc::clone(&self).keep_held(client.clone()));
         let mut pause = Duration::from_millis(50);
         loop {
             let mut watching = client.clone();

@@ -234,11 +234,13 @@ impl Shard {
             ConnKind::Agent if view.kind == Kind::Nack => conn.adapter.borrow().is_some(),
             ConnKind::Agent => view.source() == accessed,
             // A peer relays frames of the agents of domains reachable through it, and NACKs;
-            // never ours.
+            // never ours, unless it is a gateway of this domain (issue 19: one domain, several
+            // gateways, their agents attached at either).
             ConnKind::Peer { gateway, .. } => match view.source() {
                 None => view.kind == Kind::Nack,
                 Some(s) => AgentId::parse(s).is_ok_and(|a| {
-                    a.domain() != self.config.gateway.domain()
+                    let own = self.config.gateway.domain();
+                    (a.domain() != own || crate::authorization::domain_of(gateway) == own)
                         && policy
                             .peer_domains
                             .is_some_and(|d| d.allows(gateway, a.domain()))
