@@ -102,6 +102,18 @@ pub(crate) fn run(a: &Node, b: &Node, c: &Node) -> Result<(), String> {
         AgentConnection::connect(b.addresses().agents, host.clone(), WAIT)
             .map_err(|e| e.to_string())?
             .split();
+    // The concierge's answer goes back to the host: c must know the way (a reply to an agent
+    // whose route had not reached c yet was lost, and the demo waited in vain, once in ten).
+    let deadline = std::time::Instant::now() + WAIT;
+    while !matches!(
+        c.dataplane.route_of(host.agent.as_str()),
+        Some(Route::Peer { .. })
+    ) {
+        if std::time::Instant::now() > deadline {
+            return Err("c never learned a route to the host".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let deadline = std::time::Instant::now() + WAIT;
     let mut id = 0;
     let reply = 'ask: loop {
