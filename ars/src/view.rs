@@ -77,6 +77,14 @@ impl View {
             .collect()
     }
 
+    /// The summary of one local agent, as [`View::local_summaries`] gives it.
+    pub fn local_summary(&self, agent: &str) -> Option<pb::AgentSummary> {
+        self.index
+            .get(agent)
+            .filter(|e| e.origin == Origin::Local && !self.departed.contains(agent))
+            .map(|e| summary(&e.profile))
+    }
+
     /// Every local agent and the status in its profile (what an operator's listing needs,
     /// without the summaries' capabilities).
     pub fn local_statuses(&self) -> Vec<(String, pb::Status)> {

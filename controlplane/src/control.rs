@@ -813,6 +813,45 @@ impl State {
         true
     }
 
+    /// How other domains hear of one of this domain's agents from here: from this gateway
+    /// when the agent is attached here or at no sibling; otherwise through the sibling it is
+    /// attached to, with that sibling's path and status (one hop longer than the sibling's
+    /// own, so that they prefer the gateway the agent is attached to).
+    fn through_sibling(&self, mut summary: pb::AgentSummary) -> pb::AgentSummary {
+        if self.is_ours(&summary.agent)
+            && !self.routes.is_attached(&summary.agent)
+            && let Some((via, best)) = self.rib.best(&summary.agent)
+            && self.is_sibling(via)
+        {
+            summary.origin.clone_from(&best.origin);
+            summary.path.clone_from(&best.path);
+            summary.status = best.status;
+        }
+        summary
+    }
+
+    /// Tells the peers of other domains where one of this domain's agents is now (after it
+    /// came, left, or moved between the domain's gateways), if they heard of it from here.
+    fn tell_outside(&mut self, agent: &str, send: &impl Fn(usize, PeerCommand)) {
+        let local = match self.view().and_then(|v| v.local_summary(agent)) {
+            Some(registered) => Some(registered),
+            None => self.summaries.get(agent).cloned(),
+        };
+        let Some(mut summary) = local else {
+            return;
+        };
+        summary.origin = self.local.to_string();
+        summary.version = self.stamp(agent);
+        let summary = self.through_sibling(summary);
+        let outside: Vec<usize> = self
+            .established()
+            .filter(|i| !self.peer_ids.get(*i).is_some_and(|p| self.is_sibling(p)))
+            .collect();
+        for i in outside {
+            send(i, PeerCommand::Advertise(vec![summary.clone()], Vec::new()));
+        }
+    }
+
     fn is_local(&self, agent: &str) -> bool {
         self.summaries.contains_key(agent) || self.view().is_some_and(|r| r.is_local(agent))
     }
@@ -882,6 +921,9 @@ impl State {
                 for i in siblings {
                     send(i, self.to_peer(i, command.clone()));
                 }
+                // Other domains hear of it from here as it is now: attached here, or
+                // through the sibling it is attached to.
+                self.tell_outside(agent.as_str(), send);
             }
             let Some(registry) = &self.registry else {
                 return;
@@ -909,6 +951,8 @@ impl State {
             (_, Some(status)) if self.summaries.contains_key(agent.as_str()) => {
                 let summary = self.local_summary(agent.as_str(), status);
                 self.summaries.insert(agent.to_string(), summary.clone());
+                // Gone from here while attached at a sibling: through it.
+                let summary = self.through_sibling(summary);
                 for i in peers {
                     send(
                         i,
@@ -1116,7 +1160,7 @@ impl State {
                     Some(v) => *v,
                     None => self.stamp(&s.agent),
                 };
-                s
+                self.through_sibling(s)
             })
             .collect()
     }
@@ -1130,7 +1174,7 @@ impl State {
                 Change::Advertise(mut s) => {
                     s.origin.clone_from(&origin);
                     s.version = self.stamp(&s.agent);
-                    advertise.push(s);
+                    advertise.push(self.through_sibling(s));
                 }
                 Change::Withdraw(agent) => {
                     // Deregistered (or gone from the gateway): no later status of its
@@ -1165,7 +1209,13 @@ impl State {
         let peers: Vec<usize> = self.established().collect();
         match change {
             BestChange::Via { peer, summary } => {
-                if self.route_ours(&summary.agent, Some(&peer)) || self.is_local(&summary.agent) {
+                if self.route_ours(&summary.agent, Some(&peer)) {
+                    if self.is_sibling(&peer) && !self.routes.is_attached(&summary.agent) {
+                        self.tell_outside(&summary.agent, send);
+                    }
+                    return;
+                }
+                if self.is_local(&summary.agent) {
                     return; // ours: the local route wins
                 }
                 self.unreachable.remove(&summary.agent);
@@ -1181,7 +1231,13 @@ impl State {
                 }
             }
             BestChange::Gone { agent } => {
-                if self.route_ours(&agent, None) || self.is_local(&agent) {
+                if self.route_ours(&agent, None) {
+                    if !self.routes.is_attached(&agent) {
+                        self.tell_outside(&agent, send);
+                    }
+                    return;
+                }
+                if self.is_local(&agent) {
                     return;
                 }
                 if failed {
@@ -1199,7 +1255,13 @@ impl State {
                 }
             }
             BestChange::Held { agent } => {
-                if self.route_ours(&agent, None) || self.is_local(&agent) {
+                if self.route_ours(&agent, None) {
+                    if !self.routes.is_attached(&agent) {
+                        self.tell_outside(&agent, send);
+                    }
+                    return;
+                }
+                if self.is_local(&agent) {
                     return;
                 }
                 // Its gateway is in maintenance: known, not routed to (NACKed as offline),

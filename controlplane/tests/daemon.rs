@@ -106,10 +106,11 @@ fn agw_serving_crl_on(data_dir: &Path, config: Option<&Path>, crl: &str) -> Comm
 }
 
 fn start(data_dir: &Path, config: Option<&Path>) -> Daemon {
-    let mut child = agw(data_dir, config)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    start_command(agw(data_dir, config))
+}
+
+fn start_command(mut command: Command) -> Daemon {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -1407,4 +1408,71 @@ fn a_restarted_daemon_calls_its_a2a_server_agents_again() {
         }
     };
     assert_eq!(&answer.payload[..], b"echo: still there?");
+}
+
+/// Issue 19, part 3, with the daemons themselves: two `agw` processes of one domain on a
+/// real 3-member etcd cluster, an agent at the first reached from the second, the first
+/// killed (SIGKILL), the agent reconnecting to the second and reached there.
+#[cfg(feature = "etcd")]
+#[test]
+fn a_killed_gateway_s_agents_reconnect_to_another_of_the_domain() {
+    let cluster = agw_etcd::cluster::Cluster::start(3).expect("etcd cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let (data_1, data_2) = (dir.path().join("gw-1"), dir.path().join("gw-2"));
+    let daemon = |data: &Path, name: &str| {
+        let mut command = agw(data, None);
+        command.args(["--name", name]);
+        for endpoint in cluster.endpoints() {
+            command.args(["--etcd", &endpoint]);
+        }
+        start_command(command)
+    };
+    let mut one = daemon(&data_1, "gw-1");
+    std::fs::create_dir_all(data_2.join("aca")).unwrap();
+    for f in ["ca.key.pem", "ca.chain.pem", "trust-anchor.pem"] {
+        std::fs::copy(data_1.join("aca").join(f), data_2.join("aca").join(f)).unwrap();
+    }
+    let two = daemon(&data_2, "gw-2");
+    let alice = certify(&one.aca, &data_1, "alice");
+    let bob = certify(&two.aca, &data_2, "bob");
+    let wait = Duration::from_secs(5);
+    let gateways: Vec<std::net::SocketAddr> = [&one.agents, &two.agents]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let mut at_one = AgentConnection::connect(&gateways[..], alice.clone(), wait).unwrap();
+    let mut at_two = AgentConnection::connect(&two.agents, bob.clone(), wait).unwrap();
+    // Bob at gateway 2 reaches alice at gateway 1 once they linked (NACKed until then).
+    let reach = |from: &mut AgentConnection, to: &mut AgentConnection| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "never reached");
+            from.send(to.agent().as_str(), Bytes::from_static(b"hello"))
+                .unwrap();
+            if let Ok(Some(Incoming::Message(m, _))) = to.recv(Duration::from_millis(200)) {
+                assert_eq!(m.source, from.agent().as_str());
+                return;
+            }
+            while let Ok(Some(_)) = from.recv(Duration::from_millis(1)) {}
+        }
+    };
+    reach(&mut at_two, &mut at_one);
+    assert_eq!(
+        at_one.gateway().as_str(),
+        "spiffe://travel.example/agw/gw-1"
+    );
+
+    // SIGKILL: nothing said to anyone; alice's reconnection finds gateway 2.
+    let killed = std::time::Instant::now();
+    one.child.kill().unwrap();
+    one.child.wait().unwrap();
+    at_one.reconnect().expect("alice fails over");
+    assert_eq!(
+        at_one.gateway().as_str(),
+        "spiffe://travel.example/agw/gw-2"
+    );
+    reach(&mut at_two, &mut at_one);
+    let took = killed.elapsed();
+    eprintln!("gateway 1 killed: alice reached at gateway 2 after {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
 }

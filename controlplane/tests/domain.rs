@@ -12,26 +12,42 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+mod common;
+
 use agw_controlplane::{
-    node::{Node, NodeConfig},
+    node::{Node, NodeConfig, PeerEntry},
     peering::session::SessionState,
 };
 use agw_dataplane::routing::Route;
 use agw_demo as demo;
 use agw_etcd::cluster::Cluster;
-use agw_proto::{Message, identity::Domain, pb};
+use agw_proto::{
+    Message,
+    identity::{Domain, GatewayId},
+    pb,
+};
 use agw_sdk::agent::{AgentConnection, Credentials, Incoming};
 use bytes::Bytes;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn gateway(data: &Path, name: &str, cluster: &Cluster) -> Result<Node, String> {
+    gateway_with(data, name, cluster, |_| {})
+}
+
+fn gateway_with(
+    data: &Path,
+    name: &str,
+    cluster: &Cluster,
+    configure: impl Fn(&mut NodeConfig),
+) -> Result<Node, String> {
     let mut config = NodeConfig::on_loopback(
         Domain::new("travel.example").unwrap(),
         name,
         data.to_path_buf(),
     );
     config.etcd = cluster.endpoints();
+    configure(&mut config);
     Node::start(config)
 }
 
@@ -77,13 +93,21 @@ fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
 
 /// Gateway 1, then gateway 2 holding its authority's files.
 fn two_gateways(dir: &Path, cluster: &Cluster) -> (Node, Node) {
+    two_gateways_with(dir, cluster, |_| {})
+}
+
+fn two_gateways_with(
+    dir: &Path,
+    cluster: &Cluster,
+    configure: impl Fn(&mut NodeConfig),
+) -> (Node, Node) {
     let (data_1, data_2) = (dir.join("gw-1"), dir.join("gw-2"));
-    let one = gateway(&data_1, "gw-1", cluster).expect("gateway 1");
+    let one = gateway_with(&data_1, "gw-1", cluster, &configure).expect("gateway 1");
     std::fs::create_dir_all(data_2.join("aca")).unwrap();
     for f in ["ca.key.pem", "ca.chain.pem", "trust-anchor.pem"] {
         std::fs::copy(data_1.join("aca").join(f), data_2.join("aca").join(f)).unwrap();
     }
-    let two = gateway(&data_2, "gw-2", cluster).expect("gateway 2");
+    let two = gateway_with(&data_2, "gw-2", cluster, &configure).expect("gateway 2");
     (one, two)
 }
 
@@ -179,6 +203,75 @@ fn gateways_of_one_domain_find_each_other_and_relay_between_them() {
     eprintln!("gateway 1 failed: alice reached at gateway 2 after {converged:?}");
     assert!(converged < Duration::from_secs(2), "{converged:?}");
     two.stop();
+}
+
+#[test]
+fn another_domain_reaches_each_agent_through_the_gateway_it_is_attached_to() {
+    let cluster = Cluster::start(3).expect("etcd cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let root = common::federation_root(dir.path());
+    // hotels.example peers with both gateways of travel.example (they wait, it dials).
+    let hotels = GatewayId::parse("spiffe://hotels.example/agw/h1").unwrap();
+    let peer = |gateway: GatewayId, address: Option<std::net::SocketAddr>| PeerEntry {
+        gateway,
+        address,
+        export: None,
+        max_summaries: None,
+        hold_time: Duration::from_secs(9),
+    };
+    let (one, two) = two_gateways_with(dir.path(), &cluster, |c| {
+        c.root = Some(root.clone());
+        c.peers = vec![peer(hotels.clone(), None)];
+    });
+    let h = Node::start(NodeConfig {
+        root: Some(root.clone()),
+        peers: vec![
+            peer(one.gateway.clone(), Some(one.addresses().peering)),
+            peer(two.gateway.clone(), Some(two.addresses().peering)),
+        ],
+        ..NodeConfig::on_loopback(
+            Domain::new("hotels.example").unwrap(),
+            "h1",
+            dir.path().join("h1"),
+        )
+    })
+    .expect("hotels.example");
+    wait_until("every session up", Duration::from_secs(5), || {
+        linked(&h, &one) && linked(&h, &two) && linked(&one, &two) && linked(&two, &one)
+    });
+
+    // Alice, registered and attached at gateway 1: hotels.example routes to her through it
+    // (its peer 0), not through gateway 2, which would relay over the sibling link.
+    let alice = demo::certify(&one, "alice").unwrap();
+    register(&one, &alice, "travel-agent");
+    let at_one = AgentConnection::connect(one.addresses().agents, alice.clone(), WAIT).unwrap();
+    wait_until(
+        "hotels.example routes through gateway 1",
+        Duration::from_secs(2),
+        || route(&h, alice.agent.as_str()) == Some(Route::Peer { peer: 0 }),
+    );
+
+    // She moves to gateway 2: hotels.example routes through gateway 2 (its peer 1) within
+    // 2 s, and its agent reaches her there.
+    let moved = Instant::now();
+    drop(at_one);
+    let mut at_two = AgentConnection::connect(two.addresses().agents, alice.clone(), WAIT).unwrap();
+    wait_until(
+        "hotels.example routes through gateway 2",
+        Duration::from_secs(2),
+        || route(&h, alice.agent.as_str()) == Some(Route::Peer { peer: 1 }),
+    );
+    eprintln!(
+        "alice moved: hotels.example routed to her new gateway after {:?}",
+        moved.elapsed()
+    );
+    let guest = demo::certify(&h, "guest").unwrap();
+    let mut at_h = AgentConnection::connect(h.addresses().agents, guest.clone(), WAIT).unwrap();
+    let got = deliver(&mut at_h, &mut at_two, b"a room with a view");
+    assert_eq!(got.source, guest.agent.as_str());
+    for n in [h, one, two] {
+        n.stop();
+    }
 }
 
 #[test]
