@@ -274,6 +274,67 @@ fn another_domain_reaches_each_agent_through_the_gateway_it_is_attached_to() {
     }
 }
 
+/// Certifies a new agent at `node` within 10 s. A refused application may still be applied
+/// later (etcd had it proposed), so each try is for a new name (`<name>1`, `<name>2`, ...).
+fn certified_within(node: &Node, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for attempt in 1.. {
+        match demo::certify(node, &format!("{name}{attempt}")) {
+            Ok(_) => return,
+            Err(e) => assert!(Instant::now() < deadline, "no certificate: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_domain_keeps_relaying_when_etcd_loses_a_member_and_then_quorum() {
+    let mut cluster = Cluster::start(3).expect("etcd cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = two_gateways(dir.path(), &cluster);
+    wait_until("the two gateways linked", Duration::from_secs(5), || {
+        linked(&one, &two) && linked(&two, &one)
+    });
+    let alice = demo::certify(&one, "alice").unwrap();
+    let bob = demo::certify(&two, "bob").unwrap();
+    register(&one, &alice, "book-hotel");
+    let mut at_one = AgentConnection::connect(one.addresses().agents, alice.clone(), WAIT).unwrap();
+    let mut at_two = AgentConnection::connect(two.addresses().agents, bob.clone(), WAIT).unwrap();
+    deliver(&mut at_two, &mut at_one, b"before");
+
+    // One member of three lost: nothing stops (a request the client had sent to the killed
+    // member fails once; the next goes to another).
+    cluster.kill(0);
+    deliver(&mut at_two, &mut at_one, b"one member down");
+    certified_within(&one, "carol");
+
+    // Quorum lost: the relay goes on with what it knows, across the gateways' link too;
+    // discovery answers; a certificate application is refused, saying why, within seconds.
+    cluster.kill(1);
+    deliver(&mut at_two, &mut at_one, b"no quorum");
+    deliver(&mut at_one, &mut at_two, b"still relaying");
+    assert_eq!(
+        discover(&two, &bob, "book-hotel"),
+        vec![alice.agent.to_string()]
+    );
+    let asked = Instant::now();
+    let refused = demo::certify(&one, "dave").expect_err("no certificate without quorum");
+    assert!(refused.contains("STORE_UNAVAILABLE"), "{refused}");
+    let took = asked.elapsed();
+    eprintln!("without quorum: an application refused after {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // Quorum back: the authority issues again.
+    cluster.start_member(0).unwrap();
+    cluster.start_member(1).unwrap();
+    cluster.wait_writable(Duration::from_secs(20)).unwrap();
+    certified_within(&two, "erin");
+    deliver(&mut at_two, &mut at_one, b"after");
+    for n in [one, two] {
+        n.stop();
+    }
+}
+
 #[test]
 fn two_gateways_of_one_domain_share_authority_and_registry() {
     let cluster = Cluster::start(3).expect("etcd cluster");
