@@ -21,12 +21,17 @@ use agw_controlplane::{
 use agw_dataplane::routing::Route;
 use agw_demo as demo;
 use agw_etcd::cluster::Cluster;
+use agw_proto::identity::AgentId;
 use agw_proto::{
     Message,
     identity::{Domain, GatewayId},
     pb,
 };
-use agw_sdk::agent::{AgentConnection, Credentials, Incoming};
+use agw_sdk::{
+    agent::{AccessOptions, AgentConnection, Credentials, Incoming},
+    lifecycle::{self, Agent},
+    session::{Event, Outgoing, Sessions},
+};
 use bytes::Bytes;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -333,6 +338,94 @@ fn the_domain_keeps_relaying_when_etcd_loses_a_member_and_then_quorum() {
     for n in [one, two] {
         n.stop();
     }
+}
+
+/// The SDK's lifecycle agent `name` of the domain, enrolled at `home` and knowing `other`.
+fn lifecycle_agent(home: &Node, other: &Node, name: &str) -> Agent {
+    let domain = lifecycle::Domain {
+        gateway: home.addresses().agents,
+        registry: home.addresses().registry,
+        aca: home.addresses().aca,
+        other_gateways: vec![other.addresses().agents],
+    };
+    let id = AgentId::new(home.authority.domain(), name).unwrap();
+    let token = home.enrollment_token("Example").unwrap().to_owned();
+    Agent::enroll(
+        id,
+        "Example",
+        &token,
+        domain,
+        AccessOptions::default(),
+        WAIT,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_session_goes_on_when_an_agent_s_gateway_fails() {
+    let cluster = Cluster::start(3).expect("etcd cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = two_gateways(dir.path(), &cluster);
+    wait_until("the two gateways linked", Duration::from_secs(5), || {
+        linked(&one, &two) && linked(&two, &one)
+    });
+    // The hotel at gateway 1, the traveller at gateway 2, each with its sessions' store.
+    let mut hotel = Sessions::open(
+        lifecycle_agent(&one, &two, "hotel"),
+        &dir.path().join("h.redb"),
+    )
+    .unwrap();
+    let mut traveller = Sessions::open(
+        lifecycle_agent(&two, &one, "traveller"),
+        &dir.path().join("t.redb"),
+    )
+    .unwrap();
+    let session = traveller.start(hotel.agent().id(), "booking").unwrap();
+
+    // Both drive their sessions until `done` says what they heard is enough.
+    let mut heard: Vec<String> = Vec::new();
+    let mut delivered = 0;
+    let mut drive = |hotel: &mut Sessions,
+                     traveller: &mut Sessions,
+                     done: &dyn Fn(&[String], usize) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done(&heard, delivered) {
+            assert!(
+                Instant::now() < deadline,
+                "heard {heard:?}, {delivered} delivered"
+            );
+            // The hotel's session mends a broken connection on its own (its next call).
+            if let Ok(Some(Event::Message(m))) = hotel.next(Duration::from_millis(20)) {
+                heard.push(String::from_utf8_lossy(m.payload()).into_owned());
+            }
+            if let Ok(Some(Event::Delivered { .. })) = traveller.next(Duration::from_millis(20)) {
+                delivered += 1;
+            }
+        }
+    };
+    traveller
+        .send(session, Outgoing::text("two nights"))
+        .unwrap();
+    drive(&mut hotel, &mut traveller, &|h, d| h.len() == 1 && d == 1);
+
+    // Gateway 1 fails with the hotel on it; the traveller writes meanwhile (NACKed while
+    // the hotel is away, kept, sent again). The hotel comes back at gateway 2 on its own and
+    // gets the message exactly once; the traveller hears it delivered.
+    one.stop();
+    traveller
+        .send(session, Outgoing::text("from friday"))
+        .unwrap();
+    drive(&mut hotel, &mut traveller, &|h, d| h.len() == 2 && d == 2);
+    // Nothing more comes: no message twice.
+    std::thread::sleep(Duration::from_millis(500));
+    while let Ok(Some(event)) = hotel.next(Duration::from_millis(100)) {
+        assert!(
+            !matches!(event, Event::Message(_)),
+            "a message twice: {event:?}"
+        );
+    }
+    assert_eq!(heard, vec!["two nights", "from friday"]);
+    two.stop();
 }
 
 #[test]
