@@ -130,7 +130,9 @@ fn route(node: &Node, agent: &str) -> Option<Route> {
 }
 
 /// Sends `payload` from `from` to `to`'s agent and returns it as `to` receives it. A link that
-/// is still coming up NACKs `UNREACHABLE` (as between any two gateways): sent again then.
+/// is still coming up NACKs `UNREACHABLE`, a route still on its way `NO_ROUTE`, an agent
+/// between its failed gateway and the next `DESTINATION_OFFLINE` (the reasons the SDK's
+/// sessions send again for): sent again then.
 fn deliver(
     from: &mut AgentConnection,
     to: &mut AgentConnection,
@@ -146,7 +148,14 @@ fn deliver(
             return m;
         }
         match from.recv(Duration::from_millis(50)).unwrap() {
-            Some(Incoming::Nack(n)) if n.reason() == pb::ErrorCode::Unreachable => {
+            Some(Incoming::Nack(n))
+                if matches!(
+                    n.reason(),
+                    pb::ErrorCode::Unreachable
+                        | pb::ErrorCode::NoRoute
+                        | pb::ErrorCode::DestinationOffline
+                ) =>
+            {
                 std::thread::sleep(Duration::from_millis(50));
                 from.send(&destination, Bytes::from_static(payload))
                     .unwrap();
@@ -336,6 +345,78 @@ fn the_domain_keeps_relaying_when_etcd_loses_a_member_and_then_quorum() {
     certified_within(&two, "erin");
     deliver(&mut at_two, &mut at_one, b"after");
     for n in [one, two] {
+        n.stop();
+    }
+}
+
+#[test]
+fn three_gateways_carry_another_domain_to_an_agent_wherever_it_is_attached() {
+    let cluster = Cluster::start(3).expect("etcd cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let root = common::federation_root(dir.path());
+    // hotels.example peers with gateway 2 only.
+    let hotels = GatewayId::parse("spiffe://hotels.example/agw/h1").unwrap();
+    let entry = |gateway: GatewayId, address: Option<std::net::SocketAddr>| PeerEntry {
+        gateway,
+        address,
+        export: None,
+        max_summaries: None,
+        hold_time: Duration::from_secs(9),
+    };
+    let configure = |c: &mut NodeConfig| c.root = Some(root.clone());
+    let (one, two) = two_gateways_with(dir.path(), &cluster, |c| {
+        configure(c);
+        if c.name == "gw-2" {
+            c.peers = vec![entry(hotels.clone(), None)];
+        }
+    });
+    let data_3 = dir.path().join("gw-3");
+    std::fs::create_dir_all(data_3.join("aca")).unwrap();
+    for f in ["ca.key.pem", "ca.chain.pem", "trust-anchor.pem"] {
+        let from = dir.path().join("gw-1").join("aca").join(f);
+        std::fs::copy(from, data_3.join("aca").join(f)).unwrap();
+    }
+    let three = gateway_with(&data_3, "gw-3", &cluster, configure).expect("gateway 3");
+    let h = Node::start(NodeConfig {
+        root: Some(root.clone()),
+        peers: vec![entry(two.gateway.clone(), Some(two.addresses().peering))],
+        ..NodeConfig::on_loopback(
+            Domain::new("hotels.example").unwrap(),
+            "h1",
+            dir.path().join("h1"),
+        )
+    })
+    .expect("hotels.example");
+    wait_until(
+        "the domain's three gateways meshed, hotels at 2",
+        WAIT,
+        || {
+            linked(&one, &two)
+                && linked(&one, &three)
+                && linked(&two, &three)
+                && linked(&three, &one)
+                && linked(&h, &two)
+        },
+    );
+
+    // Alice at gateway 1: a guest of hotels.example reaches her through gateway 2.
+    let alice = demo::certify(&one, "alice").unwrap();
+    register(&one, &alice, "travel-agent");
+    let guest = demo::certify(&h, "guest").unwrap();
+    let mut at_h = AgentConnection::connect(h.addresses().agents, guest.clone(), WAIT).unwrap();
+    let gateways = [one.addresses().agents, three.addresses().agents];
+    let mut at_one = AgentConnection::connect(&gateways[..], alice.clone(), WAIT).unwrap();
+    let got = deliver(&mut at_h, &mut at_one, b"through gateway 2");
+    assert_eq!(got.source, guest.agent.as_str());
+
+    // Gateway 1 fails: alice's reconnection lands at gateway 3, where the guest's next
+    // message reaches her, still through gateway 2.
+    one.stop();
+    at_one.reconnect().expect("alice fails over");
+    assert_eq!(at_one.gateway(), &three.gateway);
+    let got = deliver(&mut at_h, &mut at_one, b"and now through gateway 3");
+    assert_eq!(&got.payload[..], b"and now through gateway 3");
+    for n in [h, two, three] {
         n.stop();
     }
 }
