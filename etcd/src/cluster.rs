@@ -29,19 +29,42 @@ pub struct Cluster {
     initial: String,
 }
 
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` distinct free ports: each bound (so the kernel cannot hand one out twice) until all
+/// are chosen, then released for the members to bind.
+fn free_ports(n: usize) -> io::Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<io::Result<Vec<_>>>()?;
+    held.iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
 }
 
+/// Tries at starting a cluster: a port chosen free may be taken by another test before its
+/// member binds it.
+const START_TRIES: usize = 3;
+
 impl Cluster {
-    /// Starts `size` members and waits until the cluster takes writes (at most 20 s).
+    /// Starts `size` members and waits until the cluster takes writes (at most 20 s a try).
     pub fn start(size: usize) -> io::Result<Cluster> {
+        let mut last = None;
+        for _ in 0..START_TRIES {
+            match Cluster::start_once(size) {
+                Ok(cluster) => return Ok(cluster),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no try")))
+    }
+
+    fn start_once(size: usize) -> io::Result<Cluster> {
+        let ports = free_ports(2 * size)?;
         let mut members = Vec::new();
         for i in 0..size {
             members.push(Member {
                 name: format!("m{i}"),
-                client_port: free_port()?,
-                peer_port: free_port()?,
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
                 process: None,
             });
         }
@@ -114,10 +137,23 @@ impl Cluster {
         }
     }
 
-    /// Waits until a write through `etcdctl` succeeds.
-    pub fn wait_writable(&self, within: Duration) -> io::Result<()> {
+    /// Waits until a write through `etcdctl` succeeds; fails at once when a member that was
+    /// started has exited (a port taken, say).
+    pub fn wait_writable(&mut self, within: Duration) -> io::Result<()> {
         let deadline = Instant::now() + within;
         loop {
+            for m in &mut self.members {
+                if let Some(child) = &mut m.process
+                    && let Some(status) = child.try_wait()?
+                {
+                    m.process = None;
+                    return Err(io::Error::other(format!(
+                        "etcd member {} exited ({status}): see {}",
+                        m.name,
+                        self.dir.path().join(format!("{}.log", m.name)).display()
+                    )));
+                }
+            }
             let ok = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints={}", self.endpoints().join(",")))
@@ -140,6 +176,22 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The value of `key` as `etcdctl get` prints it, if the key exists.
+    pub fn etcdctl_get(&self, key: &str) -> io::Result<Option<String>> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .args(["get", "--print-value-only", key])
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        let value = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
+        Ok((!value.is_empty()).then_some(value))
     }
 
     /// `etcdctl get --prefix <prefix>` as text (keys and values), to see what gateways wrote.
