@@ -206,6 +206,7 @@ pub(crate) struct State {
     registry: Option<RegistryHandle>,
     /// The scopes attached agents' certificates grant.
     access_scopes: Option<AccessScopes>,
+    attachments: Option<Attachments>,
 }
 
 /// What the control plane is wired to besides the routing table.
@@ -219,6 +220,19 @@ pub struct Wiring {
     pub registry: Option<RegistryWiring>,
     /// Where the permission scopes of the agents attached here are kept.
     pub access_scopes: Option<AccessScopes>,
+    /// Told when an agent attaches here (`true`) or leaves (`false`): the domain's etcd keeps
+    /// which agent is attached where (issue 19).
+    pub attachments: Option<Attachments>,
+}
+
+/// Told when an agent attaches to this gateway or leaves it, on the control plane's thread:
+/// must not wait.
+pub struct Attachments(pub Box<dyn Fn(&str, bool) + Send>);
+
+impl std::fmt::Debug for Attachments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Attachments")
+    }
 }
 
 /// The permission scopes each agent attached to this gateway presented in its certificate at
@@ -304,6 +318,7 @@ impl ControlPlane {
             links,
             registry,
             access_scopes,
+            attachments,
         } = wiring;
         let (peer_tx, peer_rx) = crossbeam_channel::unbounded();
         let peer_ids: Vec<String> = peering
@@ -321,6 +336,7 @@ impl ControlPlane {
         state.links = links;
         state.registry = registry;
         state.access_scopes = access_scopes;
+        state.attachments = attachments;
         let commander = peering.as_ref().map(Peering::commander);
         let thread = std::thread::Builder::new()
             .name("agw-control".into())
@@ -570,6 +586,7 @@ impl State {
             links: None,
             registry: None,
             access_scopes: None,
+            attachments: None,
         }
     }
 
@@ -878,6 +895,13 @@ impl State {
             && let Some(via) = self.rib.best(agent.as_str()).map(|(via, _)| via.to_owned())
         {
             self.route_ours(agent.as_str(), Some(&via));
+        }
+        if let Some(Attachments(tell)) = &self.attachments {
+            match event {
+                ShardEvent::AgentUp { agent, .. } => tell(agent.as_str(), true),
+                ShardEvent::AgentDown { agent, .. } => tell(agent.as_str(), false),
+                ShardEvent::AgentStatus { .. } => {}
+            }
         }
         if let Some(kept) = &self.access_scopes {
             match event {

@@ -630,8 +630,6 @@ impl Node {
         if let Some(mirror) = &shared {
             agw_ars::store::shared::follow(mirror, &registry);
         }
-        #[cfg(not(feature = "etcd"))]
-        let _ = shared;
         let profiles: agw_dataplane::a2a::SharedDirectory = Arc::new(Profiles(registry.clone()));
         dataplane.set_directory(profiles.clone());
         let translation = dataplane
@@ -721,6 +719,7 @@ impl Node {
                     changes: registry_changes,
                 }),
                 access_scopes: Some(attached_scopes.clone()),
+                attachments: attachments(&shared, &gateway),
             },
         )
         .map_err(|e| format!("control plane: {e}"))?;
@@ -1094,6 +1093,33 @@ fn stop_control(control: Arc<ControlPlane>) {
     if let Ok(control) = Arc::try_unwrap(control) {
         control.stop();
     }
+}
+
+/// Which agent is attached where, in the domain's etcd: `attached/<agent ID>` = the gateway's
+/// ID, held while the agent stays (and the gateway lives: the lease).
+#[cfg(feature = "etcd")]
+fn attachments(
+    shared: &Option<agw_etcd::Shared>,
+    gateway: &GatewayId,
+) -> Option<crate::control::Attachments> {
+    let mirror = shared.clone()?;
+    let gateway = gateway.to_string().into_bytes();
+    Some(crate::control::Attachments(Box::new(move |agent, here| {
+        let key = format!("attached/{agent}");
+        if here {
+            mirror.hold(&key, gateway.clone());
+        } else {
+            mirror.release(&key);
+        }
+    })))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn attachments(
+    _: &Option<std::convert::Infallible>,
+    _: &GatewayId,
+) -> Option<crate::control::Attachments> {
+    None
 }
 
 /// Where the domain's gateways list themselves in its etcd (held while each lives, see

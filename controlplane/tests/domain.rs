@@ -191,6 +191,20 @@ fn gateways_of_one_domain_find_each_other_and_relay_between_them() {
             && matches!(route(&one, bob.agent.as_str()), Some(Route::Peer { .. }))
     });
 
+    // The domain's etcd says where each is attached.
+    let attached = |agent: &Credentials| {
+        let key = format!("/agw/travel.example/attached/{}", agent.agent);
+        cluster.etcdctl_get(&key).unwrap()
+    };
+    wait_until(
+        "etcd: alice at gateway 1, bob at 2",
+        Duration::from_secs(1),
+        || {
+            attached(&alice).as_deref() == Some(one.gateway.as_str())
+                && attached(&bob).as_deref() == Some(two.gateway.as_str())
+        },
+    );
+
     // A message entering at gateway 2 for alice at gateway 1 crosses the link, and back.
     let got = deliver(&mut at_two, &mut at_one, b"a room for two");
     assert_eq!(got.source, bob.agent.as_str());
@@ -216,6 +230,14 @@ fn gateways_of_one_domain_find_each_other_and_relay_between_them() {
     let converged = failed_at.elapsed();
     eprintln!("gateway 1 failed: alice reached at gateway 2 after {converged:?}");
     assert!(converged < Duration::from_secs(2), "{converged:?}");
+    // etcd follows her; bob leaving is gone from it.
+    wait_until("etcd: alice at gateway 2", Duration::from_secs(1), || {
+        attached(&alice).as_deref() == Some(two.gateway.as_str())
+    });
+    drop(at_two);
+    wait_until("etcd: bob attached nowhere", Duration::from_secs(1), || {
+        attached(&bob).is_none()
+    });
     two.stop();
 }
 

@@ -64,6 +64,17 @@ impl EtcdConfig {
     }
 }
 
+/// The keys this gateway holds, and what changed since the task that writes them last woke
+/// (so a wake costs what changed, not what is held).
+#[derive(Debug, Default)]
+struct Held {
+    all: BTreeMap<String, Vec<u8>>,
+    changed: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+/// Changes to held keys written in one transaction (etcd's default limit is 128 operations).
+const HELD_BATCH: usize = 128;
+
 /// One key as the mirror holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -148,7 +159,7 @@ struct Inner {
     following: AtomicBool,
     listeners: Mutex<Vec<(String, Listener)>>,
     /// Keys held while this gateway lives, and a wake-up for the task that writes them.
-    held: Mutex<BTreeMap<String, Vec<u8>>>,
+    held: Mutex<Held>,
     held_changed: tokio::sync::Notify,
 }
 
@@ -181,7 +192,7 @@ impl Shared {
             revision: AtomicI64::new(0),
             following: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
-            held: Mutex::new(BTreeMap::new()),
+            held: Mutex::new(Held::default()),
             held_changed: tokio::sync::Notify::new(),
         });
         let client = runtime
@@ -263,13 +274,20 @@ impl Shared {
     /// Keeps `key` = `value` in etcd while this gateway lives (see [`LEASE_TTL_S`]); written
     /// again after a lost lease. Returns at once: the mirror's thread writes it.
     pub fn hold(&self, key: &str, value: Vec<u8>) {
-        self.inner.held().insert(key.to_owned(), value);
+        let mut held = self.inner.held();
+        held.all.insert(key.to_owned(), value.clone());
+        held.changed.insert(key.to_owned(), Some(value));
+        drop(held);
         self.inner.held_changed.notify_one();
     }
 
-    /// Stops holding `key`: it is deleted from etcd (at once, or when the lease ends).
+    /// Stops holding `key`: it is deleted from etcd (at once, or when the lease ends), unless
+    /// another gateway wrote it since (the key is theirs then).
     pub fn release(&self, key: &str) {
-        self.inner.held().remove(key);
+        let mut held = self.inner.held();
+        held.all.remove(key);
+        held.changed.insert(key.to_owned(), None);
+        drop(held);
         self.inner.held_changed.notify_one();
     }
 
@@ -283,7 +301,7 @@ impl Shared {
 }
 
 impl Inner {
-    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<u8>>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -302,26 +320,48 @@ impl Inner {
             let Ok((mut keeper, mut replies)) = client.lease_keep_alive(lease).await else {
                 continue;
             };
+            // A new lease: everything held is written again under it.
             let mut written: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            let mut todo: Vec<(String, Option<Vec<u8>>)> = {
+                let mut held = self.held();
+                held.changed.clear();
+                held.all
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(v.clone())))
+                    .collect()
+            };
             'lease: loop {
-                let wanted = self.held().clone();
-                for (key, value) in &wanted {
-                    if written.get(key) == Some(value) {
-                        continue;
-                    }
-                    let options = PutOptions::new().with_lease(lease);
-                    if client
-                        .put(self.full_key(key), value.clone(), Some(options))
-                        .await
-                        .is_err()
-                    {
+                for batch in todo.chunks(HELD_BATCH) {
+                    let puts: Vec<TxnOp> = batch
+                        .iter()
+                        .filter_map(|(key, value)| {
+                            let options = PutOptions::new().with_lease(lease);
+                            let value = value.clone()?;
+                            Some(TxnOp::put(self.full_key(key), value, Some(options)))
+                        })
+                        .collect();
+                    if !puts.is_empty() && client.txn(Txn::new().and_then(puts)).await.is_err() {
                         break 'lease;
                     }
+                    for (key, value) in batch {
+                        if let Some(value) = value {
+                            written.insert(key.clone(), value.clone());
+                            continue;
+                        }
+                        // Deleted only while it holds what this gateway wrote: another
+                        // gateway may have written it since, and it is theirs then.
+                        let Some(mine) = written.remove(key) else {
+                            continue;
+                        };
+                        let full = self.full_key(key);
+                        let txn = Txn::new()
+                            .when(vec![Compare::value(full.clone(), CompareOp::Equal, mine)])
+                            .and_then(vec![TxnOp::delete(full, None)]);
+                        if client.txn(txn).await.is_err() {
+                            break 'lease;
+                        }
+                    }
                 }
-                for key in written.keys().filter(|k| !wanted.contains_key(*k)) {
-                    let _ = client.delete(self.full_key(key), None).await;
-                }
-                written = wanted;
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {
                         if keeper.keep_alive().await.is_err() {
@@ -334,6 +374,9 @@ impl Inner {
                     }
                     () = self.held_changed.notified() => {}
                 }
+                todo = std::mem::take(&mut self.held().changed)
+                    .into_iter()
+                    .collect();
             }
             tracing::warn!("etcd lease lost: holding this gateway's keys again");
         }
