@@ -227,7 +227,10 @@ pub struct Wiring {
 
 /// Told when an agent attaches to this gateway or leaves it, on the control plane's thread:
 /// must not wait.
-pub struct Attachments(pub Box<dyn Fn(&str, bool) + Send>);
+pub struct Attachments(pub Box<AttachmentHook>);
+
+/// What [`Attachments`] calls: the agent's ID, and whether it is attached here now.
+pub type AttachmentHook = dyn Fn(&str, bool) + Send;
 
 impl std::fmt::Debug for Attachments {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
