@@ -41,14 +41,11 @@ use agw_ars::{Change, RegistryHandle, View};
 use agw_dataplane::{
     PeerLinks,
     access::DownReason,
-    authorization::PeerDomains,
+    authorization::{PeerDomains, domain_of},
     events::{LocalRoutes, ShardEvent},
     routing::{Route, RoutingTable},
 };
-use agw_proto::{
-    identity::{AgentId, GatewayId},
-    pb,
-};
+use agw_proto::{identity::GatewayId, pb};
 use crossbeam_channel::{Receiver, Sender, select};
 
 use crate::peering::{
@@ -776,13 +773,15 @@ impl State {
         }
     }
 
-    /// Whether `peer` is a gateway of this domain (a sibling: issue 19, part 2).
+    /// Whether `peer` is a gateway of this domain (a sibling: issue 19, part 2). Peer IDs and
+    /// summaries' agents were checked when they came in; this runs for every advertisement
+    /// to every peer, so it reads the domain without parsing (no allocation).
     fn is_sibling(&self, peer: &str) -> bool {
-        GatewayId::parse(peer).is_ok_and(|g| g.domain() == self.local.domain())
+        domain_of(peer) == self.local.domain()
     }
 
     fn is_ours(&self, agent: &str) -> bool {
-        AgentId::parse(agent).is_ok_and(|a| a.domain() == self.local.domain())
+        domain_of(agent) == self.local.domain()
     }
 
     /// What peer `index` hears of `command`. A sibling hears of this domain's agents only

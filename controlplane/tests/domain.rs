@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -241,37 +241,45 @@ fn gateways_of_one_domain_find_each_other_and_relay_between_them() {
     two.stop();
 }
 
+/// A peer entry for `gateway`: dialled at `address`, or waited for.
+fn peer_entry(gateway: GatewayId, address: Option<std::net::SocketAddr>) -> PeerEntry {
+    PeerEntry {
+        gateway,
+        address,
+        export: None,
+        max_summaries: None,
+        hold_time: Duration::from_secs(9),
+    }
+}
+
+/// The gateway of hotels.example (`h1`), another domain under `root`, dialling `peers`.
+fn hotels(dir: &Path, root: &(PathBuf, PathBuf), peers: &[&Node]) -> Node {
+    Node::start(NodeConfig {
+        root: Some(root.clone()),
+        peers: peers
+            .iter()
+            .map(|n| peer_entry(n.gateway.clone(), Some(n.addresses().peering)))
+            .collect(),
+        ..NodeConfig::on_loopback(Domain::new("hotels.example").unwrap(), "h1", dir.join("h1"))
+    })
+    .expect("hotels.example")
+}
+
+fn hotels_id() -> GatewayId {
+    GatewayId::parse("spiffe://hotels.example/agw/h1").unwrap()
+}
+
 #[test]
 fn another_domain_reaches_each_agent_through_the_gateway_it_is_attached_to() {
     let cluster = Cluster::start(3).expect("etcd cluster");
     let dir = tempfile::tempdir().unwrap();
     let root = common::federation_root(dir.path());
     // hotels.example peers with both gateways of travel.example (they wait, it dials).
-    let hotels = GatewayId::parse("spiffe://hotels.example/agw/h1").unwrap();
-    let peer = |gateway: GatewayId, address: Option<std::net::SocketAddr>| PeerEntry {
-        gateway,
-        address,
-        export: None,
-        max_summaries: None,
-        hold_time: Duration::from_secs(9),
-    };
     let (one, two) = two_gateways_with(dir.path(), &cluster, |c| {
         c.root = Some(root.clone());
-        c.peers = vec![peer(hotels.clone(), None)];
+        c.peers = vec![peer_entry(hotels_id(), None)];
     });
-    let h = Node::start(NodeConfig {
-        root: Some(root.clone()),
-        peers: vec![
-            peer(one.gateway.clone(), Some(one.addresses().peering)),
-            peer(two.gateway.clone(), Some(two.addresses().peering)),
-        ],
-        ..NodeConfig::on_loopback(
-            Domain::new("hotels.example").unwrap(),
-            "h1",
-            dir.path().join("h1"),
-        )
-    })
-    .expect("hotels.example");
+    let h = hotels(dir.path(), &root, &[&one, &two]);
     wait_until("every session up", Duration::from_secs(5), || {
         linked(&h, &one) && linked(&h, &two) && linked(&one, &two) && linked(&two, &one)
     });
@@ -377,19 +385,11 @@ fn three_gateways_carry_another_domain_to_an_agent_wherever_it_is_attached() {
     let dir = tempfile::tempdir().unwrap();
     let root = common::federation_root(dir.path());
     // hotels.example peers with gateway 2 only.
-    let hotels = GatewayId::parse("spiffe://hotels.example/agw/h1").unwrap();
-    let entry = |gateway: GatewayId, address: Option<std::net::SocketAddr>| PeerEntry {
-        gateway,
-        address,
-        export: None,
-        max_summaries: None,
-        hold_time: Duration::from_secs(9),
-    };
     let configure = |c: &mut NodeConfig| c.root = Some(root.clone());
     let (one, two) = two_gateways_with(dir.path(), &cluster, |c| {
         configure(c);
         if c.name == "gw-2" {
-            c.peers = vec![entry(hotels.clone(), None)];
+            c.peers = vec![peer_entry(hotels_id(), None)];
         }
     });
     let data_3 = dir.path().join("gw-3");
@@ -399,16 +399,7 @@ fn three_gateways_carry_another_domain_to_an_agent_wherever_it_is_attached() {
         std::fs::copy(from, data_3.join("aca").join(f)).unwrap();
     }
     let three = gateway_with(&data_3, "gw-3", &cluster, configure).expect("gateway 3");
-    let h = Node::start(NodeConfig {
-        root: Some(root.clone()),
-        peers: vec![entry(two.gateway.clone(), Some(two.addresses().peering))],
-        ..NodeConfig::on_loopback(
-            Domain::new("hotels.example").unwrap(),
-            "h1",
-            dir.path().join("h1"),
-        )
-    })
-    .expect("hotels.example");
+    let h = hotels(dir.path(), &root, &[&two]);
     wait_until(
         "the domain's three gateways meshed, hotels at 2",
         WAIT,
@@ -598,7 +589,21 @@ fn two_gateways_of_one_domain_share_authority_and_registry() {
     assert!(revoked_at.elapsed() < Duration::from_secs(2));
 
     // Bob, untouched, still gets through at gateway 2.
-    AgentConnection::connect(two.addresses().agents, bob, WAIT).expect("bob");
+    AgentConnection::connect(two.addresses().agents, bob.clone(), WAIT).expect("bob");
+
+    // Gateway 1 starts again on its own data: the same authority (etcd's record matches its
+    // files), linked with gateway 2 again; alice's revocation holds there, and bob, certified
+    // at gateway 2, gets through at gateway 1.
+    one.stop();
+    let one = gateway(&data_1, "gw-1", &cluster).expect("gateway 1 again on its data");
+    assert!(
+        AgentConnection::connect(one.addresses().agents, alice, WAIT).is_err(),
+        "a revoked certificate accepted at gateway 1 after its restart"
+    );
+    AgentConnection::connect(one.addresses().agents, bob, WAIT).expect("bob at gateway 1");
+    wait_until("linked again", Duration::from_secs(5), || {
+        linked(&one, &two) && linked(&two, &one)
+    });
     one.stop();
     two.stop();
 }

@@ -130,8 +130,8 @@ impl fmt::Display for Denial {
 
 /// The domain of an agent or gateway ID (`spiffe://<domain>/...`), without allocating; empty
 /// if it is not one.
-/// The domain of a SPIFFE ID (agent or gateway), or "".
-pub(crate) fn domain_of(agent: &str) -> &str {
+/// The domain of a SPIFFE ID (agent or gateway), or ""; no check that the rest is valid.
+pub fn domain_of(agent: &str) -> &str {
     agent
         .strip_prefix("spiffe://")
         .and_then(|rest| rest.split_once('/'))

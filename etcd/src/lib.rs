@@ -24,7 +24,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -155,8 +155,6 @@ struct Inner {
     deleted: Mutex<BTreeMap<String, i64>>,
     /// The newest revision the mirror has applied.
     revision: AtomicI64,
-    /// The watch is up (false while etcd is unreachable and the mirror retries).
-    following: AtomicBool,
     listeners: Mutex<Vec<(String, Listener)>>,
     /// Keys held while this gateway lives, and a wake-up for the task that writes them.
     held: Mutex<Held>,
@@ -190,7 +188,6 @@ impl Shared {
             entries: RwLock::new(BTreeMap::new()),
             deleted: Mutex::new(BTreeMap::new()),
             revision: AtomicI64::new(0),
-            following: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
             held: Mutex::new(Held::default()),
             held_changed: tokio::sync::Notify::new(),
@@ -215,19 +212,9 @@ impl Shared {
         Ok(Shared { inner, requests })
     }
 
-    /// The configuration it follows.
-    pub fn config(&self) -> &EtcdConfig {
-        &self.inner.config
-    }
-
     /// The newest etcd revision applied to the mirror.
     pub fn revision(&self) -> i64 {
         self.inner.revision.load(Ordering::Acquire)
-    }
-
-    /// Whether the mirror follows etcd now (its watch is up).
-    pub fn following(&self) -> bool {
-        self.inner.following.load(Ordering::Acquire)
     }
 
     /// The key as the mirror holds it.
@@ -552,7 +539,6 @@ impl Inner {
                     continue;
                 }
             };
-            self.following.store(true, Ordering::Release);
             let broken = loop {
                 tokio::select! {
                     request = queue.recv() => match request {
@@ -578,7 +564,6 @@ impl Inner {
                     },
                 }
             };
-            self.following.store(false, Ordering::Release);
             tracing::warn!(reason = %broken, "etcd watch broken: reading the domain's state again");
             // What changed while the watch was down comes with the fresh read.
             let mut reader = client.clone();

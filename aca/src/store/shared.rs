@@ -86,37 +86,37 @@ impl Shared {
     /// (DER): recorded by the first gateway of the domain, and every later one must hold
     /// the same (copied from the first), or the domain would have two authorities.
     pub fn new(mirror: Mirror, ca: &[u8]) -> Result<Shared, StoreError> {
-        match mirror.get(CA) {
-            Some(held) if held.value == ca => {}
-            Some(_) => {
-                return Err(StoreError::Failed(
-                    "the domain's etcd holds another authority: copy ca.key.pem, ca.chain.pem \
-                     and trust-anchor.pem from the first gateway's aca directory"
-                        .into(),
-                ));
+        for _ in 0..COUNTER_TRIES {
+            match mirror.get(CA) {
+                Some(held) if held.value == ca => return Ok(Shared { mirror }),
+                Some(_) => {
+                    return Err(StoreError::Failed(
+                        "the domain's etcd holds another authority: copy ca.key.pem, \
+                         ca.chain.pem and trust-anchor.pem from the first gateway's aca directory"
+                            .into(),
+                    ));
+                }
+                None => match mirror.commit(
+                    vec![Guard::Revision(CA.into(), 0)],
+                    vec![Op::Put(CA.into(), ca.to_vec())],
+                ) {
+                    Ok(_) => return Ok(Shared { mirror }),
+                    // Another gateway recorded its authority first: once the mirror has it,
+                    // ours must be the same.
+                    Err(CommitError::Conflict) => {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(e.into()),
+                },
             }
-            None => match mirror.commit(
-                vec![Guard::Revision(CA.into(), 0)],
-                vec![Op::Put(CA.into(), ca.to_vec())],
-            ) {
-                Ok(_) => {}
-                // Another gateway recorded its authority first: ours must be the same.
-                Err(CommitError::Conflict) => return Shared::new(mirror, ca),
-                Err(e) => return Err(e.into()),
-            },
         }
-        Ok(Shared { mirror })
+        Err(StoreError::Conflict)
     }
 
     /// Whether the domain's etcd already records an authority (a gateway without one must
     /// not make its own).
     pub fn has_authority(mirror: &Mirror) -> bool {
         mirror.get(CA).is_some()
-    }
-
-    /// The mirror it reads.
-    pub fn mirror(&self) -> &Mirror {
-        &self.mirror
     }
 
     /// Takes the next value of a counter, with `also` written in the same transaction.
