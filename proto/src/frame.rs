@@ -498,7 +498,14 @@ pub struct WriteBatch {
 enum Segment {
     /// A frame header; `start` bytes of it were already written.
     Header { bytes: [u8; HEADER_LEN], start: u8 },
-    /// A body slice or pre-encoded frames.
+    /// A queued frame's body, whole until it is written whole (`start` bytes of it were), so
+    /// a frame cut short can still be read (and answered) when its connection closes.
+    Body {
+        bytes: Bytes,
+        start: usize,
+        kind: Kind,
+    },
+    /// Pre-encoded frames.
     Bytes(Bytes),
 }
 
@@ -506,6 +513,7 @@ impl Segment {
     fn as_slice(&self) -> &[u8] {
         match self {
             Segment::Header { bytes, start } => &bytes[usize::from(*start)..],
+            Segment::Body { bytes, start, .. } => bytes.get(*start..).unwrap_or_default(),
             Segment::Bytes(b) => b,
         }
     }
@@ -525,7 +533,14 @@ impl WriteBatch {
             bytes: header.to_bytes(),
             start: 0,
         });
-        self.push_bytes(body);
+        if !body.is_empty() {
+            self.len += body.len();
+            self.segments.push_back(Segment::Body {
+                bytes: body,
+                start: 0,
+                kind: header.kind,
+            });
+        }
         self.frames += 1;
     }
 
@@ -567,6 +582,15 @@ impl WriteBatch {
         out.extend(self.segments().take(max).map(IoSlice::new));
     }
 
+    /// The kind and whole body of each frame queued with [`push_frame`](Self::push_frame) and
+    /// not yet written whole (a frame with an empty body is not told).
+    pub fn unwritten(&self) -> impl Iterator<Item = (Kind, &Bytes)> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Body { bytes, kind, .. } => Some((*kind, bytes)),
+            _ => None,
+        })
+    }
+
     /// The first bytes waiting (one segment), for a plain write.
     pub fn front(&self) -> Option<&[u8]> {
         self.segments.front().map(Segment::as_slice)
@@ -585,6 +609,7 @@ impl WriteBatch {
                 match front {
                     // n < left <= HEADER_LEN, so the new start fits in a u8.
                     Segment::Header { start, .. } => *start += n as u8,
+                    Segment::Body { start, .. } => *start += n,
                     Segment::Bytes(b) => b.advance(n),
                 }
                 break;

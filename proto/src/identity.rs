@@ -130,6 +130,15 @@ macro_rules! spiffe_id {
 
             /// Parses a `spiffe://<domain>/<segment>/<name>` URI.
             pub fn parse(uri: &str) -> Result<Self, IdError> {
+                let domain = Self::check(uri)?;
+                Ok($name {
+                    uri: uri.to_owned(),
+                    domain_end: SCHEME.len() + domain.len(),
+                })
+            }
+
+            /// Checks a URI as [`parse`](Self::parse) does, without allocating: its domain.
+            pub fn check(uri: &str) -> Result<&str, IdError> {
                 let rest = uri.strip_prefix(SCHEME).ok_or(IdError::Scheme)?;
                 let slash = rest.find('/').ok_or(IdError::Path($segment))?;
                 let (domain, path) = rest.split_at(slash);
@@ -138,10 +147,7 @@ macro_rules! spiffe_id {
                     .strip_prefix(concat!("/", $segment, "/"))
                     .ok_or(IdError::Path($segment))?;
                 check_name(name)?;
-                Ok($name {
-                    uri: uri.to_owned(),
-                    domain_end: SCHEME.len() + slash,
-                })
+                Ok(domain)
             }
 
             /// The whole URI.

@@ -56,10 +56,13 @@ impl<'a> DataView<'a> {
     /// The agent that sent an `AgentMessage` or an `Ack` (field 2), to answer it with a NACK.
     /// `None` for a `Nack`, which is never answered, and for a source that is not UTF-8.
     pub fn source(&self) -> Option<&'a str> {
-        if self.kind == Kind::Nack {
-            return None;
-        }
-        std::str::from_utf8(self.field2).ok()
+        std::str::from_utf8(self.source_bytes()?).ok()
+    }
+
+    /// [`source`](Self::source)'s bytes, unchecked: what the relay compares with the agent a
+    /// connection accessed as, with no UTF-8 check (equal to a `str`, they are UTF-8).
+    pub fn source_bytes(&self) -> Option<&'a [u8]> {
+        (self.kind != Kind::Nack).then_some(self.field2)
     }
 
     /// Reads the routing fields of a `kind` body. As in protobuf, when a field repeats, the

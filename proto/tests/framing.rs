@@ -7,7 +7,8 @@ mod common;
 
 use agw_proto::{
     Admission, DataView, FrameDecoder, FrameEncoder, FrameError, FrameHeader, FrameLimits,
-    HARD_MAX_BODY, Kind, LanguageView, Message, ViewError, WriteBatch, pb, pb::ErrorCode,
+    HARD_MAX_BODY, HEADER_LEN, Kind, LanguageView, Message, ViewError, WriteBatch, pb,
+    pb::ErrorCode,
 };
 use bytes::Bytes;
 use common::bytes;
@@ -424,6 +425,42 @@ fn partial_writes_resume_exactly_where_they_stopped() {
         assert_eq!(written, wire.as_ref(), "step {step}");
         assert_eq!(batch.frames(), 0);
     }
+}
+
+#[test]
+fn a_frame_written_in_part_is_still_whole_among_the_unwritten() {
+    let mut encoder = FrameEncoder::new(FrameLimits::default());
+    encoder.push(&agent_message(1000)).expect("encodes");
+    encoder.push(&agent_message(10)).expect("encodes");
+    let wire = encoder.take();
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    decoder.extend_from_slice(&wire);
+    let mut batch = WriteBatch::new();
+    let mut bodies = Vec::new();
+    while let Some(frame) = decoder.decode().expect("valid") {
+        bodies.push(frame.body.clone());
+        batch.push_frame(frame.header, frame.body);
+    }
+    // Gateway-made frames in between are not relayed frames.
+    batch.push_encoded(Bytes::from_static(b"made"));
+    let unwritten = |b: &WriteBatch| -> Vec<(Kind, Bytes)> {
+        b.unwritten().map(|(k, body)| (k, body.clone())).collect()
+    };
+    let both: Vec<_> = bodies
+        .iter()
+        .map(|b| (Kind::AgentMessage, b.clone()))
+        .collect();
+    assert_eq!(unwritten(&batch), both);
+    // The first header and half the first body written: the first frame is still whole.
+    batch.advance(HEADER_LEN + 500);
+    assert_eq!(unwritten(&batch), both);
+    assert_eq!(batch.front().map(<[u8]>::len), Some(bodies[0].len() - 500));
+    // The rest of the first frame: only the second is left.
+    batch.advance(bodies[0].len() - 500);
+    assert_eq!(unwritten(&batch), both[1..]);
+    batch.advance(HEADER_LEN + bodies[1].len() + 4);
+    assert!(batch.is_empty());
+    assert_eq!(batch.unwritten().count(), 0);
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::{
 use agw_proto::{
     Admission, FrameDecoder, HEADER_LEN, Kind, WriteBatch, identity::AgentId, rate::Bucket,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_lite::{AsyncRead, AsyncWrite, future::poll_fn};
 use futures_rustls::{client, server};
 use glommio::net::TcpStream;
@@ -65,12 +65,10 @@ pub(super) enum ConnState {
     Closed,
 }
 
-/// A relayed frame in a write queue: counted delivered once written, NACKed if its connection
-/// closes first.
+/// Where a relayed frame ends in a write queue: counted delivered once written (if its
+/// connection closes first, the write batch still holds its body, to NACK it).
 pub(super) struct Mark {
     pub(super) end: u64,
-    pub(super) kind: Kind,
-    pub(super) body: Bytes,
     /// When the read that brought it finished.
     pub(super) since: Instant,
 }

@@ -842,10 +842,10 @@ impl Shard {
                 reason: DownReason::Disconnected,
             });
         }
-        let mut out = std::mem::take(&mut *conn.out.borrow_mut());
+        let out = std::mem::take(&mut *conn.out.borrow_mut());
         self.queued_sub(out.batch.len());
-        for mark in out.marks.drain(..) {
-            self.undeliverable(mark.kind, &mark.body, reason, String::new());
+        for (kind, body) in out.batch.unwritten() {
+            self.undeliverable(kind, body, reason, String::new());
         }
         for w in conn.space.borrow_mut().drain(..) {
             w.wake();

@@ -11,6 +11,7 @@ use std::{
 
 use agw_proto::{
     DEFAULT_HOP_LIMIT, DataView, Frame, FrameError, FrameHeader, HEADER_LEN, Kind, Message,
+    ViewError,
     identity::AgentId,
     pb::{self, ErrorCode},
 };
@@ -168,25 +169,30 @@ impl Shard {
             authorization: &authorization,
             peer_domains: peer_domains.as_deref().map(Arc::as_ref),
         };
+        // Each data frame's routing fields, read once (their destination's UTF-8 checked once),
+        // and its destination's lookup prepared, so the batch's lookups overlap.
+        let mut views: [Option<Result<DataView<'_>, ViewError>>; BATCH] = [const { None }; BATCH];
         let mut prepared = [None; BATCH];
-        for (p, frame) in prepared.iter_mut().zip(frames.iter()) {
-            if frame.header.kind.is_data()
-                && let Ok(view) = frame.data_view()
-            {
-                *p = Some(snapshot.prepare(view.destination));
+        for ((v, p), frame) in views.iter_mut().zip(prepared.iter_mut()).zip(frames.iter()) {
+            if frame.header.kind.is_data() {
+                let view = frame.data_view();
+                if let Ok(view) = &view {
+                    *p = Some(snapshot.prepare(view.destination));
+                }
+                *v = Some(view);
             }
         }
         let mut up = false;
-        for (frame, p) in frames.drain(..).zip(prepared) {
+        for ((frame, view), p) in frames.iter().zip(views).zip(prepared) {
             if !conn.is_open() {
                 continue;
             }
-            if frame.header.kind.is_data() {
-                self.relay(conn, frame, snapshot, policy, p, blocked, since);
-            } else {
-                up |= self.control(conn, &frame);
+            match view {
+                Some(view) => self.relay(conn, frame, view, snapshot, policy, p, blocked, since),
+                None => up |= self.control(conn, frame),
             }
         }
+        frames.clear();
         up
     }
 
@@ -197,7 +203,8 @@ impl Shard {
     pub(super) fn relay(
         &self,
         conn: &Rc<Conn>,
-        frame: Frame,
+        frame: &Frame,
+        view: Result<DataView<'_>, ViewError>,
         snapshot: &RoutingSnapshot,
         policy: Policy<'_>,
         prepared: Option<Prepared>,
@@ -212,7 +219,7 @@ impl Shard {
             return;
         }
         self.counter().accepted(HEADER_LEN + frame.body.len());
-        let view = match frame.data_view() {
+        let view = match view {
             Ok(v) => v,
             Err(e) => {
                 let target = Target {
@@ -226,24 +233,25 @@ impl Shard {
         };
         let target = Target::of(&view);
         // Who NACKs go back to: the agent itself, or (on a peer link) the frame's source.
-        let source = accessed.or(view.source()).unwrap_or_default();
+        let source = accessed.or_else(|| view.source()).unwrap_or_default();
         let allowed = match &conn.kind {
             // An agent sends messages and ACKs as itself; NACKs are the gateways' to send,
             // this gateway's adapters' included (an A2A server's failed task, a message an
             // A2A client has no task for): their frames are made by the gateway, never read.
             ConnKind::Agent if view.kind == Kind::Nack => conn.adapter.borrow().is_some(),
-            ConnKind::Agent => view.source() == accessed,
+            // Compared as bytes: equal to the accessed ID, it is that ID's UTF-8.
+            ConnKind::Agent => accessed.is_some_and(|a| view.source_bytes() == Some(a.as_bytes())),
             // A peer relays frames of the agents of domains reachable through it, and NACKs;
             // never ours, unless it is a gateway of this domain (issue 19: one domain, several
             // gateways, their agents attached at either).
             ConnKind::Peer { gateway, .. } => match view.source() {
                 None => view.kind == Kind::Nack,
-                Some(s) => AgentId::parse(s).is_ok_and(|a| {
+                Some(s) => AgentId::check(s).is_ok_and(|domain| {
                     let own = self.config.gateway.domain();
-                    (a.domain() != own || crate::authorization::domain_of(gateway) == own)
+                    (domain != own || crate::authorization::domain_of(gateway) == own)
                         && policy
                             .peer_domains
-                            .is_some_and(|d| d.allows(gateway, a.domain()))
+                            .is_some_and(|d| d.allows(gateway, domain))
                 }),
             },
         };
@@ -433,12 +441,7 @@ impl Shard {
         let mut out = dest.out.borrow_mut();
         out.pushed += len as u64;
         let end = out.pushed;
-        out.marks.push_back(Mark {
-            end,
-            kind: header.kind,
-            body: body.clone(),
-            since,
-        });
+        out.marks.push_back(Mark { end, since });
         out.batch.push_frame(header, body);
         let over = out.batch.len() > limits.queue_soft_limit;
         drop(out);
