@@ -384,6 +384,11 @@ pub(super) async fn wait_for_space(conn: &Conn, soft: usize) {
     .await;
 }
 
+/// Segments (a relayed frame is two: its header and its body) one vectored write takes: 512,
+/// half the kernel's limit (`UIO_MAXIOV`), so a read of a few hundred small frames leaves in
+/// one `sendmsg`, not one per 32 frames (8 KiB of stack).
+const WRITE_SEGMENTS: usize = 512;
+
 /// Writes one connection's queue until it closes, then says so.
 pub(super) async fn write_loop(shard: Rc<Shard>, conn: Rc<Conn>) {
     write_queue(&shard, &conn).await;
@@ -439,8 +444,8 @@ pub(super) async fn write_queue(shard: &Shard, conn: &Conn) {
         }
         let sent = {
             let out = conn.out.borrow();
-            // Up to 64 segments (32 frames) per call, gathered on the stack.
-            let mut slices = [IoSlice::new(&[]); 64];
+            // Up to WRITE_SEGMENTS segments per call, gathered on the stack.
+            let mut slices = [IoSlice::new(&[]); WRITE_SEGMENTS];
             let n = slices
                 .iter_mut()
                 .zip(out.batch.segments())
