@@ -10,6 +10,7 @@ pub mod a2a_grpc;
 pub mod access;
 pub mod adapter;
 pub mod authorization;
+mod clock;
 pub mod config;
 mod congestion;
 pub mod counters;

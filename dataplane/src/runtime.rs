@@ -20,6 +20,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, channels::sha
 use crate::{
     a2a::SharedDirectory,
     authorization::{Authorization, PeerDomains},
+    clock::Clock,
     config::{DataplaneConfig, LiveLimits},
     congestion::Congestion,
     counters::{CounterSnapshot, ShardCounters},
@@ -176,6 +177,8 @@ pub struct Dataplane {
     translation: Mutex<Option<TranslationPort>>,
     /// How long a closing connection may take to flush.
     linger: Duration,
+    /// The shards' housekeeping clock (stopped after the shards, when dropped).
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -262,7 +265,12 @@ impl Dataplane {
             peer_domains: peer_domains.clone(),
             translation: Mutex::new(translation),
             linger: config.close_linger,
+            clock: Clock::start(n, config.tick).map_err(|e| DataplaneError::Spawn {
+                shard: 0,
+                detail: format!("the housekeeping clock: {e}"),
+            })?,
         };
+
         // Shard 0 binds first so that the others join its port when the configured one is 0.
         let mut listen = config.listen;
         let mut peer_listen = config.peer_listen;
@@ -289,6 +297,13 @@ impl Dataplane {
                 events: events.clone(),
                 translation: shard_ports.get_mut(id).and_then(Option::take),
                 commands: command_rx,
+                tick: dataplane
+                    .clock
+                    .tick(id)
+                    .ok_or_else(|| DataplaneError::Spawn {
+                        shard: id,
+                        detail: "no tick for the shard".into(),
+                    })?,
                 senders,
                 receivers,
                 ready: ready_tx,

@@ -5,7 +5,7 @@ use std::{rc::Rc, time::Instant};
 
 use agw_proto::{identity::GatewayId, pb::ErrorCode};
 use crossbeam_channel::Receiver;
-use glommio::{spawn_local, timer::sleep};
+use glommio::spawn_local;
 
 use super::{
     Shard, ShardCommand,
@@ -16,15 +16,20 @@ use super::{
 use crate::{
     access::{AccessSession, DownReason},
     adapter::Ticked,
+    clock::Tick,
     events::ShardEvent,
 };
 
 impl Shard {
     /// Timers, idle buffers, lingering closes and orders, every tick, until told to stop.
-    pub(super) async fn housekeeping(self: &Rc<Self>, commands: Receiver<ShardCommand>) {
-        let tick = self.config.tick;
+    /// `tick`: this shard's tick of the dataplane's clock (every `DataplaneConfig::tick`).
+    pub(super) async fn housekeeping(
+        self: &Rc<Self>,
+        commands: Receiver<ShardCommand>,
+        tick: &Tick,
+    ) {
         loop {
-            sleep(tick).await;
+            tick.next().await;
             let mut revoked: Vec<Vec<u8>> = Vec::new();
             let mut peers_revoked: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
             while let Ok(command) = commands.try_recv() {

@@ -53,6 +53,7 @@ use crate::{
     access::{AccessSession, Action, DownReason},
     adapter::Adapter,
     authorization::{Authorization, PeerDomains},
+    clock::Tick,
     config::{DataplaneConfig, LiveLimits},
     congestion::Congestion,
     counters::ShardCounters,
@@ -158,6 +159,8 @@ pub(crate) struct ShardSetup {
     /// The way to the translation pool and back (`DataplaneConfig::translation`).
     pub translation: Option<ShardPort>,
     pub commands: Receiver<ShardCommand>,
+    /// This shard's tick of the dataplane's housekeeping clock.
+    pub tick: Arc<Tick>,
     /// Indexed by destination shard; `None` at this shard's own index.
     pub senders: Vec<Option<SharedSender<CrossBatch>>>,
     pub receivers: Vec<SharedReceiver<CrossBatch>>,
@@ -348,7 +351,7 @@ pub(crate) async fn run(setup: ShardSetup) {
     if shard.translation.is_some() {
         spawn_local(translation::returns(shard.clone())).detach();
     }
-    shard.housekeeping(setup.commands).await;
+    shard.housekeeping(setup.commands, &setup.tick).await;
     // Stopped: the listening sockets are shut down, then their accept loops cancelled and
     // dropped, before the shard's thread ends, so the ports refuse connections at once and a
     // gateway started again on them gets every connection (SO_REUSEPORT would otherwise share
