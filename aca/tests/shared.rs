@@ -10,11 +10,14 @@ mod common;
 use std::{
     path::Path,
     sync::{Arc, atomic::AtomicUsize, atomic::Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use agw_aca::{CertificateAuthority, CertificateStatus};
-use agw_etcd::{EtcdConfig, Shared, cluster::Cluster};
+use agw_etcd::{
+    EtcdConfig, Shared,
+    cluster::{Cluster, wait_for},
+};
 use agw_proto::pb::ErrorCode;
 use common::*;
 
@@ -30,14 +33,6 @@ fn copy_authority(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for f in ["ca.key.pem", "ca.chain.pem", "trust-anchor.pem"] {
         std::fs::copy(from.join(f), to.join(f)).unwrap();
-    }
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within 1 s");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -63,7 +58,7 @@ fn two_gateways_issue_and_revoke_as_one_authority() {
     // Alice certified at a: b knows her certificate, and refuses her name to another key.
     let mut alice = Agent::new("alice");
     let held = alice.certify(&a, t0());
-    wait_for("b sees alice's certificate", || {
+    wait_for("b sees alice's certificate", Duration::from_secs(1), || {
         matches!(
             b.status(&held.serial, t0()),
             Ok(CertificateStatus::Valid { .. })
@@ -105,13 +100,13 @@ fn two_gateways_issue_and_revoke_as_one_authority() {
     // Revoked at a: b answers Revoked, reissues its CRL with it, and its hook hears it,
     // within a second.
     a.revoke_by_operator(&held.serial, 1, t0()).unwrap();
-    wait_for("b's status says revoked", || {
+    wait_for("b's status says revoked", Duration::from_secs(1), || {
         matches!(
             b.status(&held.serial, t0()),
             Ok(CertificateStatus::Revoked(_))
         )
     });
-    wait_for("b's revocation hook", || {
+    wait_for("b's revocation hook", Duration::from_secs(1), || {
         revocations_heard.load(Ordering::SeqCst) > 0
     });
     let crl_b = b.crl(t0()).unwrap();

@@ -11,7 +11,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use agw_ars::{Change, Registry, RegistryConfig, RegistryHandle, owner, store::shared};
-use agw_etcd::{EtcdConfig, Shared, cluster::Cluster};
+use agw_etcd::{
+    EtcdConfig, Shared,
+    cluster::{Cluster, wait_for},
+};
 use agw_proto::{Message, identity::Domain, pb, pb::ErrorCode};
 use common::*;
 
@@ -53,14 +56,6 @@ fn register(
     }
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within 1 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn two_registries_of_one_domain_share_their_agents() {
     let mut cluster = Cluster::start(3).expect("etcd cluster");
@@ -78,7 +73,7 @@ fn two_registries_of_one_domain_share_their_agents() {
         alice.as_str(),
     );
     assert_eq!(reply.error, None);
-    wait_for("alice discoverable at b", || {
+    wait_for("alice discoverable at b", Duration::from_secs(1), || {
         found(&b, bob.as_str(), "hotel booking") == vec![alice.to_string()]
     });
     let batch = b_changes.recv_timeout(Duration::from_secs(1)).unwrap();
@@ -107,9 +102,11 @@ fn two_registries_of_one_domain_share_their_agents() {
         Some(Message::UpdateReply(r)) => assert_eq!(r.error, None),
         other => panic!("{other:?}"),
     }
-    wait_for("a finds alice by her new capability", || {
-        found(&a, bob.as_str(), "flights") == vec![alice.to_string()]
-    });
+    wait_for(
+        "a finds alice by her new capability",
+        Duration::from_secs(1),
+        || found(&a, bob.as_str(), "flights") == vec![alice.to_string()],
+    );
 
     // Without quorum: a registration is refused STORE_UNAVAILABLE, discovery still answers.
     cluster.kill(0);
@@ -181,7 +178,7 @@ fn two_registries_of_one_domain_share_their_agents() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    wait_for("alice gone at b", || {
+    wait_for("alice gone at b", Duration::from_secs(1), || {
         found(&b, bob.as_str(), "flights").is_empty()
     });
 }

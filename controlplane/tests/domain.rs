@@ -33,6 +33,7 @@ use agw_sdk::{
     session::{Event, Outgoing, Sessions},
 };
 use bytes::Bytes;
+use common::{register, route};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -69,25 +70,6 @@ fn discover(node: &Node, who: &Credentials, capability: &str) -> Vec<String> {
     }
 }
 
-/// Registers `who` at `node`'s registry with one capability.
-fn register(node: &Node, who: &Credentials, capability: &str) {
-    let mut registry = demo::registry(node, who).unwrap();
-    let register = pb::RegisterRequest {
-        request_id: 1,
-        profile: Some(pb::AgentProfile {
-            agent: who.agent.to_string(),
-            capabilities: vec![capability.into()],
-            address: node.addresses().agents.to_string(),
-            ..Default::default()
-        }),
-        certificate_chain: who.certificate.chain.clone(),
-    };
-    match registry.request(register).unwrap() {
-        Message::RegisterReply(r) => assert_eq!(r.error, None),
-        other => panic!("{other:?}"),
-    }
-}
-
 fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
@@ -116,17 +98,21 @@ fn two_gateways_with(
     (one, two)
 }
 
+/// [`two_gateways`], once they found each other in etcd and linked.
+fn linked_pair(dir: &Path, cluster: &Cluster) -> (Node, Node) {
+    let (one, two) = two_gateways(dir, cluster);
+    wait_until("the two gateways linked", Duration::from_secs(5), || {
+        linked(&one, &two) && linked(&two, &one)
+    });
+    (one, two)
+}
+
 fn linked(node: &Node, other: &Node) -> bool {
     let peering = node.control().unwrap().peering().unwrap();
     peering
         .neighbours()
         .iter()
         .any(|n| n.gateway == other.gateway.as_str() && n.state == SessionState::Established)
-}
-
-fn route(node: &Node, agent: &str) -> Option<Route> {
-    let (routes, _) = node.control().unwrap().routes(Some(agent), 1).unwrap();
-    routes.first().map(|r| r.route)
 }
 
 /// Sends `payload` from `from` to `to`'s agent and returns it as `to` receives it. A link that
@@ -170,12 +156,8 @@ fn deliver(
 fn gateways_of_one_domain_find_each_other_and_relay_between_them() {
     let cluster = Cluster::start(3).expect("etcd cluster");
     let dir = tempfile::tempdir().unwrap();
-    let (one, two) = two_gateways(dir.path(), &cluster);
-
     // Nothing configured: they find each other in etcd and link.
-    wait_until("the two gateways linked", Duration::from_secs(5), || {
-        linked(&one, &two) && linked(&two, &one)
-    });
+    let (one, two) = linked_pair(dir.path(), &cluster);
 
     // Alice registered and attached at gateway 1, bob at gateway 2.
     let alice = demo::certify(&one, "alice").unwrap();
@@ -335,10 +317,7 @@ fn certified_within(node: &Node, name: &str) {
 fn the_domain_keeps_relaying_when_etcd_loses_a_member_and_then_quorum() {
     let mut cluster = Cluster::start(3).expect("etcd cluster");
     let dir = tempfile::tempdir().unwrap();
-    let (one, two) = two_gateways(dir.path(), &cluster);
-    wait_until("the two gateways linked", Duration::from_secs(5), || {
-        linked(&one, &two) && linked(&two, &one)
-    });
+    let (one, two) = linked_pair(dir.path(), &cluster);
     let alice = demo::certify(&one, "alice").unwrap();
     let bob = demo::certify(&two, "bob").unwrap();
     register(&one, &alice, "book-hotel");
@@ -459,10 +438,7 @@ fn lifecycle_agent(home: &Node, other: &Node, name: &str) -> Agent {
 fn a_session_goes_on_when_an_agent_s_gateway_fails() {
     let cluster = Cluster::start(3).expect("etcd cluster");
     let dir = tempfile::tempdir().unwrap();
-    let (one, two) = two_gateways(dir.path(), &cluster);
-    wait_until("the two gateways linked", Duration::from_secs(5), || {
-        linked(&one, &two) && linked(&two, &one)
-    });
+    let (one, two) = linked_pair(dir.path(), &cluster);
     // The hotel at gateway 1, the traveller at gateway 2, each with its sessions' store.
     let mut hotel = Sessions::open(
         lifecycle_agent(&one, &two, "hotel"),

@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use agw_controlplane::node::Node;
 use agw_dataplane::routing::Route;
 use agw_demo as demo;
@@ -17,6 +19,7 @@ use agw_proto::{
 };
 use agw_sdk::agent::{AgentConnection, Credentials, Incoming};
 use bytes::Bytes;
+use common::{register, route};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -44,32 +47,6 @@ fn discover(node: &Node, who: &Credentials, capability: &str) -> Vec<pb::AgentPr
         }
         other => panic!("{other:?}"),
     }
-}
-
-fn register(node: &Node, who: &Credentials, capability: &str) -> String {
-    let mut conn = demo::registry(node, who).unwrap();
-    let request = pb::RegisterRequest {
-        request_id: 1,
-        profile: Some(pb::AgentProfile {
-            agent: who.agent.to_string(),
-            capabilities: vec![capability.into()],
-            address: node.addresses().agents.to_string(),
-            ..Default::default()
-        }),
-        certificate_chain: who.certificate.chain.clone(),
-    };
-    match conn.request(request).unwrap() {
-        Message::RegisterReply(r) => {
-            assert_eq!(r.error, None);
-            r.profile.unwrap().resource_id
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
-fn route(node: &Node, agent: &str) -> Option<Route> {
-    let (routes, _) = node.control().unwrap().routes(Some(agent), 1).unwrap();
-    routes.first().map(|r| r.route)
 }
 
 #[test]

@@ -214,6 +214,16 @@ impl Cluster {
     }
 }
 
+/// Polls `done` every 5 ms until it holds, for tests of what gateways hear of each other
+/// through the cluster; panics naming `what` if it does not hold `within`.
+pub fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.members.len() {

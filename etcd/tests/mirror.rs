@@ -4,20 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use agw_etcd::{CommitError, EtcdConfig, Guard, Op, Shared, cluster::Cluster};
+use agw_etcd::{
+    CommitError, EtcdConfig, Guard, Op, Shared,
+    cluster::{Cluster, wait_for},
+};
 
 fn config(cluster: &Cluster) -> EtcdConfig {
     let mut config = EtcdConfig::new(cluster.endpoints(), "travel.example");
     config.timeout = Duration::from_millis(1500);
     config
-}
-
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

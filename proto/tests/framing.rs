@@ -348,6 +348,24 @@ fn frame_limits_are_validated() {
     );
 }
 
+/// The frames of `wire` decoded and queued as a relay queues them, their hop limits lowered
+/// by `hops`; the bodies queued.
+fn forwarded(wire: &[u8], hops: u8) -> (WriteBatch, Vec<Bytes>) {
+    let mut decoder = FrameDecoder::new(FrameLimits::default());
+    decoder.extend_from_slice(wire);
+    let mut batch = WriteBatch::new();
+    let mut bodies = Vec::new();
+    while let Some(frame) = decoder.decode().expect("valid") {
+        bodies.push(frame.body.clone());
+        let header = FrameHeader {
+            hop_limit: frame.header.hop_limit - hops,
+            ..frame.header
+        };
+        batch.push_frame(header, frame.body);
+    }
+    (batch, bodies)
+}
+
 #[test]
 fn forwarding_rewrites_the_hop_limit_and_shares_the_payload() {
     let mut encoder = FrameEncoder::new(FrameLimits::default());
@@ -356,20 +374,7 @@ fn forwarding_rewrites_the_hop_limit_and_shares_the_payload() {
     }
     let wire = encoder.take();
 
-    let mut decoder = FrameDecoder::new(FrameLimits::default());
-    decoder.extend_from_slice(&wire);
-    let mut batch = WriteBatch::new();
-    let mut bodies = Vec::new();
-    while let Some(frame) = decoder.decode().expect("valid") {
-        bodies.push(frame.body.clone());
-        batch.push_frame(
-            FrameHeader {
-                hop_limit: frame.header.hop_limit - 1,
-                ..frame.header
-            },
-            frame.body,
-        );
-    }
+    let (batch, bodies) = forwarded(&wire, 1);
     assert_eq!(batch.frames(), 4);
 
     let mut expected = Vec::new();
@@ -402,12 +407,7 @@ fn partial_writes_resume_exactly_where_they_stopped() {
     let wire = encoder.take();
 
     for step in [1, 3, 7, 8, 9, 100, 4096] {
-        let mut decoder = FrameDecoder::new(FrameLimits::default());
-        decoder.extend_from_slice(&wire);
-        let mut batch = WriteBatch::new();
-        while let Some(frame) = decoder.decode().expect("valid") {
-            batch.push_frame(frame.header, frame.body);
-        }
+        let (mut batch, _) = forwarded(&wire, 0);
         // A writer that accepts at most `step` bytes per call.
         let mut written = Vec::new();
         while !batch.is_empty() {
@@ -433,14 +433,7 @@ fn a_frame_written_in_part_is_still_whole_among_the_unwritten() {
     encoder.push(&agent_message(1000)).expect("encodes");
     encoder.push(&agent_message(10)).expect("encodes");
     let wire = encoder.take();
-    let mut decoder = FrameDecoder::new(FrameLimits::default());
-    decoder.extend_from_slice(&wire);
-    let mut batch = WriteBatch::new();
-    let mut bodies = Vec::new();
-    while let Some(frame) = decoder.decode().expect("valid") {
-        bodies.push(frame.body.clone());
-        batch.push_frame(frame.header, frame.body);
-    }
+    let (mut batch, bodies) = forwarded(&wire, 0);
     // Gateway-made frames in between are not relayed frames.
     batch.push_encoded(Bytes::from_static(b"made"));
     let unwritten = |b: &WriteBatch| -> Vec<(Kind, Bytes)> {

@@ -11,6 +11,9 @@ use std::{
 use agw_aca::{
     AuthorityConfig, CertificateAuthority, RootMode, policy::AllowListPolicy, tls::TlsIdentity,
 };
+use agw_controlplane::node::Node;
+use agw_dataplane::routing::Route;
+use agw_proto::Message;
 use agw_proto::{
     identity::{AgentId, Domain, GatewayId},
     pb,
@@ -303,4 +306,32 @@ pub fn mosquitto(program: &str, port: u16, f: &PemFiles, version: &str) -> std::
         .arg("--key")
         .arg(&f.key);
     c
+}
+
+/// Registers `who` at `node`'s registry with one capability; its resource ID.
+pub fn register(node: &Node, who: &Credentials, capability: &str) -> String {
+    let mut conn = agw_demo::registry(node, who).unwrap();
+    let request = pb::RegisterRequest {
+        request_id: 1,
+        profile: Some(pb::AgentProfile {
+            agent: who.agent.to_string(),
+            capabilities: vec![capability.into()],
+            address: node.addresses().agents.to_string(),
+            ..Default::default()
+        }),
+        certificate_chain: who.certificate.chain.clone(),
+    };
+    match conn.request(request).unwrap() {
+        Message::RegisterReply(r) => {
+            assert_eq!(r.error, None);
+            r.profile.unwrap().resource_id
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `node`'s route to `agent`, if any.
+pub fn route(node: &Node, agent: &str) -> Option<Route> {
+    let (routes, _) = node.control().unwrap().routes(Some(agent), 1).unwrap();
+    routes.first().map(|r| r.route)
 }
